@@ -1,0 +1,52 @@
+# Both targets do all their own set-up on a fresh Debian machine: venv, project, system packages.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+SYS_PKGS  := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0 \
+             libgl1 libegl1 libfontconfig1 libdbus-1-3 libxcb-shape0 libxcb-randr0 \
+             libxcb-render-util0 libxcb-xinerama0 libxcb-image0
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test demo install sysdeps lint benchmarks screenshots clean
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# The CPU build of torch first, so the range in pyproject.toml never pulls the CUDA build.
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0" \
+		|| echo "note: torch==2.13.0 not available here; pip will pick a torch for this machine"
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+sysdeps:
+	@missing=""; for p in $(SYS_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages for napari under Xvfb:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(STAMP) sysdeps
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
+
+# With a display: napari opens with the sample study and the docks. Without: the headless
+# pipeline on the built-in sample (quick profile).
+demo: $(STAMP)
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+		$(PY) -m napari_mtssl.cli demo --gui; \
+	else \
+		$(PY) -m napari_mtssl.cli demo; \
+	fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+screenshots: $(STAMP) sysdeps
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
