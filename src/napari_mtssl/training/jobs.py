@@ -1,0 +1,217 @@
+"""Run a long generator (training, inference) as a job: in its own worker process, or inline.
+
+A job is a *generator function* named by a dotted path, ``"package.module:function"``, called
+with JSON-able keyword arguments plus ``stop=<callable>``. It yields small event dicts and returns
+a JSON-able result dict. :class:`JobHandle` starts it, relays the events, and asks it to stop.
+
+Why a process and not a thread: the viewer keeps its GIL to itself (no frozen UI), the GPU
+memory is returned to the system when the process ends, and a crash of the training code (or of
+a CUDA driver) ends the worker, not napari. The same unit can later run on another GPU or host.
+
+The ``inline`` mode runs the same generator in a thread of this process: for tests, debugging
+and platforms where spawning is not wanted. Events and results are identical in both modes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import threading
+import time
+import traceback
+from collections.abc import Callable, Generator
+from typing import Any
+
+__all__ = ["JobHandle", "resolve_target", "drive"]
+
+# Terminal messages the worker sends after the generator's own events.
+_DONE = "job-done"
+_FAILED = "job-failed"
+
+
+def resolve_target(target: str) -> Callable[..., Generator[dict, None, dict]]:
+    """Import ``"module:function"``; a clear ValueError for a malformed or unknown target."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"job target must look like 'package.module:function', got {target!r}")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"job target {target!r}: {module_name} has no {attr!r}") from None
+
+
+def drive(
+    generator: Generator[dict, None, Any],
+    emit: Callable[[dict], None],
+) -> Any:
+    """Run ``generator`` to completion, handing each event to ``emit``; return its result."""
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as done:
+            return done.value
+        emit(event)
+
+
+def _describe(exc: BaseException) -> str:
+    # Our own errors (ScanReadError, LabelError, WorkspaceError, ValueError from config checks)
+    # already name the file and the problem; others get their type for context.
+    if isinstance(exc, ValueError | FileNotFoundError | PermissionError | RuntimeError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _run(target: str, kwargs: dict, put: Callable[[dict], None], stop: Callable[[], bool]) -> None:
+    """Body shared by the process and the thread: events, then one terminal message."""
+    try:
+        func = resolve_target(target)
+        result = drive(func(**kwargs, stop=stop), put)
+        put({"type": _DONE, "result": result})
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the viewer as a message
+        put({"type": _FAILED, "error": _describe(exc), "traceback": traceback.format_exc()})
+
+
+def _worker_main(target: str, kwargs: dict, events: Any, stop_event: Any, parent_pid: int) -> None:
+    """Entry point of the worker process."""
+
+    def stop() -> bool:
+        # A worker whose parent has died (napari killed) stops too, saving its checkpoint.
+        return stop_event.is_set() or os.getppid() != parent_pid
+
+    _run(target, kwargs, events.put, stop)
+
+
+class JobHandle:
+    """A running job. Poll it for events; ``stop()`` asks it to save and end.
+
+    ``state`` is "running", then "done", "stopped" (the generator returned ``{"stopped": True}``)
+    or "failed" (``error`` holds the message, ``traceback`` the details).
+    """
+
+    def __init__(self, target: str, kwargs: dict | None = None, *, inline: bool = False):
+        self.target = target
+        self.kwargs = dict(kwargs or {})
+        self.inline = inline
+        self.result: dict | None = None
+        self.error: str | None = None
+        self.traceback: str | None = None
+        self.state = "running"
+        self.started = time.monotonic()
+        if inline:
+            self._events: Any = queue_mod.Queue()
+            self._stop_event: Any = threading.Event()
+            self._thread = threading.Thread(
+                target=_run,
+                args=(target, self.kwargs, self._events.put, self._stop_event.is_set),
+                name=f"mtssl-job-{target}",
+                daemon=True,
+            )
+            self._process = None
+            self._thread.start()
+        else:
+            resolve_target(target)  # fail here, in the caller, for a bad target name
+            ctx = mp.get_context("spawn")
+            self._events = ctx.Queue()
+            self._stop_event = ctx.Event()
+            self._process = ctx.Process(
+                target=_worker_main,
+                args=(target, self.kwargs, self._events, self._stop_event, os.getpid()),
+                name="mtssl-job",
+                daemon=True,
+            )
+            self._thread = None
+            self._process.start()
+
+    # -- control -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the job to stop at its next step; it saves a resumable checkpoint first."""
+        self._stop_event.set()
+
+    def kill(self) -> None:
+        """Last resort for a worker that does not answer ``stop()``; nothing is saved."""
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+    def is_alive(self) -> bool:
+        if self.state != "running":
+            return False
+        if self._process is not None:
+            return self._process.is_alive() or not self._events.empty()
+        return self._thread is not None and (self._thread.is_alive() or not self._events.empty())
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+    # -- events ------------------------------------------------------------------------------
+    def poll(self, timeout: float = 0.1) -> list[dict]:
+        """Events that arrived, waiting up to ``timeout`` seconds for the first one.
+
+        Terminal messages are consumed here (they set ``state``, ``result`` and ``error``), so
+        the caller only ever sees the generator's own events.
+        """
+        out: list[dict] = []
+        if self.state != "running":
+            return out
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if out or remaining <= 0:
+                    msg = self._events.get_nowait()
+                else:
+                    msg = self._events.get(timeout=remaining)
+            except queue_mod.Empty:
+                break
+            if self._handle_terminal(msg):
+                break
+            out.append(msg)
+        if self.state == "running" and not out:
+            self._check_crash()
+        return out
+
+    def join(self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None) -> bool:
+        """Wait for the end (draining events, so the worker never blocks on a full queue)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            for event in self.poll(0.2):
+                if on_event is not None:
+                    on_event(event)
+        if self._process is not None:
+            self._process.join(10)
+        elif self._thread is not None:
+            self._thread.join(10)
+        return True
+
+    def _handle_terminal(self, msg: dict) -> bool:
+        kind = msg.get("type")
+        if kind == _DONE:
+            self.result = msg.get("result") or {}
+            self.state = "stopped" if self.result.get("stopped") else "done"
+            return True
+        if kind == _FAILED:
+            self.error = msg.get("error") or "the job failed"
+            self.traceback = msg.get("traceback")
+            self.state = "failed"
+            return True
+        return False
+
+    def _check_crash(self) -> None:
+        # A worker killed by the OS (out of memory, a driver crash) sends nothing: notice it.
+        proc = self._process
+        if proc is None or proc.is_alive():
+            return
+        try:  # a terminal message may still be in flight after the exit
+            msg = self._events.get(timeout=0.5)
+        except queue_mod.Empty:
+            msg = None
+        if msg is not None and self._handle_terminal(msg):
+            return
+        self.error = f"the training process ended unexpectedly (exit code {proc.exitcode})"
+        self.state = "failed"

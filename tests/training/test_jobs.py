@@ -1,0 +1,79 @@
+"""The job runner, with small generator targets defined in this file (importable by a spawned
+worker because tests/ is on sys.path through pytest's rootdir insertion)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from napari_mtssl.training.jobs import JobHandle, resolve_target
+
+
+def counting(n: int, delay: float = 0.0, stop=None):
+    for i in range(n):
+        if stop is not None and stop():
+            return {"stopped": True, "reached": i}
+        yield {"type": "progress", "step": i + 1, "total": n, "pid": os.getpid()}
+        time.sleep(delay)
+    return {"stopped": False, "reached": n}
+
+
+def failing(stop=None):
+    yield {"type": "progress", "step": 1}
+    raise ValueError("/data/scan.nii.gz: the file is truncated")
+
+
+def dying(stop=None):
+    yield {"type": "progress", "step": 1}
+    os._exit(3)
+
+
+TARGET = f"{__name__}:counting"
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_job_relays_every_event_and_the_result(inline):
+    job = JobHandle(TARGET, {"n": 5}, inline=inline)
+    events: list[dict] = []
+    assert job.join(timeout=60, on_event=events.append)
+    assert [e["step"] for e in events] == [1, 2, 3, 4, 5]
+    assert job.state == "done" and job.result == {"stopped": False, "reached": 5}
+    worker_pids = {e["pid"] for e in events}
+    assert (worker_pids == {os.getpid()}) == inline  # a process job runs elsewhere
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_stop_ends_the_job_through_the_generator(inline):
+    job = JobHandle(TARGET, {"n": 10_000, "delay": 0.01}, inline=inline)
+    seen = []
+    while len(seen) < 3:
+        seen += job.poll(1.0)
+    job.stop()
+    assert job.join(timeout=60)
+    assert job.state == "stopped"
+    assert 3 <= job.result["reached"] < 10_000
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_an_exception_becomes_a_message(inline):
+    job = JobHandle(f"{__name__}:failing", inline=inline)
+    job.join(timeout=60)
+    assert job.state == "failed"
+    assert job.error == "/data/scan.nii.gz: the file is truncated"
+    assert "ValueError" in job.traceback
+
+
+def test_a_worker_that_dies_is_reported():
+    job = JobHandle(f"{__name__}:dying")
+    job.join(timeout=60)
+    assert job.state == "failed"
+    assert "exit code 3" in job.error
+
+
+def test_bad_targets_are_refused_with_the_name():
+    with pytest.raises(ValueError, match="module:function"):
+        resolve_target("no_colon_here")
+    with pytest.raises(ValueError, match="has no 'nope'"):
+        JobHandle("napari_mtssl.training.jobs:nope")
