@@ -1,0 +1,157 @@
+"""An advisory lock file so two processes never rewrite ``workspace.json`` at the same time.
+
+The napari viewer and a training worker process share one workspace. Writers take the lock for
+their read-modify-write; readers never take it (every file is replaced atomically, so a reader
+sees either the old or the new version). The lock file is created with ``O_EXCL`` and holds the
+owner's pid, host and time, so a lock left behind by a killed process is recognised as stale and
+broken instead of blocking the workspace forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _pid_alive(pid: int) -> bool | None:
+    """True/False when it can be told, None when not (other platform without psutil)."""
+    try:
+        import psutil
+
+        return bool(psutil.pid_exists(pid))
+    except ImportError:
+        pass
+    if os.name != "posix":
+        # os.kill(pid, 0) on Windows sends CTRL_C_EVENT; never use it there.
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LockTimeout(TimeoutError):
+    def __init__(self, path: Path, owner: str):
+        self.path = path
+        super().__init__(f"{path}: the workspace is locked by {owner}; try again when it is done")
+
+
+class FileLock:
+    """Re-entrant (per instance, per thread) exclusive lock on ``path``.
+
+    ``stale_after`` seconds bounds how long a lock whose owner cannot be checked (another host,
+    an unreadable lock file) is respected; a lock held by a dead process on this host is broken
+    at once.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, timeout: float = 30.0, stale_after: float = 120.0
+    ):
+        self.path = Path(path)
+        self.timeout = timeout
+        self.stale_after = stale_after
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+
+    @property
+    def held(self) -> bool:
+        return self._depth > 0
+
+    def acquire(self, timeout: float | None = None) -> None:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if not self._thread_lock.acquire(timeout=max(timeout, 0.0)):
+            raise LockTimeout(self.path, "another thread of this process")
+        if self._depth > 0:
+            self._depth += 1
+            return
+        try:
+            self._acquire_file(deadline)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._depth = 1
+
+    def _acquire_file(self, deadline: float) -> None:
+        payload = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        ).encode()
+        delay = 0.005
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._break_if_stale()
+                if owner is None:
+                    continue  # it was stale and is gone: try again at once
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(self.path, owner) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            try:
+                os.write(fd, payload)
+            finally:
+                os.close(fd)
+            return
+
+    def _break_if_stale(self) -> str | None:
+        """Remove the lock file if its owner is gone; return a description of a live owner."""
+        try:
+            raw = self.path.read_bytes()
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(raw)
+            pid, host = int(info["pid"]), str(info["host"])
+        except (ValueError, KeyError, TypeError):
+            # Crashed between create and write, or being written right now: give it a moment.
+            if time.time() - mtime > min(self.stale_after, 5.0):
+                self._remove_if_unchanged(raw)
+                return None
+            return "a process that is starting to write"
+        alive = _pid_alive(pid) if host == socket.gethostname() else None
+        if alive is False or (alive is None and time.time() - mtime > self.stale_after):
+            self._remove_if_unchanged(raw)
+            return None
+        return f"process {pid} on {host}"
+
+    def _remove_if_unchanged(self, raw: bytes) -> None:
+        # Another process may have broken the stale lock and taken a fresh one in between.
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.read_bytes() == raw:
+                self.path.unlink()
+
+    def release(self) -> None:
+        if self._depth <= 0:
+            raise RuntimeError(f"{self.path}: release of a lock that is not held")
+        self._depth -= 1
+        if self._depth == 0:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def __call__(self, timeout: float | None = None) -> Iterator[None]:
+        self.acquire(timeout)
+        try:
+            yield
+        finally:
+            self.release()
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

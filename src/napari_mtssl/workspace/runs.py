@@ -1,0 +1,199 @@
+"""One training run on disk: ``runs/<id>/``.
+
+Layout (all human-readable except the weights)::
+
+    run.json         id, kind, round, created: what the run is
+    config.json      the configuration it ran with
+    status.json      {"status": "running" | "done" | "stopped" | "failed", "time": ..., **extra}
+    metrics.json     final metrics
+    events.jsonl     progress events, one JSON object a line, appended as they happen
+    models/<name>.safetensors (+ <name>.json)   weights and what they are
+    checkpoint/      resumable state
+
+A run directory has a single writer (the process running it), so it needs no lock; other
+processes only read it. Every file except the event log is replaced atomically; the event log is
+appended and flushed line by line, and a torn last line (the writer was killed) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from napari_mtssl._atomic import _json_default, atomic_write_json
+
+from ._errors import WorkspaceError
+
+RUN_STATUSES = ("running", "done", "stopped", "failed")
+RUN_FORMAT_VERSION = 1
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with microseconds, so that times sort in the order they happened."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        if default is not None:
+            return default
+        raise WorkspaceError(path, "file is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WorkspaceError(path, f"not valid JSON ({exc})") from None
+
+
+def safe_model_name(name: str) -> str:
+    """A file name for a model name such as ``"teacher:sdm"`` (reversible by ``unquote``)."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        raise ValueError(f"invalid model name {name!r}")
+    return quote(name, safe="-_.")
+
+
+class Run:
+    """Handle on ``runs/<id>/``; cheap to create, reads its files when asked."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        info = _read_json(self.path / "run.json")
+        if not isinstance(info, dict) or "kind" not in info:
+            raise WorkspaceError(self.path / "run.json", "not a run description")
+        if int(info.get("version", 1)) > RUN_FORMAT_VERSION:
+            raise WorkspaceError(
+                self.path / "run.json",
+                f"written by a newer napari-mtssl (run format {info['version']}); "
+                f"this version reads up to {RUN_FORMAT_VERSION}",
+            )
+        self.id: str = str(info.get("id", self.path.name))
+        self.kind: str = str(info["kind"])
+        self.round: int | None = info.get("round")
+        self.created: str = str(info.get("created", ""))
+        self._newline_checked = False
+
+    @classmethod
+    def create(cls, path: Path, *, kind: str, config: dict[str, Any], round: int | None) -> Run:
+        """Make the folder (fails if it exists, so two processes never share a run)."""
+        path.mkdir(parents=True, exist_ok=False)
+        atomic_write_json(path / "config.json", config)
+        atomic_write_json(path / "status.json", {"status": "running", "time": utc_now()})
+        # run.json last: a folder without it is an interrupted creation, ignored by runs().
+        atomic_write_json(
+            path / "run.json",
+            {
+                "version": RUN_FORMAT_VERSION,
+                "id": path.name,
+                "kind": kind,
+                "round": round,
+                "created": utc_now(),
+            },
+        )
+        return cls(path)
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, kind={self.kind!r}, round={self.round}, status={self.status!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.path.resolve() == self.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    # -- configuration, status, metrics ------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        return _read_json(self.path / "config.json", default={})
+
+    @property
+    def status(self) -> str:
+        return str(self.status_info().get("status", "running"))
+
+    def status_info(self) -> dict[str, Any]:
+        """The whole of ``status.json``: status, time and whatever ``set_status`` was given."""
+        return _read_json(self.path / "status.json", default={"status": "running"})
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
+        atomic_write_json(self.path / "status.json", {**extra, "status": status, "time": utc_now()})
+
+    def write_metrics(self, metrics: dict[str, Any], *, merge: bool = False) -> None:
+        """Replace ``metrics.json`` (or, with ``merge``, update its top-level keys)."""
+        data = {**self.metrics(), **metrics} if merge else dict(metrics)
+        atomic_write_json(self.path / "metrics.json", data)
+
+    def metrics(self) -> dict[str, Any]:
+        return _read_json(self.path / "metrics.json", default={})
+
+    # -- events ------------------------------------------------------------------------------
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        """Append one event as a JSON line and flush it, so a reader sees it at once."""
+        line = json.dumps(event, default=_json_default, separators=(",", ":"))
+        with open(self.events_path, "ab") as fh:
+            if not self._newline_checked:
+                # A writer killed mid-line left a torn line: start ours on a fresh line.
+                if fh.tell() > 0:
+                    with open(self.events_path, "rb") as rd:
+                        rd.seek(-1, os.SEEK_END)
+                        if rd.read(1) != b"\n":
+                            fh.write(b"\n")
+                self._newline_checked = True
+            fh.write(line.encode("utf-8") + b"\n")
+            fh.flush()
+
+    def events(self) -> list[dict[str, Any]]:
+        """All events, oldest first. Lines that are not JSON objects (torn by a crash) are skipped."""
+        try:
+            raw = self.events_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    # -- models and checkpoints --------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.path / "models"
+
+    def model_path(self, name: str) -> Path:
+        """Where the weights of model ``name`` go (the folder is created)."""
+        self.models_dir.mkdir(exist_ok=True)
+        return self.models_dir / f"{safe_model_name(name)}.safetensors"
+
+    def model_meta_path(self, name: str) -> Path:
+        self.models_dir.mkdir(exist_ok=True)
+        return self.models_dir / f"{safe_model_name(name)}.json"
+
+    def models(self) -> list[str]:
+        """Names of the models whose weights file exists, sorted."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(
+            unquote(p.name[: -len(".safetensors")])
+            for p in self.models_dir.glob("*.safetensors")
+            if not p.name.startswith(".")  # temporary files of atomic writes
+        )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        path = self.path / "checkpoint"
+        path.mkdir(exist_ok=True)
+        return path
