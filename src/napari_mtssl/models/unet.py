@@ -1,0 +1,198 @@
+"""The 2D U-Net every model in napari-mtssl uses, built from MONAI's BasicUNet blocks.
+
+It is MONAI's ``BasicUNet`` (five encoder levels, four up-concatenation levels) laid out so that
+the parts auxiliary tasks share are addressable by name:
+
+* ``encoder.*``: ``TwoConv`` at full resolution, then four ``Down`` blocks (max-pool + two convs).
+  Encoder-level tasks (instance discrimination, Rubik's cube) share only these.
+* ``decoder.*``: four ``UpCat`` blocks. Dense tasks (distance maps, slice prediction, inpainting)
+  share encoder and decoder and put their own 1x1 head on the decoder output.
+* ``seg_head``: the 1x1 segmentation head, never shared.
+
+We do not subclass ``BasicUNet`` because its attributes (``conv_0``, ``down_1`` ...) would give
+parameter names that do not say which part is shared, and its ``forward`` hides the encoder
+features that the encoder-level tasks need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from math import gcd
+
+from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
+from torch import Tensor, nn
+
+__all__ = ["UNet2D", "build_unet", "count_parameters", "NORMS"]
+
+NORMS = ("instance", "batch", "group")
+_ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
+
+
+def _norm_arg(norm: str, features: Sequence[int]) -> tuple:
+    """MONAI norm argument. Instance norm (default) works with batch size 1; batch norm needs
+    batches of 2+ in training; group norm uses the largest group count <= 8 dividing every width."""
+    if norm == "instance":
+        return ("instance", {"affine": True})
+    if norm == "batch":
+        return ("batch", {})
+    if norm == "group":
+        g = 0
+        for f in features:
+            g = gcd(g, int(f))
+        groups = max(d for d in range(1, 9) if g % d == 0)
+        return ("group", {"num_groups": groups})
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+
+
+class UNet2D(nn.Module):
+    """2D U-Net: ``(B, in_channels, H, W)`` -> segmentation logits ``(B, out_channels, H, W)``.
+
+    H and W must be divisible by 16 (four 2x poolings). ``features`` are the widths of the five
+    encoder levels and of the decoder output, as in MONAI's BasicUNet.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        dropout: float = 0.0,
+        norm: str = "instance",
+    ):
+        super().__init__()
+        fea = [int(f) for f in features]
+        if len(fea) != 6 or min(fea) < 1:
+            raise ValueError(f"features must be six positive widths; got {tuple(features)}")
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(
+                f"in_channels and out_channels must be >= 1; got {in_channels}, {out_channels}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        norm_arg = _norm_arg(norm, fea)
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.features = tuple(fea)
+        self.norm = norm
+        self.dropout = float(dropout)
+
+        args = (_ACT, norm_arg, True, dropout)  # act, norm, bias, dropout
+        self.encoder = nn.ModuleList(
+            [
+                TwoConv(2, in_channels, fea[0], *args),
+                Down(2, fea[0], fea[1], *args),
+                Down(2, fea[1], fea[2], *args),
+                Down(2, fea[2], fea[3], *args),
+                Down(2, fea[3], fea[4], *args),
+            ]
+        )
+        # Deepest first: decoder[0] takes the bottleneck and the level-3 skip.
+        self.decoder = nn.ModuleList(
+            [
+                UpCat(2, fea[4], fea[3], fea[3], *args, upsample="deconv"),
+                UpCat(2, fea[3], fea[2], fea[2], *args, upsample="deconv"),
+                UpCat(2, fea[2], fea[1], fea[1], *args, upsample="deconv"),
+                UpCat(2, fea[1], fea[0], fea[5], *args, upsample="deconv", halves=False),
+            ]
+        )
+        self.seg_head = nn.Conv2d(fea[5], out_channels, kernel_size=1)
+        self.encoder_channels: list[int] = fea[:5]
+        self.decoder_channels: int = fea[5]
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Five feature maps, full resolution first; the last is the bottleneck (H/16, W/16)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        if x.shape[-1] % 16 or x.shape[-2] % 16:
+            raise ValueError(f"H and W must be divisible by 16; got {tuple(x.shape[-2:])}")
+        feats = []
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+    def decode(self, feats: list[Tensor]) -> Tensor:
+        """Decoder output ``(B, decoder_channels, H, W)`` from the five ``encode`` maps."""
+        if len(feats) != 5:
+            raise ValueError(f"decode expects the 5 maps of encode(); got {len(feats)}")
+        x = feats[4]
+        for block, skip in zip(self.decoder, (feats[3], feats[2], feats[1], feats[0])):
+            x = block(x, skip)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.seg_head(self.decode(self.encode(x)))
+
+    # -- sharing weights between the two stages ---------------------------------------------
+
+    @staticmethod
+    def shared_prefixes(level: str) -> tuple[str, ...]:
+        """Parameter-name prefixes a task of this level shares: see METHOD.md."""
+        if level == "encoder":
+            return ("encoder.",)
+        if level == "dense":
+            return ("encoder.", "decoder.")
+        raise ValueError(f"level must be 'encoder' or 'dense'; got {level!r}")
+
+    def shared_state_dict(self, level: str) -> dict[str, Tensor]:
+        """The weights (and norm buffers) a task of ``level`` shares, detached copies.
+
+        ``"encoder"`` -> ``encoder.*``; ``"dense"`` -> ``encoder.*`` and ``decoder.*``. Load the
+        result into a fresh network with ``load_state_dict(sd, strict=False)`` or
+        :meth:`load_shared`.
+        """
+        prefixes = self.shared_prefixes(level)
+        return {
+            k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(prefixes)
+        }
+
+    def load_shared(self, state: dict[str, Tensor], level: str) -> None:
+        """Load exactly the shared part of ``level`` from ``state``; anything missing is an error."""
+        expected = set(self.shared_state_dict(level))
+        missing = sorted(expected - set(state))
+        if missing:
+            raise ValueError(f"shared weights for level {level!r} lack {missing[:5]}...")
+        extra = sorted(k for k in state if k not in expected)
+        if extra:
+            raise ValueError(f"weights outside the shared {level!r} part: {extra[:5]}...")
+        self.load_state_dict(state, strict=False)
+
+    def reset_parameters_except(self, prefixes: Iterable[str]) -> list[str]:
+        """Re-initialise every layer whose name does not start with one of ``prefixes``.
+
+        Used by pre-train/fine-tune: keep ``encoder.`` (or ``encoder.``, ``decoder.``) and give
+        the rest fresh weights. Returns the names of the layers re-initialised.
+        """
+        keep = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+        done = []
+        for name, module in self.named_modules():
+            if not name or not hasattr(module, "reset_parameters"):
+                continue
+            if (name + ".").startswith(keep):
+                continue
+            module.reset_parameters()
+            done.append(name)
+        return done
+
+    def reset_seg_head(self) -> None:
+        """Fresh segmentation head (the task head is dropped when fine-tuning)."""
+        self.seg_head.reset_parameters()
+
+
+def build_unet(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    width: int = 32,
+    dropout: float = 0.0,
+    norm: str = "instance",
+) -> UNet2D:
+    """U-Net with widths ``(w, w, 2w, 4w, 8w, w)``; ``width=32`` is MONAI's BasicUNet default."""
+    if width < 1:
+        raise ValueError(f"width must be >= 1; got {width}")
+    w = int(width)
+    return UNet2D(in_channels, out_channels, (w, w, 2 * w, 4 * w, 8 * w, w), dropout, norm)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (for logs and the UI)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
