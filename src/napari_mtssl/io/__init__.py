@@ -1,0 +1,182 @@
+"""Scans and labels in and out: NIfTI, DICOM, TIFF/PNG stacks and dataset folders.
+
+No torch, no Qt, no napari. Every reader returns :class:`Scan` objects in the project's canonical
+frame ((z, y, x), closest LPS orientation for data with a patient frame); every failure is a
+:class:`ScanReadError` or :class:`LabelError` whose message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, suffix_of
+from ._orient import grid_affine
+from .dataset import Dataset, DatasetCase, is_dataset_folder, open_dataset
+from .dicom import dicom_headers, is_dicom_file, read_dicom
+from .scan import LabelError, Scan, ScanReadError, validate_labels
+
+__all__ = [
+    "Dataset",
+    "DatasetCase",
+    "LabelError",
+    "Scan",
+    "ScanReadError",
+    "grid_affine",
+    "is_dicom_file",
+    "open_dataset",
+    "read_labels",
+    "read_scans",
+    "validate_labels",
+    "write_labels",
+]
+
+_DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+
+
+def read_scans(
+    path: str | os.PathLike, *, volume: int | None = None, allow_nan: bool = True
+) -> list[Scan]:
+    """Every scan in a file or folder, in the canonical ``(z, y, x)`` LPS frame.
+
+    * NIfTI file (2D, 3D, or 4D with ``volume=k`` choosing one volume).
+    * DICOM file, or a folder of DICOM files (searched recursively, any names, other files
+      skipped): one scan per series.
+    * TIFF stack, single PNG/JPEG (as ``(1, y, x)``), or a folder of numbered 2D images.
+    * A folder of NIfTI files: one scan each.
+
+    NaN or infinite voxels (``allow_nan``): by default they are set to the image's lowest finite
+    value, the count is kept in ``scan.meta['nan_voxels']`` and a warning is recorded in
+    ``scan.meta['warnings']`` and issued (napari shows it). NaNs in clinical exports almost always
+    mark voxels outside the field of view (after resampling, registration or skull stripping), so
+    showing them as background is what a reader of the scan expects, while refusing the file would
+    leave nothing to look at. Pass ``allow_nan=False`` to get a ScanReadError naming the file and
+    the number of NaN voxels instead (e.g. in batch pipelines that must not alter data).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ScanReadError(p, "no such file or folder")
+    if p.is_dir():
+        return _read_folder(p, volume=volume, allow_nan=allow_nan)
+    suffix = suffix_of(p)
+    if suffix in NIFTI_SUFFIXES:
+        from .nifti import read_nifti
+
+        return [read_nifti(p, volume=volume, allow_nan=allow_nan)]
+    if volume is not None:
+        raise ScanReadError(p, "volume= applies to 4D NIfTI files only")
+    if suffix in TIFF_SUFFIXES:
+        from .stack import read_tiff
+
+        return [read_tiff(p, allow_nan=allow_nan)]
+    if suffix in IMAGE_SUFFIXES:
+        from .stack import read_image
+
+        return [read_image(p, allow_nan=allow_nan)]
+    if is_dicom_file(p):
+        return read_dicom(p, allow_nan=allow_nan)
+    if suffix in _DICOM_SUFFIXES:
+        raise ScanReadError(p, "not a readable DICOM image file")
+    raise ScanReadError(
+        p, "unsupported file type; expected NIfTI (.nii, .nii.gz), DICOM, TIFF or PNG"
+    )
+
+
+def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[Scan]:
+    from .stack import image_files, read_image_folder, read_tiff
+
+    if is_dataset_folder(folder):
+        raise ScanReadError(
+            folder,
+            "is a dataset folder (imagesTr/ ...); open it with open_dataset(folder) "
+            "or read its files one by one",
+        )
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    if not entries:
+        raise ScanReadError(folder, "the folder is empty")
+    headers = dicom_headers(_all_files(folder))
+    if headers:
+        return read_dicom(folder, allow_nan=allow_nan, headers=headers)
+    images = image_files(folder)
+    if images:
+        tiffs = [p for p in images if suffix_of(p) in TIFF_SUFFIXES]
+        if tiffs and _n_pages(tiffs[0]) > 1:  # a folder of TIFF stacks: one scan each
+            return [read_tiff(p, allow_nan=allow_nan) for p in tiffs]
+        return [read_image_folder(folder, images, allow_nan=allow_nan)]
+    niftis = sorted(e for e in entries if e.is_file() and suffix_of(e) in NIFTI_SUFFIXES)
+    if niftis:
+        from .nifti import read_nifti
+
+        return [read_nifti(p, volume=volume, allow_nan=allow_nan) for p in niftis]
+    raise ScanReadError(folder, "no DICOM files, NIfTI files or numbered images in the folder")
+
+
+def _all_files(folder: Path) -> list[Path]:
+    from .dicom import _walk
+
+    return _walk(folder)
+
+
+def _n_pages(path: Path) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages)
+    except Exception:  # noqa: BLE001 - unreadable files are reported when read
+        return 1
+
+
+def read_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray:
+    """A label mask (``(z, y, x)`` uint8/uint16) in the same orientation as its image.
+
+    NIfTI labels are reoriented exactly like NIfTI images; TIFF/PNG stacks keep file order; ``.npy``
+    is read without pickle. With ``like`` the mask is validated against the scan's shape (and, for
+    NIfTI, that its grid lies where the image's does); a float mask with values other than whole
+    class numbers raises LabelError.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LabelError(p, "no such file")
+    suffix = suffix_of(p)
+    if suffix in NIFTI_SUFFIXES:
+        from .nifti import read_nifti_labels
+
+        data = read_nifti_labels(p, like)
+    elif suffix in IMAGE_SUFFIXES:
+        from .stack import read_stack_labels
+
+        data = read_stack_labels(p)
+    elif suffix == ".npy":
+        try:
+            data = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise LabelError(p, f"not a readable .npy array ({exc})") from exc
+    else:
+        raise LabelError(p, "unsupported label file type; expected .nii, .nii.gz, .tif, .png, .npy")
+    shape = like.shape if like is not None else (data.shape if data.ndim == 3 else (1, *data.shape))
+    return validate_labels(data, shape, p)
+
+
+def write_labels(labels: np.ndarray, path: str | os.PathLike, like: Scan) -> None:
+    """Write a ``(z, y, x)`` mask for scan ``like`` atomically (nothing is touched on failure).
+
+    ``.nii``/``.nii.gz``: in the source NIfTI's own voxel order, affine and header when ``like``
+    came from NIfTI, else on ``like``'s canonical grid and affine. ``.tif``/``.tiff``: an ImageJ
+    stack in ``(z, y, x)`` order with the spacing in mm.
+    """
+    p = Path(path)
+    suffix = suffix_of(p)
+    if suffix not in (*NIFTI_SUFFIXES, *TIFF_SUFFIXES):
+        raise LabelError(p, "cannot write labels in this format; use .nii, .nii.gz, .tif or .tiff")
+    mask = validate_labels(labels, like.shape, p)
+    if suffix in NIFTI_SUFFIXES:
+        from .nifti import write_nifti_labels
+
+        write_nifti_labels(mask, p, like)
+    else:
+        from .stack import write_tiff_labels
+
+        write_tiff_labels(mask, p, like.spacing)

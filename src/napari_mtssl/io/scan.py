@@ -23,6 +23,18 @@ from typing import Any
 import numpy as np
 
 
+def grid_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """Affine of a ``(z, y, x)`` grid with no patient frame, placed in the canonical LPS frame.
+
+    z runs to +S, y to +P, x to +L. A diagonal in index order would be wrong: it would send z
+    along L.
+    """
+    sz, sy, sx = (float(s) for s in spacing)
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = sx, sy, sz, 1.0
+    return affine
+
+
 class ScanReadError(ValueError):
     """A file we recognise but cannot read. The message names the file and the problem."""
 
@@ -50,7 +62,7 @@ class Scan:
 
     array: np.ndarray
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    affine: np.ndarray | None = None  # None: a grid with no patient frame (see grid_affine)
     name: str = "scan"
     source: str | None = None
     modality: str = "unknown"  # "MR", "CT" or "unknown": picks the intensity normalisation
@@ -62,6 +74,8 @@ class Scan:
         if self.array.ndim != 3:
             raise ValueError(f"{self.name}: a scan is 2D or 3D, got shape {self.array.shape}")
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        if self.affine is None:
+            self.affine = grid_affine(self.spacing)
         self.affine = np.asarray(self.affine, dtype=float)
 
     @property
@@ -101,7 +115,8 @@ def validate_labels(labels: np.ndarray, scan_shape: tuple[int, ...], source: obj
         arr = arr[None]
     if tuple(arr.shape) != tuple(scan_shape):
         raise LabelError(
-            source, f"label shape {tuple(arr.shape)} does not match the image shape {tuple(scan_shape)}"
+            source,
+            f"label shape {tuple(arr.shape)} does not match the image shape {tuple(scan_shape)}",
         )
     if arr.dtype.kind == "b":
         return arr.astype(np.uint8)
