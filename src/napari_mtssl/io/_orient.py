@@ -53,5 +53,3 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size ``(z, y, x)`` mm: the norms of the affine's first three columns."""
     norms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
     return tuple(float(n) for n in norms)  # type: ignore[return-value]
-
-
