@@ -1,0 +1,124 @@
+"""Screenshots of the four docks for the tutorial, from a real napari window.
+
+Run under Xvfb from the repository root::
+
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py [--profile tiny]
+
+It loads the sample study into a temporary workspace, trains with the given profile (tiny: a
+few seconds), compares the models on one scan, opens the student's prediction for editing,
+corrects one slice, accepts it, retrains quickly, and saves one PNG per step into docs/images/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMAGES = Path(__file__).resolve().parent / "images"
+
+
+def wait_for(app, done, timeout: float = 600.0, what: str = "the job") -> None:
+    """Spin the Qt event loop until ``done()`` or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not finish within {timeout:.0f} s")
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def save_dock(widget, name: str) -> Path:
+    path = IMAGES / name
+    widget.grab().save(str(path))
+    print(f"wrote {path}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="tiny", help="training profile (tiny, quick, ...)")
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    from napari_mtssl.widgets import DOCKS, add_docks
+    from napari_mtssl.widgets._probe import StallProbe
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(title="napari-mtssl")
+    viewer.window._qt_window.resize(1500, 1000)
+    widgets = add_docks(viewer)
+    study, training, compare, correct = (widgets[n] for n in DOCKS)
+    app = QApplication.instance()
+    jobs = study.session.jobs
+
+    def show_dock(widget) -> None:
+        # the docks are tabbed; bring this one to the front before a window screenshot
+        parent = widget.parentWidget()
+        while parent is not None and not isinstance(parent, QDockWidget):
+            parent = parent.parentWidget()
+        if parent is not None:
+            parent.raise_()
+        app.processEvents()
+
+    folder = tempfile.mkdtemp(prefix="mtssl-screens-")
+    ws = study.load_sample(str(Path(folder) / "ws"))
+    app.processEvents()
+    show_dock(study)
+    save_dock(study, "study_dock.png")
+    viewer.screenshot(str(IMAGES / "window_study.png"), canvas_only=False)
+
+    training.profile.setCurrentText(args.profile)
+    training.device.setCurrentText("cpu")
+    show_dock(training)
+    probe = StallProbe().start()
+    training.train("all")
+    wait_for(app, lambda: not jobs.is_running, what="training")
+    print(f"longest event-loop stall during training: {probe.stop():.1f} ms")
+    if jobs.last_state != "done":
+        raise SystemExit(f"training ended {jobs.last_state}: {jobs.last_error}")
+    app.processEvents()
+    save_dock(training, "training_dock.png")
+
+    scan_id = ws.scan_ids()[0]
+    results = []
+    compare.comparison_ready.connect(results.append)
+    show_dock(compare)
+    compare.compare(scan_id)
+    wait_for(app, lambda: bool(results), timeout=120, what="the comparison")
+    compare.go_to_slice(int(np.argmax(results[0].slice_scores)))
+    app.processEvents()
+    save_dock(compare, "compare_dock.png")
+    viewer.screenshot(str(IMAGES / "window_compare.png"), canvas_only=False)
+
+    target = ws.scan_ids()[-1]
+    ready = []
+    correct.edit_ready.connect(ready.append)
+    show_dock(correct)
+    correct.edit_prediction(target)
+    wait_for(app, lambda: bool(ready), timeout=120, what="the prediction")
+    for layer in viewer.layers:
+        layer.visible = layer.name in (target, f"{target} · edit")
+    layer = viewer.layers[f"{target} · edit"]
+    z = ws.record(target).shape[0] // 2
+    data = np.array(layer.data)
+    data[z, 30:50, 30:50] = 1  # a stand-in for a brush stroke
+    layer.data = data
+    viewer.dims.set_current_step(0, z)
+    correct.accept_edited(target)
+    app.processEvents()
+    viewer.screenshot(str(IMAGES / "window_correct.png"), canvas_only=False)
+    correct.retrain("retrain-quick")
+    wait_for(app, lambda: not jobs.is_running, what="retraining")
+    app.processEvents()
+    save_dock(correct, "correct_dock.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Run engine jobs from the GUI: a worker process does the work, a napari thread relays events.
+
+``api.start_job`` starts training in its own process (no shared GIL, memory returned at the end,
+a crash cannot take napari down). A napari ``thread_worker`` polls the job's event queue and
+yields batches of plain event dicts; Qt delivers them to the GUI thread, where
+:class:`JobController` updates napari's progress display and re-emits each event for the docks.
+The training and correction docks share one controller per viewer (see ``_session``), so there is
+one job at a time and one close-guard for the window.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any
+
+from qtpy.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, Signal
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+POLL_S = 0.1  # how long the relay thread waits for events before checking the job's state
+
+
+def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[dict], None, str]:
+    """Yield batches of the job's events until it ends; return its final state.
+
+    Runs in a napari thread worker: ``handle.poll`` blocks up to ``poll_s`` seconds off the GUI
+    thread, and batching keeps the number of cross-thread signals low during fast steps.
+    """
+    while handle.state == "running":
+        events = handle.poll(poll_s)
+        if events:
+            yield events
+    return str(handle.state)
+
+
+def event_loss(event: dict) -> float | None:
+    """The scalar loss of a progress event: its ``total`` loss, else the sum of the parts."""
+    losses = event.get("losses") or {}
+    if not losses:
+        return None
+    if "total" in losses:
+        return float(losses["total"])
+    if "loss" in losses:
+        return float(losses["loss"])
+    return float(sum(float(v) for v in losses.values()))
+
+
+def event_run_name(event: dict) -> str:
+    """A stable name for the model an event belongs to (curve and table key)."""
+    if event.get("model"):
+        return str(event["model"])
+    task, mode = event.get("task"), event.get("mode")
+    if task and mode:
+        return f"{task}:{mode}"
+    return str(task or event.get("stage") or "run")
+
+
+def describe_event(event: dict) -> str:
+    """One status line for a progress event, e.g. ``stage1 sdm:joint 40/200  loss 0.31``."""
+    parts = [str(event.get("stage") or ""), event_run_name(event)]
+    if event.get("step") is not None and event.get("total"):
+        parts.append(f"{event['step']}/{event['total']}")
+    loss = event_loss(event)
+    if loss is not None:
+        parts.append(f"loss {loss:.3f}")
+    if event.get("val_dice") is not None:
+        parts.append(f"val Dice {float(event['val_dice']):.3f}")
+    if event.get("eta_s") is not None:
+        parts.append(f"ETA {float(event['eta_s']):.0f}s")
+    if event.get("message"):
+        parts.append(str(event["message"]))
+    return "  ".join(p for p in parts if p)
+
+
+class JobController(QObject):
+    """One engine job at a time for a viewer; relays its events to the GUI thread.
+
+    Signals (all in the GUI thread): ``job_started(what)``, ``job_event(event)`` for each
+    event, ``job_finished(result or None)`` once the job is over (done, stopped or failed),
+    ``job_failed(message)`` when it crashed, ``running_changed(bool)``.
+    """
+
+    job_started = Signal(str)
+    job_event = Signal(dict)
+    job_finished = Signal(object)
+    job_failed = Signal(str)
+    running_changed = Signal(bool)
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self._viewer_ref = weakref.ref(viewer)
+        self.handle: Any | None = None
+        self.worker: Any | None = None
+        self.starter: Any | None = None
+        self._stop_requested = False
+        self.what: str | None = None
+        self.last_state: str | None = None
+        self.last_result: dict | None = None
+        self.last_error: str | None = None
+        self._progress: Any | None = None
+        self._running = False
+        self._window_ref: Any = None
+        self._install_close_guard(viewer)
+
+    # -- starting and stopping ----------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    def start(
+        self,
+        workspace: Any,
+        config: Any,
+        what: str,
+        preflight: Callable[[], None] | None = None,
+    ) -> Any:
+        """Start ``api.start_job(workspace, config, what)`` and relay its events.
+
+        The slow parts of starting (``preflight`` checks that read the data, spawning the worker
+        process, importing the engine) run in a thread too, so the click never freezes the
+        viewer. Returns that starter worker; ``job_finished`` fires in every outcome. Raises
+        RuntimeError if a job is already running (one GPU, one job).
+        """
+        from napari.qt.threading import create_worker
+
+        from napari_mtssl import api
+
+        if self._running:
+            raise RuntimeError("a job is already running; stop it or wait for it to finish")
+
+        def launch() -> Any:
+            if preflight is not None:
+                preflight()
+            return api.start_job(workspace, config, what=what)
+
+        self.handle, self.what = None, what
+        self.last_state = self.last_result = self.last_error = None
+        self._stop_requested = False
+        self._running = True
+        self.running_changed.emit(True)
+        self.job_started.emit(what)
+        starter = create_worker(launch, _start_thread=False)
+        starter.returned.connect(lambda handle: self.attach(handle, what))
+        starter.errored.connect(self._on_start_error)
+        self.starter = starter
+        starter.start()
+        return starter
+
+    def _on_start_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self.last_state = "failed"
+        self._finish(None, str(exc) or type(exc).__name__)
+        show_error(f"Could not start {self.what}: {exc}")
+
+    def attach(self, handle: Any, what: str) -> None:
+        """Relay an already started job handle (``start`` uses it; tests can too)."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        already_announced = self._running and self.handle is None
+        self.handle, self.what = handle, what
+        self._running = True
+        self._progress = progress(total=0, desc=f"MTSSL {what}")
+        worker = create_worker(relay_events, handle, _start_thread=False)
+        worker.yielded.connect(self._on_events)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_relay_error)
+        self.worker = worker
+        if not already_announced:
+            self.last_state = self.last_result = self.last_error = None
+            self.running_changed.emit(True)
+            self.job_started.emit(what)
+        if self._stop_requested:  # Stop was pressed while the process was starting
+            handle.stop()
+        worker.start()
+
+    def stop(self) -> None:
+        """Ask the job to stop at its next step; it saves its checkpoint and ends cleanly."""
+        if not self._running:
+            return
+        self._stop_requested = True
+        if self.handle is not None:
+            self.handle.stop()
+            if self._progress is not None:
+                self._progress.set_description(f"MTSSL {self.what}: stopping…")
+
+    def stop_and_wait(self, timeout: float = 60.0) -> bool:
+        """Stop and keep the GUI alive until the job has ended; kill it after ``timeout`` s."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            time.sleep(0.01)
+        if self._running and self.handle is not None:
+            self.handle.kill()
+            return False
+        return True
+
+    # -- relay callbacks (GUI thread) -----------------------------------------------------------
+    def _on_events(self, events: list[dict]) -> None:
+        for event in events:
+            self._update_progress(event)
+            self.job_event.emit(event)
+
+    def _update_progress(self, event: dict) -> None:
+        pbar = self._progress
+        if pbar is None or event.get("total") in (None, 0) or event.get("step") is None:
+            return
+        total, step = int(event["total"]), int(event["step"])
+        if pbar.total != total:
+            pbar.total = total
+        pbar.n = min(step, total)
+        pbar.set_description(f"MTSSL {event.get('stage') or self.what} {event_run_name(event)}")
+
+    def _on_returned(self, state: str) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        handle = self.handle
+        self.last_state = state
+        result = getattr(handle, "result", None)
+        if state == "failed":
+            message = getattr(handle, "error", None) or "the job failed"
+            self._finish(None, message)
+            show_error(f"Training failed: {message}. Saved checkpoints and labels are kept.")
+            return
+        if state == "stopped":
+            show_info(f"{self.what} stopped; the last checkpoint is kept")
+        self._finish(result, None)
+
+    def _on_relay_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        # The relay itself failed (not the job): stop the job so nothing runs unseen.
+        if self.handle is not None:
+            self.handle.stop()
+        self.last_state = "failed"
+        self._finish(None, str(exc) or type(exc).__name__)
+        show_error(f"Lost contact with the training job: {exc}")
+
+    def _finish(self, result: dict | None, error: str | None) -> None:
+        self.last_result, self.last_error = result, error
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._running = False
+        self.running_changed.emit(False)
+        if error is not None:
+            self.job_failed.emit(error)
+        self.job_finished.emit(result)
+
+    # -- closing napari while a job runs ---------------------------------------------------------
+    def _install_close_guard(self, viewer: Any) -> None:
+        window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        if window is not None:
+            window.installEventFilter(self)
+            self._window_ref = weakref.ref(window)  # no strong path from the session to the viewer
+
+    @property
+    def _guarded_window(self) -> Any | None:
+        return self._window_ref() if self._window_ref is not None else None
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        if (
+            obj is self._guarded_window
+            and event.type() == QEvent.Type.Close
+            and self._running
+            and not self.confirm_close()
+        ):
+            event.ignore()
+            return True
+        return False
+
+    def confirm_close(self) -> bool:
+        """Ask whether to stop the running job and close; on yes, stop it cleanly first."""
+        answer = QMessageBox.question(
+            self._guarded_window,
+            "Training is running",
+            f"A {self.what} job is running. Stop it and close napari?\n"
+            "The last checkpoint is kept; the job can be run again later.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        self.stop_and_wait()
+        return True
+
+
+class JobProgressPanel(QWidget):
+    """Progress bar, status line and Stop button for the viewer's job (shared by two docks)."""
+
+    def __init__(self, controller: JobController, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop at the next step; the last checkpoint is kept")
+        self.stop_button.setEnabled(controller.is_running)
+        self.stop_button.clicked.connect(controller.stop)
+        row = QHBoxLayout()
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.stop_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        controller.job_started.connect(self._on_started)
+        controller.job_event.connect(self._on_event)
+        controller.job_finished.connect(self._on_finished)
+        controller.running_changed.connect(self.stop_button.setEnabled)
+
+    def _on_started(self, what: str) -> None:
+        self.bar.setRange(0, 0)  # busy until the first event says how many steps
+        self.status.setText(f"{what}: starting the worker process…")
+
+    def _on_event(self, event: dict) -> None:
+        if event.get("total") and event.get("step") is not None:
+            self.bar.setRange(0, int(event["total"]))
+            self.bar.setValue(min(int(event["step"]), int(event["total"])))
+        self.status.setText(describe_event(event))
+
+    def _on_finished(self, result: object) -> None:
+        c = self.controller
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1 if c.last_state == "done" else 0)
+        if c.last_state == "failed":
+            self.status.setText(f"{c.what} failed: {c.last_error}")
+        elif c.last_state == "stopped":
+            self.status.setText(f"{c.what} stopped; the last checkpoint is kept")
+        else:
+            self.status.setText(f"{c.what} finished")
+
+
+def run_in_thread(func: Any, *args: Any, on_result: Any, action: str, **kwargs: Any) -> Any:
+    """Run a short engine call (inference, comparison) off the GUI thread; returns the worker.
+
+    ``on_result(value)`` runs in the GUI thread; a failure becomes one napari error message
+    starting with ``action`` (engine errors already name the file and the problem).
+    """
+    from napari.qt.threading import create_worker
+    from napari.utils.notifications import show_error
+
+    worker = create_worker(func, *args, _start_thread=False, **kwargs)
+    worker.returned.connect(on_result)
+    worker.errored.connect(lambda exc: show_error(f"{action}: {exc}"))
+    worker.start()
+    return worker

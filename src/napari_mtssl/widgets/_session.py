@@ -1,0 +1,89 @@
+"""The state the four docks share for one viewer: the open workspace and the running job.
+
+Not a global singleton: :func:`session_for` keeps one :class:`Session` per viewer, stored on the
+viewer's window object, so two viewers (or two tests) never see each other's workspace and a
+closed viewer's session goes away with it. (A ``WeakKeyDictionary`` keyed by the viewer would
+leak: the docks' signal connections give every session a strong path back to its viewer.)
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+from napari_mtssl.widgets._jobs import JobController
+
+_ATTR = "_napari_mtssl_session"
+_HEADLESS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+class Session(QObject):
+    """Open workspace + job controller + change notifications for the docks of one viewer.
+
+    Signals carry plain data only: ``workspace_changed(workspace or None)``,
+    ``labels_changed(scan_id)`` after a label store write, ``models_changed()`` after a job ended
+    (new checkpoints and metrics on disk).
+    """
+
+    workspace_changed = Signal(object)
+    labels_changed = Signal(str)
+    models_changed = Signal()
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self._viewer_ref = weakref.ref(viewer)
+        self.workspace: Any | None = None
+        self.jobs = JobController(viewer)
+        # The training dock registers how it builds a config so that the correction dock's
+        # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
+        self.config_provider: Callable[[], Any] | None = None
+        self.jobs.job_finished.connect(lambda _result: self.models_changed.emit())
+
+    @property
+    def viewer(self) -> Any | None:
+        return self._viewer_ref()
+
+    def set_workspace(self, workspace: Any | None) -> None:
+        self.workspace = workspace
+        self.workspace_changed.emit(workspace)
+
+    def require_workspace(self) -> Any:
+        """The open workspace, or a ValueError whose message tells the user what to do."""
+        if self.workspace is None:
+            raise ValueError(
+                "no workspace is open: create or open one in the Study dock (or load the sample)"
+            )
+        return self.workspace
+
+    def make_config(self) -> Any:
+        if self.config_provider is not None:
+            return self.config_provider()
+        from napari_mtssl import api
+
+        return api.make_config(profile="quick")
+
+
+def unwrap(viewer: Any) -> Any:
+    """The real viewer behind the public-only proxy napari hands to plugin docks.
+
+    Each dock gets its own proxy object, so the proxy cannot key the shared session; the close
+    guard also needs the Qt main window, which the proxy hides.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def session_for(viewer: Any) -> Session:
+    """The session of ``viewer`` (or of the viewer behind a proxy), created on first use."""
+    viewer = unwrap(viewer)
+    window = getattr(viewer, "window", None)
+    session = getattr(window, _ATTR, None) if window is not None else _HEADLESS.get(viewer)
+    if session is None:
+        session = Session(viewer)
+        if window is not None:
+            setattr(window, _ATTR, session)
+        else:  # a viewer model without a window (scripts): no docks, so no path back to it
+            _HEADLESS[viewer] = session
+    return session

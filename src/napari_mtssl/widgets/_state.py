@@ -1,0 +1,215 @@
+"""The one place where napari layers become plain data, and plain data becomes layers.
+
+Core code never sees a layer: the widgets build a frozen :class:`ViewerState` (or a single
+:class:`LayerScan`) here and hand ``Scan`` objects and numpy arrays to the engine. Going the other
+way, :func:`show_scan` / :func:`show_labels` put engine results into the viewer with the scan's
+physical scale, so every layer of one scan lines up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
+
+SCAN_META_KEY = "mtssl_scan"  # metadata the io readers put on image layers (Scan.layer_kwargs)
+SCAN_ID_KEY = "mtssl_scan_id"  # scan id of an image layer, or of the scan a label layer is for
+ROLE_KEY = "mtssl_role"  # what a label layer is: "labels", "edit", "model:<name>", ...
+
+
+@dataclass(frozen=True)
+class LayerScan:
+    """An image layer as plain data: ``array`` ``(z, y, x)``, spacing ``(z, y, x)`` mm."""
+
+    layer_name: str
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    scan_id: str | None = None
+    affine: np.ndarray | None = None
+    source: str | None = None
+    modality: str = "unknown"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_layer(cls, layer: Any) -> LayerScan:
+        """Read an image layer; raise ScanReadError (naming the layer) for RGB or >3D data."""
+        if getattr(layer, "rgb", False):
+            raise ScanReadError(layer.name, "an RGB image is not a scan; convert it to grey first")
+        data = np.asarray(layer.data)
+        if data.ndim not in (2, 3):
+            raise ScanReadError(layer.name, f"a scan is 2D or 3D, this layer is {data.ndim}D")
+        scale = tuple(float(s) for s in layer.scale)
+        spacing = (1.0, *scale) if data.ndim == 2 else scale
+        meta = dict(layer.metadata.get(SCAN_META_KEY) or {})
+        affine = meta.pop("affine", None)
+        meta.pop("spacing", None)
+        return cls(
+            layer_name=str(layer.name),
+            array=data,
+            spacing=spacing,  # type: ignore[arg-type]
+            scan_id=layer.metadata.get(SCAN_ID_KEY),
+            affine=None if affine is None else np.asarray(affine, dtype=float),
+            source=meta.pop("source", None),
+            modality=str(meta.pop("modality", "unknown")),
+            meta=meta,
+        )
+
+    def to_scan(self) -> Scan:
+        """The layer as a ``Scan`` (float32); without a stored affine, a diagonal one from scale."""
+        affine = self.affine if self.affine is not None else np.diag([*self.spacing, 1.0])
+        return Scan(
+            array=np.asarray(self.array, dtype=np.float32),
+            spacing=self.spacing,
+            affine=affine,
+            name=self.layer_name,
+            source=self.source,
+            modality=self.modality,
+            meta=dict(self.meta),
+        )
+
+
+@dataclass(frozen=True)
+class LayerLabels:
+    """A labels layer as plain data: ``data`` ``(z, y, x)`` integer mask."""
+
+    layer_name: str
+    data: np.ndarray
+    scan_id: str | None = None
+    role: str | None = None
+
+    @classmethod
+    def from_layer(cls, layer: Any) -> LayerLabels:
+        data = np.asarray(layer.data)
+        if data.ndim == 2:
+            data = data[None]
+        return cls(
+            str(layer.name), data, layer.metadata.get(SCAN_ID_KEY), layer.metadata.get(ROLE_KEY)
+        )
+
+    def checked_for(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The mask if it has the scan's ``shape`` (z, y, x), else LabelError naming the layer."""
+        if tuple(self.data.shape) != tuple(shape):
+            raise LabelError(
+                self.layer_name,
+                f"label shape {tuple(self.data.shape)} does not match the image shape "
+                f"{tuple(shape)}",
+            )
+        return self.data
+
+
+@dataclass(frozen=True)
+class ViewerState:
+    """What the docks need from the viewer, frozen: image and label layers, current slice."""
+
+    images: tuple[LayerScan, ...]
+    labels: tuple[LayerLabels, ...]
+    current_z: int
+
+    @classmethod
+    def from_viewer(cls, viewer: Any) -> ViewerState:
+        from napari.layers import Image, Labels
+
+        images = tuple(
+            LayerScan.from_layer(ly)
+            for ly in viewer.layers
+            if isinstance(ly, Image) and not ly.rgb and np.ndim(ly.data) in (2, 3)
+        )
+        labels = tuple(LayerLabels.from_layer(ly) for ly in viewer.layers if isinstance(ly, Labels))
+        return cls(images, labels, current_slice(viewer))
+
+    def image(self, name: str) -> LayerScan:
+        for img in self.images:
+            if img.layer_name == name:
+                return img
+        raise KeyError(f"no image layer named {name!r}")
+
+    def label_layer(self, name: str) -> LayerLabels:
+        for lab in self.labels:
+            if lab.layer_name == name:
+                return lab
+        raise KeyError(f"no labels layer named {name!r}")
+
+
+def current_slice(viewer: Any, layer: Any | None = None) -> int:
+    """Index of ``layer``'s slice on screen (axis 0, the slice axis of every scan).
+
+    Through world coordinates, so it stays right when scans with other spacings share the
+    viewer (then a dims step is not a slice of every layer).
+    """
+    if viewer.dims.ndim < 3:
+        return 0
+    if layer is None:
+        return int(viewer.dims.current_step[0])
+    world = float(viewer.dims.point[0])
+    z = round((world - float(layer.translate[0])) / float(layer.scale[0]))
+    return int(np.clip(z, 0, np.shape(layer.data)[0] - 1))
+
+
+def go_to_slice(viewer: Any, z: int, layer: Any | None = None) -> None:
+    """Show slice ``z`` of ``layer`` (or dims step ``z`` without a layer)."""
+    if layer is None:
+        viewer.dims.set_current_step(0, int(z))
+    else:
+        viewer.dims.set_point(0, float(layer.translate[0]) + int(z) * float(layer.scale[0]))
+
+
+def find_layer(viewer: Any, name: str) -> Any | None:
+    return viewer.layers[name] if name in viewer.layers else None
+
+
+def scan_layer_name(scan_id: str) -> str:
+    return scan_id
+
+
+def model_layer_name(scan_id: str, model: str) -> str:
+    """``"<scan> · teacher:sdm"``: the layer names the comparison dock uses."""
+    return f"{scan_id} · {model}"
+
+
+def show_scan(viewer: Any, scan: Scan, scan_id: str) -> Any:
+    """Add (or refresh) the image layer of a workspace scan; returns the layer."""
+    kwargs = scan.layer_kwargs()
+    kwargs["name"] = scan_layer_name(scan_id)
+    kwargs["metadata"][SCAN_ID_KEY] = scan_id
+    layer = find_layer(viewer, kwargs["name"])
+    if layer is not None:
+        layer.data = scan.array
+        layer.scale = kwargs["scale"]
+        layer.metadata.update(kwargs["metadata"])
+        return layer
+    return viewer.add_image(scan.array, colormap="gray", **kwargs)
+
+
+def show_labels(
+    viewer: Any,
+    data: np.ndarray,
+    name: str,
+    scan_id: str,
+    scale: tuple[float, ...],
+    role: str,
+    visible: bool = True,
+) -> Any:
+    """Add or update a labels layer over a scan (same scale, so it lines up)."""
+    layer = find_layer(viewer, name)
+    if layer is not None:
+        layer.data = data
+        layer.scale = scale
+        layer.metadata.update({SCAN_ID_KEY: scan_id, ROLE_KEY: role})
+        return layer
+    return viewer.add_labels(
+        data,
+        name=name,
+        scale=scale,
+        metadata={SCAN_ID_KEY: scan_id, ROLE_KEY: role},
+        visible=visible,
+        opacity=0.5,
+    )
+
+
+def scan_layer_scale(viewer: Any, scan_id: str, fallback: tuple[float, ...]) -> tuple[float, ...]:
+    layer = find_layer(viewer, scan_layer_name(scan_id))
+    return tuple(layer.scale) if layer is not None else tuple(fallback)

@@ -1,0 +1,323 @@
+"""Compare models dock: every model's labels over a scan, where the teachers disagree, and Dice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_mtssl.widgets._jobs import run_in_thread
+from napari_mtssl.widgets._session import session_for
+from napari_mtssl.widgets._state import (
+    current_slice,
+    find_layer,
+    go_to_slice,
+    model_layer_name,
+    scan_layer_name,
+    show_labels,
+    show_scan,
+)
+from napari_mtssl.widgets.study import report_errors
+
+MAX_RANKED = 50  # slices listed by disagreement
+COMPARED = ("student", "baseline", "all_joint")  # besides the teachers
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    """First present attribute/key of a Comparison (tolerates small naming differences)."""
+    for name in names:
+        if isinstance(obj, dict) and name in obj:
+            return obj[name]
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    return default
+
+
+def model_order(names: list[str]) -> list[str]:
+    """Teachers first (sorted), then the student, the baseline and the rest."""
+    teachers = sorted(n for n in names if n.startswith("teacher:"))
+    head = [n for n in ("student", "baseline") if n in names]
+    rest = sorted(n for n in names if n not in teachers and n not in head)
+    return teachers + head + rest
+
+
+# Label colours of the grid (class 1, 2, ...), close to napari's default label colours.
+PALETTE = np.array(
+    [[0, 0, 0], [255, 80, 80], [80, 200, 255], [255, 220, 60], [120, 255, 120], [220, 120, 255]],
+    dtype=np.float32,
+)
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(y, x)`` grey slice + ``(y, x)`` label slice -> ``(y, x, 3)`` uint8, labels at 50 %."""
+    grey = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    fg = labels > 0
+    colours = PALETTE[1 + (labels[fg].astype(np.int64) - 1) % (len(PALETTE) - 1)]
+    rgb[fg] = 0.5 * rgb[fg] + 0.5 * colours
+    return np.ascontiguousarray(rgb.astype(np.uint8))
+
+
+class SliceGrid(QWidget):
+    """The same slice for every model, side by side: a grid of small Qt images.
+
+    Plain ``QLabel`` pixmaps rather than a plotting canvas: redrawing a dozen 2D slices on every
+    slider move then costs well under a millisecond each.
+    """
+
+    def __init__(self, columns: int = 3, size: int = 128, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.columns, self.size = columns, size
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setSpacing(4)
+        self.title = QLabel("")
+        self._image: np.ndarray | None = None
+        self._labels: dict[str, np.ndarray] = {}
+        self._tiles: dict[str, QLabel] = {}
+        self._range = (0.0, 1.0)
+        self.z = 0
+
+    def set_models(self, image: np.ndarray, labels: dict[str, np.ndarray]) -> None:
+        """``image`` (z, y, x); ``labels`` model -> (z, y, x) mask; one tile per model."""
+        while self.grid.count():
+            item = self.grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self._tiles.clear()
+        self._image, self._labels = image, labels
+        lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+        self._range = (float(lo), float(hi))
+        self.title = QLabel("")
+        self.grid.addWidget(self.title, 0, 0, 1, self.columns)
+        for i, name in enumerate(labels):
+            cell = QWidget()
+            box = QVBoxLayout(cell)
+            box.setContentsMargins(0, 0, 0, 0)
+            box.setSpacing(1)
+            caption = QLabel(name)
+            caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            caption.setStyleSheet("font-size: 9px;")
+            tile = QLabel()
+            tile.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            tile.setMinimumSize(self.size // 2, self.size // 2)
+            box.addWidget(tile)
+            box.addWidget(caption)
+            self.grid.addWidget(cell, 1 + i // self.columns, i % self.columns)
+            self._tiles[name] = tile
+        self.show_slice(self.z)
+
+    def tile_image(self, name: str) -> np.ndarray:
+        """The RGB tile of ``name`` at the current slice (what the grid shows)."""
+        assert self._image is not None
+        return overlay_rgb(self._image[self.z], self._labels[name][self.z], *self._range)
+
+    def show_slice(self, z: int) -> None:
+        if self._image is None or not self._tiles:
+            return
+        self.z = int(np.clip(z, 0, self._image.shape[0] - 1))
+        self.title.setText(f"slice {self.z}")
+        for name, tile in self._tiles.items():
+            rgb = self.tile_image(name)
+            h, w, _ = rgb.shape
+            qimage = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+            pixmap = QPixmap.fromImage(qimage).scaled(
+                self.size,
+                self.size,
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.FastTransformation,
+            )
+            tile.setPixmap(pixmap)
+
+
+class CompareWidget(QWidget):
+    """Run ``api.compare`` on a scan; layers per model, disagreement map, grid, Dice, ranking."""
+
+    comparison_ready = Signal(object)  # the Comparison, once its layers are in the viewer
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.comparison: Any | None = None
+        self.scan_id: str | None = None
+        self.worker: Any | None = None
+
+        self.scan = QComboBox()
+        self.compare_button = QPushButton("Compare models")
+        self.compare_button.clicked.connect(lambda: self.compare())
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Scan"))
+        top.addWidget(self.scan, 1)
+        top.addWidget(self.compare_button)
+
+        self.grid = SliceGrid()
+        self.dice = QTableWidget(0, 2)
+        self.dice.setHorizontalHeaderLabels(["Model", "Dice (labelled slices)"])
+        self.dice.verticalHeader().setVisible(False)
+        self.dice.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.ranked = QListWidget()
+        self.ranked.setToolTip("slices where the teachers disagree most; click to go there")
+        self.ranked.itemClicked.connect(self._go_to_item)
+        self.status = QLabel("")
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.status)
+        layout.addWidget(self.grid, 2)
+        layout.addWidget(QLabel("Dice per model"))
+        layout.addWidget(self.dice, 1)
+        layout.addWidget(QLabel("Slices by teacher disagreement"))
+        layout.addWidget(self.ranked, 1)
+
+        self.session.workspace_changed.connect(lambda _ws: self.refresh_scans())
+        self.session.models_changed.connect(self.refresh_scans)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        self.refresh_scans()
+
+    def refresh_scans(self) -> None:
+        ws = self.session.workspace
+        current = self.scan.currentText()
+        self.scan.clear()
+        if ws is not None:
+            self.scan.addItems(list(ws.scan_ids()))
+        if current:
+            self.scan.setCurrentText(current)
+        self.compare_button.setEnabled(ws is not None and self.scan.count() > 0)
+
+    def models_to_compare(self) -> list[str]:
+        """Teachers, student, baseline and all-tasks-jointly (not every stage-1 candidate)."""
+        from napari_mtssl import api
+
+        available = api.list_models(self.session.require_workspace())
+        if not available:
+            raise ValueError("no trained models in this workspace yet: train first")
+        keep = [m for m in available if m.startswith("teacher:") or m in COMPARED]
+        return model_order(keep or available)
+
+    @report_errors("Could not compare the models")
+    def compare(self, scan_id: str | None = None) -> Any:
+        """Start ``api.compare`` for the scan in a thread; ``comparison_ready`` fires when shown."""
+        from napari_mtssl import api
+
+        ws = self.session.require_workspace()
+        scan_id = scan_id or self.scan.currentText()
+        if not scan_id:
+            raise ValueError("choose a scan")
+        self.status.setText(f"comparing the models on {scan_id}…")
+        self.compare_button.setEnabled(False)
+
+        def done(comparison: Any) -> None:
+            self.compare_button.setEnabled(True)
+            self.show_comparison(scan_id, comparison)
+
+        self.worker = run_in_thread(
+            api.compare,
+            ws,
+            scan_id,
+            self.models_to_compare(),
+            on_result=done,
+            action=f"Could not compare models on {scan_id}",
+        )
+        self.worker.errored.connect(lambda _e: self.compare_button.setEnabled(True))
+        self.worker.errored.connect(lambda e: self.status.setText(f"comparison failed: {e}"))
+        return self.worker
+
+    def show_comparison(self, scan_id: str, comparison: Any) -> None:
+        """Layers per model + disagreement map, then the grid, Dice table and ranking."""
+        ws = self.session.require_workspace()
+        self.comparison, self.scan_id = comparison, scan_id
+        image_layer = find_layer(self.viewer, scan_layer_name(scan_id))
+        if image_layer is None:
+            image_layer = show_scan(self.viewer, ws.load_scan(scan_id), scan_id)
+        scale = tuple(image_layer.scale)
+        labels: dict[str, np.ndarray] = dict(_get(comparison, "labels", default={}) or {})
+        names = model_order(list(labels))
+        for name in names:
+            show_labels(
+                self.viewer,
+                np.asarray(labels[name]),
+                model_layer_name(scan_id, name),
+                scan_id,
+                scale,
+                role=f"model:{name}",
+                visible=name == "student",
+            )
+        disagreement = _get(comparison, "disagreement")
+        if disagreement is not None:
+            name = model_layer_name(scan_id, "disagreement")
+            data = np.asarray(disagreement, dtype=np.float32)
+            layer = find_layer(self.viewer, name)
+            if layer is None:
+                self.viewer.add_image(
+                    data,
+                    name=name,
+                    scale=scale,
+                    colormap="magma",
+                    blending="additive",
+                    opacity=0.7,
+                    contrast_limits=(0.0, max(float(data.max()), 1e-6)),
+                    metadata={"mtssl_scan_id": scan_id, "mtssl_role": "disagreement"},
+                )
+            else:
+                layer.data = data
+                layer.contrast_limits = (0.0, max(float(data.max()), 1e-6))
+        self.grid.set_models(
+            np.asarray(image_layer.data), {n: np.asarray(labels[n]) for n in names}
+        )
+        self.grid.show_slice(current_slice(self.viewer, image_layer))
+        self._fill_dice(_get(comparison, "dice", default={}) or {}, names)
+        self._fill_ranking(_get(comparison, "slice_scores", "scores"))
+        self.status.setText(f"{scan_id}: {len(names)} models compared")
+        self.comparison_ready.emit(comparison)
+
+    def _fill_dice(self, dice: dict[str, Any], names: list[str]) -> None:
+        order = [n for n in names if n in dice] + [n for n in dice if n not in names]
+        self.dice.setRowCount(len(order))
+        for r, name in enumerate(order):
+            value = dice[name]
+            if isinstance(value, dict):
+                value = value.get("mean_dice", value.get("mean"))
+            text = "no labelled slices" if value is None else f"{float(value):.3f}"
+            self.dice.setItem(r, 0, QTableWidgetItem(name))
+            self.dice.setItem(r, 1, QTableWidgetItem(text))
+
+    def _fill_ranking(self, scores: Any) -> None:
+        self.ranked.clear()
+        if scores is None:
+            return
+        scores = np.asarray(scores, dtype=float)
+        for z in np.argsort(-scores, kind="stable")[:MAX_RANKED]:
+            item = QListWidgetItem(f"slice {int(z):3d}   disagreement {scores[z]:.3f}")
+            item.setData(Qt.ItemDataRole.UserRole, int(z))
+            self.ranked.addItem(item)
+
+    def _go_to_item(self, item: QListWidgetItem) -> None:
+        self.go_to_slice(int(item.data(Qt.ItemDataRole.UserRole)))
+
+    def _scan_layer(self) -> Any | None:
+        return find_layer(self.viewer, scan_layer_name(self.scan_id)) if self.scan_id else None
+
+    def go_to_slice(self, z: int) -> None:
+        """Move the viewer to slice ``z`` of the compared scan."""
+        go_to_slice(self.viewer, z, self._scan_layer())
+
+    def _on_step(self, _event: Any = None) -> None:
+        if self.comparison is not None:
+            self.grid.show_slice(current_slice(self.viewer, self._scan_layer()))

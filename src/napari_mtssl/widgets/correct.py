@@ -1,0 +1,336 @@
+"""Correct and retrain dock: edit the student's prediction, accept slices, retrain, see history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
+from napari_mtssl.widgets._session import session_for
+from napari_mtssl.widgets._state import (
+    LayerLabels,
+    current_slice,
+    find_layer,
+    model_layer_name,
+    scan_layer_name,
+    show_labels,
+    show_scan,
+)
+from napari_mtssl.widgets.study import report_errors
+
+RETRAIN = (
+    ("retrain-quick", "Retrain quick", "fine-tune the student on the corrected slices (fast)"),
+    ("retrain-stage2", "Stage 2 again", "distil the teachers into a new student with corrections"),
+    ("all", "Everything", "retrain teachers, baseline and student from the start"),
+)
+HISTORY_MODELS = ("student", "baseline")
+
+
+def edit_layer_name(scan_id: str) -> str:
+    return model_layer_name(scan_id, "edit")
+
+
+def edited_slices(data: np.ndarray, original: np.ndarray) -> list[int]:
+    """Slices (axis 0) where the edited mask differs from the prediction it started from."""
+    if data.shape != original.shape:
+        raise ValueError(f"edited shape {data.shape} differs from the original {original.shape}")
+    return [int(z) for z in np.flatnonzero((data != original).reshape(data.shape[0], -1).any(1))]
+
+
+def _metric(entry: dict, model: str) -> float | None:
+    """Mean Dice of ``model`` in a history entry, whichever way the entry nests it."""
+    for key in ("metrics", "models"):
+        block = entry.get(key)
+        if isinstance(block, dict) and model in block:
+            value = block[model]
+            if isinstance(value, dict):
+                value = value.get("mean_dice", value.get("dice"))
+            if isinstance(value, int | float):
+                return float(value)
+    return None
+
+
+class CorrectWidget(QWidget):
+    """Edit the student's labels with napari's tools, accept slices, retrain, compare rounds."""
+
+    edit_ready = Signal(str)  # scan id whose editable student prediction is in the viewer
+    accepted = Signal(str, list)  # scan id, slices written as "corrected"
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.jobs = self.session.jobs
+        self.job_finished = self.jobs.job_finished
+        self.worker: Any | None = None
+        self._original: dict[str, np.ndarray] = {}  # scan id -> prediction the edit started from
+        self._painted: dict[str, set[int]] = {}
+
+        self.scan = QComboBox()
+        self.edit_button = QPushButton("Edit student prediction")
+        self.edit_button.setToolTip(
+            "put the student's labels in an editable layer; use napari's paint, fill and erase"
+        )
+        self.edit_button.clicked.connect(lambda: self.edit_prediction())
+        self.accept_slice_button = QPushButton("Accept this slice")
+        self.accept_slice_button.clicked.connect(lambda: self.accept_current_slice())
+        self.accept_all_button = QPushButton("Accept all edited slices")
+        self.accept_all_button.clicked.connect(lambda: self.accept_edited())
+        self.edit_status = QLabel("")
+        self.edit_status.setWordWrap(True)
+
+        edit_box = QGroupBox("Correct")
+        grid = QGridLayout(edit_box)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Scan"))
+        row.addWidget(self.scan, 1)
+        grid.addLayout(row, 0, 0, 1, 2)
+        grid.addWidget(self.edit_button, 1, 0, 1, 2)
+        grid.addWidget(self.accept_slice_button, 2, 0)
+        grid.addWidget(self.accept_all_button, 2, 1)
+        grid.addWidget(self.edit_status, 3, 0, 1, 2)
+
+        retrain_box = QGroupBox("Retrain with the corrections")
+        box = QVBoxLayout(retrain_box)
+        row = QHBoxLayout()
+        self.retrain_buttons: dict[str, QPushButton] = {}
+        for what, text, tip in RETRAIN:
+            btn = QPushButton(text)
+            btn.setToolTip(tip)
+            btn.clicked.connect(lambda _=False, w=what: self.retrain(w))
+            self.retrain_buttons[what] = btn
+            row.addWidget(btn)
+        box.addLayout(row)
+        self.progress_panel = JobProgressPanel(self.jobs)
+        box.addWidget(self.progress_panel)
+
+        self.history = QTableWidget(0, 0)
+        self.history.verticalHeader().setVisible(False)
+        self.history.setToolTip("what each round of corrections bought: Dice per model per round")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(edit_box)
+        layout.addWidget(retrain_box)
+        layout.addWidget(QLabel("Rounds"))
+        layout.addWidget(self.history, 1)
+
+        self.session.workspace_changed.connect(lambda _ws: self.refresh())
+        self.session.models_changed.connect(self.refresh)
+        self.jobs.running_changed.connect(self._set_running)
+        self._set_running(self.jobs.is_running)
+        self.refresh()
+
+    # -- editing ---------------------------------------------------------------------------------
+    @report_errors("Could not predict with the student")
+    def edit_prediction(self, scan_id: str | None = None) -> Any:
+        """Predict with the student (in a thread) and show it as an editable labels layer."""
+        from napari_mtssl import api
+
+        ws = self.session.require_workspace()
+        scan_id = scan_id or self.scan.currentText()
+        if not scan_id:
+            raise ValueError("choose a scan")
+        self.edit_status.setText(f"predicting {scan_id} with the student…")
+        self.worker = run_in_thread(
+            api.predict,
+            ws,
+            scan_id,
+            model="student",
+            on_result=lambda pred: self._show_edit(scan_id, pred),
+            action=f"Could not predict {scan_id} with the student",
+        )
+        self.worker.errored.connect(lambda e: self.edit_status.setText(f"prediction failed: {e}"))
+        return self.worker
+
+    def _show_edit(self, scan_id: str, prediction: Any) -> None:
+        ws = self.session.require_workspace()
+        labels = np.asarray(getattr(prediction, "labels", prediction))
+        image_layer = find_layer(self.viewer, scan_layer_name(scan_id))
+        if image_layer is None:
+            image_layer = show_scan(self.viewer, ws.load_scan(scan_id), scan_id)
+        name = edit_layer_name(scan_id)
+        old = find_layer(self.viewer, name)
+        if old is not None:
+            self.viewer.layers.remove(old)
+        layer = show_labels(
+            self.viewer, labels.copy(), name, scan_id, tuple(image_layer.scale), role="edit"
+        )
+        self._original[scan_id] = labels.copy()
+        self._painted[scan_id] = set()
+        self.scan.setCurrentText(scan_id)
+        layer.events.paint.connect(lambda event, sid=scan_id: self._on_paint(sid, event))
+        layer.opacity = 0.6
+        layer.selected_label = 1
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self.edit_status.setText(
+            f"editing {name}: paint, fill or erase, then accept the slices you corrected"
+        )
+        self.edit_ready.emit(scan_id)
+
+    def _on_paint(self, scan_id: str, event: Any) -> None:
+        # Each paint "atom" is (indices, old values, new value); its first index array is z.
+        for atom in getattr(event, "value", None) or []:
+            try:
+                self._painted.setdefault(scan_id, set()).update(int(z) for z in set(atom[0][0]))
+            except (TypeError, IndexError, ValueError):
+                continue
+        self._update_edit_status(scan_id)
+
+    def pending_slices(self, scan_id: str) -> list[int]:
+        """Slices edited but not yet accepted (data compared with the starting prediction)."""
+        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        if layer is None or scan_id not in self._original:
+            return []
+        data = LayerLabels.from_layer(layer).data
+        return edited_slices(data, self._original[scan_id])
+
+    def _update_edit_status(self, scan_id: str) -> None:
+        pending = self.pending_slices(scan_id)
+        text = ", ".join(map(str, pending[:20])) + ("…" if len(pending) > 20 else "")
+        self.edit_status.setText(
+            f"{scan_id}: edited slices not yet accepted: {text}"
+            if pending
+            else f"{scan_id}: no pending edits"
+        )
+
+    # -- accepting -------------------------------------------------------------------------------
+    @report_errors("Could not accept the slice")
+    def accept_current_slice(self, scan_id: str | None = None) -> list[int]:
+        scan_id = scan_id or self._editing_scan()
+        layer = self._edit_layer(scan_id)
+        return self._accept(scan_id, [current_slice(self.viewer, layer)])
+
+    @report_errors("Could not accept the edited slices")
+    def accept_edited(self, scan_id: str | None = None) -> list[int]:
+        from napari.utils.notifications import show_info
+
+        scan_id = scan_id or self._editing_scan()
+        slices = self.pending_slices(scan_id)
+        if not slices:
+            show_info("No edited slices to accept (paint, fill or erase in the edit layer first)")
+            return []
+        return self._accept(scan_id, slices)
+
+    def _accept(self, scan_id: str, slices: list[int]) -> list[int]:
+        """Write ``slices`` of the edit layer as corrected labels (by user, current round)."""
+        from napari.utils.notifications import show_info
+
+        from napari_mtssl import api
+
+        ws = self.session.require_workspace()
+        data = LayerLabels.from_layer(self._edit_layer(scan_id)).data
+        api.accept_correction(ws, scan_id, data, slices, by="user")
+        original = self._original.get(scan_id)
+        if original is not None:  # accepted slices are no longer pending
+            original[slices] = data[slices]
+        self._painted.get(scan_id, set()).difference_update(slices)
+        self.session.labels_changed.emit(scan_id)
+        self.accepted.emit(scan_id, list(slices))
+        self._update_edit_status(scan_id)
+        show_info(f"{scan_id}: slice(s) {', '.join(map(str, slices))} stored as corrected")
+        return list(slices)
+
+    def _editing_scan(self) -> str:
+        scan_id = self.scan.currentText()
+        if scan_id and find_layer(self.viewer, edit_layer_name(scan_id)) is not None:
+            return scan_id
+        for sid in self._original:
+            if find_layer(self.viewer, edit_layer_name(sid)) is not None:
+                return sid
+        raise ValueError("no edit layer: press 'Edit student prediction' first")
+
+    def _edit_layer(self, scan_id: str) -> Any:
+        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        if layer is None:
+            raise ValueError(f"no edit layer for {scan_id}: press 'Edit student prediction' first")
+        return layer
+
+    # -- retraining ------------------------------------------------------------------------------
+    @report_errors("Could not start retraining")
+    def retrain(self, what: str) -> Any:
+        """Same job mechanism as the training dock, with its settings when it is open."""
+        ws = self.session.require_workspace()
+        return self.jobs.start(ws, self.session.make_config(), what)
+
+    def _set_running(self, running: bool) -> None:
+        for btn in self.retrain_buttons.values():
+            btn.setEnabled(not running)
+
+    # -- refresh / history ----------------------------------------------------------------------
+    def refresh(self) -> None:
+        ws = self.session.workspace
+        current = self.scan.currentText()
+        self.scan.clear()
+        if ws is not None:
+            self.scan.addItems(list(ws.scan_ids()))
+        if current:
+            self.scan.setCurrentText(current)
+        for btn in (self.edit_button, self.accept_slice_button, self.accept_all_button):
+            btn.setEnabled(ws is not None)
+        self.refresh_history()
+
+    def refresh_history(self) -> None:
+        """One row per round: what ran, when, on how many labelled slices, Dice per model."""
+        from napari_mtssl import api
+
+        ws = self.session.workspace
+        entries: list[dict] = []
+        if ws is not None:
+            try:
+                entries = [e for e in api.history(ws) if isinstance(e, dict)]
+            except Exception as exc:  # noqa: BLE001 - shown in the dock, not raised
+                self.edit_status.setText(f"history unavailable: {exc}")
+        models = list(HISTORY_MODELS)
+        for e in entries:
+            for key in ("metrics", "models"):
+                block = e.get(key)
+                if isinstance(block, dict):
+                    models += [
+                        m
+                        for m in block
+                        if m not in models and (m.startswith("teacher:") or m == "all_joint")
+                    ]
+        models = [m for m in models if any(_metric(e, m) is not None for e in entries)]
+        headers = ["Round", "What", "When", "Labelled slices", *models, "Δ student"]
+        self.history.setColumnCount(len(headers))
+        self.history.setHorizontalHeaderLabels(headers)
+        self.history.setRowCount(len(entries))
+        previous: float | None = None
+        for r, e in enumerate(entries):
+            student = _metric(e, "student")
+            delta = "" if student is None or previous is None else f"{student - previous:+.3f}"
+            if student is not None:
+                previous = student
+            labelled = e.get("labelled_slices", "")
+            if isinstance(labelled, list | tuple | dict):
+                labelled = len(labelled)
+            when = str(e.get("finished") or e.get("when") or e.get("time") or e.get("started", ""))
+            values = [
+                str(e.get("round", r)),
+                str(e.get("what") or e.get("kind") or ""),
+                when[:19].replace("T", " "),
+                str(labelled),
+                *[("" if _metric(e, m) is None else f"{_metric(e, m):.3f}") for m in models],
+                delta,
+            ]
+            for c, text in enumerate(values):
+                self.history.setItem(r, c, QTableWidgetItem(text))
+        self.history.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )

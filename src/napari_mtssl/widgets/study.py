@@ -1,0 +1,451 @@
+"""Study dock: open scans and workspaces, attach labels, choose splits, see what is labelled."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QColor, QPainter
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_mtssl.widgets._session import session_for
+from napari_mtssl.widgets._state import (
+    SCAN_ID_KEY,
+    LayerLabels,
+    LayerScan,
+    show_labels,
+    show_scan,
+)
+from napari_mtssl.workspace.core import SPLITS  # train, val, test, unused
+
+STATUS_COLOURS = {
+    "unlabelled": QColor(70, 70, 70),
+    "annotated": QColor(60, 170, 90),
+    "corrected": QColor(235, 150, 40),
+}
+
+
+def labels_layer_name(scan_id: str) -> str:
+    return f"{scan_id} · labels"
+
+
+def report_errors(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for button handlers: any exception becomes one napari error message.
+
+    Our io/workspace errors already name the file and the problem; the traceback goes to the log
+    only, never into the user's face.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from napari.utils.notifications import show_error
+
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
+                show_error(f"{action}: {exc}")
+                return None
+
+        run.__name__ = func.__name__
+        run.__doc__ = func.__doc__
+        return run
+
+    return wrap
+
+
+class SliceStrip(QWidget):
+    """A compact strip with one cell per slice, coloured by its label status."""
+
+    def __init__(self, statuses: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.statuses = list(statuses)
+        self.setToolTip("one cell per slice: grey unlabelled, green annotated, orange corrected")
+        self.setMinimumWidth(60)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(max(60, 4 * len(self.statuses)), 14)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        n = len(self.statuses)
+        if n == 0:
+            return
+        painter = QPainter(self)
+        w, h = self.width(), self.height()
+        for i, status in enumerate(self.statuses):
+            x0, x1 = round(i * w / n), round((i + 1) * w / n)
+            painter.fillRect(x0, 2, max(1, x1 - x0 - 1), h - 4, STATUS_COLOURS.get(status, Qt.red))
+        painter.end()
+
+
+def status_summary(statuses: list[str]) -> str:
+    """``"5/12 annotated, 1 corrected"`` for a per-slice status list."""
+    n = len(statuses)
+    annotated = sum(s == "annotated" for s in statuses)
+    corrected = sum(s == "corrected" for s in statuses)
+    text = f"{annotated}/{n} annotated"
+    if corrected:
+        text += f", {corrected} corrected"
+    return text
+
+
+class StudyWidget(QWidget):
+    """Open scans, DICOM series, dataset folders or workspaces; attach labels; set splits."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+
+        self.ws_label = QLabel("No workspace open")
+        self.ws_label.setWordWrap(True)
+
+        buttons = {
+            "new_ws": ("New workspace…", self.new_workspace),
+            "open_ws": ("Open workspace…", self.open_workspace),
+            "save_ws": ("Save label edits", self.save_workspace),
+            "sample": ("Load sample study", self.load_sample),
+            "open_scans": ("Open scans…", self.open_scans),
+            "open_dicom": ("Open DICOM folder…", self.open_dicom_folder),
+            "open_dataset": ("Open dataset folder…", self.open_dataset_folder),
+            "add_layers": ("Add selected image layers", self.add_selected_layers),
+        }
+        self.buttons: dict[str, QPushButton] = {}
+        for key, (text, slot) in buttons.items():
+            btn = QPushButton(text)
+            btn.clicked.connect(lambda _=False, s=slot: s())
+            self.buttons[key] = btn
+
+        ws_box = QGroupBox("Workspace")
+        grid = QGridLayout(ws_box)
+        grid.addWidget(self.ws_label, 0, 0, 1, 2)
+        grid.addWidget(self.buttons["new_ws"], 1, 0)
+        grid.addWidget(self.buttons["open_ws"], 1, 1)
+        grid.addWidget(self.buttons["sample"], 2, 0)
+        grid.addWidget(self.buttons["save_ws"], 2, 1)
+
+        data_box = QGroupBox("Scans")
+        grid = QGridLayout(data_box)
+        grid.addWidget(self.buttons["open_scans"], 0, 0)
+        grid.addWidget(self.buttons["open_dicom"], 0, 1)
+        grid.addWidget(self.buttons["open_dataset"], 1, 0)
+        grid.addWidget(self.buttons["add_layers"], 1, 1)
+
+        attach_box = QGroupBox("Attach labels to a scan")
+        row = QHBoxLayout(attach_box)
+        self.attach_image = QComboBox()
+        self.attach_labels = QComboBox()
+        self.attach_button = QPushButton("Attach")
+        self.attach_button.clicked.connect(lambda: self.attach_labels_layer())
+        row.addWidget(QLabel("labels"))
+        row.addWidget(self.attach_labels, 1)
+        row.addWidget(QLabel("→ scan"))
+        row.addWidget(self.attach_image, 1)
+        row.addWidget(self.attach_button)
+
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["Scan", "Split", "Slices", "Labelled", "Per slice"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table.cellDoubleClicked.connect(self._show_scan_row)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(ws_box)
+        layout.addWidget(data_box)
+        layout.addWidget(attach_box)
+        layout.addWidget(self.table, 1)
+
+        self.session.workspace_changed.connect(lambda _ws: self.refresh())
+        self.session.labels_changed.connect(lambda _id: self.refresh_table())
+        self.session.models_changed.connect(self.refresh_table)
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self.refresh()
+
+    # -- dialogs (methods, so tests can replace them) ------------------------------------------
+    def ask_folder(self, title: str) -> str | None:
+        folder = QFileDialog.getExistingDirectory(self, title)
+        return folder or None
+
+    def ask_files(self, title: str) -> list[str]:
+        files, _ = QFileDialog.getOpenFileNames(
+            self,
+            title,
+            "",
+            "Scans (*.nii *.nii.gz *.dcm *.ima *.tif *.tiff *.png);;All files (*)",
+        )
+        return list(files)
+
+    # -- workspace -------------------------------------------------------------------------------
+    @report_errors("Could not create the workspace")
+    def new_workspace(self, folder: str | None = None) -> Any:
+        from napari_mtssl import api
+
+        folder = folder or self.ask_folder("Choose an empty folder for the new workspace")
+        if not folder:
+            return None
+        ws = api.create_workspace(folder)
+        self.session.set_workspace(ws)
+        return ws
+
+    @report_errors("Could not open the workspace")
+    def open_workspace(self, folder: str | None = None) -> Any:
+        from napari_mtssl import api
+
+        folder = folder or self.ask_folder("Open a napari-mtssl workspace folder")
+        if not folder:
+            return None
+        ws = api.open_workspace(folder)
+        self.session.set_workspace(ws)
+        self.show_workspace_scans()
+        return ws
+
+    @report_errors("Could not load the sample study")
+    def load_sample(self, folder: str | None = None) -> Any:
+        """Create a workspace holding the built-in synthetic study and show it.
+
+        Without ``folder`` it goes into a new temporary folder (named in a notification), so the
+        button works in one click; use "New workspace" + a dataset to keep results.
+        """
+        from napari.utils.notifications import show_info
+
+        from napari_mtssl import api
+
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="napari-mtssl-sample-")
+        ws = api.create_workspace(folder, source="sample")
+        self.session.set_workspace(ws)
+        self.show_workspace_scans()
+        show_info(f"Sample study workspace: {folder}")
+        return ws
+
+    @report_errors("Could not save the label edits")
+    def save_workspace(self) -> int:
+        """Write edits made in the ``<scan> · labels`` layers to the label store (changed slices)."""
+        ws = self.session.require_workspace()
+        written = 0
+        for scan_id in ws.scan_ids():
+            name = labels_layer_name(scan_id)
+            if name not in self.viewer.layers:
+                continue
+            data = LayerLabels.from_layer(self.viewer.layers[name]).data
+            stored = np.asarray(ws.labels(scan_id))
+            data = LayerLabels(name, data).checked_for(stored.shape)
+            changed = [int(z) for z in np.flatnonzero((data != stored).any(axis=(1, 2)))]
+            if changed:
+                ws.set_labels(scan_id, data, slices=changed, status="annotated", by="user")
+                written += len(changed)
+                self.session.labels_changed.emit(scan_id)
+        from napari.utils.notifications import show_info
+
+        show_info(f"Saved {written} edited slice(s) to the workspace")
+        return written
+
+    def show_workspace_scans(self) -> None:
+        """Put every workspace scan (and its stored labels) into the viewer."""
+        ws = self.session.workspace
+        if ws is None:
+            return
+        for scan_id in ws.scan_ids():
+            scan = ws.load_scan(scan_id)
+            layer = show_scan(self.viewer, scan, scan_id)
+            statuses = ws.slice_status(scan_id)
+            if any(s != "unlabelled" for s in statuses):
+                show_labels(
+                    self.viewer,
+                    np.asarray(ws.labels(scan_id)),
+                    labels_layer_name(scan_id),
+                    scan_id,
+                    tuple(layer.scale),
+                    role="labels",
+                )
+        self.refresh_table()
+
+    # -- scans -----------------------------------------------------------------------------------
+    def open_scans(self, paths: list[str] | None = None) -> list[str]:
+        paths = paths if paths is not None else self.ask_files("Open scans")
+        return self._read_and_add(paths)
+
+    def open_dicom_folder(self, folder: str | None = None) -> list[str]:
+        folder = folder or self.ask_folder("Open a DICOM folder (every series in it)")
+        return self._read_and_add([folder] if folder else [])
+
+    def _read_and_add(self, paths: list[str]) -> list[str]:
+        """Read each path with ``io.read_scans``; a bad file is reported by name, others load."""
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_mtssl import io as mio
+
+        added: list[str] = []
+        for path in paths:
+            try:
+                scans = mio.read_scans(path)
+            except Exception as exc:  # noqa: BLE001 - reported with the file name
+                text = str(exc)
+                show_error(text if str(Path(path).name) in text else f"{path}: {text}")
+                continue
+            for scan in scans:
+                added.append(self._add_scan(scan))
+        if added and self.session.workspace is None:
+            show_info("Scans shown; create or open a workspace to train on them")
+        self.refresh_table()
+        return added
+
+    def _add_scan(self, scan: Any) -> str:
+        ws = self.session.workspace
+        if ws is None:
+            layer = self.viewer.add_image(scan.array, colormap="gray", **scan.layer_kwargs())
+            return str(layer.name)
+        scan_id = ws.add_scan(scan)
+        show_scan(self.viewer, scan, scan_id)
+        return str(scan_id)
+
+    @report_errors("Could not open the dataset")
+    def open_dataset_folder(
+        self, folder: str | None = None, workspace_folder: str | None = None
+    ) -> Any:
+        """A Decathlon / nnU-Net folder becomes a new workspace (its splits kept)."""
+        from napari_mtssl import api
+        from napari_mtssl import io as mio
+
+        folder = folder or self.ask_folder("Open a dataset folder (Decathlon / nnU-Net layout)")
+        if not folder:
+            return None
+        mio.open_dataset(folder)  # fails here, naming the file, before anything is created
+        workspace_folder = workspace_folder or self.ask_folder(
+            "Choose an empty folder for the workspace of this dataset"
+        )
+        if not workspace_folder:
+            return None
+        ws = api.create_workspace(workspace_folder, source=folder)
+        self.session.set_workspace(ws)
+        self.show_workspace_scans()
+        return ws
+
+    @report_errors("Could not add the image layers")
+    def add_selected_layers(self) -> list[str]:
+        """Add the selected image layers (or all not yet in the workspace) as workspace scans."""
+        from napari.layers import Image
+
+        ws = self.session.require_workspace()
+        chosen = [ly for ly in self.viewer.layers.selection if isinstance(ly, Image)]
+        if not chosen:
+            chosen = [ly for ly in self.viewer.layers if isinstance(ly, Image)]
+        added = []
+        for layer in chosen:
+            if layer.metadata.get(SCAN_ID_KEY):
+                continue
+            scan = LayerScan.from_layer(layer).to_scan()
+            scan_id = ws.add_scan(scan)
+            layer.metadata[SCAN_ID_KEY] = scan_id
+            added.append(scan_id)
+        self.refresh_table()
+        return added
+
+    @report_errors("Could not attach the labels")
+    def attach_labels_layer(
+        self, labels_name: str | None = None, image_name: str | None = None
+    ) -> str | None:
+        """Store a labels layer as the annotation of an image's scan (slices with any label)."""
+        ws = self.session.require_workspace()
+        labels_name = labels_name or self.attach_labels.currentText()
+        image_name = image_name or self.attach_image.currentText()
+        if not labels_name or not image_name:
+            raise ValueError("choose a labels layer and an image layer")
+        image_layer = self.viewer.layers[image_name]
+        if not image_layer.metadata.get(SCAN_ID_KEY):
+            scan = LayerScan.from_layer(image_layer).to_scan()
+            image_layer.metadata[SCAN_ID_KEY] = ws.add_scan(scan)
+        scan_id = image_layer.metadata[SCAN_ID_KEY]
+        image = LayerScan.from_layer(image_layer)
+        shape = (1, *image.array.shape) if image.array.ndim == 2 else image.array.shape
+        labels = LayerLabels.from_layer(self.viewer.layers[labels_name]).checked_for(shape)
+        slices = [int(z) for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
+        if not slices:
+            raise ValueError(f"{labels_name}: the layer holds no labels")
+        ws.set_labels(scan_id, labels, slices=slices, status="annotated", by="user")
+        self.session.labels_changed.emit(scan_id)
+        return scan_id
+
+    # -- table -----------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        ws = self.session.workspace
+        root = getattr(ws, "root", None) or getattr(ws, "folder", None) or getattr(ws, "path", "")
+        self.ws_label.setText(f"Workspace: {root}" if ws is not None else "No workspace open")
+        self.buttons["save_ws"].setEnabled(ws is not None)
+        self.buttons["add_layers"].setEnabled(ws is not None)
+        self.attach_button.setEnabled(ws is not None)
+        self._refresh_layer_choices()
+        self.refresh_table()
+
+    def refresh_table(self) -> None:
+        ws = self.session.workspace
+        ids = list(ws.scan_ids()) if ws is not None else []
+        self.table.clearContents()  # drops the old split combos and strips
+        self.table.setRowCount(0)
+        self.table.setRowCount(len(ids))
+        for row, scan_id in enumerate(ids):
+            record = ws.record(scan_id)
+            statuses = list(ws.slice_status(scan_id))
+            split = _field(record, "split", "train")
+            self.table.setItem(row, 0, QTableWidgetItem(str(scan_id)))
+            combo = QComboBox()
+            combo.addItems(SPLITS)
+            combo.setCurrentText(str(split))
+            combo.currentTextChanged.connect(lambda s, i=scan_id: self.set_split(i, s))
+            self.table.setCellWidget(row, 1, combo)
+            self.table.setItem(row, 2, QTableWidgetItem(str(len(statuses))))
+            self.table.setItem(row, 3, QTableWidgetItem(status_summary(statuses)))
+            self.table.setCellWidget(row, 4, SliceStrip(statuses))
+
+    @report_errors("Could not change the split")
+    def set_split(self, scan_id: str, split: str) -> None:
+        ws = self.session.require_workspace()
+        ws.set_split(scan_id, split)
+
+    def _show_scan_row(self, row: int, _col: int) -> None:
+        item = self.table.item(row, 0)
+        if item is not None and item.text() in self.viewer.layers:
+            layer = self.viewer.layers[item.text()]
+            self.viewer.layers.selection.active = layer
+            for other in self.viewer.layers:
+                if other.metadata.get(SCAN_ID_KEY) is not None:
+                    other.visible = other.metadata.get(SCAN_ID_KEY) == item.text()
+
+    def _refresh_layer_choices(self, *_: Any) -> None:
+        from napari.layers import Image, Labels
+
+        for combo, kind in ((self.attach_image, Image), (self.attach_labels, Labels)):
+            current = combo.currentText()
+            combo.clear()
+            combo.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, kind)])
+            if current:
+                combo.setCurrentText(current)
+
+
+def _field(record: Any, name: str, default: Any = None) -> Any:
+    """A field of a workspace record, whether it is a dict or an object."""
+    if isinstance(record, dict):
+        return record.get(name, default)
+    return getattr(record, name, default)

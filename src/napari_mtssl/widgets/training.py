@@ -1,0 +1,442 @@
+"""Tasks and training dock: choose auxiliary tasks and modes, train, watch curves and results."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_mtssl.widgets._jobs import JobProgressPanel, event_loss, event_run_name
+from napari_mtssl.widgets._session import session_for
+from napari_mtssl.widgets.study import report_errors
+
+MODES = (("both, keep the better", "both"), ("joint", "joint"), ("pre-train", "pretrain"))
+DEVICES = ("auto", "cpu", "cuda", "mps")
+TRAIN_BUTTONS = (("stage1", "Train stage 1"), ("stage2", "Train stage 2"), ("all", "Train all"))
+RESULT_COLUMNS = ["Model", "joint", "pre-train", "chosen", "val Dice"]
+
+
+def _info(info: Any, name: str, default: Any = None) -> Any:
+    return info.get(name, default) if isinstance(info, dict) else getattr(info, name, default)
+
+
+def task_defaults(info: Any) -> dict[str, Any]:
+    """A task's settings and their defaults: TaskInfo.config (a dict, or a config dataclass)."""
+    config = _info(info, "config")
+    if isinstance(config, dict):
+        return dict(config)
+    if config is not None and dataclasses.is_dataclass(config):
+        obj = config() if isinstance(config, type) else config
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {}
+
+
+class TaskRow(QWidget):
+    """One auxiliary task: checkbox with its summary, a warning line, and its options form."""
+
+    def __init__(self, info: Any, checked: bool, parent: QWidget | None = None) -> None:
+        from magicgui.widgets import Container, create_widget
+
+        super().__init__(parent)
+        self.name = str(_info(info, "name"))
+        summary = str(_info(info, "summary", "") or "")
+        self.checkbox = QCheckBox(f"{self.name}: {summary}" if summary else self.name)
+        self.checkbox.setChecked(checked)
+        tip = summary
+        if _info(info, "needs_labels"):
+            tip += "\n(uses the labels that exist)"
+        if _info(info, "level"):
+            tip += f"\nshares the {_info(info, 'level')} level of the network"
+        self.checkbox.setToolTip(tip.strip())
+        self.warning = QLabel("")
+        self.warning.setStyleSheet("color: #e0a040;")
+        self.warning.setWordWrap(True)
+        self.warning.hide()
+
+        self._defaults: dict[str, Any] = {}
+        self.options: Container | None = None
+        widgets = []
+        for key, value in task_defaults(info).items():
+            if not isinstance(value, bool | int | float | str):
+                continue  # nested settings stay at their defaults (config file / CLI)
+            self._defaults[key] = value
+            widgets.append(create_widget(value=value, annotation=type(value), label=key, name=key))
+        if widgets:
+            self.options = Container(widgets=widgets)
+        self.options_button = QToolButton()
+        self.options_button.setText("options")
+        self.options_button.setCheckable(True)
+        self.options_button.setEnabled(self.options is not None)
+        self.options_button.setToolTip(f"settings of {self.name}")
+
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.checkbox, 1)
+        row.addWidget(self.options_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(1)
+        layout.addLayout(row)
+        layout.addWidget(self.warning)
+        if self.options is not None:
+            self.options.native.setVisible(False)
+            self.options.native.setContentsMargins(16, 0, 0, 0)
+            layout.addWidget(self.options.native)
+            self.options_button.toggled.connect(self.options.native.setVisible)
+
+    @property
+    def checked(self) -> bool:
+        return self.checkbox.isChecked()
+
+    def set_warning(self, reason: str | None) -> None:
+        self.warning.setText(f"⚠ {reason}" if reason else "")
+        self.warning.setVisible(bool(reason))
+
+    def overrides(self) -> dict[str, Any]:
+        """Options changed from the task's defaults (only those go into the config)."""
+        if self.options is None:
+            return {}
+        out = {}
+        for key, default in self._defaults.items():
+            value = self.options[key].value
+            if value != default:
+                out[key] = value
+        return out
+
+
+class TrainingWidget(QWidget):
+    """Auxiliary tasks, modes, profile and device; train in a worker process; live results."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        import pyqtgraph as pg
+
+        from napari_mtssl import api
+
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.jobs = self.session.jobs
+        self.job_finished = self.jobs.job_finished  # tests: qtbot.waitSignal(w.job_finished)
+
+        # tasks ------------------------------------------------------------------------------
+        infos = list(api.list_tasks())
+        default_tasks = set(self._default_tasks())
+        self.task_rows: dict[str, TaskRow] = {}
+        task_box = QGroupBox("Auxiliary tasks")
+        task_layout = QVBoxLayout(task_box)
+        for info in infos:
+            row = TaskRow(info, checked=str(_info(info, "name")) in default_tasks)
+            row.checkbox.toggled.connect(lambda _c: self.check_tasks())
+            self.task_rows[row.name] = row
+            task_layout.addWidget(row)
+
+        # settings ---------------------------------------------------------------------------
+        self.mode = QComboBox()
+        for text, value in MODES:
+            self.mode.addItem(text, value)
+        self.mode.setToolTip(
+            "joint: one network, segmentation + task loss; pre-train: task first, then "
+            "fine-tune; both: train both and keep the better on validation Dice"
+        )
+        self.profile = QComboBox()
+        self.profile.addItems(self._profiles())
+        self.profile.setCurrentText("quick")
+        self.profile.setToolTip(
+            "quick: minutes on a CPU; standard: close to the paper, for a GPU; tiny: a smoke test"
+        )
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        settings = QGroupBox("Settings")
+        form = QFormLayout(settings)
+        form.addRow("Modes", self.mode)
+        form.addRow("Profile", self.profile)
+        form.addRow("Device", self.device)
+
+        # buttons + progress -------------------------------------------------------------------
+        self.train_buttons: dict[str, QPushButton] = {}
+        buttons = QHBoxLayout()
+        for what, text in TRAIN_BUTTONS:
+            btn = QPushButton(text)
+            btn.clicked.connect(lambda _=False, w=what: self.train(w))
+            self.train_buttons[what] = btn
+            buttons.addWidget(btn)
+        self.progress_panel = JobProgressPanel(self.jobs)
+        self.stop_button = self.progress_panel.stop_button
+
+        # curves -------------------------------------------------------------------------------
+        pg.setConfigOptions(antialias=True)
+        self.loss_plot = pg.PlotWidget(title="training loss")
+        self.dice_plot = pg.PlotWidget(title="validation Dice")
+        for plot, label in ((self.loss_plot, "loss"), (self.dice_plot, "Dice")):
+            plot.setMinimumHeight(140)
+            plot.setLabel("bottom", "step")
+            plot.setLabel("left", label)
+            plot.addLegend(offset=(-5, 5), labelTextSize="7pt")
+            plot.showGrid(x=True, y=True, alpha=0.3)
+        self.dice_plot.setYRange(0, 1)
+        self._series: dict[str, dict[str, list[float]]] = {}
+        self._curves: dict[tuple[str, str], Any] = {}
+        self._redraw = QTimer(self)  # plots redraw at 5 Hz at most, never per event
+        self._redraw.setSingleShot(True)
+        self._redraw.setInterval(200)
+        self._redraw.timeout.connect(self._draw_curves)
+
+        # results ------------------------------------------------------------------------------
+        self.results = QTableWidget(0, len(RESULT_COLUMNS))
+        self.results.setHorizontalHeaderLabels(RESULT_COLUMNS)
+        self.results.verticalHeader().setVisible(False)
+        self.results.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.results.setMinimumHeight(170)
+        self.results.setToolTip(
+            "validation Dice per model: each task's joint and pre-train models and the chosen "
+            "teacher, the conventional baseline, all tasks jointly, and the distilled student"
+        )
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(task_box)
+        layout.addWidget(settings)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_panel)
+        layout.addWidget(self.loss_plot)
+        layout.addWidget(self.dice_plot)
+        layout.addWidget(QLabel("Results (validation Dice)"))
+        layout.addWidget(self.results)
+
+        self.session.config_provider = self.build_config
+        self.session.workspace_changed.connect(lambda _ws: self._on_workspace())
+        self.jobs.job_started.connect(self._on_job_started)
+        self.jobs.job_event.connect(self._on_event)
+        self.jobs.job_finished.connect(self._on_job_finished)
+        self.jobs.running_changed.connect(self._set_running)
+        self._set_running(self.jobs.is_running)
+        self._on_workspace()
+
+    # -- configuration ---------------------------------------------------------------------------
+    @staticmethod
+    def _profiles() -> list[str]:
+        try:
+            from napari_mtssl.training.config import PROFILES
+        except ImportError:
+            return ["quick", "standard"]
+        order = [p for p in ("quick", "standard") if p in PROFILES]
+        return order + [p for p in PROFILES if p not in order]
+
+    @staticmethod
+    def _default_tasks() -> list[str]:
+        from napari_mtssl import api
+
+        try:
+            return list(api.make_config(profile="quick").stage1.tasks)
+        except Exception:  # noqa: BLE001 - only a default ticking of boxes
+            return []
+
+    def selected_tasks(self) -> list[str]:
+        return [name for name, row in self.task_rows.items() if row.checked]
+
+    def build_config(self) -> Any:
+        """The ExperimentConfig the fields describe (``api.make_config`` with overrides)."""
+        from napari_mtssl import api
+
+        overrides: dict[str, Any] = {
+            "device": self.device.currentText(),
+            "stage1__tasks": self.selected_tasks(),
+            "stage1__modes": self.mode.currentData(),
+        }
+        task_options = {n: r.overrides() for n, r in self.task_rows.items() if r.checked}
+        task_options = {n: o for n, o in task_options.items() if o}
+        if task_options:
+            overrides["stage1__task_overrides"] = task_options
+        return api.make_config(profile=self.profile.currentText(), **overrides)
+
+    def check_tasks(self) -> dict[str, str | None]:
+        """Show, per ticked task, why it cannot run on this workspace (api.check_tasks)."""
+        from napari_mtssl import api
+
+        ws = self.session.workspace
+        reasons: dict[str, str | None] = {}
+        if ws is not None and self.selected_tasks():
+            try:
+                reasons = dict(api.check_tasks(ws, self.selected_tasks()))
+            except Exception as exc:  # noqa: BLE001 - shown next to the tasks
+                reasons = {name: str(exc) for name in self.selected_tasks()}
+        for name, row in self.task_rows.items():
+            row.set_warning(reasons.get(name) if row.checked else None)
+        return reasons
+
+    # -- running ---------------------------------------------------------------------------------
+    @report_errors("Could not start training")
+    def train(self, what: str) -> Any:
+        """Start ``what`` ("stage1", "stage2", "all") in a worker process.
+
+        The task check (it reads the data) runs with the start, off the GUI thread; a task that
+        cannot run stops the start with a message naming it, before any training.
+        """
+        from napari_mtssl import api
+
+        ws = self.session.require_workspace()
+        tasks = self.selected_tasks()
+        config = self.build_config()
+        if what != "stage2" and not tasks:
+            raise ValueError("tick at least one auxiliary task")
+
+        def preflight() -> None:
+            if what == "stage2":
+                return
+            reasons = api.check_tasks(ws, tasks, config)
+            blocked = {n: r for n, r in reasons.items() if r}
+            if blocked:
+                raise ValueError(
+                    "; ".join(f"{n}: {r}" for n, r in blocked.items())
+                    + " (untick these tasks to train)"
+                )
+
+        return self.jobs.start(ws, config, what, preflight=preflight)
+
+    def stop(self) -> None:
+        self.jobs.stop()
+
+    def _set_running(self, running: bool) -> None:
+        for btn in self.train_buttons.values():
+            btn.setEnabled(not running)
+
+    def _on_workspace(self) -> None:
+        self.check_tasks()
+        self._show_last_results()
+
+    # -- curves ----------------------------------------------------------------------------------
+    def _on_job_started(self, _what: str) -> None:
+        self._series.clear()
+        self.loss_plot.clear()
+        self.dice_plot.clear()
+        self._curves.clear()
+
+    def _on_event(self, event: dict) -> None:
+        if event.get("type") not in (None, "progress", "eval", "val"):
+            return
+        name = event_run_name(event)
+        s = self._series.setdefault(
+            name, {"x": [], "loss": [], "dx": [], "dice": [], "offset": 0.0, "last": -1.0}
+        )
+        step = event.get("step")
+        if step is None:
+            return
+        x = float(step) + s["offset"]
+        if x < s["last"]:  # a new phase of the same model (pre-train, then fine-tune)
+            s["offset"] = s["last"]
+            x = float(step) + s["offset"]
+        s["last"] = x
+        loss = event_loss(event)
+        if loss is not None and loss > 0:
+            s["x"].append(x)
+            s["loss"].append(loss)
+        dice = event.get("val_dice")
+        if dice is not None and (not s["dice"] or float(dice) != s["dice"][-1]):
+            s["dx"].append(x)
+            s["dice"].append(float(event["val_dice"]))
+        if not self._redraw.isActive():
+            self._redraw.start()
+
+    def _draw_curves(self) -> None:
+        import pyqtgraph as pg
+
+        for i, (name, s) in enumerate(self._series.items()):
+            pen = pg.mkPen(pg.intColor(i, hues=max(len(self._series), 6)), width=1.5)
+            for key, plot, xs, ys in (
+                ("loss", self.loss_plot, s["x"], s["loss"]),
+                ("dice", self.dice_plot, s["dx"], s["dice"]),
+            ):
+                if not ys:
+                    continue
+                curve = self._curves.get((name, key))
+                if curve is None:
+                    symbol = "o" if key == "dice" else None
+                    curve = plot.plot(
+                        name=name, pen=pen, symbol=symbol, symbolSize=4, symbolBrush=pen.color()
+                    )
+                    self._curves[(name, key)] = curve
+                curve.setData(xs, ys)
+
+    # -- results ---------------------------------------------------------------------------------
+    def _on_job_finished(self, result: object) -> None:
+        self._draw_curves()
+        if isinstance(result, dict) and result.get("models"):
+            self.show_results(result)
+
+    def _show_last_results(self) -> None:
+        ws = self.session.workspace
+        if ws is None:
+            self.results.setRowCount(0)
+            return
+        from napari_mtssl import api
+
+        try:
+            rounds = api.history(ws)
+        except Exception:  # noqa: BLE001 - an empty or old workspace simply shows no results
+            return
+        for entry in reversed(list(rounds)):
+            if isinstance(entry, dict) and entry.get("models"):
+                self.show_results(entry)
+                return
+
+    def show_results(self, result: dict) -> None:
+        """Fill the results table from a run summary (``models`` and ``selected``)."""
+        models: dict[str, dict] = result.get("models") or {}
+        selected: dict[str, dict] = result.get("selected") or {}
+        rows: list[list[str]] = []
+
+        def dice_of(name: str) -> float | None:
+            m = models.get(name)
+            if isinstance(m, dict) and m.get("mean_dice") is not None:
+                return float(m["mean_dice"])
+            return None
+
+        def fmt(v: Any) -> str:
+            if isinstance(v, dict):
+                v = v.get("mean_dice", v.get("dice"))
+            return f"{float(v):.3f}" if isinstance(v, int | float) else ""
+
+        for task, sel in selected.items():
+            joint = sel.get("joint", dice_of(f"{task}:joint"))
+            pretrain = sel.get("pretrain", dice_of(f"{task}:pretrain"))
+            teacher = dice_of(f"teacher:{task}")
+            if teacher is None:
+                teacher = dice_of(f"{task}:{sel.get('mode')}")
+            rows.append(
+                [
+                    f"teacher {task}",
+                    fmt(joint),
+                    fmt(pretrain),
+                    str(sel.get("mode", "")),
+                    fmt(teacher),
+                ]
+            )
+        for name in ("baseline", "all_joint", "student"):
+            if name in models:
+                rows.append([name, "", "", "", fmt(dice_of(name))])
+        shown = {r[0] for r in rows} | {f"teacher:{t}" for t in selected}
+        shown |= {f"{t}:{m}" for t in selected for m in ("joint", "pretrain")}
+        for name in models:
+            if name not in shown:
+                rows.append([name, "", "", "", fmt(dice_of(name))])
+        self.results.setRowCount(len(rows))
+        for r, values in enumerate(rows):
+            for c, text in enumerate(values):
+                self.results.setItem(r, c, QTableWidgetItem(text))

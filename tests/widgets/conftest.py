@@ -1,0 +1,60 @@
+"""Fixtures for the dock tests: a viewer with all four docks, the sample study loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+
+@dataclass
+class Docks:
+    viewer: Any
+    study: Any
+    training: Any
+    compare: Any
+    correct: Any
+
+    @property
+    def session(self) -> Any:
+        return self.study.session
+
+
+@pytest.fixture
+def docks(make_napari_viewer: Any) -> Docks:
+    """All four docks opened through npe2 (the names napari.yaml gives)."""
+    from napari_mtssl.widgets import DOCKS, add_docks
+
+    viewer = make_napari_viewer()
+    widgets = add_docks(viewer)
+    out = Docks(viewer, *(widgets[name] for name in DOCKS))
+    yield out
+    # A job still running at teardown would make napari's close ask; end it first.
+    if out.session.jobs.is_running:
+        out.session.jobs.stop_and_wait(60)
+
+
+@pytest.fixture
+def sample_docks(docks: Docks, tmp_path: Any, monkeypatch: Any) -> Docks:
+    """The docks with the sample study loaded into a workspace under tmp_path."""
+    import napari.utils.notifications as notifications
+
+    errors: list[str] = []
+    with monkeypatch.context() as m:
+        m.setattr(notifications, "show_error", errors.append)
+        ws = docks.study.load_sample(str(tmp_path / "ws"))
+    assert ws is not None, f"loading the sample study failed: {errors}"
+    return docks
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Any:
+    # napari's make_napari_viewer reads item.rep_call in its teardown (as napari's own conftest
+    # provides); without it a failing test is reported as an AttributeError instead.
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

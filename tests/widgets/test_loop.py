@@ -1,0 +1,165 @@
+"""The whole loop through the docks on the sample study, with the engine's tiny profile.
+
+Training runs in a real worker process (api.start_job), so these tests take tens of seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QEvent
+from qtpy.QtGui import QCloseEvent
+from qtpy.QtWidgets import QMessageBox
+
+from napari_mtssl.widgets._probe import StallProbe
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+JOB_TIMEOUT_MS = 240_000
+
+
+def tiny(training) -> None:
+    training.profile.setCurrentText("tiny")
+    training.device.setCurrentText("cpu")
+
+
+def wait_job(qtbot, docks, timeout=JOB_TIMEOUT_MS):
+    jobs = docks.session.jobs
+    if jobs.is_running:
+        with qtbot.waitSignal(jobs.job_finished, timeout=timeout):
+            pass
+    assert jobs.last_state == "done", f"job ended {jobs.last_state}: {jobs.last_error}"
+    return jobs.last_result
+
+
+def test_whole_loop(sample_docks, qtbot):
+    from napari_mtssl import api
+
+    d = sample_docks
+    ws = d.session.workspace
+    tiny(d.training)
+    assert d.training.profile.currentText() == "tiny"
+
+    # -- train all, measuring how long the event loop ever stalls meanwhile -------------------
+    probe = StallProbe()
+    with probe, qtbot.waitSignal(d.training.job_finished, timeout=JOB_TIMEOUT_MS):
+        assert d.training.train("all") is not None
+    result = d.session.jobs.last_result
+    assert d.session.jobs.last_state == "done", d.session.jobs.last_error
+    print(
+        f"\n[stall probe] longest event-loop stall during 'train all': {probe.max_stall_ms:.1f} ms"
+    )
+    assert probe.max_stall_ms < 1000
+    assert "student" in result["models"] and "baseline" in result["models"]
+    assert d.training.results.rowCount() >= 3
+    first_round = len(api.history(ws))
+
+    # -- compare: one layer per model and the disagreement map ---------------------------------
+    scan_id = ws.scan_ids()[0]
+    with qtbot.waitSignal(d.compare.comparison_ready, timeout=60_000):
+        d.compare.compare(scan_id)
+    names = [ly.name for ly in d.viewer.layers]
+    assert f"{scan_id} · student" in names
+    assert f"{scan_id} · baseline" in names
+    assert any(n.startswith(f"{scan_id} · teacher:") for n in names), names
+    dis = d.viewer.layers[f"{scan_id} · disagreement"]
+    assert dis.blending == "additive" and dis.colormap.name in ("magma", "inferno")
+    assert d.compare.ranked.count() == ws.record(scan_id).shape[0]
+    item = d.compare.ranked.item(1)
+    d.compare.ranked.itemClicked.emit(item)
+    z_clicked = int(item.text().split()[1])
+    assert d.viewer.dims.current_step[0] == z_clicked
+    assert d.compare.grid.z == z_clicked
+
+    # -- edit a slice of the student's prediction and accept it -----------------------------------
+    target = ws.scan_ids()[-1]
+    with qtbot.waitSignal(d.correct.edit_ready, timeout=60_000):
+        d.correct.edit_prediction(target)
+    layer = d.viewer.layers[f"{target} · edit"]
+    z = 3
+    edited = np.array(layer.data)
+    edited[z, 20:40, 20:40] = 1 if edited[z, 30, 30] != 1 else 0
+    layer.data = edited  # as napari's paint tools would leave it
+    assert d.correct.pending_slices(target) == [z]
+    assert d.correct.accept_edited(target) == [z]
+    assert d.correct.pending_slices(target) == []
+    assert ws.slice_status(target)[z] == "corrected"
+    np.testing.assert_array_equal(ws.labels(target)[z], edited[z])
+    prov = ws.provenance(target, z)[-1]
+    assert prov["by"] == "user" and prov.get("round") is not None
+
+    # -- retrain quick: a new round with its metrics --------------------------------------------
+    with qtbot.waitSignal(d.correct.job_finished, timeout=JOB_TIMEOUT_MS):
+        d.correct.retrain_buttons["retrain-quick"].click()
+    assert d.session.jobs.last_state == "done", d.session.jobs.last_error
+    history = api.history(ws)
+    assert len(history) > first_round
+    assert d.correct.history.rowCount() == len(history)
+    last = history[-1]
+    assert last.get("metrics") or last.get("models"), last
+
+
+def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
+    from napari_mtssl import api
+
+    d = sample_docks
+    ws = d.session.workspace
+    config = api.make_config(
+        profile="tiny",
+        device="cpu",
+        stage1__joint_steps=2000,
+        stage1__tasks=["sdm"],
+        stage1__modes="joint",
+    )
+    jobs = d.session.jobs
+    with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
+        jobs.start(ws, config, "stage1")
+    assert d.training.stop_button.isEnabled()
+    with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
+        d.training.stop_button.click()
+    assert jobs.last_state == "stopped"
+    checkpoints = [p for run in ws.runs() for p in run.checkpoint_dir.glob("*") if p.is_file()]
+    assert checkpoints, "a stopped job must leave a checkpoint"
+    assert d.training.train_buttons["all"].isEnabled()
+
+
+def test_closing_while_training_asks_first(sample_docks, qtbot, monkeypatch):
+    from napari_mtssl import api
+
+    d = sample_docks
+    jobs = d.session.jobs
+    config = api.make_config(
+        profile="tiny",
+        device="cpu",
+        stage1__joint_steps=2000,
+        stage1__tasks=["sdm"],
+        stage1__modes="joint",
+    )
+    with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
+        jobs.start(ws := d.session.workspace, config, "stage1")
+    assert ws is not None
+    asked = []
+
+    def answer(reply):
+        def question(*args, **kwargs):
+            asked.append(args[1] if len(args) > 1 else "")
+            return reply
+
+        return question
+
+    window = d.viewer.window._qt_window
+    # "No": the close event is swallowed and training goes on
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    event = QCloseEvent()
+    assert jobs.eventFilter(window, event) is True
+    assert not event.isAccepted()
+    assert asked and jobs.is_running
+    # "Yes": the job is stopped cleanly before the window may close
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    assert jobs.eventFilter(window, QCloseEvent()) is False
+    assert not jobs.is_running and jobs.last_state == "stopped"
+    assert len(asked) == 2
+    # with nothing running, closing does not ask
+    assert jobs.eventFilter(window, QCloseEvent()) is False
+    assert len(asked) == 2
+    assert QEvent.Type.Close == QCloseEvent().type()

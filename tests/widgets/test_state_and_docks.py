@@ -1,0 +1,119 @@
+"""Wiring tests: the docks open through npe2, layers become plain data, the study table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mtssl.io.scan import LabelError, ScanReadError
+from napari_mtssl.widgets._probe import StallProbe
+from napari_mtssl.widgets._state import SCAN_ID_KEY, LayerScan, ViewerState
+
+pytestmark = pytest.mark.gui
+
+
+def test_each_dock_opens_through_npe2(docks):
+    from napari_mtssl.widgets.compare import CompareWidget
+    from napari_mtssl.widgets.correct import CorrectWidget
+    from napari_mtssl.widgets.study import StudyWidget
+    from napari_mtssl.widgets.training import TrainingWidget
+
+    assert isinstance(docks.study, StudyWidget)
+    assert isinstance(docks.training, TrainingWidget)
+    assert isinstance(docks.compare, CompareWidget)
+    assert isinstance(docks.correct, CorrectWidget)
+    # one session per viewer, shared by the four docks
+    assert docks.training.session is docks.study.session is docks.correct.session
+    # without a workspace, nothing can be compared or accepted
+    assert not docks.compare.compare_button.isEnabled()
+    assert not docks.correct.accept_all_button.isEnabled()
+    assert docks.training.task_rows, "the task checklist is empty"
+
+
+def test_sessions_are_per_viewer(make_napari_viewer):
+    from napari_mtssl.widgets._session import session_for
+
+    a, b = make_napari_viewer(), make_napari_viewer()
+    assert session_for(a) is session_for(a)
+    assert session_for(a) is not session_for(b)
+
+
+def test_layer_scan_round_trip(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).random((3, 8, 9)).astype(np.float32)
+    viewer.add_image(data, name="img", scale=(5.0, 0.5, 0.75))
+    viewer.add_labels(np.zeros((3, 8, 9), np.uint8), name="lab")
+    state = ViewerState.from_viewer(viewer)
+    scan = state.image("img").to_scan()
+    assert scan.shape == (3, 8, 9)
+    assert scan.spacing == (5.0, 0.5, 0.75)
+    np.testing.assert_allclose(np.diag(scan.affine)[:3], (5.0, 0.5, 0.75))
+    assert state.label_layer("lab").checked_for((3, 8, 9)).shape == (3, 8, 9)
+    with pytest.raises(LabelError, match="lab: label shape"):
+        state.label_layer("lab").checked_for((4, 8, 9))
+
+
+def test_rgb_layer_is_refused_by_name():
+    from napari.layers import Image
+
+    layer = Image(np.zeros((8, 8, 3), np.uint8), rgb=True, name="photo")
+    with pytest.raises(ScanReadError, match="photo"):
+        LayerScan.from_layer(layer)
+
+
+def test_study_table_and_split(sample_docks):
+    ws = sample_docks.session.workspace
+    table = sample_docks.study.table
+    ids = ws.scan_ids()
+    assert table.rowCount() == len(ids) >= 2
+    summaries = [table.item(r, 3).text() for r in range(table.rowCount())]
+    assert any("annotated" in s and not s.startswith("0/") for s in summaries), summaries
+    # every scan is in the viewer, with its scan id on the layer
+    for scan_id in ids:
+        assert sample_docks.viewer.layers[scan_id].metadata[SCAN_ID_KEY] == scan_id
+    # the split combo writes to the workspace
+    combo = table.cellWidget(0, 1)
+    combo.setCurrentText("unused")
+    assert ws.record(ids[0]).split == "unused"
+
+
+def test_bad_file_is_reported_by_name(docks, tmp_path, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    assert docks.study.open_scans([str(bad)]) == []
+    assert len(errors) == 1 and "broken.nii.gz" in errors[0]
+    assert "Traceback" not in errors[0]
+
+
+def test_attach_labels_checks_shape(sample_docks, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    ws = sample_docks.session.workspace
+    scan_id = ws.scan_ids()[-1]
+    shape = ws.record(scan_id).shape
+    viewer = sample_docks.viewer
+    viewer.add_labels(np.zeros((shape[0], 5, 5), np.uint8), name="wrong")
+    assert sample_docks.study.attach_labels_layer("wrong", scan_id) is None
+    assert errors and "wrong" in errors[0] and "does not match" in errors[0]
+    good = np.zeros(shape, np.uint8)
+    good[1, 10:20, 10:20] = 1
+    viewer.add_labels(good, name="mine")
+    assert sample_docks.study.attach_labels_layer("mine", scan_id) == scan_id
+    assert ws.slice_status(scan_id)[1] == "annotated"
+
+
+def test_stall_probe_sees_a_block(qtbot):
+    import time
+
+    probe = StallProbe().start()
+    qtbot.wait(50)
+    time.sleep(0.2)  # the event loop is blocked here
+    qtbot.wait(30)
+    stall = probe.stop()
+    assert 150 <= stall < 1000
