@@ -1,0 +1,384 @@
+"""What scripts, the CLI and the widgets call (contract: docs/architecture.md, ``api``).
+
+Importing this module is cheap: torch and the training engine are imported inside the functions
+that need them, so napari can import the widgets' modules without paying for torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_mtssl.io.scan import Scan
+    from napari_mtssl.training.config import ExperimentConfig
+    from napari_mtssl.training.jobs import JobHandle
+    from napari_mtssl.workspace import Workspace
+
+__all__ = [
+    "TaskInfo",
+    "Prediction",
+    "Comparison",
+    "open_workspace",
+    "create_workspace",
+    "list_tasks",
+    "check_tasks",
+    "make_config",
+    "train",
+    "run",
+    "start_job",
+    "list_models",
+    "predict",
+    "compare",
+    "accept_correction",
+    "history",
+    "patient_of",
+    "MODEL_ORDER",
+]
+
+JOB_TARGET = "napari_mtssl.training.pipeline:run_training_job"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    summary: str  # one line, for the UI checklist
+    needs_labels: bool
+    level: str  # "encoder" | "dense": which part of the U-Net the task shares
+    paper: str = ""
+    config: dict = field(default_factory=dict)  # setting -> default
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (z, y, x) uint8 in the scan's own geometry
+    probs: np.ndarray  # (C, z, y, x) float32 class probabilities
+    model: str
+    run: str  # the run whose weights produced it
+
+
+@dataclass
+class Comparison:
+    labels: dict[str, np.ndarray]  # model name -> (z, y, x) uint8
+    teacher_mean: np.ndarray | None  # (C, z, y, x) mean of the teachers' probabilities
+    disagreement: np.ndarray  # (z, y, x) float32, mutual information between teachers (nats)
+    slice_scores: np.ndarray  # (z,) float32, mean disagreement per slice
+    dice: dict[str, float | None]  # model -> mean foreground Dice on the labelled slices
+    labelled_slices: list[int] = field(default_factory=list)
+
+
+def _ws(workspace: Workspace | str | os.PathLike) -> Workspace:
+    from napari_mtssl.workspace import Workspace
+
+    return workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+
+
+def open_workspace(folder: str | os.PathLike) -> Workspace:
+    from napari_mtssl.workspace import Workspace
+
+    return Workspace.open(folder)
+
+
+def patient_of(case: str) -> str:
+    """Patient of a dataset case: the name before ``_frame`` (ACDC), else the case itself."""
+    m = re.match(r"^(.*?)_frame", case)
+    return m.group(1) if m else case
+
+
+def create_workspace(
+    folder: str | os.PathLike,
+    source: str | os.PathLike | None = None,
+    labelled: int | None = None,
+) -> Workspace:
+    """A new workspace in ``folder``.
+
+    ``source``: a dataset folder (Decathlon layout; its train split becomes "train", its val
+    split "val"; without splits every case is "train" and training holds out scans), the string
+    ``"sample"`` for the built-in synthetic study, or None (empty). ``labelled=N`` keeps the
+    labels of the first N training patients (patient: case name before ``_frame``, else the
+    case) and leaves the other training scans unlabelled; validation labels are always kept.
+    """
+    from napari_mtssl.workspace import Workspace
+
+    if labelled is not None and int(labelled) < 0:
+        raise ValueError(f"labelled must be >= 0, got {labelled}")
+    if source is None:
+        return Workspace.create(folder)
+    if str(source) == "sample":
+        from napari_mtssl.sample import make_sample_study
+
+        study = make_sample_study(n_scans=5, n_labelled=3)
+        ws = Workspace.create(folder, label_names=dict(study.label_names))
+        n = len(study.scans)
+        kept = 0
+        for i, (scan, lab, has) in enumerate(zip(study.scans, study.labels, study.labelled)):
+            split = "val" if i == n - 1 else "train"
+            sid = ws.add_scan(scan, split=split)
+            keep = split == "val" or (has and (labelled is None or kept < int(labelled)))
+            if split == "train" and keep:
+                kept += 1
+            if keep and lab is not None:
+                ws.set_labels(sid, lab, slices=range(lab.shape[0]), status="annotated")
+        return ws
+    from napari_mtssl.io import open_dataset
+
+    ds = open_dataset(source)
+    names = {c.name for c in ds.cases if not c.test}
+    train = [c for c in ds.splits.get("train", []) if c in names]
+    val = [c for c in ds.splits.get("val", []) if c in names]
+    if not train:
+        train = [c.name for c in ds.cases if not c.test and c.name not in set(val)]
+    keep_patients: list[str] = []
+    for c in train:
+        p = patient_of(c)
+        if p not in keep_patients and ds.case(c).label is not None:
+            keep_patients.append(p)
+    if labelled is not None:
+        keep_patients = keep_patients[: int(labelled)]
+    label_names = dict(ds.label_names)
+    if not label_names:  # no dataset.json labels: name the classes of the first label file
+        first = next((c for c in ds.cases if c.label is not None), None)
+        top = int(ds.load(first)[1].max()) if first is not None else 1
+        label_names = {0: "background", **{c: f"class {c}" for c in range(1, max(top, 1) + 1)}}
+    existed = Path(folder).exists()
+    ws = Workspace.create(folder, label_names=label_names)
+    try:
+        for split, cases in (("train", train), ("val", val)):
+            for name in cases:
+                scan, lab = ds.load(name)
+                sid = ws.add_scan(scan, split=split)
+                if lab is not None and (split == "val" or patient_of(name) in keep_patients):
+                    ws.set_labels(sid, lab, slices=range(lab.shape[0]), status="annotated")
+    except BaseException:
+        # A half-imported workspace would be mistaken for a complete one next time.
+        if not existed:
+            shutil.rmtree(ws.root, ignore_errors=True)
+        raise
+    return ws
+
+
+def list_tasks() -> list[TaskInfo]:
+    from napari_mtssl.tasks import task_info
+
+    return [
+        TaskInfo(
+            name=d["name"],
+            summary=d["summary"],
+            needs_labels=bool(d["needs_labels"]),
+            level=d["level"],
+            paper=d.get("paper", ""),
+            config=dict(d.get("config", {})),
+        )
+        for d in task_info()
+    ]
+
+
+def check_tasks(
+    workspace: Workspace | str, tasks: Sequence[str], config: ExperimentConfig | None = None
+) -> dict[str, str | None]:
+    """For each task, the reason it cannot run on this workspace's data, or None."""
+    from napari_mtssl.training.config import profile
+    from napari_mtssl.training.data import StudyData
+    from napari_mtssl.training.stages import check_tasks as _check
+
+    cfg = config or profile("quick")
+    study = StudyData.from_workspace(_ws(workspace), cfg.data, cfg.seed)
+    return _check(study.summary(), list(tasks), cfg)
+
+
+def make_config(profile: str = "quick", **overrides: Any) -> ExperimentConfig:
+    """A profile ("tiny" | "quick" | "standard") with overrides: ``seed=1``,
+    ``stage2__alpha=0.3``, ``tasks=["sdm", "rubik"]`` (shortcut for ``stage1__tasks``)."""
+    from napari_mtssl.training.config import profile as _profile
+
+    if "tasks" in overrides:
+        tasks = overrides.pop("tasks")
+        overrides["stage1__tasks"] = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    return _profile(profile, **overrides)
+
+
+def train(
+    workspace: Workspace | str,
+    config: ExperimentConfig,
+    what: str = "all",
+    *,
+    stop: Callable[[], bool] | None = None,
+    resume: str | None = None,
+) -> Generator[dict, None, dict]:
+    """The training generator: yields progress events (dicts), returns the run's report."""
+    from napari_mtssl.training.pipeline import run_training
+
+    return run_training(_ws(workspace), config, what, stop=stop, resume=resume)
+
+
+def run(generator: Generator[dict, None, Any], on_event: Callable[[dict], None] | None = None):
+    """Synchronous driver: run ``generator`` to the end, passing each event to ``on_event``."""
+    while True:
+        try:
+            ev = next(generator)
+        except StopIteration as done:
+            return done.value
+        if on_event is not None:
+            on_event(ev)
+
+
+def start_job(
+    workspace: Workspace | str,
+    config: ExperimentConfig,
+    what: str = "all",
+    *,
+    resume: str | None = None,
+    inline: bool = False,
+) -> JobHandle:
+    """Training in its own worker process (``inline``: a thread of this one)."""
+    from napari_mtssl.training.jobs import JobHandle
+
+    ws = _ws(workspace)
+    kwargs: dict[str, Any] = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
+    if resume:
+        kwargs["resume"] = resume
+    return JobHandle(JOB_TARGET, kwargs, inline=inline)
+
+
+MODEL_ORDER = ("student", "baseline", "all_joint")
+
+
+def _model_key(name: str) -> tuple:
+    if name in MODEL_ORDER:
+        return (MODEL_ORDER.index(name), name)
+    if name.startswith("teacher:"):
+        return (3, name)
+    return (4, name)
+
+
+def list_models(workspace: Workspace | str) -> list[str]:
+    """Models of the finished runs (the newest run holding a name provides its weights)."""
+    names: set[str] = set()
+    for r in _ws(workspace).runs():
+        if r.status == "done":
+            names.update(r.models())
+    return sorted(names, key=_model_key)
+
+
+def _scan_and_truth(ws: Workspace, scan: Scan | str):
+    if isinstance(scan, str):
+        s = ws.load_scan(scan)
+        labelled = ws.labelled_slices(scan)
+        truth = ws.labels(scan) if labelled else None
+        return s, truth, labelled
+    return scan, None, []
+
+
+def _load(ws: Workspace, model: str, device: Any):
+    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.config import DataConfig
+    from napari_mtssl.training.pipeline import find_model
+
+    r = find_model(ws, model)
+    if r is None:
+        avail = list_models(ws)
+        raise ValueError(
+            f"no trained model {model!r} in this workspace; available: "
+            f"{', '.join(avail) if avail else 'none (train first)'}"
+        )
+    net, meta = checkpoints.load_model(r.model_path(model), device)
+    known = set(DataConfig.__dataclass_fields__)
+    dcfg = DataConfig(**{k: v for k, v in meta.get("data", {}).items() if k in known})
+    return net, dcfg, r.id
+
+
+def predict(
+    workspace: Workspace | str, scan: Scan | str, model: str = "student", device: str = "auto"
+) -> Prediction:
+    """Segment a whole scan (a Scan or a scan id) with a trained model, in its own geometry."""
+    from napari_mtssl.training.inference import predict_scan, resolve_device
+
+    ws = _ws(workspace)
+    s, _, _ = _scan_and_truth(ws, scan)
+    dev = resolve_device(device)
+    net, dcfg, run_id = _load(ws, model, dev)
+    labels, probs = predict_scan(net, s.array, dcfg, dev, modality=s.modality)
+    return Prediction(labels=labels, probs=probs, model=model, run=run_id)
+
+
+def compare(
+    workspace: Workspace | str,
+    scan: Scan | str,
+    models: Sequence[str] | None = None,
+    device: str = "auto",
+) -> Comparison:
+    """Every model's labels for a scan, the teachers' mean and where the teachers disagree."""
+    from napari_mtssl.training.inference import (
+        disagreement,
+        ensemble_mean,
+        predict_scan,
+        resolve_device,
+        slice_scores,
+    )
+    from napari_mtssl.training.metrics import dice_per_class
+
+    ws = _ws(workspace)
+    s, truth, labelled = _scan_and_truth(ws, scan)
+    dev = resolve_device(device)
+    available = list_models(ws)
+    wanted = list(models) if models is not None else available
+    teachers = [m for m in available if m.startswith("teacher:")]
+    todo = list(dict.fromkeys([*wanted, *teachers]))
+    labels: dict[str, np.ndarray] = {}
+    probs: dict[str, np.ndarray] = {}
+    for m in todo:
+        net, dcfg, _ = _load(ws, m, dev)
+        labels[m], probs[m] = predict_scan(net, s.array, dcfg, dev, modality=s.modality)
+    t_probs = [probs[t] for t in teachers]
+    if t_probs:
+        mean = ensemble_mean(t_probs)
+        dis = disagreement(t_probs) if len(t_probs) > 1 else np.zeros(s.shape, np.float32)
+    else:
+        mean, dis = None, np.zeros(s.shape, np.float32)
+    dice: dict[str, float | None] = {}
+    nc = int(ws.num_classes)
+    for m in wanted:
+        if truth is None or not labelled:
+            dice[m] = None
+        else:
+            d = dice_per_class(labels[m][labelled], truth[labelled], nc)
+            dice[m] = float(d.mean()) if d.size else None
+    return Comparison(
+        labels={m: labels[m] for m in wanted},
+        teacher_mean=mean,
+        disagreement=dis,
+        slice_scores=slice_scores(dis),
+        dice=dice,
+        labelled_slices=list(labelled),
+    )
+
+
+def accept_correction(
+    workspace: Workspace | str,
+    scan_id: str,
+    labels: np.ndarray,
+    slices: Sequence[int],
+    by: str = "user",
+) -> None:
+    """Store corrected slices (status "corrected") in the current round; they train the next."""
+    ws = _ws(workspace)
+    ws.set_labels(
+        scan_id,
+        np.asarray(labels),
+        slices=list(slices),
+        status="corrected",
+        by=by,
+        round=ws.current_round,
+    )
+
+
+def history(workspace: Workspace | str) -> list[dict]:
+    """Rounds, oldest first: what was trained, when, and the metrics of each model."""
+    return _ws(workspace).rounds()

@@ -1,0 +1,421 @@
+"""``napari-mtssl train | predict | evaluate | demo``: the engine from a shell, over :mod:`api`.
+
+Errors users can cause (bad arguments, unreadable files, no labels) end with one line on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from napari_mtssl import api
+
+__all__ = ["main", "build_parser", "write_report"]
+
+
+class CliError(Exception):
+    """A problem to print as one line (exit status 2)."""
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress display on stderr (redrawn with ``\\r`` on a terminal, else every
+    few seconds as plain lines), so no progress-bar dependency is needed."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.quiet = quiet
+        self._last = 0.0
+        self._open = False
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        kind = ev.get("type")
+        if kind == "progress":
+            now = time.monotonic()
+            if not self.tty and now - self._last < 5 and ev["step"] != ev["total"]:
+                return
+            if self.tty and now - self._last < 0.1 and ev["step"] != ev["total"]:
+                return
+            self._last = now
+            frac = ev["step"] / max(1, ev["total"])
+            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+            loss = ev.get("losses", {}).get("total")
+            vd = ev.get("val_dice")
+            line = f"{ev['model']:<16} [{bar}] {ev['step']}/{ev['total']}"
+            if loss is not None:
+                line += f"  loss {loss:.3f}"
+            if vd is not None:
+                line += f"  val dice {vd:.3f}"
+            line += f"  eta {ev.get('eta_s', 0):.0f}s"
+            if self.tty:
+                self.stream.write("\r" + line[:110].ljust(110))
+                self._open = True
+            else:
+                self.stream.write(line + "\n")
+            self.stream.flush()
+            return
+        self._newline()
+        if kind == "model_done":
+            md = ev.get("mean_dice")
+            self.stream.write(
+                f"done {ev['model']}: mean Dice "
+                f"{'n/a' if md is None else f'{md:.3f}'} ({ev['seconds']:.0f}s)\n"
+            )
+        elif kind == "selected":
+            self.stream.write(f"teacher for {ev['task']}: {ev['mode']} mode\n")
+        elif kind in ("note",):
+            self.stream.write(f"note: {ev['message']}\n")
+        elif kind == "start":
+            d = ev.get("data", {})
+            self.stream.write(
+                f"run {ev['run']} on {ev['device']}: {len(d.get('train_scans', []))} training "
+                f"scans ({d.get('labelled_slices', 0)} labelled slices), "
+                f"{len(d.get('val_scans', []))} validation scans; models: "
+                f"{', '.join(ev.get('plan', []))}\n"
+            )
+        self.stream.flush()
+
+    def _newline(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self._open = False
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """Markdown table: one row per model, per-class Dice, mean, HD95, mode, steps, seconds."""
+    models = report.get("models", {})
+    classes: list[str] = []
+    for m in models.values():
+        for c in m.get("dice", {}):
+            if c not in classes:
+                classes.append(c)
+    head = ["model", *classes, "mean Dice", "HD95 (mm)", "mode", "steps", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in sorted(models, key=api._model_key):
+        m = models[name]
+        row = [name, *(_fmt(m.get("dice", {}).get(c)) for c in classes)]
+        row += [
+            _fmt(m.get("mean_dice")),
+            _fmt(m.get("hd95"), 2),
+            _fmt(m.get("mode")),
+            _fmt(m.get("steps")),
+            _fmt(m.get("seconds"), 1),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) -> None:
+    """``out/report.json``, ``out/report.md`` and PNG overlays in ``out/report/``."""
+    from napari_mtssl._atomic import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "report.json", report)
+    pngs = []
+    try:
+        pngs = _overlays(ws, report, out / "report", overlays)
+    except Exception as exc:  # noqa: BLE001 - pictures are a bonus; the numbers are the report
+        print(f"note: could not draw overlays ({exc})", file=sys.stderr)
+    sel = report.get("selected", {})
+    md = [
+        "# napari-mtssl report",
+        "",
+        f"Run `{report.get('run')}` ({report.get('what')}) on {report.get('device')}, "
+        f"{report.get('seconds', 0):.0f} s.",
+        "",
+        "Scores on the validation scans "
+        f"({report.get('data', {}).get('val_source', 'val')}): 3D Dice per class per volume, "
+        "averaged; HD95 in mm.",
+        "",
+        report_table(report),
+        "",
+    ]
+    if sel:
+        md += ["## Teacher selection (validation mean foreground Dice)", ""]
+        md += ["| task | joint | pretrain | kept |", "|---|---|---|---|"]
+        for t, s in sel.items():
+            md.append(f"| {t} | {_fmt(s.get('joint'))} | {_fmt(s.get('pretrain'))} | {s['mode']} |")
+        md.append("")
+    notes = report.get("data", {}).get("notes", [])
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if pngs:
+        md += ["## Validation slices", ""]
+        md += [f"![{p.stem}](report/{p.name})" for p in pngs]
+        md.append("")
+    atomic_write_text(out / "report.md", "\n".join(md))
+
+
+def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Path]:
+    """Per validation scan: the middle labelled slices, ground truth and every model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = sorted(report.get("models", {}), key=api._model_key)
+    val = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)]
+    if not val:
+        val = [s for s in ws.scan_ids("train") if ws.labelled_slices(s)]
+    if not models or not val:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    nc = max(2, int(ws.num_classes))
+    for sid in val[:n]:
+        scan = ws.load_scan(sid)
+        truth = ws.labels(sid)
+        lab = ws.labelled_slices(sid)
+        z = lab[len(lab) // 2]
+        preds = {m: api.predict(ws, scan, model=m, device="cpu").labels for m in models}
+        panels = [("ground truth", truth), *preds.items()]
+        cols = min(5, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+        img = scan.array[z]
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (title, mask) in zip(axes.flat, panels):
+            ax.imshow(img, cmap="gray")
+            m = np.ma.masked_equal(mask[z], 0)
+            ax.imshow(m, cmap="tab10", vmin=0, vmax=max(9, nc), alpha=0.45, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+        fig.suptitle(f"{ws.record(sid).name} slice {z}", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"{sid}_z{z}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _open_or_create(data: str, out: str | None, labelled: int | None):
+    from napari_mtssl.workspace import Workspace
+
+    data_p = Path(data)
+    if (data_p / "workspace.json").is_file():
+        if labelled is not None:
+            raise CliError(f"{data}: --labelled applies to datasets, not to an existing workspace")
+        return Workspace.open(data_p), data_p
+    if data != "sample" and not data_p.exists():
+        raise CliError(f"{data}: no such dataset folder or workspace")
+    if out is None:
+        raise CliError("--out WORKSPACE is required when DATA is a dataset folder")
+    out_p = Path(out)
+    if (out_p / "workspace.json").is_file():
+        raise CliError(f"{out}: a workspace already exists there; choose a new --out folder")
+    return api.create_workspace(out_p, source=data, labelled=labelled), out_p
+
+
+def _config(args: argparse.Namespace):
+    over: dict[str, Any] = {"seed": args.seed, "device": args.device}
+    if args.tasks:
+        over["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if getattr(args, "threads", 0):
+        over["num_threads"] = args.threads
+    cfg = api.make_config(args.profile, **over)
+    if args.steps_scale != 1.0:
+        if args.steps_scale <= 0:
+            raise CliError("--steps-scale must be positive")
+        cfg = cfg.scaled(args.steps_scale)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.labelled is not None and args.labelled < 1:
+        raise CliError("--labelled must be at least 1 (training needs labelled scans)")
+    cfg = _config(args)
+    ws, out = _open_or_create(args.data, args.out, args.labelled)
+    progress = Progress(quiet=args.quiet)
+    report = api.run(api.train(ws, cfg, what=args.what), progress)
+    progress._newline()
+    if report.get("stopped"):
+        raise CliError("training stopped before the end")
+    write_report(ws, report, out)
+    print(report_table(report))
+    print(f"\nreport: {out / 'report.md'}  ({report.get('seconds', 0):.0f} s)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_mtssl.io import read_scans, write_labels
+
+    ws = api.open_workspace(args.workspace)
+    if args.scan in ws.scan_ids():
+        scan = ws.load_scan(args.scan)
+    else:
+        if not Path(args.scan).exists():
+            raise CliError(f"{args.scan}: no such file, folder or scan id in the workspace")
+        scans = read_scans(args.scan)
+        if len(scans) != 1:
+            raise CliError(f"{args.scan}: holds {len(scans)} images; give one")
+        scan = scans[0]
+    pred = api.predict(ws, scan, model=args.model, device=args.device)
+    write_labels(pred.labels, args.out, like=scan)
+    counts = {int(c): int((pred.labels == c).sum()) for c in range(1, int(ws.num_classes))}
+    print(f"wrote {args.out} ({args.model}; voxels per class {counts})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score every trained model on a dataset's labelled cases (its val split when it has one)."""
+    import numpy as np
+
+    from napari_mtssl.io import open_dataset
+    from napari_mtssl.training.metrics import summarise, volume_scores
+
+    ws = api.open_workspace(args.workspace)
+    models = [m.strip() for m in args.models.split(",")] if args.models else api.list_models(ws)
+    if not models:
+        raise CliError(f"{args.workspace}: no trained models; run `napari-mtssl train` first")
+    ds = open_dataset(args.data)
+    names = ds.splits.get("val") or [c.name for c in ds.labelled]
+    nc = int(ws.num_classes)
+    per: dict[str, list] = {m: [] for m in models}
+    for name in names:
+        scan, truth = ds.load(name)
+        if truth is None:
+            continue
+        for m in models:
+            pred = api.predict(ws, scan, model=m, device=args.device)
+            per[m].append(volume_scores(pred.labels, truth.astype(np.int64), nc, scan.spacing))
+    scores = {
+        "data": str(args.data),
+        "cases": names,
+        "models": {m: summarise(v, ws.label_names, nc) for m, v in per.items()},
+    }
+    print(report_table({"models": scores["models"]}))
+    if args.out:
+        from napari_mtssl._atomic import atomic_write_json
+
+        atomic_write_json(args.out, scores)
+        print(f"\nscores: {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.gui:
+        from napari_mtssl.widgets import launch_demo
+
+        launch_demo()
+        return 0
+    out = Path(args.out)
+    if (out / "workspace.json").is_file():
+        from napari_mtssl.workspace import Workspace
+
+        ws = Workspace.open(out)
+    else:
+        ws = api.create_workspace(out, source="sample")
+    cfg = api.make_config("quick", device=args.device, seed=args.seed)
+    progress = Progress()
+    report = api.run(api.train(ws, cfg, what="all"), progress)
+    progress._newline()
+    write_report(ws, report, out)
+    print(report_table(report))
+    print(f"\nworkspace: {out}   report: {out / 'report.md'}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="napari-mtssl",
+        description="Segmentation from few labels by two-stage multi-task self-supervised "
+        "learning (headless engine of the napari plugin).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train baseline, teachers and student; write a report")
+    t.add_argument("data", help="a dataset folder (Decathlon layout), 'sample', or a workspace")
+    t.add_argument("--out", help="workspace folder to create (required for a dataset)")
+    t.add_argument("--labelled", type=int, help="keep the labels of N training patients")
+    t.add_argument("--tasks", help="comma-separated auxiliary tasks (default: the profile's)")
+    t.add_argument("--profile", default="quick", choices=["tiny", "quick", "standard"])
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget")
+    t.add_argument(
+        "--what",
+        default="all",
+        choices=["baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2"],
+    )
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    t.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="segment a scan with a trained model")
+    pr.add_argument("workspace")
+    pr.add_argument("scan", help="an image file/folder, or a scan id of the workspace")
+    pr.add_argument("--model", default="student")
+    pr.add_argument("--out", required=True, help="label file to write (e.g. mask.nii.gz)")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="score the trained models on a labelled dataset")
+    ev.add_argument("workspace")
+    ev.add_argument("data", help="dataset folder (its val split, else every labelled case)")
+    ev.add_argument("--models", help="comma-separated models (default: all)")
+    ev.add_argument("--out", help="write the scores as JSON")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ev.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the built-in sample (quick profile)")
+    d.add_argument("--gui", action="store_true", help="open napari with the sample and the docks")
+    d.add_argument("--out", default="mtssl-demo", help="workspace folder (default ./mtssl-demo)")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_mtssl.io.scan import LabelError, ScanReadError
+
+    try:
+        from napari_mtssl.workspace import WorkspaceError
+    except ImportError:  # pragma: no cover - workspace always ships with the package
+        WorkspaceError = OSError  # type: ignore[misc,assignment]  # noqa: N806
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
+    except (ScanReadError, LabelError, WorkspaceError) as exc:
+        print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as exc:
+        msg = str(exc).strip("'\"") or type(exc).__name__
+        print(f"napari-mtssl {args.command}: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"napari-mtssl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The models of the method, each a generator over :func:`trainer.train_unit` (METHOD.md).
+
+* :func:`baseline`: segmentation loss only (the conventional model every claim is measured by).
+* :func:`joint`: l_seg + lambda * l_task, each term on its own batch.
+* :func:`pretrain`: l_task alone, transfer the shared part (``task.level``), fine-tune l_seg with
+  a fresh segmentation head and fresh non-shared parts.
+* :func:`select_mode`: keep the mode with the higher validation mean foreground Dice.
+* :func:`all_joint`: one network, every task head, summed losses (Cerberus-style comparison).
+* :func:`student`: ensemble distillation from frozen teachers.
+
+Each returns ``{"net": module, "steps": int, "seconds": float, "stopped": bool}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_mtssl.models import build_unet
+from napari_mtssl.tasks import build_task, task_class, task_config
+from napari_mtssl.tasks.base import DataSummary
+
+from . import checkpoints
+from .config import ExperimentConfig
+from .data import StudyData
+from .trainer import Distillation, TaskTerm, UnitSpec, train_unit
+
+StopFn = Callable[[], bool] | None
+Result = Generator[dict, None, dict]
+
+
+def out_channels(cfg: ExperimentConfig, num_classes: int) -> int:
+    """Binary segmentation uses one sigmoid channel (METHOD.md), multi-class one per class."""
+    return 1 if num_classes == 2 and cfg.model.binary_sigmoid else num_classes
+
+
+def new_net(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
+    """A fresh U-Net; seeded, so every model of an experiment starts from the same weights."""
+    torch.manual_seed(cfg.seed)
+    return build_unet(
+        in_channels=1,
+        out_channels=out_channels(cfg, num_classes),
+        width=cfg.model.width,
+        dropout=cfg.model.dropout,
+        norm=cfg.model.norm,
+    )
+
+
+def new_task(name: str, net: torch.nn.Module, cfg: ExperimentConfig, num_classes: int):
+    torch.manual_seed(cfg.seed + 1)
+    overrides = cfg.stage1.task_overrides.get(name, {})
+    return build_task(name, net, task_config(name, **overrides), num_classes)
+
+
+def check_tasks(
+    summary: DataSummary, names: Sequence[str], cfg: ExperimentConfig
+) -> dict[str, str | None]:
+    """Why each task cannot run on data like ``summary`` (None: it can), before any training."""
+    out: dict[str, str | None] = {}
+    tbsz = cfg.data.task_batch_size or cfg.data.batch_size
+    for name in names:
+        try:
+            cls = task_class(name)
+            tcfg = task_config(name, **cfg.stage1.task_overrides.get(name, {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            out[name] = str(exc).strip("'\"")
+            continue
+        reason = cls.check_data(summary, tcfg)
+        if reason is None and tbsz < getattr(cls, "min_batch", 1):
+            reason = f"{name} needs task batches of at least {cls.min_batch}; got {tbsz}"
+        out[name] = reason
+    return out
+
+
+def require_tasks(summary: DataSummary, names: Sequence[str], cfg: ExperimentConfig) -> None:
+    problems = {k: v for k, v in check_tasks(summary, names, cfg).items() if v}
+    if problems:
+        lines = "; ".join(f"{k}: {v}" for k, v in problems.items())
+        raise ValueError(f"cannot train with the selected tasks: {lines}")
+
+
+def baseline(study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+    net = new_net(cfg, study.num_classes)
+    spec = UnitSpec("baseline", "baseline", cfg.baseline_steps, model="baseline")
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    return {**res, "net": net}
+
+
+def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+    net = new_net(cfg, study.num_classes)
+    t = new_task(task, net, cfg, study.num_classes)
+    spec = UnitSpec(
+        f"{task}:joint",
+        "stage1",
+        cfg.stage1.joint_steps,
+        tasks=[TaskTerm(t, cfg.stage1.lam(task))],
+        task_label=task,
+        mode="joint",
+        model=f"{task}:joint",
+    )
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    return {**res, "net": net}
+
+
+def pretrain(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+    """Pre-train on the task alone, then fine-tune the transferred shared part on segmentation."""
+    name = f"{task}:pretrain"
+    pre_file = Path(ckpt_dir) / f"{task}-pretext.safetensors" if ckpt_dir else None
+    net = new_net(cfg, study.num_classes)
+    level = task_class(task).level
+    seconds = 0.0
+    if pre_file is not None and pre_file.is_file():
+        pre_net, _ = checkpoints.load_model(pre_file)
+        seconds = float(checkpoints.read_model_meta(pre_file).get("seconds", 0.0))
+    else:
+        t = new_task(task, net, cfg, study.num_classes)
+        spec = UnitSpec(
+            f"{task}:pretext",
+            "stage1",
+            cfg.stage1.pretrain_steps,
+            seg_weight=0.0,
+            tasks=[TaskTerm(t, 1.0)],
+            task_label=task,
+            mode="pretrain",
+            model=name,
+            evaluate=False,
+        )
+        res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+        if res["stopped"]:
+            return {**res, "net": net}
+        pre_net, seconds = net, res["seconds"]
+        if pre_file is not None:
+            checkpoints.save_model(pre_net, pre_file, {**_arch(cfg, study), "seconds": seconds})
+    fine = new_net(cfg, study.num_classes)  # fresh head and non-shared parts
+    fine.load_shared(pre_net.shared_state_dict(level), level)
+    spec = UnitSpec(
+        name, "stage1", cfg.stage1.finetune_steps, task_label=task, mode="finetune", model=name
+    )
+    res = yield from train_unit(spec, fine, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    if not res["stopped"] and pre_file is not None:
+        for p in (pre_file, pre_file.with_suffix(".json")):
+            p.unlink(missing_ok=True)
+    total = cfg.stage1.pretrain_steps + cfg.stage1.finetune_steps
+    return {**res, "net": fine, "steps": total, "seconds": res.get("seconds", 0.0) + seconds}
+
+
+def select_mode(scores: dict[str, float | None]) -> str:
+    """The mode with the higher validation mean foreground Dice (ties and unknowns: joint)."""
+    j = scores.get("joint")
+    p = scores.get("pretrain")
+    if p is None:
+        return "joint"
+    if j is None:
+        return "pretrain"
+    return "pretrain" if p > j else "joint"
+
+
+def all_joint(tasks: Sequence[str], study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+    net = new_net(cfg, study.num_classes)
+    terms = [TaskTerm(new_task(t, net, cfg, study.num_classes), cfg.stage1.lam(t)) for t in tasks]
+    spec = UnitSpec(
+        "all_joint",
+        "all_joint",
+        cfg.stage1.joint_steps,
+        tasks=terms,
+        task_label="all",
+        mode="joint",
+        model="all_joint",
+    )
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    return {**res, "net": net}
+
+
+def student(
+    teachers: Sequence[torch.nn.Module],
+    study: StudyData,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    ckpt_dir: Any,
+    stop: StopFn = None,
+    *,
+    init: torch.nn.Module | None = None,
+    steps: int | None = None,
+    unit: str = "student",
+    stage: str = "stage2",
+) -> Result:
+    """Distil the teachers' mean probabilities into a student (fresh, or a copy of ``init``)."""
+    if not teachers:
+        raise ValueError("stage 2 needs at least one teacher; train stage 1 first")
+    net = new_net(cfg, study.num_classes)
+    if init is not None:
+        net.load_state_dict(init.state_dict())
+    s2 = cfg.stage2
+    spec = UnitSpec(
+        unit,
+        stage,
+        steps or s2.steps,
+        seg_weight=1 - s2.alpha,
+        distil=Distillation(
+            teachers,
+            s2.alpha,
+            s2.temperature,
+            s2.distil_unlabelled,
+            s2.feature_distillation,
+            s2.feature_weight,
+        ),
+        model="student",
+    )
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    return {**res, "net": net}
+
+
+def _arch(cfg: ExperimentConfig, study: StudyData) -> dict[str, Any]:
+    """What :func:`checkpoints.load_model` needs to rebuild the network."""
+    return {
+        "kind": "unet2d",
+        "width": cfg.model.width,
+        "dropout": cfg.model.dropout,
+        "norm": cfg.model.norm,
+        "out_channels": out_channels(cfg, study.num_classes),
+        "num_classes": study.num_classes,
+        "label_names": {str(k): v for k, v in study.label_names.items()},
+        "image_size": cfg.data.image_size,
+        "normalisation": cfg.data.normalisation,
+        "data": dict(cfg.data.__dict__),
+    }
+
+
+arch_meta = _arch

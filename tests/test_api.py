@@ -1,0 +1,174 @@
+"""The api contract (docs/architecture.md) on the synthetic sample and a tiny dataset folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_mtssl import api
+
+
+def make_dataset(
+    root: Path,
+    cases=("patient001_frame01", "patient001_frame02", "patient002_frame01", "patient003_frame01"),
+    val=("patient004_frame01",),
+    shape=(40, 48, 4),
+) -> Path:
+    """A Decathlon-layout dataset folder with a train/val split (x, y, z on disk)."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    aff = np.diag([1.5, 1.5, 8.0, 1.0])
+    for i, name in enumerate([*cases, *val]):
+        lab = np.zeros(shape, np.uint8)
+        lab[10 + i : 25 + i, 12:30, :] = 1
+        lab[14 + i : 20 + i, 16:24, :] = 2
+        img = (rng.normal(size=shape) * 0.1 + lab * 0.4).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, aff), root / "imagesTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, aff), root / "labelsTr" / f"{name}.nii.gz")
+    meta = {
+        "name": "tiny",
+        "labels": {"0": "background", "1": "outer", "2": "inner"},
+        "splits": {"train": list(cases), "val": list(val)},
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_import_is_cheap():
+    code = "import sys, napari_mtssl.api; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_patient_of():
+    assert api.patient_of("patient007_frame12") == "patient007"
+    assert api.patient_of("case_3") == "case_3"
+
+
+def test_create_from_dataset_keeps_n_patients(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    ws = api.create_workspace(tmp_path / "ws", source=data, labelled=1)
+    assert ws.label_names == {0: "background", 1: "outer", 2: "inner"}
+    train = {ws.record(s).name: s for s in ws.scan_ids("train")}
+    assert set(train) == {
+        "patient001_frame01",
+        "patient001_frame02",
+        "patient002_frame01",
+        "patient003_frame01",
+    }
+    labelled = {n for n, s in train.items() if ws.labelled_slices(s)}
+    assert labelled == {"patient001_frame01", "patient001_frame02"}  # both frames of patient 1
+    (val,) = ws.scan_ids("val")
+    assert len(ws.labelled_slices(val)) == 4
+
+
+def test_list_and_check_tasks(tmp_path):
+    infos = api.list_tasks()
+    names = [t.name for t in infos]
+    assert {"sdm", "rubik", "moco", "vicreg", "slices", "simsiam", "inpaint"} <= set(names)
+    sdm = infos[names.index("sdm")]
+    assert sdm.needs_labels and sdm.level == "dense" and sdm.summary
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=0)
+    res = api.check_tasks(ws, ["sdm", "inpaint", "nope"])
+    assert res["inpaint"] is None
+    assert "label" in res["sdm"]
+    assert "nope" in res["nope"]
+
+
+def test_make_config():
+    cfg = api.make_config("tiny", tasks="sdm,inpaint", seed=2, stage2__alpha=0.1)
+    assert cfg.stage1.tasks == ["sdm", "inpaint"] and cfg.seed == 2 and cfg.stage2.alpha == 0.1
+    with pytest.raises(ValueError):
+        api.make_config("tiny", nonsense=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ws = api.create_workspace(tmp_path_factory.mktemp("a") / "ws", source="sample", labelled=2)
+    cfg = api.make_config("tiny", device="cpu", tasks=["sdm", "inpaint"], all_joint=False)
+    report = api.run(api.train(ws, cfg, "all"))
+    return ws, report
+
+
+def test_models_predict_compare_history(trained):
+    ws, report = trained
+    models = api.list_models(ws)
+    assert models[0] == "student" and "baseline" in models and "teacher:inpaint" in models
+    assert "all_joint" not in models
+    sid = ws.scan_ids("val")[0]
+    scan = ws.load_scan(sid)
+    pred = api.predict(ws, sid, model="baseline", device="cpu")
+    assert pred.labels.shape == scan.shape and pred.labels.dtype == np.uint8
+    assert pred.probs.shape == (ws.num_classes, *scan.shape)
+    assert np.allclose(pred.probs.sum(0), 1, atol=1e-4)
+    assert pred.run == report["run"]
+    assert np.array_equal(api.predict(ws, scan, model="baseline", device="cpu").labels, pred.labels)
+    comp = api.compare(ws, sid, device="cpu")
+    assert set(comp.labels) == set(models)
+    assert comp.teacher_mean.shape == (ws.num_classes, *scan.shape)
+    assert comp.disagreement.shape == scan.shape and comp.disagreement.min() >= 0
+    assert comp.slice_scores.shape == (scan.shape[0],)
+    assert all(0 <= d <= 1 for d in comp.dice.values())
+    with pytest.raises(ValueError, match="available"):
+        api.predict(ws, sid, model="teacher:moco")
+    hist = api.history(ws)
+    assert hist[-1]["run"] == report["run"] and "student" in hist[-1]["metrics"]
+
+
+def test_accept_correction(trained):
+    ws, _ = trained
+    sid = ws.scan_ids("train")[-1]
+    lab = np.zeros(ws.record(sid).shape, np.uint8)
+    lab[3, 10:20, 10:20] = 1
+    api.accept_correction(ws, sid, lab, [3])
+    assert ws.slice_status(sid)[3] == "corrected"
+    assert ws.labels(sid)[3, 15, 15] == 1
+
+
+def test_start_job_inline(trained):
+    ws, _ = trained
+    cfg = api.make_config("tiny", device="cpu")
+    job = api.start_job(ws, cfg, "baseline", inline=True)
+    events = []
+    deadline = time.monotonic() + 120
+    while job.is_alive() and time.monotonic() < deadline:
+        events += job.poll(0.2)
+    job.join()
+    assert job.error is None, job.error
+    assert "baseline" in job.result["models"]
+    assert any(e.get("type") == "progress" for e in events + job.poll(0))
+
+
+@pytest.mark.slow
+def test_start_job_process_stop_and_resume(tmp_path):
+    """The real worker process: stop mid-run, then resume the same run to the end."""
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    cfg = api.make_config("tiny", device="cpu", stage1__joint_steps=400)
+    job = api.start_job(ws, cfg, "baseline")
+    deadline = time.monotonic() + 300
+    steps = 0
+    while job.is_alive() and steps < 3 and time.monotonic() < deadline:
+        steps += sum(e.get("type") == "progress" for e in job.poll(0.5))
+    job.stop()
+    job.join()
+    assert job.error is None, job.error
+    assert job.result["stopped"] is True
+    run_id = job.result["run"]
+    job2 = api.start_job(ws, cfg, "baseline", resume=run_id)
+    first = None
+    while job2.is_alive() and time.monotonic() < deadline:
+        for e in job2.poll(0.5):
+            if e.get("type") == "progress" and first is None:
+                first = e["step"]
+    job2.join()
+    assert job2.error is None, job2.error
+    assert first is not None and first > 1
+    assert job2.result["models"]["baseline"]["steps"] == 400

@@ -1,0 +1,204 @@
+"""``napari-mtssl`` commands on synthetic data; ACDC when it is present (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_mtssl.cli import main
+from tests.test_api import make_dataset
+
+ACDC = Path("/work/shared/data/acdc")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_dataset(root / "data")
+    out = root / "ws"
+    rc = main(
+        [
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--labelled",
+            "2",
+            "--profile",
+            "tiny",
+            "--tasks",
+            "sdm,inpaint",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    return rc, data, out
+
+
+def test_train_writes_reports(trained, capsys):
+    rc, _, out = trained
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"baseline", "teacher:sdm", "teacher:inpaint", "all_joint", "student"} <= set(
+        report["models"]
+    )
+    md = (out / "report.md").read_text()
+    assert "| student |" in md and "HD95" in md and "Teacher selection" in md
+    pngs = list((out / "report").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_predict_writes_mask(trained, tmp_path, capsys):
+    _, data, out = trained
+    image = data / "imagesTr" / "patient004_frame01.nii.gz"
+    mask = tmp_path / "mask.nii.gz"
+    assert main(["predict", str(out), str(image), "--out", str(mask), "--device", "cpu"]) == 0
+    m = nib.load(str(mask))
+    assert m.shape == nib.load(str(image)).shape
+    assert np.asarray(m.dataobj).max() <= 2
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_evaluate_scores_json(trained, tmp_path):
+    _, data, out = trained
+    scores = tmp_path / "scores.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                str(data),
+                "--models",
+                "baseline,student",
+                "--out",
+                str(scores),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    s = json.loads(scores.read_text())
+    assert s["cases"] == ["patient004_frame01"]
+    assert set(s["models"]) == {"baseline", "student"}
+    assert 0 <= s["models"]["student"]["mean_dice"] <= 1
+
+
+def _one_line_error(capsys, argv, *, expect: str):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert expect in err
+    return err
+
+
+def test_bad_inputs_give_one_line(tmp_path, capsys, trained):
+    _, data, out = trained
+    _one_line_error(
+        capsys,
+        ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "w")],
+        expect="no such dataset",
+    )
+    _one_line_error(
+        capsys,
+        ["train", str(data), "--out", str(tmp_path / "w1"), "--labelled", "0"],
+        expect="--labelled",
+    )
+    _one_line_error(
+        capsys,
+        [
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "w2"),
+            "--tasks",
+            "sdm,bogus",
+            "--profile",
+            "tiny",
+        ],
+        expect="bogus",
+    )
+    _one_line_error(capsys, ["train", str(data)], expect="--out")
+    _one_line_error(
+        capsys,
+        ["predict", str(out), str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "m.nii.gz")],
+        expect="no such file",
+    )
+    _one_line_error(
+        capsys,
+        ["predict", str(out), str(data / "dataset.json"), "--out", str(tmp_path / "m.nii.gz")],
+        expect="dataset.json",
+    )
+    _one_line_error(capsys, ["predict", str(tmp_path), "x", "--out", "y"], expect="workspace")
+    bad = tmp_path / "bad"
+    (bad / "imagesTr").mkdir(parents=True)
+    (bad / "imagesTr" / "a.nii.gz").write_bytes(b"not a nifti")
+    (bad / "dataset.json").write_text('{"labels": {"0": "background", "1": "x"}}')
+    _one_line_error(capsys, ["train", str(bad), "--out", str(tmp_path / "w3")], expect="a.nii.gz")
+    assert not (tmp_path / "w3").exists()  # no half-imported workspace left behind
+
+
+def test_argparse_errors_exit_nonzero(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "x", "--profile", "enormous"])
+    assert e.value.code != 0
+
+
+def test_empty_labelled_set(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", cases=("p1_frame01",), val=())
+    for f in (data / "labelsTr").glob("*"):
+        f.unlink()
+    _one_line_error(
+        capsys,
+        ["train", str(data), "--out", str(tmp_path / "w"), "--profile", "tiny", "--device", "cpu"],
+        expect="no labelled",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ACDC.is_dir(), reason=f"ACDC not found at {ACDC}")
+def test_acdc_one_patient_tiny_budget(tmp_path):
+    out = tmp_path / "acdc"
+    rc = main(
+        [
+            "train",
+            str(ACDC),
+            "--out",
+            str(out),
+            "--labelled",
+            "1",
+            "--profile",
+            "tiny",
+            "--tasks",
+            "sdm",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["labelled_train_scans"] == 2  # both frames of one patient
+    assert set(report["models"]["student"]["dice"]) == {
+        "right ventricle",
+        "myocardium",
+        "left ventricle",
+    }
+
+
+def test_demo_headless(tmp_path, monkeypatch, capsys):
+    from napari_mtssl import api
+
+    real = api.make_config
+    monkeypatch.setattr(api, "make_config", lambda profile, **kw: real("tiny", **kw))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "report.md").is_file()
+    assert "| student |" in capsys.readouterr().out

@@ -1,0 +1,229 @@
+"""End to end on the synthetic sample (tiny profile, CPU): every stage, selection, stop/resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_mtssl import api
+from napari_mtssl.training import checkpoints
+from napari_mtssl.training.pipeline import run_training
+from napari_mtssl.training.stages import select_mode
+
+
+def _drive(gen, on_event=None):
+    return api.run(gen, on_event)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ws = api.create_workspace(tmp_path_factory.mktemp("w") / "ws", source="sample", labelled=2)
+    cfg = api.make_config("tiny", device="cpu")
+    events: list[dict] = []
+    report = _drive(run_training(ws, cfg, "all"), events.append)
+    return ws, cfg, report, events
+
+
+def test_all_stages_write_models_and_report(trained):
+    ws, cfg, report, events = trained
+    expected = {
+        "baseline",
+        "sdm:joint",
+        "sdm:pretrain",
+        "teacher:sdm",
+        "rubik:joint",
+        "rubik:pretrain",
+        "teacher:rubik",
+        "all_joint",
+        "student",
+    }
+    assert set(report["models"]) == expected
+    run = ws.run(report["run"])
+    assert set(run.models()) == expected
+    assert run.status == "done"
+    for name, m in report["models"].items():
+        assert set(m) >= {"dice", "mean_dice", "hd95", "steps", "seconds", "mode"}
+        assert 0.0 <= m["mean_dice"] <= 1.0, name
+        assert set(m["dice"]) == {v for k, v in ws.label_names.items() if k}
+    assert report["models"]["sdm:pretrain"]["steps"] == (
+        cfg.stage1.pretrain_steps + cfg.stage1.finetune_steps
+    )
+    assert report["models"]["baseline"]["steps"] == cfg.stage1.joint_steps
+    assert run.metrics()["models"] == report["models"]
+    # history has a round with every model's metrics
+    (rnd,) = ws.rounds()
+    assert set(rnd["metrics"]) == expected and rnd["run"] == run.id
+
+
+def test_selection_records_both_scores(trained):
+    ws, _, report, events = trained
+    for task in ("sdm", "rubik"):
+        sel = report["selected"][task]
+        j, p = report["models"][f"{task}:joint"], report["models"][f"{task}:pretrain"]
+        assert sel["joint"] == j["mean_dice"] and sel["pretrain"] == p["mean_dice"]
+        assert sel["mode"] == ("pretrain" if p["mean_dice"] > j["mean_dice"] else "joint")
+        teacher = load_file(str(ws.run(report["run"]).model_path(f"teacher:{task}")))
+        chosen = load_file(str(ws.run(report["run"]).model_path(f"{task}:{sel['mode']}")))
+        assert all(torch.equal(teacher[k], chosen[k]) for k in chosen)
+
+
+def test_select_mode_picks_higher():
+    assert select_mode({"joint": 0.5, "pretrain": 0.6}) == "pretrain"
+    assert select_mode({"joint": 0.7, "pretrain": 0.6}) == "joint"
+    assert select_mode({"joint": 0.5, "pretrain": 0.5}) == "joint"
+    assert select_mode({"pretrain": 0.1}) == "pretrain"
+
+
+def test_progress_events_shape(trained):
+    _, _, _, events = trained
+    prog = [e for e in events if e["type"] == "progress"]
+    assert prog
+    keys = {
+        "stage",
+        "task",
+        "mode",
+        "model",
+        "step",
+        "total",
+        "losses",
+        "val_dice",
+        "eta_s",
+        "elapsed_s",
+        "data_wait_s",
+    }
+    assert keys <= set(prog[0])
+    assert {e["stage"] for e in prog} >= {"baseline", "stage1", "all_joint", "stage2"}
+
+
+def test_checkpoint_sidecar_and_loading(trained):
+    ws, _, report, _ = trained
+    path = ws.run(report["run"]).model_path("student")
+    net, meta = checkpoints.load_model(path)
+    assert meta["num_classes"] == ws.num_classes and meta["out_channels"] == ws.num_classes
+    assert meta["metrics"]["mean_dice"] == report["models"]["student"]["mean_dice"]
+    x = torch.zeros(1, 1, meta["image_size"], meta["image_size"])
+    assert net(x).shape == (1, ws.num_classes, meta["image_size"], meta["image_size"])
+
+
+def test_retrain_after_correction(trained):
+    ws, cfg, _, _ = trained
+    sid = ws.scan_ids("train")[-1]
+    pred = api.predict(ws, sid, device="cpu")
+    api.accept_correction(ws, sid, pred.labels, [0, 1])
+    assert ws.slice_status(sid)[:2] == ["corrected", "corrected"]
+    rep = _drive(run_training(ws, cfg, "retrain-quick"))
+    assert set(rep["models"]) == {"student"}
+    assert rep["models"]["student"]["steps"] == cfg.stage2.retrain_steps
+    assert rep["teachers"]["models"] == ["teacher:rubik", "teacher:sdm"]
+    assert len(ws.rounds()) == 2
+
+
+def test_stop_and_resume_matches_uninterrupted(tmp_path):
+    cfg = api.make_config("tiny", device="cpu", stage1__joint_steps=6)
+    ws_a = api.create_workspace(tmp_path / "a", source="sample", labelled=2)
+    ws_b = api.create_workspace(tmp_path / "b", source="sample", labelled=2)
+    full = _drive(run_training(ws_a, cfg, "baseline"))
+
+    seen = {"n": 0}
+
+    def count(ev):
+        if ev["type"] == "progress":
+            seen["n"] += 1
+
+    stopped = _drive(run_training(ws_b, cfg, "baseline", stop=lambda: seen["n"] >= 3), count)
+    assert stopped["stopped"] is True
+    run = ws_b.run(stopped["run"])
+    assert run.status == "stopped"
+    assert checkpoints.state_exists(run.checkpoint_dir, "baseline")
+    steps = []
+    resumed = _drive(
+        run_training(ws_b, cfg, "baseline", resume=run.id),
+        lambda e: steps.append(e["step"]) if e["type"] == "progress" else None,
+    )
+    assert steps[0] == 4 and steps[-1] == 6  # continued from step 3
+    assert resumed["run"] == run.id and run.status == "done"
+    wa = load_file(str(ws_a.run(full["run"]).model_path("baseline")))
+    wb = load_file(str(run.model_path("baseline")))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert resumed["models"]["baseline"]["mean_dice"] == pytest.approx(
+        full["models"]["baseline"]["mean_dice"]
+    )
+
+
+def test_same_seed_same_numbers(tmp_path):
+    cfg = api.make_config("tiny", device="cpu")
+    a = api.create_workspace(tmp_path / "a", source="sample", labelled=1)
+    b = api.create_workspace(tmp_path / "b", source="sample", labelled=1)
+    ra = _drive(run_training(a, cfg, "baseline"))
+    rb = _drive(run_training(b, cfg, "baseline"))
+    assert ra["models"]["baseline"]["dice"] == rb["models"]["baseline"]["dice"]
+
+
+def test_tasks_checked_before_training(tmp_path):
+    from napari_mtssl.io.scan import Scan
+    from napari_mtssl.workspace import Workspace
+
+    ws = Workspace.create(tmp_path / "w")
+    aff = np.array([[0, 0, 1.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    for i in range(2):  # single 2D images: no neighbouring slices
+        sid = ws.add_scan(
+            Scan(np.random.rand(1, 32, 32).astype(np.float32), affine=aff, name=f"img{i}")
+        )
+        ws.set_labels(sid, np.ones((1, 32, 32), np.uint8), slices=[0])
+    cfg = api.make_config("tiny", device="cpu", tasks=["slices", "nonsense"])
+    with pytest.raises(ValueError) as err:
+        _drive(run_training(ws, cfg, "all"))
+    msg = str(err.value)
+    assert "slices" in msg and "nonsense" in msg
+    assert ws.runs() == []  # failed before any run was created
+
+
+def test_no_labels_is_a_clear_error(tmp_path):
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=0)
+    with pytest.raises(ValueError, match="no labelled training slices"):
+        _drive(run_training(ws, api.make_config("tiny", device="cpu"), "baseline"))
+
+
+def test_stage2_needs_teachers(tmp_path):
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=1)
+    with pytest.raises(ValueError, match="stage 1"):
+        _drive(run_training(ws, api.make_config("tiny", device="cpu"), "stage2"))
+
+
+def test_stage2_options_and_retrain_stage2(trained):
+    ws, _, _, _ = trained
+    cfg = api.make_config(
+        "tiny",
+        device="cpu",
+        stage2__init="best_teacher",
+        stage2__feature_distillation=True,
+        stage2__temperature=2.0,
+        stage2__distil_unlabelled=False,
+    )
+    events: list[dict] = []
+    rep = _drive(run_training(ws, cfg, "retrain-stage2"), events.append)
+    assert rep["models"]["student"]["steps"] == cfg.stage2.steps
+    losses = [e["losses"] for e in events if e["type"] == "progress"]
+    assert {"seg", "kd", "feat", "total"} <= set(losses[-1])
+
+
+def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
+    from napari_mtssl.sample import make_sample_study
+    from napari_mtssl.workspace import Workspace
+
+    study = make_sample_study(n_scans=3, n_labelled=3, shape=(4, 48, 48))
+    ws = Workspace.create(tmp_path / "w", label_names={0: "background", 1: "organ"})
+    for i, (scan, lab) in enumerate(zip(study.scans, study.labels)):
+        sz, sy, sx = scan.spacing
+        scan.affine = np.array([[0, 0, sx, 0], [0, sy, 0, 0], [sz, 0, 0, 0], [0, 0, 0, 1.0]])
+        sid = ws.add_scan(scan, split="val" if i == 2 else "train")
+        ws.set_labels(sid, (lab > 0).astype(np.uint8), slices=range(lab.shape[0]))
+    cfg = api.make_config("tiny", device="cpu", tasks=["inpaint"])
+    rep = _drive(run_training(ws, cfg, "all"))
+    assert set(rep["models"]["student"]["dice"]) == {"organ"}
+    _, meta = checkpoints.load_model(ws.run(rep["run"]).model_path("student"))
+    assert meta["out_channels"] == 1 and meta["num_classes"] == 2
+    pred = api.predict(ws, ws.scan_ids("val")[0], device="cpu")
+    assert pred.probs.shape[0] == 2 and set(np.unique(pred.labels)) <= {0, 1}
