@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from napari_mtssl.cli import main
+from tests.conftest import ACDC
 from tests.test_api import make_dataset
-
-ACDC = Path("/work/shared/data/acdc")
 
 
 @pytest.fixture(scope="module")

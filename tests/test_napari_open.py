@@ -113,8 +113,8 @@ def test_dicom_folder_and_nifti_open_the_same_way(make_napari_viewer, tmp_path):
     shots = []
     for shown, hidden in ((nii, dcm), (dcm, nii)):
         shown.visible, hidden.visible = True, False
-        viewer.text_overlay.visible = True
-        viewer.text_overlay.text = (
+        viewer.canvas.overlays.text.visible = True
+        viewer.canvas.overlays.text.text = (
             f"{shown.name}: scale {' x '.join(f'{s:g}' for s in shown.scale)} mm (z, y, x)"
         )
         viewer.reset_view()

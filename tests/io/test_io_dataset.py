@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from napari_mtssl.io import ScanReadError, open_dataset, read_scans
-
-ACDC = Path(__file__).resolve().parents[3] / "shared" / "data" / "acdc"
+from tests.conftest import ACDC
 
 
 def _make(root: Path, names, *, nnunet: bool, labels_json, splits=None, with_labels=None):
