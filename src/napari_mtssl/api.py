@@ -185,12 +185,11 @@ def check_tasks(
 ) -> dict[str, str | None]:
     """For each task, the reason it cannot run on this workspace's data, or None."""
     from napari_mtssl.training.config import profile
-    from napari_mtssl.training.data import StudyData
+    from napari_mtssl.training.data import workspace_summary
     from napari_mtssl.training.stages import check_tasks as _check
 
     cfg = config or profile("quick")
-    study = StudyData.from_workspace(_ws(workspace), cfg.data, cfg.seed)
-    return _check(study.summary(), list(tasks), cfg)
+    return _check(workspace_summary(_ws(workspace)), list(tasks), cfg)
 
 
 def make_config(profile: str = "quick", **overrides: Any) -> ExperimentConfig:

@@ -131,3 +131,14 @@ def test_batch_stream_forwards_errors():
     with pytest.raises(RuntimeError, match="bad slice"):
         s.get()
     s.close()
+
+
+def test_workspace_summary_matches_the_loaded_study(tmp_path):
+    from napari_mtssl import api
+    from napari_mtssl.training.data import workspace_summary
+
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    sid = ws.scan_ids("train")[-1]
+    ws.set_labels(sid, np.zeros(ws.record(sid).shape, np.uint8), slices=[3], by="test")
+    study = StudyData.from_workspace(ws, DataConfig(image_size=32))
+    assert workspace_summary(ws) == study.summary()

@@ -161,6 +161,27 @@ def no_labelled_data_message() -> str:
     )
 
 
+def workspace_summary(ws: Any) -> DataSummary:
+    """The task-check summary of a workspace's training split, from its records alone.
+
+    No scan is read: widgets call this each time a task is ticked, and a study of hundreds of
+    scans must answer at once. The training run checks again on the loaded data.
+    """
+    sids = ws.scan_ids("train")
+    n = [int(ws.record(s).shape[0]) for s in sids] or [0]
+    nl = sum(len(ws.labelled_slices(s)) for s in sids)
+    spacing = [float(ws.record(s).spacing[0]) for s in sids]
+    return DataSummary(
+        n_scans=len(sids),
+        n_labelled_slices=nl,
+        n_unlabelled_slices=sum(n) - nl,
+        min_slices=min(n),
+        max_slices=max(n),
+        num_classes=int(ws.num_classes),
+        slice_spacing=float(np.median(spacing)) if spacing else 1.0,
+    )
+
+
 @dataclass
 class StudyData:
     """Training and validation scans at training size. Split by scan, never by slice."""
