@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check src tests benchmarks
 
 screenshots: $(STAMP) sysdeps
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py --profile quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -8,4 +8,3 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = Path(os.environ.get("MTSSL_ACDC", ROOT.parent / "shared" / "data" / "acdc"))
-

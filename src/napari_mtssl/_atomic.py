@@ -61,7 +61,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(
+        path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

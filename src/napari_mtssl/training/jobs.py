@@ -174,7 +174,9 @@ class JobHandle:
             self._check_crash()
         return out
 
-    def join(self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None) -> bool:
+    def join(
+        self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None
+    ) -> bool:
         """Wait for the end (draining events, so the worker never blocks on a full queue)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.state == "running":
