@@ -163,3 +163,46 @@ def test_closing_while_training_asks_first(sample_docks, qtbot, monkeypatch):
     assert jobs.eventFilter(window, QCloseEvent()) is False
     assert len(asked) == 2
     assert QEvent.Type.Close == QCloseEvent().type()
+
+
+def test_a_killed_worker_is_reported_and_loses_no_labels(sample_docks, qtbot, monkeypatch):
+    """The worker process dies mid-run (as when the system kills it for memory): napari shows
+    an error, stays usable, and the corrections stored before are all still there."""
+    import os
+    import signal
+
+    import napari.utils.notifications as notifications
+
+    from napari_mtssl import api
+
+    d = sample_docks
+    ws = d.session.workspace
+    sid = ws.scan_ids("train")[-1]
+    corrected = np.zeros(ws.record(sid).shape, np.uint8)
+    corrected[2, 10:20, 10:20] = 1
+    api.accept_correction(ws, sid, corrected, [2], by="tester")
+    before = (ws.labels(sid).copy(), ws.slice_status(sid), ws.provenance(sid, 2))
+
+    errors: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    jobs = d.session.jobs
+    config = api.make_config(
+        profile="tiny",
+        device="cpu",
+        stage1__joint_steps=5000,
+        stage1__tasks=["sdm"],
+        stage1__modes="joint",
+    )
+    with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
+        jobs.start(ws, config, "stage1")
+    with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
+        os.kill(jobs.handle._process.pid, signal.SIGKILL)
+    assert jobs.last_state == "failed"
+    assert any("ended unexpectedly" in e for e in errors), errors
+    assert d.training.train_buttons["all"].isEnabled()  # ready for the next run
+
+    reopened = api.open_workspace(ws.root)
+    np.testing.assert_array_equal(reopened.labels(sid), before[0])
+    assert reopened.slice_status(sid) == before[1]
+    assert reopened.provenance(sid, 2) == before[2]
+    assert before[1][2] == "corrected"
