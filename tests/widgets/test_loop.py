@@ -23,6 +23,19 @@ def tiny(training) -> None:
     training.device.setCurrentText("cpu")
 
 
+def long_stage1_config(steps: int):
+    """A stage-1 job long enough to be stopped, closed or killed while it runs."""
+    from napari_mtssl import api
+
+    return api.make_config(
+        profile="tiny",
+        device="cpu",
+        stage1__joint_steps=steps,
+        stage1__tasks=["sdm"],
+        stage1__modes="joint",
+    )
+
+
 def wait_job(qtbot, docks, timeout=JOB_TIMEOUT_MS):
     jobs = docks.session.jobs
     if jobs.is_running:
@@ -100,17 +113,10 @@ def test_whole_loop(sample_docks, qtbot):
 
 
 def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
-    from napari_mtssl import api
 
     d = sample_docks
     ws = d.session.workspace
-    config = api.make_config(
-        profile="tiny",
-        device="cpu",
-        stage1__joint_steps=2000,
-        stage1__tasks=["sdm"],
-        stage1__modes="joint",
-    )
+    config = long_stage1_config(2000)
     jobs = d.session.jobs
     with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
         jobs.start(ws, config, "stage1")
@@ -124,17 +130,10 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
 
 
 def test_closing_while_training_asks_first(sample_docks, qtbot, monkeypatch):
-    from napari_mtssl import api
 
     d = sample_docks
     jobs = d.session.jobs
-    config = api.make_config(
-        profile="tiny",
-        device="cpu",
-        stage1__joint_steps=2000,
-        stage1__tasks=["sdm"],
-        stage1__modes="joint",
-    )
+    config = long_stage1_config(2000)
     with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
         jobs.start(ws := d.session.workspace, config, "stage1")
     assert ws is not None
@@ -186,13 +185,7 @@ def test_a_killed_worker_is_reported_and_loses_no_labels(sample_docks, qtbot, mo
     errors: list[str] = []
     monkeypatch.setattr(notifications, "show_error", errors.append)
     jobs = d.session.jobs
-    config = api.make_config(
-        profile="tiny",
-        device="cpu",
-        stage1__joint_steps=5000,
-        stage1__tasks=["sdm"],
-        stage1__modes="joint",
-    )
+    config = long_stage1_config(5000)
     with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
         jobs.start(ws, config, "stage1")
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
