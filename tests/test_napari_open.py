@@ -128,3 +128,17 @@ def test_dicom_folder_and_nifti_open_the_same_way(make_napari_viewer, tmp_path):
 
         gap = np.full((shots[0].shape[0], 8, 4), 255, np.uint8)
         iio.imwrite(Path(out) / "readers.png", np.concatenate([shots[0], gap, shots[1]], axis=1))
+
+
+def test_sample_study_opens_through_napari(make_napari_viewer):
+    """File > Open Sample > MTSSL segmentation > Synthetic study, as napari itself calls it."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mtssl", "study")
+    images = [ly for ly in viewer.layers if ly.__class__.__name__ == "Image"]
+    labels = [ly for ly in viewer.layers if ly.__class__.__name__ == "Labels"]
+    assert len(images) == 4 and len(labels) == 2
+    for layer in labels:
+        image = viewer.layers[layer.name.replace(" labels", "").replace(" · labels", "")]
+        assert layer.data.shape == image.data.shape
+        np.testing.assert_allclose(layer.scale, image.scale)
+        assert len(np.unique(layer.data)) > 2  # more than one structure
