@@ -77,3 +77,11 @@ def test_bad_targets_are_refused_with_the_name():
         resolve_target("no_colon_here")
     with pytest.raises(ValueError, match="has no 'nope'"):
         JobHandle("napari_mtssl.training.jobs:nope")
+
+
+def test_a_job_leaves_a_core_to_the_viewer():
+    from napari_mtssl.training.pipeline import job_threads
+
+    assert job_threads(1) == 1
+    assert job_threads(2) == 1
+    assert job_threads(16) == 15
