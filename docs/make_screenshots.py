@@ -21,7 +21,7 @@ import numpy as np
 IMAGES = Path(__file__).resolve().parent / "images"
 
 
-def wait_for(app, done, timeout: float = 600.0, what: str = "the job") -> None:
+def wait_for(app, done, timeout: float = 3600.0, what: str = "the job") -> None:
     """Spin the Qt event loop until ``done()`` or ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not done():
@@ -96,7 +96,10 @@ def main() -> None:
     save_dock(compare, "compare_dock.png")
     viewer.screenshot(str(IMAGES / "window_compare.png"), canvas_only=False)
 
-    target = ws.scan_ids()[-1]
+    # correct a training scan that nobody labelled: that is what adds to the training set
+    target = next(
+        (s for s in ws.scan_ids("train") if not ws.labelled_slices(s)), ws.scan_ids("train")[-1]
+    )
     ready = []
     correct.edit_ready.connect(ready.append)
     show_dock(correct)

@@ -75,8 +75,30 @@ def test_a_worker_that_dies_is_reported():
 def test_bad_targets_are_refused_with_the_name():
     with pytest.raises(ValueError, match="module:function"):
         resolve_target("no_colon_here")
-    with pytest.raises(ValueError, match="has no 'nope'"):
-        JobHandle("napari_mtssl.training.jobs:nope")
+    with pytest.raises(ValueError, match="no module named 'napari_mtssl.nowhere'"):
+        JobHandle("napari_mtssl.nowhere:run")
+    # A missing function is found by the worker, which imports the module, and reported.
+    job = JobHandle("napari_mtssl.training.jobs:nope")
+    job.join(timeout=60)
+    assert job.state == "failed" and "has no 'nope'" in job.error
+
+
+def test_starting_a_job_does_not_import_the_engine_here():
+    """Importing torch in the viewer's process holds the GIL for seconds: the worker does it."""
+    code = (
+        "import sys\n"
+        "from napari_mtssl.training.jobs import JobHandle\n"
+        "job = JobHandle('napari_mtssl.training.pipeline:run_training_job', {'workspace': '/nonexistent'})\n"
+        "job.join(timeout=120)\n"
+        "assert job.state == 'failed', job.state\n"
+        "print('torch' in sys.modules, 'napari_mtssl.training.pipeline' in sys.modules)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_a_job_leaves_a_core_to_the_viewer():

@@ -15,6 +15,7 @@ and platforms where spawning is not wanted. Events and results are identical in 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -24,7 +25,7 @@ import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
-__all__ = ["JobHandle", "resolve_target", "drive"]
+__all__ = ["JobHandle", "check_target", "resolve_target", "drive"]
 
 # Terminal messages the worker sends after the generator's own events.
 _DONE = "job-done"
@@ -41,6 +42,19 @@ def resolve_target(target: str) -> Callable[..., Generator[dict, None, dict]]:
         return getattr(module, attr)
     except AttributeError:
         raise ValueError(f"job target {target!r}: {module_name} has no {attr!r}") from None
+
+
+def check_target(target: str) -> None:
+    """Check that ``"module:function"`` names a module that exists, without importing it."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"job target must look like 'package.module:function', got {target!r}")
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ValueError(f"job target {target!r}: no module named {module_name!r}")
 
 
 def drive(
@@ -112,7 +126,10 @@ class JobHandle:
             self._process = None
             self._thread.start()
         else:
-            resolve_target(target)  # fail here, in the caller, for a bad target name
+            # Fail here, in the caller, for a module that does not exist, but do not import it:
+            # importing the engine (torch) in the viewer's process would hold the GIL for
+            # seconds and freeze napari; the worker imports it.
+            check_target(target)
             ctx = mp.get_context("spawn")
             self._events = ctx.Queue()
             self._stop_event = ctx.Event()
