@@ -117,3 +117,49 @@ def test_stall_probe_sees_a_block(qtbot):
     qtbot.wait(30)
     stall = probe.stop()
     assert 150 <= stall < 1000
+
+
+def test_events_reach_the_docks_in_order_even_when_delivered_nested(docks):
+    """A batch that arrives while the previous one is being dispatched (napari's progress bar
+    can process Qt events) waits its turn; the curves place fine-tuning after pre-training."""
+    jobs = docks.session.jobs
+    seen: list[tuple[str, int]] = []
+    nested = [
+        {
+            "type": "progress",
+            "model": "sdm:pretrain",
+            "mode": "finetune",
+            "step": s,
+            "total": 5,
+            "losses": {"total": 1.0},
+        }
+        for s in (1, 2)
+    ]
+
+    def listener(event):
+        seen.append((event["mode"], event["step"]))
+        if event["step"] == 4 and event["mode"] == "pretrain":
+            jobs._on_events(nested)  # delivered in the middle of the first batch
+
+    jobs.job_event.connect(listener)
+    first = [
+        {
+            "type": "progress",
+            "model": "sdm:pretrain",
+            "mode": "pretrain",
+            "step": s,
+            "total": 5,
+            "losses": {"total": 2.0},
+        }
+        for s in (3, 4, 5)
+    ]
+    jobs._on_events(first)
+    assert seen == [
+        ("pretrain", 3),
+        ("pretrain", 4),
+        ("pretrain", 5),
+        ("finetune", 1),
+        ("finetune", 2),
+    ]
+    xs = docks.training._series["sdm:pretrain"]["x"]
+    assert xs == [3.0, 4.0, 5.0, 6.0, 7.0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -109,6 +110,8 @@ class JobController(QObject):
         self._progress: Any | None = None
         self._running = False
         self._window_ref: Any = None
+        self._pending: deque[dict] = deque()
+        self._dispatching = False
         self._install_close_guard(viewer)
 
     # -- starting and stopping ----------------------------------------------------------------
@@ -208,9 +211,20 @@ class JobController(QObject):
 
     # -- relay callbacks (GUI thread) -----------------------------------------------------------
     def _on_events(self, events: list[dict]) -> None:
-        for event in events:
-            self._update_progress(event)
-            self.job_event.emit(event)
+        # Updating napari's progress bar can process pending Qt events, which may deliver the
+        # next batch while this one is half done. Queue it instead, so every listener sees the
+        # events in the order the job produced them (out of order, curves jump backwards).
+        self._pending.extend(events)
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._pending:
+                event = self._pending.popleft()
+                self._update_progress(event)
+                self.job_event.emit(event)
+        finally:
+            self._dispatching = False
 
     def _update_progress(self, event: dict) -> None:
         pbar = self._progress

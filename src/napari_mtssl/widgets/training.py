@@ -333,16 +333,16 @@ class TrainingWidget(QWidget):
             return
         name = event_run_name(event)
         s = self._series.setdefault(
-            name, {"x": [], "loss": [], "dx": [], "dice": [], "offset": 0.0, "last": -1.0}
+            name, {"x": [], "loss": [], "dx": [], "dice": [], "offset": 0.0}
         )
         step = event.get("step")
         if step is None:
             return
-        x = float(step) + s["offset"]
-        if x < s["last"]:  # a new phase of the same model (pre-train, then fine-tune)
-            s["offset"] = s["last"]
-            x = float(step) + s["offset"]
-        s["last"] = x
+        # A pre-trained model restarts its step count for fine-tuning: place those steps after
+        # the pre-training ones, from the events' own phase (not from their arrival order).
+        if event.get("mode") == "pretrain" and event.get("total"):
+            s["offset"] = max(s["offset"], float(event["total"]))
+        x = float(step) + (s["offset"] if event.get("mode") == "finetune" else 0.0)
         loss = event_loss(event)
         if loss is not None and loss > 0:
             s["x"].append(x)
