@@ -101,7 +101,7 @@ def evaluate(
         if s.labels_native is None:
             continue
         probs = predict_probs(net, s.image, device, batch_size=batch_size, amp=amp)
-        pred = s.geometry.to_scan(probs).argmax(0).numpy()
+        pred = s.geometry.to_scan(probs).numpy().argmax(0)  # numpy: 9x faster, see inference
         per.append(
             volume_scores(
                 pred,
