@@ -1,0 +1,76 @@
+"""Speed and memory benchmarks; each writes its section of ``benchmarks/results/speed.json``.
+
+    nice -n 10 .venv/bin/python benchmarks/speed/run.py train infer memory
+    xvfb-run -a nice -n 10 .venv/bin/python benchmarks/speed/run.py viewer
+
+Sub-benchmarks: ``train`` (1, 2: joint step vs a bare loop, data wait), ``infer`` (3: whole-scan
+inference vs a bare forward), ``viewer`` (4: event-loop stalls while training; needs a display),
+``memory`` (5: peak RSS of training and of opening a 512 x 512 x 300 volume), ``threads`` (1 vs 2
+torch threads per training process: the basis for running two jobs at once). Ratios are
+measured side by side in one process, repetitions alternating (ABAB). Results report; nothing
+here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make ``speed`` importable
+
+NAMES = ("train", "infer", "viewer", "memory", "threads")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("_child_"):  # memory.py's measurement children
+        from speed import memory
+
+        fn = {"_child_read": memory.child_read, "_child_train": memory.child_train}[argv[0]]
+        print(json.dumps(fn(argv[1])))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("names", nargs="*", default=["train", "infer", "memory"], choices=NAMES)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--reps", type=int, default=3, help="ABAB repetitions")
+    p.add_argument("--tasks", default="sdm,rubik", help="tasks for the joint-step benchmark")
+    p.add_argument("--steps", type=int, default=60, help="steps per joint-step repetition")
+    a = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+
+    from speed import common
+
+    for name in a.names:
+        info = common.machine()
+        if name == "train":
+            from speed import train
+
+            res = train.bench(a.tasks.split(","), steps=a.steps, reps=a.reps, threads=a.threads)
+        elif name == "infer":
+            from speed import infer
+
+            res = infer.bench(reps=a.reps, threads=a.threads)
+        elif name == "threads":
+            from speed import threads
+
+            res = threads.bench()
+        elif name == "viewer":
+            from speed import viewer
+
+            res = viewer.bench()
+        else:
+            from speed import memory
+
+            res = memory.bench()
+        info["loadavg_end"] = os.getloadavg()
+        res["machine"] = info
+        res["command"] = "benchmarks/speed/run.py " + " ".join(argv)
+        print("saved", common.save(name, res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
