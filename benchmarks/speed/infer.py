@@ -39,8 +39,9 @@ def bench(reps: int = 3, n_models: int = 8, threads: int = 1) -> dict[str, Any]:
     def engine() -> float:
         t0 = time.perf_counter()
         for s in scans:
+            prepared: dict = {}  # per scan, as api.compare does
             for net in nets:
-                predict_scan(net, s.array, dcfg, dev, modality=s.modality)
+                predict_scan(net, s.array, dcfg, dev, modality=s.modality, prepared=prepared)
         return time.perf_counter() - t0
 
     @torch.no_grad()

@@ -332,9 +332,12 @@ def compare(
     todo = list(dict.fromkeys([*wanted, *teachers]))
     labels: dict[str, np.ndarray] = {}
     probs: dict[str, np.ndarray] = {}
+    prepared: dict = {}  # one normalised, resized volume for all models that share settings
     for m in todo:
         net, dcfg, _ = _load(ws, m, dev)
-        labels[m], probs[m] = predict_scan(net, s.array, dcfg, dev, modality=s.modality)
+        labels[m], probs[m] = predict_scan(
+            net, s.array, dcfg, dev, modality=s.modality, prepared=prepared
+        )
     t_probs = [probs[t] for t in teachers]
     if t_probs:
         mean = ensemble_mean(t_probs)

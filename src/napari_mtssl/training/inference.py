@@ -105,12 +105,28 @@ def predict_scan(
     modality: str = "unknown",
     amp: bool = True,
     batch_size: int = 16,
+    prepared: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``(z, y, x)`` uint8 and probabilities ``(C, z, y, x)`` float32 in the scan's grid.
 
-    Several networks: their probabilities are averaged (an ensemble).
+    Several networks: their probabilities are averaged (an ensemble). ``prepared``: a dict
+    shared by calls on the same scan (one per scan), so models trained with the same data
+    settings reuse one normalised, resized volume instead of preparing it again each.
     """
-    vol, geom = prepare_scan(array, modality, cfg)
+    key = (
+        cfg.image_size,
+        pick_normalisation(modality, cfg),
+        cfg.clip_low,
+        cfg.clip_high,
+        cfg.ct_level,
+        cfg.ct_width,
+    )
+    if prepared is not None and key in prepared:
+        vol, geom = prepared[key]
+    else:
+        vol, geom = prepare_scan(array, modality, cfg)
+        if prepared is not None:
+            prepared[key] = (vol, geom)
     if isinstance(nets, torch.nn.Module):
         nets = [nets]
     probs = torch.stack(
