@@ -45,6 +45,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
+# Speed and memory on ../shared/data/acdc (minutes); the accuracy sweep is a separate, long
+# command (docs/benchmarks.md).
+benchmarks: $(STAMP) sysdeps
+	nice -n 10 $(PY) benchmarks/speed/run.py train infer memory threads
+	xvfb-run -a -s "-screen 0 1600x1000x24" nice -n 10 $(PY) benchmarks/speed/run.py viewer
+
 screenshots: $(STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py --profile quick
 
