@@ -138,7 +138,9 @@ def run_training(
 
     def finish(name: str, res: dict, *, mode: str | None, task: str | None) -> Generator:
         net = res["net"]
-        m = evaluate(net, study.val, study, device, amp=cfg.optim.amp, hd95=True)
+        m = res.get("metrics") or evaluate(
+            net, study.val, study, device, amp=cfg.optim.amp, hd95=True
+        )
         entry = {
             "dice": m["dice"],
             "mean_dice": m["mean_dice"],

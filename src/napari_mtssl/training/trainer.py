@@ -209,6 +209,7 @@ def train_unit(
         streams[f"task{i}"] = BatchStream(task_make, start, spec.steps, dc.prefetch, pin)
 
     t0 = time.perf_counter()
+    final_scores: dict[str, Any] | None = None
     losses_avg: dict[str, float] = {}
     result: dict[str, Any]
     try:
@@ -313,7 +314,13 @@ def train_unit(
                 and study.val
                 and (step % cfg.stage1.eval_every == 0 or step == spec.steps)
             ):
-                last_val = evaluate(net, study.val, study, device, amp=use_amp)["mean_dice"]
+                # The last validation is the model's report (with HD95), so the pipeline
+                # does not evaluate the same network again.
+                final = step == spec.steps
+                scores = evaluate(net, study.val, study, device, amp=use_amp, hd95=final)
+                last_val = scores["mean_dice"]
+                if final:
+                    final_scores = scores
                 net.train()
             elapsed = elapsed0 + time.perf_counter() - t0
             done = step - start
@@ -339,6 +346,7 @@ def train_unit(
             "seconds": elapsed0 + time.perf_counter() - t0,
             "losses": losses_avg,
             "val_dice": last_val,
+            "metrics": final_scores,
             "data_wait_s": sum(s.wait_s for s in streams.values()),
         }
     finally:
