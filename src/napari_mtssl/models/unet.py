@@ -1,11 +1,12 @@
 """The 2D U-Net every model in napari-mtssl uses, built from MONAI's BasicUNet blocks.
 
-It is MONAI's ``BasicUNet`` (five encoder levels, four up-concatenation levels) laid out so that
-the parts auxiliary tasks share are addressable by name:
+It is MONAI's ``BasicUNet`` (five encoder levels, four up-concatenation levels by default; the
+planner may choose another depth, see ``training/plan.py``) laid out so that the parts auxiliary
+tasks share are addressable by name:
 
-* ``encoder.*``: ``TwoConv`` at full resolution, then four ``Down`` blocks (max-pool + two convs).
-  Encoder-level tasks (instance discrimination, Rubik's cube) share only these.
-* ``decoder.*``: four ``UpCat`` blocks. Dense tasks (distance maps, slice prediction, inpainting)
+* ``encoder.*``: ``TwoConv`` at full resolution, then ``depth`` ``Down`` blocks (max-pool + two
+  convs). Encoder-level tasks (instance discrimination, Rubik's cube) share only these.
+* ``decoder.*``: ``depth`` ``UpCat`` blocks. Dense tasks (distance maps, slice prediction, inpainting)
   share encoder and decoder and put their own 1x1 head on the decoder output.
 * ``seg_head``: the 1x1 segmentation head, never shared.
 
@@ -22,7 +23,7 @@ from math import gcd
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import Tensor, nn
 
-__all__ = ["UNet2D", "build_unet", "count_parameters", "NORMS"]
+__all__ = ["UNet2D", "build_unet", "unet_features", "count_parameters", "NORMS"]
 
 NORMS = ("instance", "batch", "group")
 _ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
@@ -47,8 +48,8 @@ def _norm_arg(norm: str, features: Sequence[int]) -> tuple:
 class UNet2D(nn.Module):
     """2D U-Net: ``(B, in_channels, H, W)`` -> segmentation logits ``(B, out_channels, H, W)``.
 
-    H and W must be divisible by 16 (four 2x poolings). ``features`` are the widths of the five
-    encoder levels and of the decoder output, as in MONAI's BasicUNet.
+    ``features`` are the widths of the ``depth + 1`` encoder levels and of the decoder output
+    (MONAI's BasicUNet: six numbers, depth 4). H and W must be divisible by ``2 ** depth``.
     """
 
     def __init__(
@@ -61,8 +62,10 @@ class UNet2D(nn.Module):
     ):
         super().__init__()
         fea = [int(f) for f in features]
-        if len(fea) != 6 or min(fea) < 1:
-            raise ValueError(f"features must be six positive widths; got {tuple(features)}")
+        if not 4 <= len(fea) <= 9 or min(fea) < 1:
+            raise ValueError(
+                f"features must be 4 to 9 positive widths (depth 2 to 7); got {tuple(features)}"
+            )
         if in_channels < 1 or out_channels < 1:
             raise ValueError(
                 f"in_channels and out_channels must be >= 1; got {in_channels}, {out_channels}"
@@ -77,34 +80,44 @@ class UNet2D(nn.Module):
         self.dropout = float(dropout)
 
         args = (_ACT, norm_arg, True, dropout)  # act, norm, bias, dropout
+        enc, out = fea[:-1], fea[-1]
+        self.depth = len(enc) - 1
         self.encoder = nn.ModuleList(
-            [
-                TwoConv(2, in_channels, fea[0], *args),
-                Down(2, fea[0], fea[1], *args),
-                Down(2, fea[1], fea[2], *args),
-                Down(2, fea[2], fea[3], *args),
-                Down(2, fea[3], fea[4], *args),
-            ]
+            [TwoConv(2, in_channels, enc[0], *args)]
+            + [Down(2, enc[i], enc[i + 1], *args) for i in range(self.depth)]
         )
-        # Deepest first: decoder[0] takes the bottleneck and the level-3 skip.
-        self.decoder = nn.ModuleList(
-            [
-                UpCat(2, fea[4], fea[3], fea[3], *args, upsample="deconv"),
-                UpCat(2, fea[3], fea[2], fea[2], *args, upsample="deconv"),
-                UpCat(2, fea[2], fea[1], fea[1], *args, upsample="deconv"),
-                UpCat(2, fea[1], fea[0], fea[5], *args, upsample="deconv", halves=False),
-            ]
-        )
-        self.seg_head = nn.Conv2d(fea[5], out_channels, kernel_size=1)
-        self.encoder_channels: list[int] = fea[:5]
-        self.decoder_channels: int = fea[5]
+        # Deepest first: decoder[0] takes the bottleneck and the skip of the level above it.
+        ups = []
+        for i in range(self.depth, 0, -1):
+            last = i == 1
+            ups.append(
+                UpCat(
+                    2,
+                    enc[i],
+                    enc[i - 1],
+                    out if last else enc[i - 1],
+                    *args,
+                    upsample="deconv",
+                    halves=not last,
+                )
+            )
+        self.decoder = nn.ModuleList(ups)
+        self.seg_head = nn.Conv2d(out, out_channels, kernel_size=1)
+        self.encoder_channels: list[int] = enc
+        self.decoder_channels: int = out
+
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this (one halving per encoder level)."""
+        return 2**self.depth
 
     def encode(self, x: Tensor) -> list[Tensor]:
-        """Five feature maps, full resolution first; the last is the bottleneck (H/16, W/16)."""
+        """``depth + 1`` feature maps, full resolution first; the last is the bottleneck."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
-        if x.shape[-1] % 16 or x.shape[-2] % 16:
-            raise ValueError(f"H and W must be divisible by 16; got {tuple(x.shape[-2:])}")
+        m = self.multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            raise ValueError(f"H and W must be divisible by {m}; got {tuple(x.shape[-2:])}")
         feats = []
         for block in self.encoder:
             x = block(x)
@@ -112,11 +125,13 @@ class UNet2D(nn.Module):
         return feats
 
     def decode(self, feats: list[Tensor]) -> Tensor:
-        """Decoder output ``(B, decoder_channels, H, W)`` from the five ``encode`` maps."""
-        if len(feats) != 5:
-            raise ValueError(f"decode expects the 5 maps of encode(); got {len(feats)}")
-        x = feats[4]
-        for block, skip in zip(self.decoder, (feats[3], feats[2], feats[1], feats[0])):
+        """Decoder output ``(B, decoder_channels, H, W)`` from the ``encode`` maps."""
+        if len(feats) != self.depth + 1:
+            raise ValueError(
+                f"decode expects the {self.depth + 1} maps of encode(); got {len(feats)}"
+            )
+        x = feats[-1]
+        for block, skip in zip(self.decoder, reversed(feats[:-1])):
             x = block(x, skip)
         return x
 
@@ -179,18 +194,29 @@ class UNet2D(nn.Module):
         self.seg_head.reset_parameters()
 
 
+def unet_features(width: int, depth: int = 4, max_width: int = 512) -> tuple[int, ...]:
+    """Level widths ``(w, w, 2w, 4w, ..., w)``: MONAI's BasicUNet layout (``depth=4``,
+    ``width=32`` is its default), doubling per level below the first, capped at ``max_width``
+    as nnU-Net caps its 2D networks."""
+    if width < 1:
+        raise ValueError(f"width must be >= 1; got {width}")
+    if not 2 <= depth <= 7:
+        raise ValueError(f"depth must be in 2..7; got {depth}")
+    w = int(width)
+    enc = [w] + [min(max_width, w * 2 ** max(0, i - 1)) for i in range(1, depth + 1)]
+    return (*enc, w)
+
+
 def build_unet(
     in_channels: int = 1,
     out_channels: int = 2,
     width: int = 32,
     dropout: float = 0.0,
     norm: str = "instance",
+    depth: int = 4,
 ) -> UNet2D:
-    """U-Net with widths ``(w, w, 2w, 4w, 8w, w)``; ``width=32`` is MONAI's BasicUNet default."""
-    if width < 1:
-        raise ValueError(f"width must be >= 1; got {width}")
-    w = int(width)
-    return UNet2D(in_channels, out_channels, (w, w, 2 * w, 4 * w, 8 * w, w), dropout, norm)
+    """U-Net with widths :func:`unet_features` (``depth=4``: ``(w, w, 2w, 4w, 8w, w)``)."""
+    return UNet2D(in_channels, out_channels, unet_features(width, depth), dropout, norm)
 
 
 def count_parameters(module: nn.Module) -> int:
