@@ -40,7 +40,9 @@ def save_dock(widget, name: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", default="tiny", help="training profile (tiny, quick, ...)")
+    parser.add_argument(
+        "--profile", default="tiny", help="tiny (a few steps), or a time budget (10m, 1h, ...)"
+    )
     args = parser.parse_args()
 
     import napari
@@ -73,7 +75,9 @@ def main() -> None:
     save_dock(study, "study_dock.png")
     viewer.screenshot(str(IMAGES / "window_study.png"), canvas_only=False)
 
-    training.profile.setCurrentText(args.profile)
+    training.budget.setCurrentText(
+        "smoke test (a few steps)" if args.profile == "tiny" else args.profile
+    )
     training.device.setCurrentText("cpu")
     show_dock(training)
     probe = StallProbe().start()

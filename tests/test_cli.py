@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
             "sdm,inpaint",
             "--device",
             "cpu",
+            "--all-joint",
             "--quiet",
         ]
     )
@@ -47,6 +48,7 @@ def test_train_writes_reports(trained, capsys):
     )
     md = (out / "report.md").read_text()
     assert "| student |" in md and "HD95" in md and "Teacher selection" in md
+    assert "## The plan" in md and "patches at" in md
     pngs = list((out / "report").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
 
@@ -143,6 +145,36 @@ def test_bad_inputs_give_one_line(tmp_path, capsys, trained):
     assert not (tmp_path / "w3").exists()  # no half-imported workspace left behind
 
 
+def test_budget_errors_are_one_line(tmp_path, capsys, trained):
+    _, data, _ = trained
+    _one_line_error(
+        capsys,
+        ["train", str(data), "--out", str(tmp_path / "w"), "--budget", "soon"],
+        expect="write it like 10m",
+    )
+    # a budget far too small for three tasks says what it would take, before any training
+    _one_line_error(
+        capsys,
+        [
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "w2"),
+            "--labelled",
+            "2",
+            "--budget",
+            "10s",
+            "--tasks",
+            "sdm,vicreg,inpaint",
+            "--device",
+            "cpu",
+        ],
+        expect="budget of at least",
+    )
+    ws = tmp_path / "w2"
+    assert not (ws / "runs").exists() or not list((ws / "runs").iterdir())
+
+
 def test_argparse_errors_exit_nonzero(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "x", "--profile", "enormous"])
@@ -195,7 +227,7 @@ def test_demo_headless(tmp_path, monkeypatch, capsys):
     from napari_mtssl import api
 
     real = api.make_config
-    monkeypatch.setattr(api, "make_config", lambda profile, **kw: real("tiny", **kw))
+    monkeypatch.setattr(api, "make_config", lambda profile, budget=None, **kw: real("tiny", **kw))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     assert (out / "report.md").is_file()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_mtssl.io.scan import Scan
     from napari_mtssl.training.config import ExperimentConfig
     from napari_mtssl.training.jobs import JobHandle
+    from napari_mtssl.training.plan import Plan
     from napari_mtssl.workspace import Workspace
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "list_tasks",
     "check_tasks",
     "make_config",
+    "plan",
     "train",
     "run",
     "start_job",
+    "start_plan_job",
     "list_models",
     "predict",
     "compare",
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 JOB_TARGET = "napari_mtssl.training.pipeline:run_training_job"
+PLAN_TARGET = "napari_mtssl.training.pipeline:plan_job"
 
 
 @dataclass(frozen=True)
@@ -192,15 +196,41 @@ def check_tasks(
     return _check(workspace_summary(_ws(workspace)), list(tasks), cfg)
 
 
-def make_config(profile: str = "quick", **overrides: Any) -> ExperimentConfig:
-    """A profile ("tiny" | "quick" | "standard") with overrides: ``seed=1``,
+def make_config(
+    profile: str = "quick", budget: str | float | None = None, **overrides: Any
+) -> ExperimentConfig:
+    """A profile with overrides. Profiles are time budgets for the whole run ("quick" 10 min,
+    "standard" 1 h, "overnight" 8 h) and "tiny" (a few steps, for tests); ``budget`` replaces
+    the profile's ("20m", "1h30m", minutes as a number). Overrides: ``seed=1``,
     ``stage2__alpha=0.3``, ``tasks=["sdm", "rubik"]`` (shortcut for ``stage1__tasks``)."""
+    from napari_mtssl.training.config import parse_budget
     from napari_mtssl.training.config import profile as _profile
 
     if "tasks" in overrides:
         tasks = overrides.pop("tasks")
         overrides["stage1__tasks"] = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    if budget is not None:
+        overrides["budget_s"] = parse_budget(budget)
     return _profile(profile, **overrides)
+
+
+def plan(
+    workspace: Workspace | str,
+    config: ExperimentConfig,
+    what: str = "all",
+    *,
+    interactive: bool = False,
+) -> Plan:
+    """The plan a training run would make now (times a few steps on the device): resolution,
+    patch, network, precision, the steps of every model and the time estimate. Raises
+    ``PlanError`` (a ValueError) with what fits when the budget is too small."""
+    from napari_mtssl.training.pipeline import _fixed_plan
+    from napari_mtssl.training.plan import fingerprint, make_plan
+
+    ws = _ws(workspace)
+    return make_plan(
+        fingerprint(ws), config, what, interactive=interactive, fixed=_fixed_plan(ws, what)
+    )
 
 
 def train(
@@ -210,11 +240,14 @@ def train(
     *,
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
+    plan: Plan | None = None,
 ) -> Generator[dict, None, dict]:
-    """The training generator: yields progress events (dicts), returns the run's report."""
+    """The training generator: yields progress events (dicts), returns the run's report.
+    ``plan``: from :func:`plan`, to keep the shape the user saw (steps are planned again
+    once the data are prepared)."""
     from napari_mtssl.training.pipeline import run_training
 
-    return run_training(_ws(workspace), config, what, stop=stop, resume=resume)
+    return run_training(_ws(workspace), config, what, stop=stop, resume=resume, plan=plan)
 
 
 def run(generator: Generator[dict, None, Any], on_event: Callable[[dict], None] | None = None):
@@ -235,15 +268,31 @@ def start_job(
     *,
     resume: str | None = None,
     inline: bool = False,
+    plan: dict | None = None,
 ) -> JobHandle:
-    """Training in its own worker process (``inline``: a thread of this one)."""
+    """Training in its own worker process (``inline``: a thread of this one). ``plan``: a
+    plan's ``to_dict()`` (from :func:`start_plan_job`) whose shape the run keeps."""
     from napari_mtssl.training.jobs import JobHandle
 
     ws = _ws(workspace)
     kwargs: dict[str, Any] = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
     if resume:
         kwargs["resume"] = resume
+    if plan is not None:
+        kwargs["plan"] = plan
     return JobHandle(JOB_TARGET, kwargs, inline=inline)
+
+
+def start_plan_job(
+    workspace: Workspace | str, config: ExperimentConfig, what: str = "all", *, inline=False
+) -> JobHandle:
+    """:func:`plan` in a worker process (the viewer never imports torch); its result is the
+    plan's ``to_dict()``."""
+    from napari_mtssl.training.jobs import JobHandle
+
+    ws = _ws(workspace)
+    kwargs = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
+    return JobHandle(PLAN_TARGET, kwargs, inline=inline)
 
 
 MODEL_ORDER = ("student", "baseline", "all_joint")
@@ -275,10 +324,37 @@ def _scan_and_truth(ws: Workspace, scan: Scan | str):
     return scan, None, []
 
 
-def _load(ws: Workspace, model: str, device: Any):
+@dataclass(frozen=True)
+class _Model:
+    """A trained network with what prediction needs to see scans as it was trained to."""
+
+    net: Any
+    prep: Any  # training.preprocess.Preprocessing
+    patch: int
+    overlap: float
+    run: str
+
+    def predict(self, scan: Scan, device: Any, prepared: dict | None = None):
+        from napari_mtssl.training.inference import predict_scan, resolve_precision
+
+        return predict_scan(
+            self.net,
+            scan.array,
+            scan.spacing,
+            self.prep,
+            self.patch,
+            device,
+            modality=scan.modality,
+            overlap=self.overlap,
+            precision=resolve_precision(device, "auto"),
+            prepared=prepared,
+        )
+
+
+def _load(ws: Workspace, model: str, device: Any) -> _Model:
     from napari_mtssl.training import checkpoints
-    from napari_mtssl.training.config import DataConfig
     from napari_mtssl.training.pipeline import find_model
+    from napari_mtssl.training.preprocess import Preprocessing
 
     r = find_model(ws, model)
     if r is None:
@@ -287,24 +363,35 @@ def _load(ws: Workspace, model: str, device: Any):
             f"no trained model {model!r} in this workspace; available: "
             f"{', '.join(avail) if avail else 'none (train first)'}"
         )
-    net, meta = checkpoints.load_model(r.model_path(model), device)
-    known = set(DataConfig.__dataclass_fields__)
-    dcfg = DataConfig(**{k: v for k, v in meta.get("data", {}).items() if k in known})
-    return net, dcfg, r.id
+    path = r.model_path(model)
+    net, meta = checkpoints.load_model(path, device)
+    if "preprocessing" not in meta or "patch" not in meta:
+        raise ValueError(
+            f"{path}: model {model!r} was trained by an older napari-mtssl (whole slices "
+            "squashed to a square); train it again to predict with it"
+        )
+    return _Model(
+        net,
+        Preprocessing.from_dict(meta["preprocessing"]),
+        int(meta["patch"]),
+        float(meta.get("overlap", 0.5)),
+        r.id,
+    )
 
 
 def predict(
     workspace: Workspace | str, scan: Scan | str, model: str = "student", device: str = "auto"
 ) -> Prediction:
-    """Segment a whole scan (a Scan or a scan id) with a trained model, in its own geometry."""
-    from napari_mtssl.training.inference import predict_scan, resolve_device
+    """Segment a whole scan (a Scan or a scan id) with a trained model, in its own geometry:
+    sliding windows at the model's planned resolution, mapped back onto the scan's grid."""
+    from napari_mtssl.training.inference import resolve_device
 
     ws = _ws(workspace)
     s, _, _ = _scan_and_truth(ws, scan)
     dev = resolve_device(device)
-    net, dcfg, run_id = _load(ws, model, dev)
-    labels, probs = predict_scan(net, s.array, dcfg, dev, modality=s.modality)
-    return Prediction(labels=labels, probs=probs, model=model, run=run_id)
+    m = _load(ws, model, dev)
+    labels, probs = m.predict(s, dev)
+    return Prediction(labels=labels, probs=probs, model=model, run=m.run)
 
 
 def compare(
@@ -317,7 +404,6 @@ def compare(
     from napari_mtssl.training.inference import (
         disagreement,
         ensemble_mean,
-        predict_scan,
         resolve_device,
         slice_scores,
     )
@@ -332,12 +418,9 @@ def compare(
     todo = list(dict.fromkeys([*wanted, *teachers]))
     labels: dict[str, np.ndarray] = {}
     probs: dict[str, np.ndarray] = {}
-    prepared: dict = {}  # one normalised, resized volume for all models that share settings
+    prepared: dict = {}  # one preprocessed volume for all models that share the plan
     for m in todo:
-        net, dcfg, _ = _load(ws, m, dev)
-        labels[m], probs[m] = predict_scan(
-            net, s.array, dcfg, dev, modality=s.modality, prepared=prepared
-        )
+        labels[m], probs[m] = _load(ws, m, dev).predict(s, dev, prepared)
     t_probs = [probs[t] for t in teachers]
     if t_probs:
         mean = ensemble_mean(t_probs)

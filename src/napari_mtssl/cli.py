@@ -51,6 +51,8 @@ class Progress:
             loss = ev.get("losses", {}).get("total")
             vd = ev.get("val_dice")
             line = f"{ev['model']:<16} [{bar}] {ev['step']}/{ev['total']}"
+            if ev.get("run_budget_s"):
+                line += f"  run {ev['run_elapsed_s'] / 60:.1f}/{ev['run_budget_s'] / 60:.0f} min"
             if loss is not None:
                 line += f"  loss {loss:.3f}"
             if vd is not None:
@@ -72,6 +74,15 @@ class Progress:
             )
         elif kind == "selected":
             self.stream.write(f"teacher for {ev['task']}: {ev['mode']} mode\n")
+        elif kind == "halving":
+            d = ev.get("dice", {})
+            self.stream.write(
+                f"{ev['task']} after {ev['at_steps']} steps: joint {_fmt(d.get('joint'))}, "
+                f"pretrain {_fmt(d.get('pretrain'))}; {ev.get('reason', '')}\n"
+            )
+        elif kind == "plan":
+            self.stream.write("plan:\n" + "\n".join(f"  {x}" for x in ev.get("describe", [])))
+            self.stream.write("\n" + plan_steps_text(ev.get("plan", {})) + "\n")
         elif kind in ("note",):
             self.stream.write(f"note: {ev['message']}\n")
         elif kind == "start":
@@ -91,6 +102,21 @@ class Progress:
 
 
 # -- report ----------------------------------------------------------------------------------
+
+
+def plan_steps_text(plan: dict[str, Any]) -> str:
+    """The per-model steps and time estimates of a plan, as indented lines."""
+    from napari_mtssl.training.plan import Plan
+
+    if not plan:
+        return ""
+    p = Plan.from_dict(plan)
+    rows = p.step_table()
+    if not rows:
+        return ""
+    w = max(len(r[0]) for r in rows)
+    lines = [f"  {m:<{w}}  {n:>18} steps  ~{t}" for m, n, t in rows]
+    return "\n".join(lines)
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -136,11 +162,14 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
     except Exception as exc:  # noqa: BLE001 - pictures are a bonus; the numbers are the report
         print(f"note: could not draw overlays ({exc})", file=sys.stderr)
     sel = report.get("selected", {})
+    budget = report.get("budget", {})
+    spent = f"{report.get('seconds', 0):.0f} s"
+    if budget.get("budget_s"):
+        spent += f" of a {budget['budget_s'] / 60:.0f} min budget"
     md = [
         "# napari-mtssl report",
         "",
-        f"Run `{report.get('run')}` ({report.get('what')}) on {report.get('device')}, "
-        f"{report.get('seconds', 0):.0f} s.",
+        f"Run `{report.get('run')}` ({report.get('what')}) on {report.get('device')}, {spent}.",
         "",
         "Scores on the validation scans "
         f"({report.get('data', {}).get('val_source', 'val')}): 3D Dice per class per volume, "
@@ -151,9 +180,42 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
     ]
     if sel:
         md += ["## Teacher selection (validation mean foreground Dice)", ""]
-        md += ["| task | joint | pretrain | kept |", "|---|---|---|---|"]
+        md += ["| task | joint | pretrain | kept | steps (joint / pretrain) |"]
+        md += ["|---|---|---|---|---|"]
         for t, s in sel.items():
-            md.append(f"| {t} | {_fmt(s.get('joint'))} | {_fmt(s.get('pretrain'))} | {s['mode']} |")
+            st = s.get("steps", {})
+            md.append(
+                f"| {t} | {_fmt(s.get('joint'))} | {_fmt(s.get('pretrain'))} | {s['mode']} | "
+                f"{_fmt(st.get('joint'))} / {_fmt(st.get('pretrain'))} |"
+            )
+        md.append("")
+        halv = {t: s["halving"] for t, s in sel.items() if s.get("halving")}
+        if halv:
+            md += [
+                "Successive halving: both modes trained the first "
+                f"{next(iter(halv.values()))['at_steps']} steps; "
+                + "; ".join(
+                    f"{t}: joint {_fmt(h['dice'].get('joint'))}, pretrain "
+                    f"{_fmt(h['dice'].get('pretrain'))}, went on: {', '.join(h['continued'])}"
+                    for t, h in halv.items()
+                ),
+                "",
+            ]
+    sav = report.get("savings") or {}
+    if any(sav.values()):
+        md += [
+            f"Saved by successive halving: about {sav.get('halving_s', 0):.0f} s; by reusing "
+            f"cached pre-training: about {sav.get('pretext_cache_s', 0):.0f} s.",
+            "",
+        ]
+    plan = report.get("plan")
+    if plan:
+        from napari_mtssl.training.plan import Plan
+
+        p = Plan.from_dict(plan)
+        md += ["## The plan", "", *p.describe(), ""]
+        md += ["| model | steps | estimated |", "|---|---|---|"]
+        md += [f"| {m} | {n} | {t} |" for m, n, t in p.step_table()]
         md.append("")
     notes = report.get("data", {}).get("notes", [])
     if notes:
@@ -236,6 +298,10 @@ def _config(args: argparse.Namespace):
         over["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if getattr(args, "threads", 0):
         over["num_threads"] = args.threads
+    if getattr(args, "budget", None):
+        over["budget"] = args.budget
+    if getattr(args, "all_joint", False):
+        over["all_joint"] = True
     cfg = api.make_config(args.profile, **over)
     if args.steps_scale != 1.0:
         if args.steps_scale <= 0:
@@ -329,7 +395,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ws = Workspace.open(out)
     else:
         ws = api.create_workspace(out, source="sample")
-    cfg = api.make_config("quick", device=args.device, seed=args.seed)
+    cfg = api.make_config("quick", budget=args.budget, device=args.device, seed=args.seed)
     progress = Progress()
     report = api.run(api.train(ws, cfg, what="all"), progress)
     progress._newline()
@@ -355,16 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="workspace folder to create (required for a dataset)")
     t.add_argument("--labelled", type=int, help="keep the labels of N training patients")
     t.add_argument("--tasks", help="comma-separated auxiliary tasks (default: the profile's)")
-    t.add_argument("--profile", default="quick", choices=["tiny", "quick", "standard"])
+    t.add_argument(
+        "--budget",
+        help="wall-clock time for the whole run: 10m, 1h, 1h30m, 8h or minutes "
+        "(default: the profile's; quick = 10m)",
+    )
+    t.add_argument(
+        "--profile",
+        default="quick",
+        choices=["tiny", "quick", "standard", "overnight"],
+        help="quick: 10 min, standard: 1 h, overnight: 8 h; tiny: a few steps (tests)",
+    )
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget")
+    t.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every step count and the budget"
+    )
     t.add_argument(
         "--what",
         default="all",
         choices=["baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2"],
     )
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    t.add_argument(
+        "--all-joint",
+        action="store_true",
+        help="also train the 'all tasks jointly' comparison (one more model in the budget)",
+    )
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the plan's)")
     t.add_argument("--quiet", action="store_true", help="no progress on stderr")
     t.set_defaults(func=cmd_train)
 
@@ -384,11 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ev.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("demo", help="the whole pipeline on the built-in sample (quick profile)")
+    d = sub.add_parser("demo", help="the whole pipeline on the built-in sample, in a budget")
     d.add_argument("--gui", action="store_true", help="open napari with the sample and the docks")
     d.add_argument("--out", default="mtssl-demo", help="workspace folder (default ./mtssl-demo)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--budget", default="3m", help="time for the whole run (default 3m)")
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -406,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CliError as exc:
         print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
+
     except (ScanReadError, LabelError, WorkspaceError) as exc:
         print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
     except (ValueError, FileNotFoundError, PermissionError, KeyError) as exc:

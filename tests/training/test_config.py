@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from napari_mtssl.training.config import ExperimentConfig, profile
+from napari_mtssl.training.config import (
+    PRESETS,
+    ExperimentConfig,
+    format_budget,
+    parse_budget,
+    profile,
+)
 
 
 def test_method_defaults():
@@ -17,21 +23,52 @@ def test_method_defaults():
     assert c.stage2.distil_unlabelled and c.stage2.init == "fresh"
     assert not c.stage2.feature_distillation
     assert c.baseline_steps == c.stage1.joint_steps
-    assert c.all_joint
+    # planned fields are left to the planner
+    assert c.data.patch_size == 0 and c.model.width == 0 and c.data.target_spacing == 0
+    assert c.data.fg_oversample == 0.33 and c.optim.precision == "auto"
 
 
-@pytest.mark.parametrize("name", ["tiny", "quick", "standard"])
+@pytest.mark.parametrize("name", ["tiny", "quick", "standard", "overnight"])
 def test_profiles_round_trip(name):
     c = profile(name)
     d = json.loads(json.dumps(c.to_dict()))
     assert ExperimentConfig.from_dict(d) == c
-    assert c.data.image_size % 16 == 0
 
 
-def test_profile_sizes_ordered():
-    q, s = profile("quick"), profile("standard")
-    assert q.model.width < s.model.width and q.data.image_size < s.data.image_size
-    assert q.stage1.joint_steps < s.stage1.joint_steps
+def test_profiles_are_budgets():
+    assert profile("quick").budget_s == 600 and profile("standard").budget_s == 3600
+    assert profile("overnight").budget_s == 8 * 3600
+    t = profile("tiny")
+    assert t.budget_s == 0 and t.steps_given() and t.data.patch_size % 16 == 0
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("10m", 600),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("8h", 28800),
+        ("5", 300),
+        (2.5, 150),
+        ("quick", PRESETS["quick"]),
+        ("20 min", 1200),
+    ],
+)
+def test_parse_budget(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "0", "-5", "1h2", "10q", "nan"])
+def test_parse_budget_refuses_with_the_accepted_forms(bad):
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(bad)
+
+
+def test_format_budget():
+    assert format_budget(600) == "10 min" and format_budget(5400) == "1 h 30 min"
+    assert format_budget(3600) == "1 h" and format_budget(45) == "45 s"
 
 
 def test_unknown_keys_are_named():
@@ -47,7 +84,11 @@ def test_validation_and_overrides():
     c = profile("tiny", stage2__alpha=0.25, seed=3)
     assert c.stage2.alpha == 0.25 and c.seed == 3
     with pytest.raises(ValueError, match="multiple of 16"):
-        profile("tiny", data__image_size=40)
+        profile("tiny", data__patch_size=40)
+    with pytest.raises(ValueError, match="target_spacing"):
+        profile("tiny", data__target_spacing=-3)
+    with pytest.raises(ValueError, match="precision"):
+        profile("tiny", optim__precision="fp8")
     with pytest.raises(ValueError, match="alpha"):
         profile("tiny", stage2__alpha=2)
     with pytest.raises(ValueError, match="modes"):
@@ -59,6 +100,8 @@ def test_validation_and_overrides():
 
 
 def test_scaled_budgets():
-    c = profile("quick").scaled(0.5)
-    assert c.stage1.joint_steps == 75
+    c = profile("tiny").scaled(2)
+    assert c.stage1.joint_steps == 8
     assert profile("tiny").scaled(0.01).stage2.steps == 1
+    q = profile("quick").scaled(0.5)
+    assert q.budget_s == 300 and q.stage1.joint_steps == 0  # left to the budget

@@ -1,4 +1,5 @@
-"""Slice geometry, normalisation, split by scan, augmentation and prefetching."""
+"""Patches at the planned grid: split by scan, foreground oversampling, task windows,
+augmentation and prefetching."""
 
 from __future__ import annotations
 
@@ -7,55 +8,21 @@ import pytest
 import torch
 
 from napari_mtssl.training.config import DataConfig
-from napari_mtssl.training.data import BatchStream, Geometry, StudyData, augment, normalise
+from napari_mtssl.training.data import BatchStream, StudyData, augment, pad_to
+from napari_mtssl.training.preprocess import Preprocessing
 
 
-def test_geometry_exact_when_no_resize():
-    lab = np.random.default_rng(0).integers(0, 3, size=(2, 48, 64))
-    g = Geometry(48, 64, 64)  # padded square is already the training size
-    small = g.to_training(lab, labels=True)
-    assert small.shape == (2, 64, 64)
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(small), 3).permute(3, 0, 1, 2).float()
-    back = g.to_scan(onehot)
-    assert back.shape == (3, 2, 48, 64)
-    assert np.array_equal(back.argmax(0).numpy(), lab)
-
-
-@pytest.mark.parametrize("shape", [(3, 40, 56), (1, 70, 30)])
-def test_geometry_round_trip_resized(shape):
-    lab = np.zeros(shape, np.int64)
-    z, h, w = shape
-    lab[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
-    g = Geometry(h, w, 96)
-    small = g.to_training(lab, labels=True)
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(small), 2).permute(3, 0, 1, 2).float()
-    back = g.to_scan(onehot).argmax(0).numpy()
-    assert back.shape == shape
-    assert (back != lab).mean() < 0.02  # only boundary pixels may move
-
-
-def test_normalisation_mri_and_ct():
-    cfg = DataConfig()
-    a = np.random.default_rng(0).gamma(2.0, 100.0, size=(4, 16, 16)).astype(np.float32)
-    a[0, 0, 0] = 1e6  # an outlier the percentile clip removes
-    n = normalise(a, "mri", cfg)
-    assert abs(n.mean()) < 1e-4 and abs(n.std() - 1) < 1e-3
-    assert n.max() < 10
-    ct = normalise(np.array([[-2000.0, 40.0, 3000.0]], np.float32), "ct", cfg)
-    assert ct.tolist() == [[-1.0, 0.0, 1.0]]
-
-
-def _study(n_train_labelled=3, val=False, seed=0):
+def _study(n_train_labelled=3, val=False, seed=0, size=(5, 32, 32), patch=32):
     rng = np.random.default_rng(0)
     images, labels, splits = [], [], []
     for i in range(4):
-        images.append(rng.normal(size=(5, 32, 32)).astype(np.float32))
-        lab = np.zeros((5, 32, 32), np.uint8)
+        images.append(rng.normal(size=size).astype(np.float32))
+        lab = np.zeros(size, np.uint8)
         lab[:, 8:20, 8:20] = 1
         labels.append(lab if i < n_train_labelled or (val and i == 3) else None)
         splits.append("val" if val and i == 3 else "train")
     return StudyData.from_arrays(
-        images, labels, DataConfig(image_size=32), splits=splits, num_classes=2, seed=seed
+        images, labels, Preprocessing(), patch, splits=splits, num_classes=2, seed=seed
     )
 
 
@@ -65,7 +32,7 @@ def test_split_by_scan_never_by_slice():
     train_names = {x.name for x in s.train}
     val_names = {x.name for x in s.val}
     assert val_names and not (train_names & val_names)
-    assert all(x.labels is not None for x in s.val)
+    assert all(x.labels is not None and x.labels_native is not None for x in s.val)
     s2 = _study(3, val=True)
     assert [x.name for x in s2.val] == ["scan3"] and s2.val_source == "val"
     s1 = _study(1)
@@ -79,15 +46,76 @@ def test_partial_labels_and_summary():
     s = StudyData.from_arrays(
         [img, img],
         [lab, lab],
-        DataConfig(image_size=32),
+        Preprocessing(),
+        32,
         labelled=[mask, mask],
         splits=["train", "val"],
         num_classes=2,
     )
     assert s.labelled_slices() == [(0, 0), (0, 2)]
     assert s.train[0].labels[1].max() == 0  # unlabelled slices carry no label
+    assert set(s.train[0].fg) == {1} and set(np.unique(s.train[0].fg[1][:, 0])) == {0, 2}
     summ = s.summary()
     assert summ.n_labelled_slices == 2 and summ.n_unlabelled_slices == 4
+
+
+def test_small_slices_are_padded_and_windows_stay_inside():
+    # 20 x 44 slices with a 32 px patch: padded to 32 x 44, every window lies inside.
+    s = _study(3, size=(4, 20, 44), patch=32)
+    scan = s.train[0]
+    assert scan.shape == (32, 44) and scan.pad == (6, 0)
+    assert scan.slice_map.planned == (20, 44)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y0, x0, p = s._window(scan, rng)
+        assert 0 <= y0 <= 0 and 0 <= x0 <= 44 - 32 and p == 32
+    un = scan.unpad(torch.zeros(2, 4, 32, 44))
+    assert tuple(un.shape) == (2, 4, 20, 44)
+    vol, off = pad_to(np.ones((2, 10, 50), np.float32), 16)
+    assert (
+        vol.shape == (2, 16, 50) and off == (3, 0) and vol[:, 3:13].all() and not vol[:, :3].any()
+    )
+
+
+def test_foreground_oversampling_centres_patches_on_labels():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(6, 128, 128)).astype(np.float32)
+    lab = np.zeros((6, 128, 128), np.uint8)
+    lab[:, 100:108, 10:18] = 1  # a small structure in a corner
+    s = StudyData.from_arrays([img, img], [lab, lab], Preprocessing(), 32, num_classes=2)
+    pool = s.labelled_slices()
+
+    def share(fg: float) -> float:
+        hits = 0
+        for step in range(40):
+            b = s.seg_batch(pool, 8, np.random.default_rng([0, step]), fg)
+            hits += int((b["label"].reshape(8, -1).max(1) > 0).sum())
+        return hits / 320
+
+    assert share(1.0) == 1.0  # every patch centred on the structure holds it
+    assert share(0.0) < 0.3  # uniform windows rarely do
+    b = s.seg_batch(pool, 8, np.random.default_rng(1), 0.5)
+    assert b["image"].shape == (8, 1, 32, 32) and b["label"].dtype == np.int64
+
+
+def test_batches_are_a_function_of_the_rng():
+    s = _study(3)
+    pool = s.labelled_slices()
+    a = s.seg_batch(pool, 4, np.random.default_rng([1, 2, 3]), 0.33)
+    b = s.seg_batch(pool, 4, np.random.default_rng([1, 2, 3]), 0.33)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_task_samples_come_from_patch_windows():
+    from napari_mtssl.models import build_unet
+    from napari_mtssl.tasks import build_task
+
+    s = _study(3, size=(6, 48, 64), patch=32)
+    net = build_unet(1, 1, 4)
+    task = build_task("inpaint", net, None, 2)
+    pool = s.task_pool(task, include_unlabelled=True)
+    b = s.task_batch(task, pool, 3, np.random.default_rng(0))
+    assert b["image"].shape == (3, 1, 32, 32)
 
 
 def test_augment_deterministic_and_label_preserving():
@@ -133,12 +161,36 @@ def test_batch_stream_forwards_errors():
     s.close()
 
 
-def test_workspace_summary_matches_the_loaded_study(tmp_path):
+def test_workspace_study_is_cached_memory_mapped(tmp_path):
     from napari_mtssl import api
     from napari_mtssl.training.data import workspace_summary
 
     ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
     sid = ws.scan_ids("train")[-1]
     ws.set_labels(sid, np.zeros(ws.record(sid).shape, np.uint8), slices=[3], by="test")
-    study = StudyData.from_workspace(ws, DataConfig(image_size=32))
+    prep = Preprocessing(spacing=(2.0, 2.0))
+    study = StudyData.from_workspace(ws, prep, 32)
     assert workspace_summary(ws) == study.summary()
+    assert study.cache_misses > 0 and study.cache_hits == 0
+    again = StudyData.from_workspace(ws, prep, 32)
+    assert again.cache_misses == 0 and again.cache_hits == study.cache_misses
+    assert isinstance(again.train[0].image, np.memmap)
+    assert np.array_equal(np.asarray(again.train[0].image), np.asarray(study.train[0].image))
+    # 96 px at 1.5 mm -> 72 px at 2 mm
+    assert study.train[0].slice_map.planned == (72, 72)
+    # a correction changes the cached labels (new key), the image stays cached
+    lab = ws.labels(sid)
+    lab[4, 10:20, 10:20] = 1
+    ws.set_labels(sid, lab, slices=[4], by="test")
+    third = StudyData.from_workspace(ws, prep, 32)
+    assert third.cache_misses == 1
+    files = list((ws.root / "cache" / "preprocessed").glob("*.npy"))
+    assert files and all(f.stat().st_mode & 0o777 == 0o666 & ~_umask() for f in files)
+
+
+def _umask() -> int:
+    import os
+
+    m = os.umask(0o022)
+    os.umask(m)
+    return m

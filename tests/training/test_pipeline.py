@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ def _drive(gen, on_event=None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     ws = api.create_workspace(tmp_path_factory.mktemp("w") / "ws", source="sample", labelled=2)
-    cfg = api.make_config("tiny", device="cpu")
+    cfg = api.make_config("tiny", device="cpu", all_joint=True)
     events: list[dict] = []
     report = _drive(run_training(ws, cfg, "all"), events.append)
     return ws, cfg, report, events
@@ -47,9 +49,8 @@ def test_all_stages_write_models_and_report(trained):
         assert set(m) >= {"dice", "mean_dice", "hd95", "steps", "seconds", "mode"}
         assert 0.0 <= m["mean_dice"] <= 1.0, name
         assert set(m["dice"]) == {v for k, v in ws.label_names.items() if k}
-    assert report["models"]["sdm:pretrain"]["steps"] == (
-        cfg.stage1.pretrain_steps + cfg.stage1.finetune_steps
-    )
+    assert report["models"]["sdm:pretrain"]["steps"] == cfg.stage1.finetune_steps
+    assert report["models"]["sdm:pretrain"]["pretext_steps"] == cfg.stage1.pretrain_steps
     assert report["models"]["baseline"]["steps"] == cfg.stage1.joint_steps
     assert run.metrics()["models"] == report["models"]
     # history has a round with every model's metrics
@@ -103,8 +104,12 @@ def test_checkpoint_sidecar_and_loading(trained):
     net, meta = checkpoints.load_model(path)
     assert meta["num_classes"] == ws.num_classes and meta["out_channels"] == ws.num_classes
     assert meta["metrics"]["mean_dice"] == report["models"]["student"]["mean_dice"]
-    x = torch.zeros(1, 1, meta["image_size"], meta["image_size"])
-    assert net(x).shape == (1, ws.num_classes, meta["image_size"], meta["image_size"])
+    p = meta["patch"]
+    assert net(torch.zeros(1, 1, p, p)).shape == (1, ws.num_classes, p, p)
+    assert meta["preprocessing"]["spacing"] is None  # tiny: each scan's own spacing
+    # the run keeps its plan, and its config has every planned field filled in
+    run = ws.run(report["run"])
+    assert (run.path / "plan.json").is_file() and run.config["data"]["patch_size"] == p
 
 
 def test_retrain_after_correction(trained):
@@ -220,10 +225,129 @@ def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
         scan.affine = np.array([[0, 0, sx, 0], [0, sy, 0, 0], [sz, 0, 0, 0], [0, 0, 0, 1.0]])
         sid = ws.add_scan(scan, split="val" if i == 2 else "train")
         ws.set_labels(sid, (lab > 0).astype(np.uint8), slices=range(lab.shape[0]))
-    cfg = api.make_config("tiny", device="cpu", tasks=["inpaint"])
+    cfg = api.make_config("tiny", device="cpu", tasks=["inpaint"], data__target_spacing=0)
     rep = _drive(run_training(ws, cfg, "all"))
     assert set(rep["models"]["student"]["dice"]) == {"organ"}
     _, meta = checkpoints.load_model(ws.run(rep["run"]).model_path("student"))
     assert meta["out_channels"] == 1 and meta["num_classes"] == 2
     pred = api.predict(ws, ws.scan_ids("val")[0], device="cpu")
     assert pred.probs.shape[0] == 2 and set(np.unique(pred.labels)) <= {0, 1}
+
+
+# -- budgets, successive halving, the pre-training cache ---------------------------------------
+
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    """Budgets of seconds: the planner's floor of steps per model lowered, so that tests of
+    the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
+    from napari_mtssl.training import pipeline, plan
+
+    monkeypatch.setattr(plan, "MIN_STEPS", 30)
+    monkeypatch.setattr(pipeline, "MIN_STEPS", 30)
+
+
+def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    cfg = api.make_config(
+        "quick", budget="25s", device="cpu", tasks=["inpaint"], model__width=4, data__batch_size=2
+    )
+    events: list[dict] = []
+    t0 = __import__("time").monotonic()
+    rep = _drive(run_training(ws, cfg, "stage1"), events.append)
+    wall = __import__("time").monotonic() - t0
+    plan = rep["plan"]
+    n = plan["steps"]["seg"]
+    assert n >= 30
+    # each model trains its planned steps, unless the machine slowed down and the budget's
+    # deadline ended it early (then the report says so)
+    for m in ("inpaint:joint", "inpaint:pretrain"):
+        got = rep["models"][m]
+        assert got["steps"] in (n, plan["steps"]["halving_at"]) or got.get("ended_early")
+    assert plan["models"] == ["inpaint:joint", "inpaint:pretrain"]
+    assert wall < 25 * 1.1 + 3  # the budget, its 10 %, and the test's own set-up
+    ev = [e for e in events if e["type"] == "plan"]
+    assert ev and ev[0]["describe"][0].startswith("- **")
+    # successive halving: both modes to the halving point, then the leader (or both)
+    sel = rep["selected"]["inpaint"]
+    assert sel["halving"]["at_steps"] == plan["steps"]["halving_at"] > 0
+    steps = sel["steps"]
+    assert min(steps.values()) <= plan["steps"]["halving_at"] or min(steps.values()) == n
+    assert [e for e in events if e["type"] == "halving"]
+
+
+def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
+    from napari_mtssl.training import plan as plan_mod
+    from napari_mtssl.training.plan import PlanError
+
+    monkeypatch.setattr(
+        plan_mod,
+        "_time_steps",
+        lambda plan, cfg, fp: {
+            **plan_mod._guess(plan, cfg),
+            "seg": 0.05,
+            "student": 0.1,
+            "task:vicreg": 0.05,
+            "task:inpaint": 0.05,
+            "task:sdm": 0.05,
+        },
+    )
+    monkeypatch.setattr(plan_mod, "_step_cost", lambda *a: lambda flops: 0.05)
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    cfg = api.make_config("quick", budget="3m", device="cpu", tasks=["sdm", "vicreg", "inpaint"])
+    with pytest.raises(PlanError) as err:
+        api.plan(ws, cfg)
+    msg = str(err.value)
+    assert "3 min" in msg and "allows baseline + 2 tasks (sdm, vicreg)" in msg
+    assert "give sdm, vicreg, inpaint a budget of at least" in msg
+    assert ws.runs() == []
+
+
+def test_pretext_cache_is_reused_by_a_later_run(tmp_path):
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    cfg = api.make_config("tiny", device="cpu", tasks=["inpaint"])
+    first = _drive(run_training(ws, cfg, "stage1"))
+    assert first["models"]["inpaint:pretrain"]["pretext_cached"] is False
+    cached = list((ws.root / "cache" / "pretext").glob("inpaint-*.safetensors"))
+    assert len(cached) == 1
+    second = _drive(run_training(ws, cfg, "stage1"))
+    assert second["models"]["inpaint:pretrain"]["pretext_cached"] is True
+    assert second["savings"]["pretext_cache_s"] >= 0
+    # the same pre-trained weights, so the same fine-tuned model
+    assert (
+        second["models"]["inpaint:pretrain"]["dice"] == first["models"]["inpaint:pretrain"]["dice"]
+    )
+    # a label-using task's entry depends on the labels: a correction means a new entry
+    from napari_mtssl.training.pipeline import pretext_key
+    from napari_mtssl.training.plan import Plan
+
+    plan = Plan.from_dict(json.loads((ws.run(first["run"]).path / "plan.json").read_text()))
+    k_inpaint, k_sdm = pretext_key(ws, cfg, plan, "inpaint"), pretext_key(ws, cfg, plan, "sdm")
+    sid = ws.scan_ids("train")[0]
+    lab = ws.labels(sid)
+    lab[0, :4, :4] = 1
+    ws.set_labels(sid, lab, slices=[0], by="test")
+    assert pretext_key(ws, cfg, plan, "inpaint") == k_inpaint
+    assert pretext_key(ws, cfg, plan, "sdm") != k_sdm
+
+
+def test_resume_keeps_plan_and_remaining_budget(tmp_path, few_steps):
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    cfg = api.make_config("quick", budget="15s", device="cpu", model__width=4, data__batch_size=2)
+    seen = {"n": 0}
+
+    def count(ev):
+        seen["n"] += ev["type"] == "progress"
+
+    stopped = _drive(run_training(ws, cfg, "baseline", stop=lambda: seen["n"] >= 2), count)
+    run = ws.run(stopped["run"])
+    plan_before = (run.path / "plan.json").read_text()
+    state = json.loads((run.path / "pipeline.json").read_text())
+    assert state["elapsed_s"] > 0
+    want = state["unit_steps"]["baseline"]  # fixed when the unit started
+    rep = _drive(run_training(ws, cfg, "baseline", resume=run.id))
+    assert (run.path / "plan.json").read_text() == plan_before
+    assert rep["budget"]["spent_s"] >= state["elapsed_s"]
+    got = rep["models"]["baseline"]
+    # the steps it started with, unless the budget's deadline ended it (the report says so)
+    assert got["steps"] == want or got.get("ended_early") == "budget"

@@ -19,7 +19,7 @@ JOB_TIMEOUT_MS = 240_000
 
 
 def tiny(training) -> None:
-    training.profile.setCurrentText("tiny")
+    training.budget.setCurrentText("smoke test (a few steps)")
     training.device.setCurrentText("cpu")
 
 
@@ -51,7 +51,7 @@ def test_whole_loop(sample_docks, qtbot):
     d = sample_docks
     ws = d.session.workspace
     tiny(d.training)
-    assert d.training.profile.currentText() == "tiny"
+    assert d.training.build_config().profile == "tiny"
 
     # -- train all, measuring how long the event loop ever stalls meanwhile -------------------
     probe = StallProbe()

@@ -66,6 +66,7 @@ def load_model(
         width=int(meta["width"]),
         dropout=float(meta.get("dropout", 0.0)),
         norm=str(meta.get("norm", "instance")),
+        depth=int(meta.get("depth", 4)),
     )
     state = load_file(str(path), device="cpu")
     net.load_state_dict(state, strict=True)

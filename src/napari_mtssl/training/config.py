@@ -9,57 +9,75 @@ silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-NORMALISATIONS = ("auto", "mri", "ct", "none")
+NORMALISATIONS = ("auto", "zscore", "mri", "ct", "window", "none")  # "mri": same as "zscore"
 STAGE1_MODES = ("joint", "pretrain", "both")
 STUDENT_INITS = ("fresh", "best_teacher")
-PROFILES = ("tiny", "quick", "standard")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Budget presets (seconds for the whole run); "tiny" has fixed step counts, for tests.
+PRESETS: dict[str, float] = {"quick": 600.0, "standard": 3600.0, "overnight": 8 * 3600.0}
+PROFILES = ("tiny", *PRESETS)
+DEFAULT_TASKS = ["sdm", "vicreg", "inpaint"]
+
+# A field left at 0 (or "auto") is chosen by the planner (training/plan.py) from the data, the
+# device and the budget; any value set here wins over the plan.
 
 
 @dataclass
 class DataConfig:
-    """Slices, intensity normalisation, augmentation and batching."""
+    """Resolution, patches, intensity normalisation, augmentation and batching."""
 
-    image_size: int = 128  # square training size; the U-Net needs a multiple of 16
-    normalisation: str = "auto"  # "auto" picks by Scan.modality: MR -> "mri", CT -> "ct"
-    clip_low: float = 0.5  # MRI: percentile clip before the per-scan z-score
+    target_spacing: float = 0.0  # in-plane mm; 0: planned (median); -1: each scan's own
+    patch_size: int = 0  # square patch side (multiple of 2**depth); 0: planned
+    normalisation: str = "auto"  # auto: by modality, CT -> "ct", anything else -> "zscore"
+    clip_low: float = 0.5  # zscore: percentile clip of each scan before its z-score
     clip_high: float = 99.5
-    ct_level: float = 40.0  # CT window (soft tissue) in HU
+    ct_level: float = 40.0  # "window" (and CT without labelled foreground): HU window
     ct_width: float = 400.0
+    fg_oversample: float = 0.33  # share of each segmentation batch centred on foreground
+    infer_overlap: float = 0.5  # sliding-window overlap (Gaussian blending) at prediction
     # Augmentation of segmentation batches (on the device, identical for image and label).
     flip: bool = True
     rotate90: bool = True
-    affine_prob: float = 0.3
-    affine_degrees: float = 10.0
-    affine_scale: float = 0.1
+    affine_prob: float = 0.5
+    affine_degrees: float = 20.0
+    affine_scale: float = 0.2
     intensity_prob: float = 0.3
     intensity_scale: float = 0.1  # multiply by 1 +- this
     intensity_shift: float = 0.1  # add +- this (in z-score units)
     gamma_prob: float = 0.2
     gamma_low: float = 0.7
     gamma_high: float = 1.5
-    batch_size: int = 8
+    batch_size: int = 0  # 0: planned
     task_batch_size: int = 0  # 0: same as batch_size
     use_unlabelled: bool = True  # unlabelled slices feed the self-supervised tasks
     val_fraction: float = 0.2  # scans held out when the workspace has no "val" split
     prefetch: int = 4  # batches prepared ahead by the background thread
+    cache: bool = True  # keep preprocessed volumes in <workspace>/cache (memory-mapped)
 
     def validate(self) -> None:
-        if self.image_size < 16 or self.image_size % 16:
-            raise ValueError(f"data.image_size must be a multiple of 16, got {self.image_size}")
+        if self.patch_size and (self.patch_size < 16 or self.patch_size % 16):
+            raise ValueError(f"data.patch_size must be a multiple of 16, got {self.patch_size}")
+        ts = self.target_spacing
+        if not (ts == 0 or ts == -1 or (ts > 0 and math.isfinite(ts))):
+            raise ValueError(f"data.target_spacing must be > 0, 0 (planned) or -1, got {ts}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"data.normalisation must be one of {NORMALISATIONS}")
         if not 0 <= self.clip_low < self.clip_high <= 100:
             raise ValueError("data.clip_low/clip_high must satisfy 0 <= low < high <= 100")
         if self.ct_width <= 0:
             raise ValueError("data.ct_width must be positive")
-        if self.batch_size < 1 or self.task_batch_size < 0:
-            raise ValueError("data.batch_size must be >= 1 and task_batch_size >= 0")
-        for name in ("affine_prob", "intensity_prob", "gamma_prob"):
+        if self.batch_size < 0 or self.task_batch_size < 0:
+            raise ValueError("data.batch_size and task_batch_size must be >= 0 (0: planned)")
+        for name in ("affine_prob", "intensity_prob", "gamma_prob", "fg_oversample"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"data.{name} must be a probability")
+        if not 0 <= self.infer_overlap < 1:
+            raise ValueError("data.infer_overlap must be in [0, 1)")
         if not 0 < self.gamma_low <= self.gamma_high:
             raise ValueError("data.gamma_low/gamma_high must satisfy 0 < low <= high")
         if not 0 <= self.val_fraction < 1:
@@ -70,14 +88,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    width: int = 32  # channels of the first U-Net level (doubles per level)
+    width: int = 0  # channels of the first U-Net level (doubles per level); 0: planned
+    depth: int = 0  # number of 2x poolings (2..7); 0: planned from the patch size
     dropout: float = 0.0
     norm: str = "instance"  # "instance" | "batch" | "group" (build_unet)
     binary_sigmoid: bool = True  # binary tasks: 1 output channel + sigmoid (METHOD.md)
 
     def validate(self) -> None:
-        if self.width < 1:
-            raise ValueError("model.width must be >= 1")
+        if self.width < 0:
+            raise ValueError("model.width must be >= 1 (0: planned)")
+        if self.depth and not 2 <= self.depth <= 7:
+            raise ValueError("model.depth must be in 2..7 (0: planned)")
         if not 0 <= self.dropout < 1:
             raise ValueError("model.dropout must be in [0, 1)")
 
@@ -86,7 +107,9 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    amp: bool = True  # mixed precision on CUDA only (bf16 when supported, else fp16 + scaler)
+    # Mixed precision: "auto" times bf16 against fp32 on the CPU and keeps the faster (where the
+    # CPU has bf16 instructions), bf16 on CUDA where supported (else fp16 with loss scaling).
+    precision: str = "auto"
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     warmup_steps: int = 0
     cosine: bool = True  # cosine decay of lr to 1% over each model's budget
@@ -94,19 +117,27 @@ class OptimConfig:
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("optim: lr > 0, weight_decay >= 0, grad_clip >= 0, warmup >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"optim.precision must be one of {PRECISIONS}")
 
 
 @dataclass
 class Stage1Config:
     """One elite teacher per task: joint and/or pretrain+finetune, then selection."""
 
-    tasks: list[str] = field(default_factory=lambda: ["sdm", "rubik", "moco", "vicreg", "slices"])
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     modes: str = "both"  # "joint" | "pretrain" | "both" (both: train each, keep the better)
     lambda_: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1.0)
-    joint_steps: int = 4000
-    pretrain_steps: int = 4000
-    finetune_steps: int = 4000
-    eval_every: int = 500  # validation Dice every N steps (and at the end)
+    joint_steps: int = 0  # 0 (all three): from the budget, the same for every model
+    pretrain_steps: int = 0
+    finetune_steps: int = 0
+    pretrain_ratio: float = 0.5  # budgeted runs: pre-training steps per fine-tuning step
+    eval_every: int = 0  # validation Dice every N steps (and at the end); 0: halfway
+    # Successive halving between the two modes: both train this share of their segmentation
+    # steps, then only the leader goes on, unless they are within `halving_margin` Dice.
+    halving: float = 0.34
+    halving_margin: float = 0.01
+    cache_pretext: bool = True  # reuse label-free pre-training across runs of a workspace
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def lam(self, task: str) -> float:
@@ -118,8 +149,12 @@ class Stage1Config:
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError("stage1.tasks lists a task twice")
         for name in ("joint_steps", "pretrain_steps", "finetune_steps", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"stage1.{name} must be >= 1")
+            if getattr(self, name) < 0:
+                raise ValueError(f"stage1.{name} must be >= 1 (0: from the budget)")
+        if not 0 <= self.halving < 1:
+            raise ValueError("stage1.halving must be in [0, 1) (0: no successive halving)")
+        if self.halving_margin < 0 or self.pretrain_ratio <= 0:
+            raise ValueError("stage1.halving_margin must be >= 0 and pretrain_ratio > 0")
         unknown = sorted(set(self.lambda_) - set(self.tasks))
         if unknown:
             raise ValueError(f"stage1.lambda_ names tasks that are not selected: {unknown}")
@@ -132,11 +167,11 @@ class Stage2Config:
     alpha: float = 0.5  # weight of the distillation term
     temperature: float = 1.0
     distil_unlabelled: bool = True  # distillation term also on unlabelled slices
-    steps: int = 4000
+    steps: int = 0  # 0: from the budget
     init: str = "fresh"  # "fresh" | "best_teacher"
     feature_distillation: bool = False  # encoder-feature matching (Biswas 2024), off by default
     feature_weight: float = 0.1
-    retrain_steps: int = 1000  # "retrain-quick": fine-tune the student after corrections
+    retrain_steps: int = 0  # "retrain-quick": fine-tune the student after corrections; 0: budget
 
     def validate(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -145,13 +180,13 @@ class Stage2Config:
             raise ValueError("stage2.temperature must be positive")
         if self.init not in STUDENT_INITS:
             raise ValueError(f"stage2.init must be one of {STUDENT_INITS}")
-        if self.steps < 1 or self.retrain_steps < 1:
-            raise ValueError("stage2.steps and retrain_steps must be >= 1")
+        if self.steps < 0 or self.retrain_steps < 0:
+            raise ValueError("stage2.steps and retrain_steps must be >= 0 (0: from the budget)")
 
 
 @dataclass
 class BaselineConfig:
-    steps: int = 0  # 0: the same budget as a joint-mode model (stage1.joint_steps)
+    steps: int = 0  # 0: the same as every other model (stage1.joint_steps, or the budget's)
 
 
 @dataclass
@@ -162,10 +197,11 @@ class ExperimentConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    all_joint: bool = True  # also train the "all tasks jointly" comparison
+    budget_s: float = 0.0  # wall-clock budget of the whole run; 0: step counts as given
+    all_joint: bool = False  # also train the "all tasks jointly" comparison
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     seed: int = 0
-    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    num_threads: int = 0  # torch CPU threads; 0: the plan's thread policy
     profile: str = "custom"
 
     @property
@@ -180,10 +216,19 @@ class ExperimentConfig:
         self.stage2.validate()
         if self.baseline.steps < 0:
             raise ValueError("baseline.steps must be >= 0")
+        if self.budget_s < 0 or not math.isfinite(self.budget_s):
+            raise ValueError("budget_s must be >= 0 seconds (0: use the step counts)")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
         return self
+
+    def steps_given(self) -> bool:
+        """Whether every step count the run needs was set (then no budget is needed)."""
+        s1 = self.stage1
+        return bool(
+            s1.joint_steps and s1.pretrain_steps and s1.finetune_steps and self.stage2.steps
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,11 +238,12 @@ class ExperimentConfig:
         return _from_dict(cls, d, "").validate()
 
     def scaled(self, factor: float) -> ExperimentConfig:
-        """A copy with every step budget multiplied by ``factor`` (at least 1 step each)."""
+        """A copy with every explicit step budget multiplied by ``factor`` (at least 1 step
+        each; steps left to the budget stay so), and the time budget too."""
         c = ExperimentConfig.from_dict(self.to_dict())
 
         def s(n: int) -> int:
-            return max(1, round(n * factor))
+            return max(1, round(n * factor)) if n else 0
 
         c.stage1.joint_steps = s(c.stage1.joint_steps)
         c.stage1.pretrain_steps = s(c.stage1.pretrain_steps)
@@ -205,8 +251,8 @@ class ExperimentConfig:
         c.stage1.eval_every = s(c.stage1.eval_every)
         c.stage2.steps = s(c.stage2.steps)
         c.stage2.retrain_steps = s(c.stage2.retrain_steps)
-        if c.baseline.steps:
-            c.baseline.steps = s(c.baseline.steps)
+        c.baseline.steps = s(c.baseline.steps)
+        c.budget_s = c.budget_s * factor
         return c
 
 
@@ -265,57 +311,74 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+def parse_budget(text: str | float | int) -> float:
+    """``"10m"``, ``"1h"``, ``"1h30m"``, ``"90s"``, ``"8h"`` or a plain number of minutes ->
+    seconds. Refuses anything else with a message that shows the accepted forms."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        minutes = float(text)
+    else:
+        t = str(text).strip().lower().replace(" ", "")
+        if t in PRESETS:
+            return PRESETS[t]
+        try:
+            minutes = float(t)
+        except ValueError:
+            m = re.fullmatch(
+                r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?", t
+            )
+            if not t or m is None or not any(m.groups()):
+                raise ValueError(
+                    f"budget {text!r} not understood; write it like 10m, 1h, 1h30m, 90s or a "
+                    f"number of minutes (presets: {', '.join(PRESETS)})"
+                ) from None
+            h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+            minutes = h * 60 + mi + se / 60
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"budget must be a positive time; got {text!r}")
+    return minutes * 60.0
+
+
+def format_budget(seconds: float) -> str:
+    """``600`` -> ``"10 min"``, ``5400`` -> ``"1 h 30 min"``."""
+    m = int(round(seconds / 60))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if m < 60:
+        return f"{m} min"
+    h, m = divmod(m, 60)
+    return f"{h} h" + (f" {m} min" if m else "")
+
+
 def profile(name: str = "quick", **overrides: Any) -> ExperimentConfig:
     """A ready configuration.
 
-    * ``tiny``: seconds on a CPU, for tests (a handful of steps, 32 px, width 4).
-    * ``quick``: minutes on two CPU cores for the built-in 4-scan sample (64 px, width 8,
-      ~150 steps per model).
-    * ``standard``: close to the paper, for a GPU (256 px, width 32, batch 16, thousands of steps).
+    * ``tiny``: seconds on a CPU, for tests (a handful of steps, 32 px patches, width 4).
+    * ``quick`` (10 minutes), ``standard`` (1 hour), ``overnight`` (8 hours): a wall-clock
+      budget for the whole run; the planner chooses resolution, patch, network and step counts
+      from the data and the device (training/plan.py).
 
     ``overrides`` use ``section__field=value`` (``stage2__alpha=0.3``) or top-level fields
-    (``seed=1``).
+    (``seed=1``, ``budget_s=1200``).
     """
     if name == "tiny":
         c = ExperimentConfig(
-            data=DataConfig(image_size=32, batch_size=4, prefetch=2),
-            model=ModelConfig(width=4),
+            data=DataConfig(patch_size=32, batch_size=4, prefetch=2, target_spacing=-1),
+            model=ModelConfig(width=4, depth=4),
+            optim=OptimConfig(precision="fp32"),
             stage1=Stage1Config(
                 tasks=["sdm", "rubik"],
                 joint_steps=4,
                 pretrain_steps=3,
                 finetune_steps=3,
                 eval_every=2,
+                halving=0.0,
             ),
             stage2=Stage2Config(steps=4, retrain_steps=2),
             profile="tiny",
         )
         c.optim.lr = 3e-3
-    elif name == "quick":
-        c = ExperimentConfig(
-            data=DataConfig(image_size=64, batch_size=8),
-            model=ModelConfig(width=8),
-            stage1=Stage1Config(
-                tasks=["sdm", "rubik", "slices"],
-                joint_steps=150,
-                pretrain_steps=100,
-                finetune_steps=150,
-                eval_every=50,
-            ),
-            stage2=Stage2Config(steps=150, retrain_steps=50),
-            profile="quick",
-        )
-        c.optim.lr = 3e-3
-    elif name == "standard":
-        c = ExperimentConfig(
-            data=DataConfig(image_size=256, batch_size=16),
-            model=ModelConfig(width=32),
-            stage1=Stage1Config(
-                joint_steps=6000, pretrain_steps=6000, finetune_steps=6000, eval_every=500
-            ),
-            stage2=Stage2Config(steps=6000, retrain_steps=1500),
-            profile="standard",
-        )
+    elif name in PRESETS:
+        c = ExperimentConfig(budget_s=PRESETS[name], profile=name)
     else:
         raise ValueError(f"unknown profile {name!r}; choose one of {list(PROFILES)}")
     if overrides:

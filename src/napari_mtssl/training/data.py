@@ -1,9 +1,13 @@
-"""Slices for training: normalisation, resizing to the training size and back, augmentation,
-the split by scan, and batch streams prefetched in background threads.
+"""Slices for training at the planned resolution: the split by scan, patch sampling with
+foreground oversampling, batch streams prefetched in background threads, and augmentation.
 
-Geometry: a slice ``(h, w)`` is padded (centred) to a square ``(P, P)`` with ``P = max(h, w)``
-and resized to ``(S, S)``; :meth:`Geometry.to_scan` inverts exactly that (resize to ``P``, crop),
-so predictions land in the scan's own voxel grid whatever its aspect ratio.
+Each scan is preprocessed once (:mod:`.preprocess`: normalised, resampled in-plane to the
+plan's spacing, cached on disk and memory-mapped) and padded so both in-plane sides are at least
+the patch size. Training draws square ``patch x patch`` windows: a share ``fg_oversample`` of
+every segmentation batch is centred on labelled foreground (a random scan, then one of the
+classes it holds, then one of that class's voxels: nnU-Net's sampling), the rest lie anywhere on
+a labelled slice. Auxiliary tasks build their samples inside such a window, so every task sees
+the same preprocessed data as segmentation does.
 
 Randomness: each batch is a pure function of ``(seed, stream, step)`` (a fresh numpy generator
 seeded with that triple), so prefetching ahead, stopping and resuming all draw the same batches.
@@ -25,101 +29,52 @@ import torch.nn.functional as F
 from napari_mtssl.tasks.base import DataSummary, SliceContext
 
 from .config import DataConfig
+from .preprocess import (
+    Preprocessing,
+    SliceMap,
+    VolumeCache,
+    content_hash,
+    normalise,
+    resample_slices,
+)
 
 __all__ = [
-    "Geometry",
-    "normalise",
     "ScanData",
     "StudyData",
     "BatchStream",
     "augment",
     "no_labelled_data_message",
+    "prepare_volume",
+    "FG_PER_CLASS",
 ]
 
-
-# -- intensity -----------------------------------------------------------------------------------
-
-
-def pick_normalisation(modality: str, cfg: DataConfig) -> str:
-    if cfg.normalisation != "auto":
-        return cfg.normalisation
-    return "ct" if str(modality).upper() == "CT" else "mri"
+FG_PER_CLASS = 20_000  # foreground voxels kept per class and scan for oversampling
 
 
-def normalise(array: np.ndarray, method: str, cfg: DataConfig) -> np.ndarray:
-    """Per-scan intensity normalisation, float32.
-
-    ``mri`` (also the default for unknown modalities): clip to the ``clip_low``/``clip_high``
-    percentiles, then z-score with the clipped volume's mean and std. ``ct``: window
-    ``[level - width/2, level + width/2]`` HU mapped to [-1, 1]. ``none``: as is.
-    """
-    a = np.asarray(array, dtype=np.float32)
-    if method == "none":
-        return a.copy()
-    if method == "ct":
-        lo = cfg.ct_level - cfg.ct_width / 2
-        return (np.clip(a, lo, lo + cfg.ct_width) - lo) / cfg.ct_width * 2 - 1
-    lo, hi = np.percentile(a, [cfg.clip_low, cfg.clip_high])
-    a = np.clip(a, lo, hi)
-    std = float(a.std())
-    return ((a - float(a.mean())) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+def prepare_volume(
+    array: np.ndarray, spacing: Sequence[float], modality: str, prep: Preprocessing
+) -> tuple[np.ndarray, SliceMap]:
+    """A scan's ``(z, y, x)`` array -> normalised ``(z, H, W)`` float32 at the planned grid."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[None]
+    native = (int(a.shape[1]), int(a.shape[2]))
+    planned = prep.planned_shape(native, (float(spacing[1]), float(spacing[2])))
+    vol = normalise(a, prep.norm_for(modality))
+    return resample_slices(vol, planned), SliceMap(native, planned)
 
 
-# -- geometry ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How one scan's slices ``(height, width)`` map to the square training size ``size``."""
-
-    height: int
-    width: int
-    size: int
-
-    @property
-    def padded(self) -> int:
-        return max(self.height, self.width)
-
-    @property
-    def offsets(self) -> tuple[int, int]:
-        """Top and left padding of the centred square."""
-        p = self.padded
-        return (p - self.height) // 2, (p - self.width) // 2
-
-    def to_training(self, vol: np.ndarray, labels: bool = False) -> np.ndarray:
-        """``(z, h, w)`` -> ``(z, S, S)``: pad to square (image: its minimum; labels: 0), resize
-        (image: bilinear with antialiasing; labels: nearest)."""
-        p, (top, left) = self.padded, self.offsets
-        z = vol.shape[0]
-        fill = 0 if labels else (float(vol.min()) if vol.size else 0.0)
-        sq = np.full((z, p, p), fill, dtype=np.float32)
-        sq[:, top : top + self.height, left : left + self.width] = vol
-        if p == self.size:
-            out = sq
-        else:
-            t = torch.from_numpy(sq)[:, None]
-            if labels:
-                t = F.interpolate(t, size=(self.size, self.size), mode="nearest-exact")
-            else:
-                t = F.interpolate(
-                    t,
-                    size=(self.size, self.size),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=p > self.size,
-                )
-            out = t[:, 0].numpy()
-        return out.astype(np.int64) if labels else np.ascontiguousarray(out, dtype=np.float32)
-
-    def to_scan(self, probs: torch.Tensor) -> torch.Tensor:
-        """Training-size maps ``(C, z, S, S)`` -> the scan's grid ``(C, z, h, w)`` (bilinear)."""
-        p, (top, left) = self.padded, self.offsets
-        c, z = probs.shape[:2]
-        x = probs.float().reshape(c * z, 1, self.size, self.size)
-        if p != self.size:
-            x = F.interpolate(x, size=(p, p), mode="bilinear", align_corners=False)
-        x = x[:, :, top : top + self.height, left : left + self.width]
-        return x.reshape(c, z, self.height, self.width)
+def pad_to(vol: np.ndarray, least: int, fill: float = 0.0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Centre-pad ``(z, H, W)`` so both in-plane sides are at least ``least``; returns the
+    padded volume (the input itself when no padding is needed) and the (top, left) offsets."""
+    z, h, w = vol.shape
+    ph, pw = max(h, least), max(w, least)
+    if (ph, pw) == (h, w):
+        return vol, (0, 0)
+    top, left = (ph - h) // 2, (pw - w) // 2
+    out = np.full((z, ph, pw), fill, dtype=vol.dtype)
+    out[:, top : top + h, left : left + w] = vol
+    return out, (top, left)
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -127,28 +82,48 @@ class Geometry:
 
 @dataclass
 class ScanData:
-    """One scan at training size, with what evaluation needs in its own geometry."""
+    """One scan at the planned grid (padded to at least the patch), with what evaluation needs
+    in the scan's own geometry."""
 
     name: str
-    image: np.ndarray  # (z, S, S) float32 normalised
-    labels: np.ndarray | None  # (z, S, S) int64, zeros on unlabelled slices; None: no labels
+    image: np.ndarray  # (z, H, W) float32 normalised, possibly a read-only memory map
+    labels: np.ndarray | None  # (z, H, W) uint8, zeros on unlabelled slices; None: no labels
     labelled: np.ndarray  # (z,) bool
-    spacing: tuple[float, float, float]
-    geometry: Geometry
-    labels_native: np.ndarray | None = None  # (z, h, w) ground truth in the scan's grid
+    spacing: tuple[float, float, float]  # native (z, y, x) mm
+    slice_map: SliceMap  # native (h, w) <-> planned (h', w') before padding
+    pad: tuple[int, int] = (0, 0)  # (top, left) padding added around the planned slices
+    labels_native: np.ndarray | None = None  # (z, h, w) uint8 ground truth in the scan's grid
     scan_id: str | None = None
     split: str = "train"
+    fg: dict[int, np.ndarray] = field(default_factory=dict)  # class -> (n, 3) int32 (z, y, x)
 
     @property
     def n_slices(self) -> int:
         return int(self.image.shape[0])
 
-    def context(self, z: int, num_classes: int) -> SliceContext:
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+    def unpad(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(C, z, H, W)`` at the padded grid -> the planned grid before padding."""
+        top, left = self.pad
+        h, w = self.slice_map.planned
+        return maps[:, :, top : top + h, left : left + w]
+
+    def context(self, z: int, num_classes: int, window: tuple[int, int, int] | None = None):
+        """The task view of slice ``z``: the whole padded scan, or ``window`` = (y0, x0, side)
+        of it (a view, no copy)."""
+        vol, lab = self.image, self.labels
+        if window is not None:
+            y0, x0, p = window
+            vol = vol[:, y0 : y0 + p, x0 : x0 + p]
+            lab = None if lab is None else lab[:, y0 : y0 + p, x0 : x0 + p]
         return SliceContext(
-            volume=self.image,
+            volume=vol,
             z=int(z),
-            labels=self.labels,
-            labelled=self.labelled if self.labels is not None else None,
+            labels=lab,
+            labelled=self.labelled if lab is not None else None,
             num_classes=num_classes,
             spacing=self.spacing,
         )
@@ -182,17 +157,55 @@ def workspace_summary(ws: Any) -> DataSummary:
     )
 
 
+def _foreground_index(labels: np.ndarray, labelled: np.ndarray, num_classes: int, key: int):
+    """Up to ``FG_PER_CLASS`` voxels (z, y, x) of each foreground class on labelled slices."""
+    out: dict[int, np.ndarray] = {}
+    zs = np.flatnonzero(labelled)
+    if not zs.size:
+        return out
+    rng = np.random.default_rng(key)
+    sub = labels[zs]
+    for c in range(1, num_classes):
+        idx = np.argwhere(sub == c)
+        if not len(idx):
+            continue
+        if len(idx) > FG_PER_CLASS:
+            idx = idx[rng.choice(len(idx), FG_PER_CLASS, replace=False)]
+        idx[:, 0] = zs[idx[:, 0]]
+        out[c] = idx.astype(np.int32)
+    return out
+
+
+@dataclass
+class _Source:
+    """One scan as the study builder receives it (from memory or from a workspace)."""
+
+    name: str
+    load_image: Callable[[], np.ndarray]  # (z, y, x) raw array
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    modality: str
+    split: str
+    labels: np.ndarray | None  # (z, y, x) class map (unlabelled slices: anything)
+    labelled: np.ndarray  # (z,) bool
+    image_key: str | None = None  # cache identity of the raw image (checksum); None: no cache
+    scan_id: str | None = None
+
+
 @dataclass
 class StudyData:
-    """Training and validation scans at training size. Split by scan, never by slice."""
+    """Training and validation scans at the planned grid. Split by scan, never by slice."""
 
     train: list[ScanData]
     val: list[ScanData]
     num_classes: int
     label_names: dict[int, str]
-    image_size: int
+    patch: int
+    prep: Preprocessing = field(default_factory=Preprocessing)
     val_source: str = "val"  # "val" | "held-out training scans" | "training scans (no held-out)"
     notes: list[str] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -200,108 +213,138 @@ class StudyData:
         cls,
         images: Sequence[np.ndarray],
         labels: Sequence[np.ndarray | None],
-        cfg: DataConfig,
+        prep: Preprocessing | None = None,
+        patch: int = 32,
         *,
         labelled: Sequence[np.ndarray | None] | None = None,
         splits: Sequence[str] | None = None,
         spacings: Sequence[Sequence[float]] | None = None,
         modalities: Sequence[str] | None = None,
         names: Sequence[str] | None = None,
-        scan_ids: Sequence[str | None] | None = None,
         num_classes: int | None = None,
         label_names: dict[int, str] | None = None,
+        val_fraction: float = 0.2,
         seed: int = 0,
     ) -> StudyData:
         """From in-memory volumes ``(z, y, x)``; ``labelled[i]`` marks the real slices of
         ``labels[i]`` (default: every slice of a given mask)."""
         n = len(images)
-        splits = list(splits or ["train"] * n)
         if num_classes is None:
-            tops = [int(lab.max()) for lab in labels if lab is not None and lab.size]
+            tops = [int(lab.max()) for lab in labels if lab is not None and np.size(lab)]
             num_classes = max([1, *tops]) + 1
+        sources = []
+        for i in range(n):
+            img = np.asarray(images[i])
+            if img.ndim == 2:
+                img = img[None]
+            lab = labels[i]
+            if lab is not None:
+                lab = np.asarray(lab)
+                if lab.ndim == 2:
+                    lab = lab[None]
+            mask = None if labelled is None else labelled[i]
+            if lab is None:
+                mask = np.zeros(img.shape[0], bool)
+            elif mask is None:
+                mask = np.ones(img.shape[0], bool)
+            sources.append(
+                _Source(
+                    name=(names or [f"scan{j}" for j in range(n)])[i],
+                    load_image=lambda img=img: img,
+                    shape=tuple(img.shape),
+                    spacing=tuple(float(s) for s in (spacings or [(1.0, 1.0, 1.0)] * n)[i]),
+                    modality=(modalities or ["unknown"] * n)[i],
+                    split=(splits or ["train"] * n)[i],
+                    labels=lab,
+                    labelled=np.asarray(mask, bool),
+                )
+            )
+        return cls.build(
+            sources,
+            prep or Preprocessing(),
+            patch,
+            num_classes=num_classes,
+            label_names=label_names,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+
+    @classmethod
+    def from_workspace(
+        cls,
+        ws: Any,
+        prep: Preprocessing,
+        patch: int,
+        *,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> StudyData:
+        """Scans by split, labels and per-slice labelled mask from the workspace label store;
+        preprocessed volumes cached in ``<workspace>/cache/preprocessed``."""
+        sources = []
+        for split in ("train", "val"):
+            for sid in ws.scan_ids(split):
+                rec = ws.record(sid)
+                status = ws.slice_status(sid)
+                mask = np.array([s != "unlabelled" for s in status], bool)
+                if split == "val" and not mask.any():
+                    continue  # nothing to evaluate on; not used for training either
+                sources.append(
+                    _Source(
+                        name=getattr(rec, "name", sid),
+                        load_image=lambda sid=sid: ws.load_scan(sid).array,
+                        shape=tuple(int(x) for x in rec.shape),
+                        spacing=tuple(float(s) for s in rec.spacing),
+                        modality=str(getattr(rec, "modality", "unknown")),
+                        split=split,
+                        labels=ws.labels(sid) if mask.any() else None,
+                        labelled=mask,
+                        image_key=rec.sha256,
+                        scan_id=sid,
+                    )
+                )
+        folder = ws.root / "cache" / "preprocessed" if cache else None
+        return cls.build(
+            sources,
+            prep,
+            patch,
+            num_classes=int(ws.num_classes),
+            label_names={int(k): v for k, v in dict(ws.label_names).items()},
+            val_fraction=val_fraction,
+            seed=seed,
+            cache=VolumeCache(folder),
+        )
+
+    @classmethod
+    def build(
+        cls,
+        sources: Sequence[_Source],
+        prep: Preprocessing,
+        patch: int,
+        *,
+        num_classes: int,
+        label_names: dict[int, str] | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        cache: VolumeCache | None = None,
+    ) -> StudyData:
+        cache = cache or VolumeCache(None)
         num_classes = max(2, int(num_classes))
         label_names = dict(label_names or {})
         label_names.setdefault(0, "background")
         for c in range(1, num_classes):
             label_names.setdefault(c, f"class {c}")
         scans: list[ScanData] = []
-        for i in range(n):
-            img = np.asarray(images[i])
-            if img.ndim == 2:
-                img = img[None]
-            modality = (modalities or ["unknown"] * n)[i]
-            geom = Geometry(int(img.shape[1]), int(img.shape[2]), cfg.image_size)
-            norm = normalise(img, pick_normalisation(modality, cfg), cfg)
-            lab = labels[i]
-            mask = None if labelled is None else labelled[i]
-            if lab is not None:
-                lab = np.asarray(lab)
-                if lab.ndim == 2:
-                    lab = lab[None]
-                if lab.shape != img.shape:
-                    raise ValueError(
-                        f"{(names or [f'scan {i}'] * n)[i]}: labels {lab.shape} do not match "
-                        f"the image {img.shape}"
-                    )
-                mask = np.ones(img.shape[0], bool) if mask is None else np.asarray(mask, bool)
-                lab = np.where(mask[:, None, None], lab, 0)
-            else:
-                mask = np.zeros(img.shape[0], bool)
-            has = lab is not None and bool(mask.any())
-            scans.append(
-                ScanData(
-                    name=(names or [f"scan{i}" for i in range(n)])[i],
-                    image=geom.to_training(norm),
-                    labels=geom.to_training(lab, labels=True) if has else None,
-                    labelled=mask,
-                    spacing=tuple(float(s) for s in (spacings or [(1.0, 1.0, 1.0)] * n)[i]),
-                    geometry=geom,
-                    labels_native=lab.astype(np.int64) if has else None,
-                    scan_id=(scan_ids or [None] * n)[i],
-                    split=splits[i],
-                )
-            )
+        for i, src in enumerate(sources):
+            scans.append(_prepare(src, prep, patch, num_classes, cache, key=seed * 7919 + i))
         train = [s for s in scans if s.split == "train"]
         val = [s for s in scans if s.split == "val" and s.labels is not None]
-        study = cls(train, val, num_classes, label_names, cfg.image_size)
+        study = cls(train, val, num_classes, label_names, int(patch), prep)
+        study.cache_hits, study.cache_misses = cache.hits, cache.misses
         if not val:
-            study._hold_out(cfg.val_fraction, seed)
+            study._hold_out(val_fraction, seed)
         return study
-
-    @classmethod
-    def from_workspace(cls, ws: Any, cfg: DataConfig, seed: int = 0) -> StudyData:
-        """Scans by split, labels and per-slice labelled mask from the workspace label store."""
-        images, labels, labelled, splits, spacings, modalities, names, ids = ([] for _ in range(8))
-        for split in ("train", "val"):
-            for sid in ws.scan_ids(split):
-                rec = ws.record(sid)
-                scan = ws.load_scan(sid)
-                status = ws.slice_status(sid)
-                mask = np.array([s != "unlabelled" for s in status], bool)
-                if split == "val" and not mask.any():
-                    continue  # nothing to evaluate on; not used for training either
-                images.append(scan.array)
-                labels.append(ws.labels(sid) if mask.any() else None)
-                labelled.append(mask)
-                splits.append(split)
-                spacings.append(tuple(scan.spacing))
-                modalities.append(getattr(scan, "modality", getattr(rec, "modality", "unknown")))
-                names.append(getattr(rec, "name", sid))
-                ids.append(sid)
-        return cls.from_arrays(
-            images,
-            labels,
-            cfg,
-            labelled=labelled,
-            splits=splits,
-            spacings=spacings,
-            modalities=modalities,
-            names=names,
-            scan_ids=ids,
-            num_classes=int(ws.num_classes),
-            label_names={int(k): v for k, v in dict(ws.label_names).items()},
-            seed=seed,
-        )
 
     def _hold_out(self, fraction: float, seed: int) -> None:
         """No validation split: hold out whole labelled training scans (never slices)."""
@@ -363,20 +406,69 @@ class StudyData:
             "unlabelled_slices": s.n_unlabelled_slices,
             "num_classes": self.num_classes,
             "label_names": {str(k): v for k, v in self.label_names.items()},
-            "image_size": self.image_size,
+            "patch": self.patch,
+            "preprocessing": self.prep.to_dict(),
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
             "val_source": self.val_source,
             "notes": list(self.notes),
         }
 
     # -- batch builders (pure functions of the rng) -------------------------------------------
-    def seg_batch(self, pool: list[tuple[int, int]], n: int, rng: np.random.Generator) -> dict:
-        """``image`` (n, 1, S, S) float32, ``label`` (n, S, S) int64 from labelled ``pool``."""
-        idx = rng.integers(0, len(pool), size=n)
-        img = np.stack([self.train[pool[i][0]].image[pool[i][1]] for i in idx])[:, None]
+    def _window(
+        self, scan: ScanData, rng: np.random.Generator, centre: tuple[int, int] | None = None
+    ) -> tuple[int, int, int]:
+        """``(y0, x0, patch)`` inside the padded scan: uniform, or centred on ``centre``."""
+        p = self.patch
+        h, w = scan.shape
+        if centre is None:
+            return int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1)), p
+        cy, cx = centre
+        return int(np.clip(cy - p // 2, 0, h - p)), int(np.clip(cx - p // 2, 0, w - p)), p
+
+    def _fg_pick(self, rng: np.random.Generator) -> tuple[int, int, tuple[int, int]] | None:
+        """A labelled foreground voxel: a random scan, a class it holds, a voxel of it."""
+        holders = [i for i, s in enumerate(self.train) if s.fg]
+        if not holders:
+            return None
+        i = holders[int(rng.integers(0, len(holders)))]
+        fg = self.train[i].fg
+        classes = sorted(fg)
+        vox = fg[classes[int(rng.integers(0, len(classes)))]]
+        z, y, x = (int(v) for v in vox[int(rng.integers(0, len(vox)))])
+        return i, z, (y, x)
+
+    def seg_batch(
+        self,
+        pool: list[tuple[int, int]],
+        n: int,
+        rng: np.random.Generator,
+        fg_fraction: float = 0.0,
+    ) -> dict[str, np.ndarray]:
+        """``image`` (n, 1, P, P) float32 and, when every slice has labels, ``label`` (n, P, P)
+        int64: windows of slices of ``pool``; the last ``round(n * fg_fraction)`` are centred
+        on labelled foreground (nnU-Net's oversampling)."""
+        p = self.patch
+        n_fg = int(round(n * fg_fraction))
+        img = np.empty((n, 1, p, p), np.float32)
+        lab = np.zeros((n, p, p), np.int64)
+        has_all = True
+        for j in range(n):
+            pick = self._fg_pick(rng) if j >= n - n_fg else None
+            if pick is None:
+                i, z = pool[int(rng.integers(0, len(pool)))]
+                y0, x0, _ = self._window(self.train[i], rng)
+            else:
+                i, z, centre = pick
+                y0, x0, _ = self._window(self.train[i], rng, centre)
+            s = self.train[i]
+            img[j, 0] = s.image[z, y0 : y0 + p, x0 : x0 + p]
+            if s.labels is None:
+                has_all = False
+            else:
+                lab[j] = s.labels[z, y0 : y0 + p, x0 : x0 + p]
         out = {"image": img}
-        lab = [self.train[pool[i][0]].labels for i in idx]
-        if all(x is not None for x in lab):
-            out["label"] = np.stack([lab[j][pool[i][1]] for j, i in enumerate(idx)])
+        if has_all:
+            out["label"] = lab
         return out
 
     def task_pool(self, task: Any, include_unlabelled: bool) -> list[tuple[int, int]]:
@@ -388,12 +480,81 @@ class StudyData:
     def task_batch(
         self, task: Any, pool: list[tuple[int, int]], n: int, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
-        idx = rng.integers(0, len(pool), size=n)
-        samples = [
-            task.make_sample(self.train[pool[i][0]].context(pool[i][1], self.num_classes), rng)
-            for i in idx
-        ]
+        """Samples built by ``task`` inside patch windows of slices of ``pool``."""
+        samples = []
+        for _ in range(n):
+            i, z = pool[int(rng.integers(0, len(pool)))]
+            s = self.train[i]
+            win = self._window(s, rng)
+            samples.append(task.make_sample(s.context(z, self.num_classes, win), rng))
         return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _prepare(
+    src: _Source, prep: Preprocessing, patch: int, num_classes: int, cache: VolumeCache, key: int
+) -> ScanData:
+    """Preprocess (or fetch from the cache) one scan's image and labels."""
+    z, h, w = src.shape
+    native = (h, w)
+    planned = prep.planned_shape(native, (src.spacing[1], src.spacing[2]))
+    smap = SliceMap(native, planned)
+    pkey = prep.key(src.modality)
+
+    def image() -> np.ndarray:
+        arr = np.asarray(src.load_image())
+        if arr.ndim == 2:
+            arr = arr[None]
+        if tuple(arr.shape) != (z, h, w):
+            raise ValueError(f"{src.name}: image shape {arr.shape} is not the recorded {src.shape}")
+        vol, _ = prepare_volume(arr, src.spacing, src.modality, prep)
+        return pad_to(vol, patch)[0]
+
+    if src.image_key is not None:
+        img = cache.get(cache.key("image", src.image_key, pkey, patch), image)
+    else:
+        img = image()
+    _, offsets = pad_to(np.empty((0, *planned), np.float32), patch)
+
+    labels = labels_native = None
+    fg: dict[int, np.ndarray] = {}
+    mask = np.asarray(src.labelled, bool)
+    if src.labels is not None and mask.any():
+        lab = np.asarray(src.labels)
+        if lab.shape != (z, h, w):
+            raise ValueError(f"{src.name}: labels {lab.shape} do not match the image {src.shape}")
+        lab = np.where(mask[:, None, None], lab, 0)
+        top = int(lab.max(initial=0))
+        if top >= num_classes:
+            raise ValueError(
+                f"{src.name}: labels hold class {top}, but the study has {num_classes} classes"
+            )
+        lab = lab.astype(np.uint8)
+
+        def labels_planned() -> np.ndarray:
+            return pad_to(resample_slices(lab, planned, labels=True), patch)[0]
+
+        if src.image_key is not None and cache.folder is not None:
+            lkey = cache.key("labels", content_hash(lab, mask), prep.to_dict()["spacing"], patch)
+            labels = cache.get(lkey, labels_planned)
+        else:
+            labels = labels_planned()
+        fg = _foreground_index(np.asarray(labels), mask, num_classes, key)
+        labels_native = lab  # validation scores are in the scan's own grid
+    else:
+        mask = np.zeros(z, bool)
+    return ScanData(
+        name=src.name,
+        image=img,
+        labels=labels,
+        labelled=mask,
+        spacing=src.spacing,
+        slice_map=smap,
+        pad=offsets,
+        labels_native=labels_native,
+        scan_id=src.scan_id,
+        split=src.split,
+        fg=fg,
+    )
 
 
 # -- prefetching ---------------------------------------------------------------------------------

@@ -1,4 +1,13 @@
-"""Whole-scan prediction and ensemble helpers.
+"""Whole-scan prediction (sliding windows at the planned resolution, mapped back onto the scan's
+own grid), mixed precision, and the ensemble helpers.
+
+Prediction repeats training's view of a scan: the model's :class:`~.preprocess.Preprocessing`
+(normalisation, in-plane spacing) gives the planned volume, which is padded to at least one
+patch and swept with ``patch x patch`` windows overlapping by ``overlap``; the windows' logits
+are blended with a Gaussian weight (MONAI's ``sliding_window_inference``, nnU-Net's sigma of
+1/8 of the patch), turned into probabilities, un-padded and resampled to the scan's ``(h, w)``.
+Slices go through in chunks, so a 512 x 512 x 300 CT never needs more than one chunk of
+windows in memory besides the output.
 
 Disagreement between teachers is measured as the *mutual information* between the prediction
 and the choice of teacher (the BALD score): entropy of the mean probabilities minus the mean of
@@ -10,19 +19,21 @@ person's correction teaches the student the most. A slice's score is the mean ov
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .config import DataConfig
-from .data import Geometry, normalise, pick_normalisation
 from .losses import class_probs
+from .preprocess import Preprocessing
 
 __all__ = [
     "resolve_device",
+    "resolve_precision",
     "autocast",
-    "predict_probs",
+    "sliding_window_probs",
     "predict_scan",
     "ensemble_mean",
     "disagreement",
@@ -49,94 +60,172 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision only on CUDA: bf16 where supported (no loss scaling needed), else fp16."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    dt = amp_dtype(device) if enabled else None
-    if dt is None:
+def resolve_precision(device: torch.device, requested: str = "auto") -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` for ``device``.
+
+    ``auto``: on CUDA bf16 where supported, else fp16 (with loss scaling); on the CPU bf16 only
+    where a quick timing shows it faster than fp32 (CPUs with bf16 instructions; elsewhere bf16
+    is emulated and slower); fp32 on anything else.
+    """
+    if requested != "auto":
+        if requested == "fp16" and device.type == "cpu":
+            return "fp32"  # no fp16 autocast on the CPU; fp32 is the honest fallback
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16_speedup() > 1.1 else "fp32"
+    return "fp32"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 time of a small convolutional training step on this CPU (once per
+    process, about a second)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.InstanceNorm2d(16, affine=True),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.Conv2d(32, 2, 1),
+    )
+    x = torch.randn(4, 1, 96, 96)
+
+    def step(dtype: torch.dtype | None) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = net(x).float().square().mean()
+        loss.backward()
+        return time.perf_counter() - t0
+
+    try:
+        times = {"fp32": [], "bf16": []}
+        for _ in range(2):  # warm-up (oneDNN picks kernels on first use)
+            step(None), step(torch.bfloat16)
+        for _ in range(4):  # alternate, so a change of load hits both
+            times["fp32"].append(step(None))
+            times["bf16"].append(step(torch.bfloat16))
+        return float(np.median(times["fp32"]) / np.median(times["bf16"]))
+    except RuntimeError:  # no bf16 kernels on this build
+        return 0.0
+
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    return _DTYPES.get(precision)
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    dt = amp_dtype(precision)
+    if dt is None or device.type not in ("cuda", "cpu"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dt)
 
 
 @torch.no_grad()
-def predict_probs(
+def sliding_window_probs(
     net: torch.nn.Module,
-    image: np.ndarray | torch.Tensor,
+    volume: np.ndarray,
+    patch: int,
     device: torch.device,
     *,
+    overlap: float = 0.5,
+    precision: str = "fp32",
     batch_size: int = 16,
-    amp: bool = True,
+    chunk: int = 32,
     temperature: float = 1.0,
-) -> torch.Tensor:
-    """Class probabilities ``(C, z, S, S)`` (CPU float32) for a training-size volume ``(z, S, S)``."""
+):
+    """Class probabilities for a planned ``(z, H, W)`` volume with ``H, W >= patch``, chunk by
+    chunk: yields ``(z0, probs)`` with ``probs`` a ``(C, n, H, W)`` CPU float32 tensor for
+    slices ``z0 .. z0 + n - 1``."""
+    from monai.inferers import sliding_window_inference
+
     was_training = net.training
     net.eval()
-    vol = torch.as_tensor(image, dtype=torch.float32)
-    out = []
-    for i in range(0, vol.shape[0], batch_size):
-        x = vol[i : i + batch_size, None].to(device)
-        with autocast(device, amp):
-            logits = net(x)
-        out.append(class_probs(logits, temperature).float().cpu())
-    net.train(was_training)
-    return torch.cat(out, 0).permute(1, 0, 2, 3).contiguous()
+    try:
+        for z0 in range(0, volume.shape[0], chunk):
+            x = torch.from_numpy(np.array(volume[z0 : z0 + chunk], dtype=np.float32))
+            x = x[:, None].to(device)
+            with autocast(device, precision):
+                logits = sliding_window_inference(
+                    x,
+                    roi_size=(patch, patch),
+                    sw_batch_size=batch_size,
+                    predictor=net,
+                    overlap=overlap,
+                    mode="gaussian",
+                    sigma_scale=0.125,
+                )
+            probs = class_probs(logits.float(), temperature).cpu()  # (n, C, H, W)
+            yield z0, probs.permute(1, 0, 2, 3)
+    finally:
+        net.train(was_training)
 
 
-def prepare_scan(array: np.ndarray, modality: str, cfg: DataConfig) -> tuple[np.ndarray, Geometry]:
-    """A scan's array ``(z, y, x)`` -> the normalised training-size volume and its geometry."""
-    a = np.asarray(array)
-    if a.ndim == 2:
-        a = a[None]
-    geom = Geometry(int(a.shape[1]), int(a.shape[2]), cfg.image_size)
-    return geom.to_training(normalise(a, pick_normalisation(modality, cfg), cfg)), geom
-
-
+@torch.no_grad()
 def predict_scan(
     nets: torch.nn.Module | Sequence[torch.nn.Module],
     array: np.ndarray,
-    cfg: DataConfig,
+    spacing: Sequence[float],
+    prep: Preprocessing,
+    patch: int,
     device: torch.device,
     *,
     modality: str = "unknown",
-    amp: bool = True,
+    overlap: float = 0.5,
+    precision: str = "fp32",
     batch_size: int = 16,
     prepared: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``(z, y, x)`` uint8 and probabilities ``(C, z, y, x)`` float32 in the scan's grid.
 
     Several networks: their probabilities are averaged (an ensemble). ``prepared``: a dict
-    shared by calls on the same scan (one per scan), so models trained with the same data
-    settings reuse one normalised, resized volume instead of preparing it again each.
+    shared by calls on the same scan, so models with the same preprocessing and patch reuse one
+    normalised, resampled, padded volume.
     """
-    key = (
-        cfg.image_size,
-        pick_normalisation(modality, cfg),
-        cfg.clip_low,
-        cfg.clip_high,
-        cfg.ct_level,
-        cfg.ct_width,
-    )
+    from .data import pad_to, prepare_volume
+
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[None]
+    key = (prep.key(modality), int(patch))
     if prepared is not None and key in prepared:
-        vol, geom = prepared[key]
+        vol, smap, offsets = prepared[key]
     else:
-        vol, geom = prepare_scan(array, modality, cfg)
+        vol, smap = prepare_volume(a, spacing, modality, prep)
+        vol, offsets = pad_to(vol, patch)
         if prepared is not None:
-            prepared[key] = (vol, geom)
+            prepared[key] = (vol, smap, offsets)
     if isinstance(nets, torch.nn.Module):
         nets = [nets]
-    probs = torch.stack(
-        [predict_probs(n, vol, device, batch_size=batch_size, amp=amp) for n in nets]
-    ).mean(0)
-    native = geom.to_scan(probs).numpy()
+    z, (h, w) = a.shape[0], smap.native
+    (ph, pw), (top, left) = smap.planned, offsets
+    probs: np.ndarray | None = None
+    for net in nets:
+        for z0, p in sliding_window_probs(
+            net,
+            vol,
+            patch,
+            device,
+            overlap=overlap,
+            precision=precision,
+            batch_size=batch_size,
+        ):
+            p = smap.to_native(p[:, :, top : top + ph, left : left + pw]).numpy()
+            if probs is None:
+                probs = np.zeros((p.shape[0], z, h, w), np.float32)
+            probs[:, z0 : z0 + p.shape[1]] += p
+    assert probs is not None
+    if len(nets) > 1:
+        probs /= len(nets)
     # numpy's argmax over the class axis: torch's took 9x longer here (41 ms against 4.6 ms for
     # a 4-class 12 x 154 x 224 volume) and dominated whole-scan inference.
-    labels = native.argmax(0).astype(np.uint8)
-    return labels, native.astype(np.float32, copy=False)
+    labels = probs.argmax(0).astype(np.uint8)
+    return labels, probs
 
 
 def ensemble_mean(probs: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,17 +1,26 @@
 """One training run of the method over a workspace, as a generator (METHOD.md end to end).
 
-``run_training`` writes everything into a workspace Run: ``config.json``, ``events.jsonl``,
-``metrics.json`` (the report), ``models/<name>.safetensors`` (+ JSON sidecar) for ``baseline``,
-``<task>:joint``, ``<task>:pretrain``, ``teacher:<task>`` (the selected one), ``all_joint`` and
-``student``, and ``pipeline.json`` (which models are finished, so ``resume=`` skips them). A
-finished run appends a round to the workspace history with the metrics of each model.
+A run first makes its plan (:mod:`.plan`: fingerprint of the data, the shape of the data and
+network, the steps each model gets in the budget), saves it as ``plan.json``, prepares the scans
+(cached), then trains. It writes everything into a workspace Run: ``config.json`` (the config
+with every planned field filled in), ``plan.json``, ``events.jsonl``, ``metrics.json`` (the
+report), ``models/<name>.safetensors`` (+ JSON sidecar) for ``baseline``, ``<task>:joint``,
+``<task>:pretrain``, ``teacher:<task>`` (the selected one), ``all_joint`` and ``student``, and
+``pipeline.json`` (which models are finished, the time spent so far, the halving state), so
+``resume=`` goes on with the same plan and what is left of the budget. A finished run appends a
+round to the workspace history with the metrics of each model.
 
 ``what``:
 
 * ``baseline`` | ``stage1`` | ``stage2`` | ``all`` (baseline + stage 1 + stage 2),
 * ``retrain-quick``: fine-tune the latest student on the current labels (corrections included)
-  with the latest teachers' targets, ``stage2.retrain_steps`` steps,
+  with the latest teachers' targets,
 * ``retrain-stage2``: a new student distilled from the latest teachers with the current labels.
+
+Stage 1 with both modes uses **successive halving**: each mode trains a share
+(``stage1.halving``) of its steps, both are validated, and only the leader goes on, unless the
+two are within ``stage1.halving_margin`` Dice. Label-free pre-training is **cached** in the
+workspace per task, seed, data and shape, so later runs and retraining rounds reuse it.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import json
 import os
 import time
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_mtssl._atomic import atomic_write_json
@@ -30,11 +41,13 @@ from . import checkpoints, stages
 from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
 from .inference import resolve_device
-from .trainer import evaluate
+from .plan import MIN_STEPS, Plan, PlanError, allocate, fingerprint, make_plan
+from .preprocess import VolumeCache, content_hash
 
-__all__ = ["WHATS", "run_training", "run_training_job", "find_model"]
+__all__ = ["WHATS", "run_training", "run_training_job", "find_model", "plan_job", "PlanError"]
 
 WHATS = ("baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2")
+DEADLINE_SLACK = 1.08  # a unit past budget x this ends where it is (the promise is +10 %)
 
 
 def find_model(ws: Any, name: str):
@@ -71,6 +84,522 @@ def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
     return plan
 
 
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+
+
+def _fixed_plan(ws: Any, what: str) -> Plan | None:
+    """Stage 2 and retraining keep the teachers' data shape (same patches, same network)."""
+    if what not in ("stage2", "retrain-quick", "retrain-stage2"):
+        return None
+    run = _teachers_run(ws)
+    if run is None:
+        raise ValueError(f"{what} needs the teachers of a finished stage 1; run stage 1 first")
+    d = _read_json(run.path / "plan.json", None)
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"the teachers of run {run.id} were trained by an older version without a plan; "
+            "train stage 1 again"
+        )
+    return Plan.from_dict(d)
+
+
+def plan_job(
+    workspace: str,
+    config: dict,
+    what: str = "all",
+    stop: Callable[[], bool] | None = None,
+) -> Generator[dict, None, dict]:
+    """JSON-able entry point for a job that only plans (the training dock's estimate)."""
+    from napari_mtssl.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    cfg = ExperimentConfig.from_dict(config)
+    yield {"type": "note", "message": "timing a few training steps on this machine"}
+    fp = fingerprint(ws)
+    plan = make_plan(fp, cfg, what, interactive=True, fixed=_fixed_plan(ws, what))
+    return plan.to_dict()
+
+
+class _Run:
+    """The state of one run while it trains (one instance per ``run_training`` call)."""
+
+    def __init__(self, ws, run, cfg, plan, study, device, stop, state, what):
+        self.ws, self.run, self.cfg, self.plan = ws, run, cfg, plan
+        self.study, self.device, self.stop, self.what = study, device, stop, what
+        self.state = state
+        self.models: dict[str, dict] = state.setdefault("models", {})
+        self.selected: dict[str, dict] = state.setdefault("selected", {})
+        self.savings: dict[str, float] = state.setdefault(
+            "savings", {"halving_s": 0.0, "pretext_cache_s": 0.0}
+        )
+        self.t0 = time.monotonic()
+        self.elapsed0 = float(state.get("elapsed_s", 0.0))
+        self.arch = stages.arch_meta(cfg, study)
+        budget = float(cfg.budget_s)
+        self.deadline = (
+            self.t0 + max(0.0, budget * DEADLINE_SLACK - self.elapsed0) if budget > 0 else None
+        )
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def spent(self) -> float:
+        return self.elapsed0 + time.monotonic() - self.t0
+
+    def save_state(self) -> None:
+        self.state["elapsed_s"] = round(self.spent(), 2)
+        atomic_write_json(self.run.path / "pipeline.json", self.state)
+
+    def log(self, event: dict) -> dict:
+        if event.get("type") == "progress":
+            event["run_elapsed_s"] = round(self.spent(), 1)
+            if self.cfg.budget_s:
+                event["run_budget_s"] = self.cfg.budget_s
+            if not _log_step(event):
+                return event
+        self.run.append_event(event)
+        return event
+
+    def relay(self, gen: Generator) -> Generator[dict, None, dict]:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as done:
+                return done.value
+            yield self.log(ev)
+
+    def stopped(self, res: dict) -> dict:
+        self.save_state()
+        self.run.set_status("stopped", step=res.get("step"), unit=res.get("name"))
+        return {
+            "type": "stopped",
+            "run": self.run.id,
+            "unit": res.get("name"),
+            "step": res.get("step"),
+        }
+
+    def load(self, name: str, src=None) -> torch.nn.Module:
+        net, _ = checkpoints.load_model((src or self.run).model_path(name), self.device)
+        return net
+
+    def unit_cfg(self, unit: str) -> ExperimentConfig:
+        """The config a unit trains with: its step counts may have been re-budgeted."""
+        n = self.state.get("unit_steps", {}).get(unit)
+        if n is None:
+            return self.cfg
+        c = ExperimentConfig.from_dict(self.cfg.to_dict())
+        c.baseline.steps = c.stage1.joint_steps = c.stage1.finetune_steps = n
+        c.stage2.steps = c.stage2.retrain_steps = n
+        return c
+
+    def rebudget(self, remaining: list[str]) -> Generator[dict, None, None]:
+        """If the machine runs slower than timed, give the models still to train fewer steps
+        so the run ends within its budget (each keeps at least MIN_STEPS / 2)."""
+        if not self.cfg.budget_s or not remaining or self.plan.steps.get("fixed"):
+            return
+        est = self.plan.estimate_s
+        left = self.cfg.budget_s - self.spent()
+        need = sum(est.get(u, 0.0) for u in remaining)
+        fixed_steps = self.state.setdefault("unit_steps", {})
+        if need <= 0 or need <= left * 1.02:
+            return
+        scale = max(0.0, left * 0.95) / need
+        n = int(self.plan.steps["seg"])
+        new = max(MIN_STEPS // 2, int(n * scale))
+        if new >= n:
+            return
+        for u in remaining:
+            if u not in fixed_steps:
+                fixed_steps[u] = new
+                est[u] = round(est.get(u, 0.0) * new / n, 1)
+        self.save_state()
+        yield self.log(
+            {
+                "type": "note",
+                "message": (
+                    f"training is running slower than timed: the {len(remaining)} model(s) left "
+                    f"get {new} steps instead of {n} to end within the budget"
+                ),
+            }
+        )
+
+    def finish(self, name: str, res: dict, *, mode: str | None, task: str | None):
+        from .trainer import evaluate
+
+        net = res["net"]
+        m = res.get("metrics") or evaluate(
+            net,
+            self.study.val,
+            self.study,
+            self.device,
+            precision=self.cfg.optim.precision,
+            overlap=self.cfg.data.infer_overlap,
+            hd95=True,
+        )
+        entry = {
+            "dice": m["dice"],
+            "mean_dice": m["mean_dice"],
+            "hd95": m["hd95"],
+            "steps": int(res["steps"]),
+            "seconds": round(float(res["seconds"]), 2),
+            "mode": mode,
+            "task": task,
+        }
+        if res.get("pretext_steps"):
+            entry["pretext_steps"] = int(res["pretext_steps"])
+            entry["pretext_cached"] = bool(res.get("pretext_cached"))
+        if res.get("paused"):
+            entry["halted_by"] = "successive halving"
+        if res.get("ended_early"):
+            entry["ended_early"] = "budget"
+        checkpoints.save_model(
+            net,
+            self.run.model_path(name),
+            {
+                **self.arch,
+                "name": name,
+                "metrics": entry,
+                "run": self.run.id,
+                "seed": self.cfg.seed,
+            },
+        )
+        self.models[name] = entry
+        self.save_state()
+        yield self.log({"type": "model_done", "model": name, **entry})
+
+    # -- the stages ------------------------------------------------------------------------
+    def baseline(self) -> Generator[dict, None, bool]:
+        if "baseline" in self.models:
+            return True
+        cfg = self.unit_cfg("baseline")
+        self._remember_steps("baseline", cfg.baseline_steps)
+        res = yield from self.relay(
+            stages.baseline(
+                self.study,
+                cfg,
+                self.device,
+                self.run.checkpoint_dir,
+                self.stop,
+                deadline=self.deadline,
+            )
+        )
+        if res["stopped"]:
+            yield self.log(self.stopped(res))
+            return False
+        yield from self.finish("baseline", res, mode=None, task=None)
+        return True
+
+    def _remember_steps(self, unit: str, n: int) -> None:
+        """A unit keeps its step count once started (its learning-rate schedule depends on
+        it), whatever later re-budgeting decides for the others."""
+        self.state.setdefault("unit_steps", {}).setdefault(unit, int(n))
+
+    def _mode(self, task: str, mode: str, pause_at: int | None):
+        cfg = self.unit_cfg(f"{task}:{mode}")
+        self._remember_steps(f"{task}:{mode}", cfg.stage1.joint_steps)
+        kw: dict[str, Any] = {"pause_at": pause_at, "deadline": self.deadline}
+        ckpt = self.run.checkpoint_dir
+        if mode == "joint":
+            return stages.joint(task, self.study, cfg, self.device, ckpt, self.stop, **kw)
+        file = (
+            pretext_path(self.ws, self.cfg, self.plan, task)
+            if self.cfg.stage1.cache_pretext
+            else None
+        )
+        reuse = task in self.state.get("pretext_reuse", []) or task in self.state.get(
+            "pretext_done", []
+        )
+        return self._pretrain(
+            stages.pretrain(
+                task,
+                self.study,
+                cfg,
+                self.device,
+                ckpt,
+                self.stop,
+                pretext_file=file,
+                reuse=reuse,
+                **kw,
+            ),
+            task,
+            file,
+        )
+
+    def _pretrain(self, gen: Generator, task: str, file: Path | None):
+        """Relay a pre-train unit; once its pre-training exists, a resume reuses it."""
+        res = yield from gen
+        if file is not None and file.is_file():
+            done = self.state.setdefault("pretext_done", [])
+            if task not in done:
+                done.append(task)
+                self.save_state()
+        res["pretext_cached"] = task in self.state.get("pretext_reuse", [])
+        return res
+
+    def stage1_task(self, task: str) -> Generator[dict, None, bool]:
+        s1 = self.cfg.stage1
+        modes = {"joint": ["joint"], "pretrain": ["pretrain"], "both": ["joint", "pretrain"]}[
+            s1.modes
+        ]
+        halving = self.state.setdefault("halving", {}).setdefault(task, {})
+        at = int(self.plan.steps.get("halving_at") or 0) if len(modes) == 2 else 0
+        if at and at < self.unit_cfg(f"{task}:joint").stage1.joint_steps:
+            # Rung 1: both modes to `at` steps, validated.
+            for mode in modes:
+                if f"{task}:{mode}" in self.models or mode in halving.get("rung", {}):
+                    continue
+                res = yield from self.relay(self._mode(task, mode, at))
+                if res["stopped"]:
+                    yield self.log(self.stopped(res))
+                    return False
+                halving.setdefault("rung", {})[mode] = {
+                    "dice": res.get("val_dice"),
+                    "steps": int(res["steps"]),
+                    "seconds": round(float(res["seconds"]), 2),
+                }
+                # Keep the model as it stands: if it loses, this is its result.
+                yield from self.finish(f"{task}:{mode}", res, mode=mode, task=task)
+                self.models.pop(f"{task}:{mode}")
+                halving.setdefault("provisional", {})[mode] = True
+                self.save_state()
+            if "continue" not in halving:
+                d = {m: halving["rung"][m]["dice"] or 0.0 for m in modes}
+                lead = max(modes, key=lambda m: (d[m], m == "joint"))
+                close = abs(d["joint"] - d["pretrain"]) <= s1.halving_margin
+                halving["continue"] = list(modes) if close else [lead]
+                self.save_state()
+                yield self.log(
+                    {
+                        "type": "halving",
+                        "task": task,
+                        "at_steps": at,
+                        "dice": d,
+                        "continue": halving["continue"],
+                        "reason": (
+                            f"within {s1.halving_margin:g} Dice: both go on"
+                            if close
+                            else f"{lead} leads by {abs(d['joint'] - d['pretrain']):.3f}"
+                        ),
+                    }
+                )
+            for mode in modes:
+                name = f"{task}:{mode}"
+                if name in self.models:
+                    continue
+                if mode in halving["continue"]:
+                    res = yield from self.relay(self._mode(task, mode, None))
+                    if res["stopped"]:
+                        yield self.log(self.stopped(res))
+                        return False
+                    yield from self.finish(name, res, mode=mode, task=task)
+                else:
+                    yield from self._halted(task, mode, halving)
+        else:
+            for mode in modes:
+                name = f"{task}:{mode}"
+                if name in self.models:
+                    continue
+                res = yield from self.relay(self._mode(task, mode, None))
+                if res["stopped"]:
+                    yield self.log(self.stopped(res))
+                    return False
+                yield from self.finish(name, res, mode=mode, task=task)
+        if f"teacher:{task}" not in self.models:
+            yield from self.select(task, modes)
+        return True
+
+    def _halted(self, task: str, mode: str, halving: dict) -> Generator[dict, None, None]:
+        """The losing mode keeps the model and scores it had at the halving point."""
+        name = f"{task}:{mode}"
+        meta = checkpoints.read_model_meta(self.run.model_path(name))
+        entry = dict(meta["metrics"])
+        self.models[name] = entry
+        checkpoints.remove_state(self.run.checkpoint_dir, name)
+        n = int(self.unit_cfg(name).stage1.joint_steps)
+        key = "seg" if mode == "pretrain" else f"task:{task}"
+        per = self.plan.timings.get("seg", 0.0) + (
+            self.plan.timings.get(key, 0.0) if mode == "joint" else 0.0
+        )
+        saved = max(0, n - int(entry["steps"])) * per
+        self.savings["halving_s"] = round(self.savings["halving_s"] + saved, 1)
+        self.save_state()
+        yield self.log(
+            {
+                "type": "note",
+                "message": f"{name} stopped at step {entry['steps']} of {n} "
+                f"(successive halving), saving about {saved:.0f} s",
+            }
+        )
+
+    def select(self, task: str, modes: list[str]) -> Generator[dict, None, None]:
+        scores = {m: self.models[f"{task}:{m}"]["mean_dice"] for m in modes}
+        mode = stages.select_mode(scores)
+        src = f"{task}:{mode}"
+        checkpoints.save_model(
+            self.load(src),
+            self.run.model_path(f"teacher:{task}"),
+            {
+                **self.arch,
+                "name": f"teacher:{task}",
+                "selected_from": src,
+                "metrics": self.models[src],
+                "run": self.run.id,
+                "seed": self.cfg.seed,
+            },
+        )
+        self.models[f"teacher:{task}"] = {**self.models[src], "mode": mode}
+        rung = self.state.get("halving", {}).get(task, {})
+        self.selected[task] = {
+            "mode": mode,
+            "joint": scores.get("joint"),
+            "pretrain": scores.get("pretrain"),
+            "steps": {m: self.models[f"{task}:{m}"]["steps"] for m in modes},
+        }
+        if rung.get("rung"):
+            self.selected[task]["halving"] = {
+                "at_steps": int(self.plan.steps.get("halving_at") or 0),
+                "dice": {m: r["dice"] for m, r in rung["rung"].items()},
+                "continued": rung.get("continue"),
+            }
+        pre = self.models.get(f"{task}:pretrain", {})
+        if pre.get("pretext_cached"):
+            per = self.plan.timings.get(f"task:{task}", 0.0)
+            self.savings["pretext_cache_s"] = round(
+                self.savings["pretext_cache_s"] + per * int(pre.get("pretext_steps", 0)), 1
+            )
+        self.save_state()
+        yield self.log({"type": "selected", "task": task, **self.selected[task]})
+
+    def all_joint(self) -> Generator[dict, None, bool]:
+        if "all_joint" in self.models:
+            return True
+        res = yield from self.relay(
+            stages.all_joint(
+                self.cfg.stage1.tasks,
+                self.study,
+                self.unit_cfg("all_joint"),
+                self.device,
+                self.run.checkpoint_dir,
+                self.stop,
+                deadline=self.deadline,
+            )
+        )
+        if res["stopped"]:
+            yield self.log(self.stopped(res))
+            return False
+        yield from self.finish("all_joint", res, mode="joint", task="all")
+        return True
+
+    def student(self, teacher_run, student_run) -> Generator[dict, None, bool]:
+        if "student" in self.models:
+            return True
+        cfg = self.unit_cfg("student")
+        if self.what == "all":
+            tnames = [f"teacher:{t}" for t in cfg.stage1.tasks]
+            trun = self.run
+        else:
+            trun = teacher_run
+            tnames = [m for m in trun.models() if m.startswith("teacher:")]
+        teachers = [self.load(n, trun) for n in tnames]
+        init = None
+        steps = cfg.stage2.steps
+        if self.what == "retrain-quick":
+            init = self.load("student", student_run)
+            steps = cfg.stage2.retrain_steps
+        elif cfg.stage2.init == "best_teacher":
+            scores = [
+                checkpoints.read_model_meta(trun.model_path(n)).get("metrics", {}).get("mean_dice")
+                or 0.0
+                for n in tnames
+            ]
+            init = teachers[max(range(len(scores)), key=scores.__getitem__)]
+        self._remember_steps("student", steps)
+        yield self.log({"type": "note", "message": f"teachers: {', '.join(tnames)}"})
+        res = yield from self.relay(
+            stages.student(
+                teachers,
+                self.study,
+                cfg,
+                self.device,
+                self.run.checkpoint_dir,
+                self.stop,
+                init=init,
+                steps=steps,
+                stage="retrain" if self.what.startswith("retrain") else "stage2",
+                deadline=self.deadline,
+            )
+        )
+        if res["stopped"]:
+            yield self.log(self.stopped(res))
+            return False
+        yield from self.finish("student", res, mode=None, task=None)
+        self.state["teachers"] = {"run": trun.id, "models": tnames}
+        self.save_state()
+        return True
+
+
+def pretext_key(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str) -> str:
+    """What a task's pre-training depends on: the data it sees (the training scans, and their
+    labels for tasks that use labels), the task and its settings, the seed, the shape of the
+    data and the network, and the optimiser settings. Not the number of steps: an entry records
+    its own, and a run reuses it only when it has at least half the steps the run would train
+    (:func:`reusable_pretext`)."""
+    from napari_mtssl.tasks import task_class
+
+    sids = ws.scan_ids("train")
+    scans = sorted(ws.record(s).sha256 for s in sids)
+    labels = None
+    if task_class(task).needs_labels:
+        labels = []
+        for s in sids:
+            zs = ws.labelled_slices(s)
+            if zs:
+                labels.append(content_hash(ws.labels(s)[zs], np.asarray(zs, np.int64)))
+    return VolumeCache.key(
+        "pretext",
+        task,
+        cfg.stage1.task_overrides.get(task, {}),
+        cfg.seed,
+        plan.preprocessing().to_dict(),
+        cfg.data.patch_size or plan.patch,
+        cfg.model.width or plan.width,
+        cfg.model.depth or plan.depth,
+        cfg.model.norm,
+        cfg.model.dropout,
+        cfg.model.binary_sigmoid,
+        int(ws.num_classes),
+        cfg.data.task_batch_size or cfg.data.batch_size or plan.batch_size,
+        cfg.data.use_unlabelled,
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        plan.precision,
+        scans,
+        labels,
+    )[:24]
+
+
+def pretext_path(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str) -> Path:
+    return ws.root / "cache" / "pretext" / f"{task}-{pretext_key(ws, cfg, plan, task)}.safetensors"
+
+
+def reusable_pretext(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str, want: int) -> int:
+    """Steps of the cached pre-training of ``task`` if a run wanting ``want`` steps should
+    reuse it (it has at least half of them), else 0."""
+    if not cfg.stage1.cache_pretext:
+        return 0
+    path = pretext_path(ws, cfg, plan, task)
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return 0
+    got = int(meta.get("pretext_steps", 0)) if isinstance(meta, dict) else 0
+    return got if path.is_file() and got >= 0.5 * want else 0
+
+
 def run_training(
     workspace: Any,
     config: ExperimentConfig,
@@ -78,24 +607,21 @@ def run_training(
     *,
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
+    plan: Plan | dict | None = None,
+    interactive: bool = False,
 ) -> Generator[dict, None, dict]:
-    """Train ``what`` on the workspace's current labels; yields events, returns the report."""
+    """Train ``what`` on the workspace's current labels; yields events, returns the report.
+
+    ``plan``: a plan made beforehand (the dock's estimate) whose shape is kept; its steps are
+    planned again once the data are prepared. ``interactive``: the job shares the machine with
+    a viewer (thread policy). ``resume``: a stopped run's id; it goes on with its own plan and
+    what is left of its budget.
+    """
     if what not in WHATS:
         raise ValueError(f"what must be one of {', '.join(WHATS)}; got {what!r}")
     ws = workspace
-    cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    t_start = time.monotonic()
     stop = stop or (lambda: False)
-
-    study = StudyData.from_workspace(ws, cfg.data, cfg.seed)
-    if not study.labelled_slices():
-        raise ValueError(no_labelled_data_message())
-    if what in ("stage1", "all"):
-        if not cfg.stage1.tasks:
-            raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
-        stages.require_tasks(study.summary(), cfg.stage1.tasks, cfg)
     teacher_run = student_run = None
     if what in ("stage2", "retrain-quick", "retrain-stage2"):
         teacher_run = _teachers_run(ws)
@@ -110,188 +636,120 @@ def run_training(
         run = ws.run(resume)
         if run.kind != what:
             raise ValueError(f"run {resume} trained {run.kind!r}, not {what!r}")
-        state = (
-            json.loads((run.path / "pipeline.json").read_text())
-            if (run.path / "pipeline.json").is_file()
-            else {}
+        state = _read_json(run.path / "pipeline.json", {})
+        pd = _read_json(run.path / "plan.json", None)
+        if not isinstance(pd, dict):
+            raise ValueError(f"run {resume} has no plan.json; it cannot be resumed")
+        the_plan = Plan.from_dict(pd)
+        cfg = ExperimentConfig.from_dict(run.config)
+        device = resolve_device(cfg.device)
+        if device.type == "cpu":
+            torch.set_num_threads(cfg.num_threads or the_plan.threads)
+        study = StudyData.from_workspace(
+            ws,
+            the_plan.preprocessing(),
+            cfg.data.patch_size,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.seed,
+            cache=cfg.data.cache,
         )
         run.set_status("running")
     else:
-        run = ws.new_run(what, cfg.to_dict())
+        cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
+        device = resolve_device(cfg.device)
+        fp = fingerprint(ws)
+        if fp.labelled_slices == 0:
+            raise ValueError(no_labelled_data_message())
+        fixed = _fixed_plan(ws, what)
+        if plan is not None and fixed is None:
+            fixed = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+        the_plan = make_plan(
+            fp,
+            cfg,
+            what,
+            device=device,
+            interactive=interactive,
+            fixed=fixed,
+            probe=True,
+            allocate_steps=False,
+        )
+        shaped = the_plan.apply(cfg)
+        if device.type == "cpu":
+            torch.set_num_threads(shaped.num_threads)
+        study = StudyData.from_workspace(
+            ws,
+            the_plan.preprocessing(),
+            shaped.data.patch_size,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.seed,
+            cache=cfg.data.cache,
+        )
+        if not study.labelled_slices():
+            raise ValueError(no_labelled_data_message())
+        if what in ("stage1", "all"):
+            if not cfg.stage1.tasks:
+                raise ValueError(
+                    "stage 1 needs at least one auxiliary task (stage1.tasks is empty)"
+                )
+            stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
         state = {}
-    state.setdefault("models", {})
-    state.setdefault("selected", {})
-    models: dict[str, dict] = state["models"]
-    selected: dict[str, dict] = state["selected"]
-    ckpt = run.checkpoint_dir
-    arch = stages.arch_meta(cfg, study)
-    plan = plan_for(what, cfg)
-    t_start = time.perf_counter()
+        spent = time.monotonic() - t_start
+        if cfg.budget_s > 0:
+            allocate(the_plan, shaped, what, fp, spent_s=spent)
+        reuse = {}
+        if what in ("stage1", "all") and cfg.stage1.modes != "joint":
+            want = the_plan.apply(cfg).stage1.pretrain_steps
+            for t in cfg.stage1.tasks:
+                got = reusable_pretext(ws, shaped, the_plan, t, want)
+                if got:
+                    reuse[t] = got
+        if reuse and cfg.budget_s > 0:  # cached pre-training is free: the others get its time
+            allocate(the_plan, shaped, what, fp, spent_s=spent, cached_pretext=list(reuse))
+        state["pretext_reuse"] = sorted(reuse)
+        cfg = the_plan.apply(cfg)
+        run = ws.new_run(what, cfg.to_dict())
+        atomic_write_json(run.path / "plan.json", the_plan.to_dict())
 
-    def save_state() -> None:
-        atomic_write_json(run.path / "pipeline.json", state)
-
-    def log(event: dict) -> dict:
-        if event.get("type") != "progress" or _log_step(event):
-            run.append_event(event)
-        return event
-
-    def finish(name: str, res: dict, *, mode: str | None, task: str | None) -> Generator:
-        net = res["net"]
-        m = res.get("metrics") or evaluate(
-            net, study.val, study, device, amp=cfg.optim.amp, hd95=True
-        )
-        entry = {
-            "dice": m["dice"],
-            "mean_dice": m["mean_dice"],
-            "hd95": m["hd95"],
-            "steps": int(res["steps"]),
-            "seconds": round(float(res["seconds"]), 2),
-            "mode": mode,
-            "task": task,
-        }
-        checkpoints.save_model(
-            net,
-            run.model_path(name),
-            {**arch, "name": name, "metrics": entry, "run": run.id, "seed": cfg.seed},
-        )
-        models[name] = entry
-        save_state()
-        yield log({"type": "model_done", "model": name, **entry})
-
-    def stopped(res: dict) -> dict:
-        save_state()
-        run.set_status("stopped", step=res.get("step"), unit=res.get("name"))
-        ev = {"type": "stopped", "run": run.id, "unit": res.get("name"), "step": res.get("step")}
-        return ev
-
-    def load(name: str, src=None) -> torch.nn.Module:
-        net, _ = checkpoints.load_model((src or run).model_path(name), device)
-        return net
-
+    # The budget counts from the call: planning and preparing the data are part of the run.
+    state["elapsed_s"] = float(state.get("elapsed_s", 0.0)) + time.monotonic() - t_start
+    r = _Run(ws, run, cfg, the_plan, study, device, stop, state, what)
     try:
-        yield log(
+        yield r.log(
             {
                 "type": "start",
                 "run": run.id,
                 "what": what,
                 "device": str(device),
-                "plan": plan,
+                "plan": plan_for(what, cfg),
                 "resumed": bool(resume),
                 "data": study.describe(),
             }
         )
+        yield r.log({"type": "plan", "plan": the_plan.to_dict(), "describe": the_plan.describe()})
         for note in study.notes:
-            yield log({"type": "note", "message": note})
-
-        def wrap(gen: Generator) -> Generator:
-            """Relay a stage's events (logging them) and return its result."""
-            res = yield from _relay(gen, log)
-            return res
-
-        if "baseline" in plan and "baseline" not in models:
-            res = yield from wrap(stages.baseline(study, cfg, device, ckpt, stop))
-            if res["stopped"]:
-                yield log(stopped(res))
+            yield r.log({"type": "note", "message": note})
+        units = plan_for(what, cfg)
+        todo = [u for u in the_plan.models if u not in r.models]
+        if "baseline" in units:
+            yield from r.rebudget(todo)
+            if not (yield from r.baseline()):
                 return {"stopped": True, "run": run.id}
-            yield from finish("baseline", res, mode=None, task=None)
-
         if what in ("stage1", "all"):
             for task in cfg.stage1.tasks:
-                for mode, fn in (("joint", stages.joint), ("pretrain", stages.pretrain)):
-                    name = f"{task}:{mode}"
-                    if name not in plan or name in models:
-                        continue
-                    res = yield from wrap(fn(task, study, cfg, device, ckpt, stop))
-                    if res["stopped"]:
-                        yield log(stopped(res))
-                        return {"stopped": True, "run": run.id}
-                    yield from finish(name, res, mode=mode, task=task)
-                if f"teacher:{task}" not in models:
-                    scores = {
-                        m: models[f"{task}:{m}"]["mean_dice"]
-                        for m in ("joint", "pretrain")
-                        if f"{task}:{m}" in models
-                    }
-                    mode = stages.select_mode(scores)
-                    src = f"{task}:{mode}"
-                    checkpoints.save_model(
-                        load(src),
-                        run.model_path(f"teacher:{task}"),
-                        {
-                            **arch,
-                            "name": f"teacher:{task}",
-                            "selected_from": src,
-                            "metrics": models[src],
-                            "run": run.id,
-                            "seed": cfg.seed,
-                        },
-                    )
-                    models[f"teacher:{task}"] = {**models[src], "mode": mode}
-                    selected[task] = {
-                        "mode": mode,
-                        "joint": scores.get("joint"),
-                        "pretrain": scores.get("pretrain"),
-                    }
-                    save_state()
-                    yield log({"type": "selected", "task": task, **selected[task]})
-            if "all_joint" in plan and "all_joint" not in models:
-                res = yield from wrap(
-                    stages.all_joint(cfg.stage1.tasks, study, cfg, device, ckpt, stop)
-                )
-                if res["stopped"]:
-                    yield log(stopped(res))
+                todo = [u for u in the_plan.models if u not in r.models]
+                yield from r.rebudget(todo)
+                if not (yield from r.stage1_task(task)):
                     return {"stopped": True, "run": run.id}
-                yield from finish("all_joint", res, mode="joint", task="all")
-
-        if "student" in plan and "student" not in models:
-            if what == "all":
-                tnames = [f"teacher:{t}" for t in cfg.stage1.tasks]
-                trun = run
-            else:
-                trun = teacher_run
-                tnames = [m for m in trun.models() if m.startswith("teacher:")]
-            teachers = [load(n, trun) for n in tnames]
-            init = None
-            steps = cfg.stage2.steps
-            if what == "retrain-quick":
-                init = load("student", student_run)
-                steps = cfg.stage2.retrain_steps
-            elif cfg.stage2.init == "best_teacher":
-                scores = [
-                    (
-                        checkpoints.read_model_meta(trun.model_path(n))
-                        .get("metrics", {})
-                        .get("mean_dice")
-                        or 0.0
-                    )
-                    for n in tnames
-                ]
-                init = teachers[max(range(len(scores)), key=scores.__getitem__)]
-            yield log({"type": "note", "message": f"teachers: {', '.join(tnames)}"})
-            res = yield from wrap(
-                stages.student(
-                    teachers,
-                    study,
-                    cfg,
-                    device,
-                    ckpt,
-                    stop,
-                    init=init,
-                    steps=steps,
-                    stage="retrain" if what.startswith("retrain") else "stage2",
-                )
-            )
-            if res["stopped"]:
-                yield log(stopped(res))
+            if "all_joint" in units and not (yield from r.all_joint()):
                 return {"stopped": True, "run": run.id}
-            yield from finish("student", res, mode=None, task=None)
-            state["teachers"] = {"run": trun.id, "models": tnames}
-            save_state()
+        if "student" in units:
+            yield from r.rebudget([u for u in the_plan.models if u not in r.models])
+            if not (yield from r.student(teacher_run, student_run)):
+                return {"stopped": True, "run": run.id}
     except BaseException as exc:
         # GeneratorExit: the consumer dropped us (a job was killed): leave a resumable state.
         status = "stopped" if isinstance(exc, GeneratorExit) else "failed"
-        save_state()
+        r.save_state()
         run.set_status(status, error=str(exc) or type(exc).__name__)
         raise
 
@@ -299,12 +757,19 @@ def run_training(
         "run": run.id,
         "what": what,
         "device": str(device),
-        "models": models,
-        "selected": selected,
-        "teachers": state.get("teachers"),
+        "models": r.models,
+        "selected": r.selected,
+        "teachers": r.state.get("teachers"),
         "config": cfg.to_dict(),
+        "plan": the_plan.to_dict(),
+        "budget": {
+            "budget_s": cfg.budget_s,
+            "spent_s": round(r.spent(), 1),
+            "estimate_s": the_plan.estimate_s.get("total"),
+        },
+        "savings": dict(r.savings),
         "data": study.describe(),
-        "seconds": round(time.perf_counter() - t_start, 2),
+        "seconds": round(r.spent(), 2),
     }
     run.write_metrics(report)
     rnd = ws.add_round(
@@ -313,14 +778,15 @@ def run_training(
             "what": what,
             "labelled_slices": study.summary().n_labelled_slices,
             "metrics": {
-                k: {"mean_dice": v["mean_dice"], "hd95": v["hd95"]} for k, v in models.items()
+                k: {"mean_dice": v["mean_dice"], "hd95": v["hd95"]} for k, v in r.models.items()
             },
         }
     )
     report["round"] = rnd
     run.write_metrics(report)
+    r.save_state()
     run.set_status("done")
-    yield log({"type": "done", "run": run.id, "round": rnd})
+    yield r.log({"type": "done", "run": run.id, "round": rnd})
     return report
 
 
@@ -328,15 +794,6 @@ def _log_step(event: dict) -> bool:
     total = int(event.get("total") or 1)
     step = int(event.get("step") or 0)
     return step == total or step % max(1, total // 20) == 0
-
-
-def _relay(gen: Generator, log: Callable[[dict], dict]) -> Generator[dict, None, dict]:
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            return done.value
-        yield log(ev)
 
 
 def job_threads(cpus: int | None = None) -> int:
@@ -358,13 +815,15 @@ def run_training_job(
     what: str = "all",
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
+    plan: dict | None = None,
 ) -> Generator[dict, None, dict]:
-    """JSON-able entry point for the job process (``JobHandle`` target)."""
+    """JSON-able entry point for the job process (``JobHandle`` target): a job started from
+    napari leaves one core to the viewer."""
     from napari_mtssl.workspace import Workspace
 
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
-    if not cfg.num_threads:
-        cfg.num_threads = job_threads()
-    report = yield from run_training(ws, cfg, what, stop=stop, resume=resume)
+    report = yield from run_training(
+        ws, cfg, what, stop=stop, resume=resume, plan=plan, interactive=True
+    )
     return report

@@ -46,6 +46,7 @@ def new_net(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
         width=cfg.model.width,
         dropout=cfg.model.dropout,
         norm=cfg.model.norm,
+        depth=cfg.model.depth or 4,
     )
 
 
@@ -69,7 +70,7 @@ def check_tasks(
             out[name] = str(exc).strip("'\"")
             continue
         reason = cls.check_data(summary, tcfg)
-        if reason is None and tbsz < getattr(cls, "min_batch", 1):
+        if reason is None and tbsz and tbsz < getattr(cls, "min_batch", 1):  # 0: planned
             reason = f"{name} needs task batches of at least {cls.min_batch}; got {tbsz}"
         out[name] = reason
     return out
@@ -82,14 +83,15 @@ def require_tasks(summary: DataSummary, names: Sequence[str], cfg: ExperimentCon
         raise ValueError(f"cannot train with the selected tasks: {lines}")
 
 
-def baseline(study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+def baseline(study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: Any) -> Result:
     net = new_net(cfg, study.num_classes)
     spec = UnitSpec("baseline", "baseline", cfg.baseline_steps, model="baseline")
-    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
 
 
-def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: Any) -> Result:
+    """``kw``: ``pause_at`` / ``deadline`` of :func:`train_unit`."""
     net = new_net(cfg, study.num_classes)
     t = new_task(task, net, cfg, study.num_classes)
     spec = UnitSpec(
@@ -101,26 +103,52 @@ def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None) -> Resul
         mode="joint",
         model=f"{task}:joint",
     )
-    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
 
 
-def pretrain(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
-    """Pre-train on the task alone, then fine-tune the transferred shared part on segmentation."""
+def pretrain(
+    task: str,
+    study,
+    cfg,
+    device,
+    ckpt_dir,
+    stop: StopFn = None,
+    *,
+    pretext_file: Path | None = None,
+    reuse: bool = False,
+    **kw: Any,
+) -> Result:
+    """Pre-train on the task alone, then fine-tune the transferred shared part on segmentation.
+
+    ``pretext_file``: where the pre-trained network is kept (a workspace cache entry that later
+    runs with the same data, task, seed and shape reuse); ``reuse``: load it instead of
+    training when it exists. Without a file, the run's checkpoint folder holds it until
+    fine-tuning ends. The result's ``pretext_loaded`` says whether it was loaded, and
+    ``pretext_steps`` / ``pretext_s`` what the pre-training had cost.
+    """
     name = f"{task}:pretrain"
-    pre_file = Path(ckpt_dir) / f"{task}-pretext.safetensors" if ckpt_dir else None
+    own = Path(ckpt_dir) / f"{task}-pretext.safetensors" if ckpt_dir else None
+    pre_file = pretext_file or own
     net = new_net(cfg, study.num_classes)
     level = task_class(task).level
-    seconds = 0.0
-    if pre_file is not None and pre_file.is_file():
-        pre_net, _ = checkpoints.load_model(pre_file)
-        seconds = float(checkpoints.read_model_meta(pre_file).get("seconds", 0.0))
-    else:
+    seconds, steps, pre_net = 0.0, int(cfg.stage1.pretrain_steps), None
+    loadable = pre_file is not None and pre_file.is_file() and (reuse or pre_file == own)
+    if loadable:
+        try:
+            pre_net, meta = checkpoints.load_model(pre_file)
+            seconds = float(meta.get("seconds", 0.0))
+            steps = int(meta.get("pretext_steps", steps))
+        except (OSError, ValueError, KeyError, RuntimeError):
+            pre_file.unlink(missing_ok=True)  # a damaged entry is trained again
+            pre_net = None
+    loaded = pre_net is not None
+    if pre_net is None:
         t = new_task(task, net, cfg, study.num_classes)
         spec = UnitSpec(
             f"{task}:pretext",
             "stage1",
-            cfg.stage1.pretrain_steps,
+            steps,
             seg_weight=0.0,
             tasks=[TaskTerm(t, 1.0)],
             task_label=task,
@@ -133,18 +161,29 @@ def pretrain(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None) -> Re
             return {**res, "net": net}
         pre_net, seconds = net, res["seconds"]
         if pre_file is not None:
-            checkpoints.save_model(pre_net, pre_file, {**_arch(cfg, study), "seconds": seconds})
+            checkpoints.save_model(
+                pre_net,
+                pre_file,
+                {**_arch(cfg, study), "seconds": seconds, "pretext_steps": steps, "task": task},
+            )
     fine = new_net(cfg, study.num_classes)  # fresh head and non-shared parts
     fine.load_shared(pre_net.shared_state_dict(level), level)
     spec = UnitSpec(
         name, "stage1", cfg.stage1.finetune_steps, task_label=task, mode="finetune", model=name
     )
-    res = yield from train_unit(spec, fine, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
-    if not res["stopped"] and pre_file is not None:
-        for p in (pre_file, pre_file.with_suffix(".json")):
+    res = yield from train_unit(spec, fine, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
+    done = not res["stopped"] and not res.get("paused")
+    if done and own is not None and pre_file == own:
+        for p in (own, own.with_suffix(".json")):
             p.unlink(missing_ok=True)
-    total = cfg.stage1.pretrain_steps + cfg.stage1.finetune_steps
-    return {**res, "net": fine, "steps": total, "seconds": res.get("seconds", 0.0) + seconds}
+    return {
+        **res,
+        "net": fine,
+        "pretext_steps": steps,
+        "pretext_s": seconds,
+        "pretext_loaded": loaded,
+        "seconds": res.get("seconds", 0.0) + (0.0 if loaded else seconds),
+    }
 
 
 def select_mode(scores: dict[str, float | None]) -> str:
@@ -158,7 +197,9 @@ def select_mode(scores: dict[str, float | None]) -> str:
     return "pretrain" if p > j else "joint"
 
 
-def all_joint(tasks: Sequence[str], study, cfg, device, ckpt_dir, stop: StopFn = None) -> Result:
+def all_joint(
+    tasks: Sequence[str], study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: Any
+) -> Result:
     net = new_net(cfg, study.num_classes)
     terms = [TaskTerm(new_task(t, net, cfg, study.num_classes), cfg.stage1.lam(t)) for t in tasks]
     spec = UnitSpec(
@@ -170,7 +211,7 @@ def all_joint(tasks: Sequence[str], study, cfg, device, ckpt_dir, stop: StopFn =
         mode="joint",
         model="all_joint",
     )
-    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
 
 
@@ -186,6 +227,7 @@ def student(
     steps: int | None = None,
     unit: str = "student",
     stage: str = "stage2",
+    **kw: Any,
 ) -> Result:
     """Distil the teachers' mean probabilities into a student (fresh, or a copy of ``init``)."""
     if not teachers:
@@ -209,22 +251,26 @@ def student(
         ),
         model="student",
     )
-    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop)
+    res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
 
 
 def _arch(cfg: ExperimentConfig, study: StudyData) -> dict[str, Any]:
-    """What :func:`checkpoints.load_model` needs to rebuild the network."""
+    """What :func:`checkpoints.load_model` needs to rebuild the network, and what prediction
+    needs to see a scan as the network was trained to (preprocessing, patch, overlap)."""
     return {
         "kind": "unet2d",
         "width": cfg.model.width,
+        "depth": cfg.model.depth or 4,
         "dropout": cfg.model.dropout,
         "norm": cfg.model.norm,
         "out_channels": out_channels(cfg, study.num_classes),
         "num_classes": study.num_classes,
         "label_names": {str(k): v for k, v in study.label_names.items()},
-        "image_size": cfg.data.image_size,
-        "normalisation": cfg.data.normalisation,
+        "patch": study.patch,
+        "preprocessing": study.prep.to_dict(),
+        "overlap": cfg.data.infer_overlap,
+        "precision": cfg.optim.precision,
         "data": dict(cfg.data.__dict__),
     }
 

@@ -28,7 +28,7 @@ import torch
 from . import checkpoints
 from .config import ExperimentConfig
 from .data import BatchStream, ScanData, StudyData, augment
-from .inference import amp_dtype, autocast, predict_probs
+from .inference import autocast, resolve_precision, sliding_window_probs
 from .losses import SegLoss, class_probs, feature_nce_loss, kd_loss
 from .metrics import summarise, volume_scores
 
@@ -91,17 +91,30 @@ def evaluate(
     study: StudyData,
     device: torch.device,
     *,
-    amp: bool = True,
+    precision: str = "fp32",
+    overlap: float = 0.5,
     hd95: bool = False,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Validation scores in each scan's own geometry, on its labelled slices (3D per volume)."""
+    """Validation scores in each scan's own geometry, on its labelled slices (3D per volume):
+    sliding-window prediction at the planned grid, mapped back as :func:`predict_scan` does."""
     per = []
     for s in scans:
         if s.labels_native is None:
             continue
-        probs = predict_probs(net, s.image, device, batch_size=batch_size, amp=amp)
-        pred = s.geometry.to_scan(probs).numpy().argmax(0)  # numpy: 9x faster, see inference
+        z, (h, w) = s.n_slices, s.slice_map.native
+        pred = np.empty((z, h, w), np.uint8)
+        for z0, p in sliding_window_probs(
+            net,
+            s.image,
+            study.patch,
+            device,
+            overlap=overlap,
+            precision=precision,
+            batch_size=batch_size,
+        ):
+            native = s.slice_map.to_native(s.unpad(p)).numpy()
+            pred[z0 : z0 + native.shape[1]] = native.argmax(0)  # numpy: 9x faster, see inference
         per.append(
             volume_scores(
                 pred,
@@ -124,8 +137,16 @@ def train_unit(
     *,
     ckpt_dir: str | Path | None = None,
     stop: StopFn | None = None,
+    pause_at: int | None = None,
+    deadline: float | None = None,
 ) -> Generator[dict, None, dict]:
-    """Train ``net`` (and the task heads of ``spec``) for ``spec.steps`` steps."""
+    """Train ``net`` (and the task heads of ``spec``) for ``spec.steps`` steps.
+
+    ``pause_at``: stop at that step with a resumable checkpoint and the validation scores
+    (successive halving: calling again with the same ``ckpt_dir`` goes on from there).
+    ``deadline`` (``time.monotonic()``): past it the unit ends where it is, as finished, so a
+    run on a machine that slowed down still ends within its budget.
+    """
     stop = stop or (lambda: False)
     seed = cfg.seed
     dc = cfg.data
@@ -158,10 +179,8 @@ def train_unit(
         modules["proj"] = proj
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    use_amp = cfg.optim.amp and amp_dtype(device) is not None
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=use_amp and amp_dtype(device) == torch.float16
-    )
+    precision = resolve_precision(device, cfg.optim.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     start, elapsed0, last_val = 0, 0.0, None
     if ckpt_dir is not None and checkpoints.state_exists(ckpt_dir, spec.name):
@@ -180,9 +199,10 @@ def train_unit(
     pin = device.type == "cuda"
     streams: dict[str, BatchStream] = {}
 
-    def seg_maker(stream: int, pool: list[tuple[int, int]]):
+    def seg_maker(stream: int, pool: list[tuple[int, int]], fg: float):
         def make(step: int) -> dict[str, np.ndarray]:
-            return study.seg_batch(pool, bsz, np.random.default_rng(step_seed(seed, stream, step)))
+            rng = np.random.default_rng(step_seed(seed, stream, step))
+            return study.seg_batch(pool, bsz, rng, fg)
 
         return make
 
@@ -190,11 +210,15 @@ def train_unit(
     if need_seg:
         if not lab_pool:
             raise ValueError("no labelled training slices to train segmentation on")
-        streams["seg"] = BatchStream(seg_maker(1, lab_pool), start, spec.steps, dc.prefetch, pin)
+        streams["seg"] = BatchStream(
+            seg_maker(1, lab_pool, dc.fg_oversample), start, spec.steps, dc.prefetch, pin
+        )
     if distil is not None and distil.alpha > 0 and distil.unlabelled:
         unl = study.unlabelled_slices()
         if unl:
-            streams["unl"] = BatchStream(seg_maker(2, unl), start, spec.steps, dc.prefetch, pin)
+            streams["unl"] = BatchStream(
+                seg_maker(2, unl, 0.0), start, spec.steps, dc.prefetch, pin
+            )
     for i, t in enumerate(tasks):
         pool = study.task_pool(t, dc.use_unlabelled)
         if not pool:
@@ -212,22 +236,54 @@ def train_unit(
     final_scores: dict[str, Any] | None = None
     losses_avg: dict[str, float] = {}
     result: dict[str, Any]
+    ended_early = False
+
+    def save(step: int) -> None:
+        if ckpt_dir is not None:
+            checkpoints.save_state(
+                ckpt_dir,
+                spec.name,
+                modules=modules,
+                optimizer=opt,
+                scaler=scaler,
+                step=step,
+                extra={"elapsed_s": elapsed0 + time.perf_counter() - t0, "val_dice": last_val},
+            )
+
+    def scores(hd95: bool) -> dict[str, Any]:
+        out = evaluate(
+            net,
+            study.val,
+            study,
+            device,
+            precision=precision,
+            overlap=dc.infer_overlap,
+            hd95=hd95,
+        )
+        net.train()
+        return out
+
     try:
         step = start
         while step < spec.steps:
             if stop():
-                if ckpt_dir is not None:
-                    elapsed = elapsed0 + time.perf_counter() - t0
-                    checkpoints.save_state(
-                        ckpt_dir,
-                        spec.name,
-                        modules=modules,
-                        optimizer=opt,
-                        scaler=scaler,
-                        step=step,
-                        extra={"elapsed_s": elapsed, "val_dice": last_val},
-                    )
+                save(step)
                 return {"stopped": True, "step": step, "name": spec.name}
+            if pause_at is not None and step >= pause_at:
+                m = scores(hd95=True) if spec.evaluate and study.val else None
+                save(step)
+                return {
+                    "stopped": False,
+                    "paused": True,
+                    "steps": step,
+                    "seconds": elapsed0 + time.perf_counter() - t0,
+                    "metrics": m,
+                    "val_dice": None if m is None else m["mean_dice"],
+                    "losses": losses_avg,
+                }
+            if deadline is not None and step > start and time.monotonic() > deadline:
+                ended_early = True
+                break
             torch.manual_seed((seed * 1_000_003 + step) % (2**63))
             gen = torch.Generator().manual_seed((seed * 7_919 + step * 104_729) % (2**63))
             lr = _lr(cfg, step, spec.steps)
@@ -235,7 +291,7 @@ def train_unit(
                 g["lr"] = lr
             parts: dict[str, torch.Tensor] = {}
             total = torch.zeros((), device=device)
-            with autocast(device, use_amp):
+            with autocast(device, precision):
                 if need_seg:
                     b = streams["seg"].get()
                     x = b["image"].to(device, non_blocking=True)
@@ -309,19 +365,15 @@ def train_unit(
                 )
             for k, v in vals.items():
                 losses_avg[k] = v if k not in losses_avg else 0.9 * losses_avg[k] + 0.1 * v
-            if (
-                spec.evaluate
-                and study.val
-                and (step % cfg.stage1.eval_every == 0 or step == spec.steps)
-            ):
+            every = cfg.stage1.eval_every or max(1, spec.steps // 2)
+            if spec.evaluate and study.val and (step % every == 0 or step == spec.steps):
                 # The last validation is the model's report (with HD95), so the pipeline
                 # does not evaluate the same network again.
                 final = step == spec.steps
-                scores = evaluate(net, study.val, study, device, amp=use_amp, hd95=final)
-                last_val = scores["mean_dice"]
+                got = scores(hd95=final)
+                last_val = got["mean_dice"]
                 if final:
-                    final_scores = scores
-                net.train()
+                    final_scores = got
             elapsed = elapsed0 + time.perf_counter() - t0
             done = step - start
             rate = (time.perf_counter() - t0) / max(1, done)
@@ -340,9 +392,13 @@ def train_unit(
                 "elapsed_s": elapsed,
                 "data_wait_s": sum(s.wait_s for s in streams.values()),
             }
+        if ended_early and spec.evaluate and study.val:
+            final_scores = scores(hd95=True)
+            last_val = final_scores["mean_dice"]
         result = {
             "stopped": False,
-            "steps": spec.steps,
+            "ended_early": ended_early,
+            "steps": step,
             "seconds": elapsed0 + time.perf_counter() - t0,
             "losses": losses_avg,
             "val_dice": last_val,

@@ -125,8 +125,12 @@ class JobController(QObject):
         config: Any,
         what: str,
         preflight: Callable[[], None] | None = None,
+        plan_for: str | None = None,
     ) -> Any:
         """Start ``api.start_job(workspace, config, what)`` and relay its events.
+
+        ``what="plan"``: plan the run ``plan_for`` instead (``api.start_plan_job``); its result
+        is the plan as a dict.
 
         The slow parts of starting (``preflight`` checks that read the data, spawning the worker
         process, importing the engine) run in a thread too, so the click never freezes the
@@ -143,6 +147,8 @@ class JobController(QObject):
         def launch() -> Any:
             if preflight is not None:
                 preflight()
+            if what == "plan":
+                return api.start_plan_job(workspace, config, what=plan_for or "all")
             return api.start_job(workspace, config, what=what)
 
         self.handle, self.what = None, what
@@ -245,7 +251,10 @@ class JobController(QObject):
         if state == "failed":
             message = getattr(handle, "error", None) or "the job failed"
             self._finish(None, message)
-            show_error(f"Training failed: {message}. Saved checkpoints and labels are kept.")
+            if self.what == "plan":
+                show_error(f"Cannot plan this run: {message}")
+            else:
+                show_error(f"Training failed: {message}. Saved checkpoints and labels are kept.")
             return
         if state == "stopped":
             show_info(f"{self.what} stopped; the last checkpoint is kept")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,6 +27,18 @@ from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets.study import report_errors
 
 MODES = (("both, keep the better", "both"), ("joint", "joint"), ("pre-train", "pretrain"))
+# Time for the whole run; the planner fits resolution, network and steps into it. The last item
+# is the engine's "tiny" profile: a few steps, to try the loop in seconds (tests too).
+BUDGETS = (
+    ("10 min", "10m"),
+    ("20 min", "20m"),
+    ("30 min", "30m"),
+    ("1 h", "1h"),
+    ("2 h", "2h"),
+    ("8 h (overnight)", "8h"),
+    ("smoke test (a few steps)", "tiny"),
+)
+DEFAULT_BUDGET = "1 h"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_BUTTONS = (("stage1", "Train stage 1"), ("stage2", "Train stage 2"), ("all", "Train all"))
 RESULT_COLUMNS = ["Model", "joint", "pre-train", "chosen", "val Dice"]
@@ -45,6 +57,47 @@ def task_defaults(info: Any) -> dict[str, Any]:
         obj = config() if isinstance(config, type) else config
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     return {}
+
+
+def plan_lines(plan: dict) -> list[str]:
+    """The plan's description lines (``Plan.describe``), without importing the engine."""
+    sp = plan.get("spacing")
+    where = "each scan's own spacing" if not sp else f"{float(sp[0]):.3g} mm"
+    head = (
+        f"{plan.get('patch')} x {plan.get('patch')} patches at {where}, U-Net width "
+        f"{plan.get('width')}, depth {plan.get('depth')}, batch {plan.get('batch_size')}, "
+        f"{plan.get('precision')} on {plan.get('device')} ({plan.get('threads')} threads)"
+    )
+    lines = [head, *plan.get("reasons", [])]
+    total = (plan.get("estimate_s") or {}).get("total")
+    if plan.get("budget_s") and total is not None:
+        lines.append(
+            f"estimated {_minutes(total)} of the {_minutes(plan['budget_s'])} budget for "
+            f"{len(plan.get('models', []))} model(s)"
+        )
+    return lines + [f"note: {w}" for w in plan.get("warnings", [])]
+
+
+def plan_rows(plan: dict) -> list[tuple[str, str, str]]:
+    """(model, steps, estimated time) for each model of the plan."""
+    steps, est = plan.get("steps") or {}, plan.get("estimate_s") or {}
+    rows = []
+    for m in plan.get("models", []):
+        key = "student" if m == "student" else ("retrain" if "retrain" in m else "seg")
+        n = f"{steps.get(key, '?')}"
+        if m.endswith(":pretrain"):
+            n += f" + {steps.get('pretext', '?')} pre-training"
+        rows.append((m, n, _minutes(est.get(m, 0.0)) if m in est else ""))
+    return rows
+
+
+def _minutes(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class TaskRow(QWidget):
@@ -154,18 +207,22 @@ class TrainingWidget(QWidget):
             "joint: one network, segmentation + task loss; pre-train: task first, then "
             "fine-tune; both: train both and keep the better on validation Dice"
         )
-        self.profile = QComboBox()
-        self.profile.addItems(self._profiles())
-        self.profile.setCurrentText("quick")
-        self.profile.setToolTip(
-            "quick: minutes on a CPU; standard: close to the paper, for a GPU; tiny: a smoke test"
+        self.budget = QComboBox()
+        self.budget.setEditable(True)
+        for text, value in BUDGETS:
+            self.budget.addItem(text, value)
+        self.budget.setCurrentText(DEFAULT_BUDGET)
+        self.budget.setToolTip(
+            "Wall-clock time for the whole run (type your own: 45m, 1h30m). The planner picks "
+            "the resolution, patch size, network and the steps of every model to fit it; "
+            "'Estimate' shows its plan without training."
         )
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         settings = QGroupBox("Settings")
         form = QFormLayout(settings)
         form.addRow("Modes", self.mode)
-        form.addRow("Profile", self.profile)
+        form.addRow("Time budget", self.budget)
         form.addRow("Device", self.device)
 
         # buttons + progress -------------------------------------------------------------------
@@ -176,6 +233,17 @@ class TrainingWidget(QWidget):
             btn.clicked.connect(lambda _=False, w=what: self.train(w))
             self.train_buttons[what] = btn
             buttons.addWidget(btn)
+        self.estimate_button = QPushButton("Estimate")
+        self.estimate_button.setToolTip(
+            "Plan the run for this budget (times a few steps on the device, a few seconds) and "
+            "show the resolution, network and the steps and time of every model"
+        )
+        self.estimate_button.clicked.connect(lambda _=False: self.estimate("all"))
+        buttons.addWidget(self.estimate_button)
+        self.plan_label = QLabel("")
+        self.plan_label.setWordWrap(True)
+        self.plan_label.setTextFormat(Qt.TextFormat.RichText)
+        self.plan_label.setVisible(False)
         self.progress_panel = JobProgressPanel(self.jobs)
         self.stop_button = self.progress_panel.stop_button
 
@@ -214,6 +282,7 @@ class TrainingWidget(QWidget):
         layout.addWidget(task_box)
         layout.addWidget(settings)
         layout.addLayout(buttons)
+        layout.addWidget(self.plan_label)
         layout.addWidget(self.progress_panel)
         layout.addWidget(self.loss_plot)
         layout.addWidget(self.dice_plot)
@@ -230,14 +299,12 @@ class TrainingWidget(QWidget):
         self._on_workspace()
 
     # -- configuration ---------------------------------------------------------------------------
-    @staticmethod
-    def _profiles() -> list[str]:
-        try:
-            from napari_mtssl.training.config import PROFILES
-        except ImportError:
-            return ["quick", "standard"]
-        order = [p for p in ("quick", "standard") if p in PROFILES]
-        return order + [p for p in PROFILES if p not in order]
+    def budget_value(self) -> str:
+        """The budget field as the engine reads it: "tiny" or a time ("45m")."""
+        i = self.budget.findText(self.budget.currentText())
+        if i >= 0 and self.budget.itemData(i):
+            return str(self.budget.itemData(i))
+        return self.budget.currentText().strip()
 
     @staticmethod
     def _default_tasks() -> list[str]:
@@ -264,7 +331,10 @@ class TrainingWidget(QWidget):
         task_options = {n: o for n, o in task_options.items() if o}
         if task_options:
             overrides["stage1__task_overrides"] = task_options
-        return api.make_config(profile=self.profile.currentText(), **overrides)
+        budget = self.budget_value()
+        if budget == "tiny":
+            return api.make_config(profile="tiny", **overrides)
+        return api.make_config(profile="quick", budget=budget, **overrides)
 
     def check_tasks(self) -> dict[str, str | None]:
         """Show, per ticked task, why it cannot run on this workspace (api.check_tasks)."""
@@ -310,25 +380,63 @@ class TrainingWidget(QWidget):
 
         return self.jobs.start(ws, config, what, preflight=preflight)
 
+    @report_errors("Could not plan the run")
+    def estimate(self, what: str = "all") -> Any:
+        """Plan ``what`` for the budget in a worker process and show the plan (no training)."""
+        ws = self.session.require_workspace()
+        config = self.build_config()
+        self.show_plan(None, message="planning: timing a few steps on this machine…")
+        return self.jobs.start(ws, config, "plan", plan_for=what)
+
+    def show_plan(self, plan: dict | None, message: str | None = None) -> None:
+        """The plan's choices and per-model steps and times (or ``message``) under the buttons."""
+        from html import escape
+
+        if plan is None:
+            self.plan_label.setText(f"<i>{escape(message or '')}</i>")
+            self.plan_label.setVisible(bool(message))
+            return
+        lines = plan_lines(plan)
+        rows = "".join(
+            f"<tr><td>{escape(m)}</td><td align='right'>&nbsp;{escape(n)}</td>"
+            f"<td align='right'>&nbsp;{escape(t)}</td></tr>"
+            for m, n, t in plan_rows(plan)
+        )
+        html = "<br>".join(escape(x.lstrip("- ").replace("**", "")) for x in lines)
+        if rows:
+            html += (
+                "<table cellspacing='0'><tr><th align='left'>model</th><th>steps</th>"
+                f"<th>time</th></tr>{rows}</table>"
+            )
+        self.plan_label.setText(html)
+        self.plan_label.setToolTip("the plan of the run: why this resolution, patch and network")
+        self.plan_label.setVisible(True)
+
     def stop(self) -> None:
         self.jobs.stop()
 
     def _set_running(self, running: bool) -> None:
         for btn in self.train_buttons.values():
             btn.setEnabled(not running)
+        self.estimate_button.setEnabled(not running)
 
     def _on_workspace(self) -> None:
         self.check_tasks()
         self._show_last_results()
 
     # -- curves ----------------------------------------------------------------------------------
-    def _on_job_started(self, _what: str) -> None:
+    def _on_job_started(self, what: str) -> None:
+        if what == "plan":
+            return
         self._series.clear()
         self.loss_plot.clear()
         self.dice_plot.clear()
         self._curves.clear()
 
     def _on_event(self, event: dict) -> None:
+        if event.get("type") == "plan" and isinstance(event.get("plan"), dict):
+            self.show_plan(event["plan"])
+            return
         if event.get("type") not in (None, "progress", "eval", "val"):
             return
         name = event_run_name(event)
@@ -376,9 +484,17 @@ class TrainingWidget(QWidget):
 
     # -- results ---------------------------------------------------------------------------------
     def _on_job_finished(self, result: object) -> None:
+        if self.jobs.what == "plan":
+            if isinstance(result, dict) and result.get("patch"):
+                self.show_plan(result)
+            else:
+                self.show_plan(None, message=self.jobs.last_error or "planning stopped")
+            return
         self._draw_curves()
         if isinstance(result, dict) and result.get("models"):
             self.show_results(result)
+        elif self.jobs.last_state == "failed" and self.jobs.last_error:
+            self.show_plan(None, message=self.jobs.last_error)
 
     def _show_last_results(self) -> None:
         ws = self.session.workspace

@@ -1,0 +1,1012 @@
+"""The plan of a run: what the data and the machine allow in the user's time budget.
+
+nnU-Net's experiment planning, for 2D slices and a wall-clock budget instead of a GPU's
+memory. Three steps, each saved with the run (``plan.json``) and shown before training:
+
+1. **Fingerprint** (:func:`fingerprint`): in-plane spacings and sizes, slice spacing and counts,
+   modalities with the intensity statistics CT normalisation needs, class frequencies, labelled
+   and unlabelled slice counts. Read from the workspace records and labels; CT scans with labels
+   are read once and their statistics cached.
+2. **Shape** (:func:`make_plan`): target in-plane spacing (the median), patch size, network
+   width and depth, batch size, normalisation per modality, precision and threads. A candidate
+   ladder is priced with the network's FLOPs and the device's measured speed: the planner keeps
+   the finest resolution whose patch covers most of a slice and gives every model enough steps,
+   then spends what is left on a wider network. Every choice has its reason in ``reasons``.
+3. **Budget** (:func:`allocate`): a few real steps of each kind of model are timed on the
+   device (segmentation, each task, a forward pass for distillation and validation), and the
+   budget is shared so that every model of the run (baseline, each task in each mode, the
+   student) gets the same number of segmentation steps, with successive halving and cached
+   pre-training counted. A budget too small for the chosen tasks is refused with what fits.
+
+Any field the user set in the config wins over the plan (``overridden`` lists them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import ExperimentConfig, format_budget
+from .preprocess import NormSpec, Preprocessing
+
+__all__ = [
+    "Fingerprint",
+    "Plan",
+    "PlanError",
+    "fingerprint",
+    "make_plan",
+    "allocate",
+    "model_units",
+    "MIN_STEPS",
+    "GOOD_STEPS",
+]
+
+# Segmentation steps per model: below MIN_STEPS the planner refuses the budget (it says what
+# fits instead); below GOOD_STEPS it trades resolution for steps. Measured on ACDC (docs/
+# benchmarks.md, "Choosing the plan"): a batch-8 model at L = 7 keeps improving to about 2500
+# steps and barely after.
+MIN_STEPS = 300
+GOOD_STEPS = 2500
+COVERAGE = 0.6  # a patch should span at least this share of the median slice's longer side
+MAX_COARSEN = 2.0  # never resample coarser than twice the median spacing
+CPU_WIDTHS = (16, 24, 32)
+GPU_WIDTHS = (32, 48)
+CPU_PATCH_MAX = 256
+GPU_PATCH_MAX = 512
+TASK_COST_GUESS = 1.0  # a task step costs about one segmentation step (before timing)
+# Validation passes per model: halfway (the curve in the dock; the halving point in stage 1)
+# and the final report. A pass over ACDC's 20 validation volumes costs about 25 seg steps.
+EVALS = 2
+OVERHEAD_S = 3.0  # per run: loading teachers, writing the report (data preparation is timed)
+OVERHEAD_PER_MODEL_S = 1.0  # saving the model and its checkpoint
+
+
+class PlanError(ValueError):
+    """The budget or the data do not allow a run; the message says what would."""
+
+
+# -- fingerprint -------------------------------------------------------------------------------
+
+
+@dataclass
+class Fingerprint:
+    """What the planner knows about a study (all JSON-able)."""
+
+    n_train: int
+    n_val: int
+    n_labelled_scans: int
+    labelled_slices: int
+    unlabelled_slices: int
+    spacing: tuple[float, float]  # median in-plane (y, x) mm of the training scans
+    spacing_range: tuple[float, float]  # smallest and largest in-plane spacing
+    size: tuple[int, int]  # median in-plane (h, w) in voxels
+    size_range: tuple[int, int]  # smallest and largest in-plane side
+    slice_spacing: float  # median
+    slices: tuple[int, int, int]  # min, median, max slices per scan
+    modalities: dict[str, int]
+    intensity: dict[str, dict[str, float]]  # modality -> CT statistics of labelled foreground
+    class_freq: dict[str, float]  # class id -> share of labelled voxels
+    num_classes: int
+    val_shapes: list[tuple[int, int, int]]  # (z, h, w) of the validation scans (their cost)
+    spacing_known: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
+        d = dict(d)
+        for k in ("spacing", "spacing_range", "size", "size_range", "slices"):
+            d[k] = tuple(d[k])
+        d["val_shapes"] = [tuple(x) for x in d.get("val_shapes", [])]
+        return cls(**d)
+
+
+def fingerprint(ws: Any, *, stats_cache: bool = True) -> Fingerprint:
+    """The fingerprint of a workspace's training and validation scans."""
+    train = ws.scan_ids("train")
+    val = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)]
+    if not train:
+        raise PlanError("the workspace has no training scans; add scans first")
+    recs = {s: ws.record(s) for s in [*train, *val]}
+    sp = np.array([[float(recs[s].spacing[1]), float(recs[s].spacing[2])] for s in train])
+    sp = np.where(np.isfinite(sp) & (sp > 0), sp, 1.0)
+    shapes = np.array([[int(recs[s].shape[1]), int(recs[s].shape[2])] for s in train])
+    nz = np.array([int(recs[s].shape[0]) for s in train])
+    zsp = np.array([float(recs[s].spacing[0]) for s in train])
+    mods: dict[str, int] = {}
+    for s in train:
+        m = str(recs[s].modality or "unknown").upper()
+        mods[m] = mods.get(m, 0) + 1
+    nl = 0
+    counts = np.zeros(int(ws.num_classes), np.int64)
+    ct_samples: list[np.ndarray] = []
+    labelled_scans = 0
+    rng = np.random.default_rng(0)
+    for s in train:
+        zs = ws.labelled_slices(s)
+        if not zs:
+            continue
+        labelled_scans += 1
+        nl += len(zs)
+        lab = ws.labels(s)[zs]
+        counts += np.bincount(lab.reshape(-1), minlength=len(counts))[: len(counts)]
+        if str(recs[s].modality).upper() == "CT":
+            ct_samples.append(_ct_foreground(ws, s, lab, zs, rng, stats_cache))
+    notes = []
+    known = not bool(np.all(sp == 1.0) and np.all(zsp == 1.0))
+    if not known:
+        notes.append(
+            "every scan has 1 mm voxels: the files probably record no spacing, so sizes are "
+            "in pixels"
+        )
+    intensity = {}
+    if ct_samples and sum(len(c) for c in ct_samples):
+        v = np.concatenate(ct_samples)
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        c = np.clip(v, lo, hi)
+        intensity["CT"] = {
+            "p0.5": float(lo),
+            "p99.5": float(hi),
+            "mean": float(c.mean()),
+            "std": float(c.std()),
+            "n": int(v.size),
+        }
+    total = max(1, int(counts.sum()))
+    return Fingerprint(
+        n_train=len(train),
+        n_val=len(val),
+        n_labelled_scans=labelled_scans,
+        labelled_slices=nl,
+        unlabelled_slices=int(nz.sum()) - nl,
+        spacing=(float(np.median(sp[:, 0])), float(np.median(sp[:, 1]))),
+        spacing_range=(float(sp.min()), float(sp.max())),
+        size=(int(np.median(shapes[:, 0])), int(np.median(shapes[:, 1]))),
+        size_range=(int(shapes.min()), int(shapes.max())),
+        slice_spacing=float(np.median(zsp)),
+        slices=(int(nz.min()), int(np.median(nz)), int(nz.max())),
+        modalities=mods,
+        intensity=intensity,
+        class_freq={str(i): round(float(n) / total, 6) for i, n in enumerate(counts)},
+        num_classes=int(ws.num_classes),
+        val_shapes=[tuple(int(x) for x in recs[s].shape) for s in val],
+        spacing_known=known,
+        notes=notes,
+    )
+
+
+def _ct_foreground(ws, sid, lab, zs, rng, use_cache: bool) -> np.ndarray:
+    """Up to 20 000 intensities of the labelled foreground of a CT scan (cached per scan and
+    label content: reading a large CT is the slow part of fingerprinting)."""
+    import json
+
+    from napari_mtssl._atomic import atomic_write_json
+
+    from .preprocess import content_hash
+
+    key = f"{ws.record(sid).sha256[:24]}_{content_hash(lab)[:16]}"
+    path = ws.root / "cache" / "fingerprint" / f"{key}.json"
+    if use_cache and path.is_file():
+        try:
+            got = json.loads(path.read_text())
+        except (OSError, ValueError):
+            got = None
+        if isinstance(got, list):
+            return np.asarray(got, np.float32)
+    img = ws.load_scan(sid).array[zs]
+    v = img[lab > 0].astype(np.float32)
+    v = v[np.isfinite(v)]
+    if v.size > 20_000:
+        v = v[rng.choice(v.size, 20_000, replace=False)]
+    if use_cache:
+        try:
+            atomic_write_json(path, [round(float(x), 3) for x in v])
+        except OSError:
+            pass  # a read-only workspace only loses the cache
+    return v
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The planner's choices for one run; ``apply`` turns them into a concrete config."""
+
+    device: str
+    threads: int
+    precision: str
+    spacing: tuple[float, float] | None
+    patch: int
+    width: int
+    depth: int
+    batch_size: int
+    norms: dict[str, dict[str, Any]]
+    budget_s: float = 0.0
+    models: list[str] = field(default_factory=list)
+    steps: dict[str, int] = field(default_factory=dict)  # seg / pretext / student / retrain
+    estimate_s: dict[str, float] = field(default_factory=dict)  # per model + "total"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step, measured
+    reasons: list[str] = field(default_factory=list)
+    overridden: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            spacing=None if self.spacing is None else tuple(self.spacing),  # type: ignore[arg-type]
+            norms={k: NormSpec(**v) for k, v in self.norms.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        if d.get("spacing") is not None:
+            d["spacing"] = tuple(d["spacing"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def apply(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """A copy of ``cfg`` with every planned field filled in (fields the user set stay)."""
+        c = ExperimentConfig.from_dict(cfg.to_dict())
+        c.data.patch_size = c.data.patch_size or self.patch
+        c.data.batch_size = c.data.batch_size or self.batch_size
+        c.model.width = c.model.width or self.width
+        c.model.depth = c.model.depth or self.depth
+        c.optim.precision = self.precision
+        c.num_threads = c.num_threads or self.threads
+        st = self.steps
+        if "seg" in st:
+            c.baseline.steps = c.baseline.steps or st["seg"]
+            c.stage1.joint_steps = c.stage1.joint_steps or st["seg"]
+            c.stage1.finetune_steps = c.stage1.finetune_steps or st["seg"]
+        if "pretext" in st:
+            c.stage1.pretrain_steps = c.stage1.pretrain_steps or st["pretext"]
+        if "student" in st:
+            c.stage2.steps = c.stage2.steps or st["student"]
+        if "retrain" in st:
+            c.stage2.retrain_steps = c.stage2.retrain_steps or st["retrain"]
+        c.stage1.task_overrides = task_shape_overrides(
+            c.stage1.tasks, c.stage1.task_overrides, c.data.patch_size, c.model.depth
+        )
+        return c.validate()
+
+    def describe(self) -> list[str]:
+        """Markdown lines: the choices, the reasons and the per-model steps."""
+        sp = "each scan's own spacing" if self.spacing is None else f"{self.spacing[0]:.3g} mm"
+        lines = [
+            f"- **{self.patch} x {self.patch} patches at {sp}**, U-Net width {self.width}, "
+            f"depth {self.depth}, batch {self.batch_size}, {self.precision} on {self.device} "
+            f"({self.threads} thread{'s' if self.threads != 1 else ''})",
+        ]
+        lines += [f"- {r}" for r in self.reasons]
+        if self.budget_s:
+            lines.append(
+                f"- budget {format_budget(self.budget_s)}: estimated "
+                f"{format_budget(self.estimate_s.get('total', 0.0))} for "
+                f"{len(self.models)} model(s)"
+            )
+        for w in self.warnings:
+            lines.append(f"- note: {w}")
+        return lines
+
+    def step_table(self) -> list[tuple[str, str, str]]:
+        """(model, steps, estimated time) rows for the dock and the report."""
+        rows = []
+        for m in self.models:
+            n = self.steps.get(_step_key(m), 0)
+            extra = ""
+            if m.endswith(":pretrain"):
+                extra = f" + {self.steps.get('pretext', 0)} pre-training"
+            rows.append((m, f"{n}{extra}", format_budget(self.estimate_s.get(m, 0.0))))
+        return rows
+
+
+def task_shape_overrides(
+    tasks: Sequence[str], overrides: dict[str, dict[str, Any]], patch: int, depth: int
+) -> dict[str, dict[str, Any]]:
+    """Task crop sizes that fit the plan: no larger than the patch the crops are cut from, and
+    a multiple of what the network's depth needs (Rubik's quarters each go through the
+    encoder). A crop size the user set is kept."""
+    from napari_mtssl.tasks import task_class
+
+    out = {k: dict(v) for k, v in overrides.items()}
+    for name in tasks:
+        try:
+            cls = task_class(name)
+        except ValueError:
+            continue
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        if "crop_size" not in fields or "crop_size" in out.get(name, {}):
+            continue
+        default = int(fields["crop_size"].default)
+        unit = max(16, 2**depth) * (2 if name == "rubik" else 1)
+        crop = min(default, patch) // unit * unit
+        if crop >= 2 * unit and crop != default:
+            out.setdefault(name, {})["crop_size"] = int(crop)
+    return out
+
+
+def _step_key(model: str) -> str:
+    if model == "student":
+        return "student"
+    if model == "student (retrain)":
+        return "retrain"
+    return "seg"
+
+
+# -- shaping -----------------------------------------------------------------------------------
+
+
+def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
+    """The models a run of ``what`` trains, in order (also the budget's shares)."""
+    units: list[str] = []
+    if what in ("baseline", "all"):
+        units.append("baseline")
+    if what in ("stage1", "all"):
+        for t in cfg.stage1.tasks:
+            if cfg.stage1.modes in ("joint", "both"):
+                units.append(f"{t}:joint")
+            if cfg.stage1.modes in ("pretrain", "both"):
+                units.append(f"{t}:pretrain")
+        if cfg.all_joint and len(cfg.stage1.tasks) > 1:
+            units.append("all_joint")
+    if what in ("stage2", "all", "retrain-stage2"):
+        units.append("student")
+    if what == "retrain-quick":
+        units.append("student (retrain)")
+    return units
+
+
+def _ceil_to(x: float, m: int) -> int:
+    return int(math.ceil(x / m) * m)
+
+
+def _depth_for(patch: int) -> int:
+    """Poolings until the bottleneck is 8 to 16 pixels (nnU-Net stops at 4 to 8 for larger
+    networks; a CPU budget favours the cheaper, shallower end)."""
+    return int(np.clip(math.floor(math.log2(max(patch, 16) / 8)), 3, 6))
+
+
+@dataclass
+class _Candidate:
+    spacing: float
+    patch: int
+    depth: int
+    width: int
+    flops: float  # per sample, forward
+    coverage: float
+
+
+def _flops_per_sample(width: int, depth: int, patch: int, out_channels: int) -> float:
+    """Forward FLOPs of the U-Net for one ``patch`` x ``patch`` sample (counted once per
+    width and depth at a small size, then scaled by area: every layer is convolutional)."""
+    return _flops_small(width, depth, out_channels) * (patch / (2**depth * 4)) ** 2
+
+
+_FLOPS_CACHE: dict[tuple[int, int, int], float] = {}
+
+
+def _flops_small(width: int, depth: int, out_channels: int) -> float:
+    key = (width, depth, out_channels)
+    if key not in _FLOPS_CACHE:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from napari_mtssl.models import build_unet
+
+        net = build_unet(1, out_channels, width, depth=depth)
+        x = torch.zeros(1, 1, 2**depth * 4, 2**depth * 4)
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            net(x)
+        _FLOPS_CACHE[key] = float(fc.get_total_flops())
+    return _FLOPS_CACHE[key]
+
+
+def _norms(fp: Fingerprint, cfg: ExperimentConfig) -> tuple[dict[str, dict], list[str]]:
+    d = cfg.data
+    reasons = []
+    zs = NormSpec("zscore", d.clip_low, d.clip_high)
+    window = NormSpec(
+        "window", lower=d.ct_level - d.ct_width / 2, upper=d.ct_level + d.ct_width / 2
+    )
+    forced = {"zscore": zs, "mri": zs, "window": window, "none": NormSpec("none")}
+    norms: dict[str, NormSpec] = {}
+    mods = sorted(fp.modalities) or ["UNKNOWN"]
+    for m in mods:
+        if d.normalisation in forced:
+            norms[m] = forced[d.normalisation]
+        elif m == "CT" and d.normalisation in ("auto", "ct"):
+            st = fp.intensity.get("CT")
+            if st:
+                norms[m] = NormSpec(
+                    "ct", lower=st["p0.5"], upper=st["p99.5"], mean=st["mean"], std=st["std"]
+                )
+            else:
+                norms[m] = window
+                reasons.append(
+                    "CT without labelled foreground to learn intensities from: fixed window "
+                    f"[{window.lower:.0f}, {window.upper:.0f}] HU"
+                )
+        elif d.normalisation == "ct":
+            norms[m] = window
+        else:
+            norms[m] = zs
+    default = norms[max(mods, key=lambda m: fp.modalities.get(m, 0))]
+    out = {k: dataclasses.asdict(v) for k, v in norms.items()}
+    out["default"] = dataclasses.asdict(default)
+    for m in mods:
+        reasons.append(f"{m.lower() if m != 'CT' else 'CT'} intensities: {norms[m].describe()}")
+    return out, reasons
+
+
+def make_plan(
+    fp: Fingerprint,
+    cfg: ExperimentConfig,
+    what: str = "all",
+    *,
+    device: Any = None,
+    probe: bool = True,
+    interactive: bool = False,
+    fixed: Plan | None = None,
+    allocate_steps: bool = True,
+) -> Plan:
+    """Shape the run for ``fp`` on ``device`` within ``cfg.budget_s`` (or ``cfg``'s steps).
+
+    ``interactive``: the job shares the machine with a viewer, so one core is left free.
+    ``fixed``: a plan whose data shape must be kept (stage 2 and retraining reuse the teachers'
+    spacing, patch and network); only the steps are planned again.
+    """
+    import torch
+
+    from .inference import resolve_device, resolve_precision
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
+    m = cfg.model
+    overridden = _overridden(cfg)
+    reasons: list[str] = []
+    warnings = list(fp.notes)
+    threads = cfg.num_threads or _thread_policy(dev, interactive)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads)
+        if not cfg.num_threads:
+            reasons.append(_threads_reason(threads, interactive))
+    precision = resolve_precision(dev, cfg.optim.precision)
+    if cfg.optim.precision == "auto" and dev.type == "cpu":
+        from .inference import cpu_bf16_speedup
+
+        sp = cpu_bf16_speedup()
+        reasons.append(
+            f"{precision}: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 "
+            "on this CPU" + ("" if precision == "bf16" else " (not faster, so fp32)")
+        )
+    norms, nreasons = _norms(fp, cfg)
+    reasons += nreasons
+    out_ch = 1 if fp.num_classes == 2 and m.binary_sigmoid else fp.num_classes
+
+    if fixed is not None:
+        plan = dataclasses.replace(
+            fixed,
+            device=str(dev),
+            threads=threads,
+            precision=precision,
+            budget_s=cfg.budget_s,
+            reasons=[*fixed.reasons],
+            warnings=warnings,
+            overridden=overridden,
+            fingerprint=fp.to_dict(),
+            steps={},
+            estimate_s={},
+            timings={},
+        )
+    else:
+        plan = _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe)
+        plan.overridden = overridden
+        plan.warnings = warnings + plan.warnings
+        plan.fingerprint = fp.to_dict()
+    plan.models = model_units(what, cfg)
+    if cfg.budget_s <= 0:
+        plan.steps = _explicit_steps(cfg, what)
+    elif allocate_steps:
+        allocate(plan, cfg, what, fp, probe=probe)
+    return plan
+
+
+def _overridden(cfg: ExperimentConfig) -> list[str]:
+    out = []
+    for name, value in (
+        ("data.target_spacing", cfg.data.target_spacing),
+        ("data.patch_size", cfg.data.patch_size),
+        ("data.batch_size", cfg.data.batch_size),
+        ("model.width", cfg.model.width),
+        ("model.depth", cfg.model.depth),
+        ("num_threads", cfg.num_threads),
+    ):
+        if value:
+            out.append(name)
+    if cfg.optim.precision != "auto":
+        out.append("optim.precision")
+    return out
+
+
+def _threads_reason(threads: int, interactive: bool) -> str:
+    cpus = os.cpu_count() or 1
+    try:
+        load = f", load {os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        load = ""
+    why = "one core left to the viewer" if interactive else "the cores other work leaves free"
+    return f"{threads} of {cpus} CPU thread{'s' if cpus > 1 else ''} ({why}{load})"
+
+
+def _thread_policy(dev: Any, interactive: bool) -> int:
+    """Every free core for a headless run; one left to the viewer for a job started from napari.
+
+    torch's OpenMP threads busy-wait for each other, so a job with more threads than free cores
+    slows down many times over (docs/benchmarks.md, threads): cores other processes keep busy
+    (the one-minute load average) are not counted as free."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = int(cpus or 1)
+    if dev.type != "cpu":
+        return max(1, min(4, cpus - 1))  # the GPU does the work; threads feed it
+    want = max(1, cpus - 1) if interactive else cpus
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return int(max(1, min(want, round(cpus - busy + 0.25))))
+
+
+def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe) -> Plan:
+    """Spacing, patch, depth, width and batch (see the module docstring).
+
+    The median spacing is kept (coarser only when a patch the device can afford could not
+    cover enough of the median slice); the patch is the smallest that covers ``COVERAGE`` of
+    the slice's longer side, or the whole slice when that still leaves every model
+    ``GOOD_STEPS``; the width is the widest that leaves ``GOOD_STEPS``, else the narrowest.
+    The budget never buys speed with resolution: a budget too small for the narrowest network
+    is refused by :func:`allocate` with what fits instead.
+    """
+    d, m = cfg.data, cfg.model
+    gpu = dev.type == "cuda"
+    base = float(np.median(fp.spacing))
+    side = max(fp.size)  # the longer in-plane side of the median scan, voxels at `base`
+    batch = d.batch_size or (16 if gpu else 8)
+    widths = [m.width] if m.width else list(GPU_WIDTHS if gpu else CPU_WIDTHS)
+    pmax = GPU_PATCH_MAX if gpu else CPU_PATCH_MAX
+    if d.target_spacing > 0:
+        sp = float(d.target_spacing)
+        why_sp = "data.target_spacing"
+    elif d.target_spacing < 0:
+        sp = 0.0  # each scan keeps its own spacing
+        why_sp = "data.target_spacing = -1"
+    else:
+        sp = base
+        why_sp = "the median in-plane spacing of the training scans"
+        if not d.patch_size and COVERAGE * side > pmax:
+            sp = base * min(MAX_COARSEN, COVERAGE * side / pmax)
+            why_sp = (
+                f"{sp / base:.2g}x the median {base:.3g} mm, so that a {pmax} px patch (the "
+                f"largest this device trains fast enough) covers {COVERAGE:.0%} of a slice"
+            )
+    s_side = side if sp == 0 else side * base / sp
+    if d.patch_size:
+        patches = [int(d.patch_size)]
+    else:
+        least = max(32, _ceil_to(min(COVERAGE * s_side, pmax), 16))
+        full = max(least, _ceil_to(min(s_side, pmax), 16))
+        patches = [least] if full == least else [least, full]
+    cost = _step_cost(dev, precision, batch, out_ch) if probe else _nominal_cost
+    units = model_units(what, cfg)
+    weight = _unit_weight(units, cfg)
+
+    def steps(p: int, w: int) -> float:
+        if cfg.budget_s <= 0:
+            return float("inf")
+        depth = m.depth or _depth_for(p)
+        t = cost(_flops_per_sample(w, depth, p, out_ch) * batch)
+        return 0.8 * cfg.budget_s / max(1e-9, t * weight)
+
+    # The patch: the whole slice when affordable at the narrowest width, else the smallest
+    # that covers enough; then the widest network that still gets GOOD_STEPS.
+    patch = patches[-1] if steps(patches[-1], widths[0]) >= GOOD_STEPS else patches[0]
+    good = [w for w in widths if steps(patch, w) >= GOOD_STEPS]
+    width = good[-1] if good else widths[0]
+    depth = m.depth or _depth_for(patch)
+    if patch % 2**depth:
+        if d.patch_size:
+            raise PlanError(
+                f"data.patch_size {patch} is not a multiple of 2**depth = {2**depth}; use "
+                f"{_ceil_to(patch, 2**depth)} or set model.depth lower"
+            )
+        patch = _ceil_to(patch, 2**depth)
+    n_est = steps(patch, width)
+    if sp == 0:
+        reasons.insert(0, f"in-plane spacing: each scan's own ({why_sp})")
+    else:
+        h2, w2 = (round(x * base / sp) for x in fp.size)
+        reasons.insert(
+            0,
+            f"{sp:.3g} mm in-plane ({why_sp}): the median slice of {fp.size[0]} x {fp.size[1]} "
+            f"voxels is {h2} x {w2} at that spacing",
+        )
+    cover = min(1.0, patch / max(1.0, s_side))
+    if cfg.budget_s <= 0:
+        why_w = "step counts given, no budget"
+    elif good:
+        why_w = f"the widest that leaves every model about {GOOD_STEPS} steps or more"
+    else:
+        why_w = (
+            f"the narrowest; the budget leaves about {int(n_est)} steps per model, fewer than "
+            f"the {GOOD_STEPS} the planner aims for"
+        )
+    reasons.insert(
+        1,
+        f"{patch} x {patch} patches cover {cover:.0%} of the longer side"
+        + (" (the whole slice)" if cover >= 1 else f" (at least {COVERAGE:.0%} wanted)")
+        + f"; depth {depth} leaves a {patch // 2**depth} px bottleneck; width {width}: {why_w}",
+    )
+    return Plan(
+        device=str(dev),
+        threads=threads,
+        precision=precision,
+        spacing=None if sp == 0 else (float(sp), float(sp)),
+        patch=int(patch),
+        width=int(width),
+        depth=int(depth),
+        batch_size=int(batch),
+        norms=norms,
+        budget_s=cfg.budget_s,
+        reasons=reasons,
+    )
+
+
+def _nominal_cost(flops: float) -> float:
+    """Seconds of a training step at a nominal 50 GFLOP/s plus 30 ms (no timing: tests)."""
+    return 0.03 + 3 * flops / 50e9
+
+
+def _unit_weight(units: Sequence[str], cfg: ExperimentConfig) -> float:
+    """Segmentation-step equivalents of one step of every model of the run (before timing)."""
+    w = 0.0
+    for u in units:
+        if u in ("baseline",) or u.endswith(":pretrain"):
+            w += 1.0 + (cfg.stage1.pretrain_ratio * TASK_COST_GUESS if ":" in u else 0.0)
+        elif u.endswith(":joint"):
+            w += 1.0 + TASK_COST_GUESS
+        elif u == "all_joint":
+            w += 1.0 + TASK_COST_GUESS * len(cfg.stage1.tasks)
+        else:  # student: its batch + an unlabelled one, and the teachers' forward passes
+            w += 2.0 + 0.7 * max(1, len(cfg.stage1.tasks))
+    return max(w, 1.0)
+
+
+_COST_CACHE: dict[tuple, tuple[float, float]] = {}
+
+
+def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
+    """``flops -> seconds`` of one training step on ``dev``: a fixed overhead plus FLOPs at
+    the device's speed, both fitted to two timed sizes of a width-16 U-Net (64 and 128 px).
+    Small steps are dominated by the overhead, large ones by the arithmetic."""
+    import torch
+
+    key = (str(dev), precision, torch.get_num_threads(), batch, out_ch)
+    if key not in _COST_CACHE:
+        from napari_mtssl.models import build_unet
+
+        from .inference import autocast
+
+        torch.manual_seed(0)
+        net = build_unet(1, out_ch, 16, depth=4).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        pts = []
+        for p in (64, 128):
+            x = torch.randn(batch, 1, p, p, device=dev)
+
+            def step(x=x) -> None:
+                with autocast(dev, precision):
+                    loss = net(x).float().square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            step()
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step()
+            _sync(dev)
+            pts.append(
+                (3 * _flops_per_sample(16, 4, p, out_ch) * batch, (time.perf_counter() - t0) / 3)
+            )
+        (f1, t1), (f2, t2) = pts
+        per_flop = max((t2 - t1) / max(f2 - f1, 1.0), 1e-15)
+        overhead = max(0.0, t1 - per_flop * f1)
+        _COST_CACHE[key] = (overhead, per_flop)
+    overhead, per_flop = _COST_CACHE[key]
+    return lambda flops: overhead + 3 * flops * per_flop
+
+
+def _sync(dev: Any) -> None:
+    import torch
+
+    if getattr(dev, "type", "") == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _explicit_steps(cfg: ExperimentConfig, what: str) -> dict[str, int]:
+    """Steps as the config gives them (no budget): every count must be set."""
+    s1 = cfg.stage1
+    n = int(cfg.baseline.steps or s1.joint_steps)
+    both = s1.modes == "both" and s1.halving > 0
+    out = {
+        "seg": n,
+        "pretext": int(s1.pretrain_steps),
+        "student": int(cfg.stage2.steps),
+        "retrain": int(cfg.stage2.retrain_steps),
+        "halving_at": int(round(s1.halving * s1.joint_steps)) if both else 0,
+        "eval_every": int(s1.eval_every or max(1, n // 2)),
+        "fixed": 1,
+    }
+    need = {
+        "baseline": ["seg"],
+        "stage1": ["seg"] + (["pretext"] if s1.modes != "joint" else []),
+        "stage2": ["student"],
+        "retrain-stage2": ["student"],
+        "retrain-quick": ["retrain"],
+    }.get(what, ["seg", "student"] + (["pretext"] if s1.modes != "joint" else []))
+    if any(not out[k] for k in need):
+        raise PlanError(
+            "without a time budget every step count must be set (stage1.joint_steps, "
+            "stage1.pretrain_steps, stage1.finetune_steps, stage2.steps); or give a budget"
+        )
+    return out
+
+
+# -- the budget --------------------------------------------------------------------------------
+
+
+def allocate(
+    plan: Plan,
+    cfg: ExperimentConfig,
+    what: str,
+    fp: Fingerprint,
+    *,
+    probe: bool = True,
+    spent_s: float = 0.0,
+    cached_pretext: Sequence[str] = (),
+    timings: dict[str, float] | None = None,
+) -> Plan:
+    """Share ``cfg.budget_s - spent_s`` across the run's models (in place; returns ``plan``).
+
+    Every model gets the same number N of segmentation steps (the comparison the method is
+    judged by is at equal training); pre-training gets ``pretrain_ratio * N`` steps (nothing
+    for a task whose pre-training is cached); successive halving trains the losing mode for a
+    share ``halving`` of N only. Validation passes and a safety margin of 5 % are counted.
+    """
+    t = timings or plan.timings or (_time_steps(plan, cfg, fp) if probe else _guess(plan, cfg))
+    plan.timings = {k: round(float(v), 5) for k, v in t.items()}
+    s1 = cfg.stage1
+    units = model_units(what, cfg)
+    budget = max(0.0, cfg.budget_s - spent_s)
+    evals = EVALS
+    t_eval = t["eval"]
+    both = s1.modes == "both" and s1.halving > 0
+    h = s1.halving if both else 1.0
+
+    def per_step(u: str) -> tuple[float, float]:
+        """(seconds per segmentation step, seconds of pre-training per segmentation step)."""
+        if u == "baseline":
+            return t["seg"], 0.0
+        if u.endswith(":joint"):
+            task = u.split(":")[0]
+            return t["seg"] + t.get(f"task:{task}", t["seg"]), 0.0
+        if u.endswith(":pretrain"):
+            task = u.split(":")[0]
+            pre = 0.0 if task in cached_pretext else s1.pretrain_ratio * t.get(f"task:{task}", 0)
+            return t["seg"], pre
+        if u == "all_joint":
+            return t["seg"] + sum(t.get(f"task:{x}", t["seg"]) for x in s1.tasks), 0.0
+        if u == "student (retrain)":
+            return t["student"], 0.0
+        return t["student"], 0.0
+
+    # Seconds per unit of N, summed over models; halving discounts the expected loser.
+    cost_n = 0.0
+    fixed = 0.0
+    for u in units:
+        seg, pre = per_step(u)
+        share = 1.0
+        if both and (u.endswith(":joint") or u.endswith(":pretrain")):
+            task = u.split(":")[0]
+            other = f"{task}:pretrain" if u.endswith(":joint") else f"{task}:joint"
+            oseg, _ = per_step(other)
+            # the leader is not known yet: assume the dearer mode goes on (a safe estimate)
+            share = 1.0 if seg >= oseg else h
+        cost_n += seg * share + pre
+        fixed += evals * t_eval
+    fixed += OVERHEAD_S + OVERHEAD_PER_MODEL_S * len(units)
+    usable = budget * 0.95 - fixed
+    n = int(usable / cost_n) if cost_n > 0 else 0
+    if n < MIN_STEPS:
+        need = (MIN_STEPS * cost_n + fixed) / 0.95 + spent_s
+        raise PlanError(_too_small(plan, cfg, what, fp, t, spent_s, n, need))
+    if s1.joint_steps or cfg.baseline.steps:
+        n = int(cfg.baseline.steps or s1.joint_steps)
+    plan.steps = {
+        "seg": n,
+        "pretext": int(s1.pretrain_steps or max(1, round(s1.pretrain_ratio * n))),
+        "student": int(cfg.stage2.steps or n),
+        "retrain": int(cfg.stage2.retrain_steps or n),
+        "halving_at": int(round(h * n)) if both else 0,
+        "eval_every": max(1, n // evals),
+    }
+    est: dict[str, float] = {}
+    for u in units:
+        seg, pre = per_step(u)
+        steps_u = plan.steps["student"] if u == "student" else n
+        est[u] = round(steps_u * seg + n * pre + evals * t_eval, 1)
+        if both and (u.endswith(":joint") or u.endswith(":pretrain")):
+            task = u.split(":")[0]
+            other = f"{task}:pretrain" if u.endswith(":joint") else f"{task}:joint"
+            if seg < per_step(other)[0]:
+                est[u] = round(h * n * seg + n * pre + 2 * t_eval, 1)
+    est["total"] = round(sum(est.values()) + fixed - len(units) * evals * t_eval, 1)
+    plan.estimate_s = est
+    plan.budget_s = cfg.budget_s
+    plan.models = units
+    return plan
+
+
+def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:
+    """The message for a budget that gives fewer than MIN_STEPS: what fits instead."""
+    tasks = list(cfg.stage1.tasks)
+    fits = None
+    if what in ("all", "stage1") and len(tasks) > 1:
+        for k in range(len(tasks) - 1, 0, -1):
+            c = ExperimentConfig.from_dict(cfg.to_dict())
+            c.stage1.tasks = tasks[:k]
+            c.stage1.lambda_ = {x: v for x, v in c.stage1.lambda_.items() if x in tasks[:k]}
+            try:
+                allocate(dataclasses.replace(plan), c, what, fp, timings=t, spent_s=spent_s)
+            except PlanError:
+                continue
+            fits = k
+            break
+    budget = format_budget(cfg.budget_s)
+    msg = (
+        f"a {budget} budget gives each of the {len(model_units(what, cfg))} model(s) of this "
+        f"run about {max(0, n)} training steps on this machine; it needs at least {MIN_STEPS}"
+    )
+    if fits:
+        msg += f". {budget} allows baseline + {fits} task{'s' if fits > 1 else ''}"
+        msg += f" ({', '.join(tasks[:fits])})"
+    what_text = f"{', '.join(tasks)}" if what in ("all", "stage1") else "this run"
+    msg += f"; give {what_text} a budget of at least {format_budget(need * 1.05)}"
+    return msg
+
+
+def _guess(plan: Plan, cfg: ExperimentConfig) -> dict[str, float]:
+    """Step times from FLOPs at a nominal 50 GFLOP/s (when timing is not wanted: tests)."""
+    f = _flops_per_sample(plan.width, plan.depth, plan.patch, 2) * plan.batch_size
+    seg = 3 * f / 50e9
+    out = {"seg": seg, "fwd": f / 50e9, "student": 2 * seg, "eval": 1.0}
+    for task in cfg.stage1.tasks:
+        out[f"task:{task}"] = seg
+    return out
+
+
+def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str, float]:
+    """Seconds per step of each kind of model, timed on the plan's device with random data of
+    the plan's shape (a few steps each, after a warm-up step)."""
+    import torch
+
+    from napari_mtssl.models import build_unet
+    from napari_mtssl.tasks import build_task, task_config
+
+    from .inference import autocast
+    from .losses import SegLoss
+
+    dev = torch.device(plan.device)
+    out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
+    b, p = plan.batch_size, plan.patch
+    torch.manual_seed(0)
+    net = build_unet(1, out_ch, plan.width, depth=plan.depth).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    loss_fn = SegLoss()
+    x = torch.randn(b, 1, p, p, device=dev)
+    y = torch.randint(0, fp.num_classes, (b, p, p), device=dev)
+
+    def timed(fn, n: int = 3) -> float:
+        fn()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(dev)
+        return (time.perf_counter() - t0) / n
+
+    def seg_step() -> None:
+        with autocast(dev, plan.precision):
+            loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def fwd() -> None:
+        with autocast(dev, plan.precision):
+            net(x)
+
+    t: dict[str, float] = {"seg": timed(seg_step), "fwd": timed(fwd)}
+    rng = np.random.default_rng(0)
+    vol = rng.standard_normal((max(8, fp.slices[1]), p, p)).astype(np.float32)
+    lab = (rng.random(vol.shape) > 0.7).astype(np.int64) * min(1, fp.num_classes - 1)
+    from napari_mtssl.tasks.base import SliceContext
+
+    ctx = SliceContext(
+        volume=vol,
+        z=vol.shape[0] // 2,
+        labels=lab,
+        labelled=np.ones(vol.shape[0], bool),
+        num_classes=max(2, fp.num_classes),
+        spacing=(fp.slice_spacing, 1.0, 1.0),
+    )
+    tb = cfg.data.task_batch_size or b
+    for name in cfg.stage1.tasks:
+        try:
+            task = build_task(
+                name,
+                net,
+                task_config(name, **cfg.stage1.task_overrides.get(name, {})),
+                max(2, fp.num_classes),
+            ).to(dev)
+            samples = [task.make_sample(ctx, rng) for _ in range(tb)]
+        except (ValueError, TypeError):
+            t[f"task:{name}"] = t["seg"]  # the run's own check explains why it cannot run
+            continue
+        batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])).to(dev) for k in samples[0]}
+        topt = torch.optim.AdamW([*net.parameters(), *task.parameters()], 1e-3)
+
+        def task_step(task=task, batch=batch, topt=topt) -> None:
+            with autocast(dev, plan.precision):
+                loss = task(net, batch)["loss"].float()
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+
+        t[f"task:{name}"] = timed(task_step, 2)
+    n_teachers = max(1, len(cfg.stage1.tasks))
+    t["student"] = 2 * t["seg"] + 2 * n_teachers * t["fwd"]
+    t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2
+    t["eval"] += 0.05 * len(fp.val_shapes)
+    return t
+
+
+def validation_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
+    """Sliding windows one validation pass predicts (MONAI's window count per slice)."""
+    p = plan.patch
+    step = max(1, int(p * (1 - overlap)))
+
+    def along(n: float) -> int:
+        n = int(round(n))
+        return 1 if n <= p else int(math.ceil((n - p) / step)) + 1
+
+    total = 0
+    for z, h, w in fp.val_shapes:
+        f = 1.0
+        if plan.spacing is not None:
+            f = float(np.median(fp.spacing)) / plan.spacing[0]
+        total += z * along(h * f) * along(w * f)
+    return total
