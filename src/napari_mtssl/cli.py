@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="mtssl-demo", help="workspace folder (default ./mtssl-demo)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--budget", default="3m", help="time for the whole run (default 3m)")
+    d.add_argument("--budget", default="5m", help="time for the whole run (default 5m)")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -1,0 +1,181 @@
+"""Accuracy on ACDC within a time budget: the default plan, as a user runs it.
+
+Each job creates a fresh workspace from ``../shared/data/acdc`` with the first ``L`` training
+patients labelled (``api.create_workspace(..., labelled=L)``), trains with
+``api.make_config("quick", budget=B, seed=s)`` (nothing else set: the plan decides), and writes
+the run's report, its plan, the wall time and the machine's load to
+``benchmarks/results/budget/<kind>_L<L>_<B>_s<seed>.json``. Scores are on the 10 validation
+patients (20 volumes) of the ``val`` split. A rerun skips jobs whose file exists.
+
+Kinds:
+
+* ``baseline``: ``what="baseline"`` (one model takes the whole budget);
+* ``method``: ``what="all"`` with three tasks (baseline, each task in both modes with
+  successive halving, selection, student), then ``base2L``: the baseline on a workspace with
+  ``2L`` labelled patients, with exactly the steps the method's baseline had.
+
+    nohup nice -n 5 .venv/bin/python benchmarks/budget/run.py baseline --L 7 3 --budget 10m \\
+        --seeds 0 1 2 > /tmp/mtssl_bench/budget.log 2>&1 &
+    .venv/bin/python benchmarks/budget/run.py method --L 3 --budget 60m --seeds 0 1 2
+    .venv/bin/python benchmarks/budget/summarise.py   # tables and plot into docs/
+
+``--jobs 2`` runs two jobs at once (each then plans for the one core the other leaves free);
+the results record it (``jobs``), and docs/benchmarks.md says which figures ran that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ACDC = Path(os.environ.get("MTSSL_ACDC", ROOT.parent / "shared" / "data" / "acdc"))
+WORK = Path(os.environ.get("MTSSL_BENCH_WORK", "/tmp/mtssl_bench")) / "budget"
+OUT = ROOT / "benchmarks" / "results" / "budget"
+TASKS = "sdm,vicreg,inpaint"
+
+
+def result_path(kind: str, labelled: int, budget: str, seed: int) -> Path:
+    return OUT / f"{kind}_L{labelled}_{budget}_s{seed}.json"
+
+
+def _machine() -> dict:
+    import torch
+
+    return {
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def _workspace(tag: str, labelled: int):
+    from napari_mtssl import api
+
+    folder = WORK / tag
+    shutil.rmtree(folder, ignore_errors=True)
+    return api.create_workspace(folder, source=ACDC, labelled=labelled)
+
+
+def _save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _train(ws, cfg, what: str, log: str) -> tuple[dict, float]:
+    from napari_mtssl import api
+
+    t0 = time.perf_counter()
+
+    def on_event(ev: dict) -> None:
+        if ev.get("type") in ("model_done", "selected", "halving", "note"):
+            keep = {k: v for k, v in ev.items() if k not in ("dice",)}
+            print(f"[{log}] {json.dumps(keep, default=str)}", flush=True)
+        elif ev.get("type") == "plan":
+            print(f"[{log}] plan: " + " | ".join(ev.get("describe", [])), flush=True)
+
+    report = api.run(api.train(ws, cfg, what), on_event)
+    return report, round(time.perf_counter() - t0, 1)
+
+
+def run_one(kind: str, labelled: int, budget: str, seed: int, tasks: str, jobs: int) -> None:
+    """One job in this process (``kind`` baseline | method)."""
+    from napari_mtssl import api
+    from napari_mtssl.cli import write_report
+
+    tag = f"{kind}_L{labelled}_{budget}_s{seed}"
+    machine = _machine()
+    if kind == "baseline":
+        ws = _workspace(tag, labelled)
+        cfg = api.make_config("quick", budget=budget, seed=seed)
+        report, wall = _train(ws, cfg, "baseline", tag)
+    else:
+        ws = _workspace(tag, labelled)
+        cfg = api.make_config("quick", budget=budget, seed=seed, tasks=tasks)
+        report, wall = _train(ws, cfg, "all", tag)
+    report["benchmark"] = {
+        "kind": kind,
+        "L": labelled,
+        "budget": budget,
+        "seed": seed,
+        "wall_s": wall,
+        "jobs": jobs,
+        "machine": machine,
+        "loadavg_end": os.getloadavg(),
+    }
+    if seed == 0:  # overlays of validation patients the model never saw
+        write_report(ws, report, WORK / f"report_{tag}", overlays=4)
+    _save(result_path(kind, labelled, budget, seed), report)
+    if kind == "method":
+        # baseline with 2L labelled patients and exactly the method baseline's steps
+        steps = int(report["models"]["baseline"]["steps"])
+        ws2 = _workspace(tag + "_2L", 2 * labelled)
+        plan = report["plan"]
+        cfg2 = api.make_config(  # the same steps and shape, not a budget: equal training
+            "quick",
+            seed=seed,
+            budget_s=0,
+            baseline__steps=steps,
+            data__patch_size=plan["patch"],
+            data__batch_size=plan["batch_size"],
+            model__width=plan["width"],
+            model__depth=plan["depth"],
+        )
+        rep2, wall2 = _train(ws2, cfg2, "baseline", tag + "_2L")
+        rep2["benchmark"] = {**report["benchmark"], "kind": "base2L", "wall_s": wall2}
+        _save(result_path("base2L", labelled, budget, seed), rep2)
+        shutil.rmtree(ws2.root, ignore_errors=True)
+    shutil.rmtree(ws.root / "runs", ignore_errors=True)  # weights are not kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("kind", choices=["baseline", "method"])
+    p.add_argument("--L", type=int, nargs="+", default=[3, 7])
+    p.add_argument("--budget", nargs="+", default=["10m"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tasks", default=TASKS)
+    p.add_argument("--jobs", type=int, default=1, help="jobs at once (default: one)")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.one:
+        run_one(a.kind, a.L[0], a.budget[0], a.seeds[0], a.tasks, a.jobs)
+        return 0
+    if not (ACDC / "dataset.json").is_file():
+        print(f"ACDC not found at {ACDC} (set MTSSL_ACDC)", file=sys.stderr)
+        return 2
+    queue = [
+        (L, b, s)
+        for s in a.seeds
+        for b in a.budget
+        for L in a.L
+        if not result_path(a.kind, L, b, s).is_file()
+    ]
+    running: list[tuple[subprocess.Popen, tuple]] = []
+    while queue or running:
+        while queue and len(running) < a.jobs:
+            L, b, s = queue.pop(0)
+            cmd = [sys.executable, __file__, a.kind, "--L", str(L), "--budget", b]
+            cmd += ["--seeds", str(s), "--tasks", a.tasks, "--jobs", str(a.jobs), "--one"]
+            print(time.strftime("%H:%M:%S"), "start", a.kind, L, b, s, flush=True)
+            running.append((subprocess.Popen(cmd), (L, b, s)))
+            time.sleep(20)  # the next job plans once this one's load shows
+        time.sleep(2)
+        for proc, job in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, job))
+                print(time.strftime("%H:%M:%S"), "end", job, "rc", proc.returncode, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The planner: fingerprints, the shape it picks for very different scans, budgets, messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mtssl import api
+from napari_mtssl.training import plan as P
+from napari_mtssl.training.config import parse_budget, profile
+from napari_mtssl.training.plan import Fingerprint, Plan, PlanError, make_plan
+
+
+def fp(size, spacing, slices=(10, 10, 10), slice_spacing=5.0, n_val=2, mods=None, **kw):
+    z = slices[1]
+    return Fingerprint(
+        n_train=10,
+        n_val=n_val,
+        n_labelled_scans=3,
+        labelled_slices=3 * z,
+        unlabelled_slices=7 * z,
+        spacing=spacing,
+        spacing_range=(min(spacing), max(spacing)),
+        size=size,
+        size_range=(min(size), max(size)),
+        slice_spacing=slice_spacing,
+        slices=slices,
+        modalities=mods or {"MR": 10},
+        intensity=kw.pop("intensity", {}),
+        class_freq={"0": 0.9, "1": 0.1},
+        num_classes=kw.pop("num_classes", 4),
+        val_shapes=[(z, *size)] * n_val,
+        **kw,
+    )
+
+
+def plan(f: Fingerprint, budget="1h", what="baseline", **over) -> Plan:
+    """A plan from nominal step costs (``probe=False``): the same on every machine."""
+    cfg = profile("quick", budget_s=parse_budget(budget), device="cpu", **over)
+    return make_plan(f, cfg, what, probe=False)
+
+
+def test_thick_slice_cine_mri_keeps_its_resolution():
+    p = plan(fp((256, 216), (1.5, 1.5)), "10m")
+    assert p.spacing == (1.5, 1.5) and p.patch == 128 and p.patch % 2**p.depth == 0
+    assert p.preprocessing().norm_for("MR").scheme == "zscore"
+    assert any("covers" in r or "cover" in r for r in p.reasons)
+
+
+def test_ct_volume_uses_dataset_statistics_and_fits_the_patch():
+    ct = {"CT": {"p0.5": -950.0, "p99.5": 1200.0, "mean": 50.0, "std": 300.0, "n": 1000}}
+    p = plan(
+        fp(
+            (512, 512),
+            (0.7, 0.7),
+            slices=(300, 300, 300),
+            slice_spacing=1.0,
+            mods={"CT": 10},
+            intensity=ct,
+        ),
+        "1h",
+    )
+    norm = p.preprocessing().norm_for("CT")
+    assert norm.scheme == "ct" and norm.lower == -950 and norm.std == 300
+    assert p.patch <= P.CPU_PATCH_MAX and p.patch >= 0.5 * 512 * 0.7 / p.spacing[0] - 16
+    # CT without labelled foreground: a fixed soft-tissue window, said so
+    q = plan(fp((512, 512), (0.7, 0.7), mods={"CT": 10}), "1h")
+    assert q.preprocessing().norm_for("CT").scheme == "window"
+    assert any("window" in r for r in q.reasons)
+
+
+def test_single_large_xray_is_coarsened_to_fit_a_cpu_patch():
+    p = plan(fp((2048, 2048), (0.15, 0.15), slices=(1, 1, 1), slice_spacing=1.0), "1h")
+    assert p.spacing[0] == pytest.approx(0.15 * 4)  # 4x coarser, the most the planner allows
+    assert p.patch == P.CPU_PATCH_MAX
+    assert any("4x the median" in r for r in p.reasons)
+
+
+def test_anisotropic_and_missing_spacing():
+    p = plan(fp((200, 100), (0.5, 1.0)), "1h")
+    assert p.spacing == (0.75, 0.75)  # one isotropic target from the median of both axes
+    f = fp(
+        (64, 64),
+        (1.0, 1.0),
+        slice_spacing=1.0,
+        spacing_known=False,
+        notes=["every scan has 1 mm voxels"],
+    )
+    q = plan(f, "10m")
+    assert any("1 mm" in w for w in q.warnings)
+
+
+def test_scan_smaller_than_any_patch():
+    p = plan(fp((40, 30), (1.0, 1.0)), "10m")
+    assert p.patch >= 32 and p.patch % 2**p.depth == 0 and 3 <= p.depth
+
+
+def test_user_settings_win_and_are_listed():
+    p = plan(
+        fp((256, 216), (1.5, 1.5)),
+        "1h",
+        data__patch_size=192,
+        model__width=24,
+        data__target_spacing=1.0,
+        model__depth=5,
+    )
+    assert (p.patch, p.width, p.depth, p.spacing) == (192, 24, 5, (1.0, 1.0))
+    assert {"data.patch_size", "model.width", "data.target_spacing"} <= set(p.overridden)
+    with pytest.raises(PlanError, match="multiple of"):
+        plan(fp((256, 216), (1.5, 1.5)), "1h", data__patch_size=80, model__depth=5)
+    native = plan(fp((256, 216), (1.5, 1.5)), "1h", data__target_spacing=-1)
+    assert native.spacing is None and native.preprocessing().spacing is None
+
+
+def test_budget_shares_steps_equally_and_counts_halving():
+    p = plan(fp((256, 216), (1.5, 1.5)), "1h", what="all")
+    assert p.models == [
+        "baseline",
+        "sdm:joint",
+        "sdm:pretrain",
+        "vicreg:joint",
+        "vicreg:pretrain",
+        "inpaint:joint",
+        "inpaint:pretrain",
+        "student",
+    ]
+    st = p.steps
+    assert st["seg"] >= P.MIN_STEPS and st["student"] == st["seg"]
+    assert st["halving_at"] == round(0.34 * st["seg"]) and st["pretext"] == round(0.5 * st["seg"])
+    total = p.estimate_s["total"]
+    assert total <= 3600 * 0.96 and total > 3600 * 0.5
+    cfg = p.apply(profile("quick", device="cpu"))
+    assert cfg.baseline.steps == cfg.stage1.joint_steps == cfg.stage2.steps == st["seg"]
+    assert cfg.data.patch_size == p.patch and cfg.model.width == p.width
+    # the user sees why, and the model table
+    rows = p.step_table()
+    assert rows[2][0] == "sdm:pretrain" and "pre-training" in rows[2][1]
+    assert Plan.from_dict(p.to_dict()) == p
+
+
+def test_tiny_budget_is_refused_with_what_fits():
+    f = fp((256, 216), (1.5, 1.5))
+    with pytest.raises(PlanError, match="allows baseline \\+ [12] tasks?") as e:
+        plan(f, "10m", what="all")
+    assert "give sdm, vicreg, inpaint a budget of at least" in str(e.value)
+    with pytest.raises(PlanError, match="give this run a budget"):
+        plan(f, "5s", what="baseline")
+
+
+def test_task_crops_fit_the_patch():
+    tasks = ["rubik", "vicreg"]
+    p = plan(fp((180, 180), (1.0, 1.0)), "1h", "all", stage1__tasks=tasks, data__patch_size=64)
+    cfg = p.apply(profile("quick", device="cpu", stage1__tasks=tasks, data__patch_size=64))
+    o = cfg.stage1.task_overrides
+    assert o["vicreg"]["crop_size"] <= p.patch and o["rubik"]["crop_size"] <= p.patch
+    assert o["rubik"]["crop_size"] % (2 * 2**p.depth) == 0
+    kept = p.apply(
+        profile("quick", stage1__tasks=tasks, stage1__task_overrides={"vicreg": {"crop_size": 32}})
+    )
+    assert kept.stage1.task_overrides["vicreg"]["crop_size"] == 32  # the user's choice stays
+
+
+def test_fingerprint_of_a_workspace(tmp_path):
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    f = P.fingerprint(ws)
+    assert f.spacing == (1.5, 1.5) and f.size == (96, 96) and f.slice_spacing == 8.0
+    assert f.n_labelled_scans == 2 and f.labelled_slices == 24 and f.modalities == {"MR": 4}
+    assert abs(sum(f.class_freq.values()) - 1) < 1e-6 and f.spacing_known
+    assert Fingerprint.from_dict(f.to_dict()) == f
+
+
+def test_one_labelled_slice_trains(tmp_path):
+    """One labelled slice in the whole study: a plan, a run, and a note that the scores are
+    optimistic (the model is validated on the slice it learnt from)."""
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=0)
+    sid = ws.scan_ids("train")[0]
+    lab = np.zeros(ws.record(sid).shape, np.uint8)
+    lab[5, 30:60, 30:60] = 1
+    ws.set_labels(sid, lab, slices=[5], by="test")
+    for v in ws.scan_ids("val"):
+        ws.set_split(v, "unused")
+    rep = api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
+    assert rep["data"]["labelled_slices"] == 1
+    assert any("optimistic" in n for n in rep["data"]["notes"])
