@@ -61,7 +61,9 @@ def baseline_tables(runs: list[dict]) -> list[str]:
         b = r["benchmark"]
         if b["kind"] == "baseline":
             groups[(b["L"], b["budget"])].append(r)
-    for (labelled, budget), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], _minutes(kv[0][1]))):
+    for (labelled, budget), rs in sorted(
+        groups.items(), key=lambda kv: (-kv[0][0], _minutes(kv[0][1]))
+    ):
         if budget != "10m":
             continue
         rs.sort(key=lambda r: r["benchmark"]["seed"])
@@ -105,7 +107,9 @@ def method_tables(runs: list[dict]) -> list[str]:
             row(f"baseline, L = {labelled}", [r["models"]["baseline"] for r in meth]),
         ]
         if two:
-            out.append(row(f"baseline, 2L = {2 * labelled}", [r["models"]["baseline"] for r in two]))
+            out.append(
+                row(f"baseline, 2L = {2 * labelled}", [r["models"]["baseline"] for r in two])
+            )
         tasks = meth[0]["config"]["stage1"]["tasks"]
         for t in tasks:
             ms_ = [r["models"][f"teacher:{t}"] for r in meth if f"teacher:{t}" in r["models"]]
@@ -135,7 +139,11 @@ def method_tables(runs: list[dict]) -> list[str]:
             + " min per seed."
         )
         out += [line, ""]
-        sel = ["| seed | " + " | ".join(f"{t}: halving (joint / pretrain) → kept" for t in tasks) + " |"]
+        sel = [
+            "| seed | "
+            + " | ".join(f"{t}: halving (joint / pretrain) → kept" for t in tasks)
+            + " |"
+        ]
         sel.append("|---|" + "---|" * len(tasks))
         for r in meth:
             cells = []
@@ -160,9 +168,13 @@ def curve(runs: list[dict]) -> list[str]:
         if b["seed"] != 0:
             continue
         if b["kind"] == "baseline":
-            pts[("baseline", b["L"])].append((_minutes(b["budget"]), r["models"]["baseline"]["mean_dice"]))
+            pts[("baseline", b["L"])].append(
+                (_minutes(b["budget"]), r["models"]["baseline"]["mean_dice"])
+            )
         elif b["kind"] == "method":
-            pts[("student", b["L"])].append((_minutes(b["budget"]), r["models"]["student"]["mean_dice"]))
+            pts[("student", b["L"])].append(
+                (_minutes(b["budget"]), r["models"]["student"]["mean_dice"])
+            )
     if not pts:
         return []
     import matplotlib
@@ -186,12 +198,20 @@ def curve(runs: list[dict]) -> list[str]:
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
-    lines = ["| model | L | " + " | ".join(f"{m:g} min" for m in sorted({x for p in pts.values() for x, _ in p})) + " |"]
+    lines = [
+        "| model | L | "
+        + " | ".join(f"{m:g} min" for m in sorted({x for p in pts.values() for x, _ in p}))
+        + " |"
+    ]
     xs = sorted({x for p in pts.values() for x, _ in p})
     lines.append("|---|---|" + "---|" * len(xs))
     for (kind, labelled), p in sorted(pts.items()):
         d = dict(p)
-        lines.append(f"| {kind} | {labelled} | " + " | ".join(f"{d[x]:.3f}" if x in d else "-" for x in xs) + " |")
+        lines.append(
+            f"| {kind} | {labelled} | "
+            + " | ".join(f"{d[x]:.3f}" if x in d else "-" for x in xs)
+            + " |"
+        )
     return ["![Dice versus budget](images/dice_vs_budget.png)", "", *lines, ""]
 
 

@@ -1,11 +1,14 @@
-"""Benchmark 3: whole-scan inference of all teachers and the student against a bare forward.
+"""Benchmark 3: whole-volume prediction with sliding windows against a bare batched forward.
 
-Engine: ``training.inference.predict_scan`` once per model and scan, as ``api.compare`` runs it
-(normalise, pad and resize to the training size, batched forward, softmax, resize back to the
-scan's grid, argmax), for the 7 teachers and the student (8 U-Nets of the quick profile; trained
-and untrained weights cost the same). Bare: the same models' batched forward on the already
-prepared training-size volumes, ``torch.no_grad``, batch 16. Scans: the 20 ACDC validation
-volumes in their own geometry. ABAB repetitions; ratio = bare time / engine time.
+Engine: ``training.inference.predict_scan`` on each of the 20 ACDC validation volumes, as
+``api.predict`` runs it for the student: normalise and resample to the plan's grid, pad,
+sweep ``patch x patch`` windows (overlap 0.5) in batches of 16 through the network under the
+plan's precision, blend the windows' logits with a Gaussian weight (MONAI's
+``sliding_window_inference``), softmax, un-pad, resample the probabilities to the scan's own
+grid and take the argmax. Bare: the very same windows, cut out beforehand, through the same
+network in batches of 16 under ``torch.no_grad`` and the same precision, nothing else. The
+network has the default plan's shape for ACDC (read from ``training.plan``); trained and
+untrained weights cost the same. ABAB repetitions; ratio = bare time / engine time.
 """
 
 from __future__ import annotations
@@ -17,80 +20,97 @@ import numpy as np
 import torch
 
 
-def bench(reps: int = 3, n_models: int = 8, threads: int = 1) -> dict[str, Any]:
+def _windows(vol: np.ndarray, patch: int, overlap: float) -> np.ndarray:
+    """Every window MONAI's sweep visits, ``(n, 1, patch, patch)`` (the same start points:
+    a stride of ``patch * (1 - overlap)``, the last window flush with the far edge)."""
+    z, h, w = vol.shape
+    step = max(1, int(patch * (1 - overlap)))
+
+    def starts(n: int) -> list[int]:
+        if n <= patch:
+            return [0]
+        s = list(range(0, n - patch + 1, step))
+        if s[-1] != n - patch:
+            s.append(n - patch)
+        return s
+
+    out = [
+        vol[k, y : y + patch, x : x + patch] for k in range(z) for y in starts(h) for x in starts(w)
+    ]
+    return np.ascontiguousarray(np.stack(out)[:, None], dtype=np.float32)
+
+
+def bench(reps: int = 3, threads: int = 2) -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training import stages
-    from napari_mtssl.training.inference import predict_scan, prepare_scan
+    from napari_mtssl.models import build_unet
+    from napari_mtssl.training.data import pad_to, prepare_volume
+    from napari_mtssl.training.inference import autocast, predict_scan, resolve_precision
+    from napari_mtssl.training.plan import fingerprint, make_plan
 
     from .common import acdc_workspace, spread
 
     torch.set_num_threads(threads)
     ws = acdc_workspace(3)
-    scans = [ws.load_scan(s) for s in ws.scan_ids("val")]
     dev = torch.device("cpu")
-    nets = []
-    for i in range(n_models):
-        cfg = api.make_config("quick", seed=i)
-        nets.append(stages.new_net(cfg, int(ws.num_classes)).eval())
-    dcfg = cfg.data
-    prepared = [torch.from_numpy(prepare_scan(s.array, s.modality, dcfg)[0]).float() for s in scans]
-    n_slices = sum(int(s.array.shape[0]) for s in scans)
+    cfg = api.make_config("quick", budget="10m", num_threads=threads)
+    plan = make_plan(fingerprint(ws), cfg, "baseline", device=dev, allocate_steps=False)
+    prep, patch, overlap = plan.preprocessing(), plan.patch, 0.5
+    precision = resolve_precision(dev, "auto")
+    torch.manual_seed(0)
+    net = build_unet(1, int(ws.num_classes), plan.width, depth=plan.depth).eval()
+    scans = [ws.load_scan(s) for s in ws.scan_ids("val")]
+    windows = []
+    for s in scans:
+        vol, _ = prepare_volume(s.array, s.spacing, s.modality, prep)
+        windows.append(torch.from_numpy(_windows(pad_to(vol, patch)[0], patch, overlap)))
+    n_windows = sum(int(w.shape[0]) for w in windows)
 
     def engine() -> float:
         t0 = time.perf_counter()
         for s in scans:
-            prepared: dict = {}  # per scan, as api.compare does
-            for net in nets:
-                predict_scan(net, s.array, dcfg, dev, modality=s.modality, prepared=prepared)
+            predict_scan(
+                net,
+                s.array,
+                s.spacing,
+                prep,
+                patch,
+                dev,
+                modality=s.modality,
+                overlap=overlap,
+                precision=precision,
+                batch_size=16,
+            )
         return time.perf_counter() - t0
 
     @torch.no_grad()
     def bare() -> float:
         t0 = time.perf_counter()
-        for vol in prepared:
-            for net in nets:
-                for i in range(0, vol.shape[0], 16):
-                    net(vol[i : i + 16, None])
+        for w in windows:
+            for i in range(0, w.shape[0], 16):
+                with autocast(dev, precision):
+                    net(w[i : i + 16])
         return time.perf_counter() - t0
 
-    def proposed() -> float:
-        """``predict_scan`` with the one change docs/benchmarks.md proposes: the class argmax
-        in numpy on the scan-grid probabilities (torch's ``argmax(0)`` over the strided
-        ``(C, z, h, w)`` view is ~10x slower on the CPU). Same labels, same probabilities."""
-        from napari_mtssl.training.inference import predict_probs
-
-        t0 = time.perf_counter()
-        for s in scans:
-            vol, geom = prepare_scan(s.array, s.modality, dcfg)
-            for net in nets:
-                native = geom.to_scan(predict_probs(net, vol, dev, batch_size=16)).numpy()
-                native.argmax(0).astype(np.uint8)
-        return time.perf_counter() - t0
-
-    engine()  # warm-up (allocator, first-call overheads)
-    eng, bar, ratio, prop, prop_ratio = [], [], [], [], []
-    for _ in range(reps):  # A B C, A B C, ...
-        e, b, c = engine(), bare(), proposed()
+    engine(), bare()  # warm-up (allocator, oneDNN kernels)
+    eng, bar, ratio = [], [], []
+    for _ in range(reps):  # A B, A B, ...
+        e, b = engine(), bare()
         eng.append(e)
         bar.append(b)
-        prop.append(c)
         ratio.append(b / e)
-        prop_ratio.append(b / c)
     out = {
         "scans": len(scans),
-        "slices_per_scan_pass": n_slices,
-        "models": n_models,
+        "slices": sum(int(s.array.shape[0]) for s in scans),
+        "windows": n_windows,
         "native_shapes": sorted({tuple(s.array.shape[1:]) for s in scans}),
-        "image_size": dcfg.image_size,
+        "plan": {"patch": patch, "width": plan.width, "depth": plan.depth, "overlap": overlap},
+        "precision": precision,
         "threads": threads,
         "engine_s": spread(eng),
         "bare_s": spread(bar),
         "ratio": spread(ratio),
-        "proposed_argmax_fix_s": spread(prop),
-        "proposed_argmax_fix_ratio": spread(prop_ratio),
-        "engine_model_slices_per_s": round(n_slices * n_models / spread(eng)["median"], 1),
-        "bare_model_slices_per_s": round(n_slices * n_models / spread(bar)["median"], 1),
-        "engine_scan_slices_per_s_all_models": round(n_slices / spread(eng)["median"], 1),
+        "engine_windows_per_s": round(n_windows / spread(eng)["median"], 1),
+        "bare_windows_per_s": round(n_windows / spread(bar)["median"], 1),
     }
     print(out, flush=True)
     return out

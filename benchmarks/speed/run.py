@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("_child_"):  # memory.py's measurement children
         from speed import memory
 
-        fn = {"_child_read": memory.child_read, "_child_train": memory.child_train}[argv[0]]
+        fn = {"_child_read": memory.child_read, "_child_ct": memory.child_ct}[argv[0]]
         print(json.dumps(fn(argv[1])))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -38,6 +38,7 @@ def _engine(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, fl
 def _bare(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, float]:
     from napari_mtssl.training import stages
     from napari_mtssl.training.data import augment
+    from napari_mtssl.training.inference import autocast
     from napari_mtssl.training.losses import SegLoss
     from napari_mtssl.training.trainer import step_seed
 
@@ -48,7 +49,8 @@ def _bare(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, floa
     pool = study.task_pool(task, dc.use_unlabelled)
     batches = []
     for s in range(steps):
-        sb = study.seg_batch(lab, dc.batch_size, np.random.default_rng(step_seed(seed, 1, s)))
+        rng = np.random.default_rng(step_seed(seed, 1, s))
+        sb = study.seg_batch(lab, dc.batch_size, rng, dc.fg_oversample)
         tb = study.task_batch(
             task, pool, dc.batch_size, np.random.default_rng(step_seed(seed, 10, s))
         )
@@ -68,8 +70,9 @@ def _bare(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, floa
     for s, (sb, tb) in enumerate(batches):
         if s == warmup:
             t0 = time.perf_counter()
-        x, y = augment(sb["image"], sb["label"], dc, gen)
-        loss = seg_loss(net(x), y) + task(net, tb)["loss"]
+        with autocast(torch.device("cpu"), cfg.optim.precision):
+            x, y = augment(sb["image"], sb["label"], dc, gen)
+            loss = seg_loss(net(x), y) + task(net, tb)["loss"].float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -83,16 +86,22 @@ def bench(
 ) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.training.data import StudyData
+    from napari_mtssl.training.plan import fingerprint, make_plan
 
     from .common import acdc_workspace, spread
 
     torch.set_num_threads(threads)
-    cfg = api.make_config("quick", tasks=tasks, num_threads=threads)
-    study = StudyData.from_workspace(acdc_workspace(3), cfg.data, cfg.seed)
+    ws = acdc_workspace(3)
+    cfg = api.make_config("quick", budget="1h", tasks=tasks, num_threads=threads)
+    plan = make_plan(fingerprint(ws), cfg, "stage1", allocate_steps=False)
+    cfg = plan.apply(cfg)
+    study = StudyData.from_workspace(ws, plan.preprocessing(), plan.patch)
     out: dict[str, Any] = {
         "config": {
-            "profile": "quick",
-            "image_size": cfg.data.image_size,
+            "plan": "the default plan for ACDC (1 h budget)",
+            "patch": plan.patch,
+            "depth": plan.depth,
+            "precision": cfg.optim.precision,
             "width": cfg.model.width,
             "batch_size": cfg.data.batch_size,
             "prefetch": cfg.data.prefetch,

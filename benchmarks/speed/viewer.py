@@ -88,7 +88,11 @@ def bench(idle_s: float = 5.0, steps: int = 300) -> dict[str, Any]:
     idle_stats = stats(idle, time.perf_counter() - t0)
 
     cfg = api.make_config(
-        "quick", num_threads=1, baseline__steps=steps, stage1__eval_every=max(1, steps // 6)
+        "quick",
+        budget_s=0,
+        num_threads=1,
+        baseline__steps=steps,
+        stage1__eval_every=max(1, steps // 6),
     )
     ctl = JobController(viewer)
     events: list[dict] = []

@@ -333,6 +333,7 @@ class _Model:
     patch: int
     overlap: float
     run: str
+    postprocess: str = "none"
 
     def predict(self, scan: Scan, device: Any, prepared: dict | None = None):
         from napari_mtssl.training.inference import predict_scan, resolve_precision
@@ -348,6 +349,7 @@ class _Model:
             overlap=self.overlap,
             precision=resolve_precision(device, "auto"),
             prepared=prepared,
+            postprocess=self.postprocess,
         )
 
 
@@ -376,6 +378,7 @@ def _load(ws: Workspace, model: str, device: Any) -> _Model:
         int(meta["patch"]),
         float(meta.get("overlap", 0.5)),
         r.id,
+        str(meta.get("postprocess", "none")),
     )
 
 

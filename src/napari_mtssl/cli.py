@@ -201,6 +201,22 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
                 ),
                 "",
             ]
+    post = {
+        k: v
+        for k, v in report.get("models", {}).items()
+        if v.get("postprocess") not in (None, "none")
+    }
+    if post:
+        md += [
+            "Post-processing: keeping only the largest connected foreground component raised the "
+            "validation Dice of "
+            + ", ".join(
+                f"{k} ({_fmt(v.get('raw_mean_dice'))} → {_fmt(v.get('mean_dice'))})"
+                for k, v in sorted(post.items(), key=lambda kv: api._model_key(kv[0]))
+            )
+            + "; their predictions apply it (nnU-Net's rule, decided on the validation scans).",
+            "",
+        ]
     sav = report.get("savings") or {}
     if any(sav.values()):
         md += [
@@ -424,13 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--budget",
         help="wall-clock time for the whole run: 10m, 1h, 1h30m, 8h or minutes "
-        "(default: the profile's; quick = 10m)",
+        "(default: the profile's, 1h)",
     )
     t.add_argument(
         "--profile",
-        default="quick",
+        default="standard",
         choices=["tiny", "quick", "standard", "overnight"],
-        help="quick: 10 min, standard: 1 h, overnight: 8 h; tiny: a few steps (tests)",
+        help="budget presets: quick 10 min, standard 1 h (default), overnight 8 h; "
+        "tiny: a few fixed steps (tests)",
     )
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, default=0)

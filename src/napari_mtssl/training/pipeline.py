@@ -256,6 +256,8 @@ class _Run:
             entry["halted_by"] = "successive halving"
         if res.get("ended_early"):
             entry["ended_early"] = "budget"
+        entry["postprocess"] = m.get("postprocess", "none")
+        entry["raw_mean_dice"] = m.get("raw_mean_dice", m["mean_dice"])
         checkpoints.save_model(
             net,
             self.run.model_path(name),
@@ -263,6 +265,7 @@ class _Run:
                 **self.arch,
                 "name": name,
                 "metrics": entry,
+                "postprocess": entry["postprocess"],
                 "run": self.run.id,
                 "seed": self.cfg.seed,
             },
@@ -447,6 +450,7 @@ class _Run:
                 "name": f"teacher:{task}",
                 "selected_from": src,
                 "metrics": self.models[src],
+                "postprocess": self.models[src].get("postprocess", "none"),
                 "run": self.run.id,
                 "seed": self.cfg.seed,
             },
