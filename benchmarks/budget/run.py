@@ -13,6 +13,9 @@ Kinds:
 * ``method``: ``what="all"`` with three tasks (baseline, each task in both modes with
   successive halving, selection, student), then ``base2L``: the baseline on a workspace with
   ``2L`` labelled patients, with exactly the steps the method's baseline had.
+* ``cache``: stage 1 twice on one workspace with the same budget: the second run reuses the
+  first one's cached pre-training (``cache_first`` / ``cache_second`` in one result file), so
+  the steps, time and Dice the cache buys are measured side by side.
 
     nohup nice -n 5 .venv/bin/python benchmarks/budget/run.py baseline --L 7 3 --budget 10m \\
         --seeds 0 1 2 > /tmp/mtssl_bench/budget.log 2>&1 &
@@ -94,6 +97,28 @@ def run_one(kind: str, labelled: int, budget: str, seed: int, tasks: str, jobs: 
 
     tag = f"{kind}_L{labelled}_{budget}_s{seed}"
     machine = _machine()
+    if kind == "cache":
+        ws = _workspace(tag, labelled)
+        cfg = api.make_config("quick", budget=budget, seed=seed, tasks=tasks)
+        first, wall1 = _train(ws, cfg, "stage1", tag + "_first")
+        second, wall2 = _train(ws, cfg, "stage1", tag + "_second")
+        out = {
+            "benchmark": {
+                "kind": kind,
+                "L": labelled,
+                "budget": budget,
+                "seed": seed,
+                "jobs": jobs,
+                "machine": machine,
+                "wall_s": [wall1, wall2],
+                "loadavg_end": os.getloadavg(),
+            },
+            "cache_first": first,
+            "cache_second": second,
+        }
+        _save(result_path(kind, labelled, budget, seed), out)
+        shutil.rmtree(ws.root, ignore_errors=True)
+        return
     if kind == "baseline":
         ws = _workspace(tag, labelled)
         cfg = api.make_config("quick", budget=budget, seed=seed)
@@ -139,7 +164,7 @@ def run_one(kind: str, labelled: int, budget: str, seed: int, tasks: str, jobs: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("kind", choices=["baseline", "method"])
+    p.add_argument("kind", choices=["baseline", "method", "cache"])
     p.add_argument("--L", type=int, nargs="+", default=[3, 7])
     p.add_argument("--budget", nargs="+", default=["10m"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

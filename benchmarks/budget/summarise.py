@@ -160,6 +160,42 @@ def method_tables(runs: list[dict]) -> list[str]:
     return out
 
 
+def cache_table(runs: list[dict]) -> list[str]:
+    """Stage 1 run twice on one workspace: what reusing the cached pre-training buys."""
+    out = []
+    for r in runs:
+        b = r["benchmark"]
+        if b["kind"] != "cache":
+            continue
+        a, c = r["cache_first"], r["cache_second"]
+        tasks = a["config"]["stage1"]["tasks"]
+        out += [
+            f"**Pre-training cache, stage 1, L = {b['L']}, {b['budget']} budget, seed {b['seed']}**"
+            f" (the same workspace twice; wall minutes {b['wall_s'][0] / 60:.1f} and "
+            f"{b['wall_s'][1] / 60:.1f})",
+            "",
+            "| run | pre-training reused | steps per model (N) | pre-training steps | "
+            + " | ".join(f"teacher {t}" for t in tasks)
+            + " | saved by halving | saved by the cache |",
+            "|---|---|---|---|" + "---|" * len(tasks) + "---|---|",
+        ]
+        for name, rep in (("first", a), ("second", c)):
+            reused = [
+                t for t in tasks if rep["models"].get(f"{t}:pretrain", {}).get("pretext_cached")
+            ]
+            st = rep["plan"]["steps"]
+            sav = rep.get("savings", {})
+            cells = [f"{rep['models'][f'teacher:{t}']['mean_dice']:.3f}" for t in tasks]
+            out.append(
+                f"| {name} | {', '.join(reused) or 'none'} | {st['seg']} | {st['pretext']} | "
+                + " | ".join(cells)
+                + f" | {sav.get('halving_s', 0) / 60:.1f} min | "
+                f"{sav.get('pretext_cache_s', 0) / 60:.1f} min |"
+            )
+        out.append("")
+    return out
+
+
 def curve(runs: list[dict]) -> list[str]:
     """Dice versus budget: baseline (kind baseline) and student (kind method), per L."""
     pts = defaultdict(list)
@@ -220,7 +256,7 @@ def main() -> int:
     if not runs:
         print(f"no results in {RES}", file=sys.stderr)
         return 1
-    md = [*baseline_tables(runs), *method_tables(runs), *curve(runs)]
+    md = [*baseline_tables(runs), *method_tables(runs), *cache_table(runs), *curve(runs)]
     text = DOC.read_text()
     a, b = "<!-- budget:begin -->", "<!-- budget:end -->"
     if a in text and b in text:
