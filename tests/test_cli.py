@@ -232,3 +232,38 @@ def test_demo_headless(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     assert (out / "report.md").is_file()
     assert "| student |" in capsys.readouterr().out
+
+
+def test_outputs_never_replace_inputs_or_workspace_files(trained, tmp_path, capsys):
+    _, data, out = trained
+    image = data / "imagesTr" / "patient004_frame01.nii.gz"
+    before = image.read_bytes()
+    _one_line_error(
+        capsys, ["predict", str(out), str(image), "--out", str(image), "--force"], expect="input"
+    )
+    _one_line_error(
+        capsys,
+        ["predict", str(out), str(image), "--out", str(data / "imagesTr" / "new.nii.gz")],
+        expect="inside the input folder",
+    )
+    _one_line_error(
+        capsys,
+        ["predict", str(out), str(image), "--out", str(out / "mask.nii.gz"), "--force"],
+        expect="inside the workspace",
+    )
+    _one_line_error(
+        capsys,
+        ["evaluate", str(out), str(data), "--out", str(data / "dataset.json"), "--force"],
+        expect="inside the input folder",
+    )
+    assert image.read_bytes() == before
+    existing = tmp_path / "mask.nii.gz"
+    existing.write_bytes(b"mine")
+    _one_line_error(
+        capsys, ["predict", str(out), str(image), "--out", str(existing)], expect="--force"
+    )
+    assert existing.read_bytes() == b"mine"
+    existing.chmod(0o640)
+    argv = ["predict", str(out), str(image), "--out", str(existing), "--force", "--device", "cpu"]
+    assert main(argv) == 0
+    assert existing.read_bytes() != b"mine" and existing.stat().st_mode & 0o777 == 0o640

@@ -19,26 +19,57 @@ from typing import IO, Any
 import numpy as np
 
 
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which would race with
+    # threads that create files later.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def file_mode(target: Path) -> int:
+    """The permissions a written file should get: those of the file it replaces, else what a
+    plain ``open()`` would give (0666 less the umask). ``mkstemp`` creates its file 0600, which
+    would make every output private to its writer (a shared workspace, a mask for a colleague)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~UMASK
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched. The new file keeps
+    the permissions of the one it replaces (a new file: 0666 less the umask).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, file_mode(target))
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_the_file(exc, target)
         raise
     _fsync_dir(target.parent)
+
+
+def _name_the_file(exc: BaseException, target: Path) -> None:
+    """An OSError without a file name (a full disk says only "[Errno 28] No space left on
+    device") is re-raised naming the file being written, so the message says where."""
+    if isinstance(exc, OSError) and not exc.filename:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -89,12 +120,14 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) ->
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode(target))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_the_file(exc, target)
         raise
     _fsync_dir(target.parent)
 

@@ -135,6 +135,14 @@ def create_workspace(
 
     ds = open_dataset(source)
     names = {c.name for c in ds.cases if not c.test}
+    for split in ("train", "val"):
+        missing = [c for c in ds.splits.get(split, []) if c not in names]
+        if missing:
+            raise ValueError(
+                f"{Path(source) / 'dataset.json'}: its {split!r} split names "
+                f"{len(missing)} case(s) that are not in the dataset folder "
+                f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
+            )
     train = [c for c in ds.splits.get("train", []) if c in names]
     val = [c for c in ds.splits.get("val", []) if c in names]
     if not train:
@@ -152,6 +160,13 @@ def create_workspace(
         top = int(ds.load(first)[1].max()) if first is not None else 1
         label_names = {0: "background", **{c: f"class {c}" for c in range(1, max(top, 1) + 1)}}
     existed = Path(folder).exists()
+    from napari_mtssl.workspace import WorkspaceError
+    from napari_mtssl.workspace.core import _check_label_names
+
+    try:
+        _check_label_names(label_names, Path(source) / "dataset.json")
+    except WorkspaceError as exc:
+        raise ValueError(str(exc)) from None
     ws = Workspace.create(folder, label_names=label_names)
     try:
         for split, cases in (("train", train), ("val", val)):

@@ -290,6 +290,42 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
 # -- commands --------------------------------------------------------------------------------
 
 
+def output_path(
+    out: str,
+    *,
+    force: bool = False,
+    inputs: tuple[str | Path, ...] = (),
+    workspace: Any = None,
+) -> Path:
+    """``out`` checked before anything is computed: never an input, never inside an input
+    folder or the workspace, never an existing file unless ``force``."""
+    p = Path(out).expanduser()
+    rp = p.resolve()
+    for i in inputs:
+        ri = Path(i).expanduser().resolve()
+        if rp == ri:
+            raise CliError(f"{out}: is an input of this command; choose another --out")
+        if ri.is_dir() and rp.is_relative_to(ri):
+            raise CliError(
+                f"{out}: is inside the input folder {i}; outputs never go into an input folder, "
+                "choose another --out"
+            )
+    if workspace is not None:
+        root = Path(workspace.root).resolve()
+        if rp == root or rp.is_relative_to(root):
+            raise CliError(
+                f"{out}: is inside the workspace {root}, whose files it manages itself; "
+                "choose a path outside it"
+            )
+    if p.is_dir():
+        raise CliError(f"{out}: is a folder; give a file name")
+    if p.exists() and not force:
+        raise CliError(f"{out}: exists; add --force to replace it")
+    if not p.parent.exists():
+        raise CliError(f"{out}: its folder {p.parent} does not exist")
+    return p
+
+
 def _open_or_create(data: str, out: str | None, labelled: int | None):
     from napari_mtssl.workspace import Workspace
 
@@ -342,21 +378,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Go on with a stopped, interrupted (killed) or failed run: its own plan and config, what
+    is left of its budget; finished models are kept, the unit in progress continues from its
+    last checkpoint."""
+    from napari_mtssl.training.config import ExperimentConfig
+    from napari_mtssl.workspace.runs import RESUMABLE
+
+    ws = api.open_workspace(args.workspace)
+    runs = ws.runs()
+    if args.run:
+        run = ws.run(args.run)
+    else:
+        open_runs = [r for r in runs if r.status in RESUMABLE]
+        if not open_runs:
+            raise CliError(f"{args.workspace}: no stopped or interrupted run to resume")
+        run = open_runs[-1]
+    cfg = ExperimentConfig.from_dict(run.config)
+    print(f"resuming run {run.id} ({run.kind}, {run.status})", file=sys.stderr)
+    progress = Progress(quiet=args.quiet)
+    report = api.run(api.train(ws, cfg, what=run.kind, resume=run.id), progress)
+    progress._newline()
+    if report.get("stopped"):
+        raise CliError("training stopped before the end")
+    write_report(ws, report, Path(args.workspace))
+    print(report_table(report))
+    print(f"\nreport: {Path(args.workspace) / 'report.md'}  ({report.get('seconds', 0):.0f} s)")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_mtssl.io import read_scans, write_labels
 
     ws = api.open_workspace(args.workspace)
     if args.scan in ws.scan_ids():
+        source = ws.record(args.scan).path
+        out = output_path(args.out, force=args.force, inputs=(source,), workspace=ws)
         scan = ws.load_scan(args.scan)
     else:
         if not Path(args.scan).exists():
             raise CliError(f"{args.scan}: no such file, folder or scan id in the workspace")
+        out = output_path(args.out, force=args.force, inputs=(args.scan,), workspace=ws)
         scans = read_scans(args.scan)
         if len(scans) != 1:
             raise CliError(f"{args.scan}: holds {len(scans)} images; give one")
         scan = scans[0]
     pred = api.predict(ws, scan, model=args.model, device=args.device)
-    write_labels(pred.labels, args.out, like=scan)
+    write_labels(pred.labels, out, like=scan)
     counts = {int(c): int((pred.labels == c).sum()) for c in range(1, int(ws.num_classes))}
     print(f"wrote {args.out} ({args.model}; voxels per class {counts})")
     return 0
@@ -370,6 +438,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_mtssl.training.metrics import summarise, volume_scores
 
     ws = api.open_workspace(args.workspace)
+    out = None
+    if args.out:
+        out = output_path(args.out, force=args.force, inputs=(args.data,), workspace=ws)
     models = [m.strip() for m in args.models.split(",")] if args.models else api.list_models(ws)
     if not models:
         raise CliError(f"{args.workspace}: no trained models; run `napari-mtssl train` first")
@@ -390,11 +461,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "models": {m: summarise(v, ws.label_names, nc) for m, v in per.items()},
     }
     print(report_table({"models": scores["models"]}))
-    if args.out:
+    if out is not None:
         from napari_mtssl._atomic import atomic_write_json
 
-        atomic_write_json(args.out, scores)
-        print(f"\nscores: {args.out}")
+        atomic_write_json(out, scores)
+        print(f"\nscores: {out}")
     return 0
 
 
@@ -427,9 +498,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="napari-mtssl",
+        epilog="Errors are one line; --debug shows the full traceback instead.",
         description="Segmentation from few labels by two-stage multi-task self-supervised "
         "learning (headless engine of the napari plugin).",
     )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train baseline, teachers and student; write a report")
@@ -468,12 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress on stderr")
     t.set_defaults(func=cmd_train)
 
+    rs = sub.add_parser(
+        "resume", help="go on with a stopped or interrupted run (its plan, its remaining budget)"
+    )
+    rs.add_argument("workspace")
+    rs.add_argument("run", nargs="?", help="the run id (default: the latest unfinished run)")
+    rs.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    rs.set_defaults(func=cmd_resume)
+
     pr = sub.add_parser("predict", help="segment a scan with a trained model")
     pr.add_argument("workspace")
     pr.add_argument("scan", help="an image file/folder, or a scan id of the workspace")
     pr.add_argument("--model", default="student")
     pr.add_argument("--out", required=True, help="label file to write (e.g. mask.nii.gz)")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pr.add_argument("--force", action="store_true", help="replace --out if it exists")
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score the trained models on a labelled dataset")
@@ -482,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--models", help="comma-separated models (default: all)")
     ev.add_argument("--out", help="write the scores as JSON")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ev.add_argument("--force", action="store_true", help="replace --out if it exists")
     ev.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="the whole pipeline on the built-in sample, in a budget")
@@ -503,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         WorkspaceError = OSError  # type: ignore[misc,assignment]  # noqa: N806
 
     args = build_parser().parse_args(argv)
+    if args.debug:
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
@@ -510,9 +595,13 @@ def main(argv: list[str] | None = None) -> int:
 
     except (ScanReadError, LabelError, WorkspaceError) as exc:
         print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:
         msg = str(exc).strip("'\"") or type(exc).__name__
-        print(f"napari-mtssl {args.command}: {msg}", file=sys.stderr)
+        print(f"napari-mtssl {args.command}: {msg.splitlines()[0]}", file=sys.stderr)
+    except OSError as exc:  # a full disk, a read-only folder, a vanished file
+        where = f"{exc.filename}: " if exc.filename else ""
+        why = exc.strerror or str(exc)
+        print(f"napari-mtssl {args.command}: {where}{why}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"napari-mtssl {args.command}: interrupted", file=sys.stderr)
         return 130

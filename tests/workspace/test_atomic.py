@@ -227,3 +227,22 @@ def test_sigkill_while_writing_large_labels(tmp_path: Path, delay: float) -> Non
     if i > 0:
         fresh.undo_last("big")
         assert np.array_equal(fresh.labels("big"), (base + i - 1) % 3)
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """A new file gets 0666 less the umask (not mkstemp's 0600); a replaced file keeps its own
+    mode, so a workspace or a mask shared with a colleague stays readable."""
+    from napari_mtssl._atomic import UMASK, atomic_write_text, atomic_write_with
+
+    plain = 0o666 & ~UMASK  # what open() gives a new file under this process's umask
+    new = tmp_path / "new.json"
+    atomic_write_text(new, "{}")
+    assert new.stat().st_mode & 0o777 == plain
+    shared = tmp_path / "shared.json"
+    shared.write_text("{}")
+    shared.chmod(0o664)
+    atomic_write_text(shared, '{"a": 1}')
+    assert shared.stat().st_mode & 0o777 == 0o664
+    lib = tmp_path / "lib.txt"
+    atomic_write_with(lib, lambda p: p.write_text("x"))
+    assert lib.stat().st_mode & 0o777 == plain

@@ -103,3 +103,38 @@ def test_two_processes_writing_lose_nothing(ws: Workspace) -> None:
     for who in ("a", "b"):
         assert [r["i"] for r in rounds if r["who"] == who] == list(range(15))
     assert not (ws.root / "workspace.lock").exists()
+
+
+def test_lock_of_a_dead_owner_whose_pid_was_reused_is_broken(tmp_path: Path) -> None:
+    """The pid in the file belongs to a live process (here: this one), but nobody holds the
+    file's OS lock: its owner died and the pid was reused. The lock is broken at once."""
+    path = tmp_path / "l"
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time() - 5}
+    path.write_text(json.dumps(info))
+    with FileLock(path, timeout=0.5):
+        pass
+
+
+def test_a_held_lock_names_its_owner_and_how_to_recover(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "l"
+    code = (
+        "import sys, time; from napari_mtssl.workspace._lock import FileLock; "
+        f"l = FileLock({str(path)!r}); l.acquire(); print('held', flush=True); time.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeout) as err:
+            FileLock(path, timeout=0.1).acquire()
+        msg = str(err.value)
+        assert f"process {proc.pid}" in msg and "delete l" in msg
+        proc.kill()  # kill -9: the OS releases its lock, the file stays behind
+        proc.wait()
+        assert path.exists()
+        with FileLock(path, timeout=1.0):
+            pass
+    finally:
+        proc.kill()

@@ -97,15 +97,35 @@ def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[S
     if not entries:
         raise ScanReadError(folder, "the folder is empty")
     headers = dicom_headers(_all_files(folder))
-    if headers:
-        return read_dicom(folder, allow_nan=allow_nan, headers=headers)
     images = image_files(folder)
+    niftis = sorted(e for e in entries if e.is_file() and suffix_of(e) in NIFTI_SUFFIXES)
+    if niftis and images:
+        raise ScanReadError(
+            folder,
+            f"mixes {len(niftis)} NIfTI file(s) (e.g. {niftis[0].name}) with {len(images)} "
+            f"PNG/TIFF/JPEG image(s) (e.g. {images[0].name}); open one file, or move the "
+            "others out, so nothing is silently left out",
+        )
+    if headers:
+        scans = read_dicom(folder, allow_nan=allow_nan, headers=headers)
+        others = [*niftis, *images]
+        if others:  # exports from a PACS often hold thumbnails or a viewer: read, but say so
+            from ._common import add_warning
+
+            for scan in scans:
+                add_warning(
+                    scan.meta,
+                    f"{len(others)} non-DICOM image file(s) in the folder were not read "
+                    f"(e.g. {others[0].name})",
+                    folder,
+                    emit=scan is scans[0],
+                )
+        return scans
     if images:
         tiffs = [p for p in images if suffix_of(p) in TIFF_SUFFIXES]
         if tiffs and _n_pages(tiffs[0]) > 1:  # a folder of TIFF stacks: one scan each
             return [read_tiff(p, allow_nan=allow_nan) for p in tiffs]
         return [read_image_folder(folder, images, allow_nan=allow_nan)]
-    niftis = sorted(e for e in entries if e.is_file() and suffix_of(e) in NIFTI_SUFFIXES)
     if niftis:
         from .nifti import read_nifti
 

@@ -85,3 +85,15 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     """
     weights = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
     return rgb[..., :3].astype(np.float32) @ weights
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

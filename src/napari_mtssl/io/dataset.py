@@ -84,7 +84,14 @@ def _label_names(raw: Any, root: Path) -> dict[int, str]:
             names[int(value)] = str(key)  # nnU-Net v2: {"background": 0}
         elif isinstance(key, str) and key.strip().lstrip("-").isdigit():
             names[int(key)] = str(value)  # MSD: {"0": "background"}
-        # nnU-Net region labels ({"tumor": [1, 2]}) name unions of classes, not classes.
+        elif isinstance(value, list):
+            continue  # nnU-Net region labels ({"tumor": [1, 2]}) name unions of classes
+        else:
+            raise ScanReadError(
+                root / "dataset.json",
+                f'label {key!r}: {value!r} is neither {{"<class number>": "<name>"}} '
+                '(Decathlon) nor {"<name>": <class number>} (nnU-Net)',
+            )
     return dict(sorted(names.items()))
 
 

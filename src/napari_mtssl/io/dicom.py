@@ -248,6 +248,37 @@ def _load_pixels(frames: list[_Frame], meta: dict[str, Any]) -> np.ndarray:
     return out
 
 
+def _check_geometry(frames: list[_Frame]) -> None:
+    """Refuse, naming the file, what would place slices wrongly without a word: some images
+    of a series with position and orientation and others without, a pixel spacing that is not
+    positive, orientation vectors that are not two perpendicular directions."""
+    tags = (("ipp", "ImagePositionPatient"), ("iop", "ImageOrientationPatient"))
+    for attr, tag in tags:
+        have = [f for f in frames if getattr(f, attr) is not None]
+        lack = [f for f in frames if getattr(f, attr) is None]
+        if have and lack:
+            raise ScanReadError(
+                lack[0].path,
+                f"lacks {tag} (or it is malformed) while {len(have)} other image(s) of its "
+                f"series have it ({len(lack)} lack it); the slices' order and position cannot "
+                "be trusted: remove this file or repair its header",
+            )
+    for f in frames:
+        if f.pixel_spacing is not None and min(f.pixel_spacing) <= 0:
+            raise ScanReadError(
+                f.path, f"PixelSpacing {list(f.pixel_spacing)} is not a positive size in mm"
+            )
+        if f.iop is not None:
+            r, c = f.iop[:3], f.iop[3:]
+            nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+            if nr < 1e-3 or nc < 1e-3 or np.linalg.norm(np.cross(r / nr, c / nc)) < 0.5:
+                raise ScanReadError(
+                    f.path,
+                    f"ImageOrientationPatient {[round(float(v), 4) for v in f.iop]} is not two "
+                    "perpendicular directions; the image's orientation is unknown",
+                )
+
+
 def _plane_name(normal: np.ndarray) -> str:
     return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
 
@@ -262,7 +293,8 @@ def _stack(
     if first.pixel_spacing is None:
         add_warning(meta, "no PixelSpacing: in-plane spacing set to 1 mm", source)
     if have_geometry:
-        row_dir, col_dir = first.iop[:3], first.iop[3:]  # type: ignore[index]
+        row_dir = first.iop[:3] / np.linalg.norm(first.iop[:3])  # type: ignore[index]
+        col_dir = first.iop[3:] / np.linalg.norm(first.iop[3:])  # type: ignore[index]
         normal = np.cross(row_dir, col_dir)
         key = [float(f.ipp @ normal) for f in frames]  # type: ignore[operator]
         order = np.lexsort((np.array([f.instance for f in frames]), np.round(key, 3)))
@@ -282,7 +314,17 @@ def _stack(
         normal = np.cross(row_dir, col_dir)
         frames = sorted(frames, key=lambda f: f.instance)
         if len(frames) > 1:
-            add_warning(meta, "no ImagePositionPatient: slices ordered by InstanceNumber", source)
+            missing = [
+                t
+                for t, attr in (("ImagePositionPatient", "ipp"), ("ImageOrientationPatient", "iop"))
+                if all(getattr(f, attr) is None for f in frames)
+            ]
+            add_warning(
+                meta,
+                f"no {' and no '.join(missing)} in any image: slices ordered by InstanceNumber "
+                "on a grid at the origin",
+                source,
+            )
     n = len(frames)
     if have_geometry and n > 1:
         origin = frames[0].ipp
@@ -329,6 +371,7 @@ def _series_scans(
     )
     modality = str(ds0.get("Modality", "") or "").upper()
     frames = [fr for path, ds in headers for fr in _frames_of(path, ds)]
+    _check_geometry(frames)
     groups: dict[tuple, list[_Frame]] = defaultdict(list)
     for fr in frames:
         iop_key = None if fr.iop is None else tuple(np.round(fr.iop, 3))

@@ -17,21 +17,68 @@ import nibabel as nib
 import numpy as np
 
 from .._atomic import atomic_write_with
-from ._common import add_warning, fill_nonfinite, stem_of
+from ._common import add_warning, available_memory, fill_nonfinite, stem_of
 from ._orient import RAS_TO_LPS, from_canonical, grid_affine, spacing_of, to_canonical
 from .scan import LabelError, Scan, ScanReadError
 
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    OverflowError,
+    MemoryError,
+    zlib.error,
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+)
 
 
 def _load(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except _READ_ERRORS as exc:
-        raise ScanReadError(path, f"not a readable NIfTI file ({exc})") from exc
+        raise ScanReadError(path, f"not a readable NIfTI file ({_why(exc)})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ScanReadError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    _check_header(img, path)
     return img
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_header(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a header that would give an empty volume, exhaust memory or place the voxels
+    nowhere, before any voxel is read (a NaN intercept with a real slope nibabel refuses
+    itself; a NaN slope is the standard "no scaling")."""
+    hdr = img.header
+    dim = [int(d) for d in hdr["dim"]]
+    if not 1 <= dim[0] <= 7:
+        raise ScanReadError(path, f"the header's dim[0] = {dim[0]} is not a dimension count (1-7)")
+    sizes = dim[1 : dim[0] + 1]
+    if any(d < 1 for d in sizes):
+        raise ScanReadError(path, f"the header gives an empty or negative size {tuple(sizes)}")
+    n = int(np.prod(sizes[:3], dtype=np.float64))  # one volume is what is read
+    need = n * 4 * 2  # float32, and the reoriented copy
+    free = available_memory()
+    if free is not None and need > free:
+        raise ScanReadError(
+            path,
+            f"the header asks for {n:,} voxels ({need / 2**30:.1f} GiB to read), more than the "
+            f"{free / 2**30:.1f} GiB of memory free here; the header is probably damaged",
+        )
+    a = np.asarray(img.affine, dtype=float)
+    rzs = a[:3, :3]
+    if not np.all(np.isfinite(a)):
+        raise ScanReadError(path, "the header's voxel-to-world affine holds NaN or infinity")
+    cols = np.linalg.norm(rzs, axis=0)
+    if cols.min() <= 1e-6 or abs(np.linalg.det(rzs)) < 1e-6 * float(np.prod(cols)):
+        raise ScanReadError(
+            path,
+            "the header's voxel-to-world affine is degenerate (a zero-length or repeated axis: "
+            f"columns {np.round(rzs.T, 4).tolist()}); where the voxels lie is unknown",
+        )
 
 
 def _volume_data(img: nib.Nifti1Image, path: Path, volume: int | None) -> np.ndarray:
@@ -65,7 +112,7 @@ def _volume_data(img: nib.Nifti1Image, path: Path, volume: int | None) -> np.nda
     except ScanReadError:
         raise
     except _READ_ERRORS as exc:
-        raise ScanReadError(path, f"the image data is truncated or corrupt ({exc})") from exc
+        raise ScanReadError(path, f"the image data is truncated or corrupt ({_why(exc)})") from exc
 
 
 def _modality(img: nib.Nifti1Image, data: np.ndarray) -> str:

@@ -40,8 +40,8 @@ class ScanReadError(ValueError):
 
     def __init__(self, path: object, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problem = " ".join(str(problem).split())  # one line: libraries' messages wrap
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 class LabelError(ValueError):
@@ -49,8 +49,8 @@ class LabelError(ValueError):
 
     def __init__(self, path: object, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problem = " ".join(str(problem).split())  # one line: libraries' messages wrap
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 @dataclass
@@ -135,4 +135,10 @@ def validate_labels(labels: np.ndarray, scan_shape: tuple[int, ...], source: obj
     if arr.size and arr.min() < 0:
         raise LabelError(source, "a label mask cannot hold negative class numbers")
     top = int(arr.max()) if arr.size else 0
+    if top > 65535:
+        raise LabelError(
+            source,
+            f"class numbers go up to {top}; a label mask holds at most 65535 classes (is this "
+            "an image rather than a mask?)",
+        )
     return arr.astype(np.uint8 if top < 256 else np.uint16)

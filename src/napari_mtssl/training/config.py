@@ -202,6 +202,7 @@ class ExperimentConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     seed: int = 0
     num_threads: int = 0  # torch CPU threads; 0: the plan's thread policy
+    checkpoint_every_s: float = 300.0  # resumable checkpoint this often: a crash loses at most it
     profile: str = "custom"
 
     @property
@@ -218,6 +219,8 @@ class ExperimentConfig:
             raise ValueError("baseline.steps must be >= 0")
         if self.budget_s < 0 or not math.isfinite(self.budget_s):
             raise ValueError("budget_s must be >= 0 seconds (0: use the step counts)")
+        if not self.checkpoint_every_s > 0:
+            raise ValueError("checkpoint_every_s must be a positive number of seconds")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")

@@ -172,6 +172,20 @@ class _Run:
                 return done.value
             yield self.log(ev)
 
+    def unit(self, make: Callable[[], Generator], name: str) -> Generator[dict, None, dict]:
+        """Relay one unit; a damaged resumable checkpoint of it (a torn write, a full disk) is
+        set aside and the unit starts again from its first step instead of failing the run."""
+        try:
+            return (yield from self.relay(make()))
+        except checkpoints.ModelFileError as exc:
+            bad = Path(str(exc.path))
+            if self.run.checkpoint_dir.resolve() not in bad.resolve().parents:
+                raise
+            for f in (bad.with_suffix(".json"), bad.with_suffix(".safetensors")):
+                f.unlink(missing_ok=True)
+            yield self.log({"type": "note", "message": f"{exc}; {name} starts again"})
+            return (yield from self.relay(make()))
+
     def stopped(self, res: dict) -> dict:
         self.save_state()
         self.run.set_status("stopped", step=res.get("step"), unit=res.get("name"))
@@ -280,15 +294,16 @@ class _Run:
             return True
         cfg = self.unit_cfg("baseline")
         self._remember_steps("baseline", cfg.baseline_steps)
-        res = yield from self.relay(
-            stages.baseline(
+        res = yield from self.unit(
+            lambda: stages.baseline(
                 self.study,
                 cfg,
                 self.device,
                 self.run.checkpoint_dir,
                 self.stop,
                 deadline=self.deadline,
-            )
+            ),
+            "baseline",
         )
         if res["stopped"]:
             yield self.log(self.stopped(res))
@@ -355,7 +370,7 @@ class _Run:
             for mode in modes:
                 if f"{task}:{mode}" in self.models or mode in halving.get("rung", {}):
                     continue
-                res = yield from self.relay(self._mode(task, mode, at))
+                res = yield from self.unit(lambda m=mode: self._mode(task, m, at), f"{task}:{mode}")
                 if res["stopped"]:
                     yield self.log(self.stopped(res))
                     return False
@@ -394,7 +409,9 @@ class _Run:
                 if name in self.models:
                     continue
                 if mode in halving["continue"]:
-                    res = yield from self.relay(self._mode(task, mode, None))
+                    res = yield from self.unit(
+                        lambda m=mode: self._mode(task, m, None), f"{task}:{mode}"
+                    )
                     if res["stopped"]:
                         yield self.log(self.stopped(res))
                         return False
@@ -406,7 +423,9 @@ class _Run:
                 name = f"{task}:{mode}"
                 if name in self.models:
                     continue
-                res = yield from self.relay(self._mode(task, mode, None))
+                res = yield from self.unit(
+                    lambda m=mode: self._mode(task, m, None), f"{task}:{mode}"
+                )
                 if res["stopped"]:
                     yield self.log(self.stopped(res))
                     return False
@@ -481,8 +500,8 @@ class _Run:
     def all_joint(self) -> Generator[dict, None, bool]:
         if "all_joint" in self.models:
             return True
-        res = yield from self.relay(
-            stages.all_joint(
+        res = yield from self.unit(
+            lambda: stages.all_joint(
                 self.cfg.stage1.tasks,
                 self.study,
                 self.unit_cfg("all_joint"),
@@ -490,7 +509,8 @@ class _Run:
                 self.run.checkpoint_dir,
                 self.stop,
                 deadline=self.deadline,
-            )
+            ),
+            "all_joint",
         )
         if res["stopped"]:
             yield self.log(self.stopped(res))
@@ -523,8 +543,8 @@ class _Run:
             init = teachers[max(range(len(scores)), key=scores.__getitem__)]
         self._remember_steps("student", steps)
         yield self.log({"type": "note", "message": f"teachers: {', '.join(tnames)}"})
-        res = yield from self.relay(
-            stages.student(
+        res = yield from self.unit(
+            lambda: stages.student(
                 teachers,
                 self.study,
                 cfg,
@@ -535,7 +555,8 @@ class _Run:
                 steps=steps,
                 stage="retrain" if self.what.startswith("retrain") else "stage2",
                 deadline=self.deadline,
-            )
+            ),
+            "student",
         )
         if res["stopped"]:
             yield self.log(self.stopped(res))
@@ -640,6 +661,14 @@ def run_training(
         run = ws.run(resume)
         if run.kind != what:
             raise ValueError(f"run {resume} trained {run.kind!r}, not {what!r}")
+        if run.status == "done":
+            raise ValueError(f"run {resume} has finished; there is nothing to resume")
+        if run.status == "running":
+            owner = run.status_info()
+            raise ValueError(
+                f"run {resume} is still running (process {owner.get('pid')} on "
+                f"{owner.get('host')}); stop it first"
+            )
         state = _read_json(run.path / "pipeline.json", {})
         pd = _read_json(run.path / "plan.json", None)
         if not isinstance(pd, dict):

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_mtssl._atomic import file_mode
+
 __all__ = [
     "NormSpec",
     "Preprocessing",
@@ -279,20 +281,9 @@ class VolumeCache:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
-            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.chmod(tmp, file_mode(path))
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-
-
-def _read_umask() -> int:
-    # Read once at import: os.umask can only be read by setting it, which would race with
-    # other threads creating files later on.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()

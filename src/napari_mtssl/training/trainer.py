@@ -260,6 +260,7 @@ def train_unit(
     losses_avg: dict[str, float] = {}
     result: dict[str, Any]
     ended_early = False
+    last_save = time.monotonic()
 
     def save(step: int) -> None:
         if ckpt_dir is not None:
@@ -307,6 +308,9 @@ def train_unit(
             if deadline is not None and step > start and time.monotonic() > deadline:
                 ended_early = True
                 break
+            if time.monotonic() - last_save >= cfg.checkpoint_every_s and step > start:
+                save(step)  # a crash (kill -9, power cut) loses at most this interval
+                last_save = time.monotonic()
             torch.manual_seed((seed * 1_000_003 + step) % (2**63))
             gen = torch.Generator().manual_seed((seed * 7_919 + step * 104_729) % (2**63))
             lr = _lr(cfg, step, spec.steps)

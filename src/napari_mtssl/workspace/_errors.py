@@ -8,5 +8,5 @@ class WorkspaceError(RuntimeError):
 
     def __init__(self, path: object, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problem = " ".join(str(problem).split())  # one line: libraries' messages wrap
+        super().__init__(f"{self.path}: {self.problem}")

@@ -3,8 +3,11 @@
 The napari viewer and a training worker process share one workspace. Writers take the lock for
 their read-modify-write; readers never take it (every file is replaced atomically, so a reader
 sees either the old or the new version). The lock file is created with ``O_EXCL`` and holds the
-owner's pid, host and time, so a lock left behind by a killed process is recognised as stale and
-broken instead of blocking the workspace forever.
+owner's pid, host and time. While it holds the lock, the owner also keeps an OS lock
+(``flock``) on that file, which the operating system releases when the owner dies, however it
+dies: a lock file whose OS lock is free was left by a dead process and is broken at once, even
+when its pid has since been reused by another program. A lock of another host (a workspace on
+a network share) cannot be checked that way and is respected until ``stale_after``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the pid check alone
+    fcntl = None  # type: ignore[assignment]
 import socket
 import threading
 import time
@@ -42,7 +50,31 @@ def _pid_alive(pid: int) -> bool | None:
 class LockTimeout(TimeoutError):
     def __init__(self, path: Path, owner: str):
         self.path = path
-        super().__init__(f"{path}: the workspace is locked by {owner}; try again when it is done")
+        super().__init__(
+            f"{path}: the workspace is locked by {owner}; try again when it is done (if no "
+            f"napari-mtssl program is using this workspace any more, delete {path.name})"
+        )
+
+
+def _os_lock_free(path: Path) -> bool | None:
+    """Whether nobody holds the OS lock of ``path`` (None: cannot tell here)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
 
 
 class FileLock:
@@ -61,6 +93,7 @@ class FileLock:
         self.stale_after = stale_after
         self._thread_lock = threading.RLock()
         self._depth = 0
+        self._fd: int | None = None
 
     @property
     def held(self) -> bool:
@@ -99,9 +132,15 @@ class FileLock:
                 delay = min(delay * 2, 0.1)
                 continue
             try:
+                if fcntl is not None:  # before the payload: a readable payload means held
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.write(fd, payload)
-            finally:
+            except BaseException:
                 os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                raise
+            self._fd = fd
             return
 
     def _break_if_stale(self) -> str | None:
@@ -120,11 +159,18 @@ class FileLock:
                 self._remove_if_unchanged(raw)
                 return None
             return "a process that is starting to write"
-        alive = _pid_alive(pid) if host == socket.gethostname() else None
-        if alive is False or (alive is None and time.time() - mtime > self.stale_after):
+        here = host == socket.gethostname()
+        free = _os_lock_free(self.path) if here else None
+        alive = _pid_alive(pid) if here else None
+        if free is True or alive is False:
+            # The OS released its lock: the owner died (its pid may live on in another program).
             self._remove_if_unchanged(raw)
             return None
-        return f"process {pid} on {host}"
+        if alive is None and free is None and time.time() - mtime > self.stale_after:
+            self._remove_if_unchanged(raw)
+            return None
+        since = time.strftime("%H:%M:%S", time.localtime(float(info.get("time", mtime))))
+        return f"process {pid} on {host} (since {since})"
 
     def _remove_if_unchanged(self, raw: bytes) -> None:
         # Another process may have broken the stale lock and taken a fresh one in between.
@@ -139,6 +185,9 @@ class FileLock:
         if self._depth == 0:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+            if self._fd is not None:
+                os.close(self._fd)  # releases the OS lock
+                self._fd = None
         self._thread_lock.release()
 
     @contextlib.contextmanager

@@ -129,6 +129,7 @@ class Workspace:
         self._data_key: tuple | None = None
         self._verified: dict[str, tuple] = {}
         self._reload()
+        self._check_folders()
 
     # -- create / open -----------------------------------------------------------------------
     @classmethod
@@ -195,6 +196,19 @@ class Workspace:
     @property
     def file(self) -> Path:
         return self.root / WORKSPACE_FILE
+
+    def _check_folders(self) -> None:
+        """The workspace's own folders must be real folders inside it: a symlinked labels/ (or
+        runs/, scans/, ...) would make saves write somewhere else."""
+        root = self.root.resolve()
+        for name in ("labels", "runs", "scans", "trash", "cache"):
+            p = self.root / name
+            if p.is_symlink() or (p.exists() and root not in p.resolve().parents):
+                raise WorkspaceError(
+                    p,
+                    "is a link to somewhere outside the workspace; the workspace writes only "
+                    "inside its own folder. Replace it by a real folder",
+                )
 
     def _reload(self) -> None:
         file = self.file
@@ -714,4 +728,14 @@ def _validate_state(data: Any, file: Path) -> None:
             raise WorkspaceError(file, f"workspace.json is corrupt: bad scan entry {s!r:.80}")
         if s["split"] not in SPLITS or not _ID_RE.match(str(s["id"])):
             raise WorkspaceError(file, f"workspace.json is corrupt: bad scan entry {s['id']!r}")
+        if s["stored"]:
+            # A stored copy lives in scans/; anything else would let a tampered file make
+            # the workspace move or overwrite a file outside it (remove_scan moves it to trash).
+            rel = Path(str(s["path"]))
+            if rel.is_absolute() or rel.parent != Path("scans") or rel.name in ("", ".", ".."):
+                raise WorkspaceError(
+                    file,
+                    f"scan {s['id']!r} is marked as a stored copy at {s['path']!r}, which is not "
+                    "in the workspace's scans/ folder; refusing to use this workspace file",
+                )
     _check_label_names(data["label_names"], file)

@@ -5,6 +5,8 @@ Layout (all human-readable except the weights)::
     run.json         id, kind, round, created: what the run is
     config.json      the configuration it ran with
     status.json      {"status": "running" | "done" | "stopped" | "failed", "time": ..., **extra}
+                     ("running" also records the owner process: host, pid, its start time;
+                     a "running" run whose owner is gone reads as "interrupted")
     metrics.json     final metrics
     events.jsonl     progress events, one JSON object a line, appended as they happen
     models/<name>.safetensors (+ <name>.json)   weights and what they are
@@ -29,7 +31,40 @@ from napari_mtssl._atomic import _json_default, atomic_write_json
 from ._errors import WorkspaceError
 
 RUN_STATUSES = ("running", "done", "stopped", "failed")
+RESUMABLE = ("stopped", "interrupted", "failed")
 RUN_FORMAT_VERSION = 1
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, Linux), so a recycled pid is told apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _start_time(os.getpid())}
+
+
+def _owner_gone(info: dict[str, Any]) -> bool:
+    """Whether the process that marked a run running has ended (only knowable on its host)."""
+    import socket
+
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    started = info.get("pid_start")
+    return started is not None and _start_time(pid) not in (None, started)
 
 
 def utc_now() -> str:
@@ -81,7 +116,9 @@ class Run:
         """Make the folder (fails if it exists, so two processes never share a run)."""
         path.mkdir(parents=True, exist_ok=False)
         atomic_write_json(path / "config.json", config)
-        atomic_write_json(path / "status.json", {"status": "running", "time": utc_now()})
+        atomic_write_json(
+            path / "status.json", {"status": "running", "time": utc_now(), **_owner()}
+        )
         # run.json last: a folder without it is an interrupted creation, ignored by runs().
         atomic_write_json(
             path / "run.json",
@@ -111,7 +148,13 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.status_info().get("status", "running"))
+        """``running``, ``done``, ``stopped``, ``failed``, or ``interrupted``: recorded as
+        running by a process of this machine that no longer exists (killed, power cut)."""
+        info = self.status_info()
+        status = str(info.get("status", "running"))
+        if status == "running" and _owner_gone(info):
+            return "interrupted"
+        return status
 
     def status_info(self) -> dict[str, Any]:
         """The whole of ``status.json``: status, time and whatever ``set_status`` was given."""
@@ -120,7 +163,10 @@ class Run:
     def set_status(self, status: str, **extra: Any) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
-        atomic_write_json(self.path / "status.json", {**extra, "status": status, "time": utc_now()})
+        owner = _owner() if status == "running" else {}
+        atomic_write_json(
+            self.path / "status.json", {**extra, **owner, "status": status, "time": utc_now()}
+        )
 
     def write_metrics(self, metrics: dict[str, Any], *, merge: bool = False) -> None:
         """Replace ``metrics.json`` (or, with ``merge``, update its top-level keys)."""

@@ -1,0 +1,117 @@
+"""A tampered or damaged workspace: refused with a message naming the file, never a write
+outside the workspace, never a traceback, never a lost label."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_mtssl import api
+from napari_mtssl.workspace import Workspace
+from tests.faults.conftest import classify
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = api.create_workspace(tmp_path / "ws", source="sample", labelled=1)
+    return w
+
+
+def _edit_json(ws, change):
+    data = json.loads(ws.file.read_text())
+    change(data)
+    ws.file.write_text(json.dumps(data))
+
+
+def test_stored_scan_pointing_outside_is_refused(ws, tmp_path, recorder):
+    victim = tmp_path / "precious.nii.gz"
+    victim.write_bytes(b"someone else's file")
+    sid = ws.scan_ids()[0]
+
+    def change(d):
+        for s in d["scans"]:
+            if s["id"] == sid:
+                s["path"] = str(victim)
+
+    _edit_json(ws, change)
+
+    def act():
+        w = Workspace.open(ws.root)
+        w.remove_scan(sid)
+
+    outcome, detail = classify(act, names=[ws.file], expect_error=True)
+    if not victim.exists():
+        outcome = "data lost"
+    recorder.record("stored scan outside the workspace", outcome, detail)
+    assert outcome == "clear message", detail
+    assert victim.read_bytes() == b"someone else's file"
+
+
+def test_symlinked_labels_folder_is_refused(ws, tmp_path, recorder):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    labels = ws.root / "labels"
+    for f in labels.iterdir():
+        if f.is_file():
+            os.replace(f, outside / f.name)
+    labels.rmdir() if not any(labels.iterdir()) else None
+    if labels.exists():
+        import shutil
+
+        shutil.rmtree(labels)
+    labels.symlink_to(outside, target_is_directory=True)
+    outcome, detail = classify(lambda: Workspace.open(ws.root), names=["labels"], expect_error=True)
+    recorder.record("labels/ is a symlink", outcome, detail)
+    assert outcome == "clear message", detail
+
+
+@pytest.mark.parametrize(
+    "case,content",
+    [("garbage workspace.json", "{not json"), ("empty workspace.json", ""), ("a list", "[]")],
+)
+def test_damaged_workspace_file(ws, case, content, recorder):
+    ws.file.write_text(content)
+    outcome, detail = classify(lambda: Workspace.open(ws.root), names=[ws.file], expect_error=True)
+    recorder.record(case, outcome, detail)
+    assert outcome == "clear message", detail
+
+
+def test_damaged_label_file(ws, recorder):
+    sid = next(s for s in ws.scan_ids() if ws.labelled_slices(s))
+    (ws.root / "labels" / f"{sid}.npz").write_bytes(b"PK\x03\x04 torn")
+    outcome, detail = classify(
+        lambda: Workspace.open(ws.root).labels(sid), names=[f"{sid}.npz"], expect_error=True
+    )
+    recorder.record("torn label file", outcome, detail)
+    assert outcome == "clear message", detail
+
+
+def test_nan_in_an_in_memory_scan_trains(tmp_path, recorder):
+    """NaN voxels of a scan given from memory: stored as given (the user's data), and the
+    training normalisation treats them as the scan's minimum instead of failing."""
+    from napari_mtssl.sample import make_sample_study
+
+    study = make_sample_study(n_scans=3, n_labelled=3, shape=(4, 48, 48))
+    w = Workspace.create(tmp_path / "w", label_names=dict(study.label_names))
+    for i, (scan, lab) in enumerate(zip(study.scans, study.labels)):
+        if i == 0:
+            scan.array = scan.array.copy()
+            scan.array[:, :5, :5] = np.nan
+        sid = w.add_scan(scan, split="val" if i == 2 else "train")
+        w.set_labels(sid, lab, slices=range(lab.shape[0]))
+    cfg = api.make_config("tiny", device="cpu", tasks=["inpaint"])
+
+    def act():
+        return api.run(api.train(w, cfg, "baseline"))
+
+    outcome, detail = classify(
+        act,
+        names=[],
+        expect_error=False,
+        check=lambda r: np.isfinite(r["models"]["baseline"]["mean_dice"]),
+    )
+    recorder.record("NaN voxels in an in-memory scan", outcome, detail)
+    assert outcome == "read correctly", detail
