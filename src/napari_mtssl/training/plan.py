@@ -555,8 +555,9 @@ _BUSY: list[float] = []
 
 def _busy_cores(window_s: float = 0.5) -> float:
     """Cores kept busy by other processes right now: the machine's CPU time over a short
-    window while this process sleeps (Linux ``/proc/stat``); elsewhere the one-minute load
-    average. Measured once per process (the plan and its reason use the same figure)."""
+    window while this process sleeps (Linux ``/proc/stat``; work at lowered priority, which
+    yields to this job, does not count); elsewhere the one-minute load average. Measured once
+    per process (the plan and its reason use the same figure)."""
     if _BUSY:
         return _BUSY[0]
 
@@ -566,7 +567,9 @@ def _busy_cores(window_s: float = 0.5) -> float:
                 v = [float(x) for x in f.readline().split()[1:]]
         except (OSError, ValueError):
             return None
-        idle = v[3] + (v[4] if len(v) > 4 else 0.0)
+        # user, nice, system, idle, iowait, irq, softirq, steal: niced work (column 2) yields
+        # the CPU to a normal-priority job, so it does not count as busy.
+        idle = v[3] + (v[4] if len(v) > 4 else 0.0) + v[1]
         return sum(v) - idle, sum(v)
 
     a = snap()

@@ -135,10 +135,12 @@ class FileLock:
                 if fcntl is not None:  # before the payload: a readable payload means held
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.write(fd, payload)
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
+                if isinstance(exc, OSError) and not exc.filename:  # a full disk: say where
+                    raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
                 raise
             self._fd = fd
             return
