@@ -159,6 +159,18 @@ def _tiny_fs(tmp_path: Path, size: str) -> Path:
     return mnt
 
 
+def _fill(path: Path) -> None:
+    """Write zeros to ``path`` until the file system is full (unbuffered: no late flush)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def test_full_disk_is_a_message_and_loses_nothing(tmp_path, recorder):
     mnt = _tiny_fs(tmp_path, "2m")
     try:
@@ -168,14 +180,7 @@ def test_full_disk_is_a_message_and_loses_nothing(tmp_path, recorder):
         first = np.zeros(shape, np.uint8)
         first[0, :10, :10] = 1
         ws.set_labels(sid, first, slices=[0])
-        filler = mnt / "filler"
-        with open(filler, "wb") as fh:  # fill what is left
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
+        _fill(mnt / "filler")
         big = np.random.default_rng(0).integers(0, 3, shape).astype(np.uint8)
         try:
             api.accept_correction(ws, sid, big, list(range(shape[0])))
@@ -189,5 +194,38 @@ def test_full_disk_is_a_message_and_loses_nothing(tmp_path, recorder):
             outcome = "data lost"
         recorder.record("full disk during a correction", outcome, detail)
         assert outcome == "clear message", detail
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_in_the_cli_is_one_line(tmp_path, capsys, recorder):
+    from napari_mtssl.cli import main
+
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
+    mnt = _tiny_fs(tmp_path, "64k")
+    try:
+        _fill(mnt / "filler")
+        sid = ws.scan_ids("val")[0]
+        out = mnt / "mask.nii.gz"
+        rc = main(
+            [
+                "predict",
+                str(ws.root),
+                sid,
+                "--model",
+                "baseline",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        err = capsys.readouterr().err.strip()
+        ok = rc == 2 and len(err.splitlines()) == 1 and "mask.nii.gz" in err
+        outcome = "clear message" if ok else "traceback"
+        recorder.record("full disk in predict --out", outcome, err)
+        assert ok, err
+        assert not out.exists()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

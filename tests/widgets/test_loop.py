@@ -127,6 +127,19 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     checkpoints = [p for run in ws.runs() for p in run.checkpoint_dir.glob("*") if p.is_file()]
     assert checkpoints, "a stopped job must leave a checkpoint"
     assert d.training.train_buttons["all"].isEnabled()
+    # the stopped run is offered for resuming; resuming goes on in the same run
+    assert not d.training.resume_button.isHidden()
+    run_id = ws.runs()[-1].id
+    with qtbot.waitSignal(
+        jobs.job_event,
+        timeout=JOB_TIMEOUT_MS,
+        check_params_cb=lambda e: e.get("type") == "resumed",
+    ) as blocker:
+        d.training.resume_button.click()
+    assert blocker.args[0]["step"] > 0
+    with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
+        d.training.stop_button.click()
+    assert [r.id for r in ws.runs()] == [run_id]
 
 
 def test_closing_while_training_asks_first(sample_docks, qtbot, monkeypatch):
@@ -193,6 +206,8 @@ def test_a_killed_worker_is_reported_and_loses_no_labels(sample_docks, qtbot, mo
     assert jobs.last_state == "failed"
     assert any("ended unexpectedly" in e for e in errors), errors
     assert d.training.train_buttons["all"].isEnabled()  # ready for the next run
+    assert ws.runs()[-1].status == "interrupted"  # not "running" forever
+    assert not d.training.resume_button.isHidden()  # and offered for resuming
 
     reopened = api.open_workspace(ws.root)
     np.testing.assert_array_equal(reopened.labels(sid), before[0])

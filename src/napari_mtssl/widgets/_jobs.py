@@ -126,11 +126,12 @@ class JobController(QObject):
         what: str,
         preflight: Callable[[], None] | None = None,
         plan_for: str | None = None,
+        resume: str | None = None,
     ) -> Any:
         """Start ``api.start_job(workspace, config, what)`` and relay its events.
 
         ``what="plan"``: plan the run ``plan_for`` instead (``api.start_plan_job``); its result
-        is the plan as a dict.
+        is the plan as a dict. ``resume``: the id of a stopped or interrupted run to go on with.
 
         The slow parts of starting (``preflight`` checks that read the data, spawning the worker
         process, importing the engine) run in a thread too, so the click never freezes the
@@ -149,7 +150,7 @@ class JobController(QObject):
                 preflight()
             if what == "plan":
                 return api.start_plan_job(workspace, config, what=plan_for or "all")
-            return api.start_job(workspace, config, what=what)
+            return api.start_job(workspace, config, what=what, resume=resume)
 
         self.handle, self.what = None, what
         self.last_state = self.last_result = self.last_error = None

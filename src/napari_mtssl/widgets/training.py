@@ -240,6 +240,15 @@ class TrainingWidget(QWidget):
         )
         self.estimate_button.clicked.connect(lambda _=False: self.estimate("all"))
         buttons.addWidget(self.estimate_button)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip(
+            "Go on with the run that was stopped or interrupted (napari closed, the computer "
+            "shut down): its finished models are kept, the model in training continues from its "
+            "last checkpoint, with its own plan and what is left of its budget"
+        )
+        self.resume_button.clicked.connect(lambda _=False: self.resume())
+        self.resume_button.setVisible(False)
+        buttons.addWidget(self.resume_button)
         self.plan_label = QLabel("")
         self.plan_label.setWordWrap(True)
         self.plan_label.setTextFormat(Qt.TextFormat.RichText)
@@ -412,6 +421,43 @@ class TrainingWidget(QWidget):
         self.plan_label.setToolTip("the plan of the run: why this resolution, patch and network")
         self.plan_label.setVisible(True)
 
+    def resumable_run(self) -> Any | None:
+        """The newest run of this workspace that stopped or was interrupted before its end."""
+        ws = self.session.workspace
+        if ws is None:
+            return None
+        from napari_mtssl.workspace.runs import RESUMABLE
+
+        try:
+            runs = ws.runs()
+        except Exception:  # noqa: BLE001 - a damaged run folder only hides the button
+            return None
+        for run in reversed(runs):
+            if run.status == "done":
+                return None  # something finished since: an older unfinished run is history
+            if run.status in RESUMABLE and (run.path / "plan.json").is_file():
+                return run
+        return None
+
+    def _update_resume(self) -> None:
+        run = self.resumable_run()
+        self.resume_button.setVisible(run is not None)
+        if run is not None:
+            self.resume_button.setText(f"Resume {run.kind} ({run.status})")
+            self.resume_button.setEnabled(not self.jobs.is_running)
+
+    @report_errors("Could not resume training")
+    def resume(self) -> Any:
+        """Resume the newest stopped or interrupted run, with its own config and plan."""
+        from napari_mtssl.training.config import ExperimentConfig
+
+        ws = self.session.require_workspace()
+        run = self.resumable_run()
+        if run is None:
+            raise ValueError("there is no stopped or interrupted run to resume")
+        config = ExperimentConfig.from_dict(run.config)
+        return self.jobs.start(ws, config, run.kind, resume=run.id)
+
     def stop(self) -> None:
         self.jobs.stop()
 
@@ -419,10 +465,12 @@ class TrainingWidget(QWidget):
         for btn in self.train_buttons.values():
             btn.setEnabled(not running)
         self.estimate_button.setEnabled(not running)
+        self.resume_button.setEnabled(not running)
 
     def _on_workspace(self) -> None:
         self.check_tasks()
         self._show_last_results()
+        self._update_resume()
 
     # -- curves ----------------------------------------------------------------------------------
     def _on_job_started(self, what: str) -> None:
@@ -484,6 +532,7 @@ class TrainingWidget(QWidget):
 
     # -- results ---------------------------------------------------------------------------------
     def _on_job_finished(self, result: object) -> None:
+        self._update_resume()
         if self.jobs.what == "plan":
             if isinstance(result, dict) and result.get("patch"):
                 self.show_plan(result)
