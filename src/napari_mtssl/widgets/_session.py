@@ -41,6 +41,18 @@ class Session(QObject):
         # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
         self.config_provider: Callable[[], Any] | None = None
         self.jobs.job_finished.connect(lambda _result: self.models_changed.emit())
+        layers = getattr(viewer, "layers", None)
+        if layers is not None:  # labels painted over a scan save in that scan's geometry
+            from napari_mtssl.widgets._state import adopt_geometry
+
+            ref = weakref.ref(viewer)
+
+            def on_inserted(event: Any) -> None:
+                v = ref()
+                if v is not None:
+                    adopt_geometry(v, event.value)
+
+            layers.events.inserted.connect(on_inserted)
 
     @property
     def viewer(self) -> Any | None:

@@ -193,21 +193,57 @@ def show_labels(
     role: str,
     visible: bool = True,
 ) -> Any:
-    """Add or update a labels layer over a scan (same scale, so it lines up)."""
+    """Add or update a labels layer over a scan (same scale, so it lines up). It carries the
+    scan's geometry (the metadata of the scan's image layer), so napari's File > Save writes it
+    in the scan's own orientation and affine, voxel for voxel on the source file."""
+    meta: dict[str, Any] = {SCAN_ID_KEY: scan_id, ROLE_KEY: role}
+    geometry = scan_geometry(viewer, scan_id)
+    if geometry is not None:
+        meta[SCAN_META_KEY] = geometry
     layer = find_layer(viewer, name)
     if layer is not None:
         layer.data = data
         layer.scale = scale
-        layer.metadata.update({SCAN_ID_KEY: scan_id, ROLE_KEY: role})
+        layer.metadata.update(meta)
         return layer
     return viewer.add_labels(
-        data,
-        name=name,
-        scale=scale,
-        metadata={SCAN_ID_KEY: scan_id, ROLE_KEY: role},
-        visible=visible,
-        opacity=0.5,
+        data, name=name, scale=scale, metadata=meta, visible=visible, opacity=0.5
     )
+
+
+def scan_geometry(viewer: Any, scan_id: str) -> dict | None:
+    """The geometry metadata of a workspace scan's image layer (None if it is not shown)."""
+    layer = find_layer(viewer, scan_layer_name(scan_id))
+    if layer is None:
+        return None
+    geometry = layer.metadata.get(SCAN_META_KEY)
+    return dict(geometry) if geometry else None
+
+
+def adopt_geometry(viewer: Any, layer: Any) -> bool:
+    """Give a new labels layer (painted by a person, opened from a file) the geometry of the
+    scan it was made for: the one image layer with scan geometry and the same shape. Returns
+    whether it did; with several candidates of different geometry it leaves the layer alone
+    (saving it then says which scan is meant is unknown rather than guessing)."""
+    if getattr(layer, "_type_string", "") != "labels" or layer.metadata.get(SCAN_META_KEY):
+        return False
+    shape = tuple(np.shape(layer.data))
+    found: list[Any] = []
+    for other in viewer.layers:
+        if other is layer or getattr(other, "_type_string", "") != "image":
+            continue
+        geometry = other.metadata.get(SCAN_META_KEY)
+        if geometry and tuple(np.shape(other.data)) == shape:
+            found.append(other)
+    geometries = {repr(o.metadata[SCAN_META_KEY].get("affine")) for o in found}
+    if len(geometries) != 1:
+        return False
+    src = found[0]
+    layer.metadata[SCAN_META_KEY] = dict(src.metadata[SCAN_META_KEY])
+    if src.metadata.get(SCAN_ID_KEY) and len(found) == 1:
+        layer.metadata.setdefault(SCAN_ID_KEY, src.metadata[SCAN_ID_KEY])
+    layer.scale = tuple(src.scale)
+    return True
 
 
 def scan_layer_scale(viewer: Any, scan_id: str, fallback: tuple[float, ...]) -> tuple[float, ...]:

@@ -1,0 +1,64 @@
+"""Labels saved from napari land voxel for voxel on the scan they belong to: a mask painted by a
+person over an opened NIfTI, and the plugin's own prediction layers (issue: masks saved from
+napari were mirrored)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+
+def _ras_flipped_nifti(path):
+    """A NIfTI stored with x reversed and anisotropic voxels, with a marker at known voxels."""
+    data = np.zeros((30, 24, 5), np.int16)  # file order (i, j, k)
+    data[2:6, 3:9, :] = 500  # a block near the file's first i, first j
+    affine = np.diag([-0.8, 1.1, 4.0, 1.0])
+    affine[:3, 3] = [20.0, -5.0, 3.0]
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    nib.save(img, str(path))
+    return data
+
+
+def test_painted_mask_saves_in_the_source_geometry(make_napari_viewer, tmp_path):
+    from napari_mtssl.widgets._session import session_for
+
+    src = tmp_path / "scan.nii.gz"
+    data = _ras_flipped_nifti(src)
+    viewer = make_napari_viewer()
+    session_for(viewer)  # the plugin's session: opened with any of its docks
+    (image,) = viewer.open(str(src), plugin="napari-mtssl")
+    # a person paints the bright block in a new labels layer over the scan
+    painted = (np.asarray(image.data) > 100).astype(np.uint8)
+    layer = viewer.add_labels(np.zeros_like(painted), name="my mask")
+    assert "mtssl_scan" in layer.metadata  # adopted the scan's geometry
+    layer.data = painted
+    out = tmp_path / "mask.nii.gz"
+    layer.save(str(out), plugin="napari-mtssl")
+    saved = nib.load(str(out))
+    np.testing.assert_array_equal(np.asarray(saved.dataobj) > 0, data > 100)
+    np.testing.assert_allclose(saved.affine, nib.load(str(src)).affine, atol=1e-5)
+
+
+def test_prediction_layers_save_in_the_source_geometry(sample_docks, qtbot, tmp_path):
+    """A layer the plugin shows over a workspace scan carries that scan's geometry."""
+    from napari_mtssl.widgets._state import SCAN_META_KEY, scan_geometry, show_labels
+
+    d = sample_docks
+    ws = d.session.workspace
+    sid = ws.scan_ids()[0]
+    mask = np.zeros(ws.record(sid).shape, np.uint8)
+    mask[2, 10:20, 30:40] = 1
+    layer = show_labels(d.viewer, mask, f"{sid} · test", sid, (1.0, 1.0, 1.0), "prediction")
+    assert layer.metadata[SCAN_META_KEY] == scan_geometry(d.viewer, sid)
+    out = tmp_path / "pred.nii.gz"
+    layer.save(str(out), plugin="napari-mtssl")
+    from napari_mtssl.io import read_labels
+
+    back = read_labels(out, like=ws.load_scan(sid))
+    np.testing.assert_array_equal(back, mask)
