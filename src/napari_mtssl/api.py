@@ -100,8 +100,12 @@ def create_workspace(
     folder: str | os.PathLike,
     source: str | os.PathLike | None = None,
     labelled: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Workspace:
     """A new workspace in ``folder``.
+
+    ``progress(done, total, case)`` is called as each case of a dataset is imported (the
+    Study dock shows it; a study of hundreds of scans takes a while).
 
     ``source``: a dataset folder (Decathlon layout; its train split becomes "train", its val
     split "val"; without splits every case is "train" and training holds out scans), the string
@@ -168,9 +172,13 @@ def create_workspace(
     except WorkspaceError as exc:
         raise ValueError(str(exc)) from None
     ws = Workspace.create(folder, label_names=label_names)
+    total, done = len(train) + len(val), 0
     try:
         for split, cases in (("train", train), ("val", val)):
             for name in cases:
+                if progress is not None:
+                    progress(done, total, name)
+                done += 1
                 scan, lab = ds.load(name)
                 sid = ws.add_scan(scan, split=split)
                 if lab is not None and (split == "val" or patient_of(name) in keep_patients):
@@ -322,11 +330,11 @@ def _model_key(name: str) -> tuple:
 
 
 def list_models(workspace: Workspace | str) -> list[str]:
-    """Models of the finished runs (the newest run holding a name provides its weights)."""
+    """Models users can predict with: every model a run finished, including the finished
+    models of a run that was stopped (the newest run holding a name provides its weights)."""
     names: set[str] = set()
     for r in _ws(workspace).runs():
-        if r.status == "done":
-            names.update(r.models())
+        names.update(r.finished_models())
     return sorted(names, key=_model_key)
 
 

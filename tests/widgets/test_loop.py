@@ -118,7 +118,11 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     ws = d.session.workspace
     config = long_stage1_config(2000)
     jobs = d.session.jobs
-    with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
+    with qtbot.waitSignal(
+        jobs.job_event,
+        timeout=JOB_TIMEOUT_MS,
+        check_params_cb=lambda e: e.get("type") == "progress" and e.get("step", 0) >= 3,
+    ):
         jobs.start(ws, config, "stage1")
     assert d.training.stop_button.isEnabled()
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):

@@ -36,6 +36,41 @@ def labels_layer(labels: np.ndarray, scan: Scan, name: str | None = None) -> Lay
     return (labels, kwargs, "labels")
 
 
+MASK_WORDS = ("label", "mask", "seg", "annot", "gt", "truth")
+MAX_MASK_CLASSES = 64
+
+
+def looks_like_mask(scan: Scan) -> bool:
+    """Whether an opened file is a label mask rather than an image: whole non-negative values
+    and either a name that says so (``*_label*``, ``*mask*``, ``*seg*``; up to
+    ``MAX_MASK_CLASSES`` distinct values) or a background of 0 with at most 16 distinct values
+    up to 255 (an image has hundreds of grey levels). Such files open as a napari Labels
+    layer, so they can be painted on and attached to their scan."""
+    a = scan.array
+    if a.size == 0:
+        return False
+    sample = a.reshape(-1)[:: max(1, a.size // 200_000)]
+    if sample.min() < 0 or not np.array_equal(sample, np.round(sample)):
+        return False
+    if np.unique(sample).size > MAX_MASK_CLASSES:
+        return False
+    if a.min() < 0 or float(a.max()) > 65535 or not np.array_equal(a, np.round(a)):
+        return False
+    values = np.unique(a)
+    named = any(w in (scan.name or "").lower() for w in MASK_WORDS)
+    if named:
+        return values.size <= MAX_MASK_CLASSES
+    return values.size <= 16 and values[0] == 0 and values[-1] <= 255
+
+
+def mask_layer(scan: Scan) -> LayerDataTuple:
+    """A labels layer for a mask file, with its own geometry (it saves back the same way)."""
+    top = float(scan.array.max()) if scan.array.size else 0.0
+    data = scan.array.astype(np.uint8 if top < 256 else np.uint16)
+    kwargs = scan.layer_kwargs()
+    return (data, kwargs, "labels")
+
+
 def _handles(path: Path) -> bool:
     """Cheap check whether ``path`` is ours; must never raise."""
     from . import is_dicom_file
@@ -99,7 +134,8 @@ def reader(path: PathLike, max_cases: int = MAX_DATASET_CASES) -> list[LayerData
                 if layers:
                     layers[0][1]["metadata"]["mtssl_note"] = note
             continue
-        layers.extend(image_layer(scan) for scan in read_scans(p))
+        for scan in read_scans(p):
+            layers.append(mask_layer(scan) if looks_like_mask(scan) else image_layer(scan))
     return layers
 
 

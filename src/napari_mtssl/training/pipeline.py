@@ -51,16 +51,17 @@ DEADLINE_SLACK = 1.08  # a unit past budget x this ends where it is (the promise
 
 
 def find_model(ws: Any, name: str):
-    """The newest finished run holding model ``name`` (or None)."""
+    """The newest run holding a finished model ``name`` (or None); a stopped or interrupted
+    run counts for the models it finished."""
     for run in reversed(ws.runs()):
-        if run.status == "done" and name in run.models():
+        if name in run.finished_models():
             return run
     return None
 
 
 def _teachers_run(ws: Any):
     for run in reversed(ws.runs()):
-        if run.status == "done" and any(m.startswith("teacher:") for m in run.models()):
+        if any(m.startswith("teacher:") for m in run.finished_models()):
             return run
     return None
 

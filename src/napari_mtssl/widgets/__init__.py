@@ -10,15 +10,14 @@ from typing import Any
 
 PLUGIN = "napari-mtssl"
 DOCKS = ("Study", "Tasks and training", "Compare models", "Correct and retrain")
+ALL_STEPS = "All steps (tabs)"
 
 
 def add_docks(viewer: Any) -> dict[str, Any]:
-    """Add the four docks to ``viewer`` (tabbed on the right); returns name -> widget."""
-    widgets = {}
-    for i, name in enumerate(DOCKS):
-        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 0)
-        widgets[name] = widget
-    return widgets
+    """Add the plugin to ``viewer`` as one dock with the four steps as tabs (it fits a laptop
+    screen); returns step name -> widget."""
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, ALL_STEPS)
+    return dict(widget.widgets)
 
 
 def launch_demo(folder: str | None = None, run: bool = True) -> Any:

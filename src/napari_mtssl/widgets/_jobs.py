@@ -75,7 +75,12 @@ def describe_event(event: dict) -> str:
         parts.append(f"loss {loss:.3f}")
     if event.get("val_dice") is not None:
         parts.append(f"val Dice {float(event['val_dice']):.3f}")
-    if event.get("eta_s") is not None:
+    if event.get("run_budget_s"):
+        parts.append(
+            f"run {float(event.get('run_elapsed_s', 0)) / 60:.1f} of "
+            f"{float(event['run_budget_s']) / 60:.0f} min"
+        )
+    elif event.get("eta_s") is not None:
         parts.append(f"ETA {float(event['eta_s']):.0f}s")
     if event.get("message"):
         parts.append(str(event["message"]))
@@ -234,14 +239,21 @@ class JobController(QObject):
             self._dispatching = False
 
     def _update_progress(self, event: dict) -> None:
+        """napari's activity panel follows the whole run (seconds of its budget) when it has
+        one, the model in training otherwise; the dock's own bar shows the model."""
         pbar = self._progress
         if pbar is None or event.get("total") in (None, 0) or event.get("step") is None:
             return
-        total, step = int(event["total"]), int(event["step"])
+        if event.get("run_budget_s"):
+            total, step = int(event["run_budget_s"]), int(event.get("run_elapsed_s", 0))
+        else:
+            total, step = int(event["total"]), int(event["step"])
         if pbar.total != total:
             pbar.total = total
         pbar.n = min(step, total)
-        pbar.set_description(f"MTSSL {event.get('stage') or self.what} {event_run_name(event)}")
+        pbar.set_description(
+            f"MTSSL {self.what}: {event_run_name(event)} {event['step']}/{event['total']}"
+        )
 
     def _on_returned(self, state: str) -> None:
         from napari.utils.notifications import show_error, show_info

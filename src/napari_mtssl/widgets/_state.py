@@ -249,3 +249,17 @@ def adopt_geometry(viewer: Any, layer: Any) -> bool:
 def scan_layer_scale(viewer: Any, scan_id: str, fallback: tuple[float, ...]) -> tuple[float, ...]:
     layer = find_layer(viewer, scan_layer_name(scan_id))
     return tuple(layer.scale) if layer is not None else tuple(fallback)
+
+
+def show_only_scan(viewer: Any, scan_id: str, keep: tuple[str, ...] = ()) -> None:
+    """Hide every layer that belongs to another workspace scan (images, labels, predictions,
+    edits), so what is painted and compared lies over the scan on screen. ``keep``: names of
+    this scan's layers to show (its image always is)."""
+    for layer in viewer.layers:
+        sid = layer.metadata.get(SCAN_ID_KEY) or layer.metadata.get("mtssl_scan_id")
+        if sid is None:
+            continue
+        if sid != scan_id:
+            layer.visible = False
+        elif layer.name == scan_layer_name(scan_id) or layer.name in keep:
+            layer.visible = True

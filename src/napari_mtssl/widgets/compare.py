@@ -31,6 +31,7 @@ from napari_mtssl.widgets._state import (
     model_layer_name,
     scan_layer_name,
     show_labels,
+    show_only_scan,
     show_scan,
 )
 from napari_mtssl.widgets.study import report_errors
@@ -220,6 +221,7 @@ class CompareWidget(QWidget):
         scan_id = scan_id or self.scan.currentText()
         if not scan_id:
             raise ValueError("choose a scan")
+        models = self.models_to_compare()  # may refuse: before the dock says it is busy
         self.status.setText(f"comparing the models on {scan_id}…")
         self.compare_button.setEnabled(False)
 
@@ -231,7 +233,7 @@ class CompareWidget(QWidget):
             api.compare,
             ws,
             scan_id,
-            self.models_to_compare(),
+            models,
             on_result=done,
             action=f"Could not compare models on {scan_id}",
         )
@@ -247,6 +249,8 @@ class CompareWidget(QWidget):
         if image_layer is None:
             image_layer = show_scan(self.viewer, ws.load_scan(scan_id), scan_id)
         scale = tuple(image_layer.scale)
+        # Only this scan shows: the previous scan's image and comparison layers are hidden.
+        show_only_scan(self.viewer, scan_id)
         labels: dict[str, np.ndarray] = dict(_get(comparison, "labels", default={}) or {})
         names = model_order(list(labels))
         for name in names:

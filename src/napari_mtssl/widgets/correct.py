@@ -29,6 +29,7 @@ from napari_mtssl.widgets._state import (
     model_layer_name,
     scan_layer_name,
     show_labels,
+    show_only_scan,
     show_scan,
 )
 from napari_mtssl.widgets.study import report_errors
@@ -170,6 +171,7 @@ class CorrectWidget(QWidget):
         layer = show_labels(
             self.viewer, labels.copy(), name, scan_id, tuple(image_layer.scale), role="edit"
         )
+        show_only_scan(self.viewer, scan_id, keep=(name,))
         self._original[scan_id] = labels.copy()
         self._painted[scan_id] = set()
         self.scan.setCurrentText(scan_id)

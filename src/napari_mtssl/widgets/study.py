@@ -18,7 +18,9 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
+    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -45,6 +47,39 @@ STATUS_COLOURS = {
 
 def labels_layer_name(scan_id: str) -> str:
     return f"{scan_id} · labels"
+
+
+WORKSPACE_KEY = "mtssl_workspace"  # layer metadata: the workspace a layer shows a scan of
+
+
+def parse_class_names(text: str) -> dict[int, str]:
+    """``"0: background, 1: right ventricle"`` or ``"background, RV, myo, LV"`` (numbered in
+    order) -> ``{0: "background", ...}``; ValueError naming what is wrong."""
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        raise ValueError("give the class names, e.g. 0: background, 1: liver")
+    out: dict[int, str] = {}
+    for i, part in enumerate(parts):
+        key, sep, name = part.partition(":")
+        if sep:
+            try:
+                k = int(key.strip())
+            except ValueError:
+                raise ValueError(f"{part!r}: the class number before ':' is not a number") from None
+        else:
+            k, name = i, key
+        if not name.strip():
+            raise ValueError(f"{part!r}: the class has no name")
+        if k in out:
+            raise ValueError(f"class {k} is named twice")
+        out[k] = name.strip()
+    if 0 not in out:
+        out[0] = "background"
+    return dict(sorted(out.items()))
+
+
+def format_class_names(names: dict[int, str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(names.items()))
 
 
 def report_errors(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -140,6 +175,21 @@ class StudyWidget(QWidget):
         grid.addWidget(self.buttons["open_ws"], 1, 1)
         grid.addWidget(self.buttons["sample"], 2, 0)
         grid.addWidget(self.buttons["save_ws"], 2, 1)
+        self.class_names = QLineEdit()
+        self.class_names.setPlaceholderText("0: background, 1: liver, 2: tumour")
+        self.class_names.setToolTip(
+            "The classes your masks use, as 'number: name' separated by commas. Attaching a "
+            "mask with more classes adds them as 'class N'; rename them here."
+        )
+        self.class_names.returnPressed.connect(lambda: self.apply_class_names())
+        self.class_button = QPushButton("Set")
+        self.class_button.setToolTip("Save these class names in the workspace")
+        self.class_button.clicked.connect(lambda _=False: self.apply_class_names())
+        grid.addWidget(QLabel("Classes"), 3, 0, 1, 2)
+        names_row = QHBoxLayout()
+        names_row.addWidget(self.class_names, 1)
+        names_row.addWidget(self.class_button)
+        grid.addLayout(names_row, 4, 0, 1, 2)
 
         data_box = QGroupBox("Scans")
         grid = QGridLayout(data_box)
@@ -168,7 +218,8 @@ class StudyWidget(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
-        self.table.cellDoubleClicked.connect(self._show_scan_row)
+        self.table.cellClicked.connect(self._show_scan_row)
+        self.table.setToolTip("click a scan to show it (and hide the others of the workspace)")
 
         layout = QVBoxLayout(self)
         layout.addWidget(ws_box)
@@ -217,6 +268,7 @@ class StudyWidget(QWidget):
         if not folder:
             return None
         ws = api.open_workspace(folder)
+        self.clear_workspace_layers()
         self.session.set_workspace(ws)
         self.show_workspace_scans()
         return ws
@@ -235,8 +287,9 @@ class StudyWidget(QWidget):
         if folder is None:
             folder = tempfile.mkdtemp(prefix="napari-mtssl-sample-")
         ws = api.create_workspace(folder, source="sample")
+        self.clear_workspace_layers()
         self.session.set_workspace(ws)
-        self.show_workspace_scans()
+        self.show_workspace_scans(limit=None)  # five small scans: all of them
         show_info(f"Sample study workspace: {folder}")
         return ws
 
@@ -262,17 +315,32 @@ class StudyWidget(QWidget):
         show_info(f"Saved {written} edited slice(s) to the workspace")
         return written
 
-    def show_workspace_scans(self) -> None:
-        """Put every workspace scan (and its stored labels) into the viewer."""
+    def show_workspace_scans(self, limit: int | None = 1) -> None:
+        """Put workspace scans (and their stored labels) into the viewer: the first ``limit``
+        (None: all). A study of hundreds of scans is not loaded at once: the one chosen in the
+        table is (``show_workspace_scan``)."""
         ws = self.session.workspace
         if ws is None:
             return
-        for scan_id in ws.scan_ids():
+        ids = list(ws.scan_ids())
+        for scan_id in ids if limit is None else ids[:limit]:
+            self.show_workspace_scan(scan_id, hide_others=False)
+        self.refresh_table()
+
+    def show_workspace_scan(self, scan_id: str, hide_others: bool = True) -> Any:
+        """Show one workspace scan with its labels (loading it if needed); hide the others."""
+        ws = self.session.require_workspace()
+        root = str(ws.root)
+        name = scan_id
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+        else:
             scan = ws.load_scan(scan_id)
             layer = show_scan(self.viewer, scan, scan_id)
+            layer.metadata[WORKSPACE_KEY] = root
             statuses = ws.slice_status(scan_id)
             if any(s != "unlabelled" for s in statuses):
-                show_labels(
+                lab = show_labels(
                     self.viewer,
                     np.asarray(ws.labels(scan_id)),
                     labels_layer_name(scan_id),
@@ -280,7 +348,45 @@ class StudyWidget(QWidget):
                     tuple(layer.scale),
                     role="labels",
                 )
-        self.refresh_table()
+                lab.metadata[WORKSPACE_KEY] = root
+        if hide_others:
+            for other in self.viewer.layers:
+                sid = other.metadata.get(SCAN_ID_KEY)
+                if sid is not None and other.metadata.get(WORKSPACE_KEY) == root:
+                    other.visible = sid == scan_id
+            self.viewer.layers.selection.active = layer
+            self.viewer.reset_view()
+        return layer
+
+    def clear_workspace_layers(self) -> int:
+        """Before another workspace opens: remove the layers this dock showed for the current
+        one, except label layers with edits not saved yet (kept, and said so)."""
+        from napari.utils.notifications import show_warning
+
+        ws = self.session.workspace
+        if ws is None:
+            return 0
+        root, kept, removed = str(ws.root), [], 0
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get(WORKSPACE_KEY) != root:
+                continue
+            sid = layer.metadata.get(SCAN_ID_KEY)
+            if layer.name == labels_layer_name(str(sid)):
+                try:
+                    same = np.array_equal(np.asarray(layer.data), ws.labels(sid))
+                except Exception:  # noqa: BLE001 - unknown: keep it
+                    same = False
+                if not same:
+                    kept.append(layer.name)
+                    continue
+            self.viewer.layers.remove(layer)
+            removed += 1
+        if kept:
+            show_warning(
+                f"kept {', '.join(kept)}: edits not saved to the previous workspace "
+                "(save them there, or delete the layers)"
+            )
+        return removed
 
     # -- scans -----------------------------------------------------------------------------------
     def open_scans(self, paths: list[str] | None = None) -> list[str]:
@@ -321,27 +427,120 @@ class StudyWidget(QWidget):
         show_scan(self.viewer, scan, scan_id)
         return str(scan_id)
 
+    def ask_labelled(self, patients: int) -> int | None:
+        """How many training patients keep their labels (the method is for few labels)."""
+        value, ok = QInputDialog.getInt(
+            self,
+            "Labelled patients",
+            f"The dataset has {patients} labelled training patients. Keep the labels of how "
+            "many (the first ones; 0 = all)? The others become unlabelled scans for the "
+            "self-supervised tasks; validation labels are always kept.",
+            min(3, patients),
+            0,
+            max(patients, 0),
+        )
+        return int(value) if ok else None
+
     @report_errors("Could not open the dataset")
     def open_dataset_folder(
-        self, folder: str | None = None, workspace_folder: str | None = None
+        self,
+        folder: str | None = None,
+        workspace_folder: str | None = None,
+        labelled: int | None = None,
+        wait: bool = False,
     ) -> Any:
-        """A Decathlon / nnU-Net folder becomes a new workspace (its splits kept)."""
+        """A Decathlon / nnU-Net folder becomes a new workspace (its splits kept), imported in
+        the background with progress; ``labelled`` patients keep their labels (0: all).
+        Returns the import worker (``wait``: the workspace, for scripts and tests)."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress as napari_progress
+
         from napari_mtssl import api
         from napari_mtssl import io as mio
 
         folder = folder or self.ask_folder("Open a dataset folder (Decathlon / nnU-Net layout)")
         if not folder:
             return None
-        mio.open_dataset(folder)  # fails here, naming the file, before anything is created
+        ds = mio.open_dataset(folder)  # fails here, naming the file, before anything is made
+        if labelled is None:
+            patients = len({api.patient_of(c.name) for c in ds.labelled if not c.test})
+            labelled = self.ask_labelled(patients)
+            if labelled is None:
+                return None
         workspace_folder = workspace_folder or self.ask_folder(
             "Choose an empty folder for the workspace of this dataset"
         )
         if not workspace_folder:
             return None
-        ws = api.create_workspace(workspace_folder, source=folder)
-        self.session.set_workspace(ws)
-        self.show_workspace_scans()
-        return ws
+
+        def work():
+            """Import in a thread of its own; yield its progress every 0.2 s (a generator
+            worker, so napari relays the yields to the GUI thread)."""
+            import threading
+
+            box: dict[str, Any] = {}
+
+            def tick(done: int, total: int, case: str) -> None:
+                box["last"] = (done, total, case)
+
+            def run() -> None:
+                try:
+                    box["ws"] = api.create_workspace(
+                        workspace_folder, source=folder, labelled=labelled or None, progress=tick
+                    )
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
+                    box["error"] = exc
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.2)
+                if "last" in box:
+                    yield box["last"]
+            if "error" in box:
+                raise box["error"]
+            return box["ws"]
+
+        self.clear_workspace_layers()
+        pbar = napari_progress(total=0, desc=f"importing {Path(folder).name}")
+        worker = create_worker(work, _start_thread=False)
+
+        def on_tick(t: tuple) -> None:
+            done, total, case = t
+            if pbar.total != total:
+                pbar.total = total
+            pbar.n = done
+            pbar.set_description(f"importing {case}")
+            self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
+
+        def on_done(ws: Any) -> None:
+            pbar.close()
+            self.session.set_workspace(ws)
+            self.show_workspace_scans()
+
+        def on_error(exc: BaseException) -> None:
+            from napari.utils.notifications import show_error
+
+            pbar.close()
+            self.refresh()
+            show_error(f"Could not open the dataset: {exc}")
+
+        worker.yielded.connect(on_tick)
+        worker.returned.connect(on_done)
+        worker.errored.connect(on_error)
+        self._import_worker = worker
+        worker.start()
+        if wait:
+            from qtpy.QtCore import QCoreApplication
+
+            while worker.is_running:
+                QCoreApplication.processEvents()
+                import time
+
+                time.sleep(0.02)
+            QCoreApplication.processEvents()
+            return self.session.workspace
+        return worker
 
     @report_errors("Could not add the image layers")
     def add_selected_layers(self) -> list[str]:
@@ -384,9 +583,30 @@ class StudyWidget(QWidget):
         slices = [int(z) for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
         if not slices:
             raise ValueError(f"{labels_name}: the layer holds no labels")
+        top = int(labels.max())
+        names = dict(ws.label_names)
+        if top >= max(names) + 1:
+            from napari.utils.notifications import show_info
+
+            for c in range(1, top + 1):
+                names.setdefault(c, f"class {c}")
+            ws.set_label_names(names)
+            self.class_names.setText(format_class_names(names))
+            show_info(
+                f"{labels_name} uses classes up to {top}: added them as 'class N'; rename them "
+                "under Classes"
+            )
         ws.set_labels(scan_id, labels, slices=slices, status="annotated", by="user")
         self.session.labels_changed.emit(scan_id)
         return scan_id
+
+    @report_errors("Could not set the class names")
+    def apply_class_names(self, text: str | None = None) -> dict[int, str]:
+        ws = self.session.require_workspace()
+        names = parse_class_names(self.class_names.text() if text is None else text)
+        ws.set_label_names(names)
+        self.class_names.setText(format_class_names(names))
+        return names
 
     # -- table -----------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -394,6 +614,10 @@ class StudyWidget(QWidget):
         root = getattr(ws, "root", None) or getattr(ws, "folder", None) or getattr(ws, "path", "")
         self.ws_label.setText(f"Workspace: {root}" if ws is not None else "No workspace open")
         self.buttons["save_ws"].setEnabled(ws is not None)
+        self.class_names.setEnabled(ws is not None)
+        self.class_button.setEnabled(ws is not None)
+        if ws is not None:
+            self.class_names.setText(format_class_names(dict(ws.label_names)))
         self.buttons["add_layers"].setEnabled(ws is not None)
         self.attach_button.setEnabled(ws is not None)
         self._refresh_layer_choices()
@@ -424,14 +648,11 @@ class StudyWidget(QWidget):
         ws = self.session.require_workspace()
         ws.set_split(scan_id, split)
 
+    @report_errors("Could not show the scan")
     def _show_scan_row(self, row: int, _col: int) -> None:
         item = self.table.item(row, 0)
-        if item is not None and item.text() in self.viewer.layers:
-            layer = self.viewer.layers[item.text()]
-            self.viewer.layers.selection.active = layer
-            for other in self.viewer.layers:
-                if other.metadata.get(SCAN_ID_KEY) is not None:
-                    other.visible = other.metadata.get(SCAN_ID_KEY) == item.text()
+        if item is not None and self.session.workspace is not None:
+            self.show_workspace_scan(item.text())
 
     def _refresh_layer_choices(self, *_: Any) -> None:
         from napari.layers import Image, Labels

@@ -228,8 +228,15 @@ class TrainingWidget(QWidget):
         # buttons + progress -------------------------------------------------------------------
         self.train_buttons: dict[str, QPushButton] = {}
         buttons = QHBoxLayout()
+        tips = {
+            "stage1": "Stage 1: the baseline and one teacher per ticked task (each trained "
+            "joint and pre-trained, the better kept), within the time budget",
+            "stage2": "Stage 2: distil the latest teachers into one student",
+            "all": "Stage 1 and stage 2 in one run, within the time budget",
+        }
         for what, text in TRAIN_BUTTONS:
             btn = QPushButton(text)
+            btn.setToolTip(tips[what])
             btn.clicked.connect(lambda _=False, w=what: self.train(w))
             self.train_buttons[what] = btn
             buttons.addWidget(btn)
@@ -468,9 +475,45 @@ class TrainingWidget(QWidget):
         self.resume_button.setEnabled(not running)
 
     def _on_workspace(self) -> None:
+        self._restore_settings()
         self.check_tasks()
         self._show_last_results()
         self._update_resume()
+
+    def _restore_settings(self) -> None:
+        """A reopened workspace shows the tasks, modes and budget of its last run, so training
+        "all" again does not silently switch to another task set."""
+        ws = self.session.workspace
+        if ws is None:
+            return
+        try:
+            runs = ws.runs()
+            cfg = runs[-1].config if runs else None
+        except Exception:  # noqa: BLE001 - an unreadable run keeps the defaults
+            cfg = None
+        if not isinstance(cfg, dict):
+            return
+        s1 = cfg.get("stage1") or {}
+        tasks = s1.get("tasks")
+        if isinstance(tasks, list) and tasks:
+            for name, row in self.task_rows.items():
+                row.checkbox.setChecked(name in tasks)
+        i = self.mode.findData(s1.get("modes"))
+        if i >= 0:
+            self.mode.setCurrentIndex(i)
+        budget = cfg.get("budget_s") or 0
+        if cfg.get("profile") == "tiny":
+            self.budget.setCurrentIndex(self.budget.findData("tiny"))
+        elif budget:
+            minutes = int(round(float(budget) / 60))
+            text = f"{minutes // 60} h" if minutes % 60 == 0 and minutes >= 60 else f"{minutes}m"
+            i = self.budget.findText(text) if minutes % 60 == 0 else -1
+            if i < 0:
+                i = self.budget.findText(f"{minutes} min")
+            if i >= 0:
+                self.budget.setCurrentIndex(i)
+            else:
+                self.budget.setCurrentText(f"{minutes}m")
 
     # -- curves ----------------------------------------------------------------------------------
     def _on_job_started(self, what: str) -> None:

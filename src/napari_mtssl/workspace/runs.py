@@ -238,6 +238,16 @@ class Run:
             if not p.name.startswith(".")  # temporary files of atomic writes
         )
 
+    def finished_models(self) -> list[str]:
+        """Models a user can use: every model of a finished run; of a run that stopped or was
+        interrupted, those it had finished (``pipeline.json``), not the one in training."""
+        names = self.models()
+        if self.status == "done":
+            return names
+        state = _read_json(self.path / "pipeline.json", default={})
+        done = state.get("models", {}) if isinstance(state, dict) else {}
+        return [n for n in names if isinstance(done, dict) and n in done]
+
     @property
     def checkpoint_dir(self) -> Path:
         path = self.path / "checkpoint"
