@@ -42,6 +42,8 @@ __all__ = [
     "compare",
     "accept_correction",
     "history",
+    "export_model",
+    "import_model",
     "patient_of",
     "MODEL_ORDER",
 ]
@@ -488,6 +490,86 @@ def accept_correction(
         by=by,
         round=ws.current_round,
     )
+
+
+def export_model(
+    workspace: Workspace | str,
+    model: str = "student",
+    fmt: str = "onnx",
+    out: str | os.PathLike = "model.onnx",
+    *,
+    force: bool = False,
+    license: str = "CC-BY-4.0",
+) -> Path:
+    """A trained model as ``onnx`` (metadata: preprocessing, patch, classes, provenance) or a
+    ``bioimageio`` model package (zip, validated by bioimageio.spec)."""
+    from napari_mtssl.export import ExportError, check_output
+    from napari_mtssl.export.model_files import export_bioimageio, export_onnx
+    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.pipeline import find_model
+
+    ws = _ws(workspace)
+    if fmt not in ("onnx", "bioimageio"):
+        raise ExportError(f"format must be onnx or bioimageio, got {fmt!r}")
+    dest = check_output(out, force=force)
+    r = find_model(ws, model)
+    if r is None:
+        avail = list_models(ws)
+        raise ExportError(
+            f"no trained model {model!r} in this workspace; available: "
+            f"{', '.join(avail) if avail else 'none (train first)'}"
+        )
+    net, meta = checkpoints.load_model(r.model_path(model))
+    extra = {"workspace": ws.root.name, "round": r.round, "run": r.id, "name": model}
+    if fmt == "onnx":
+        return export_onnx(net, meta, dest, extra=extra)
+    plan = None
+    if (r.path / "plan.json").is_file():
+        import json
+
+        plan = json.loads((r.path / "plan.json").read_text())
+    image = _test_slice(ws, meta)
+    train = [ws.record(s).name for s in ws.scan_ids("train")]
+    lab = [s for s in ws.scan_ids("train") if ws.labelled_slices(s)]
+    data = (
+        f"{len(train)} training scans ({len(lab)} with labels) and "
+        f"{len(ws.scan_ids('val'))} validation scans of the workspace {ws.root.name}; classes "
+        f"{dict(ws.label_names)}"
+    )
+    return export_bioimageio(
+        net,
+        {**meta, **extra},
+        dest,
+        test_image=image,
+        plan=plan,
+        data_description=data,
+        license=license,
+    )
+
+
+def _test_slice(ws: Workspace, meta: dict) -> np.ndarray:
+    """A normalised middle slice of a labelled scan at the model's planned grid."""
+    from napari_mtssl.training.data import prepare_volume
+    from napari_mtssl.training.preprocess import Preprocessing
+
+    ids = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)] or ws.scan_ids()
+    scan = ws.load_scan(ids[0])
+    vol, _ = prepare_volume(
+        scan.array, scan.spacing, scan.modality, Preprocessing.from_dict(meta["preprocessing"])
+    )
+    return vol[vol.shape[0] // 2]
+
+
+def import_model(workspace: Workspace | str, path: str | os.PathLike, name: str = "student") -> str:
+    """An ONNX model or bioimage.io package exported by napari-mtssl becomes model ``name``
+    (``student``, ``teacher:<task>``, ...) of a new run of the workspace; returns the run id."""
+    from napari_mtssl.export.model_files import import_model as _import
+
+    if not (name in ("student", "baseline") or name.startswith("teacher:")):
+        raise ValueError(
+            f"import a model as 'student', 'baseline' or 'teacher:<task>', not {name!r}"
+        )
+    return _import(_ws(workspace), Path(path), name)
 
 
 def history(workspace: Workspace | str) -> list[dict]:

@@ -423,10 +423,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if len(scans) != 1:
             raise CliError(f"{args.scan}: holds {len(scans)} images; give one")
         scan = scans[0]
+    as_seg = args.format == "dicom-seg" or (args.format is None and out.suffix.lower() == ".dcm")
+    if as_seg:
+        from napari_mtssl.export.dicomseg import can_write_dicom_seg
+
+        why = can_write_dicom_seg(scan.meta)
+        if why:
+            raise CliError(f"{args.out}: {why}")
     pred = api.predict(ws, scan, model=args.model, device=args.device)
-    write_labels(pred.labels, out, like=scan)
+    if as_seg:
+        from napari_mtssl.export.dicomseg import write_dicom_seg
+
+        write_dicom_seg(
+            pred.labels,
+            scan.meta,
+            out,
+            label_names=dict(ws.label_names),
+            algorithm={"model": args.model, "run": pred.run, "round": ws.run(pred.run).round},
+        )
+    else:
+        write_labels(pred.labels, out, like=scan)
     counts = {int(c): int((pred.labels == c).sum()) for c in range(1, int(ws.num_classes))}
     print(f"wrote {args.out} ({args.model}; voxels per class {counts})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    ws = api.open_workspace(args.workspace)
+    out = output_path(args.out, force=args.force, workspace=ws)
+    path = api.export_model(ws, args.model, args.format, out, force=args.force)
+    print(f"wrote {path} ({args.model}, {args.format})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    ws = api.open_workspace(args.workspace)
+    run_id = api.import_model(ws, args.file, args.as_)
+    print(f"imported {args.file} as {args.as_} (run {run_id})")
     return 0
 
 
@@ -556,7 +589,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="label file to write (e.g. mask.nii.gz)")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     pr.add_argument("--force", action="store_true", help="replace --out if it exists")
+    pr.add_argument(
+        "--format",
+        choices=["nifti", "tiff", "dicom-seg"],
+        help="default: from --out (.nii/.nii.gz, .tif, .dcm = DICOM-SEG for a DICOM scan)",
+    )
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="a trained model as ONNX or a bioimage.io package")
+    ex.add_argument("workspace")
+    ex.add_argument("--model", default="student")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "bioimageio"])
+    ex.add_argument("--out", required=True, help="model.onnx, or package.zip for bioimageio")
+    ex.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ex.set_defaults(func=cmd_export)
+
+    im = sub.add_parser("import", help="a model exported by napari-mtssl, into a workspace")
+    im.add_argument("workspace")
+    im.add_argument("file", help="an .onnx file or a bioimage.io package (.zip)")
+    im.add_argument(
+        "--as", dest="as_", default="student", help="student (default), baseline or teacher:<task>"
+    )
+    im.set_defaults(func=cmd_import)
 
     ev = sub.add_parser("evaluate", help="score the trained models on a labelled dataset")
     ev.add_argument("workspace")

@@ -62,3 +62,64 @@ def test_prediction_layers_save_in_the_source_geometry(sample_docks, qtbot, tmp_
 
     back = read_labels(out, like=ws.load_scan(sid))
     np.testing.assert_array_equal(back, mask)
+
+
+def test_a_mask_painted_on_a_dicom_series_saves_as_dicom_seg(make_napari_viewer, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from napari_mtssl.io._orient import from_canonical
+    from napari_mtssl.widgets._session import session_for
+    from tests.io.conftest import rotation, write_series
+
+    raw = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 200).astype(np.int16)
+    rot = rotation(0.2, 0.3)
+    folder = tmp_path / "series"
+    write_series(
+        folder,
+        raw,
+        row_dir=rot[:, 0],
+        col_dir=rot[:, 1],
+        origin=np.array([0.0, 10.0, -5.0]),
+        slice_step=2.0,
+        pixel_spacing=(0.9, 0.7),
+    )
+    viewer = make_napari_viewer()
+    session_for(viewer)
+    (image,) = viewer.open(str(folder), plugin="napari-mtssl")
+    layer = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="drawn")
+    painted = np.zeros(image.data.shape, np.uint8)
+    painted[2, 3:7, 2:5] = 1
+    layer.data = painted
+    out = tmp_path / "drawn.dcm"
+    layer.save(str(out), plugin="napari-mtssl")
+    seg = hd.seg.segread(out)
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+    stack = from_canonical(painted, image.metadata["mtssl_scan"]["dicom_transform"])
+    import pydicom
+
+    for k, (path, _) in enumerate(image.metadata["mtssl_scan"]["frames"]):
+        uid = pydicom.dcmread(path).SOPInstanceUID
+        pix = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[uid],
+            segment_numbers=[1],
+            assert_missing_frames_are_empty=True,
+        )
+        np.testing.assert_array_equal(pix[0, :, :, 0] > 0, stack[k] > 0)
+
+
+def test_export_button_and_save_all_labels(sample_docks, qtbot, tmp_path):
+    from napari_mtssl import api
+
+    d = sample_docks
+    ws = d.session.workspace
+    api.run(api.train(ws, api.make_config("tiny", device="cpu", tasks=["inpaint"]), "all"))
+    out = tmp_path / "student.onnx"
+    worker = d.compare.export_student(str(out))
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert out.is_file() and out.stat().st_size > 1000
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    written = d.study.save_all_labels(str(folder))
+    assert written and all(p.endswith("_labels.nii.gz") for p in written)
+    again = d.study.save_all_labels(str(folder))  # never replaces: refused, nothing written
+    assert again is None

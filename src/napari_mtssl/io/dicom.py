@@ -356,6 +356,9 @@ def _stack(
     meta["slice_thickness"] = first.thickness
     meta["measured_slice_spacing"] = float(np.linalg.norm(zvec))
     meta["files"] = sorted({str(f.path) for f in frames})
+    # The source of each plane of the array, in its order (before reorientation): what a
+    # DICOM-SEG needs to reference each segmentation frame's source image.
+    meta["frames"] = [[str(f.path), f.frame] for f in frames]
     return _load_pixels(frames, meta), affine
 
 

@@ -172,3 +172,23 @@ def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[
     target = path if suffix_of(Path(path)) in TIFF_SUFFIXES else f"{path}.tif"
     write_labels(np.asarray(data), target, _like_from_attributes(data, attributes))
     return [target]
+
+
+def write_labels_dicom_seg(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: labels of a scan read from DICOM as a DICOM-SEG referencing
+    that series (a mask of any other scan is refused, with NIfTI offered instead)."""
+    from napari_mtssl.export.dicomseg import write_dicom_seg
+
+    target = path if suffix_of(Path(path)) == ".dcm" else f"{path}.dcm"
+    meta = dict((attributes.get("metadata") or {}).get("mtssl_scan") or {})
+    names = {
+        int(k): str(v)
+        for k, v in ((attributes.get("metadata") or {}).get("mtssl_label_names") or {}).items()
+    }
+    arr = np.asarray(data)
+    for c in np.unique(arr):
+        names.setdefault(int(c), "background" if c == 0 else f"class {int(c)}")
+    role = str((attributes.get("metadata") or {}).get("mtssl_role") or "")
+    algorithm = {"model": role.split(":", 1)[1]} if role.startswith("model:") else None
+    write_dicom_seg(arr, meta, target, label_names=names, algorithm=algorithm)
+    return [target]

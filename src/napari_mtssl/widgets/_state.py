@@ -200,6 +200,11 @@ def show_labels(
     geometry = scan_geometry(viewer, scan_id)
     if geometry is not None:
         meta[SCAN_META_KEY] = geometry
+    from napari_mtssl.widgets._session import session_for
+
+    ws = session_for(viewer).workspace
+    if ws is not None:  # segment names for a DICOM-SEG saved from this layer
+        meta["mtssl_label_names"] = {str(k): v for k, v in dict(ws.label_names).items()}
     layer = find_layer(viewer, name)
     if layer is not None:
         layer.data = data

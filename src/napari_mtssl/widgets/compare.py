@@ -186,6 +186,13 @@ class CompareWidget(QWidget):
         layout.addWidget(self.dice, 1)
         layout.addWidget(QLabel("Slices by teacher disagreement"))
         layout.addWidget(self.ranked, 1)
+        self.export_button = QPushButton("Export the student…")
+        self.export_button.setToolTip(
+            "Save the student to run it elsewhere: an ONNX file (.onnx, with its preprocessing "
+            "in the metadata) or a bioimage.io model package (.zip)"
+        )
+        self.export_button.clicked.connect(lambda _=False: self.export_student())
+        layout.addWidget(self.export_button)
 
         self.session.workspace_changed.connect(lambda _ws: self.refresh_scans())
         self.session.models_changed.connect(self.refresh_scans)
@@ -201,6 +208,49 @@ class CompareWidget(QWidget):
         if current:
             self.scan.setCurrentText(current)
         self.compare_button.setEnabled(ws is not None and self.scan.count() > 0)
+
+    def ask_export_path(self) -> str | None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export the student",
+            "student.onnx",
+            "ONNX model (*.onnx);;bioimage.io model package (*.zip)",
+        )
+        return path or None
+
+    @report_errors("Could not export the student")
+    def export_student(self, path: str | None = None, model: str = "student") -> Any:
+        """Export ``model`` as ONNX (``.onnx``) or a bioimage.io package (``.zip``), in a
+        thread; a path that exists is refused (napari's dialog asked before)."""
+        from napari_mtssl import api
+
+        ws = self.session.require_workspace()
+        path = path or self.ask_export_path()
+        if not path:
+            return None
+        fmt = "bioimageio" if path.lower().endswith(".zip") else "onnx"
+        self.status.setText(f"exporting {model} as {fmt}…")
+
+        def done(out: Any) -> None:
+            from napari.utils.notifications import show_info
+
+            self.status.setText(f"exported {model}: {out}")
+            show_info(f"Exported {model} to {out}")
+
+        self.worker = run_in_thread(
+            api.export_model,
+            ws,
+            model,
+            fmt,
+            path,
+            on_result=done,
+            action=f"Could not export {model}",
+            force=True,
+        )
+        self.worker.errored.connect(lambda e: self.status.setText(f"export failed: {e}"))
+        return self.worker
 
     def models_to_compare(self) -> list[str]:
         """Teachers, student, baseline and all-tasks-jointly (not every stage-1 candidate)."""

@@ -161,6 +161,7 @@ class StudyWidget(QWidget):
             "open_dicom": ("Open DICOM folder…", self.open_dicom_folder),
             "open_dataset": ("Open dataset folder…", self.open_dataset_folder),
             "add_layers": ("Add selected image layers", self.add_selected_layers),
+            "save_all": ("Save all labels…", self.save_all_labels),
         }
         self.buttons: dict[str, QPushButton] = {}
         for key, (text, slot) in buttons.items():
@@ -197,6 +198,11 @@ class StudyWidget(QWidget):
         grid.addWidget(self.buttons["open_dicom"], 0, 1)
         grid.addWidget(self.buttons["open_dataset"], 1, 0)
         grid.addWidget(self.buttons["add_layers"], 1, 1)
+        grid.addWidget(self.buttons["save_all"], 2, 0)
+        self.buttons["save_all"].setToolTip(
+            "Write the labels of every labelled scan into a folder, each in its scan's own "
+            "geometry: DICOM-SEG for scans read from DICOM, NIfTI for the others"
+        )
 
         attach_box = QGroupBox("Attach labels to a scan")
         row = QHBoxLayout(attach_box)
@@ -600,6 +606,38 @@ class StudyWidget(QWidget):
         self.session.labels_changed.emit(scan_id)
         return scan_id
 
+    @report_errors("Could not save the labels")
+    def save_all_labels(self, folder: str | None = None) -> list[str]:
+        """Every labelled scan's stored labels into ``folder``: ``<scan>_labels.dcm``
+        (DICOM-SEG) for DICOM scans, ``<scan>_labels.nii.gz`` for the others; an existing
+        file is never replaced."""
+        from napari.utils.notifications import show_info
+
+        from napari_mtssl.export import check_output
+        from napari_mtssl.io import write_labels
+
+        ws = self.session.require_workspace()
+        folder = folder or self.ask_folder("Folder for the labels of every labelled scan")
+        if not folder:
+            return []
+        written = []
+        for sid in ws.scan_ids():
+            if not ws.labelled_slices(sid):
+                continue
+            scan = ws.load_scan(sid)
+            labels = np.asarray(ws.labels(sid))
+            if scan.meta.get("format") == "dicom":
+                from napari_mtssl.export.dicomseg import write_dicom_seg
+
+                out = check_output(Path(folder) / f"{sid}_labels.dcm")
+                write_dicom_seg(labels, scan.meta, out, label_names=dict(ws.label_names))
+            else:
+                out = check_output(Path(folder) / f"{sid}_labels.nii.gz")
+                write_labels(labels, out, like=scan)
+            written.append(str(out))
+        show_info(f"Saved the labels of {len(written)} scan(s) in {folder}")
+        return written
+
     @report_errors("Could not set the class names")
     def apply_class_names(self, text: str | None = None) -> dict[int, str]:
         ws = self.session.require_workspace()
@@ -619,6 +657,7 @@ class StudyWidget(QWidget):
         if ws is not None:
             self.class_names.setText(format_class_names(dict(ws.label_names)))
         self.buttons["add_layers"].setEnabled(ws is not None)
+        self.buttons["save_all"].setEnabled(ws is not None)
         self.attach_button.setEnabled(ws is not None)
         self._refresh_layer_choices()
         self.refresh_table()
