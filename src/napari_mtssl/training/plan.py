@@ -572,17 +572,26 @@ def _busy_cores(window_s: float = 0.5) -> float:
         idle = v[3] + (v[4] if len(v) > 4 else 0.0) + v[1]
         return sum(v) - idle, sum(v)
 
-    a = snap()
-    if a is None:
+    def window() -> float | None:
+        a = snap()
+        if a is None:
+            return None
+        time.sleep(window_s)
+        b = snap()
+        total = b[1] - a[1] if b else 0.0
+        return (b[0] - a[0]) / total * (os.cpu_count() or 1) if b and total > 0 else 0.0
+
+    # Two windows a little apart, and the quieter one: a burst (a program starting, a file
+    # being written) is not the sustained load that would slow the run down.
+    first = window()
+    if first is None:
         try:
             busy = float(os.getloadavg()[0])
         except (AttributeError, OSError):
             busy = 0.0
     else:
-        time.sleep(window_s)
-        b = snap()
-        total = b[1] - a[1] if b else 0.0
-        busy = (b[0] - a[0]) / total * (os.cpu_count() or 1) if b and total > 0 else 0.0
+        time.sleep(0.3)
+        busy = min(first, window() or 0.0)
     _BUSY.append(max(0.0, busy))
     return _BUSY[0]
 
