@@ -317,13 +317,9 @@ def output_path(
                 f"{out}: is inside the workspace {root}, whose files it manages itself; "
                 "choose a path outside it"
             )
-    if p.is_dir():
-        raise CliError(f"{out}: is a folder; give a file name")
-    if p.exists() and not force:
-        raise CliError(f"{out}: exists; add --force to replace it")
-    if not p.parent.exists():
-        raise CliError(f"{out}: its folder {p.parent} does not exist")
-    return p
+    from napari_mtssl.export import check_output  # no optional dependency is imported
+
+    return check_output(p, force=force)
 
 
 def _open_or_create(data: str, out: str | None, labelled: int | None):

@@ -37,7 +37,7 @@ def check_output(path: str | Path, *, force: bool = False) -> Path:
     if p.is_dir():
         raise ExportError(f"{p}: is a folder; give a file name")
     if p.exists() and not force:
-        raise ExportError(f"{p}: exists; use --force (force=True) to replace it")
+        raise ExportError(f"{p}: exists; add --force to replace it")
     if not p.parent.is_dir():
         raise ExportError(f"{p}: its folder {p.parent} does not exist")
     return p

@@ -41,7 +41,7 @@ from . import checkpoints, stages
 from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
 from .inference import resolve_device
-from .plan import MIN_STEPS, Plan, PlanError, allocate, fingerprint, make_plan
+from .plan import MIN_STEPS, Plan, PlanError, allocate, fingerprint, make_plan, model_units
 from .preprocess import VolumeCache, content_hash
 
 __all__ = ["WHATS", "run_training", "run_training_job", "find_model", "plan_job", "PlanError"]
@@ -67,22 +67,18 @@ def _teachers_run(ws: Any):
 
 
 def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
-    """The model names a run of ``what`` produces, in training order."""
-    plan: list[str] = []
-    if what in ("baseline", "all"):
-        plan.append("baseline")
-    if what in ("stage1", "all"):
-        for t in cfg.stage1.tasks:
-            if cfg.stage1.modes in ("joint", "both"):
-                plan.append(f"{t}:joint")
-            if cfg.stage1.modes in ("pretrain", "both"):
-                plan.append(f"{t}:pretrain")
-            plan.append(f"teacher:{t}")
-        if cfg.all_joint and len(cfg.stage1.tasks) > 1:
-            plan.append("all_joint")
-    if what in ("stage2", "all", "retrain-quick", "retrain-stage2"):
-        plan.append("student")
-    return plan
+    """The model names a run of ``what`` produces, in training order: the models the budget is
+    shared by (:func:`.plan.model_units`), with each task's selected teacher after its modes."""
+    names: list[str] = []
+    for unit in model_units(what, cfg):
+        if unit == "student (retrain)":
+            unit = "student"
+        names.append(unit)
+        task = unit.split(":")[0]
+        last_mode = "pretrain" if cfg.stage1.modes in ("pretrain", "both") else "joint"
+        if unit == f"{task}:{last_mode}":
+            names.append(f"teacher:{task}")
+    return names
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -125,6 +121,10 @@ def plan_job(
     fp = fingerprint(ws)
     plan = make_plan(fp, cfg, what, interactive=True, fixed=_fixed_plan(ws, what))
     return plan.to_dict()
+
+
+class _Stopped(Exception):
+    """A unit stopped at the user's request; its checkpoint and the run's state are saved."""
 
 
 class _Run:
@@ -174,10 +174,12 @@ class _Run:
             yield self.log(ev)
 
     def unit(self, make: Callable[[], Generator], name: str) -> Generator[dict, None, dict]:
-        """Relay one unit; a damaged resumable checkpoint of it (a torn write, a full disk) is
-        set aside and the unit starts again from its first step instead of failing the run."""
+        """Relay one unit and return its result. A stop request ends the run here (the unit
+        saved its checkpoint; :class:`_Stopped` carries the event up). A damaged resumable
+        checkpoint of the unit (a torn write, a full disk) is set aside and the unit starts
+        again from its first step instead of failing the run."""
         try:
-            return (yield from self.relay(make()))
+            res = yield from self.relay(make())
         except checkpoints.ModelFileError as exc:
             bad = Path(str(exc.path))
             if self.run.checkpoint_dir.resolve() not in bad.resolve().parents:
@@ -185,7 +187,11 @@ class _Run:
             for f in (bad.with_suffix(".json"), bad.with_suffix(".safetensors")):
                 f.unlink(missing_ok=True)
             yield self.log({"type": "note", "message": f"{exc}; {name} starts again"})
-            return (yield from self.relay(make()))
+            res = yield from self.relay(make())
+        if res["stopped"]:
+            yield self.log(self.stopped(res))
+            raise _Stopped()
+        return res
 
     def stopped(self, res: dict) -> dict:
         self.save_state()
@@ -290,9 +296,9 @@ class _Run:
         yield self.log({"type": "model_done", "model": name, **entry})
 
     # -- the stages ------------------------------------------------------------------------
-    def baseline(self) -> Generator[dict, None, bool]:
+    def baseline(self) -> Generator[dict, None, None]:
         if "baseline" in self.models:
-            return True
+            return
         cfg = self.unit_cfg("baseline")
         self._remember_steps("baseline", cfg.baseline_steps)
         res = yield from self.unit(
@@ -306,11 +312,7 @@ class _Run:
             ),
             "baseline",
         )
-        if res["stopped"]:
-            yield self.log(self.stopped(res))
-            return False
         yield from self.finish("baseline", res, mode=None, task=None)
-        return True
 
     def _remember_steps(self, unit: str, n: int) -> None:
         """A unit keeps its step count once started (its learning-rate schedule depends on
@@ -359,7 +361,7 @@ class _Run:
         res["pretext_cached"] = task in self.state.get("pretext_reuse", [])
         return res
 
-    def stage1_task(self, task: str) -> Generator[dict, None, bool]:
+    def stage1_task(self, task: str) -> Generator[dict, None, None]:
         s1 = self.cfg.stage1
         modes = {"joint": ["joint"], "pretrain": ["pretrain"], "both": ["joint", "pretrain"]}[
             s1.modes
@@ -372,9 +374,6 @@ class _Run:
                 if f"{task}:{mode}" in self.models or mode in halving.get("rung", {}):
                     continue
                 res = yield from self.unit(lambda m=mode: self._mode(task, m, at), f"{task}:{mode}")
-                if res["stopped"]:
-                    yield self.log(self.stopped(res))
-                    return False
                 halving.setdefault("rung", {})[mode] = {
                     "dice": res.get("val_dice"),
                     "steps": int(res["steps"]),
@@ -413,9 +412,6 @@ class _Run:
                     res = yield from self.unit(
                         lambda m=mode: self._mode(task, m, None), f"{task}:{mode}"
                     )
-                    if res["stopped"]:
-                        yield self.log(self.stopped(res))
-                        return False
                     yield from self.finish(name, res, mode=mode, task=task)
                 else:
                     yield from self._halted(task, mode, halving)
@@ -427,13 +423,9 @@ class _Run:
                 res = yield from self.unit(
                     lambda m=mode: self._mode(task, m, None), f"{task}:{mode}"
                 )
-                if res["stopped"]:
-                    yield self.log(self.stopped(res))
-                    return False
                 yield from self.finish(name, res, mode=mode, task=task)
         if f"teacher:{task}" not in self.models:
             yield from self.select(task, modes)
-        return True
 
     def _halted(self, task: str, mode: str, halving: dict) -> Generator[dict, None, None]:
         """The losing mode keeps the model and scores it had at the halving point."""
@@ -498,9 +490,9 @@ class _Run:
         self.save_state()
         yield self.log({"type": "selected", "task": task, **self.selected[task]})
 
-    def all_joint(self) -> Generator[dict, None, bool]:
+    def all_joint(self) -> Generator[dict, None, None]:
         if "all_joint" in self.models:
-            return True
+            return
         res = yield from self.unit(
             lambda: stages.all_joint(
                 self.cfg.stage1.tasks,
@@ -513,15 +505,11 @@ class _Run:
             ),
             "all_joint",
         )
-        if res["stopped"]:
-            yield self.log(self.stopped(res))
-            return False
         yield from self.finish("all_joint", res, mode="joint", task="all")
-        return True
 
-    def student(self, teacher_run, student_run) -> Generator[dict, None, bool]:
+    def student(self, teacher_run, student_run) -> Generator[dict, None, None]:
         if "student" in self.models:
-            return True
+            return
         cfg = self.unit_cfg("student")
         if self.what == "all":
             tnames = [f"teacher:{t}" for t in cfg.stage1.tasks]
@@ -559,13 +547,9 @@ class _Run:
             ),
             "student",
         )
-        if res["stopped"]:
-            yield self.log(self.stopped(res))
-            return False
         yield from self.finish("student", res, mode=None, task=None)
         self.state["teachers"] = {"run": trun.id, "models": tnames}
         self.save_state()
-        return True
 
 
 def pretext_key(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str) -> str:
@@ -766,20 +750,19 @@ def run_training(
         todo = [u for u in the_plan.models if u not in r.models]
         if "baseline" in units:
             yield from r.rebudget(todo)
-            if not (yield from r.baseline()):
-                return {"stopped": True, "run": run.id}
+            yield from r.baseline()
         if what in ("stage1", "all"):
             for task in cfg.stage1.tasks:
                 todo = [u for u in the_plan.models if u not in r.models]
                 yield from r.rebudget(todo)
-                if not (yield from r.stage1_task(task)):
-                    return {"stopped": True, "run": run.id}
-            if "all_joint" in units and not (yield from r.all_joint()):
-                return {"stopped": True, "run": run.id}
+                yield from r.stage1_task(task)
+            if "all_joint" in units:
+                yield from r.all_joint()
         if "student" in units:
             yield from r.rebudget([u for u in the_plan.models if u not in r.models])
-            if not (yield from r.student(teacher_run, student_run)):
-                return {"stopped": True, "run": run.id}
+            yield from r.student(teacher_run, student_run)
+    except _Stopped:
+        return {"stopped": True, "run": run.id}
     except BaseException as exc:
         # GeneratorExit: the consumer dropped us (a job was killed): leave a resumable state.
         status = "stopped" if isinstance(exc, GeneratorExit) else "failed"
