@@ -196,6 +196,54 @@ def cache_table(runs: list[dict]) -> list[str]:
     return out
 
 
+def shapes_table() -> list[str]:
+    """The fixed-step shape runs (benchmarks/budget/shapes.py) the planner was tuned on."""
+    path = ROOT / "benchmarks" / "results" / "budget_shapes.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = [
+        "| run | L | patch | width | steps | minutes (1 core) | RV | myocardium | LV | mean |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = r["dice"]
+        out.append(
+            f"| {r['name']} | {r['L']} | {r['patch']} | {r['width']} | {r['steps']} | "
+            f"{r['train_s'] / 60:.0f} | "
+            + " | ".join(f"{d[c]:.3f}" for c in CLASSES)
+            + f" | **{r['mean_dice']:.3f}** |"
+        )
+    return out + [""]
+
+
+def postprocess_table(runs: list[dict]) -> list[str]:
+    """Validation Dice with and without the largest-component post-processing, per model kind."""
+    pairs = defaultdict(list)
+    for r in runs:
+        b = r["benchmark"]
+        if b["kind"] not in ("baseline", "method", "base2L"):
+            continue
+        for name, m in r["models"].items():
+            if "raw_mean_dice" in m:
+                kind = "teacher" if name.startswith("teacher:") else name.split(":")[0]
+                if ":" in name and not name.startswith("teacher:"):
+                    kind = "stage-1 model"
+                pairs[kind].append((m["raw_mean_dice"], m["mean_dice"], m.get("postprocess")))
+    if not pairs:
+        return []
+    out = [
+        "| models | n | kept it | mean Dice without | with the choice | gain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, ps in sorted(pairs.items()):
+        raw = statistics.mean(p[0] for p in ps)
+        post = statistics.mean(p[1] for p in ps)
+        kept = sum(p[2] == "largest_component" for p in ps)
+        out.append(f"| {kind} | {len(ps)} | {kept} | {raw:.3f} | {post:.3f} | {post - raw:+.3f} |")
+    return out + [""]
+
+
 def curve(runs: list[dict]) -> list[str]:
     """Dice versus budget: baseline (kind baseline) and student (kind method), per L."""
     pts = defaultdict(list)
@@ -257,14 +305,22 @@ def main() -> int:
         print(f"no results in {RES}", file=sys.stderr)
         return 1
     md = [*baseline_tables(runs), *method_tables(runs), *cache_table(runs), *curve(runs)]
+    extra = {"shapes": shapes_table(), "postprocess": postprocess_table(runs)}
     text = DOC.read_text()
-    a, b = "<!-- budget:begin -->", "<!-- budget:end -->"
-    if a in text and b in text:
-        text = text[: text.index(a) + len(a)] + "\n" + "\n".join(md) + "\n" + text[text.index(b) :]
-        DOC.write_text(text)
-        print(f"updated {DOC}")
-    else:
-        print("\n".join(md))
+    for key, lines in (("budget", md), *extra.items()):
+        a, b = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+        if a in text and b in text:
+            text = (
+                text[: text.index(a) + len(a)]
+                + "\n"
+                + "\n".join(lines)
+                + "\n"
+                + text[text.index(b) :]
+            )
+        else:
+            print("\n".join(lines))
+    DOC.write_text(text)
+    print(f"updated {DOC}")
     return 0
 
 

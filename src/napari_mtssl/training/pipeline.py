@@ -642,6 +642,14 @@ def run_training(
             if student_run is None:
                 raise ValueError("retrain-quick needs a trained student; run stage 2 first")
 
+    # The first event comes at once (the docks and the CLI show activity while the data are
+    # read, the plan is made and a few steps are timed: seconds, longer on a first run).
+    yield {
+        "type": "note",
+        "message": "resuming: reading the data"
+        if resume
+        else "planning: reading the data and timing a few steps on this machine",
+    }
     if resume:
         run = ws.run(resume)
         if run.kind != what:
@@ -826,6 +834,23 @@ def job_threads(cpus: int | None = None) -> int:
     return max(1, cpus - 1)
 
 
+JOB_NICE = 4
+
+
+def _yield_to_the_viewer() -> None:
+    """A job started from napari runs at a lower priority than the viewer (``nice`` +4): when
+    the machine is busy, the viewer's event loop gets the CPU first, so napari stays smooth;
+    when it is idle, the job gets every free cycle anyway."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return  # an inline job runs in the viewer's own process: never lower the viewer
+    try:
+        os.nice(JOB_NICE)
+    except (AttributeError, OSError):
+        pass  # not POSIX, or not allowed: the one core left free still keeps napari usable
+
+
 def run_training_job(
     workspace: str,
     config: dict,
@@ -838,6 +863,7 @@ def run_training_job(
     napari leaves one core to the viewer."""
     from napari_mtssl.workspace import Workspace
 
+    _yield_to_the_viewer()
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
     report = yield from run_training(
