@@ -1,12 +1,13 @@
-"""Screenshots of the four docks for the tutorial, from a real napari window.
+"""Screenshots of the plugin's steps for the docs, from a real napari window.
 
 Run under Xvfb from the repository root::
 
     xvfb-run -a .venv/bin/python docs/make_screenshots.py [--profile tiny]
 
-It loads the sample study into a temporary workspace, trains with the given profile (tiny: a
-few seconds), compares the models on one scan, opens the student's prediction for editing,
-corrects one slice, accepts it, retrains quickly, and saves one PNG per step into docs/images/.
+It loads the sample study into a temporary workspace, shows the plan for a 1-hour budget
+(Estimate), trains with the given profile (tiny: a few seconds), compares the models on one
+scan, opens the student's prediction for editing, corrects one slice, accepts it, retrains
+quickly, and saves one PNG per step into docs/images/, and the whole window at 1366 x 768.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import napari
-    from qtpy.QtWidgets import QApplication, QDockWidget
+    from qtpy.QtWidgets import QApplication
 
     from napari_mtssl.widgets import DOCKS, add_docks
     from napari_mtssl.widgets._probe import StallProbe
+    from napari_mtssl.widgets.all_steps import AllStepsWidget
 
     IMAGES.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-mtssl")
@@ -60,12 +62,13 @@ def main() -> None:
     jobs = study.session.jobs
 
     def show_dock(widget) -> None:
-        # the docks are tabbed; bring this one to the front before a window screenshot
+        # the steps are tabs of one dock: bring this one to the front before a screenshot
         parent = widget.parentWidget()
-        while parent is not None and not isinstance(parent, QDockWidget):
+        while parent is not None and not isinstance(parent, AllStepsWidget):
             parent = parent.parentWidget()
         if parent is not None:
-            parent.raise_()
+            name = next(n for n, w in parent.widgets.items() if w is widget)
+            parent.show_step(name)
         app.processEvents()
 
     folder = tempfile.mkdtemp(prefix="mtssl-screens-")
@@ -75,10 +78,18 @@ def main() -> None:
     save_dock(study, "study_dock.png")
     viewer.screenshot(str(IMAGES / "window_study.png"), canvas_only=False)
 
+    # the plan for a 1-hour budget, as a user sees it before training
+    training.device.setCurrentText("cpu")
+    training.budget.setCurrentText("1 h")
+    show_dock(training)
+    training.estimate("all")
+    wait_for(app, lambda: not jobs.is_running, timeout=300, what="planning")
+    app.processEvents()
+    save_dock(training, "training_plan.png")
+
     training.budget.setCurrentText(
         "smoke test (a few steps)" if args.profile == "tiny" else args.profile
     )
-    training.device.setCurrentText("cpu")
     show_dock(training)
     probe = StallProbe().start()
     training.train("all")
@@ -124,6 +135,13 @@ def main() -> None:
     wait_for(app, lambda: not jobs.is_running, what="retraining")
     app.processEvents()
     save_dock(correct, "correct_dock.png")
+    # the whole window on a 1366 x 768 laptop screen
+    viewer.window._qt_window.resize(1366, 768)
+    show_dock(compare)
+    app.processEvents()
+    time.sleep(0.5)
+    app.processEvents()
+    viewer.screenshot(str(IMAGES / "window_1366x768.png"), canvas_only=False)
     viewer.close()
 
 
