@@ -121,8 +121,8 @@ def main() -> None:
     correct.edit_prediction(target)
     wait_for(app, lambda: bool(ready), timeout=120, what="the prediction")
     for layer in viewer.layers:
-        layer.visible = layer.name in (target, f"{target} · edit")
-    layer = viewer.layers[f"{target} · edit"]
+        layer.visible = layer.name in (target, f"{target}_edit")
+    layer = viewer.layers[f"{target}_edit"]
     z = ws.record(target).shape[0] // 2
     data = np.array(layer.data)
     data[z, 30:50, 30:50] = 1  # a stand-in for a brush stroke

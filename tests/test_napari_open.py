@@ -138,7 +138,7 @@ def test_sample_study_opens_through_napari(make_napari_viewer):
     labels = [ly for ly in viewer.layers if ly.__class__.__name__ == "Labels"]
     assert len(images) == 4 and len(labels) == 2
     for layer in labels:
-        image = viewer.layers[layer.name.replace(" labels", "").replace(" · labels", "")]
+        image = viewer.layers[layer.name.replace(" labels", "").replace("_labels", "")]
         assert layer.data.shape == image.data.shape
         np.testing.assert_allclose(layer.scale, image.scale)
         assert len(np.unique(layer.data)) > 2  # more than one structure

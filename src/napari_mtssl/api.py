@@ -78,6 +78,7 @@ class Comparison:
     slice_scores: np.ndarray  # (z,) float32, mean disagreement per slice
     dice: dict[str, float | None]  # model -> mean foreground Dice on the labelled slices
     labelled_slices: list[int] = field(default_factory=list)
+    class_dice: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> class -> Dice
 
 
 def _ws(workspace: Workspace | str | os.PathLike) -> Workspace:
@@ -456,13 +457,16 @@ def compare(
     else:
         mean, dis = None, np.zeros(s.shape, np.float32)
     dice: dict[str, float | None] = {}
+    class_dice: dict[str, dict[str, float]] = {}
     nc = int(ws.num_classes)
+    names = dict(ws.label_names)
     for m in wanted:
         if truth is None or not labelled:
             dice[m] = None
         else:
             d = dice_per_class(labels[m][labelled], truth[labelled], nc)
             dice[m] = float(d.mean()) if d.size else None
+            class_dice[m] = {names.get(c, f"class {c}"): float(d[c - 1]) for c in range(1, nc)}
     return Comparison(
         labels={m: labels[m] for m in wanted},
         teacher_mean=mean,
@@ -470,6 +474,7 @@ def compare(
         slice_scores=slice_scores(dis),
         dice=dice,
         labelled_slices=list(labelled),
+        class_dice=class_dice,
     )
 
 

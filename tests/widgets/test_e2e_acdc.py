@@ -109,14 +109,14 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     val = ws.scan_ids("val")[0]
     with qtbot.waitSignal(compare.comparison_ready, timeout=120_000):
         compare.compare(val)
-    student_layer = viewer.layers[f"{val} · student"]
+    student_layer = viewer.layers[f"{val}_student"]
     shot(viewer, "e2e_3_compare")
 
     # -- correct a slice of the student's prediction, retrain ---------------------------------
     fix = next(s for s in ws.scan_ids("train") if not ws.labelled_slices(s))
     with qtbot.waitSignal(correct.edit_ready, timeout=120_000):
         correct.edit_prediction(fix)
-    edit = viewer.layers[f"{fix} · edit"]
+    edit = viewer.layers[f"{fix}_edit"]
     assert edit.visible and viewer.layers[fix].visible
     edited = np.array(edit.data)
     edited[2, 60:90, 60:90] = 3

@@ -72,10 +72,10 @@ def test_whole_loop(sample_docks, qtbot):
     with qtbot.waitSignal(d.compare.comparison_ready, timeout=60_000):
         d.compare.compare(scan_id)
     names = [ly.name for ly in d.viewer.layers]
-    assert f"{scan_id} · student" in names
-    assert f"{scan_id} · baseline" in names
-    assert any(n.startswith(f"{scan_id} · teacher:") for n in names), names
-    dis = d.viewer.layers[f"{scan_id} · disagreement"]
+    assert f"{scan_id}_student" in names
+    assert f"{scan_id}_baseline" in names
+    assert any(n.startswith(f"{scan_id}_teacher-") for n in names), names
+    dis = d.viewer.layers[f"{scan_id}_disagreement"]
     assert dis.blending == "additive" and dis.colormap.name in ("magma", "inferno")
     assert d.compare.ranked.count() == ws.record(scan_id).shape[0]
     item = d.compare.ranked.item(1)
@@ -88,7 +88,7 @@ def test_whole_loop(sample_docks, qtbot):
     target = ws.scan_ids()[-1]
     with qtbot.waitSignal(d.correct.edit_ready, timeout=60_000):
         d.correct.edit_prediction(target)
-    layer = d.viewer.layers[f"{target} · edit"]
+    layer = d.viewer.layers[f"{target}_edit"]
     z = 3
     edited = np.array(layer.data)
     edited[z, 20:40, 20:40] = 1 if edited[z, 30, 30] != 1 else 0

@@ -166,8 +166,9 @@ def scan_layer_name(scan_id: str) -> str:
 
 
 def model_layer_name(scan_id: str, model: str) -> str:
-    """``"<scan> · teacher:sdm"``: the layer names the comparison dock uses."""
-    return f"{scan_id} · {model}"
+    """``"<scan>_teacher-sdm"``: the layer names the comparison dock uses (also the default
+    file name napari offers when a layer is saved, so no spaces and no colons)."""
+    return f"{scan_id}_{model.replace(':', '-')}"
 
 
 def show_scan(viewer: Any, scan: Scan, scan_id: str) -> Any:

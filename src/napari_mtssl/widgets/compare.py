@@ -65,14 +65,35 @@ PALETTE = np.array(
 )
 
 
-def overlay_rgb(image: np.ndarray, labels: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(y, x)`` grey slice + ``(y, x)`` label slice -> ``(y, x, 3)`` uint8, labels at 50 %."""
+def overlay_rgb(
+    image: np.ndarray,
+    labels: np.ndarray,
+    lo: float,
+    hi: float,
+    palette: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(y, x)`` grey slice + ``(y, x)`` label slice -> ``(y, x, 3)`` uint8, labels at 50 %.
+    ``palette[c]``: the RGB (0-255) of class c (the canvas layers' colours when given)."""
     grey = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255
     rgb = np.repeat(grey[..., None], 3, axis=2)
     fg = labels > 0
-    colours = PALETTE[1 + (labels[fg].astype(np.int64) - 1) % (len(PALETTE) - 1)]
+    pal = PALETTE if palette is None else palette
+    idx = labels[fg].astype(np.int64)
+    colours = pal[np.where(idx < len(pal), idx, 1 + (idx - 1) % (len(pal) - 1))]
     rgb[fg] = 0.5 * rgb[fg] + 0.5 * colours
     return np.ascontiguousarray(rgb.astype(np.uint8))
+
+
+def _layer_palette(viewer: Any, name: str, n: int = 32) -> np.ndarray | None:
+    """The RGB (0-255) colours a labels layer on the canvas gives classes 0..n-1."""
+    layer = find_layer(viewer, name)
+    if layer is None:
+        return None
+    try:
+        rgba = np.asarray(layer.colormap.map(np.arange(n)), dtype=np.float32)
+    except Exception:  # noqa: BLE001 - an older napari: the grid keeps its own colours
+        return None
+    return rgba[:, :3] * 255
 
 
 class SliceGrid(QWidget):
@@ -93,7 +114,16 @@ class SliceGrid(QWidget):
         self._labels: dict[str, np.ndarray] = {}
         self._tiles: dict[str, QLabel] = {}
         self._range = (0.0, 1.0)
+        self.palette: np.ndarray | None = None  # the canvas layers' label colours
         self.z = 0
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        """Tiles use the dock's width (at least 128 px), so a wide dock shows large slices."""
+        super().resizeEvent(event)
+        size = max(128, (self.width() - 4 * (self.columns - 1)) // self.columns)
+        if size != self.size:
+            self.size = size
+            self.show_slice(self.z)
 
     def set_models(self, image: np.ndarray, labels: dict[str, np.ndarray]) -> None:
         """``image`` (z, y, x); ``labels`` model -> (z, y, x) mask; one tile per model."""
@@ -127,7 +157,9 @@ class SliceGrid(QWidget):
     def tile_image(self, name: str) -> np.ndarray:
         """The RGB tile of ``name`` at the current slice (what the grid shows)."""
         assert self._image is not None
-        return overlay_rgb(self._image[self.z], self._labels[name][self.z], *self._range)
+        return overlay_rgb(
+            self._image[self.z], self._labels[name][self.z], *self._range, self.palette
+        )
 
     def show_slice(self, z: int) -> None:
         if self._image is None or not self._tiles:
@@ -172,7 +204,7 @@ class CompareWidget(QWidget):
         self.dice = QTableWidget(0, 2)
         self.dice.setHorizontalHeaderLabels(["Model", "Dice (labelled slices)"])
         self.dice.verticalHeader().setVisible(False)
-        self.dice.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.dice.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.ranked = QListWidget()
         self.ranked.setToolTip("slices where the teachers disagree most; click to go there")
         self.ranked.itemClicked.connect(self._go_to_item)
@@ -332,16 +364,30 @@ class CompareWidget(QWidget):
             else:
                 layer.data = data
                 layer.contrast_limits = (0.0, max(float(data.max()), 1e-6))
+        self.grid.palette = _layer_palette(self.viewer, model_layer_name(scan_id, names[0]))
         self.grid.set_models(
             np.asarray(image_layer.data), {n: np.asarray(labels[n]) for n in names}
         )
         self.grid.show_slice(current_slice(self.viewer, image_layer))
-        self._fill_dice(_get(comparison, "dice", default={}) or {}, names)
+        self._fill_dice(
+            _get(comparison, "dice", default={}) or {},
+            names,
+            _get(comparison, "class_dice", default={}) or {},
+        )
         self._fill_ranking(_get(comparison, "slice_scores", "scores"))
         self.status.setText(f"{scan_id}: {len(names)} models compared")
         self.comparison_ready.emit(comparison)
 
-    def _fill_dice(self, dice: dict[str, Any], names: list[str]) -> None:
+    def _fill_dice(
+        self, dice: dict[str, Any], names: list[str], per_class: dict | None = None
+    ) -> None:
+        """One row per model: the mean Dice on the scan's labelled slices, then each class."""
+        per_class = per_class or {}
+        classes: list[str] = []
+        for row in per_class.values():
+            classes += [c for c in row if c not in classes]
+        self.dice.setColumnCount(2 + len(classes))
+        self.dice.setHorizontalHeaderLabels(["Model", "mean Dice", *classes])
         order = [n for n in names if n in dice] + [n for n in dice if n not in names]
         self.dice.setRowCount(len(order))
         for r, name in enumerate(order):
@@ -351,6 +397,9 @@ class CompareWidget(QWidget):
             text = "no labelled slices" if value is None else f"{float(value):.3f}"
             self.dice.setItem(r, 0, QTableWidgetItem(name))
             self.dice.setItem(r, 1, QTableWidgetItem(text))
+            for c, cls in enumerate(classes):
+                v = per_class.get(name, {}).get(cls)
+                self.dice.setItem(r, 2 + c, QTableWidgetItem("" if v is None else f"{v:.3f}"))
 
     def _fill_ranking(self, scores: Any) -> None:
         self.ranked.clear()

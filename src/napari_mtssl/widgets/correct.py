@@ -309,7 +309,8 @@ class CorrectWidget(QWidget):
                         if m not in models and (m.startswith("teacher:") or m == "all_joint")
                     ]
         models = [m for m in models if any(_metric(e, m) is not None for e in entries)]
-        headers = ["Round", "What", "When", "Labelled slices", *models, "Δ student"]
+        # the change of the student's Dice first: what each round bought, without scrolling
+        headers = ["Round", "Δ student", "What", "When", "Labelled slices", *models]
         self.history.setColumnCount(len(headers))
         self.history.setHorizontalHeaderLabels(headers)
         self.history.setRowCount(len(entries))
@@ -325,11 +326,11 @@ class CorrectWidget(QWidget):
             when = str(e.get("finished") or e.get("when") or e.get("time") or e.get("started", ""))
             values = [
                 str(e.get("round", r)),
+                delta,
                 str(e.get("what") or e.get("kind") or ""),
                 when[:19].replace("T", " "),
                 str(labelled),
                 *[("" if _metric(e, m) is None else f"{_metric(e, m):.3f}") for m in models],
-                delta,
             ]
             for c, text in enumerate(values):
                 self.history.setItem(r, c, QTableWidgetItem(text))

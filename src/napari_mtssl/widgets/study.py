@@ -46,7 +46,7 @@ STATUS_COLOURS = {
 
 
 def labels_layer_name(scan_id: str) -> str:
-    return f"{scan_id} · labels"
+    return f"{scan_id}_labels"
 
 
 WORKSPACE_KEY = "mtssl_workspace"  # layer metadata: the workspace a layer shows a scan of
@@ -301,7 +301,7 @@ class StudyWidget(QWidget):
 
     @report_errors("Could not save the label edits")
     def save_workspace(self) -> int:
-        """Write edits made in the ``<scan> · labels`` layers to the label store (changed slices)."""
+        """Write edits made in the ``<scan>_labels`` layers to the label store (changed slices)."""
         ws = self.session.require_workspace()
         written = 0
         for scan_id in ws.scan_ids():
