@@ -66,7 +66,35 @@ def event_run_name(event: dict) -> str:
 
 
 def describe_event(event: dict) -> str:
-    """One status line for a progress event, e.g. ``stage1 sdm:joint 40/200  loss 0.31``."""
+    """One status line for an event, e.g. ``stage1 sdm:joint 40/200  loss 0.31``."""
+    kind = event.get("type")
+    if kind == "done":
+        return f"finished: run {event.get('run', '')}, round {event.get('round', '')}"
+    if kind == "stopped":
+        return f"stopped at step {event.get('step')} of {event.get('unit')}; the checkpoint is kept"
+    if kind == "plan":
+        plan = event.get("plan") or {}
+        return (
+            f"plan: {plan.get('patch')} px patches, width {plan.get('width')}, "
+            f"{len(plan.get('models', []))} model(s)"
+        )
+    if kind == "model_done":
+        md = event.get("mean_dice")
+        return f"{event.get('model')} done" + (f": validation Dice {float(md):.3f}" if md else "")
+    if kind == "halving":
+        return f"{event.get('task')}: {', '.join(event.get('continue') or [])} goes on"
+    if kind == "resumed":
+        return f"resumed {event.get('model')} at step {event.get('step')}"
+    if (
+        kind in ("note", "start", "selected", "resumed")
+        and not event.get("step")
+        and not event.get("total")
+    ):
+        if event.get("message"):
+            return str(event["message"])
+        if kind == "selected":
+            return f"teacher for {event.get('task')}: {event.get('mode')} mode"
+        return f"run {event.get('run', '')} started"
     parts = [str(event.get("stage") or ""), event_run_name(event)]
     if event.get("step") is not None and event.get("total"):
         parts.append(f"{event['step']}/{event['total']}")
