@@ -9,7 +9,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFrame,
+    QMessageBox,
+    QScrollArea,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+HELP = """<b>napari-mtssl: segmentation from a few labels</b><br><br>
+<b>1. Study</b>: open your scans (NIfTI, DICOM, TIFF/PNG, a dataset folder) into a workspace
+folder, name your classes, attach the masks you have. Click a scan in the table to show it.<br>
+<b>2. Tasks</b>: choose auxiliary tasks and a time budget; <i>Estimate</i> shows the plan,
+<i>Train all</i> trains within the budget.<br>
+<b>3. Compare</b>: every model's mask over a scan, its Dice, and where the teachers disagree.<br>
+<b>4. Correct</b>: fix the student's mask on a few slices, accept them, retrain.<br><br>
+<b>Words</b>: the <i>baseline</i> learns from your labels alone. A <i>teacher</i> learns from
+your labels and one self-supervised <i>task</i> (what the images teach without labels), in one
+of two <i>modes</i>: <i>joint</i> (both at once) or <i>pre-train</i> (the task first, then your
+labels); the better mode is kept (<i>stage 1</i>). The <i>student</i> learns from your labels
+and from the teachers' agreement on every slice (<i>stage 2</i>): it is the model to use.<br><br>
+Nothing you label is lost: every change is saved at once, with who and when. A stopped or
+interrupted run can be resumed. Files you opened are never written to."""
 
 STEPS = ("Study", "Tasks and training", "Compare models", "Correct and retrain")
 
@@ -49,10 +73,22 @@ class AllStepsWidget(QWidget):
         for i, name in enumerate(STEPS):
             self.tabs.addTab(_scrolled(self.widgets[name]), f"{i + 1}. {name.split()[0]}")
             self.tabs.setTabToolTip(i, tips[name])
+        self.help_button = QToolButton()
+        self.help_button.setText("?")
+        self.help_button.setToolTip("What the steps do, and what teacher, student and mode mean")
+        self.help_button.clicked.connect(self.show_help)
+        self.tabs.setCornerWidget(self.help_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self.setMinimumWidth(360)
+
+    def show_help(self) -> None:
+        box = QMessageBox(self)
+        box.setWindowTitle("napari-mtssl help")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(HELP)
+        box.open()
 
     def show_step(self, name: str) -> None:
         self.tabs.setCurrentIndex(STEPS.index(name))
