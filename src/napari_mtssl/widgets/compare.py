@@ -194,6 +194,10 @@ class CompareWidget(QWidget):
 
         self.scan = QComboBox()
         self.compare_button = QPushButton("Compare models")
+        self.compare_button.setToolTip(
+            "predict the chosen scan with every teacher, the student and the baseline; show "
+            "their masks, their Dice on its labelled slices, and where the teachers disagree"
+        )
         self.compare_button.clicked.connect(lambda: self.compare())
         top = QHBoxLayout()
         top.addWidget(QLabel("Scan"))

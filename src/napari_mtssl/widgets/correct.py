@@ -89,8 +89,13 @@ class CorrectWidget(QWidget):
         )
         self.edit_button.clicked.connect(lambda: self.edit_prediction())
         self.accept_slice_button = QPushButton("Accept this slice")
+        self.accept_slice_button.setToolTip(
+            "save the slice on screen as corrected (saved at once, with you and this round); "
+            "it trains the next round"
+        )
         self.accept_slice_button.clicked.connect(lambda: self.accept_current_slice())
         self.accept_all_button = QPushButton("Accept all edited slices")
+        self.accept_all_button.setToolTip("save every slice you changed as corrected")
         self.accept_all_button.clicked.connect(lambda: self.accept_edited())
         self.edit_status = QLabel("")
         self.edit_status.setWordWrap(True)

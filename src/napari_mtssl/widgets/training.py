@@ -129,7 +129,10 @@ class TaskRow(QWidget):
             if not isinstance(value, bool | int | float | str):
                 continue  # nested settings stay at their defaults (config file / CLI)
             self._defaults[key] = value
-            widgets.append(create_widget(value=value, annotation=type(value), label=key, name=key))
+            label = key.replace("_", " ")
+            widgets.append(
+                create_widget(value=value, annotation=type(value), label=label, name=key)
+            )
         if widgets:
             self.options = Container(widgets=widgets)
         self.options_button = QToolButton()
