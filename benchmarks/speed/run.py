@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="ABAB repetitions")
     p.add_argument("--tasks", default="sdm,rubik", help="tasks for the joint-step benchmark")
     p.add_argument("--steps", type=int, default=60, help="steps per joint-step repetition")
+    p.add_argument(
+        "--load", type=int, default=0, help="viewer: busy processes beside it (other work)"
+    )
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "viewer":
             from speed import viewer
 
-            res = viewer.bench()
+            res = viewer.bench(load=a.load)
         else:
             from speed import memory
 
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         info["loadavg_end"] = os.getloadavg()
         res["machine"] = info
         res["command"] = "benchmarks/speed/run.py " + " ".join(argv)
-        print("saved", common.save(name, res), flush=True)
+        key = f"viewer_load{a.load}" if name == "viewer" and a.load else name
+        print("saved", common.save(key, res), flush=True)
     return 0
 
 

@@ -19,7 +19,25 @@ def _percentile(gaps: list[float], q: float) -> float:
     return float(np.percentile(gaps, q)) if gaps else 0.0
 
 
-def bench(idle_s: float = 5.0, steps: int = 300) -> dict[str, Any]:
+def _busy_processes(n: int) -> list:
+    """``n`` processes that keep a core busy at normal priority (other work on the machine)."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(int(n))]
+
+
+def bench(idle_s: float = 5.0, steps: int = 300, load: int = 0) -> dict[str, Any]:
+    """``load``: that many busy processes run beside the viewer for the whole measurement."""
+    hogs = _busy_processes(load)
+    try:
+        return _bench(idle_s, steps, load)
+    finally:
+        for p in hogs:
+            p.kill()
+
+
+def _bench(idle_s: float, steps: int, load: int) -> dict[str, Any]:
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
 
@@ -112,6 +130,7 @@ def bench(idle_s: float = 5.0, steps: int = 300) -> dict[str, Any]:
     busy_stats = stats(busy, time.perf_counter() - t0)
     viewer.close()
     out = {
+        "load_processes": load,
         "idle": idle_stats,
         "training": {
             **busy_stats,
