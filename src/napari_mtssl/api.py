@@ -484,9 +484,13 @@ def accept_correction(
     labels: np.ndarray,
     slices: Sequence[int],
     by: str = "user",
+    effort_s: dict[int, float] | None = None,
 ) -> None:
-    """Store corrected slices (status "corrected") in the current round; they train the next."""
+    """Store corrected slices (status "corrected") in the current round; they train the next.
+    ``effort_s``: seconds a person spent on each slice (from showing it to accepting it), kept
+    in its provenance, so the history shows the effort behind each round."""
     ws = _ws(workspace)
+    details = {int(z): {"effort_s": round(float(s), 1)} for z, s in (effort_s or {}).items()}
     ws.set_labels(
         scan_id,
         np.asarray(labels),
@@ -494,6 +498,7 @@ def accept_correction(
         status="corrected",
         by=by,
         round=ws.current_round,
+        details=details or None,
     )
 
 

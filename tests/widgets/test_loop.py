@@ -90,6 +90,7 @@ def test_whole_loop(sample_docks, qtbot):
         d.correct.edit_prediction(target)
     layer = d.viewer.layers[f"{target}_edit"]
     z = 3
+    d.viewer.dims.set_current_step(0, z)  # the slice is on screen: its correction starts
     edited = np.array(layer.data)
     edited[z, 20:40, 20:40] = 1 if edited[z, 30, 30] != 1 else 0
     layer.data = edited  # as napari's paint tools would leave it
@@ -100,6 +101,7 @@ def test_whole_loop(sample_docks, qtbot):
     np.testing.assert_array_equal(ws.labels(target)[z], edited[z])
     prov = ws.provenance(target, z)[-1]
     assert prov["by"] == "user" and prov.get("round") is not None
+    assert prov.get("effort_s", -1) >= 0  # seconds from showing the slice to accepting it
 
     # -- retrain quick: a new round with its metrics --------------------------------------------
     with qtbot.waitSignal(d.correct.job_finished, timeout=JOB_TIMEOUT_MS):

@@ -81,6 +81,9 @@ class CorrectWidget(QWidget):
         self.worker: Any | None = None
         self._original: dict[str, np.ndarray] = {}  # scan id -> prediction the edit started from
         self._painted: dict[str, set[int]] = {}
+        # scan id -> slice -> when it was first on screen in the edit layer (correction effort)
+        self._seen_at: dict[str, dict[int, float]] = {}
+        napari_viewer.dims.events.current_step.connect(lambda _e: self._note_all_shown())
 
         self.scan = QComboBox()
         self.edit_button = QPushButton("Edit student prediction")
@@ -188,7 +191,34 @@ class CorrectWidget(QWidget):
         self.edit_status.setText(
             f"editing {name}: paint, fill or erase, then accept the slices you corrected"
         )
+        self._seen_at.setdefault(scan_id, {})
+        self._note_shown(scan_id)
         self.edit_ready.emit(scan_id)
+
+    def _note_shown(self, scan_id: str | None = None) -> None:
+        """When a slice of the edit layer is first on screen: the start of its correction."""
+        import time
+
+        scan_id = scan_id or next(iter(self._seen_at), None)
+        if scan_id is None or scan_id not in self._seen_at:
+            return
+        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        if layer is None or not layer.visible:
+            return
+        z = current_slice(self.viewer, layer)
+        self._seen_at[scan_id].setdefault(int(z), time.monotonic())
+
+    def _note_all_shown(self) -> None:
+        for sid in list(self._seen_at):
+            self._note_shown(sid)
+
+    def effort(self, scan_id: str, slices: list[int]) -> dict[int, float]:
+        """Seconds from first showing each slice in the edit layer to now (its acceptance)."""
+        import time
+
+        now = time.monotonic()
+        seen = self._seen_at.get(scan_id, {})
+        return {int(z): now - seen[int(z)] for z in slices if int(z) in seen}
 
     def _on_paint(self, scan_id: str, event: Any) -> None:
         # Each paint "atom" is (indices, old values, new value); its first index array is z.
@@ -242,7 +272,9 @@ class CorrectWidget(QWidget):
 
         ws = self.session.require_workspace()
         data = LayerLabels.from_layer(self._edit_layer(scan_id)).data
-        api.accept_correction(ws, scan_id, data, slices, by="user")
+        api.accept_correction(
+            ws, scan_id, data, slices, by="user", effort_s=self.effort(scan_id, slices)
+        )
         original = self._original.get(scan_id)
         if original is not None:  # accepted slices are no longer pending
             original[slices] = data[slices]

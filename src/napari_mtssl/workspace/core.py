@@ -570,8 +570,10 @@ class Workspace:
         by: str = "user",
         model: str | None = None,
         round: int | None = None,
+        details: dict[int, dict[str, Any]] | None = None,
     ) -> list[int]:
         """Store the given slices of a full ``(z, y, x)`` label volume; returns them sorted.
+        ``details``: extra provenance per slice (``{z: {"effort_s": 41.5}}``).
 
         ``slices=None`` writes every slice with foreground. Listing slices writes exactly those,
         empty ones included: that is how a person says "this slice has no organ". The previous
@@ -590,6 +592,7 @@ class Workspace:
                 model=model,
                 round=self.current_round if round is None else int(round),
                 num_classes=self.num_classes,
+                details=details,
             )
 
     def clear_slices(self, scan_id: str, slices: Iterable[int], *, by: str = "user") -> list[int]:

@@ -181,8 +181,9 @@ class LabelStore:
         # 2. provenance, tagged with the revision; leftovers of unfinished writes dropped
         prov = self._prune(self._read_provenance(scan_id), rev)
         stamp = {**entry, "time": utc_now(), "rev": new_rev}
+        details = stamp.pop("details", None) or {}
         for z in slices:
-            prov.setdefault(str(z), []).append(dict(stamp))
+            prov.setdefault(str(z), []).append({**stamp, **details.get(int(z), {})})
         atomic_write_json(self.provenance_path(scan_id), {"rev": new_rev, "slices": prov})
         # 3. the mask file: its rev commits the change
         dtype = np.uint16 if max(mask.dtype.itemsize, new_mask.dtype.itemsize) > 1 else np.uint8
@@ -221,6 +222,7 @@ class LabelStore:
         model: str | None,
         round: int | None,
         num_classes: int,
+        details: dict[int, dict[str, Any]] | None = None,
     ) -> list[int]:
         if status not in ("annotated", "corrected"):
             raise WorkspaceError(
@@ -242,7 +244,9 @@ class LabelStore:
             picked = self._check_slices(scan_id, slices, shape[0])
         if not picked:
             return []
-        entry = {"status": status, "by": by, "model": model, "round": round}
+        entry: dict[str, Any] = {"status": status, "by": by, "model": model, "round": round}
+        if details:
+            entry["details"] = {int(z): dict(v) for z, v in details.items()}
         self._commit(scan_id, shape, picked, mask, _CODE[status], entry)
         return picked
 
