@@ -177,3 +177,16 @@ def test_returned_labels_are_copies(ws: Workspace) -> None:
     got = ws.labels(sid)
     got[:] = 2
     assert ws.labels(sid).max() == 1
+
+
+def test_correction_effort_is_kept_per_slice(tmp_path):
+    from napari_mtssl import api
+
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=0)
+    sid = ws.scan_ids("train")[0]
+    lab = np.zeros(ws.record(sid).shape, np.uint8)
+    lab[2, 5:9, 5:9] = 1
+    api.accept_correction(ws, sid, lab, [2, 3], effort_s={2: 41.26})
+    assert ws.provenance(sid, 2)[-1]["effort_s"] == 41.3
+    assert "effort_s" not in ws.provenance(sid, 3)[-1]
+    assert ws.provenance(sid, 3)[-1]["status"] == "corrected"
