@@ -683,6 +683,14 @@ def run_training(
     else:
         cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
         device = resolve_device(cfg.device)
+        if what in ("stage1", "all"):  # from the records alone, before any scan is read
+            if not cfg.stage1.tasks:
+                raise ValueError(
+                    "stage 1 needs at least one auxiliary task (stage1.tasks is empty)"
+                )
+            from .data import workspace_summary
+
+            stages.require_tasks(workspace_summary(ws), cfg.stage1.tasks, cfg)
         fp = fingerprint(ws)
         if fp.labelled_slices == 0:
             raise ValueError(no_labelled_data_message())
@@ -713,10 +721,6 @@ def run_training(
         if not study.labelled_slices():
             raise ValueError(no_labelled_data_message())
         if what in ("stage1", "all"):
-            if not cfg.stage1.tasks:
-                raise ValueError(
-                    "stage 1 needs at least one auxiliary task (stage1.tasks is empty)"
-                )
             stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
         state = {}
         spent = time.monotonic() - t_start
