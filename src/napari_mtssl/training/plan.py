@@ -448,7 +448,9 @@ def _norms(fp: Fingerprint, cfg: ExperimentConfig) -> tuple[dict[str, dict], lis
     out = {k: dataclasses.asdict(v) for k, v in norms.items()}
     out["default"] = dataclasses.asdict(default)
     for m in mods:
-        reasons.append(f"{m.lower() if m != 'CT' else 'CT'} intensities: {norms[m].describe()}")
+        who = {"CT": "CT", "MR": "MR"}.get(m, f"{m.lower()}-modality" if m != "UNKNOWN" else "")
+        who = f"{who} scans" if who else "scans of unknown modality"
+        reasons.append(f"{who}: {norms[m].describe()}")
     return out, reasons
 
 
