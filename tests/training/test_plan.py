@@ -182,3 +182,20 @@ def test_one_labelled_slice_trains(tmp_path):
     rep = api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
     assert rep["data"]["labelled_slices"] == 1
     assert any("optimistic" in n for n in rep["data"]["notes"])
+
+
+def test_a_gpu_plan_is_larger(monkeypatch):
+    """No GPU here: the CUDA branch of the planner with the device's precision faked. A GPU
+    budget buys the whole slice and a wider network, bf16, and threads only to feed it."""
+    import torch
+
+    from napari_mtssl.training import inference
+
+    monkeypatch.setattr(inference, "resolve_precision", lambda dev, req="auto": "bf16")
+    cfg = profile("quick", budget_s=parse_budget("15m"), device="cpu")
+    p = make_plan(
+        fp((256, 216), (1.5, 1.5)), cfg, "baseline", device=torch.device("cuda"), probe=False
+    )
+    assert p.device == "cuda" and p.precision == "bf16"
+    assert p.width >= 32 and p.batch_size == 16
+    assert p.patch >= 128 and p.threads <= 4
