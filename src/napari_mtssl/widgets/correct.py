@@ -35,10 +35,22 @@ from napari_mtssl.widgets._state import (
 from napari_mtssl.widgets.study import report_errors
 
 RETRAIN = (
-    ("retrain-quick", "Retrain quick", "fine-tune the student on the corrected slices (fast)"),
-    ("retrain-stage2", "Stage 2 again", "distil the teachers into a new student with corrections"),
-    ("all", "Everything", "retrain teachers, baseline and student from the start"),
+    (
+        "retrain-quick",
+        "Retrain quick",
+        "fine-tune the student on the corrected slices (a sixth of the time budget, at least "
+        "3 minutes)",
+    ),
+    (
+        "retrain-stage2",
+        "Stage 2 again",
+        "distil the teachers into a new student with the corrections (a third of the budget)",
+    ),
+    ("all", "Everything", "retrain teachers, baseline and student (the whole time budget)"),
 )
+# Share of the training dock's time budget each kind of retraining gets (at least 3 minutes):
+# one model is retrained where a full run trains many.
+RETRAIN_SHARE = {"retrain-quick": 1 / 6, "retrain-stage2": 1 / 3, "all": 1.0}
 HISTORY_MODELS = ("student", "baseline")
 
 
@@ -303,9 +315,15 @@ class CorrectWidget(QWidget):
     # -- retraining ------------------------------------------------------------------------------
     @report_errors("Could not start retraining")
     def retrain(self, what: str) -> Any:
-        """Same job mechanism as the training dock, with its settings when it is open."""
+        """Same job mechanism as the training dock, with its settings when it is open; the
+        time budget is shared as ``RETRAIN_SHARE`` says."""
         ws = self.session.require_workspace()
-        return self.jobs.start(ws, self.session.make_config(), what)
+        config = self.session.make_config()
+        if config.budget_s > 0:
+            config.budget_s = min(
+                config.budget_s, max(180.0, config.budget_s * RETRAIN_SHARE[what])
+            )
+        return self.jobs.start(ws, config, what)
 
     def _set_running(self, running: bool) -> None:
         for btn in self.retrain_buttons.values():
