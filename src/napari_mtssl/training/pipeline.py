@@ -559,6 +559,45 @@ class _Run:
         self.state["teachers"] = {"run": trun.id, "models": tnames}
         self.save_state()
 
+    def report(self) -> Generator[dict, None, dict]:
+        """The run's report (``metrics.json``) and its round in the workspace history."""
+        report = {
+            "run": self.run.id,
+            "what": self.what,
+            "device": str(self.device),
+            "models": self.models,
+            "selected": self.selected,
+            "teachers": self.state.get("teachers"),
+            "config": self.cfg.to_dict(),
+            "plan": self.plan.to_dict(),
+            "budget": {
+                "budget_s": self.cfg.budget_s,
+                "spent_s": round(self.spent(), 1),
+                "estimate_s": self.plan.estimate_s.get("total"),
+            },
+            "savings": dict(self.savings),
+            "data": self.study.describe(),
+            "seconds": round(self.spent(), 2),
+        }
+        self.run.write_metrics(report)
+        rnd = self.ws.add_round(
+            {
+                "run": self.run.id,
+                "what": self.what,
+                "labelled_slices": self.study.summary().n_labelled_slices,
+                "metrics": {
+                    k: {"mean_dice": v["mean_dice"], "hd95": v["hd95"]}
+                    for k, v in self.models.items()
+                },
+            }
+        )
+        report["round"] = rnd
+        self.run.write_metrics(report)
+        self.save_state()
+        self.run.set_status("done")
+        yield self.log({"type": "done", "run": self.run.id, "round": rnd})
+        return report
+
 
 def pretext_key(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str) -> str:
     """What a task's pre-training depends on: the data it sees (the training scans, and their
@@ -618,6 +657,109 @@ def reusable_pretext(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str, want
     return got if path.is_file() and got >= 0.5 * want else 0
 
 
+def _open_resumed(ws: Any, resume: str, what: str):
+    """(run, config, plan, study, state) of a stopped or interrupted run, as it was planned."""
+    run = ws.run(resume)
+    if run.kind != what:
+        raise ValueError(f"run {resume} trained {run.kind!r}, not {what!r}")
+    if run.status == "done":
+        raise ValueError(f"run {resume} has finished; there is nothing to resume")
+    if run.status == "running":
+        owner = run.status_info()
+        raise ValueError(
+            f"run {resume} is still running (process {owner.get('pid')} on "
+            f"{owner.get('host')}); stop it first"
+        )
+    state = _read_json(run.path / "pipeline.json", {})
+    pd = _read_json(run.path / "plan.json", None)
+    if not isinstance(pd, dict):
+        raise ValueError(f"run {resume} has no plan.json; it cannot be resumed")
+    the_plan = Plan.from_dict(pd)
+    cfg = ExperimentConfig.from_dict(run.config)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or the_plan.threads)
+    study = StudyData.from_workspace(
+        ws,
+        the_plan.preprocessing(),
+        cfg.data.patch_size,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        cache=cfg.data.cache,
+    )
+    run.set_status("running")
+    return run, cfg, the_plan, study, state
+
+
+def _start_new(
+    ws: Any,
+    config: ExperimentConfig,
+    what: str,
+    plan: Plan | dict | None,
+    interactive: bool,
+    t_start: float,
+):
+    """Plan a new run (fingerprint, shape, data preparation, steps in the budget), create its
+    folder and save its plan; returns (run, config, plan, study, state)."""
+    cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
+    device = resolve_device(cfg.device)
+    if what in ("stage1", "all"):  # from the records alone, before any scan is read
+        if not cfg.stage1.tasks:
+            raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
+        from .data import workspace_summary
+
+        stages.require_tasks(workspace_summary(ws), cfg.stage1.tasks, cfg)
+    fp = fingerprint(ws)
+    if fp.labelled_slices == 0:
+        raise ValueError(no_labelled_data_message())
+    fixed = _fixed_plan(ws, what)
+    if plan is not None and fixed is None:
+        fixed = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+    the_plan = make_plan(
+        fp,
+        cfg,
+        what,
+        device=device,
+        interactive=interactive,
+        fixed=fixed,
+        probe=True,
+        allocate_steps=False,
+    )
+    shaped = the_plan.apply(cfg)
+    if device.type == "cpu":
+        torch.set_num_threads(shaped.num_threads)
+    study = StudyData.from_workspace(
+        ws,
+        the_plan.preprocessing(),
+        shaped.data.patch_size,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        cache=cfg.data.cache,
+    )
+    if not study.labelled_slices():
+        raise ValueError(no_labelled_data_message())
+    if what in ("stage1", "all"):
+        stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
+    state = {}
+    spent = time.monotonic() - t_start
+    if cfg.budget_s > 0:
+        allocate(the_plan, shaped, what, fp, spent_s=spent)
+    reuse = {}
+    if what in ("stage1", "all") and cfg.stage1.modes != "joint":
+        want = the_plan.apply(cfg).stage1.pretrain_steps
+        for t in cfg.stage1.tasks:
+            got = reusable_pretext(ws, shaped, the_plan, t, want)
+            if got:
+                reuse[t] = got
+    if reuse and cfg.budget_s > 0:  # cached pre-training is free: the others get its time
+        allocate(the_plan, shaped, what, fp, spent_s=spent, cached_pretext=list(reuse))
+    state["pretext_reuse"] = sorted(reuse)
+    cfg = the_plan.apply(cfg)
+    run = ws.new_run(what, cfg.to_dict())
+    atomic_write_json(run.path / "plan.json", the_plan.to_dict())
+    return run, cfg, the_plan, study, state
+
+
 def run_training(
     workspace: Any,
     config: ExperimentConfig,
@@ -659,94 +801,11 @@ def run_training(
         else "planning: reading the data and timing a few steps on this machine",
     }
     if resume:
-        run = ws.run(resume)
-        if run.kind != what:
-            raise ValueError(f"run {resume} trained {run.kind!r}, not {what!r}")
-        if run.status == "done":
-            raise ValueError(f"run {resume} has finished; there is nothing to resume")
-        if run.status == "running":
-            owner = run.status_info()
-            raise ValueError(
-                f"run {resume} is still running (process {owner.get('pid')} on "
-                f"{owner.get('host')}); stop it first"
-            )
-        state = _read_json(run.path / "pipeline.json", {})
-        pd = _read_json(run.path / "plan.json", None)
-        if not isinstance(pd, dict):
-            raise ValueError(f"run {resume} has no plan.json; it cannot be resumed")
-        the_plan = Plan.from_dict(pd)
-        cfg = ExperimentConfig.from_dict(run.config)
+        run, cfg, the_plan, study, state = _open_resumed(ws, resume, what)
         device = resolve_device(cfg.device)
-        if device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or the_plan.threads)
-        study = StudyData.from_workspace(
-            ws,
-            the_plan.preprocessing(),
-            cfg.data.patch_size,
-            val_fraction=cfg.data.val_fraction,
-            seed=cfg.seed,
-            cache=cfg.data.cache,
-        )
-        run.set_status("running")
     else:
-        cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
+        run, cfg, the_plan, study, state = _start_new(ws, config, what, plan, interactive, t_start)
         device = resolve_device(cfg.device)
-        if what in ("stage1", "all"):  # from the records alone, before any scan is read
-            if not cfg.stage1.tasks:
-                raise ValueError(
-                    "stage 1 needs at least one auxiliary task (stage1.tasks is empty)"
-                )
-            from .data import workspace_summary
-
-            stages.require_tasks(workspace_summary(ws), cfg.stage1.tasks, cfg)
-        fp = fingerprint(ws)
-        if fp.labelled_slices == 0:
-            raise ValueError(no_labelled_data_message())
-        fixed = _fixed_plan(ws, what)
-        if plan is not None and fixed is None:
-            fixed = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
-        the_plan = make_plan(
-            fp,
-            cfg,
-            what,
-            device=device,
-            interactive=interactive,
-            fixed=fixed,
-            probe=True,
-            allocate_steps=False,
-        )
-        shaped = the_plan.apply(cfg)
-        if device.type == "cpu":
-            torch.set_num_threads(shaped.num_threads)
-        study = StudyData.from_workspace(
-            ws,
-            the_plan.preprocessing(),
-            shaped.data.patch_size,
-            val_fraction=cfg.data.val_fraction,
-            seed=cfg.seed,
-            cache=cfg.data.cache,
-        )
-        if not study.labelled_slices():
-            raise ValueError(no_labelled_data_message())
-        if what in ("stage1", "all"):
-            stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
-        state = {}
-        spent = time.monotonic() - t_start
-        if cfg.budget_s > 0:
-            allocate(the_plan, shaped, what, fp, spent_s=spent)
-        reuse = {}
-        if what in ("stage1", "all") and cfg.stage1.modes != "joint":
-            want = the_plan.apply(cfg).stage1.pretrain_steps
-            for t in cfg.stage1.tasks:
-                got = reusable_pretext(ws, shaped, the_plan, t, want)
-                if got:
-                    reuse[t] = got
-        if reuse and cfg.budget_s > 0:  # cached pre-training is free: the others get its time
-            allocate(the_plan, shaped, what, fp, spent_s=spent, cached_pretext=list(reuse))
-        state["pretext_reuse"] = sorted(reuse)
-        cfg = the_plan.apply(cfg)
-        run = ws.new_run(what, cfg.to_dict())
-        atomic_write_json(run.path / "plan.json", the_plan.to_dict())
 
     # The budget counts from the call: planning and preparing the data are part of the run.
     state["elapsed_s"] = float(state.get("elapsed_s", 0.0)) + time.monotonic() - t_start
@@ -790,41 +849,7 @@ def run_training(
         run.set_status(status, error=str(exc) or type(exc).__name__)
         raise
 
-    report = {
-        "run": run.id,
-        "what": what,
-        "device": str(device),
-        "models": r.models,
-        "selected": r.selected,
-        "teachers": r.state.get("teachers"),
-        "config": cfg.to_dict(),
-        "plan": the_plan.to_dict(),
-        "budget": {
-            "budget_s": cfg.budget_s,
-            "spent_s": round(r.spent(), 1),
-            "estimate_s": the_plan.estimate_s.get("total"),
-        },
-        "savings": dict(r.savings),
-        "data": study.describe(),
-        "seconds": round(r.spent(), 2),
-    }
-    run.write_metrics(report)
-    rnd = ws.add_round(
-        {
-            "run": run.id,
-            "what": what,
-            "labelled_slices": study.summary().n_labelled_slices,
-            "metrics": {
-                k: {"mean_dice": v["mean_dice"], "hd95": v["hd95"]} for k, v in r.models.items()
-            },
-        }
-    )
-    report["round"] = rnd
-    run.write_metrics(report)
-    r.save_state()
-    run.set_status("done")
-    yield r.log({"type": "done", "run": run.id, "round": rnd})
-    return report
+    return (yield from r.report())
 
 
 def _log_step(event: dict) -> bool:
