@@ -44,8 +44,10 @@ def _check_contributions(found: dict) -> None:
     assert set(found["writers"]) == {
         "napari-mtssl.write_labels_nifti",
         "napari-mtssl.write_labels_tiff",
+        "napari-mtssl.write_labels_dicom_seg",
     }
     assert found["widgets"] == [
+        "All steps (tabs)",
         "Study",
         "Tasks and training",
         "Compare models",

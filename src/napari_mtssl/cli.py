@@ -65,6 +65,12 @@ class Progress:
                 self.stream.write(line + "\n")
             self.stream.flush()
             return
+        if kind == "status":  # transient: redrawn on a terminal, left out of logs
+            if self.tty:
+                self.stream.write("\r" + str(ev.get("message", ""))[:110].ljust(110))
+                self._open = True
+                self.stream.flush()
+            return
         self._newline()
         if kind == "model_done":
             md = ev.get("mean_dice")

@@ -205,7 +205,11 @@ def test_a_killed_worker_is_reported_and_loses_no_labels(sample_docks, qtbot, mo
     monkeypatch.setattr(notifications, "show_error", errors.append)
     jobs = d.session.jobs
     config = long_stage1_config(5000)
-    with qtbot.waitSignal(jobs.job_event, timeout=JOB_TIMEOUT_MS):
+    with qtbot.waitSignal(
+        jobs.job_event,
+        timeout=JOB_TIMEOUT_MS,
+        check_params_cb=lambda e: e.get("type") == "progress",  # the run exists and trains
+    ):
         jobs.start(ws, config, "stage1")
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
         os.kill(jobs.handle._process.pid, signal.SIGKILL)

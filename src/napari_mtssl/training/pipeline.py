@@ -794,8 +794,8 @@ def run_training(
 
     # The first event comes at once (the docks and the CLI show activity while the data are
     # read, the plan is made and a few steps are timed: seconds, longer on a first run).
-    yield {
-        "type": "note",
+    yield {  # a transient status: the CLI shows it on a terminal only, the docks in their line
+        "type": "status",
         "message": "resuming: reading the data"
         if resume
         else "planning: reading the data and timing a few steps on this machine",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
     QFrame,
     QMessageBox,
@@ -38,8 +38,21 @@ interrupted run can be resumed. Files you opened are never written to."""
 STEPS = ("Study", "Tasks and training", "Compare models", "Correct and retrain")
 
 
+DOCK_WIDTH = 420  # what the dock asks for: a laptop's canvas keeps most of the screen
+
+
+class _Scroll(QScrollArea):
+    """A tab's page: scrolls instead of growing the dock to its content's size."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(DOCK_WIDTH, 500)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(300, 200)
+
+
 def _scrolled(widget: QWidget) -> QScrollArea:
-    area = QScrollArea()
+    area = _Scroll()
     area.setWidget(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
@@ -81,7 +94,10 @@ class AllStepsWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
-        self.setMinimumWidth(360)
+        self.setMinimumWidth(300)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(DOCK_WIDTH, 600)
 
     def show_help(self) -> None:
         box = QMessageBox(self)
