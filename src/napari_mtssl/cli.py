@@ -296,6 +296,20 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
 # -- commands --------------------------------------------------------------------------------
 
 
+_DATASET_PARTS = {"imagesTr", "imagesTs", "labelsTr", "labelsTs"}
+
+
+def _read_as_folder(path: Path) -> Path | None:
+    """The folder a reader takes whole when given ``path``: a dataset's image or label folder,
+    a dataset's own folder, or a DICOM series; a new file there would be read as data."""
+    parent = path.parent
+    if parent.name in _DATASET_PARTS or (parent / "dataset.json").is_file():
+        return parent
+    if path.suffix.lower() in (".dcm", ".ima") or path.suffix == "":
+        return parent  # a DICOM slice: its folder is the series
+    return None
+
+
 def output_path(
     out: str,
     *,
@@ -311,9 +325,10 @@ def output_path(
         ri = Path(i).expanduser().resolve()
         if rp == ri:
             raise CliError(f"{out}: is an input of this command; choose another --out")
-        if ri.is_dir() and rp.is_relative_to(ri):
+        folder = ri if ri.is_dir() else _read_as_folder(ri)
+        if folder is not None and rp.is_relative_to(folder):
             raise CliError(
-                f"{out}: is inside the input folder {i}; outputs never go into an input folder, "
+                f"{out}: is inside the input folder {folder}; outputs never go into an input folder, "
                 "choose another --out"
             )
     if workspace is not None:

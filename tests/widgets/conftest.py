@@ -58,3 +58,5 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Any:
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+    if report.when == "setup" and report.failed:  # no call phase follows: report the setup
+        item.rep_call = report

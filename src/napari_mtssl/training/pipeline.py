@@ -708,7 +708,10 @@ def _start_new(
             raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
         from .data import workspace_summary
 
-        stages.require_tasks(workspace_summary(ws), cfg.stage1.tasks, cfg)
+        summary = workspace_summary(ws)
+        if summary.n_labelled_slices == 0:  # the first thing to fix, whatever the tasks
+            raise ValueError(no_labelled_data_message())
+        stages.require_tasks(summary, cfg.stage1.tasks, cfg)
     fp = fingerprint(ws)
     if fp.labelled_slices == 0:
         raise ValueError(no_labelled_data_message())

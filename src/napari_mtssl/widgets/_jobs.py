@@ -30,6 +30,16 @@ from qtpy.QtWidgets import (
 POLL_S = 0.1  # how long the relay thread waits for events before checking the job's state
 
 
+def widget_alive(widget: Any) -> bool:
+    """False once Qt has deleted the C++ side of ``widget`` (a closed dock); queued signals from
+    a background worker may still arrive after that."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
 def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[dict], None, str]:
     """Yield batches of the job's events until it ends; return its final state.
 

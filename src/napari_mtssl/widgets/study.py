@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mtssl.widgets._jobs import widget_alive
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
     SCAN_ID_KEY,
@@ -511,24 +512,31 @@ class StudyWidget(QWidget):
         pbar = napari_progress(total=0, desc=f"importing {Path(folder).name}")
         worker = create_worker(work, _start_thread=False)
 
+        ended: dict[str, bool] = {}
+
         def on_tick(t: tuple) -> None:
             done, total, case = t
             if pbar.total != total:
                 pbar.total = total
             pbar.n = done
             pbar.set_description(f"importing {case}")
-            self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
+            if widget_alive(self.ws_label):  # the dock may have been closed meanwhile
+                self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
 
         def on_done(ws: Any) -> None:
             pbar.close()
+            ended["done"] = True
             self.session.set_workspace(ws)
-            self.show_workspace_scans()
+            if widget_alive(self.ws_label):
+                self.show_workspace_scans()
 
         def on_error(exc: BaseException) -> None:
             from napari.utils.notifications import show_error
 
             pbar.close()
-            self.refresh()
+            ended["done"] = True
+            if widget_alive(self.ws_label):
+                self.refresh()
             show_error(f"Could not open the dataset: {exc}")
 
         worker.yielded.connect(on_tick)
@@ -537,14 +545,13 @@ class StudyWidget(QWidget):
         self._import_worker = worker
         worker.start()
         if wait:
+            import time
+
             from qtpy.QtCore import QCoreApplication
 
-            while worker.is_running:
+            while not ended:  # until the worker's result (a queued signal) has been handled
                 QCoreApplication.processEvents()
-                import time
-
                 time.sleep(0.02)
-            QCoreApplication.processEvents()
             return self.session.workspace
         return worker
 
