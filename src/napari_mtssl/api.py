@@ -379,18 +379,25 @@ class _Model:
         )
 
 
-def _load(ws: Workspace, model: str, device: Any) -> _Model:
-    from napari_mtssl.training import checkpoints
+def _model_run(ws: Workspace, model: str, error: type[Exception]) -> Any:
+    """The run holding ``model`` (its newest), or ``error`` naming the models there are."""
     from napari_mtssl.training.pipeline import find_model
-    from napari_mtssl.training.preprocess import Preprocessing
 
     r = find_model(ws, model)
     if r is None:
         avail = list_models(ws)
-        raise ValueError(
+        raise error(
             f"no trained model {model!r} in this workspace; available: "
             f"{', '.join(avail) if avail else 'none (train first)'}"
         )
+    return r
+
+
+def _load(ws: Workspace, model: str, device: Any) -> _Model:
+    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.preprocess import Preprocessing
+
+    r = _model_run(ws, model, ValueError)
     path = r.model_path(model)
     net, meta = checkpoints.load_model(path, device)
     if "preprocessing" not in meta or "patch" not in meta:
@@ -516,19 +523,12 @@ def export_model(
     from napari_mtssl.export import ExportError, check_output
     from napari_mtssl.export.model_files import export_bioimageio, export_onnx
     from napari_mtssl.training import checkpoints
-    from napari_mtssl.training.pipeline import find_model
 
     ws = _ws(workspace)
     if fmt not in ("onnx", "bioimageio"):
         raise ExportError(f"format must be onnx or bioimageio, got {fmt!r}")
     dest = check_output(out, force=force)
-    r = find_model(ws, model)
-    if r is None:
-        avail = list_models(ws)
-        raise ExportError(
-            f"no trained model {model!r} in this workspace; available: "
-            f"{', '.join(avail) if avail else 'none (train first)'}"
-        )
+    r = _model_run(ws, model, ExportError)
     net, meta = checkpoints.load_model(r.model_path(model))
     extra = {"workspace": ws.root.name, "round": r.round, "run": r.id, "name": model}
     if fmt == "onnx":

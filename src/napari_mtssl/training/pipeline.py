@@ -677,9 +677,16 @@ def _open_resumed(ws: Any, resume: str, what: str):
     the_plan = Plan.from_dict(pd)
     cfg = ExperimentConfig.from_dict(run.config)
     device = resolve_device(cfg.device)
+    study = _open_study(ws, the_plan, cfg, device, cfg.num_threads or the_plan.threads)
+    run.set_status("running")
+    return run, cfg, the_plan, study, state
+
+
+def _open_study(ws: Any, the_plan: Plan, cfg: ExperimentConfig, device: Any, threads: int):
+    """The training data of a run in its plan's shape, with the plan's CPU threads set."""
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or the_plan.threads)
-    study = StudyData.from_workspace(
+        torch.set_num_threads(threads)
+    return StudyData.from_workspace(
         ws,
         the_plan.preprocessing(),
         cfg.data.patch_size,
@@ -687,8 +694,6 @@ def _open_resumed(ws: Any, resume: str, what: str):
         seed=cfg.seed,
         cache=cfg.data.cache,
     )
-    run.set_status("running")
-    return run, cfg, the_plan, study, state
 
 
 def _start_new(
@@ -729,16 +734,7 @@ def _start_new(
         allocate_steps=False,
     )
     shaped = the_plan.apply(cfg)
-    if device.type == "cpu":
-        torch.set_num_threads(shaped.num_threads)
-    study = StudyData.from_workspace(
-        ws,
-        the_plan.preprocessing(),
-        shaped.data.patch_size,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
-        cache=cfg.data.cache,
-    )
+    study = _open_study(ws, the_plan, shaped, device, shaped.num_threads)
     if not study.labelled_slices():
         raise ValueError(no_labelled_data_message())
     if what in ("stage1", "all"):

@@ -520,7 +520,7 @@ class StudyWidget(QWidget):
                 pbar.total = total
             pbar.n = done
             pbar.set_description(f"importing {case}")
-            if widget_alive(self.ws_label):  # the dock may have been closed meanwhile
+            if not ended and widget_alive(self.ws_label):  # the dock may have been closed
                 self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
 
         def on_done(ws: Any) -> None:
@@ -528,6 +528,7 @@ class StudyWidget(QWidget):
             ended["done"] = True
             self.session.set_workspace(ws)
             if widget_alive(self.ws_label):
+                self.refresh()  # the import's progress line gives way to the workspace's
                 self.show_workspace_scans()
 
         def on_error(exc: BaseException) -> None:
