@@ -249,6 +249,34 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
     atomic_write_text(out / "report.md", "\n".join(md))
 
 
+def _crop(*masks: Any) -> tuple[slice, slice]:
+    """The part of a slice worth looking at: the foreground of all masks with a margin of
+    35 % of its size each side (at least 24 px), or the whole slice when there is none."""
+    import numpy as np
+
+    fg = np.logical_or.reduce([np.asarray(m) > 0 for m in masks])
+    if not fg.any():
+        return slice(None), slice(None)
+    out = []
+    for axis in (1, 0):
+        idx = np.flatnonzero(fg.any(axis=axis))
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        pad = max(24, int(0.35 * (hi - lo)))
+        out.append(slice(max(0, lo - pad), min(fg.shape[1 - axis], hi + pad)))
+    return out[0], out[1]
+
+
+def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
+    """Mean Dice over the foreground classes present in either mask of one slice."""
+    scores = []
+    for c in range(1, num_classes):
+        t, p = truth == c, pred == c
+        total = int(t.sum()) + int(p.sum())
+        if total:
+            scores.append(2.0 * int((t & p).sum()) / total)
+    return float(sum(scores) / len(scores)) if scores else 1.0
+
+
 def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Path]:
     """Per validation scan: the middle labelled slices, ground truth and every model."""
     import matplotlib
@@ -273,21 +301,24 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
         z = lab[len(lab) // 2]
         preds = {m: api.predict(ws, scan, model=m, device="cpu").labels for m in models}
         panels = [("ground truth", truth), *preds.items()]
-        cols = min(5, len(panels))
+        ys, xs = _crop(truth[z], *(p[z] for p in preds.values()))
+        cols = min(4, len(panels))
         rows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
-        img = scan.array[z]
+        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), squeeze=False)
+        img = scan.array[z][ys, xs]
         for ax in axes.flat:
             ax.axis("off")
         for ax, (title, mask) in zip(axes.flat, panels):
             ax.imshow(img, cmap="gray")
-            m = np.ma.masked_equal(mask[z], 0)
+            m = np.ma.masked_equal(mask[z][ys, xs], 0)
             ax.imshow(m, cmap="tab10", vmin=0, vmax=max(9, nc), alpha=0.45, interpolation="nearest")
-            ax.set_title(title, fontsize=8)
+            if mask is not truth:
+                title = f"{title}\nslice Dice {_slice_dice(truth[z], mask[z], nc):.2f}"
+            ax.set_title(title, fontsize=9)
         fig.suptitle(f"{ws.record(sid).name} slice {z}", fontsize=9)
         fig.tight_layout()
         path = folder / f"{sid}_z{z}.png"
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         out.append(path)
     return out

@@ -24,6 +24,23 @@ class Docks:
         return self.study.session
 
 
+@pytest.fixture(autouse=True)
+def no_blocking_dialogs(monkeypatch: Any) -> list[str]:
+    """A question box nobody answers would hang the run: answer Yes (e.g. napari closing at
+    teardown while a job runs: stop it, then close) and keep the titles. Tests that are about a
+    dialog set their own answer."""
+    from qtpy.QtWidgets import QMessageBox
+
+    asked: list[str] = []
+
+    def yes(parent: Any, title: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(title)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", yes)
+    return asked
+
+
 @pytest.fixture
 def docks(make_napari_viewer: Any) -> Docks:
     """All four docks opened through npe2 (the names napari.yaml gives)."""
