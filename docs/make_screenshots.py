@@ -8,6 +8,11 @@ It loads the sample study into a temporary workspace, shows the plan for a 1-hou
 (Estimate), trains with the given profile (tiny: a few seconds), compares the models on one
 scan, opens the student's prediction for editing, corrects one slice, accepts it, retrains
 quickly, and saves one PNG per step into docs/images/, and the whole window at 1366 x 768.
+
+With ``--workspace W --scan S`` it trains nothing: it opens a workspace whose models were trained
+on real scans (e.g. a run of ``napari-mtssl train ../shared/data/acdc``), compares them on scan
+``S`` at 1366 x 768, goes to the slice where the teachers disagree most, and saves
+``real_compare.png``; then opens the student's prediction for editing (``real_correct.png``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", default="tiny", help="tiny (a few steps), or a time budget (10m, 1h, ...)"
     )
+    parser.add_argument("--workspace", help="a workspace with trained models: no training")
+    parser.add_argument("--scan", help="with --workspace: the scan id to compare on")
     args = parser.parse_args()
+    if args.workspace:
+        real_workspace(args.workspace, args.scan)
+        return
 
     import napari
     from qtpy.QtWidgets import QApplication
@@ -142,6 +152,54 @@ def main() -> None:
     time.sleep(0.5)
     app.processEvents()
     viewer.screenshot(str(IMAGES / "window_1366x768.png"), canvas_only=False)
+    viewer.close()
+
+
+def real_workspace(folder: str, scan_id: str | None) -> None:
+    """The compare and correct views of models trained on real scans, at 1366 x 768."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_mtssl.widgets import DOCKS, add_docks
+
+    viewer = napari.Viewer(title="napari-mtssl")
+    viewer.window._qt_window.resize(1366, 768)
+    widgets = add_docks(viewer)
+    study, _, compare, correct = (widgets[n] for n in DOCKS)
+    app = QApplication.instance()
+    ws = study.open_workspace(folder)
+    scan_id = scan_id or ws.scan_ids("val")[0]
+    results = []
+    compare.comparison_ready.connect(results.append)
+    compare.compare(scan_id)
+    wait_for(app, lambda: bool(results), timeout=600, what="the comparison")
+    z = int(np.argmax(results[0].slice_scores))
+    compare.go_to_slice(z)
+    parent = compare.parentWidget()
+    while parent is not None and not hasattr(parent, "show_step"):
+        parent = parent.parentWidget()
+    if parent is not None:
+        parent.show_step(next(n for n, w in parent.widgets.items() if w is compare))
+    for layer in viewer.layers:  # the scan, the student and the disagreement, as a user starts
+        layer.visible = layer.name in (scan_id, f"{scan_id}_student", f"{scan_id}_disagreement")
+    app.processEvents()
+    time.sleep(0.5)
+    app.processEvents()
+    viewer.screenshot(str(IMAGES / "real_compare.png"), canvas_only=False)
+    print(f"wrote {IMAGES / 'real_compare.png'} (slice {z})")
+    ready = []
+    correct.edit_ready.connect(ready.append)
+    correct.edit_prediction(scan_id)
+    wait_for(app, lambda: bool(ready), timeout=600, what="the prediction")
+    for layer in viewer.layers:
+        layer.visible = layer.name in (scan_id, f"{scan_id}_edit")
+    viewer.dims.set_current_step(0, z)
+    parent.show_step(next(n for n, w in parent.widgets.items() if w is correct))
+    app.processEvents()
+    time.sleep(0.5)
+    app.processEvents()
+    viewer.screenshot(str(IMAGES / "real_correct.png"), canvas_only=False)
+    print(f"wrote {IMAGES / 'real_correct.png'}")
     viewer.close()
 
 
