@@ -163,6 +163,10 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
         training.stop_button.click()
     assert jobs.last_state == "stopped"
     study.open_workspace(str(ws.root))
+    # the comparison's layers went with the workspace; the correction layer stays, hidden
+    roles = {str(ly.metadata.get("mtssl_role")): ly for ly in viewer.layers}
+    assert "disagreement" not in roles and not any(r.startswith("model") for r in roles), roles
+    assert [ly.visible for r, ly in roles.items() if r == "edit"] in ([], [False])
     assert not training.resume_button.isHidden()
     with qtbot.waitSignal(
         jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.get("type") == "resumed"

@@ -18,6 +18,7 @@ from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
 
 SCAN_META_KEY = "mtssl_scan"  # metadata the io readers put on image layers (Scan.layer_kwargs)
 SCAN_ID_KEY = "mtssl_scan_id"  # scan id of an image layer, or of the scan a label layer is for
+WORKSPACE_KEY = "mtssl_workspace"  # the workspace (its root) whose scan a layer shows
 ROLE_KEY = "mtssl_role"  # what a label layer is: "labels", "edit", "model:<name>", ...
 
 
@@ -206,6 +207,7 @@ def show_labels(
     ws = session_for(viewer).workspace
     if ws is not None:  # segment names for a DICOM-SEG saved from this layer
         meta["mtssl_label_names"] = {str(k): v for k, v in dict(ws.label_names).items()}
+        meta[WORKSPACE_KEY] = str(ws.root)  # cleared with the workspace's other layers
     layer = find_layer(viewer, name)
     if layer is not None:
         layer.data = data

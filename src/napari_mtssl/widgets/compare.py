@@ -25,6 +25,9 @@ from qtpy.QtWidgets import (
 from napari_mtssl.widgets._jobs import run_in_thread
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
+    ROLE_KEY,
+    SCAN_ID_KEY,
+    WORKSPACE_KEY,
     current_slice,
     find_layer,
     go_to_slice,
@@ -363,7 +366,11 @@ class CompareWidget(QWidget):
                     blending="additive",
                     opacity=0.7,
                     contrast_limits=(0.0, max(float(data.max()), 1e-6)),
-                    metadata={"mtssl_scan_id": scan_id, "mtssl_role": "disagreement"},
+                    metadata={
+                        SCAN_ID_KEY: scan_id,
+                        ROLE_KEY: "disagreement",
+                        WORKSPACE_KEY: str(self.session.require_workspace().root),
+                    },
                 )
             else:
                 layer.data = data

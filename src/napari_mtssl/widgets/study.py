@@ -31,7 +31,9 @@ from qtpy.QtWidgets import (
 from napari_mtssl.widgets._jobs import widget_alive
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
+    ROLE_KEY,
     SCAN_ID_KEY,
+    WORKSPACE_KEY,
     LayerLabels,
     LayerScan,
     show_labels,
@@ -48,9 +50,6 @@ STATUS_COLOURS = {
 
 def labels_layer_name(scan_id: str) -> str:
     return f"{scan_id}_labels"
-
-
-WORKSPACE_KEY = "mtssl_workspace"  # layer metadata: the workspace a layer shows a scan of
 
 
 def parse_class_names(text: str) -> dict[int, str]:
@@ -366,8 +365,9 @@ class StudyWidget(QWidget):
         return layer
 
     def clear_workspace_layers(self) -> int:
-        """Before another workspace opens: remove the layers this dock showed for the current
-        one, except label layers with edits not saved yet (kept, and said so)."""
+        """Before another workspace opens: remove the layers the docks showed for the current
+        one (scans, labels, model masks, disagreement), except label layers with edits not
+        saved yet and correction layers (kept hidden, and said so: nothing painted is lost)."""
         from napari.utils.notifications import show_warning
 
         ws = self.session.workspace
@@ -378,6 +378,10 @@ class StudyWidget(QWidget):
             if layer.metadata.get(WORKSPACE_KEY) != root:
                 continue
             sid = layer.metadata.get(SCAN_ID_KEY)
+            if layer.metadata.get(ROLE_KEY) == "edit":
+                layer.visible = False
+                kept.append(layer.name)
+                continue
             if layer.name == labels_layer_name(str(sid)):
                 try:
                     same = np.array_equal(np.asarray(layer.data), ws.labels(sid))
@@ -390,8 +394,8 @@ class StudyWidget(QWidget):
             removed += 1
         if kept:
             show_warning(
-                f"kept {', '.join(kept)}: edits not saved to the previous workspace "
-                "(save them there, or delete the layers)"
+                f"kept {', '.join(kept)} (hidden): edits or corrections not stored in the "
+                "previous workspace (save or accept them there, or delete the layers)"
             )
         return removed
 
