@@ -51,9 +51,12 @@ def main() -> None:
     )
     parser.add_argument("--workspace", help="a workspace with trained models: no training")
     parser.add_argument("--scan", help="with --workspace: the scan id to compare on")
+    parser.add_argument(
+        "--slice", type=int, help="with --workspace: the slice to show (default: most disagreement)"
+    )
     args = parser.parse_args()
     if args.workspace:
-        real_workspace(args.workspace, args.scan)
+        real_workspace(args.workspace, args.scan, args.slice)
         return
 
     import napari
@@ -155,7 +158,7 @@ def main() -> None:
     viewer.close()
 
 
-def real_workspace(folder: str, scan_id: str | None) -> None:
+def real_workspace(folder: str, scan_id: str | None, z: int | None = None) -> None:
     """The compare and correct views of models trained on real scans, at 1366 x 768."""
     import napari
     from qtpy.QtWidgets import QApplication
@@ -173,7 +176,7 @@ def real_workspace(folder: str, scan_id: str | None) -> None:
     compare.comparison_ready.connect(results.append)
     compare.compare(scan_id)
     wait_for(app, lambda: bool(results), timeout=600, what="the comparison")
-    z = int(np.argmax(results[0].slice_scores))
+    z = int(np.argmax(results[0].slice_scores)) if z is None else z
     compare.go_to_slice(z)
     parent = compare.parentWidget()
     while parent is not None and not hasattr(parent, "show_step"):
@@ -182,6 +185,8 @@ def real_workspace(folder: str, scan_id: str | None) -> None:
         parent.show_step(next(n for n, w in parent.widgets.items() if w is compare))
     for layer in viewer.layers:  # the scan, the student and the disagreement, as a user starts
         layer.visible = layer.name in (scan_id, f"{scan_id}_student", f"{scan_id}_disagreement")
+        if layer.name == f"{scan_id}_disagreement":
+            layer.opacity = 0.5  # the student's mask stays readable under it
     app.processEvents()
     time.sleep(0.5)
     app.processEvents()
