@@ -167,6 +167,12 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     roles = {str(ly.metadata.get("mtssl_role")): ly for ly in viewer.layers}
     assert "disagreement" not in roles and not any(r.startswith("model") for r in roles), roles
     assert [ly.visible for r, ly in roles.items() if r == "edit"] in ([], [False])
+    shown = [
+        ly.name
+        for ly in viewer.layers
+        if ly._type_string == "image" and ly.visible and ly.metadata.get("mtssl_workspace")
+    ]
+    assert len(shown) == 1, shown  # one scan of the reopened workspace, none left from before
     assert not training.resume_button.isHidden()
     with qtbot.waitSignal(
         jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.get("type") == "resumed"

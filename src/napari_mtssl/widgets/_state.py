@@ -177,6 +177,11 @@ def show_scan(viewer: Any, scan: Scan, scan_id: str) -> Any:
     kwargs = scan.layer_kwargs()
     kwargs["name"] = scan_layer_name(scan_id)
     kwargs["metadata"][SCAN_ID_KEY] = scan_id
+    from napari_mtssl.widgets._session import session_for
+
+    ws = session_for(viewer).workspace
+    if ws is not None:  # cleared with the workspace's other layers
+        kwargs["metadata"][WORKSPACE_KEY] = str(ws.root)
     layer = find_layer(viewer, kwargs["name"])
     if layer is not None:
         layer.data = scan.array

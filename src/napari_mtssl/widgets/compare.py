@@ -310,6 +310,8 @@ class CompareWidget(QWidget):
         scan_id = scan_id or self.scan.currentText()
         if not scan_id:
             raise ValueError("choose a scan")
+        if self.scan.findText(scan_id) >= 0:
+            self.scan.setCurrentText(scan_id)  # the chooser names the scan compared
         models = self.models_to_compare()  # may refuse: before the dock says it is busy
         self.status.setText(f"comparing the models on {scan_id}…")
         self.compare_button.setEnabled(False)
