@@ -267,3 +267,18 @@ def test_outputs_never_replace_inputs_or_workspace_files(trained, tmp_path, caps
     argv = ["predict", str(out), str(image), "--out", str(existing), "--force", "--device", "cpu"]
     assert main(argv) == 0
     assert existing.read_bytes() != b"mine" and existing.stat().st_mode & 0o777 == 0o640
+
+
+def test_overlay_crop_and_slice_dice():
+    from napari_mtssl.cli import _crop, _slice_dice
+
+    truth = np.zeros((200, 200), np.uint8)
+    truth[90:110, 80:100] = 1
+    pred = truth.copy()
+    pred[90:110, 80:90] = 2  # half of class 1 called class 2
+    # 20 px of foreground, a margin of 24 px each side (35 % of 20 is less)
+    assert _crop(truth, pred) == (slice(66, 134), slice(56, 124))
+    assert _crop(np.zeros_like(truth)) == (slice(None), slice(None))
+    # class 1: 2*200/(400+200); class 2 absent from the truth: 0; class 3 absent in both: left out
+    assert _slice_dice(truth, pred, 4) == pytest.approx((2 * 200 / 600 + 0.0) / 2)
+    assert _slice_dice(truth, truth, 4) == 1.0

@@ -268,13 +268,13 @@ def _crop(*masks: Any) -> tuple[slice, slice]:
 
 def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
     """Mean Dice over the foreground classes present in either mask of one slice."""
-    scores = []
-    for c in range(1, num_classes):
-        t, p = truth == c, pred == c
-        total = int(t.sum()) + int(p.sum())
-        if total:
-            scores.append(2.0 * int((t & p).sum()) / total)
-    return float(sum(scores) / len(scores)) if scores else 1.0
+    import numpy as np
+
+    from napari_mtssl.training.metrics import dice_per_class
+
+    present = [c for c in range(1, num_classes) if (truth == c).any() or (pred == c).any()]
+    scores = dice_per_class(pred, truth, num_classes)
+    return float(np.mean([scores[c - 1] for c in present])) if present else 1.0
 
 
 def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Path]:

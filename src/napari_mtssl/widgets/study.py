@@ -343,10 +343,9 @@ class StudyWidget(QWidget):
         else:
             scan = ws.load_scan(scan_id)
             layer = show_scan(self.viewer, scan, scan_id)
-            layer.metadata[WORKSPACE_KEY] = root
             statuses = ws.slice_status(scan_id)
             if any(s != "unlabelled" for s in statuses):
-                lab = show_labels(
+                show_labels(
                     self.viewer,
                     np.asarray(ws.labels(scan_id)),
                     labels_layer_name(scan_id),
@@ -354,7 +353,6 @@ class StudyWidget(QWidget):
                     tuple(layer.scale),
                     role="labels",
                 )
-                lab.metadata[WORKSPACE_KEY] = root
         if hide_others:
             for other in self.viewer.layers:
                 sid = other.metadata.get(SCAN_ID_KEY)
