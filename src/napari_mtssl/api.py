@@ -41,6 +41,7 @@ __all__ = [
     "predict",
     "compare",
     "accept_correction",
+    "propose_slices",
     "history",
     "export_model",
     "import_model",
@@ -506,6 +507,27 @@ def accept_correction(
         by=by,
         round=ws.current_round,
         details=details or None,
+    )
+
+
+def propose_slices(
+    workspace: Workspace | str,
+    k: int = 10,
+    strategy: str | None = None,
+    *,
+    scans: Sequence[str] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list:
+    """The ``k`` unlabelled training slices most worth correcting next, best first, each a
+    ``Candidate(scan, z, score, reason)``. ``strategy``: disagreement, entropy, random or
+    fg_random (default: the one the simulated annotator measured best, ``active.RECOMMENDED``).
+    Predicts every candidate scan with the student (and the teachers for disagreement)."""
+    from napari_mtssl import active
+
+    return active.propose(
+        _ws(workspace), k, strategy, scans=scans, device=device, seed=seed, progress=progress
     )
 
 

@@ -1,4 +1,4 @@
-"""``napari-mtssl train | predict | evaluate | demo``: the engine from a shell, over :mod:`api`.
+"""``napari-mtssl train | predict | evaluate | simulate | demo``: the engine from a shell, over :mod:`api`.
 
 Errors users can cause (bad arguments, unreadable files, no labels) end with one line on stderr
 and exit status 2, never a traceback.
@@ -573,6 +573,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """The correction loop with a simulated annotator, one strategy after another."""
+    from napari_mtssl.simulate import CHOICES, Settings, simulate
+
+    strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    if strategies == ["all"]:
+        strategies = list(CHOICES)
+    settings = Settings(
+        data=str(args.data),
+        out=str(args.out),
+        strategies=strategies,
+        labelled=args.labelled,
+        per_round=args.per_round,
+        rounds=args.rounds,
+        budget=args.budget,
+        retrain_budget=args.retrain_budget,
+        stage2=args.stage2,
+        stage2_budget=args.stage2_budget,
+        tasks=args.tasks,
+        seed=args.seed,
+        reference=args.reference,
+        threads=args.threads,
+        profile=args.profile,
+        initial=args.initial,
+    )
+    from napari_mtssl.io import is_dataset_folder
+
+    if not is_dataset_folder(Path(args.data)):
+        raise CliError(f"{args.data}: not a dataset folder (imagesTr/, labelsTr/, dataset.json)")
+    progress = Progress(quiet=args.quiet)
+
+    def show(ev: dict[str, Any]) -> None:
+        if ev.get("type") == "simulate_round":
+            progress._newline()
+            s2 = ev.get("stage2_dice")
+            print(
+                f"{ev['strategy']:<13} round {ev['round']}: {ev['corrected']:3d} corrected slices, "
+                f"student Dice {ev['mean_dice']:.3f}"
+                + (f" (full stage 2: {s2:.3f})" if s2 is not None else ""),
+                flush=True,
+            )
+        elif ev.get("type") == "simulate_note":
+            progress._newline()
+            print(ev["message"], flush=True)
+        elif ev.get("type") == "done" and "out" in ev:
+            progress._newline()
+        elif ev.get("type") != "done":
+            progress(ev)
+
+    results = api.run(simulate(settings), show)
+    if results is None or not results.get("finished"):
+        print(f"stopped; run the same command again to go on ({args.out})")
+        return 0
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -668,6 +725,48 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ev.add_argument("--force", action="store_true", help="replace --out if it exists")
     ev.set_defaults(func=cmd_evaluate)
+
+    sm = sub.add_parser(
+        "simulate",
+        help="the correction loop with a simulated annotator: which slices to correct",
+        description="Start from N labelled patients; each round a strategy picks slices, a "
+        "simulated annotator corrects them with the dataset's masks, the student is retrained "
+        "and scored on the validation patients. Rerun the same command to go on after a stop.",
+    )
+    sm.add_argument("data", help="a labelled dataset folder (Decathlon layout, with a val split)")
+    sm.add_argument("--out", required=True, help="folder for the workspaces and the report")
+    sm.add_argument("--labelled", type=int, default=3, help="labelled patients at the start")
+    sm.add_argument(
+        "--strategy",
+        default="all",
+        help="comma-separated: disagreement, entropy, random, fg_random, oracle, none "
+        "(the control: retraining without corrections); all (default)",
+    )
+    sm.add_argument("--per-round", type=int, default=10, help="slices corrected each round")
+    sm.add_argument("--rounds", type=int, default=5)
+    sm.add_argument("--budget", default="20m", help="time for the initial models (default 20m)")
+    sm.add_argument("--retrain-budget", default="2m", help="time of each quick retrain")
+    sm.add_argument(
+        "--stage2",
+        default="last",
+        choices=["last", "every", "none"],
+        help="a full stage 2 after the last round (default), every round, or never",
+    )
+    sm.add_argument("--stage2-budget", default="5m")
+    sm.add_argument("--tasks", default="sdm,inpaint", help="the teachers' tasks")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument(
+        "--reference", type=int, default=7, help="baseline with N labelled patients (0: none)"
+    )
+    sm.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the plan's)")
+    sm.add_argument(
+        "--initial",
+        help="start from this workspace (trained with `train --what all` on the same dataset, "
+        "labelled patients and tasks): it is copied, not changed",
+    )
+    sm.add_argument("--profile", default="quick", choices=["tiny", "quick"], help=argparse.SUPPRESS)
+    sm.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    sm.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser("demo", help="the whole pipeline on the built-in sample, in a budget")
     d.add_argument("--gui", action="store_true", help="open napari with the sample and the docks")
