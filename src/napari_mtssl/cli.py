@@ -743,16 +743,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(the control: retraining without corrections); all (default)",
     )
     sm.add_argument("--per-round", type=int, default=10, help="slices corrected each round")
-    sm.add_argument("--rounds", type=int, default=5)
+    sm.add_argument(
+        "--rounds", type=int, default=5, help="0: train the initial models and the reference only"
+    )
     sm.add_argument("--budget", default="20m", help="time for the initial models (default 20m)")
-    sm.add_argument("--retrain-budget", default="2m", help="time of each quick retrain")
+    sm.add_argument(
+        "--retrain-budget", default="3m", help="time of each quick retrain (the dock's: 3m)"
+    )
     sm.add_argument(
         "--stage2",
         default="last",
         choices=["last", "every", "none"],
         help="a full stage 2 after the last round (default), every round, or never",
     )
-    sm.add_argument("--stage2-budget", default="5m")
+    sm.add_argument("--stage2-budget", default="7m", help="time of each full stage 2")
     sm.add_argument("--tasks", default="sdm,inpaint", help="the teachers' tasks")
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument(

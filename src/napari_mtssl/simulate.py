@@ -24,6 +24,7 @@ are kept in ``state.json`` and only those still unlabelled are written again.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Generator
@@ -59,9 +60,11 @@ class Settings:
     per_round: int = 10
     rounds: int = 5
     budget: str = "20m"  # the initial models (baseline, teachers, student)
-    retrain_budget: str = "2m"  # each quick retrain
+    # The correction dock's shares of a 20-minute budget: quick retrain max(3 min, 1/6), a new
+    # student 1/3 (widgets/correct.py RETRAIN_SHARE).
+    retrain_budget: str = "3m"  # each quick retrain
     stage2: str = "last"  # a full stage 2 after: the last round, every round, never
-    stage2_budget: str = "5m"
+    stage2_budget: str = "7m"
     tasks: str = "sdm,inpaint"
     seed: int = 0
     reference: int = 7  # the baseline with this many labelled patients; 0: none
@@ -77,9 +80,11 @@ class Settings:
             raise ValueError("give at least one strategy")
         if self.stage2 not in STAGE2_WHEN:
             raise ValueError(f"stage2 must be one of {', '.join(STAGE2_WHEN)}, got {self.stage2!r}")
-        for name in ("labelled", "per_round", "rounds"):
+        for name in ("labelled", "per_round"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.rounds) < 0:  # 0: the initial models and the reference only
+            raise ValueError(f"rounds must be at least 0, got {self.rounds}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"a strategy is named twice: {', '.join(self.strategies)}")
         return self
@@ -169,6 +174,9 @@ class _Simulation:
         self.s, self.stop = s, stop
         self.out = Path(s.out)
         self._truth: dict[str, np.ndarray] | None = None
+        # The teachers do not change while the student is retrained: their disagreement is
+        # computed once per process.
+        self._teacher_scores: dict[str, np.ndarray] | None = None
 
     def tag(self, ws: Any) -> str:
         return Path(ws.root).name
@@ -209,17 +217,26 @@ class _Simulation:
         report = yield from _finished_or_train(ws, "all", _config(self.s, self.s.budget), self)
         return report
 
-    def reference(self, steps: int) -> Events:
-        if not self.s.reference:
+    def reference(self, initial: dict) -> Events:
+        """The baseline with ``reference`` labelled patients, trained exactly like the initial
+        baseline (its steps, patch, batch and network): the two differ only by their labels."""
+        steps = (initial["models"].get("baseline") or {}).get("steps")
+        if not self.s.reference or not steps:
             return None
         folder = self.out / f"reference_L{self.s.reference}"
         if not (folder / "workspace.json").is_file():
             yield _note(f"reference workspace: {self.s.reference} labelled patients")
             api.create_workspace(folder, self.s.data, labelled=self.s.reference)
         ws = api.open_workspace(folder)
-        # The initial baseline's steps exactly, so the two baselines differ only by labels.
-        cfg = _config(self.s, self.s.budget, budget_s=0, baseline__steps=int(steps))
-        cfg.stage1.joint_steps = cfg.stage1.joint_steps or int(steps)
+        plan = initial.get("plan") or {}
+        shape = {
+            "data__patch_size": plan.get("patch"),
+            "data__batch_size": plan.get("batch_size"),
+            "model__width": plan.get("width"),
+            "model__depth": plan.get("depth"),
+        }
+        shape = {k: int(v) for k, v in shape.items() if v}
+        cfg = _config(self.s, self.s.budget, budget_s=0, baseline__steps=int(steps), **shape)
         report = yield from _finished_or_train(ws, "baseline", cfg, self)
         return report
 
@@ -307,7 +324,12 @@ class _Simulation:
         }  # only scans with a reference mask can be corrected by the simulator
         n = sum(len(v) for v in cands.values())
         t0 = time.monotonic()
-        scores, fg = active.slice_scores(ws, strategy, cands, truth=truth)
+        if strategy == "disagreement" and self._teacher_scores is not None:
+            scores, fg = self._teacher_scores, {}
+        else:
+            scores, fg = active.slice_scores(ws, strategy, cands, truth=truth)
+            if strategy == "disagreement":
+                self._teacher_scores = scores
         picked = rank(strategy, cands, self.s.per_round, scores=scores, foreground=fg, rng=rng)
         note = None
         if len(picked) < self.s.per_round:
@@ -352,15 +374,16 @@ class _Simulation:
     # -- the whole -----------------------------------------------------------------------------
     def run(self) -> Events:
         self.check_settings()
+        if self.s.threads:
+            import torch
+
+            torch.set_num_threads(int(self.s.threads))
         initial = yield from self.initial()
         if initial is None:
             return None
-        ref = None
-        base_steps = (initial["models"].get("baseline") or {}).get("steps")
-        if base_steps:
-            ref = yield from self.reference(base_steps)
-            if ref is None and self.s.reference and self.stopped():
-                return None
+        ref = yield from self.reference(initial)
+        if ref is None and self.stopped():
+            return None
         results: dict[str, Any] = {
             "settings": asdict(self.s),
             "initial": {k: _score(initial, k) for k in initial["models"]},
@@ -437,7 +460,7 @@ def plot(results: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.partial.png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)

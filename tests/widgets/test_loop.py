@@ -84,6 +84,24 @@ def test_whole_loop(sample_docks, qtbot):
     assert d.viewer.dims.current_step[0] == z_clicked
     assert d.compare.grid.z == z_clicked
 
+    # -- the next slices to correct: the measured strategy first, each with its reason ----------
+    from napari_mtssl.active import RECOMMENDED, candidates
+
+    assert d.correct.strategy.currentData() == RECOMMENDED
+    assert "measured best" in d.correct.strategy.currentText()
+    d.correct.strategy.setCurrentIndex(d.correct.strategy.findData("disagreement"))
+    d.correct.propose()
+    qtbot.waitUntil(lambda: d.correct.propose_button.isEnabled(), timeout=60_000)
+    items = [d.correct.proposals.item(i) for i in range(d.correct.proposals.count())]
+    free = candidates(ws)
+    assert len(items) == min(10, sum(map(len, free.values())))
+    scan_p, z_p = items[0].data(256)
+    assert z_p in free[scan_p] and "teachers disagree" in items[0].text()
+    with qtbot.waitSignal(d.correct.edit_ready, timeout=60_000):
+        d.correct.proposals.itemClicked.emit(items[0])
+    qtbot.waitUntil(lambda: d.viewer.dims.current_step[0] == z_p, timeout=5_000)
+    assert f"{scan_p}_edit" in [ly.name for ly in d.viewer.layers]
+
     # -- edit a slice of the student's prediction and accept it -----------------------------------
     target = ws.scan_ids()[-1]
     with qtbot.waitSignal(d.correct.edit_ready, timeout=60_000):
@@ -112,6 +130,15 @@ def test_whole_loop(sample_docks, qtbot):
     assert d.correct.history.rowCount() == len(history)
     last = history[-1]
     assert last.get("metrics") or last.get("models"), last
+    # the round records the correction it trained on and the time spent on it
+    assert last["corrections"]["slices"] == 1 and last["corrections"]["by"] == {"user": 1}
+    assert last["corrections"]["timed_slices"] == 1
+    assert last["corrections"]["effort_s"] == prov["effort_s"]
+    headers = [d.correct.history.horizontalHeaderItem(c).text() for c in range(7)]
+    assert headers[5:7] == ["Corrected", "Effort"]
+    row = d.correct.history.rowCount() - 1
+    assert d.correct.history.item(row, 5).text() == "1"
+    assert d.correct.history.item(row, 6).text().endswith("min")
 
 
 def test_stop_keeps_a_checkpoint(sample_docks, qtbot):

@@ -190,3 +190,25 @@ def test_correction_effort_is_kept_per_slice(tmp_path):
     assert ws.provenance(sid, 2)[-1]["effort_s"] == 41.3
     assert "effort_s" not in ws.provenance(sid, 3)[-1]
     assert ws.provenance(sid, 3)[-1]["status"] == "corrected"
+
+
+def test_corrections_of_a_round_count_slices_people_and_effort(ws: Workspace) -> None:
+    sid = ws.add_scan(make_scan())
+    other = ws.add_scan(make_scan(name="patient002", seed=1))
+    ws.set_labels(sid, _lab({0: 1}), by="alice")  # annotated, not a correction
+    details = {1: {"effort_s": 30.0}, 2: {"effort_s": 12.5}}
+    ws.set_labels(sid, _lab({1: 1, 2: 1}), slices=[1, 2], status="corrected", details=details)
+    ws.set_labels(other, _lab({3: 2}), slices=[3], status="corrected", by="simulated annotator")
+    got = ws.corrections_in_round(0)
+    assert got == {
+        "slices": 3,
+        "by": {"user": 2, "simulated annotator": 1},
+        "timed_slices": 2,
+        "effort_s": 42.5,
+    }
+    ws.undo_last(other)  # an undone correction no longer counts
+    assert ws.corrections_in_round(0)["slices"] == 2
+    ws.add_round({"trained": "retrain-quick"})
+    ws.set_labels(sid, _lab({3: 1}), slices=[3], status="corrected")
+    assert ws.corrections_in_round(1)["slices"] == 1
+    assert ws.corrections_in_round(0)["slices"] == 2  # round 0's stay where they were

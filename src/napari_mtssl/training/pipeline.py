@@ -585,6 +585,8 @@ class _Run:
                 "run": self.run.id,
                 "what": self.what,
                 "labelled_slices": self.study.summary().n_labelled_slices,
+                # the corrections this round trained on, and the effort behind them
+                "corrections": self.ws.corrections_in_round(self.ws.current_round),
                 "metrics": {
                     k: {"mean_dice": v["mean_dice"], "hd95": v["hd95"]}
                     for k, v in self.models.items()

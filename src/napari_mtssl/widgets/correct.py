@@ -13,6 +13,8 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -26,6 +28,7 @@ from napari_mtssl.widgets._state import (
     LayerLabels,
     current_slice,
     find_layer,
+    go_to_slice,
     model_layer_name,
     scan_layer_name,
     show_labels,
@@ -52,6 +55,14 @@ RETRAIN = (
 # one model is retrained where a full run trains many.
 RETRAIN_SHARE = {"retrain-quick": 1 / 6, "retrain-stage2": 1 / 3, "all": 1.0}
 HISTORY_MODELS = ("student", "baseline")
+PROPOSED = 10  # slices proposed at a time (the simulated annotator's round)
+# Shown in the strategy chooser; the measured one first (napari_mtssl.active.RECOMMENDED).
+STRATEGY_LABELS = {
+    "fg_random": "random slices showing the anatomy",
+    "disagreement": "where the teachers disagree",
+    "entropy": "where the student is unsure",
+    "random": "random slices",
+}
 
 
 def edit_layer_name(scan_id: str) -> str:
@@ -76,6 +87,21 @@ def _metric(entry: dict, model: str) -> float | None:
             if isinstance(value, int | float):
                 return float(value)
     return None
+
+
+def _corrections(entry: dict) -> tuple[str, str]:
+    """A round's corrected slices and the time people spent on them (where it was timed)."""
+    c = entry.get("corrections")
+    if not isinstance(c, dict):
+        return "", ""
+    n = int(c.get("slices", 0))
+    timed = int(c.get("timed_slices", 0))
+    effort = ""
+    if timed:
+        effort = f"{float(c.get('effort_s', 0)) / 60:.1f} min"
+        if timed < n:
+            effort += f" ({timed} timed)"
+    return str(n), effort
 
 
 class CorrectWidget(QWidget):
@@ -140,11 +166,14 @@ class CorrectWidget(QWidget):
         self.progress_panel = JobProgressPanel(self.jobs)
         box.addWidget(self.progress_panel)
 
+        next_box = self._build_next_box()
+
         self.history = QTableWidget(0, 0)
         self.history.verticalHeader().setVisible(False)
         self.history.setToolTip("what each round of corrections bought: Dice per model per round")
 
         layout = QVBoxLayout(self)
+        layout.addWidget(next_box)
         layout.addWidget(edit_box)
         layout.addWidget(retrain_box)
         layout.addWidget(QLabel("Rounds"))
@@ -155,6 +184,106 @@ class CorrectWidget(QWidget):
         self.jobs.running_changed.connect(self._set_running)
         self._set_running(self.jobs.is_running)
         self.refresh()
+
+    # -- which slices next ------------------------------------------------------------------------
+    def _build_next_box(self) -> QGroupBox:
+        from napari_mtssl.active import RECOMMENDED, RECOMMENDED_WHY
+
+        box = QGroupBox("Next slices to correct")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.strategy = QComboBox()
+        order = [RECOMMENDED, *[s for s in STRATEGY_LABELS if s != RECOMMENDED]]
+        for s in order:
+            label = STRATEGY_LABELS[s] + ("  (measured best)" if s == RECOMMENDED else "")
+            self.strategy.addItem(label, s)
+        self.strategy.setToolTip(f"How slices are chosen. Default: {RECOMMENDED_WHY}.")
+        self.propose_button = QPushButton("Propose")
+        self.propose_button.setToolTip(
+            f"choose {PROPOSED} unlabelled training slices to correct next; click one to edit it"
+        )
+        self.propose_button.clicked.connect(lambda: self.propose())
+        row.addWidget(self.strategy, 1)
+        row.addWidget(self.propose_button)
+        lay.addLayout(row)
+        self.proposals = QListWidget()
+        self.proposals.setMaximumHeight(110)
+        self.proposals.setToolTip("why each slice was chosen; click to edit it")
+        self.proposals.itemClicked.connect(self._open_proposal)
+        lay.addWidget(self.proposals)
+        return box
+
+    @report_errors("Could not propose slices")
+    def propose(self, strategy: str | None = None) -> Any:
+        """Rank the unlabelled training slices (in a thread) and list the next ones to correct."""
+        from napari_mtssl import api
+
+        ws = self.session.require_workspace()
+        strategy = strategy or self.strategy.currentData()
+        if (
+            strategy == "disagreement"
+            and sum(m.startswith("teacher:") for m in api.list_models(ws)) < 2
+        ):
+            raise ValueError("teacher disagreement needs two or more teachers: train stage 1")
+        if strategy != "random" and "student" not in api.list_models(ws):
+            raise ValueError("no student yet: train first (or choose random slices)")
+        self.propose_button.setEnabled(False)
+        self.proposals.clear()
+        self.proposals.addItem("ranking the unlabelled slices…")
+
+        def done(found: list) -> None:
+            self.propose_button.setEnabled(True)
+            self.show_proposals(found)
+
+        def failed(_e: Any) -> None:
+            self.propose_button.setEnabled(True)
+            self.proposals.clear()
+
+        self.worker = run_in_thread(
+            api.propose_slices,
+            ws,
+            PROPOSED,
+            strategy,
+            on_result=done,
+            action="Could not propose slices",
+        )
+        self.worker.errored.connect(failed)
+        return self.worker
+
+    def show_proposals(self, found: list) -> None:
+        self.proposals.clear()
+        if not found:
+            self.proposals.addItem("every training slice is labelled: nothing to propose")
+            return
+        for c in found:
+            item = QListWidgetItem(f"{c.scan}  slice {c.z}: {c.reason}")
+            item.setData(256, (c.scan, int(c.z)))  # Qt.UserRole
+            item.setToolTip(c.reason)
+            self.proposals.addItem(item)
+
+    def _open_proposal(self, item: QListWidgetItem) -> Any:
+        where = item.data(256)
+        if not where:
+            return None
+        scan_id, z = where
+        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        if layer is not None:
+            go_to_slice(self.viewer, z, layer)
+            return None
+        worker = self.edit_prediction(scan_id)
+        if worker is not None:
+            self.edit_ready.connect(self._go_when_ready(scan_id, z))
+        return worker
+
+    def _go_when_ready(self, scan_id: str, z: int):
+        def go(ready: str) -> None:
+            if ready != scan_id:
+                return
+            self.edit_ready.disconnect(go)
+            go_to_slice(self.viewer, z, find_layer(self.viewer, edit_layer_name(scan_id)))
+            self._note_shown(scan_id)
+
+        return go
 
     # -- editing ---------------------------------------------------------------------------------
     @report_errors("Could not predict with the student")
@@ -338,7 +467,12 @@ class CorrectWidget(QWidget):
             self.scan.addItems(list(ws.scan_ids()))
         if current:
             self.scan.setCurrentText(current)
-        for btn in (self.edit_button, self.accept_slice_button, self.accept_all_button):
+        for btn in (
+            self.edit_button,
+            self.accept_slice_button,
+            self.accept_all_button,
+            self.propose_button,
+        ):
             btn.setEnabled(ws is not None)
         self.refresh_history()
 
@@ -365,7 +499,8 @@ class CorrectWidget(QWidget):
                     ]
         models = [m for m in models if any(_metric(e, m) is not None for e in entries)]
         # the change of the student's Dice first: what each round bought, without scrolling
-        headers = ["Round", "Δ student", "What", "When", "Labelled slices", *models]
+        headers = ["Round", "Δ student", "What", "When", "Labelled slices", "Corrected", "Effort"]
+        headers += models
         self.history.setColumnCount(len(headers))
         self.history.setHorizontalHeaderLabels(headers)
         self.history.setRowCount(len(entries))
@@ -385,6 +520,7 @@ class CorrectWidget(QWidget):
                 str(e.get("what") or e.get("kind") or ""),
                 when[:19].replace("T", " "),
                 str(labelled),
+                *_corrections(e),
                 *[("" if _metric(e, m) is None else f"{_metric(e, m):.3f}") for m in models],
             ]
             for c, text in enumerate(values):

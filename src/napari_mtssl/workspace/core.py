@@ -687,6 +687,21 @@ class Workspace:
 
         return self._update(change)
 
+    def corrections_in_round(self, rnd: int) -> dict[str, Any]:
+        """What was corrected in round ``rnd`` (before the run that ended it): the number of
+        slices, who corrected them, and the seconds people spent where it was timed."""
+        slices, timed, effort = 0, 0, 0.0
+        by: dict[str, int] = {}
+        for sid in self.scan_ids():
+            for e in self._labels.corrections(sid, self.record(sid).shape, rnd):
+                slices += 1
+                who = str(e.get("by", "?"))
+                by[who] = by.get(who, 0) + 1
+                if isinstance(e.get("effort_s"), int | float):
+                    timed += 1
+                    effort += float(e["effort_s"])
+        return {"slices": slices, "by": by, "timed_slices": timed, "effort_s": round(effort, 1)}
+
     def rounds(self) -> list[dict[str, Any]]:
         return json.loads(json.dumps(self._state()["rounds"]))
 

@@ -146,6 +146,23 @@ class LabelStore:
             {k: v for k, v in e.items() if k != "rev"} for e in entries if e.get("rev", 0) <= rev
         ]
 
+    def corrections(self, scan_id: str, shape: tuple[int, int, int], rnd: int) -> list[dict]:
+        """The newest provenance entry of each slice corrected in round ``rnd`` (undone ones
+        excluded), with its slice index as ``z``."""
+        if not self.has_files(scan_id):
+            return []
+        status = self.status_codes(scan_id, shape)
+        rev = self._read(scan_id, shape)[2]
+        out = []
+        for key, entries in self._read_provenance(scan_id).items():
+            live = [e for e in entries if e.get("rev", 0) <= rev]
+            if not live or not key.isdigit() or int(key) >= len(status):
+                continue
+            last = live[-1]
+            if last.get("status") == "corrected" and last.get("round") == rnd:
+                out.append({**{k: v for k, v in last.items() if k != "rev"}, "z": int(key)})
+        return out
+
     # -- writing -----------------------------------------------------------------------------
     @staticmethod
     def _check_slices(scan_id: str, slices: Iterable[int], n: int) -> list[int]:
