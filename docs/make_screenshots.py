@@ -12,7 +12,8 @@ quickly, and saves one PNG per step into docs/images/, and the whole window at 1
 With ``--workspace W --scan S`` it trains nothing: it opens a workspace whose models were trained
 on real scans (e.g. a run of ``napari-mtssl train ../shared/data/acdc``), compares them on scan
 ``S`` at 1366 x 768, goes to the slice where the teachers disagree most, and saves
-``real_compare.png``; then opens the student's prediction for editing (``real_correct.png``).
+``real_compare.png``; then opens the student's prediction for editing (``real_correct.png``),
+proposes the next slices to correct and opens the first (``real_propose.png``).
 """
 
 from __future__ import annotations
@@ -205,6 +206,22 @@ def real_workspace(folder: str, scan_id: str | None, z: int | None = None) -> No
     app.processEvents()
     viewer.screenshot(str(IMAGES / "real_correct.png"), canvas_only=False)
     print(f"wrote {IMAGES / 'real_correct.png'}")
+    # the next slices to correct, by the measured strategy; the first one opened for editing
+    correct.propose()
+    wait_for(app, correct.propose_button.isEnabled, timeout=1800, what="the proposals")
+    first = correct.proposals.item(0)
+    target = first.data(256)
+    if target:
+        ready.clear()
+        correct.proposals.itemClicked.emit(first)
+        wait_for(app, lambda: bool(ready), timeout=600, what="the prediction")
+        for layer in viewer.layers:
+            layer.visible = layer.name in (target[0], f"{target[0]}_edit")
+    app.processEvents()
+    time.sleep(0.5)
+    app.processEvents()
+    viewer.screenshot(str(IMAGES / "real_propose.png"), canvas_only=False)
+    print(f"wrote {IMAGES / 'real_propose.png'} ({first.text()})")
     viewer.close()
 
 

@@ -199,3 +199,18 @@ def test_a_gpu_plan_is_larger(monkeypatch):
     assert p.device == "cuda" and p.precision == "bf16"
     assert p.width >= 32 and p.batch_size == 16
     assert p.patch >= 128 and p.threads <= 4
+
+
+def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
+    """The correction dock's 3 minutes on one slow thread: a retrain of the trained student is
+    accepted where a model from scratch would be refused."""
+    from napari_mtssl.training.plan import allocate
+
+    f = fp((256, 216), (1.5, 1.5))
+    p = plan(f, "1h")
+    slow = {k: v * 0.6 for k, v in p.timings.items()}  # 3 minutes: ~200 student steps
+    cfg = profile("quick", budget_s=180, device="cpu")
+    with pytest.raises(PlanError, match="needs at least 300"):  # a new student
+        allocate(Plan.from_dict(p.to_dict()), cfg, "stage2", f, timings=slow)
+    got = allocate(Plan.from_dict(p.to_dict()), cfg, "retrain-quick", f, timings=slow)
+    assert P.MIN_RETRAIN_STEPS <= got.steps["retrain"] < P.MIN_STEPS

@@ -54,6 +54,10 @@ __all__ = [
 # "Choosing the plan"): at L = 7, for the same 20 minutes of one core, 128 px patches with
 # 4300 steps reached 0.835 mean Dice, 96 px with 6500 steps 0.830, 160 px with 3000 0.803.
 MIN_STEPS = 300
+# A quick retrain fine-tunes a trained student: a couple of hundred steps already move it (the
+# simulated annotator, docs/benchmarks.md); 300 refused the correction dock's 3 minutes at one
+# thread of a 2-core laptop (about 210 steps).
+MIN_RETRAIN_STEPS = 100
 GOOD_STEPS = 4000
 COVERAGE = 0.5  # a patch should span at least this share of the median slice's longer side
 MAX_COARSEN = 4.0  # never resample coarser than four times the median spacing
@@ -883,8 +887,9 @@ def allocate(
     fixed += OVERHEAD_S + OVERHEAD_PER_MODEL_S * len(units)
     usable = budget * 0.95 - fixed
     n = int(usable / cost_n) if cost_n > 0 else 0
-    if n < MIN_STEPS:
-        need = (MIN_STEPS * cost_n + fixed) / 0.95 + spent_s
+    floor = min_steps(what)
+    if n < floor:
+        need = (floor * cost_n + fixed) / 0.95 + spent_s
         raise PlanError(_too_small(plan, cfg, what, fp, t, spent_s, n, need))
     if s1.joint_steps or cfg.baseline.steps:
         n = int(cfg.baseline.steps or s1.joint_steps)
@@ -913,6 +918,11 @@ def allocate(
     return plan
 
 
+def min_steps(what: str) -> int:
+    """The fewest steps per model a budget must give a run of ``what``."""
+    return MIN_RETRAIN_STEPS if what == "retrain-quick" else MIN_STEPS
+
+
 def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:
     """The message for a budget that gives fewer than MIN_STEPS: what fits instead."""
     tasks = list(cfg.stage1.tasks)
@@ -931,7 +941,8 @@ def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:
     budget = format_budget(cfg.budget_s)
     msg = (
         f"a {budget} budget gives each of the {len(model_units(what, cfg))} model(s) of this "
-        f"run about {max(0, n)} training steps on this machine; it needs at least {MIN_STEPS}"
+        f"run about {max(0, n)} training steps on this machine; it needs at least "
+        f"{min_steps(what)}"
     )
     if fits:
         msg += f". {budget} allows baseline + {fits} task{'s' if fits > 1 else ''}"
