@@ -89,8 +89,9 @@ def summarise() -> str:
         per = [r["strategies"][name] for r in runs if name in r["strategies"]]
         if not per:
             continue
+        k = runs[0]["settings"]["per_round"]
         for ax, key in zip(axes, (None, "stage2")):
-            curves = [_curve(st, key) for st in per]
+            curves = [_curve(st, key, k) for st in per]
             if key is not None:  # stage 2: the start and the end
                 curves = [(x[:1] + x[-1:], y[:1] + y[-1:]) for x, y in curves if len(x) > 1]
             if not curves:
@@ -98,7 +99,9 @@ def summarise() -> str:
             n = min(len(c[0]) for c in curves)
             xs = curves[0][0][:n]
             ys = np.array([c[1][:n] for c in curves])
-            (line,) = ax.plot(xs, ys.mean(0), marker="o", label=name)
+            label = name if name != "none" else f"none: retraining only, at round x {k}"
+            ls = ":" if name == "none" else "-"
+            (line,) = ax.plot(xs, ys.mean(0), marker="o", label=label, ls=ls)
             if len(ys) > 1:
                 ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
         ref = [r["reference"]["mean_dice"] for r in runs if r.get("reference")]

@@ -422,12 +422,17 @@ def _describe(name: str) -> str:
     )
 
 
-def _curve(state: dict, key: str | None) -> tuple[list[int], list[float]]:
+def _curve(
+    state: dict, key: str | None, per_round: int | None = None
+) -> tuple[list[int], list[float]]:
+    """(corrected slices, student Dice) per finished round. ``per_round``: the control, which
+    corrects nothing, is placed at ``round x per_round``, beside the strategies' rounds."""
     xs, ys = [], []
     for r in state["rounds"]:
         rec = r if key is None else r.get(key)
         if rec and rec.get("mean_dice") is not None:
-            xs.append(int(r["corrected"]))
+            control = per_round and state.get("strategy") == CONTROL
+            xs.append(int(r["round"]) * per_round if control else int(r["corrected"]))
             ys.append(float(rec["mean_dice"]))
     return xs, ys
 
@@ -440,10 +445,14 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    k = int(results["settings"]["per_round"])
     for name, state in results["strategies"].items():
-        xs, ys = _curve(state, None)
-        (line,) = ax.plot(xs, ys, marker="o", label=f"{name} (quick retrain)")
-        xs2, ys2 = _curve(state, "stage2")
+        xs, ys = _curve(state, None, k)
+        label = f"{name} (quick retrain)"
+        if name == CONTROL:
+            label = f"{CONTROL}: retraining only, at round x {k}"
+        (line,) = ax.plot(xs, ys, marker="o", label=label, ls=":" if name == CONTROL else "-")
+        xs2, ys2 = _curve(state, "stage2", k)
         if len(xs2) > 1:
             ax.plot(xs2, ys2, marker="s", ls="--", color=line.get_color(), alpha=0.7)
             ax.annotate("stage 2", (xs2[-1], ys2[-1]), fontsize=7, color=line.get_color())

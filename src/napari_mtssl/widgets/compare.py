@@ -213,7 +213,12 @@ class CompareWidget(QWidget):
         self.dice.verticalHeader().setVisible(False)
         self.dice.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.ranked = QListWidget()
-        self.ranked.setToolTip("slices where the teachers disagree most; click to go there")
+        self.ranked.setToolTip(
+            "slices where the teachers disagree most; click to go there. To choose which "
+            "slices to correct, use 'Next slices to correct' in the Correct step: on ACDC, "
+            "correcting these first did not improve the student faster than random slices "
+            "showing the heart (docs/benchmarks.md)"
+        )
         self.ranked.itemClicked.connect(self._go_to_item)
         self.status = QLabel("")
 
