@@ -162,6 +162,7 @@ def main() -> None:
 def real_workspace(folder: str, scan_id: str | None, z: int | None = None) -> None:
     """The compare and correct views of models trained on real scans, at 1366 x 768."""
     import napari
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from napari_mtssl.widgets import DOCKS, add_docks
@@ -210,7 +211,7 @@ def real_workspace(folder: str, scan_id: str | None, z: int | None = None) -> No
     correct.propose()
     wait_for(app, correct.propose_button.isEnabled, timeout=1800, what="the proposals")
     first = correct.proposals.item(0)
-    target = first.data(256)
+    target = first.data(Qt.ItemDataRole.UserRole)
     if target:
         ready.clear()
         correct.proposals.itemClicked.emit(first)

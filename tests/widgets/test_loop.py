@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import QMessageBox
 
@@ -95,7 +95,7 @@ def test_whole_loop(sample_docks, qtbot):
     items = [d.correct.proposals.item(i) for i in range(d.correct.proposals.count())]
     free = candidates(ws)
     assert len(items) == min(10, sum(map(len, free.values())))
-    scan_p, z_p = items[0].data(256)
+    scan_p, z_p = items[0].data(Qt.ItemDataRole.UserRole)
     assert z_p in free[scan_p] and "teachers disagree" in items[0].text()
     with qtbot.waitSignal(d.correct.edit_ready, timeout=60_000):
         d.correct.proposals.itemClicked.emit(items[0])

@@ -118,8 +118,8 @@ def _reason(strategy: str, score: float, place: int, total: int) -> str:
     if strategy == "oracle":
         return f"student wrong on {int(score)} voxels ({of})"
     if strategy == "fg_random":
-        return f"drawn at random among {total} candidate slices showing the structures"
-    return f"drawn at random among {total} candidate slices"
+        return f"at random among {total} slices showing the structures"
+    return f"at random among {total} unlabelled slices"
 
 
 def rank(

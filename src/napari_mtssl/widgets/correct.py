@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QGridLayout,
@@ -198,6 +198,11 @@ class CorrectWidget(QWidget):
             label = STRATEGY_LABELS[s] + ("  (measured best)" if s == RECOMMENDED else "")
             self.strategy.addItem(label, s)
         self.strategy.setToolTip(f"How slices are chosen. Default: {RECOMMENDED_WHY}.")
+        # the longest choice must not widen the dock past a 1366 x 768 screen
+        self.strategy.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.strategy.setMinimumContentsLength(16)
         self.propose_button = QPushButton("Propose")
         self.propose_button.setToolTip(
             f"choose {PROPOSED} unlabelled training slices to correct next; click one to edit it"
@@ -207,7 +212,9 @@ class CorrectWidget(QWidget):
         row.addWidget(self.propose_button)
         lay.addLayout(row)
         self.proposals = QListWidget()
-        self.proposals.setMaximumHeight(110)
+        self.proposals.setMaximumHeight(120)
+        self.proposals.setWordWrap(True)  # the reasons wrap instead of widening the dock
+        self.proposals.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.proposals.setToolTip("why each slice was chosen; click to edit it")
         self.proposals.itemClicked.connect(self._open_proposal)
         lay.addWidget(self.proposals)
@@ -257,12 +264,12 @@ class CorrectWidget(QWidget):
             return
         for c in found:
             item = QListWidgetItem(f"{c.scan}  slice {c.z}: {c.reason}")
-            item.setData(256, (c.scan, int(c.z)))  # Qt.UserRole
+            item.setData(Qt.ItemDataRole.UserRole, (c.scan, int(c.z)))
             item.setToolTip(c.reason)
             self.proposals.addItem(item)
 
     def _open_proposal(self, item: QListWidgetItem) -> Any:
-        where = item.data(256)
+        where = item.data(Qt.ItemDataRole.UserRole)
         if not where:
             return None
         scan_id, z = where
