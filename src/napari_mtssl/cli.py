@@ -580,23 +580,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if strategies == ["all"]:
         strategies = list(CHOICES)
+    from dataclasses import fields
+
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     settings = Settings(
-        data=str(args.data),
-        out=str(args.out),
-        strategies=strategies,
-        labelled=args.labelled,
-        per_round=args.per_round,
-        rounds=args.rounds,
-        budget=args.budget,
-        retrain_budget=args.retrain_budget,
-        stage2=args.stage2,
-        stage2_budget=args.stage2_budget,
-        tasks=args.tasks,
-        seed=args.seed,
-        reference=args.reference,
-        threads=args.threads,
-        profile=args.profile,
-        initial=args.initial,
+        **{**given, "data": str(args.data), "out": str(args.out)}, strategies=strategies
     )
     from napari_mtssl.io import is_dataset_folder
 
