@@ -299,8 +299,14 @@ class _Simulation:
             entry = yield from self.retrain(ws, strategy, r)
             if entry is None:
                 return state
+            # the picked slices the annotator corrected (now or before an interruption); a
+            # slice a person labelled meanwhile is theirs, not counted
+            mine = sum(
+                ws.provenance(c["scan"], c["z"])[-1].get("by") == annotator_name(strategy, r)
+                for c in pending["picked"]
+            )
             prev = state["rounds"][-1]["corrected"]
-            entry.update(round=r, corrected=prev + len(pending["picked"]), picked=pending["picked"])
+            entry.update(round=r, corrected=prev + mine, picked=pending["picked"])
             state["rounds"].append(entry)
             state["pending"] = None
             atomic_write_json(state_file, state)
