@@ -54,7 +54,7 @@ def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
                 f"{len(names)} (train stage 1 with two or more tasks)"
             )
         out["teachers"] = [api._load(ws, m, device) for m in names]
-    if "student" in need or (strategy == "fg_random"):
+    if "student" in need:
         if "student" not in have:
             raise ValueError(f"{strategy} needs a trained student; run stage 2 first")
         out["student"] = [api._load(ws, "student", device)]

@@ -38,14 +38,14 @@ __all__ = [
 ]
 
 STRATEGIES = ("disagreement", "entropy", "random", "fg_random", "oracle")
-# What each strategy needs per scan: "teachers" (probabilities), "student" (probabilities or
-# labels), "truth" (the reference mask; simulations only).
+# The models each strategy predicts with: "teachers" (probabilities), "student" (labels and
+# probabilities; fg_random takes its foreground, unless a simulation has the true masks).
 NEEDS: dict[str, tuple[str, ...]] = {
     "disagreement": ("teachers",),
     "entropy": ("student",),
     "random": (),
-    "fg_random": ("foreground",),
-    "oracle": ("student", "truth"),
+    "fg_random": ("student",),
+    "oracle": ("student",),
 }
 DESCRIPTION = {
     "disagreement": "where the teachers disagree most (mutual information)",
