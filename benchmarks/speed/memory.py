@@ -118,6 +118,7 @@ def child_ct(folder: str) -> dict[str, Any]:
     from napari_mtssl.training.data import StudyData
     from napari_mtssl.training.inference import predict_scan
     from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.terms import build_term
     from napari_mtssl.training.trainer import UnitSpec, train_unit
 
     before = _rss_mb()
@@ -148,7 +149,7 @@ def child_ct(folder: str) -> dict[str, Any]:
     stages_mb["prepare"] = _rss_mb()
     shaped.baseline.steps = shaped.stage1.joint_steps = 10
     net = stages.new_net(shaped, 2)
-    spec = UnitSpec("bench", "baseline", 10, model="bench", evaluate=False)
+    spec = UnitSpec("bench", "baseline", 10, [build_term("seg")], model="bench", evaluate=False)
     api.run(train_unit(spec, net, study, shaped, torch.device("cpu")))
     stages_mb["train_10_steps"] = _rss_mb()
     vol = ws.load_scan(sid)

@@ -22,11 +22,13 @@ import torch
 
 def _engine(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, float]:
     from napari_mtssl.training import stages
-    from napari_mtssl.training.trainer import TaskTerm, UnitSpec, train_unit
+    from napari_mtssl.training.terms import build_term
+    from napari_mtssl.training.trainer import UnitSpec, train_unit
 
     net = stages.new_net(cfg, study.num_classes)
     task = stages.new_task(task_name, net, cfg, study.num_classes)
-    spec = UnitSpec("bench", "stage1", steps, tasks=[TaskTerm(task, 1.0)], evaluate=False)
+    terms = [build_term("seg"), build_term("task", task=task)]
+    spec = UnitSpec("bench", "stage1", steps, terms, evaluate=False)
     marks: dict[int, tuple[float, float]] = {}
     for ev in train_unit(spec, net, study, cfg, torch.device("cpu")):
         marks[ev["step"]] = (time.perf_counter(), ev["data_wait_s"])

@@ -14,7 +14,6 @@ from napari_mtssl.training.losses import (
     kd_loss,
     kl_to_target,
     soft_dice_loss,
-    student_loss,
 )
 
 SMOOTH = 1e-5  # MONAI's default smooth_nr / smooth_dr
@@ -123,21 +122,3 @@ def test_temperature_scaling_is_t_squared_times_softened_kl():
 def test_soft_dice_perfect_one_hot_is_zero():
     q = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 6, 6)), 3).permute(0, 3, 1, 2).float()
     assert soft_dice_loss(q, q).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_student_loss_alpha_limits():
-    rng = torch.Generator().manual_seed(0)
-    lab_logits = torch.randn(2, 3, 6, 6, generator=rng)
-    labels = torch.randint(0, 3, (2, 6, 6), generator=rng)
-    kd_logits = torch.randn(4, 3, 6, 6, generator=rng)
-    ens = class_probs(torch.randn(4, 3, 6, 6, generator=rng))
-    seg = SegLoss()
-    a0 = student_loss(seg, 0.0, lab_logits, labels, kd_logits, ens)
-    assert a0["loss"].item() == pytest.approx(seg(lab_logits, labels).item(), rel=1e-6)
-    assert "kd" not in a0
-    a1 = student_loss(seg, 1.0, lab_logits, labels, kd_logits, ens)
-    assert a1["loss"].item() == pytest.approx(kd_loss(kd_logits, ens)["loss"].item(), rel=1e-6)
-    a = 0.3
-    mix = student_loss(seg, a, lab_logits, labels, kd_logits, ens)
-    expected = (1 - a) * a0["loss"].item() + a * a1["loss"].item()
-    assert mix["loss"].item() == pytest.approx(expected, rel=1e-5)

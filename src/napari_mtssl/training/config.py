@@ -172,6 +172,7 @@ class Stage2Config:
     feature_distillation: bool = False  # encoder-feature matching (Biswas 2024), off by default
     feature_weight: float = 0.1
     retrain_steps: int = 0  # "retrain-quick": fine-tune the student after corrections; 0: budget
+    eval_every: int = 0  # validation Dice every N steps (and at the end); 0: halfway
 
     def validate(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -182,6 +183,8 @@ class Stage2Config:
             raise ValueError(f"stage2.init must be one of {STUDENT_INITS}")
         if self.steps < 0 or self.retrain_steps < 0:
             raise ValueError("stage2.steps and retrain_steps must be >= 0 (0: from the budget)")
+        if self.eval_every < 0:
+            raise ValueError("stage2.eval_every must be >= 1 (0: halfway)")
 
 
 @dataclass
@@ -254,6 +257,7 @@ class ExperimentConfig:
         c.stage1.eval_every = s(c.stage1.eval_every)
         c.stage2.steps = s(c.stage2.steps)
         c.stage2.retrain_steps = s(c.stage2.retrain_steps)
+        c.stage2.eval_every = s(c.stage2.eval_every)
         c.baseline.steps = s(c.baseline.steps)
         c.budget_s = c.budget_s * factor
         return c
@@ -376,7 +380,7 @@ def profile(name: str = "quick", **overrides: Any) -> ExperimentConfig:
                 eval_every=2,
                 halving=0.0,
             ),
-            stage2=Stage2Config(steps=4, retrain_steps=2),
+            stage2=Stage2Config(steps=4, retrain_steps=2, eval_every=2),
             profile="tiny",
         )
         c.optim.lr = 3e-3

@@ -1,4 +1,4 @@
-"""Segmentation, distillation and stage-2 student losses.
+"""Segmentation and distillation losses (the terms of :mod:`.terms` combine them).
 
 One code path for binary and multi-class segmentation: a network with one output channel is
 binary (sigmoid), more channels is multi-class (softmax). :func:`class_probs` turns either into
@@ -92,38 +92,6 @@ def kd_loss(
     dice = soft_dice_loss(class_probs(student_logits), ensemble_probs.float())
     kl = kl_to_target(student_logits, ensemble_probs_t, temperature)
     return {"loss": dice + kl, "kd_dice": dice, "kd_kl": kl}
-
-
-def student_loss(
-    seg_loss: SegLoss,
-    alpha: float,
-    labelled_logits: torch.Tensor,
-    labels: torch.Tensor,
-    kd_logits: torch.Tensor,
-    ensemble_probs: torch.Tensor,
-    temperature: float = 1.0,
-    ensemble_probs_t: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """(1 - alpha) * l_seg(student, ground truth) + alpha * l_kd(student, ensemble).
-
-    ``labelled_logits``/``labels``: the labelled batch; ``kd_logits``/``ensemble_probs``: the
-    distillation batch (labelled and, when enabled, unlabelled slices). Terms with zero weight are
-    not computed, so alpha = 0 is exactly the segmentation loss.
-    """
-    parts: dict[str, torch.Tensor] = {}
-    total = labelled_logits.new_zeros((), dtype=torch.float32)
-    if alpha < 1:
-        seg = seg_loss(labelled_logits, labels)
-        parts["seg"] = seg
-        total = total + (1 - alpha) * seg
-    if alpha > 0:
-        kd = kd_loss(kd_logits, ensemble_probs, temperature, ensemble_probs_t)
-        parts["kd"] = kd["loss"]
-        parts["kd_dice"] = kd["kd_dice"]
-        parts["kd_kl"] = kd["kd_kl"]
-        total = total + alpha * kd["loss"]
-    parts["loss"] = total
-    return parts
 
 
 def feature_nce_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, tau: float = 0.1):

@@ -1,4 +1,5 @@
-"""The models of the method, each a generator over :func:`trainer.train_unit` (METHOD.md).
+"""The models of the method, each a generator over :func:`trainer.train_unit` (METHOD.md):
+which loss terms (:mod:`.terms`) a model learns from, with which weights.
 
 * :func:`baseline`: segmentation loss only (the conventional model every claim is measured by).
 * :func:`joint`: l_seg + lambda * l_task, each term on its own batch.
@@ -26,7 +27,8 @@ from napari_mtssl.tasks.base import DataSummary
 from . import checkpoints
 from .config import ExperimentConfig
 from .data import StudyData
-from .trainer import Distillation, TaskTerm, UnitSpec, train_unit
+from .terms import build_term
+from .trainer import UnitSpec, train_unit
 
 StopFn = Callable[[], bool] | None
 Result = Generator[dict, None, dict]
@@ -85,7 +87,14 @@ def require_tasks(summary: DataSummary, names: Sequence[str], cfg: ExperimentCon
 
 def baseline(study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: Any) -> Result:
     net = new_net(cfg, study.num_classes)
-    spec = UnitSpec("baseline", "baseline", cfg.baseline_steps, model="baseline")
+    spec = UnitSpec(
+        "baseline",
+        "baseline",
+        cfg.baseline_steps,
+        [build_term("seg")],
+        model="baseline",
+        eval_every=cfg.stage1.eval_every,
+    )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
 
@@ -98,10 +107,11 @@ def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: An
         f"{task}:joint",
         "stage1",
         cfg.stage1.joint_steps,
-        tasks=[TaskTerm(t, cfg.stage1.lam(task))],
+        [build_term("seg"), build_term("task", task=t, weight=cfg.stage1.lam(task))],
         task_label=task,
         mode="joint",
         model=f"{task}:joint",
+        eval_every=cfg.stage1.eval_every,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
@@ -149,8 +159,7 @@ def pretrain(
             f"{task}:pretext",
             "stage1",
             steps,
-            seg_weight=0.0,
-            tasks=[TaskTerm(t, 1.0)],
+            [build_term("task", task=t, weight=1.0)],
             task_label=task,
             mode="pretrain",
             model=name,
@@ -169,7 +178,14 @@ def pretrain(
     fine = new_net(cfg, study.num_classes)  # fresh head and non-shared parts
     fine.load_shared(pre_net.shared_state_dict(level), level)
     spec = UnitSpec(
-        name, "stage1", cfg.stage1.finetune_steps, task_label=task, mode="finetune", model=name
+        name,
+        "stage1",
+        cfg.stage1.finetune_steps,
+        [build_term("seg")],
+        task_label=task,
+        mode="finetune",
+        model=name,
+        eval_every=cfg.stage1.eval_every,
     )
     res = yield from train_unit(spec, fine, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     done = not res["stopped"] and not res.get("paused")
@@ -201,15 +217,21 @@ def all_joint(
     tasks: Sequence[str], study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: Any
 ) -> Result:
     net = new_net(cfg, study.num_classes)
-    terms = [TaskTerm(new_task(t, net, cfg, study.num_classes), cfg.stage1.lam(t)) for t in tasks]
+    terms = [build_term("seg")] + [
+        build_term(
+            "task", task=new_task(t, net, cfg, study.num_classes), weight=cfg.stage1.lam(t), index=i
+        )
+        for i, t in enumerate(tasks)
+    ]
     spec = UnitSpec(
         "all_joint",
         "all_joint",
         cfg.stage1.joint_steps,
-        tasks=terms,
+        terms,
         task_label="all",
         mode="joint",
         model="all_joint",
+        eval_every=cfg.stage1.eval_every,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
@@ -235,24 +257,46 @@ def student(
     net = new_net(cfg, study.num_classes)
     if init is not None:
         net.load_state_dict(init.state_dict())
-    s2 = cfg.stage2
     spec = UnitSpec(
         unit,
         stage,
-        steps or s2.steps,
-        seg_weight=1 - s2.alpha,
-        distil=Distillation(
-            teachers,
-            s2.alpha,
-            s2.temperature,
-            s2.distil_unlabelled,
-            s2.feature_distillation,
-            s2.feature_weight,
-        ),
+        steps or cfg.stage2.steps,
+        distillation_terms(teachers, net, cfg),
         model="student",
+        eval_every=cfg.stage2.eval_every,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
+
+
+def distillation_terms(
+    teachers: Sequence[torch.nn.Module], net: torch.nn.Module, cfg: ExperimentConfig
+) -> list:
+    """The student's loss (METHOD.md): (1 - alpha) l_seg + alpha l_kd [+ feature distillation].
+    A term whose weight is zero is left out, so alpha = 0 is exactly the segmentation loss."""
+    s2 = cfg.stage2
+    terms = [build_term("seg", weight=1 - s2.alpha)] if s2.alpha < 1 else []
+    if s2.alpha > 0:
+        terms.append(
+            build_term(
+                "kd",
+                teachers=teachers,
+                weight=s2.alpha,
+                temperature=s2.temperature,
+                unlabelled=s2.distil_unlabelled,
+            )
+        )
+        if s2.feature_distillation:
+            terms.append(
+                build_term(
+                    "feature_kd",
+                    teachers=teachers,
+                    student=net,
+                    weight=s2.feature_weight,
+                    unlabelled=s2.distil_unlabelled,
+                )
+            )
+    return terms
 
 
 def _arch(cfg: ExperimentConfig, study: StudyData) -> dict[str, Any]:

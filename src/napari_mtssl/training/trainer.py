@@ -1,12 +1,18 @@
-"""The generic step loop every model goes through, as a generator.
+"""The small loop every model trains through, as a generator.
 
-``train_unit`` yields ``progress`` events and returns its result; it checks ``stop()`` between
-steps and, when asked, saves a resumable checkpoint (safetensors + JSON) and returns
-``{"stopped": True}``. Calling it again with the same unit name and checkpoint folder resumes at
-the saved step. Every step re-seeds its random sources from ``(seed, step)``, so a resumed run
-reproduces an uninterrupted one on the CPU.
+A unit (:class:`UnitSpec`) is a network, a list of loss terms (:mod:`.terms`) and a number of
+steps. :func:`train_unit` knows only that: it collects the terms' modules into one optimiser,
+opens the batch streams they read, and each step adds ``weight * loss`` over the terms. Around
+the step sit its hooks: the resumable checkpoint (:class:`_Checkpoint`), validation, progress
+events, and the stop / pause / deadline checks.
 
-Loss of one step (each term draws its own batch, METHOD.md)::
+It yields ``progress`` events and returns its result; it checks ``stop()`` between steps and,
+when asked, saves a resumable checkpoint (safetensors + JSON) and returns ``{"stopped": True}``.
+Calling it again with the same unit name and checkpoint folder resumes at the saved step.
+Every step re-seeds its random sources from ``(seed, step)``, so a resumed run reproduces an
+uninterrupted one on the CPU.
+
+The loss of one step (each term draws its own batch, METHOD.md)::
 
     seg_weight * l_seg(seg batch)                             # baseline, joint, fine-tune
   + sum_i lambda_i * l_i(task i batch)                         # joint, all-jointly, pretrain
@@ -18,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +35,10 @@ from . import checkpoints, postprocess
 from .config import ExperimentConfig
 from .data import BatchStream, ScanData, StudyData, augment
 from .inference import autocast, resolve_precision, sliding_window_probs
-from .losses import SegLoss, class_probs, feature_nce_loss, kd_loss
 from .metrics import summarise, volume_scores
+from .terms import SegForward, Term
 
-__all__ = ["TaskTerm", "Distillation", "UnitSpec", "train_unit", "evaluate", "step_seed"]
+__all__ = ["UnitSpec", "train_unit", "evaluate", "step_seed"]
 
 StopFn = Callable[[], bool]
 
@@ -43,35 +49,18 @@ def step_seed(seed: int, stream: int, step: int) -> list[int]:
 
 
 @dataclass
-class TaskTerm:
-    task: Any  # AuxTask (a module with its heads)
-    weight: float = 1.0
-
-
-@dataclass
-class Distillation:
-    teachers: Sequence[torch.nn.Module]
-    alpha: float = 0.5
-    temperature: float = 1.0
-    unlabelled: bool = True
-    feature: bool = False
-    feature_weight: float = 0.1
-
-
-@dataclass
 class UnitSpec:
-    """One model's training: what it learns from and for how long."""
+    """One model's training: the loss terms it learns from and for how long."""
 
     name: str  # the unit's (and checkpoint's) name, e.g. "sdm:joint"
     stage: str  # "baseline" | "stage1" | "all_joint" | "stage2" | "retrain"
     steps: int
-    seg_weight: float = 1.0  # 0: no segmentation term (pre-training)
-    tasks: list[TaskTerm] = field(default_factory=list)
-    distil: Distillation | None = None
+    terms: list[Term]
     task_label: str | None = None  # for events: the task (or "all")
     mode: str | None = None  # for events: "joint" | "pretrain" | "finetune" | None
     model: str | None = None  # for events: the model name the unit produces
     evaluate: bool = True  # validation Dice during training (not for pre-training)
+    eval_every: int = 0  # validation every N steps and at the end; 0: halfway and at the end
 
 
 def _lr(cfg: ExperimentConfig, step: int, total: int) -> float:
@@ -151,6 +140,142 @@ def evaluate(
     return out
 
 
+class _Streams:
+    """The unit's batch streams, each a pure function of (seed, stream, step) prepared ahead in
+    a thread: the shared segmentation batch (stream 1) and unlabelled batch (stream 2) when a
+    term reads them, and each term's own streams."""
+
+    def __init__(
+        self, spec: UnitSpec, study: StudyData, cfg: ExperimentConfig, start: int, pin: bool
+    ):
+        dc, seed = cfg.data, cfg.seed
+        self.unlabelled = any(t.reads_unlabelled for t in spec.terms)
+        self.features = any(t.reads_features for t in spec.terms)
+        makers: dict[str, tuple[int, Callable]] = {}
+        if any(t.reads_seg for t in spec.terms):
+            lab = study.labelled_slices()
+            if not lab:
+                raise ValueError("no labelled training slices to train segmentation on")
+            makers["seg"] = (
+                1,
+                lambda step, rng: study.seg_batch(lab, dc.batch_size, rng, dc.fg_oversample),
+            )
+            unl = study.unlabelled_slices() if self.unlabelled else []
+            if unl:
+                makers["unl"] = (2, lambda step, rng: study.seg_batch(unl, dc.batch_size, rng, 0.0))
+        for t in spec.terms:
+            makers.update(t.streams(study, dc.task_batch_size or dc.batch_size, dc.use_unlabelled))
+
+        def seeded(stream: int, make: Callable) -> Callable[[int], dict]:
+            return lambda step: make(step, np.random.default_rng(step_seed(seed, stream, step)))
+
+        self.streams = {
+            k: BatchStream(seeded(n, make), start, spec.steps, dc.prefetch, pin)
+            for k, (n, make) in makers.items()
+        }
+
+    @property
+    def wait_s(self) -> float:
+        return sum(s.wait_s for s in self.streams.values())
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()
+
+
+class _Inputs:
+    """One step's inputs for the terms (:class:`.terms.StepInputs`): the shared segmentation
+    forward, computed at the first term that reads it, and the terms' own batches."""
+
+    def __init__(self, net, streams: _Streams, cfg: ExperimentConfig, gen, device):
+        self.net, self._s, self._cfg, self._gen, self._device = net, streams, cfg, gen, device
+        self._fwd: SegForward | None = None
+
+    def batch(self, key: str) -> dict[str, torch.Tensor]:
+        b = self._s.streams[key].get()
+        return {k: v.to(self._device, non_blocking=True) for k, v in b.items()}
+
+    def seg(self) -> SegForward:
+        if self._fwd is None:
+            b = self.batch("seg")
+            x, y = augment(b["image"], b["label"], self._cfg.data, self._gen)
+            xin = x
+            if "unl" in self._s.streams:
+                u, _ = augment(self.batch("unl")["image"], None, self._cfg.data, self._gen)
+                xin = torch.cat([x, u], 0)
+            feats = None
+            if self._s.features:
+                feats = self.net.encode(xin)
+                logits = self.net.seg_head(self.net.decode(feats))
+            else:
+                logits = self.net(xin)
+            self._fwd = SegForward(xin, logits, y, x.shape[0], feats)
+        return self._fwd
+
+
+class _Checkpoint:
+    """The unit's resumable checkpoint: restored at the start, saved every
+    ``cfg.checkpoint_every_s`` (a crash loses at most that) and when the unit stops or pauses."""
+
+    def __init__(self, ckpt_dir, name: str, modules: dict, opt, scaler, every_s: float):
+        self.dir, self.name, self.every_s = ckpt_dir, name, every_s
+        self.modules, self.opt, self.scaler = modules, opt, scaler
+        self.last = time.monotonic()
+
+    def restore(self) -> tuple[int, float, float | None]:
+        """(step, seconds trained, last validation Dice) of a saved state, or a fresh start."""
+        if self.dir is None or not checkpoints.state_exists(self.dir, self.name):
+            return 0, 0.0, None
+        info = checkpoints.load_state(
+            self.dir, self.name, modules=self.modules, optimizer=self.opt, scaler=self.scaler
+        )
+        extra = info["extra"]
+        return info["step"], float(extra.get("elapsed_s", 0.0)), extra.get("val_dice")
+
+    def save(self, step: int, elapsed_s: float, val_dice: float | None) -> None:
+        if self.dir is not None:
+            checkpoints.save_state(
+                self.dir,
+                self.name,
+                modules=self.modules,
+                optimizer=self.opt,
+                scaler=self.scaler,
+                step=step,
+                extra={"elapsed_s": elapsed_s, "val_dice": val_dice},
+            )
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every_s
+
+    def remove(self) -> None:
+        if self.dir is not None:
+            checkpoints.remove_state(self.dir, self.name)
+
+
+def _step(spec: UnitSpec, inputs: _Inputs, opt, scaler, params, precision, cfg, device) -> dict:
+    """One optimiser step over the terms; returns each term's loss and the total."""
+    parts: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=device)
+    with autocast(device, precision):
+        for term in spec.terms:
+            loss = term.loss(inputs)
+            parts[term.name] = loss
+            total = total + term.weight * loss
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    if cfg.optim.grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    for term in spec.terms:
+        term.after_step(inputs.net)
+    vals = {k: float(v.detach()) for k, v in parts.items()}
+    vals["total"] = float(total.detach())
+    return vals
+
+
 def train_unit(
     spec: UnitSpec,
     net: torch.nn.Module,
@@ -163,7 +288,7 @@ def train_unit(
     pause_at: int | None = None,
     deadline: float | None = None,
 ) -> Generator[dict, None, dict]:
-    """Train ``net`` (and the task heads of ``spec``) for ``spec.steps`` steps.
+    """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
     ``pause_at``: stop at that step with a resumable checkpoint and the validation scores
     (successive halving: calling again with the same ``ckpt_dir`` goes on from there).
@@ -171,108 +296,23 @@ def train_unit(
     run on a machine that slowed down still ends within its budget.
     """
     stop = stop or (lambda: False)
-    seed = cfg.seed
-    dc = cfg.data
-    seg_loss = SegLoss()
-    tasks = [t.task.to(device).train() for t in spec.tasks]
-    net.to(device).train()
-    distil = spec.distil
-    proj: torch.nn.ModuleDict | None = None
-    if distil is not None:
-        for t in distil.teachers:
-            t.to(device).eval()
-            for p in t.parameters():
-                p.requires_grad_(False)
-        if distil.feature:
-            d = net.encoder_channels[-1]
-            proj = torch.nn.ModuleDict(
-                {
-                    "student": torch.nn.Linear(d, 128),
-                    **{
-                        f"t{i}": torch.nn.Linear(t.encoder_channels[-1], 128)
-                        for i, t in enumerate(distil.teachers)
-                    },
-                }
-            ).to(device)
-
-    modules: dict[str, torch.nn.Module] = {"net": net}
-    for i, t in enumerate(tasks):
-        modules[f"task{i}"] = t
-    if proj is not None:
-        modules["proj"] = proj
+    modules = {"net": net.to(device).train()}
+    for term in spec.terms:
+        modules.update(term.to(device).modules())
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     precision = resolve_precision(device, cfg.optim.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-    start, elapsed0, last_val = 0, 0.0, None
-    if ckpt_dir is not None and checkpoints.state_exists(ckpt_dir, spec.name):
-        info = checkpoints.load_state(
-            ckpt_dir, spec.name, modules=modules, optimizer=opt, scaler=scaler
-        )
-        start = info["step"]
-        elapsed0 = float(info["extra"].get("elapsed_s", 0.0))
-        last_val = info["extra"].get("val_dice")
+    ckpt = _Checkpoint(ckpt_dir, spec.name, modules, opt, scaler, cfg.checkpoint_every_s)
+    start, elapsed0, val = ckpt.restore()
+    if start:
         yield {"type": "resumed", "model": spec.model or spec.name, "step": start}
-
-    # -- batch streams ------------------------------------------------------------------------
-    lab_pool = study.labelled_slices()
-    bsz = dc.batch_size
-    tbsz = dc.task_batch_size or dc.batch_size
-    pin = device.type == "cuda"
-    streams: dict[str, BatchStream] = {}
-
-    def seg_maker(stream: int, pool: list[tuple[int, int]], fg: float):
-        def make(step: int) -> dict[str, np.ndarray]:
-            rng = np.random.default_rng(step_seed(seed, stream, step))
-            return study.seg_batch(pool, bsz, rng, fg)
-
-        return make
-
-    need_seg = spec.seg_weight > 0 or distil is not None
-    if need_seg:
-        if not lab_pool:
-            raise ValueError("no labelled training slices to train segmentation on")
-        streams["seg"] = BatchStream(
-            seg_maker(1, lab_pool, dc.fg_oversample), start, spec.steps, dc.prefetch, pin
-        )
-    if distil is not None and distil.alpha > 0 and distil.unlabelled:
-        unl = study.unlabelled_slices()
-        if unl:
-            streams["unl"] = BatchStream(
-                seg_maker(2, unl, 0.0), start, spec.steps, dc.prefetch, pin
-            )
-    for i, t in enumerate(tasks):
-        pool = study.task_pool(t, dc.use_unlabelled)
-        if not pool:
-            for s in streams.values():
-                s.close()
-            raise ValueError(f"task {t.name}: no slice of the training data can serve as a sample")
-
-        def task_make(step: int, t=t, pool=pool, i=i) -> dict[str, np.ndarray]:
-            rng = np.random.default_rng(step_seed(seed, 10 + i, step))
-            return study.task_batch(t, pool, tbsz, rng)
-
-        streams[f"task{i}"] = BatchStream(task_make, start, spec.steps, dc.prefetch, pin)
-
+    validating = spec.evaluate and bool(study.val)
+    every = spec.eval_every or max(1, spec.steps // 2)
     t0 = time.perf_counter()
-    final_scores: dict[str, Any] | None = None
-    losses_avg: dict[str, float] = {}
-    result: dict[str, Any]
-    ended_early = False
-    last_save = time.monotonic()
-
-    def save(step: int) -> None:
-        if ckpt_dir is not None:
-            checkpoints.save_state(
-                ckpt_dir,
-                spec.name,
-                modules=modules,
-                optimizer=opt,
-                scaler=scaler,
-                step=step,
-                extra={"elapsed_s": elapsed0 + time.perf_counter() - t0, "val_dice": last_val},
-            )
+    streams = _Streams(spec, study, cfg, start, device.type == "cuda")
+    ema: dict[str, float] = {}
+    final, step, ended_early = None, start, False
 
     def scores(hd95: bool) -> dict[str, Any]:
         out = evaluate(
@@ -281,161 +321,89 @@ def train_unit(
             study,
             device,
             precision=precision,
-            overlap=dc.infer_overlap,
+            overlap=cfg.data.infer_overlap,
             hd95=hd95,
         )
         net.train()
         return out
 
     try:
-        step = start
         while step < spec.steps:
+            elapsed = elapsed0 + time.perf_counter() - t0
             if stop():
-                save(step)
+                ckpt.save(step, elapsed, val)
                 return {"stopped": True, "step": step, "name": spec.name}
             if pause_at is not None and step >= pause_at:
-                m = scores(hd95=True) if spec.evaluate and study.val else None
-                save(step)
+                m = scores(hd95=True) if validating else None
+                ckpt.save(step, elapsed0 + time.perf_counter() - t0, val)
                 return {
                     "stopped": False,
                     "paused": True,
                     "steps": step,
-                    "seconds": elapsed0 + time.perf_counter() - t0,
                     "metrics": m,
+                    "seconds": elapsed0 + time.perf_counter() - t0,
                     "val_dice": None if m is None else m["mean_dice"],
-                    "losses": losses_avg,
+                    "losses": ema,
                 }
             if deadline is not None and step > start and time.monotonic() > deadline:
                 ended_early = True
                 break
-            if time.monotonic() - last_save >= cfg.checkpoint_every_s and step > start:
-                save(step)  # a crash (kill -9, power cut) loses at most this interval
-                last_save = time.monotonic()
-            torch.manual_seed((seed * 1_000_003 + step) % (2**63))
-            gen = torch.Generator().manual_seed((seed * 7_919 + step * 104_729) % (2**63))
+            if step > start and ckpt.due():
+                ckpt.save(step, elapsed, val)
+            torch.manual_seed((cfg.seed * 1_000_003 + step) % (2**63))
+            gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729) % (2**63))
             lr = _lr(cfg, step, spec.steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            parts: dict[str, torch.Tensor] = {}
-            total = torch.zeros((), device=device)
-            with autocast(device, precision):
-                if need_seg:
-                    b = streams["seg"].get()
-                    x = b["image"].to(device, non_blocking=True)
-                    y = b["label"].to(device, non_blocking=True)
-                    x, y = augment(x, y, dc, gen)
-                    n_lab = x.shape[0]
-                    xin = x
-                    if "unl" in streams:
-                        u = streams["unl"].get()["image"].to(device, non_blocking=True)
-                        u, _ = augment(u, None, dc, gen)
-                        xin = torch.cat([x, u], 0)
-                    if distil is not None and distil.feature and proj is not None:
-                        feats = net.encode(xin)
-                        logits = net.seg_head(net.decode(feats))
-                    else:
-                        feats = None
-                        logits = net(xin) if (distil is not None or spec.seg_weight > 0) else None
-                    if spec.seg_weight > 0:
-                        ls = seg_loss(logits[:n_lab], y)
-                        parts["seg"] = ls
-                        total = total + spec.seg_weight * ls
-                    if distil is not None and distil.alpha > 0:
-                        kd_in = xin if distil.unlabelled else x
-                        kd_logits = logits if distil.unlabelled else logits[:n_lab]
-                        with torch.no_grad():
-                            tl = [t(kd_in).float() for t in distil.teachers]
-                            ens = torch.stack([class_probs(v) for v in tl]).mean(0)
-                            ens_t = (
-                                ens
-                                if distil.temperature == 1.0
-                                else torch.stack(
-                                    [class_probs(v, distil.temperature) for v in tl]
-                                ).mean(0)
-                            )
-                        kd = kd_loss(kd_logits, ens, distil.temperature, ens_t)
-                        parts["kd"] = kd["loss"]
-                        total = total + distil.alpha * kd["loss"]
-                        if feats is not None and proj is not None:
-                            sv = proj["student"](feats[-1].float().mean((2, 3)))
-                            fl = 0.0
-                            for i, t in enumerate(distil.teachers):
-                                with torch.no_grad():
-                                    tf = t.encode(kd_in)[-1].float().mean((2, 3))
-                                fl = fl + feature_nce_loss(sv, proj[f"t{i}"](tf))
-                            fl = fl / len(distil.teachers)
-                            parts["feat"] = fl
-                            total = total + distil.feature_weight * fl
-                for i, (term, task) in enumerate(zip(spec.tasks, tasks)):
-                    tb = {
-                        k: v.to(device, non_blocking=True)
-                        for k, v in streams[f"task{i}"].get().items()
-                    }
-                    out = task(net, tb)
-                    parts[task.name] = out["loss"]
-                    total = total + term.weight * out["loss"].float()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            for task in tasks:
-                task.after_step(net)
+            inputs = _Inputs(net, streams, cfg, gen, device)
+            vals = _step(spec, inputs, opt, scaler, params, precision, cfg, device)
             step += 1
-            vals = {k: float(v.detach()) for k, v in parts.items()}
-            vals["total"] = float(total.detach())
             if not all(math.isfinite(v) for v in vals.values()):
                 raise FloatingPointError(
                     f"{spec.name}: the loss became {vals} at step {step}; lower optim.lr"
                 )
             for k, v in vals.items():
-                losses_avg[k] = v if k not in losses_avg else 0.9 * losses_avg[k] + 0.1 * v
-            every = cfg.stage1.eval_every or max(1, spec.steps // 2)
-            if spec.evaluate and study.val and (step % every == 0 or step == spec.steps):
+                ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
+            if validating and (step % every == 0 or step == spec.steps):
                 # The last validation is the model's report (with HD95), so the pipeline
                 # does not evaluate the same network again.
-                final = step == spec.steps
-                got = scores(hd95=final)
-                last_val = got["mean_dice"]
-                if final:
-                    final_scores = got
-            elapsed = elapsed0 + time.perf_counter() - t0
-            done = step - start
-            rate = (time.perf_counter() - t0) / max(1, done)
-            yield {
-                "type": "progress",
-                "stage": spec.stage,
-                "task": spec.task_label,
-                "mode": spec.mode,
-                "model": spec.model or spec.name,
-                "step": step,
-                "total": spec.steps,
-                "losses": {k: round(v, 5) for k, v in losses_avg.items()},
-                "lr": lr,
-                "val_dice": last_val,
-                "eta_s": rate * (spec.steps - step),
-                "elapsed_s": elapsed,
-                "data_wait_s": sum(s.wait_s for s in streams.values()),
-            }
-        if ended_early and spec.evaluate and study.val:
-            final_scores = scores(hd95=True)
-            last_val = final_scores["mean_dice"]
+                got = scores(hd95=step == spec.steps)
+                val, final = got["mean_dice"], got if step == spec.steps else final
+            yield _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s)
+        if ended_early and validating:
+            final = scores(hd95=True)
+            val = final["mean_dice"]
         result = {
             "stopped": False,
             "ended_early": ended_early,
             "steps": step,
             "seconds": elapsed0 + time.perf_counter() - t0,
-            "losses": losses_avg,
-            "val_dice": last_val,
-            "metrics": final_scores,
-            "data_wait_s": sum(s.wait_s for s in streams.values()),
+            "losses": ema,
+            "val_dice": val,
+            "metrics": final,
+            "data_wait_s": streams.wait_s,
         }
     finally:
-        for s in streams.values():
-            s.close()
-    if ckpt_dir is not None:
-        checkpoints.remove_state(ckpt_dir, spec.name)
+        streams.close()
+    ckpt.remove()
     net.eval()
     return result
+
+
+def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s) -> dict:
+    took = time.perf_counter() - t0
+    return {
+        "type": "progress",
+        "stage": spec.stage,
+        "task": spec.task_label,
+        "mode": spec.mode,
+        "model": spec.model or spec.name,
+        "step": step,
+        "total": spec.steps,
+        "losses": {k: round(v, 5) for k, v in ema.items()},
+        "lr": lr,
+        "val_dice": val,
+        "eta_s": took / max(1, step - start) * (spec.steps - step),
+        "elapsed_s": elapsed0 + took,
+        "data_wait_s": wait_s,
+    }

@@ -1,0 +1,34 @@
+"""The loss terms a training unit is made of, and their registry.
+
+A new term (a stage-2 method, a new kind of supervision) is one file here and one line in
+``TERMS``; :func:`build_term` is how stages and unit specs make them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from .base import SegForward, StepInputs, Term
+from .distil import EnsembleDistillation
+from .feature import FeatureDistillation
+from .seg import Segmentation
+from .task import AuxiliaryTask
+
+__all__ = ["TERMS", "Term", "SegForward", "StepInputs", "build_term"]
+
+TERMS: dict[str, type[Term]] = {
+    "seg": Segmentation,
+    "task": AuxiliaryTask,
+    "kd": EnsembleDistillation,
+    "feature_kd": FeatureDistillation,
+}
+
+
+def build_term(name: str, **kwargs: Any) -> Term:
+    """The term registered as ``name``; ValueError listing the valid names otherwise."""
+    if name not in TERMS:
+        close = difflib.get_close_matches(str(name), list(TERMS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown loss term {name!r}.{hint} Valid terms: {', '.join(TERMS)}")
+    return TERMS[name](**kwargs)
