@@ -120,7 +120,7 @@ def test_models_predict_compare_history(trained):
     with pytest.raises(ValueError, match="available"):
         api.predict(ws, sid, model="teacher:moco")
     hist = api.history(ws)
-    assert hist[-1]["run"] == report["run"] and "student" in hist[-1]["metrics"]
+    assert hist[-1].run == report["run"] and hist[-1].dice("student") is not None
 
 
 def test_accept_correction(trained):

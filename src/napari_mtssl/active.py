@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl.ids import teachers
 from napari_mtssl.training.ranking import NEEDS, Candidate, check_strategy, rank
 
 __all__ = ["candidates", "slice_scores", "propose", "RECOMMENDED", "RECOMMENDED_WHY"]
@@ -47,7 +48,7 @@ def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
     have = api.list_models(ws)
     out: dict[str, list[Any]] = {}
     if "teachers" in need:
-        names = [m for m in have if m.startswith("teacher:")]
+        names = teachers(have)
         if len(names) < 2:
             raise ValueError(
                 f"{strategy} needs at least two trained teachers; this workspace has "

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_mtssl import ids
+
 if TYPE_CHECKING:  # pragma: no cover
     from napari_mtssl.io.scan import Scan
     from napari_mtssl.training.config import ExperimentConfig
     from napari_mtssl.training.jobs import JobHandle
     from napari_mtssl.training.plan import Plan
-    from napari_mtssl.workspace import Workspace
+    from napari_mtssl.workspace import Round, Workspace
 
 __all__ = [
     "TaskInfo",
@@ -328,7 +330,7 @@ MODEL_ORDER = ("student", "baseline", "all_joint")
 def _model_key(name: str) -> tuple:
     if name in MODEL_ORDER:
         return (MODEL_ORDER.index(name), name)
-    if name.startswith("teacher:"):
+    if ids.ModelId.is_valid(name) and ids.ModelId.parse(name).is_teacher:
         return (3, name)
     return (4, name)
 
@@ -451,7 +453,7 @@ def compare(
     dev = resolve_device(device)
     available = list_models(ws)
     wanted = list(models) if models is not None else available
-    teachers = [m for m in available if m.startswith("teacher:")]
+    teachers = ids.teachers(available)
     todo = list(dict.fromkeys([*wanted, *teachers]))
     labels: dict[str, np.ndarray] = {}
     probs: dict[str, np.ndarray] = {}
@@ -597,13 +599,19 @@ def import_model(workspace: Workspace | str, path: str | os.PathLike, name: str 
     (``student``, ``teacher:<task>``, ...) of a new run of the workspace; returns the run id."""
     from napari_mtssl.export.model_files import import_model as _import
 
-    if not (name in ("student", "baseline") or name.startswith("teacher:")):
+    mid = ids.ModelId.parse(name) if ids.ModelId.is_valid(name) else None
+    if mid is None or not (mid in (ids.STUDENT, ids.BASELINE) or mid.is_teacher):
         raise ValueError(
             f"import a model as 'student', 'baseline' or 'teacher:<task>', not {name!r}"
         )
     return _import(_ws(workspace), Path(path), name)
 
 
-def history(workspace: Workspace | str) -> list[dict]:
-    """Rounds, oldest first: what was trained, when, and the metrics of each model."""
-    return _ws(workspace).rounds()
+def history(workspace: Workspace | str) -> list[Round]:
+    """Rounds, oldest first: what was trained, when, on which corrections, and each model's
+    scores (:class:`~napari_mtssl.workspace.Round`)."""
+    from napari_mtssl.workspace import Round
+
+    return [
+        Round.from_dict(e, i) for i, e in enumerate(_ws(workspace).rounds()) if isinstance(e, dict)
+    ]

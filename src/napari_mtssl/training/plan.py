@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl.ids import ModelId, trained
+
 from .config import ExperimentConfig, format_budget
 from .preprocess import NormSpec, Preprocessing
 
@@ -312,7 +314,7 @@ class Plan:
         for m in self.models:
             n = self.steps.get(_step_key(m), 0)
             extra = ""
-            if m.endswith(":pretrain"):
+            if _mode_of(m) == "pretrain":
                 extra = f" + {self.steps.get('pretext', 0)} pre-training"
             rows.append((m, f"{n}{extra}", format_budget(self.estimate_s.get(m, 0.0))))
         return rows
@@ -354,6 +356,13 @@ def _step_key(model: str) -> str:
 # -- shaping -----------------------------------------------------------------------------------
 
 
+def _mode_of(unit: str) -> str | None:
+    """The mode of a task's model (``joint`` / ``pretrain``); None for the other units."""
+    if not ModelId.is_valid(unit):
+        return None  # "student (retrain)"
+    return ModelId.parse(unit).mode
+
+
 def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
     """The models a run of ``what`` trains, in order (also the budget's shares)."""
     units: list[str] = []
@@ -362,9 +371,9 @@ def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
     if what in ("stage1", "all"):
         for t in cfg.stage1.tasks:
             if cfg.stage1.modes in ("joint", "both"):
-                units.append(f"{t}:joint")
+                units.append(str(trained(t, "joint")))
             if cfg.stage1.modes in ("pretrain", "both"):
-                units.append(f"{t}:pretrain")
+                units.append(str(trained(t, "pretrain")))
         if cfg.all_joint and len(cfg.stage1.tasks) > 1:
             units.append("all_joint")
     if what in ("stage2", "all", "retrain-stage2"):
@@ -729,9 +738,10 @@ def _unit_weight(units: Sequence[str], cfg: ExperimentConfig) -> float:
     """Segmentation-step equivalents of one step of every model of the run (before timing)."""
     w = 0.0
     for u in units:
-        if u in ("baseline",) or u.endswith(":pretrain"):
-            w += 1.0 + (cfg.stage1.pretrain_ratio * TASK_COST_GUESS if ":" in u else 0.0)
-        elif u.endswith(":joint"):
+        mode = _mode_of(u)
+        if u == "baseline" or mode == "pretrain":
+            w += 1.0 + (cfg.stage1.pretrain_ratio * TASK_COST_GUESS if mode else 0.0)
+        elif mode == "joint":
             w += 1.0 + TASK_COST_GUESS
         elif u == "all_joint":
             w += 1.0 + TASK_COST_GUESS * len(cfg.stage1.tasks)
@@ -857,11 +867,11 @@ def allocate(
         """(seconds per segmentation step, seconds of pre-training per segmentation step)."""
         if u == "baseline":
             return t["seg"], 0.0
-        if u.endswith(":joint"):
-            task = u.split(":")[0]
+        mode = _mode_of(u)
+        task = ModelId.parse(u).task if mode else None
+        if mode == "joint":
             return t["seg"] + t.get(f"task:{task}", t["seg"]), 0.0
-        if u.endswith(":pretrain"):
-            task = u.split(":")[0]
+        if mode == "pretrain":
             pre = 0.0 if task in cached_pretext else s1.pretrain_ratio * t.get(f"task:{task}", 0)
             return t["seg"], pre
         if u == "all_joint":
@@ -876,9 +886,8 @@ def allocate(
     for u in units:
         seg, pre = per_step(u)
         share = 1.0
-        if both and (u.endswith(":joint") or u.endswith(":pretrain")):
-            task = u.split(":")[0]
-            other = f"{task}:pretrain" if u.endswith(":joint") else f"{task}:joint"
+        if both and _mode_of(u):
+            other = str(ModelId.parse(u).other_mode())
             oseg, _ = per_step(other)
             # the leader is not known yet: assume the dearer mode goes on (a safe estimate)
             share = 1.0 if seg >= oseg else h
@@ -906,9 +915,8 @@ def allocate(
         seg, pre = per_step(u)
         steps_u = plan.steps["student"] if u == "student" else n
         est[u] = round(steps_u * seg + n * pre + evals * t_eval, 1)
-        if both and (u.endswith(":joint") or u.endswith(":pretrain")):
-            task = u.split(":")[0]
-            other = f"{task}:pretrain" if u.endswith(":joint") else f"{task}:joint"
+        if both and _mode_of(u):
+            other = str(ModelId.parse(u).other_mode())
             if seg < per_step(other)[0]:
                 est[u] = round(h * n * seg + n * pre + 2 * t_eval, 1)
     est["total"] = round(sum(est.values()) + fixed - len(units) * evals * t_eval, 1)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from napari_mtssl.ids import trained
 from napari_mtssl.models import build_unet
 from napari_mtssl.tasks import build_task, task_class, task_config
 from napari_mtssl.tasks.base import DataSummary
@@ -104,13 +105,13 @@ def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: An
     net = new_net(cfg, study.num_classes)
     t = new_task(task, net, cfg, study.num_classes)
     spec = UnitSpec(
-        f"{task}:joint",
+        str(trained(task, "joint")),
         "stage1",
         cfg.stage1.joint_steps,
         [build_term("seg"), build_term("task", task=t, weight=cfg.stage1.lam(task))],
         task_label=task,
         mode="joint",
-        model=f"{task}:joint",
+        model=str(trained(task, "joint")),
         eval_every=cfg.stage1.eval_every,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
@@ -137,7 +138,7 @@ def pretrain(
     fine-tuning ends. The result's ``pretext_loaded`` says whether it was loaded, and
     ``pretext_steps`` / ``pretext_s`` what the pre-training had cost.
     """
-    name = f"{task}:pretrain"
+    name = str(trained(task, "pretrain"))
     own = Path(ckpt_dir) / f"{task}-pretext.safetensors" if ckpt_dir else None
     pre_file = pretext_file or own
     net = new_net(cfg, study.num_classes)

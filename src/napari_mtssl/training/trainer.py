@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_mtssl.events import Progress, Resumed
+
 from . import checkpoints, postprocess
 from .config import ExperimentConfig
 from .data import BatchStream, ScanData, StudyData, augment
@@ -306,7 +308,7 @@ def train_unit(
     ckpt = _Checkpoint(ckpt_dir, spec.name, modules, opt, scaler, cfg.checkpoint_every_s)
     start, elapsed0, val = ckpt.restore()
     if start:
-        yield {"type": "resumed", "model": spec.model or spec.name, "step": start}
+        yield Resumed(spec.model or spec.name, start).to_dict()
     validating = spec.evaluate and bool(study.val)
     every = spec.eval_every or max(1, spec.steps // 2)
     t0 = time.perf_counter()
@@ -392,18 +394,17 @@ def train_unit(
 
 def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s) -> dict:
     took = time.perf_counter() - t0
-    return {
-        "type": "progress",
-        "stage": spec.stage,
-        "task": spec.task_label,
-        "mode": spec.mode,
-        "model": spec.model or spec.name,
-        "step": step,
-        "total": spec.steps,
-        "losses": {k: round(v, 5) for k, v in ema.items()},
-        "lr": lr,
-        "val_dice": val,
-        "eta_s": took / max(1, step - start) * (spec.steps - step),
-        "elapsed_s": elapsed0 + took,
-        "data_wait_s": wait_s,
-    }
+    return Progress(
+        model=spec.model or spec.name,
+        step=step,
+        total=spec.steps,
+        stage=spec.stage,
+        task=spec.task_label,
+        mode=spec.mode,
+        losses={k: round(v, 5) for k, v in ema.items()},
+        lr=lr,
+        val_dice=val,
+        eta_s=took / max(1, step - start) * (spec.steps - step),
+        elapsed_s=elapsed0 + took,
+        data_wait_s=wait_s,
+    ).to_dict()

@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mtssl import events as ev
+
 POLL_S = 0.1  # how long the relay thread waits for events before checking the job's state
 
 
@@ -53,75 +55,43 @@ def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[dict], N
     return str(handle.state)
 
 
-def event_loss(event: dict) -> float | None:
-    """The scalar loss of a progress event: its ``total`` loss, else the sum of the parts."""
-    losses = event.get("losses") or {}
-    if not losses:
-        return None
-    if "total" in losses:
-        return float(losses["total"])
-    if "loss" in losses:
-        return float(losses["loss"])
-    return float(sum(float(v) for v in losses.values()))
-
-
-def event_run_name(event: dict) -> str:
-    """A stable name for the model an event belongs to (curve and table key)."""
-    if event.get("model"):
-        return str(event["model"])
-    task, mode = event.get("task"), event.get("mode")
-    if task and mode:
-        return f"{task}:{mode}"
-    return str(task or event.get("stage") or "run")
-
-
 def describe_event(event: dict) -> str:
     """One status line for an event, e.g. ``stage1 sdm:joint 40/200  loss 0.31``."""
-    kind = event.get("type")
-    if kind == "done":
-        return f"finished: run {event.get('run', '')}, round {event.get('round', '')}"
-    if kind == "stopped":
-        return f"stopped at step {event.get('step')} of {event.get('unit')}; the checkpoint is kept"
-    if kind == "plan":
-        plan = event.get("plan") or {}
+    e = ev.parse(event)
+    if isinstance(e, ev.Done):
+        return f"finished: run {e.run or ''}, round {e.round or ''}"
+    if isinstance(e, ev.Stopped):
+        return f"stopped at step {e.step} of {e.unit}; the checkpoint is kept"
+    if isinstance(e, ev.PlanMade):
+        plan = e.plan
         return (
             f"plan: {plan.get('patch')} px patches, width {plan.get('width')}, "
             f"{len(plan.get('models', []))} model(s)"
         )
-    if kind == "model_done":
-        md = event.get("mean_dice")
-        return f"{event.get('model')} done" + (f": validation Dice {float(md):.3f}" if md else "")
-    if kind == "halving":
-        return f"{event.get('task')}: {', '.join(event.get('continue') or [])} goes on"
-    if kind == "resumed":
-        return f"resumed {event.get('model')} at step {event.get('step')}"
-    if (
-        kind in ("note", "start", "selected", "resumed")
-        and not event.get("step")
-        and not event.get("total")
-    ):
-        if event.get("message"):
-            return str(event["message"])
-        if kind == "selected":
-            return f"teacher for {event.get('task')}: {event.get('mode')} mode"
-        return f"run {event.get('run', '')} started"
-    parts = [str(event.get("stage") or ""), event_run_name(event)]
-    if event.get("step") is not None and event.get("total"):
-        parts.append(f"{event['step']}/{event['total']}")
-    loss = event_loss(event)
-    if loss is not None:
-        parts.append(f"loss {loss:.3f}")
-    if event.get("val_dice") is not None:
-        parts.append(f"val Dice {float(event['val_dice']):.3f}")
-    if event.get("run_budget_s"):
-        parts.append(
-            f"run {float(event.get('run_elapsed_s', 0)) / 60:.1f} of "
-            f"{float(event['run_budget_s']) / 60:.0f} min"
-        )
-    elif event.get("eta_s") is not None:
-        parts.append(f"ETA {float(event['eta_s']):.0f}s")
-    if event.get("message"):
-        parts.append(str(event["message"]))
+    if isinstance(e, ev.ModelDone):
+        md = e.mean_dice
+        return f"{e.model} done" + (f": validation Dice {md:.3f}" if md is not None else "")
+    if isinstance(e, ev.Halving):
+        return f"{e.task}: {', '.join(e.continue_)} goes on"
+    if isinstance(e, ev.Resumed):
+        return f"resumed {e.model} at step {e.step}"
+    if isinstance(e, ev.Selected):
+        return f"teacher for {e.task}: {e.mode} mode"
+    if isinstance(e, ev.Start):
+        return f"run {e.run} started"
+    if isinstance(e, ev.Note | ev.Status):
+        return e.message
+    if not isinstance(e, ev.Progress):
+        return str(event.get("message") or event.get("type") or "")
+    parts = [e.stage or "", e.model, f"{e.step}/{e.total}"]
+    if e.loss is not None:
+        parts.append(f"loss {e.loss:.3f}")
+    if e.val_dice is not None:
+        parts.append(f"val Dice {e.val_dice:.3f}")
+    if e.run_budget_s:
+        parts.append(f"run {(e.run_elapsed_s or 0) / 60:.1f} of {e.run_budget_s / 60:.0f} min")
+    elif e.eta_s is not None:
+        parts.append(f"ETA {e.eta_s:.0f}s")
     return "  ".join(p for p in parts if p)
 
 
@@ -280,18 +250,17 @@ class JobController(QObject):
         """napari's activity panel follows the whole run (seconds of its budget) when it has
         one, the model in training otherwise; the dock's own bar shows the model."""
         pbar = self._progress
-        if pbar is None or event.get("total") in (None, 0) or event.get("step") is None:
+        e = ev.parse(event)
+        if pbar is None or not isinstance(e, ev.Progress) or not e.total:
             return
-        if event.get("run_budget_s"):
-            total, step = int(event["run_budget_s"]), int(event.get("run_elapsed_s", 0))
+        if e.run_budget_s:
+            total, step = int(e.run_budget_s), int(e.run_elapsed_s or 0)
         else:
-            total, step = int(event["total"]), int(event["step"])
+            total, step = e.total, e.step
         if pbar.total != total:
             pbar.total = total
         pbar.n = min(step, total)
-        pbar.set_description(
-            f"MTSSL {self.what}: {event_run_name(event)} {event['step']}/{event['total']}"
-        )
+        pbar.set_description(f"MTSSL {self.what}: {e.model} {e.step}/{e.total}")
 
     def _on_returned(self, state: str) -> None:
         from napari.utils.notifications import show_error, show_info
@@ -402,9 +371,10 @@ class JobProgressPanel(QWidget):
         self.status.setText(f"{what}: starting the worker process…")
 
     def _on_event(self, event: dict) -> None:
-        if event.get("total") and event.get("step") is not None:
-            self.bar.setRange(0, int(event["total"]))
-            self.bar.setValue(min(int(event["step"]), int(event["total"])))
+        e = ev.parse(event)
+        if isinstance(e, ev.Progress) and e.total:
+            self.bar.setRange(0, e.total)
+            self.bar.setValue(min(e.step, e.total))
         self.status.setText(describe_event(event))
 
     def _on_finished(self, result: object) -> None:

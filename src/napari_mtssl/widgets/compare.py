@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
@@ -22,6 +22,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+if TYPE_CHECKING:
+    from napari_mtssl.api import Comparison
+
+from napari_mtssl import ids
 from napari_mtssl.widgets._jobs import run_in_thread
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
@@ -43,19 +47,9 @@ MAX_RANKED = 50  # slices listed by disagreement
 COMPARED = ("student", "baseline", "all_joint")  # besides the teachers
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    """First present attribute/key of a Comparison (tolerates small naming differences)."""
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return default
-
-
 def model_order(names: list[str]) -> list[str]:
     """Teachers first (sorted), then the student, the baseline and the rest."""
-    teachers = sorted(n for n in names if n.startswith("teacher:"))
+    teachers = sorted(ids.teachers(names))
     head = [n for n in ("student", "baseline") if n in names]
     rest = sorted(n for n in names if n not in teachers and n not in head)
     return teachers + head + rest
@@ -303,7 +297,7 @@ class CompareWidget(QWidget):
         available = api.list_models(self.session.require_workspace())
         if not available:
             raise ValueError("no trained models in this workspace yet: train first")
-        keep = [m for m in available if m.startswith("teacher:") or m in COMPARED]
+        keep = [m for m in available if m in ids.teachers(available) or m in COMPARED]
         return model_order(keep or available)
 
     @report_errors("Could not compare the models")
@@ -337,7 +331,7 @@ class CompareWidget(QWidget):
         self.worker.errored.connect(lambda e: self.status.setText(f"comparison failed: {e}"))
         return self.worker
 
-    def show_comparison(self, scan_id: str, comparison: Any) -> None:
+    def show_comparison(self, scan_id: str, comparison: Comparison) -> None:
         """Layers per model + disagreement map, then the grid, Dice table and ranking."""
         ws = self.session.require_workspace()
         self.comparison, self.scan_id = comparison, scan_id
@@ -347,7 +341,7 @@ class CompareWidget(QWidget):
         scale = tuple(image_layer.scale)
         # Only this scan shows: the previous scan's image and comparison layers are hidden.
         show_only_scan(self.viewer, scan_id)
-        labels: dict[str, np.ndarray] = dict(_get(comparison, "labels", default={}) or {})
+        labels: dict[str, np.ndarray] = dict(comparison.labels)
         names = model_order(list(labels))
         for name in names:
             show_labels(
@@ -359,7 +353,7 @@ class CompareWidget(QWidget):
                 role=f"model:{name}",
                 visible=name == "student",
             )
-        disagreement = _get(comparison, "disagreement")
+        disagreement = comparison.disagreement
         if disagreement is not None:
             name = model_layer_name(scan_id, "disagreement")
             data = np.asarray(disagreement, dtype=np.float32)
@@ -388,11 +382,11 @@ class CompareWidget(QWidget):
         )
         self.grid.show_slice(current_slice(self.viewer, image_layer))
         self._fill_dice(
-            _get(comparison, "dice", default={}) or {},
+            comparison.dice,
             names,
-            _get(comparison, "class_dice", default={}) or {},
+            comparison.class_dice,
         )
-        self._fill_ranking(_get(comparison, "slice_scores", "scores"))
+        self._fill_ranking(comparison.slice_scores)
         self.status.setText(f"{scan_id}: {len(names)} models compared")
         self.comparison_ready.emit(comparison)
 

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mtssl import ids
 from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
@@ -36,6 +37,7 @@ from napari_mtssl.widgets._state import (
     show_scan,
 )
 from napari_mtssl.widgets.study import report_errors
+from napari_mtssl.workspace import Round
 
 RETRAIN = (
     (
@@ -76,32 +78,15 @@ def edited_slices(data: np.ndarray, original: np.ndarray) -> list[int]:
     return [int(z) for z in np.flatnonzero((data != original).reshape(data.shape[0], -1).any(1))]
 
 
-def _metric(entry: dict, model: str) -> float | None:
-    """Mean Dice of ``model`` in a history entry, whichever way the entry nests it."""
-    for key in ("metrics", "models"):
-        block = entry.get(key)
-        if isinstance(block, dict) and model in block:
-            value = block[model]
-            if isinstance(value, dict):
-                value = value.get("mean_dice", value.get("dice"))
-            if isinstance(value, int | float):
-                return float(value)
-    return None
-
-
-def _corrections(entry: dict) -> tuple[str, str]:
+def _corrections(entry: Round) -> tuple[str, str]:
     """A round's corrected slices and the time people spent on them (where it was timed)."""
-    c = entry.get("corrections")
-    if not isinstance(c, dict):
-        return "", ""
-    n = int(c.get("slices", 0))
-    timed = int(c.get("timed_slices", 0))
+    c = entry.corrections
     effort = ""
-    if timed:
-        effort = f"{float(c.get('effort_s', 0)) / 60:.1f} min"
-        if timed < n:
-            effort += f" ({timed} timed)"
-    return str(n), effort
+    if c.timed_slices:
+        effort = f"{c.effort_s / 60:.1f} min"
+        if c.timed_slices < c.slices:
+            effort += f" ({c.timed_slices} timed)"
+    return str(c.slices), effort
 
 
 class CorrectWidget(QWidget):
@@ -227,10 +212,7 @@ class CorrectWidget(QWidget):
 
         ws = self.session.require_workspace()
         strategy = strategy or self.strategy.currentData()
-        if (
-            strategy == "disagreement"
-            and sum(m.startswith("teacher:") for m in api.list_models(ws)) < 2
-        ):
+        if strategy == "disagreement" and len(ids.teachers(api.list_models(ws))) < 2:
             raise ValueError("teacher disagreement needs two or more teachers: train stage 1")
         if strategy != "random" and "student" not in api.list_models(ws):
             raise ValueError("no student yet: train first (or choose random slices)")
@@ -488,23 +470,17 @@ class CorrectWidget(QWidget):
         from napari_mtssl import api
 
         ws = self.session.workspace
-        entries: list[dict] = []
+        entries: list[Round] = []
         if ws is not None:
             try:
-                entries = [e for e in api.history(ws) if isinstance(e, dict)]
+                entries = api.history(ws)
             except Exception as exc:  # noqa: BLE001 - shown in the dock, not raised
                 self.edit_status.setText(f"history unavailable: {exc}")
-        models = list(HISTORY_MODELS)
-        for e in entries:
-            for key in ("metrics", "models"):
-                block = e.get(key)
-                if isinstance(block, dict):
-                    models += [
-                        m
-                        for m in block
-                        if m not in models and (m.startswith("teacher:") or m == "all_joint")
-                    ]
-        models = [m for m in models if any(_metric(e, m) is not None for e in entries)]
+        seen = [m for e in entries for m in e.metrics]
+        models = list(HISTORY_MODELS) + sorted(
+            {m for m in seen if m == "all_joint" or m in ids.teachers(seen)}
+        )
+        models = [m for m in models if any(e.dice(m) is not None for e in entries)]
         # the change of the student's Dice first: what each round bought, without scrolling
         headers = ["Round", "Δ student", "What", "When", "Labelled slices", "Corrected", "Effort"]
         headers += models
@@ -513,22 +489,18 @@ class CorrectWidget(QWidget):
         self.history.setRowCount(len(entries))
         previous: float | None = None
         for r, e in enumerate(entries):
-            student = _metric(e, "student")
+            student = e.dice("student")
             delta = "" if student is None or previous is None else f"{student - previous:+.3f}"
             if student is not None:
                 previous = student
-            labelled = e.get("labelled_slices", "")
-            if isinstance(labelled, list | tuple | dict):
-                labelled = len(labelled)
-            when = str(e.get("finished") or e.get("when") or e.get("time") or e.get("started", ""))
             values = [
-                str(e.get("round", r)),
+                str(e.round),
                 delta,
-                str(e.get("what") or e.get("kind") or ""),
-                when[:19].replace("T", " "),
-                str(labelled),
+                e.what or "",
+                e.time[:19].replace("T", " "),
+                "" if e.labelled_slices is None else str(e.labelled_slices),
                 *_corrections(e),
-                *[("" if _metric(e, m) is None else f"{_metric(e, m):.3f}") for m in models],
+                *[("" if e.dice(m) is None else f"{e.dice(m):.3f}") for m in models],
             ]
             for c, text in enumerate(values):
                 self.history.setItem(r, c, QTableWidgetItem(text))

@@ -681,7 +681,7 @@ class StudyWidget(QWidget):
         for row, scan_id in enumerate(ids):
             record = ws.record(scan_id)
             statuses = list(ws.slice_status(scan_id))
-            split = _field(record, "split", "train")
+            split = record.split
             self.table.setItem(row, 0, QTableWidgetItem(str(scan_id)))
             combo = QComboBox()
             combo.addItems(SPLITS)
@@ -712,10 +712,3 @@ class StudyWidget(QWidget):
             combo.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, kind)])
             if current:
                 combo.setCurrentText(current)
-
-
-def _field(record: Any, name: str, default: Any = None) -> Any:
-    """A field of a workspace record, whether it is a dict or an object."""
-    if isinstance(record, dict):
-        return record.get(name, default)
-    return getattr(record, name, default)

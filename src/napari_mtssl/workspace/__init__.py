@@ -8,13 +8,17 @@ once.
 from ._errors import WorkspaceError
 from .core import SPLITS, ScanRecord, Workspace, checksum
 from .labels import SLICE_STATUSES
+from .rounds import Corrections, Round, Scores
 from .runs import RUN_STATUSES, Run
 
 __all__ = [
     "RUN_STATUSES",
     "SLICE_STATUSES",
     "SPLITS",
+    "Corrections",
+    "Round",
     "Run",
+    "Scores",
     "ScanRecord",
     "Workspace",
     "WorkspaceError",

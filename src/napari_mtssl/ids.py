@@ -1,0 +1,104 @@
+"""Model ids: which model of a run a name means, as a type instead of strings built and parsed
+all over the code.
+
+A run's models are ``baseline``, one model per auxiliary task and mode (``sdm:joint``,
+``sdm:pretrain``), the selected teacher of each task (``teacher:sdm``), ``all_joint`` and the
+``student``. The string form is what the workspace stores (model files, metrics, history) and
+what users type (``--model teacher:sdm``); :meth:`ModelId.parse` is the one place that reads it.
+No torch, no Qt: the widgets use it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ModelId", "BASELINE", "STUDENT", "ALL_JOINT", "MODES", "teacher", "teachers", "trained"]
+
+MODES = ("joint", "pretrain")
+_PLAIN = ("baseline", "student", "all_joint")
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """``kind``: ``baseline`` | ``student`` | ``all_joint`` | ``teacher`` (a task's selected
+    model) | ``task`` (a task trained in one ``mode``: ``joint`` or ``pretrain``)."""
+
+    kind: str
+    task: str | None = None
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        ok = (
+            (self.kind in _PLAIN and self.task is None and self.mode is None)
+            or (self.kind == "teacher" and bool(self.task) and self.mode is None)
+            or (self.kind == "task" and bool(self.task) and self.mode in MODES)
+        )
+        if not ok or (self.task and ":" in self.task):
+            raise ValueError(
+                f"not a model id: kind={self.kind!r} task={self.task!r} mode={self.mode!r}"
+            )
+
+    @classmethod
+    def parse(cls, name: str | ModelId) -> ModelId:
+        """``"teacher:sdm"`` -> teacher of sdm, ``"sdm:joint"`` -> sdm in joint mode, ...;
+        ValueError saying what names exist otherwise."""
+        if isinstance(name, ModelId):
+            return name
+        text = str(name).strip()
+        if text in _PLAIN:
+            return cls(text)
+        head, sep, tail = text.partition(":")
+        if sep and head and tail and ":" not in tail:
+            if head == "teacher":
+                return cls("teacher", tail)
+            if tail in MODES:
+                return cls("task", head, tail)
+        raise ValueError(
+            f"{name!r} is not a model name; models are baseline, student, all_joint, "
+            "teacher:<task> and <task>:joint or <task>:pretrain"
+        )
+
+    @classmethod
+    def is_valid(cls, name: str) -> bool:
+        try:
+            cls.parse(name)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        if self.kind == "teacher":
+            return f"teacher:{self.task}"
+        if self.kind == "task":
+            return f"{self.task}:{self.mode}"
+        return self.kind
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.kind == "teacher"
+
+    def other_mode(self) -> ModelId:
+        """The same task in the other mode (only for ``kind == "task"``)."""
+        if self.kind != "task":
+            raise ValueError(f"{self} has no mode")
+        return trained(self.task, "pretrain" if self.mode == "joint" else "joint")
+
+
+BASELINE = ModelId("baseline")
+STUDENT = ModelId("student")
+ALL_JOINT = ModelId("all_joint")
+
+
+def teacher(task: str) -> ModelId:
+    """The selected teacher of ``task``."""
+    return ModelId("teacher", task)
+
+
+def trained(task: str, mode: str) -> ModelId:
+    """``task`` trained in ``mode`` (joint, or pre-train then fine-tune)."""
+    return ModelId("task", task, mode)
+
+
+def teachers(names) -> list[str]:
+    """The teachers among model names, in their order."""
+    return [n for n in names if ModelId.is_valid(n) and ModelId.parse(n).is_teacher]
