@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@# The CPU build of torch first, so the range in pyproject.toml never pulls the CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0" \
 		|| echo "note: torch==2.13.0 not available here; pip will pick a torch for this machine"
-	$(PY) -m pip install --quiet -e ".[test,export]"
+	$(PY) -m pip install --quiet -e ".[test,export,ray]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -128,6 +128,16 @@ def test_bad_inputs_give_one_line(tmp_path, capsys, trained):
     _one_line_error(capsys, ["train", str(data)], expect="--out")
     _one_line_error(
         capsys,
+        ["train", str(data), "--out", str(tmp_path / "w4"), "--address", "ray://h:1"],
+        expect="--address is the Ray cluster's",
+    )
+    _one_line_error(
+        capsys,
+        ["train", str(data), "--out", str(tmp_path / "w5"), "--units-at-once", "-1"],
+        expect="--units-at-once",
+    )
+    _one_line_error(
+        capsys,
         ["predict", str(out), str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "m.nii.gz")],
         expect="no such file",
     )

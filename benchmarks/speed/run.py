@@ -6,7 +6,8 @@
 Sub-benchmarks: ``train`` (1, 2: joint step vs a bare loop, data wait), ``infer`` (3: whole-scan
 inference vs a bare forward), ``viewer`` (4: event-loop stalls while training; needs a display),
 ``memory`` (5: peak RSS of training and of opening a 512 x 512 x 300 volume), ``threads`` (1 vs 2
-torch threads per training process: the basis for running two jobs at once). Ratios are
+torch threads per training process: the basis for running two jobs at once), ``stage1`` (stage 1
+on ACDC one unit at a time vs two side by side on the local executor, the same plan). Ratios are
 measured side by side in one process, repetitions alternating (ABAB). Results report; nothing
 here asserts a timing.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make ``speed`` importable
 
-NAMES = ("train", "infer", "viewer", "memory", "threads")
+NAMES = ("train", "infer", "viewer", "memory", "threads", "stage1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import threads
 
             res = threads.bench()
+        elif name == "stage1":
+            from speed import stage1
+
+            res = stage1.bench(reps=a.reps, steps=a.steps if a.steps != 60 else 0)
         elif name == "viewer":
             from speed import viewer
 

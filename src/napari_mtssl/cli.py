@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from napari_mtssl import api
+from napari_mtssl import api, events
 
 __all__ = ["main", "build_parser", "write_report"]
 
@@ -35,71 +35,73 @@ class Progress:
         self._last = 0.0
         self._open = False
 
-    def __call__(self, ev: dict[str, Any]) -> None:
+    def __call__(self, event: dict[str, Any]) -> None:
         if self.quiet:
             return
-        kind = ev.get("type")
-        if kind == "progress":
-            now = time.monotonic()
-            if not self.tty and now - self._last < 5 and ev["step"] != ev["total"]:
-                return
-            if self.tty and now - self._last < 0.1 and ev["step"] != ev["total"]:
-                return
-            self._last = now
-            frac = ev["step"] / max(1, ev["total"])
-            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-            loss = ev.get("losses", {}).get("total")
-            vd = ev.get("val_dice")
-            line = f"{ev['model']:<16} [{bar}] {ev['step']}/{ev['total']}"
-            if ev.get("run_budget_s"):
-                line += f"  run {ev['run_elapsed_s'] / 60:.1f}/{ev['run_budget_s'] / 60:.0f} min"
-            if loss is not None:
-                line += f"  loss {loss:.3f}"
-            if vd is not None:
-                line += f"  val dice {vd:.3f}"
-            line += f"  eta {ev.get('eta_s', 0):.0f}s"
-            if self.tty:
-                self.stream.write("\r" + line[:110].ljust(110))
-                self._open = True
-            else:
-                self.stream.write(line + "\n")
-            self.stream.flush()
+        e = events.parse(event)
+        if isinstance(e, events.Progress):
+            self._progress(e)
             return
-        if kind == "status":  # transient: redrawn on a terminal, left out of logs
+        if isinstance(e, events.Status):  # transient: redrawn on a terminal, left out of logs
             if self.tty:
-                self.stream.write("\r" + str(ev.get("message", ""))[:110].ljust(110))
+                self.stream.write("\r" + e.message[:110].ljust(110))
                 self._open = True
                 self.stream.flush()
             return
         self._newline()
-        if kind == "model_done":
-            md = ev.get("mean_dice")
-            self.stream.write(
-                f"done {ev['model']}: mean Dice "
-                f"{'n/a' if md is None else f'{md:.3f}'} ({ev['seconds']:.0f}s)\n"
-            )
-        elif kind == "selected":
-            self.stream.write(f"teacher for {ev['task']}: {ev['mode']} mode\n")
-        elif kind == "halving":
-            d = ev.get("dice", {})
-            self.stream.write(
-                f"{ev['task']} after {ev['at_steps']} steps: joint {_fmt(d.get('joint'))}, "
-                f"pretrain {_fmt(d.get('pretrain'))}; {ev.get('reason', '')}\n"
-            )
-        elif kind == "plan":
-            self.stream.write("plan:\n" + "\n".join(f"  {x}" for x in ev.get("describe", [])))
-            self.stream.write("\n" + plan_steps_text(ev.get("plan", {})) + "\n")
-        elif kind in ("note",):
-            self.stream.write(f"note: {ev['message']}\n")
-        elif kind == "start":
-            d = ev.get("data", {})
-            self.stream.write(
-                f"run {ev['run']} on {ev['device']}: {len(d.get('train_scans', []))} training "
-                f"scans ({d.get('labelled_slices', 0)} labelled slices), "
-                f"{len(d.get('val_scans', []))} validation scans; models: "
-                f"{', '.join(ev.get('plan', []))}\n"
-            )
+        line = self._line(e)
+        if line:
+            self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _progress(self, e: events.Progress) -> None:
+        now = time.monotonic()
+        if now - self._last < (0.1 if self.tty else 5) and e.step != e.total:
+            return
+        self._last = now
+        frac = e.step / max(1, e.total)
+        bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+        line = f"{e.model:<16} [{bar}] {e.step}/{e.total}"
+        if e.run_budget_s:
+            line += f"  run {(e.run_elapsed_s or 0) / 60:.1f}/{e.run_budget_s / 60:.0f} min"
+        if e.loss is not None:
+            line += f"  loss {e.loss:.3f}"
+        if e.val_dice is not None:
+            line += f"  val dice {e.val_dice:.3f}"
+        line += f"  eta {e.eta_s or 0:.0f}s"
+        if self.tty:
+            self.stream.write("\r" + line[:110].ljust(110))
+            self._open = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    @staticmethod
+    def _line(e: events.Event) -> str:
+        if isinstance(e, events.ModelDone):
+            md = "n/a" if e.mean_dice is None else f"{e.mean_dice:.3f}"
+            return f"done {e.model}: mean Dice {md} ({e.seconds:.0f}s)"
+        if isinstance(e, events.Selected):
+            return f"teacher for {e.task}: {e.mode} mode"
+        if isinstance(e, events.Halving):
+            return (
+                f"{e.task} after {e.at_steps} steps: joint {_fmt(e.dice.get('joint'))}, "
+                f"pretrain {_fmt(e.dice.get('pretrain'))}; {e.reason}"
+            )
+        if isinstance(e, events.PlanMade):
+            return (
+                "plan:\n" + "\n".join(f"  {x}" for x in e.describe) + "\n" + plan_steps_text(e.plan)
+            )
+        if isinstance(e, events.Note):
+            return f"note: {e.message}"
+        if isinstance(e, events.Start):
+            d = e.data
+            return (
+                f"run {e.run} on {e.device}: {len(d.get('train_scans', []))} training "
+                f"scans ({d.get('labelled_slices', 0)} labelled slices), "
+                f"{len(d.get('val_scans', []))} validation scans; models: {', '.join(e.plan)}"
+            )
+        return ""
 
     def _newline(self) -> None:
         if self._open:
@@ -402,6 +404,14 @@ def _config(args: argparse.Namespace):
         over["budget"] = args.budget
     if getattr(args, "all_joint", False):
         over["all_joint"] = True
+    if getattr(args, "executor", None):
+        over.update(executor=args.executor, units_at_once=args.units_at_once)
+        if args.address:
+            if args.executor != "ray":
+                raise CliError("--address is the Ray cluster's: use it with --executor ray")
+            over["ray_address"] = args.address
+    if getattr(args, "units_at_once", 0) < 0:
+        raise CliError("--units-at-once must be 0 (as many as fit) or more")
     cfg = api.make_config(args.profile, **over)
     if args.steps_scale != 1.0:
         if args.steps_scale <= 0:
@@ -664,6 +674,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train the 'all tasks jointly' comparison (one more model in the budget)",
     )
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the plan's)")
+    t.add_argument(
+        "--executor",
+        default="local",
+        choices=["inline", "local", "ray"],
+        help="where the models train: local (default: side by side in processes on this "
+        "machine), ray (tasks on a Ray cluster, see --address), inline (one process)",
+    )
+    t.add_argument(
+        "--units-at-once",
+        type=int,
+        default=0,
+        help="models trained at once (0: as many as fit; a budgeted run on a CPU: 1)",
+    )
+    t.add_argument(
+        "--address",
+        help="the Ray cluster for --executor ray: auto, ray://host:port (default: a local "
+        "Ray instance); the workspace must be on storage every node sees",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress on stderr")
     t.set_defaults(func=cmd_train)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 NORMALISATIONS = ("auto", "zscore", "mri", "ct", "window", "none")  # "mri": same as "zscore"
+EXECUTORS = ("inline", "local", "ray")
 STAGE1_MODES = ("joint", "pretrain", "both")
 STUDENT_INITS = ("fresh", "best_teacher")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -207,6 +208,11 @@ class ExperimentConfig:
     num_threads: int = 0  # torch CPU threads; 0: the plan's thread policy
     checkpoint_every_s: float = 300.0  # resumable checkpoint this often: a crash loses at most it
     profile: str = "custom"
+    # Where the units of a run train (training/executors.py): "inline" (the run's own process),
+    # "local" (units side by side in processes), "ray" (a Ray cluster at ray_address).
+    executor: str = "local"
+    units_at_once: int = 0  # 0: as many as fit (local: runs given in steps; budgeted runs: 1)
+    ray_address: str | None = None  # "auto", "ray://host:port"; None: a local Ray instance
 
     @property
     def baseline_steps(self) -> int:
@@ -224,6 +230,12 @@ class ExperimentConfig:
             raise ValueError("budget_s must be >= 0 seconds (0: use the step counts)")
         if not self.checkpoint_every_s > 0:
             raise ValueError("checkpoint_every_s must be a positive number of seconds")
+        if self.executor not in EXECUTORS:
+            raise ValueError(
+                f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}"
+            )
+        if self.units_at_once < 0:
+            raise ValueError("units_at_once must be >= 0 (0: as many as fit)")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")

@@ -14,14 +14,17 @@ and platforms where spawning is not wanted. Events and results are identical in 
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import multiprocessing as mp
+import multiprocessing.util  # registers its exit hook before ours: ours runs first
 import os
 import queue as queue_mod
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -30,6 +33,26 @@ __all__ = ["JobHandle", "check_target", "resolve_target", "drive"]
 # Terminal messages the worker sends after the generator's own events.
 _DONE = "job-done"
 _FAILED = "job-failed"
+# Seconds a worker gets at exit to save its checkpoint before it is ended.
+EXIT_GRACE_S = 30.0
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _stop_live_jobs() -> None:
+    """At the exit of the process that started them: ask running workers to save and stop,
+    wait a little, then end them. Workers are not daemonic (a run's worker starts the
+    processes of its units, which a daemonic process may not), so nothing else would."""
+    jobs = [j for j in list(_LIVE) if j._process is not None and j._process.is_alive()]
+    for job in jobs:
+        job.stop()
+    end = time.monotonic() + EXIT_GRACE_S
+    for job in jobs:
+        job._process.join(max(0.0, end - time.monotonic()))
+        if job._process.is_alive():
+            job._process.terminate()
+
+
+atexit.register(_stop_live_jobs)
 
 
 def resolve_target(target: str) -> Callable[..., Generator[dict, None, dict]]:
@@ -137,10 +160,11 @@ class JobHandle:
                 target=_worker_main,
                 args=(target, self.kwargs, self._events, self._stop_event, os.getpid()),
                 name="mtssl-job",
-                daemon=True,
+                daemon=False,  # see _stop_live_jobs
             )
             self._thread = None
             self._process.start()
+            _LIVE.add(self)
 
     # -- control -----------------------------------------------------------------------------
     def stop(self) -> None:

@@ -35,16 +35,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
+from napari_mtssl.ids import ModelId, teacher, teachers, trained
 
 from . import checkpoints, stages
 from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
+from .executors import Executor, make_executor
 from .inference import resolve_device
 from .plan import MIN_STEPS, Plan, PlanError, allocate, fingerprint, make_plan, model_units
 from .preprocess import VolumeCache, content_hash
+from .units import Unit, UnitContext
 
-__all__ = ["WHATS", "run_training", "run_training_job", "find_model", "plan_job", "PlanError"]
+__all__ = [
+    "WHATS",
+    "run_training",
+    "run_training_job",
+    "find_model",
+    "plan_job",
+    "PlanError",
+    "UnitsFailed",
+]
 
 WHATS = ("baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2")
 # A unit still training at budget x DEADLINE_SLACK, less the time its final validation and
@@ -63,7 +75,7 @@ def find_model(ws: Any, name: str):
 
 def _teachers_run(ws: Any):
     for run in reversed(ws.runs()):
-        if any(m.startswith("teacher:") for m in run.finished_models()):
+        if teachers(run.finished_models()):
             return run
     return None
 
@@ -76,10 +88,10 @@ def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
         if unit == "student (retrain)":
             unit = "student"
         names.append(unit)
-        task = unit.split(":")[0]
         last_mode = "pretrain" if cfg.stage1.modes in ("pretrain", "both") else "joint"
-        if unit == f"{task}:{last_mode}":
-            names.append(f"teacher:{task}")
+        mid = ModelId.parse(unit)
+        if mid.mode == last_mode:
+            names.append(str(teacher(mid.task)))
     return names
 
 
@@ -119,7 +131,7 @@ def plan_job(
 
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
-    yield {"type": "note", "message": "timing a few training steps on this machine"}
+    yield ev.Note("timing a few training steps on this machine").to_dict()
     fp = fingerprint(ws)
     plan = make_plan(fp, cfg, what, interactive=True, fixed=_fixed_plan(ws, what))
     return plan.to_dict()
@@ -129,8 +141,22 @@ class _Stopped(Exception):
     """A unit stopped at the user's request; its checkpoint and the run's state are saved."""
 
 
+class UnitsFailed(RuntimeError):
+    """Units of a run failed; the others ran, their models are kept, resume retrains these."""
+
+    def __init__(self, failed: dict[str, str]):
+        self.failed = failed
+        lines = "; ".join(f"{u}: {msg}" for u, msg in failed.items())
+        super().__init__(
+            f"{len(failed)} unit(s) failed ({lines}); the models that finished are kept, and "
+            "resuming the run trains only what is missing"
+        )
+
+
 class _Run:
-    """The state of one run while it trains (one instance per ``run_training`` call)."""
+    """The state of one run while it trains (one instance per ``run_training`` call): the plan
+    of units, their scheduling on an executor, and what their results mean for the run
+    (halving decisions, teacher selection, the report)."""
 
     def __init__(self, ws, run, cfg, plan, study, device, stop, state, what):
         self.ws, self.run, self.cfg, self.plan = ws, run, cfg, plan
@@ -150,6 +176,7 @@ class _Run:
             if budget > 0
             else None
         )
+        self.teacher_run = self.student_run = None
 
     def _final_reserve(self) -> float:
         """Seconds a model's last validation (with HD95) and saving take, from the plan."""
@@ -163,7 +190,10 @@ class _Run:
         self.state["elapsed_s"] = round(self.spent(), 2)
         atomic_write_json(self.run.path / "pipeline.json", self.state)
 
-    def log(self, event: dict) -> dict:
+    def log(self, event: dict | ev.Event) -> dict:
+        """The event's JSON form, kept in the run's events.jsonl (progress: every 5 %)."""
+        if isinstance(event, ev.Event):
+            event = event.to_dict()
         if event.get("type") == "progress":
             event["run_elapsed_s"] = round(self.spent(), 1)
             if self.cfg.budget_s:
@@ -173,57 +203,29 @@ class _Run:
         self.run.append_event(event)
         return event
 
-    def relay(self, gen: Generator) -> Generator[dict, None, dict]:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as done:
-                return done.value
-            yield self.log(ev)
-
-    def unit(self, make: Callable[[], Generator], name: str) -> Generator[dict, None, dict]:
-        """Relay one unit and return its result. A stop request ends the run here (the unit
-        saved its checkpoint; :class:`_Stopped` carries the event up). A damaged resumable
-        checkpoint of the unit (a torn write, a full disk) is set aside and the unit starts
-        again from its first step instead of failing the run."""
-        try:
-            res = yield from self.relay(make())
-        except checkpoints.ModelFileError as exc:
-            bad = Path(str(exc.path))
-            if self.run.checkpoint_dir.resolve() not in bad.resolve().parents:
-                raise
-            for f in (bad.with_suffix(".json"), bad.with_suffix(".safetensors")):
-                f.unlink(missing_ok=True)
-            yield self.log({"type": "note", "message": f"{exc}; {name} starts again"})
-            res = yield from self.relay(make())
-        if res["stopped"]:
-            yield self.log(self.stopped(res))
-            raise _Stopped()
-        return res
-
-    def stopped(self, res: dict) -> dict:
+    def stopped(self, res: dict) -> ev.Stopped:
         self.save_state()
         self.run.set_status("stopped", step=res.get("step"), unit=res.get("name"))
-        return {
-            "type": "stopped",
-            "run": self.run.id,
-            "unit": res.get("name"),
-            "step": res.get("step"),
-        }
+        return ev.Stopped(self.run.id, res.get("name"), res.get("step"))
 
     def load(self, name: str, src=None) -> torch.nn.Module:
         net, _ = checkpoints.load_model((src or self.run).model_path(name), self.device)
         return net
 
-    def unit_cfg(self, unit: str) -> ExperimentConfig:
-        """The config a unit trains with: its step counts may have been re-budgeted."""
-        n = self.state.get("unit_steps", {}).get(unit)
-        if n is None:
-            return self.cfg
-        c = ExperimentConfig.from_dict(self.cfg.to_dict())
-        c.baseline.steps = c.stage1.joint_steps = c.stage1.finetune_steps = n
-        c.stage2.steps = c.stage2.retrain_steps = n
-        return c
+    def _steps(self, unit: Unit) -> int:
+        """The unit's step count: remembered once it started (its learning-rate schedule
+        depends on it), re-budgeted if the machine ran slower than timed, else the config's."""
+        n = self.state.get("unit_steps", {}).get(unit.model)
+        if n is not None:
+            return int(n)
+        c = self.cfg
+        if unit.kind == "baseline":
+            return c.baseline_steps
+        if unit.kind == "student":
+            return c.stage2.retrain_steps if self.what == "retrain-quick" else c.stage2.steps
+        if unit.kind == "mode" and unit.mode == "pretrain":
+            return c.stage1.finetune_steps
+        return c.stage1.joint_steps
 
     def rebudget(self, remaining: list[str]) -> Generator[dict, None, None]:
         """If the machine runs slower than timed, give the models still to train fewer steps
@@ -247,202 +249,281 @@ class _Run:
                 est[u] = round(est.get(u, 0.0) * new / n, 1)
         self.save_state()
         yield self.log(
-            {
-                "type": "note",
-                "message": (
-                    f"training is running slower than timed: the {len(remaining)} model(s) left "
-                    f"get {new} steps instead of {n} to end within the budget"
-                ),
-            }
+            ev.Note(
+                f"training is running slower than timed: the {len(remaining)} model(s) left "
+                f"get {new} steps instead of {n} to end within the budget"
+            )
         )
 
-    def finish(self, name: str, res: dict, *, mode: str | None, task: str | None):
-        from .trainer import evaluate
-
-        net = res["net"]
-        m = res.get("metrics") or evaluate(
-            net,
-            self.study.val,
-            self.study,
-            self.device,
-            precision=self.cfg.optim.precision,
-            overlap=self.cfg.data.infer_overlap,
-            hd95=True,
-        )
-        entry = {
-            "dice": m["dice"],
-            "mean_dice": m["mean_dice"],
-            "hd95": m["hd95"],
-            "steps": int(res["steps"]),
-            "seconds": round(float(res["seconds"]), 2),
-            "mode": mode,
-            "task": task,
-        }
-        if res.get("pretext_steps"):
-            entry["pretext_steps"] = int(res["pretext_steps"])
-            entry["pretext_cached"] = bool(res.get("pretext_cached"))
-        if res.get("paused"):
-            entry["halted_by"] = "successive halving"
-        if res.get("ended_early"):
-            entry["ended_early"] = "budget"
-        entry["postprocess"] = m.get("postprocess", "none")
-        entry["raw_mean_dice"] = m.get("raw_mean_dice", m["mean_dice"])
-        checkpoints.save_model(
-            net,
-            self.run.model_path(name),
-            {
-                **self.arch,
-                "name": name,
-                "metrics": entry,
-                "postprocess": entry["postprocess"],
-                "run": self.run.id,
-                "seed": self.cfg.seed,
-            },
-        )
-        self.models[name] = entry
-        self.save_state()
-        yield self.log({"type": "model_done", "model": name, **entry})
-
-    # -- the stages ------------------------------------------------------------------------
-    def baseline(self) -> Generator[dict, None, None]:
-        if "baseline" in self.models:
-            return
-        cfg = self.unit_cfg("baseline")
-        self._remember_steps("baseline", cfg.baseline_steps)
-        res = yield from self.unit(
-            lambda: stages.baseline(
-                self.study,
-                cfg,
-                self.device,
-                self.run.checkpoint_dir,
-                self.stop,
-                deadline=self.deadline,
-            ),
-            "baseline",
-        )
-        yield from self.finish("baseline", res, mode=None, task=None)
-
-    def _remember_steps(self, unit: str, n: int) -> None:
-        """A unit keeps its step count once started (its learning-rate schedule depends on
-        it), whatever later re-budgeting decides for the others."""
-        self.state.setdefault("unit_steps", {}).setdefault(unit, int(n))
-
-    def _mode(self, task: str, mode: str, pause_at: int | None):
-        cfg = self.unit_cfg(f"{task}:{mode}")
-        self._remember_steps(f"{task}:{mode}", cfg.stage1.joint_steps)
-        kw: dict[str, Any] = {"pause_at": pause_at, "deadline": self.deadline}
-        ckpt = self.run.checkpoint_dir
-        if mode == "joint":
-            return stages.joint(task, self.study, cfg, self.device, ckpt, self.stop, **kw)
-        file = (
-            pretext_path(self.ws, self.cfg, self.plan, task)
-            if self.cfg.stage1.cache_pretext
-            else None
-        )
-        reuse = task in self.state.get("pretext_reuse", []) or task in self.state.get(
-            "pretext_done", []
-        )
-        return self._pretrain(
-            stages.pretrain(
-                task,
-                self.study,
-                cfg,
-                self.device,
-                ckpt,
-                self.stop,
-                pretext_file=file,
-                reuse=reuse,
-                **kw,
-            ),
-            task,
-            file,
-        )
-
-    def _pretrain(self, gen: Generator, task: str, file: Path | None):
-        """Relay a pre-train unit; once its pre-training exists, a resume reuses it."""
-        res = yield from gen
-        if file is not None and file.is_file():
-            done = self.state.setdefault("pretext_done", [])
-            if task not in done:
-                done.append(task)
-                self.save_state()
-        res["pretext_cached"] = task in self.state.get("pretext_reuse", [])
-        return res
-
-    def stage1_task(self, task: str) -> Generator[dict, None, None]:
-        s1 = self.cfg.stage1
-        modes = {"joint": ["joint"], "pretrain": ["pretrain"], "both": ["joint", "pretrain"]}[
-            s1.modes
+    # -- the plan of units -------------------------------------------------------------------
+    def _modes(self) -> list[str]:
+        return {"joint": ["joint"], "pretrain": ["pretrain"], "both": ["joint", "pretrain"]}[
+            self.cfg.stage1.modes
         ]
-        halving = self.state.setdefault("halving", {}).setdefault(task, {})
-        at = int(self.plan.steps.get("halving_at") or 0) if len(modes) == 2 else 0
-        if at and at < self.unit_cfg(f"{task}:joint").stage1.joint_steps:
-            # Rung 1: both modes to `at` steps, validated.
-            for mode in modes:
-                if f"{task}:{mode}" in self.models or mode in halving.get("rung", {}):
-                    continue
-                res = yield from self.unit(lambda m=mode: self._mode(task, m, at), f"{task}:{mode}")
-                halving.setdefault("rung", {})[mode] = {
-                    "dice": res.get("val_dice"),
-                    "steps": int(res["steps"]),
-                    "seconds": round(float(res["seconds"]), 2),
-                }
-                # Keep the model as it stands: if it loses, this is its result.
-                yield from self.finish(f"{task}:{mode}", res, mode=mode, task=task)
-                self.models.pop(f"{task}:{mode}")
-                halving.setdefault("provisional", {})[mode] = True
-                self.save_state()
-            if "continue" not in halving:
-                d = {m: halving["rung"][m]["dice"] or 0.0 for m in modes}
-                lead = max(modes, key=lambda m: (d[m], m == "joint"))
-                close = abs(d["joint"] - d["pretrain"]) <= s1.halving_margin
-                halving["continue"] = list(modes) if close else [lead]
-                self.save_state()
-                yield self.log(
-                    {
-                        "type": "halving",
-                        "task": task,
-                        "at_steps": at,
-                        "dice": d,
-                        "continue": halving["continue"],
-                        "reason": (
-                            f"within {s1.halving_margin:g} Dice: both go on"
-                            if close
-                            else f"{lead} leads by {abs(d['joint'] - d['pretrain']):.3f}"
-                        ),
-                    }
-                )
-            for mode in modes:
-                name = f"{task}:{mode}"
-                if name in self.models:
-                    continue
-                if mode in halving["continue"]:
-                    res = yield from self.unit(
-                        lambda m=mode: self._mode(task, m, None), f"{task}:{mode}"
-                    )
-                    yield from self.finish(name, res, mode=mode, task=task)
-                else:
-                    yield from self._halted(task, mode, halving)
-        else:
-            for mode in modes:
-                name = f"{task}:{mode}"
-                if name in self.models:
-                    continue
-                res = yield from self.unit(
-                    lambda m=mode: self._mode(task, m, None), f"{task}:{mode}"
-                )
-                yield from self.finish(name, res, mode=mode, task=task)
-        if f"teacher:{task}" not in self.models:
-            yield from self.select(task, modes)
 
-    def _halted(self, task: str, mode: str, halving: dict) -> Generator[dict, None, None]:
+    def _halving_at(self, task: str) -> int:
+        """The successive-halving step of ``task`` (0: none, both modes train fully)."""
+        at = int(self.plan.steps.get("halving_at") or 0) if len(self._modes()) == 2 else 0
+        full = self._steps(Unit("", str(trained(task, "joint")), "mode", 0, task, "joint"))
+        return at if at and at < full else 0
+
+    def plan_units(self) -> list[Unit]:
+        """What is left to train, in the order one lane trains it, with the dependencies that
+        let several lanes train the rest side by side."""
+        names = plan_for(self.what, self.cfg)
+        units: list[Unit] = []
+        if "baseline" in names and "baseline" not in self.models:
+            units.append(Unit("baseline", "baseline", "baseline", 0))
+        if self.what in ("stage1", "all"):
+            for task in self.cfg.stage1.tasks:
+                units += self._task_units(task)
+            if "all_joint" in names and "all_joint" not in self.models:
+                units.append(Unit("all_joint", "all_joint", "all_joint", 0))
+        if "student" in names and "student" not in self.models:
+            deps = [u.id for u in units if u.kind == "mode"]
+            stage = "retrain" if self.what.startswith("retrain") else "stage2"
+            units.append(Unit("student", "student", "student", 0, deps=deps, stage=stage))
+        return units
+
+    def _task_units(self, task: str) -> list[Unit]:
+        modes, at = self._modes(), self._halving_at(task)
+        rung = self.state.setdefault("halving", {}).get(task, {}).get("rung", {})
+        names = {m: str(trained(task, m)) for m in modes}
+        out = [
+            Unit(f"{names[m]}@rung", names[m], "mode", 0, task, m, pause_at=at)
+            for m in modes
+            if at and names[m] not in self.models and m not in rung
+        ]
+        deps = [f"{names[m]}@rung" for m in modes] if at else []
+        out += [
+            Unit(names[m], names[m], "mode", 0, task, m, deps=deps)
+            for m in modes
+            if names[m] not in self.models
+        ]
+        return out
+
+    def _prepare(self, unit: Unit) -> Generator[dict, None, None]:
+        """Fill in what a unit needs to know at its start: its steps, its pre-training cache,
+        the student's teachers and starting point."""
+        unit.steps = self._steps(unit)
+        self.state.setdefault("unit_steps", {}).setdefault(unit.model, int(unit.steps))
+        if unit.kind == "mode" and unit.mode == "pretrain":
+            file = self._pretext_file(unit.task)
+            unit.pretext_file = None if file is None else str(file)
+            unit.reuse = unit.task in self.state.get("pretext_reuse", []) + self.state.get(
+                "pretext_done", []
+            )
+        if unit.kind != "student":
+            return
+        if self.what == "all":
+            trun, tnames = self.run, [str(teacher(t)) for t in self.cfg.stage1.tasks]
+        else:
+            trun = self.teacher_run
+            tnames = teachers(trun.models())
+        unit.teachers = [[trun.id, n] for n in tnames]
+        if self.what == "retrain-quick":
+            unit.init = [self.student_run.id, "student"]
+        elif self.cfg.stage2.init == "best_teacher":
+            scores = [
+                checkpoints.read_model_meta(trun.model_path(n)).get("metrics", {}).get("mean_dice")
+                or 0.0
+                for n in tnames
+            ]
+            unit.init = [trun.id, tnames[max(range(len(scores)), key=scores.__getitem__)]]
+        self.state["teachers"] = {"run": trun.id, "models": tnames}
+        yield self.log(ev.Note(f"teachers: {', '.join(tnames)}"))
+
+    def _pretext_file(self, task: str) -> Path | None:
+        if not self.cfg.stage1.cache_pretext:
+            return None
+        return pretext_path(self.ws, self.cfg, self.plan, task)
+
+    def _note_pretext(self, unit: Unit) -> None:
+        """Once a task's pre-training exists, a resume (or a later unit) reuses it."""
+        if unit.kind != "mode" or unit.mode != "pretrain" or not unit.pretext_file:
+            return
+        done = self.state.setdefault("pretext_done", [])
+        if Path(unit.pretext_file).is_file() and unit.task not in done:
+            done.append(unit.task)
+            self.save_state()
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def lanes(self) -> int:
+        """Units at once: the config's ``units_at_once``, else one per thread of the plan on a
+        CPU for runs given in steps. A budgeted run trains one unit at a time, as the planner
+        priced it (it times steps at the plan's threads, not at one thread per lane)."""
+        c = self.cfg
+        if c.executor == "inline":
+            return 1
+        if c.units_at_once:
+            return int(c.units_at_once)
+        if c.executor == "ray":
+            return max(1, len(self.plan_units()))
+        if c.budget_s > 0 or self.device.type != "cpu":
+            return 1
+        return max(1, int(self.plan.threads))
+
+    def executor(self, lanes: int) -> Executor:
+        threads = max(1, int(self.plan.threads) // lanes)
+        if self.cfg.executor == "ray":
+            threads = max(1, int(self.cfg.num_threads or 1))
+        ctx = UnitContext(self.ws, self.run, self.cfg, self.plan, self.study, self.device)
+        return make_executor(
+            self.cfg.executor,
+            ctx,
+            self.stop,
+            lanes=lanes,
+            threads=threads,
+            address=self.cfg.ray_address,
+        )
+
+    def train(self, resumed: bool) -> Generator[dict, None, None]:
+        yield self.log(
+            ev.Start(
+                self.run.id,
+                self.what,
+                str(self.device),
+                plan_for(self.what, self.cfg),
+                resumed,
+                self.study.describe(),
+            )
+        )
+        yield self.log(ev.PlanMade(self.plan.to_dict(), self.plan.describe()))
+        for note in self.study.notes:
+            yield self.log(ev.Note(note))
+        lanes = self.lanes()
+        executor = self.executor(lanes)
+        if lanes > 1:
+            yield self.log(
+                ev.Note(
+                    f"{lanes} units at once ({executor.name} executor, "
+                    f"{executor.threads} thread(s) each)"
+                )
+            )
+        try:
+            yield from self.schedule(executor)
+        finally:
+            executor.close()
+
+    def schedule(self, executor: Executor) -> Generator[dict, None, None]:
+        """Train the plan's units on ``executor``, as many at once as it has lanes, each when
+        the units it depends on are done. A failed unit does not stop the others (only those
+        that depend on it); a stop request stops them all, each saving its checkpoint."""
+        pending = self.plan_units()
+        running: dict[str, Unit] = {}
+        failed: dict[str, Any] = {}
+        stopped: list[dict] = []
+        asked = False
+        while pending or running:
+            halt = bool(stopped) or self.stop()
+            if halt and running and not asked:
+                executor.stop()
+                asked = True
+            while not halt and executor.has_room(len(running)):
+                unit = self._ready(pending, running, failed)
+                if unit is None:
+                    break
+                pending.remove(unit)
+                if unit.deps and unit.kind == "mode" and unit.pause_at is None:
+                    if unit.mode not in self.state["halving"][unit.task]["continue"]:
+                        yield from self._halted(unit.task, unit.mode)
+                        yield from self._maybe_select(unit.task)
+                        continue
+                busy = {u.model for u in running.values()}
+                yield from self.rebudget(
+                    [u for u in self.plan.models if u not in self.models and u not in busy]
+                )
+                yield from self._prepare(unit)
+                wall = (
+                    None
+                    if self.deadline is None
+                    else time.time() + self.deadline - time.monotonic()
+                )
+                executor.start(unit, wall)
+                running[unit.id] = unit
+            if not running:
+                break
+            for _uid, event in executor.poll(0.5):
+                yield self.log(event)
+            for uid, result, error in executor.ended():
+                unit = running.pop(uid)
+                self._note_pretext(unit)
+                if error is not None:
+                    failed[uid] = error
+                    yield self.log(ev.Note(f"{unit.model} failed: {error}"))
+                elif result.get("stopped"):
+                    stopped.append(result)
+                else:
+                    yield from self.complete(unit, result)
+        if failed:
+            self.save_state()
+            errors = list(failed.values())
+            if len(errors) == 1 and isinstance(errors[0], BaseException):
+                raise errors[0]  # inline: the unit's own error, as it was raised
+            raise UnitsFailed({u: str(e) for u, e in failed.items()})
+        if stopped:
+            yield self.log(self.stopped(stopped[0]))
+            raise _Stopped()
+
+    @staticmethod
+    def _ready(pending: list[Unit], running: dict, failed: dict) -> Unit | None:
+        waiting = {u.id for u in pending} | set(running) | set(failed)
+        return next((u for u in pending if not waiting.intersection(u.deps)), None)
+
+    # -- what the units' results mean ----------------------------------------------------------
+    def complete(self, unit: Unit, result: dict) -> Generator[dict, None, None]:
+        entry = dict(result["entry"])
+        if unit.kind == "mode" and unit.mode == "pretrain":
+            entry["pretext_cached"] = unit.task in self.state.get("pretext_reuse", [])
+        self.models[unit.model] = entry
+        self.save_state()
+        yield self.log(ev.ModelDone(model=unit.model, **entry))
+        if unit.pause_at is not None:  # a halving rung: kept as it stands until decided
+            halving = self.state["halving"].setdefault(unit.task, {})
+            halving.setdefault("rung", {})[unit.mode] = {
+                "dice": result.get("val_dice"),
+                "steps": int(result["steps"]),
+                "seconds": result["seconds"],
+            }
+            self.models.pop(unit.model)
+            halving.setdefault("provisional", {})[unit.mode] = True
+            self.save_state()
+            if len(halving["rung"]) == len(self._modes()):
+                yield from self._decide(unit.task)
+            return
+        if unit.kind == "mode":
+            yield from self._maybe_select(unit.task)
+
+    def _decide(self, task: str) -> Generator[dict, None, None]:
+        """Successive halving: only the leading mode goes on, unless the two are close."""
+        halving, s1, modes = self.state["halving"][task], self.cfg.stage1, self._modes()
+        if "continue" in halving:
+            return
+        d = {m: halving["rung"][m]["dice"] or 0.0 for m in modes}
+        lead = max(modes, key=lambda m: (d[m], m == "joint"))
+        close = abs(d["joint"] - d["pretrain"]) <= s1.halving_margin
+        halving["continue"] = list(modes) if close else [lead]
+        self.save_state()
+        yield self.log(
+            ev.Halving(
+                task,
+                self._halving_at(task),
+                d,
+                halving["continue"],
+                f"within {s1.halving_margin:g} Dice: both go on"
+                if close
+                else f"{lead} leads by {abs(d['joint'] - d['pretrain']):.3f}",
+            )
+        )
+
+    def _halted(self, task: str, mode: str) -> Generator[dict, None, None]:
         """The losing mode keeps the model and scores it had at the halving point."""
-        name = f"{task}:{mode}"
+        name = str(trained(task, mode))
         meta = checkpoints.read_model_meta(self.run.model_path(name))
         entry = dict(meta["metrics"])
         self.models[name] = entry
         checkpoints.remove_state(self.run.checkpoint_dir, name)
-        n = int(self.unit_cfg(name).stage1.joint_steps)
+        n = self._steps(Unit("", name, "mode", 0, task, mode))
         key = "seg" if mode == "pretrain" else f"task:{task}"
         per = self.plan.timings.get("seg", 0.0) + (
             self.plan.timings.get(key, 0.0) if mode == "joint" else 0.0
@@ -451,23 +532,28 @@ class _Run:
         self.savings["halving_s"] = round(self.savings["halving_s"] + saved, 1)
         self.save_state()
         yield self.log(
-            {
-                "type": "note",
-                "message": f"{name} stopped at step {entry['steps']} of {n} "
-                f"(successive halving), saving about {saved:.0f} s",
-            }
+            ev.Note(
+                f"{name} stopped at step {entry['steps']} of {n} "
+                f"(successive halving), saving about {saved:.0f} s"
+            )
         )
 
+    def _maybe_select(self, task: str) -> Generator[dict, None, None]:
+        modes = self._modes()
+        done = all(str(trained(task, m)) in self.models for m in modes)
+        if done and str(teacher(task)) not in self.models:
+            yield from self.select(task, modes)
+
     def select(self, task: str, modes: list[str]) -> Generator[dict, None, None]:
-        scores = {m: self.models[f"{task}:{m}"]["mean_dice"] for m in modes}
+        scores = {m: self.models[str(trained(task, m))]["mean_dice"] for m in modes}
         mode = stages.select_mode(scores)
-        src = f"{task}:{mode}"
+        src = str(trained(task, mode))
         checkpoints.save_model(
             self.load(src),
-            self.run.model_path(f"teacher:{task}"),
+            self.run.model_path(str(teacher(task))),
             {
                 **self.arch,
-                "name": f"teacher:{task}",
+                "name": str(teacher(task)),
                 "selected_from": src,
                 "metrics": self.models[src],
                 "postprocess": self.models[src].get("postprocess", "none"),
@@ -475,13 +561,13 @@ class _Run:
                 "seed": self.cfg.seed,
             },
         )
-        self.models[f"teacher:{task}"] = {**self.models[src], "mode": mode}
+        self.models[str(teacher(task))] = {**self.models[src], "mode": mode}
         rung = self.state.get("halving", {}).get(task, {})
         self.selected[task] = {
             "mode": mode,
             "joint": scores.get("joint"),
             "pretrain": scores.get("pretrain"),
-            "steps": {m: self.models[f"{task}:{m}"]["steps"] for m in modes},
+            "steps": {m: self.models[str(trained(task, m))]["steps"] for m in modes},
         }
         if rung.get("rung"):
             self.selected[task]["halving"] = {
@@ -489,75 +575,14 @@ class _Run:
                 "dice": {m: r["dice"] for m, r in rung["rung"].items()},
                 "continued": rung.get("continue"),
             }
-        pre = self.models.get(f"{task}:pretrain", {})
+        pre = self.models.get(str(trained(task, "pretrain")), {})
         if pre.get("pretext_cached"):
             per = self.plan.timings.get(f"task:{task}", 0.0)
             self.savings["pretext_cache_s"] = round(
                 self.savings["pretext_cache_s"] + per * int(pre.get("pretext_steps", 0)), 1
             )
         self.save_state()
-        yield self.log({"type": "selected", "task": task, **self.selected[task]})
-
-    def all_joint(self) -> Generator[dict, None, None]:
-        if "all_joint" in self.models:
-            return
-        res = yield from self.unit(
-            lambda: stages.all_joint(
-                self.cfg.stage1.tasks,
-                self.study,
-                self.unit_cfg("all_joint"),
-                self.device,
-                self.run.checkpoint_dir,
-                self.stop,
-                deadline=self.deadline,
-            ),
-            "all_joint",
-        )
-        yield from self.finish("all_joint", res, mode="joint", task="all")
-
-    def student(self, teacher_run, student_run) -> Generator[dict, None, None]:
-        if "student" in self.models:
-            return
-        cfg = self.unit_cfg("student")
-        if self.what == "all":
-            tnames = [f"teacher:{t}" for t in cfg.stage1.tasks]
-            trun = self.run
-        else:
-            trun = teacher_run
-            tnames = [m for m in trun.models() if m.startswith("teacher:")]
-        teachers = [self.load(n, trun) for n in tnames]
-        init = None
-        steps = cfg.stage2.steps
-        if self.what == "retrain-quick":
-            init = self.load("student", student_run)
-            steps = cfg.stage2.retrain_steps
-        elif cfg.stage2.init == "best_teacher":
-            scores = [
-                checkpoints.read_model_meta(trun.model_path(n)).get("metrics", {}).get("mean_dice")
-                or 0.0
-                for n in tnames
-            ]
-            init = teachers[max(range(len(scores)), key=scores.__getitem__)]
-        self._remember_steps("student", steps)
-        yield self.log({"type": "note", "message": f"teachers: {', '.join(tnames)}"})
-        res = yield from self.unit(
-            lambda: stages.student(
-                teachers,
-                self.study,
-                cfg,
-                self.device,
-                self.run.checkpoint_dir,
-                self.stop,
-                init=init,
-                steps=steps,
-                stage="retrain" if self.what.startswith("retrain") else "stage2",
-                deadline=self.deadline,
-            ),
-            "student",
-        )
-        yield from self.finish("student", res, mode=None, task=None)
-        self.state["teachers"] = {"run": trun.id, "models": tnames}
-        self.save_state()
+        yield self.log(ev.Selected(task=task, **self.selected[task]))
 
     def report(self) -> Generator[dict, None, dict]:
         """The run's report (``metrics.json``) and its round in the workspace history."""
@@ -597,7 +622,7 @@ class _Run:
         self.run.write_metrics(report)
         self.save_state()
         self.run.set_status("done")
-        yield self.log({"type": "done", "run": self.run.id, "round": rnd})
+        yield self.log(ev.Done(self.run.id, rnd))
         return report
 
 
@@ -673,18 +698,23 @@ def _open_resumed(ws: Any, resume: str, what: str):
             f"{owner.get('host')}); stop it first"
         )
     state = _read_json(run.path / "pipeline.json", {})
-    pd = _read_json(run.path / "plan.json", None)
-    if not isinstance(pd, dict):
-        raise ValueError(f"run {resume} has no plan.json; it cannot be resumed")
-    the_plan = Plan.from_dict(pd)
+    the_plan = read_plan(run)
     cfg = ExperimentConfig.from_dict(run.config)
     device = resolve_device(cfg.device)
-    study = _open_study(ws, the_plan, cfg, device, cfg.num_threads or the_plan.threads)
+    study = open_study(ws, the_plan, cfg, device, cfg.num_threads or the_plan.threads)
     run.set_status("running")
     return run, cfg, the_plan, study, state
 
 
-def _open_study(ws: Any, the_plan: Plan, cfg: ExperimentConfig, device: Any, threads: int):
+def read_plan(run: Any) -> Plan:
+    """The plan a run was trained with (``plan.json``)."""
+    pd = _read_json(run.path / "plan.json", None)
+    if not isinstance(pd, dict):
+        raise ValueError(f"run {run.id} has no plan.json; it cannot be resumed")
+    return Plan.from_dict(pd)
+
+
+def open_study(ws: Any, the_plan: Plan, cfg: ExperimentConfig, device: Any, threads: int):
     """The training data of a run in its plan's shape, with the plan's CPU threads set."""
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -736,7 +766,7 @@ def _start_new(
         allocate_steps=False,
     )
     shaped = the_plan.apply(cfg)
-    study = _open_study(ws, the_plan, shaped, device, shaped.num_threads)
+    study = open_study(ws, the_plan, shaped, device, shaped.num_threads)
     if not study.labelled_slices():
         raise ValueError(no_labelled_data_message())
     if what in ("stage1", "all"):
@@ -761,6 +791,20 @@ def _start_new(
     return run, cfg, the_plan, study, state
 
 
+def _previous_runs(ws: Any, what: str) -> tuple[Any, Any]:
+    """(teachers' run, student's run) a run of ``what`` builds on; a clear error if missing."""
+    teacher_run = student_run = None
+    if what in ("stage2", "retrain-quick", "retrain-stage2"):
+        teacher_run = _teachers_run(ws)
+        if teacher_run is None:
+            raise ValueError(f"{what} needs the teachers of a finished stage 1; run stage 1 first")
+        if what == "retrain-quick":
+            student_run = find_model(ws, "student")
+            if student_run is None:
+                raise ValueError("retrain-quick needs a trained student; run stage 2 first")
+    return teacher_run, student_run
+
+
 def run_training(
     workspace: Any,
     config: ExperimentConfig,
@@ -780,67 +824,33 @@ def run_training(
     """
     if what not in WHATS:
         raise ValueError(f"what must be one of {', '.join(WHATS)}; got {what!r}")
-    ws = workspace
     t_start = time.monotonic()
-    stop = stop or (lambda: False)
-    teacher_run = student_run = None
-    if what in ("stage2", "retrain-quick", "retrain-stage2"):
-        teacher_run = _teachers_run(ws)
-        if teacher_run is None:
-            raise ValueError(f"{what} needs the teachers of a finished stage 1; run stage 1 first")
-        if what == "retrain-quick":
-            student_run = find_model(ws, "student")
-            if student_run is None:
-                raise ValueError("retrain-quick needs a trained student; run stage 2 first")
+    teacher_run, student_run = _previous_runs(workspace, what)
+    if config.executor == "ray" and not resume:  # an unreachable cluster: say so before training
+        from .executors import connect
 
+        connect(config.ray_address)
     # The first event comes at once (the docks and the CLI show activity while the data are
-    # read, the plan is made and a few steps are timed: seconds, longer on a first run).
-    yield {  # a transient status: the CLI shows it on a terminal only, the docks in their line
-        "type": "status",
-        "message": "resuming: reading the data"
+    # read, the plan is made and a few steps are timed: seconds, longer on a first run); a
+    # transient status: the CLI shows it on a terminal only, the docks in their line.
+    yield ev.Status(
+        "resuming: reading the data"
         if resume
-        else "planning: reading the data and timing a few steps on this machine",
-    }
+        else "planning: reading the data and timing a few steps on this machine"
+    ).to_dict()
     if resume:
-        run, cfg, the_plan, study, state = _open_resumed(ws, resume, what)
-        device = resolve_device(cfg.device)
+        run, cfg, the_plan, study, state = _open_resumed(workspace, resume, what)
     else:
-        run, cfg, the_plan, study, state = _start_new(ws, config, what, plan, interactive, t_start)
-        device = resolve_device(cfg.device)
-
+        run, cfg, the_plan, study, state = _start_new(
+            workspace, config, what, plan, interactive, t_start
+        )
     # The budget counts from the call: planning and preparing the data are part of the run.
     state["elapsed_s"] = float(state.get("elapsed_s", 0.0)) + time.monotonic() - t_start
-    r = _Run(ws, run, cfg, the_plan, study, device, stop, state, what)
+    device = resolve_device(cfg.device)
+    r = _Run(workspace, run, cfg, the_plan, study, device, stop or (lambda: False), state, what)
+    r.teacher_run, r.student_run = teacher_run, student_run
     try:
-        yield r.log(
-            {
-                "type": "start",
-                "run": run.id,
-                "what": what,
-                "device": str(device),
-                "plan": plan_for(what, cfg),
-                "resumed": bool(resume),
-                "data": study.describe(),
-            }
-        )
-        yield r.log({"type": "plan", "plan": the_plan.to_dict(), "describe": the_plan.describe()})
-        for note in study.notes:
-            yield r.log({"type": "note", "message": note})
-        units = plan_for(what, cfg)
-        todo = [u for u in the_plan.models if u not in r.models]
-        if "baseline" in units:
-            yield from r.rebudget(todo)
-            yield from r.baseline()
-        if what in ("stage1", "all"):
-            for task in cfg.stage1.tasks:
-                todo = [u for u in the_plan.models if u not in r.models]
-                yield from r.rebudget(todo)
-                yield from r.stage1_task(task)
-            if "all_joint" in units:
-                yield from r.all_joint()
-        if "student" in units:
-            yield from r.rebudget([u for u in the_plan.models if u not in r.models])
-            yield from r.student(teacher_run, student_run)
+        yield from r.train(resumed=bool(resume))
     except _Stopped:
         return {"stopped": True, "run": run.id}
     except BaseException as exc:
@@ -849,7 +859,6 @@ def run_training(
         r.save_state()
         run.set_status(status, error=str(exc) or type(exc).__name__)
         raise
-
     return (yield from r.report())
 
 

@@ -255,27 +255,80 @@ class _Checkpoint:
             checkpoints.remove_state(self.dir, self.name)
 
 
-def _step(spec: UnitSpec, inputs: _Inputs, opt, scaler, params, precision, cfg, device) -> dict:
-    """One optimiser step over the terms; returns each term's loss and the total."""
+class _Optimiser:
+    """The unit's trainable modules (the network's and each term's) under one AdamW, with the
+    precision and the loss scaler of the device."""
+
+    def __init__(self, spec: UnitSpec, net: torch.nn.Module, cfg: ExperimentConfig, device):
+        self.modules = {"net": net.to(device).train()}
+        for term in spec.terms:
+            self.modules.update(term.to(device).modules())
+        self.params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
+        self.precision = resolve_precision(device, cfg.optim.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+
+
+class _Validation:
+    """Validation Dice every ``spec.eval_every`` steps (default: halfway) and at the end."""
+
+    def __init__(self, spec: UnitSpec, net, study: StudyData, cfg, device, precision: str):
+        self.on = spec.evaluate and bool(study.val)
+        self.every = spec.eval_every or max(1, spec.steps // 2)
+        self.net, self.study, self.cfg, self.device = net, study, cfg, device
+        self.precision = precision
+
+    def due(self, step: int, total: int) -> bool:
+        return self.on and (step % self.every == 0 or step == total)
+
+    def scores(self, hd95: bool) -> dict[str, Any]:
+        out = evaluate(
+            self.net,
+            self.study.val,
+            self.study,
+            self.device,
+            precision=self.precision,
+            overlap=self.cfg.data.infer_overlap,
+            hd95=hd95,
+        )
+        self.net.train()
+        return out
+
+
+def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, step: int):
+    """One optimiser step over the terms; returns each term's loss and the total, and the
+    learning rate. Every random source is seeded from (seed, step)."""
+    torch.manual_seed((cfg.seed * 1_000_003 + step) % (2**63))
+    gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729) % (2**63))
+    lr = _lr(cfg, step, spec.steps)
+    for g in o.opt.param_groups:
+        g["lr"] = lr
+    inputs = _Inputs(net, streams, cfg, gen, device)
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=device)
-    with autocast(device, precision):
+    with autocast(device, o.precision):
         for term in spec.terms:
             loss = term.loss(inputs)
             parts[term.name] = loss
             total = total + term.weight * loss
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
+    o.opt.zero_grad(set_to_none=True)
+    o.scaler.scale(total).backward()
     if cfg.optim.grad_clip > 0:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-    scaler.step(opt)
-    scaler.update()
+        o.scaler.unscale_(o.opt)
+        torch.nn.utils.clip_grad_norm_(o.params, cfg.optim.grad_clip)
+    o.scaler.step(o.opt)
+    o.scaler.update()
     for term in spec.terms:
-        term.after_step(inputs.net)
+        term.after_step(net)
     vals = {k: float(v.detach()) for k, v in parts.items()}
     vals["total"] = float(total.detach())
-    return vals
+    if not all(math.isfinite(v) for v in vals.values()):
+        raise FloatingPointError(
+            f"{spec.name}: the loss became {vals} at step {step + 1}; lower optim.lr"
+        )
+    return vals, lr
 
 
 def train_unit(
@@ -297,94 +350,48 @@ def train_unit(
     ``deadline`` (``time.monotonic()``): past it the unit ends where it is, as finished, so a
     run on a machine that slowed down still ends within its budget.
     """
-    stop = stop or (lambda: False)
-    modules = {"net": net.to(device).train()}
-    for term in spec.terms:
-        modules.update(term.to(device).modules())
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    precision = resolve_precision(device, cfg.optim.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ckpt = _Checkpoint(ckpt_dir, spec.name, modules, opt, scaler, cfg.checkpoint_every_s)
+    o = _Optimiser(spec, net, cfg, device)
+    ckpt = _Checkpoint(ckpt_dir, spec.name, o.modules, o.opt, o.scaler, cfg.checkpoint_every_s)
     start, elapsed0, val = ckpt.restore()
     if start:
         yield Resumed(spec.model or spec.name, start).to_dict()
-    validating = spec.evaluate and bool(study.val)
-    every = spec.eval_every or max(1, spec.steps // 2)
+    check = _Validation(spec, net, study, cfg, device, o.precision)
     t0 = time.perf_counter()
     streams = _Streams(spec, study, cfg, start, device.type == "cuda")
     ema: dict[str, float] = {}
     final, step, ended_early = None, start, False
-
-    def scores(hd95: bool) -> dict[str, Any]:
-        out = evaluate(
-            net,
-            study.val,
-            study,
-            device,
-            precision=precision,
-            overlap=cfg.data.infer_overlap,
-            hd95=hd95,
-        )
-        net.train()
-        return out
-
     try:
         while step < spec.steps:
             elapsed = elapsed0 + time.perf_counter() - t0
-            if stop():
+            if stop is not None and stop():
                 ckpt.save(step, elapsed, val)
                 return {"stopped": True, "step": step, "name": spec.name}
             if pause_at is not None and step >= pause_at:
-                m = scores(hd95=True) if validating else None
+                m = check.scores(hd95=True) if check.on else None
                 ckpt.save(step, elapsed0 + time.perf_counter() - t0, val)
-                return {
-                    "stopped": False,
-                    "paused": True,
-                    "steps": step,
-                    "metrics": m,
-                    "seconds": elapsed0 + time.perf_counter() - t0,
-                    "val_dice": None if m is None else m["mean_dice"],
-                    "losses": ema,
-                }
+                v = None if m is None else m["mean_dice"]
+                seconds = elapsed0 + time.perf_counter() - t0
+                return {"stopped": False, "paused": True, "steps": step, "metrics": m,
+                        "seconds": seconds, "val_dice": v, "losses": ema}  # fmt: skip
             if deadline is not None and step > start and time.monotonic() > deadline:
                 ended_early = True
                 break
             if step > start and ckpt.due():
                 ckpt.save(step, elapsed, val)
-            torch.manual_seed((cfg.seed * 1_000_003 + step) % (2**63))
-            gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729) % (2**63))
-            lr = _lr(cfg, step, spec.steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            inputs = _Inputs(net, streams, cfg, gen, device)
-            vals = _step(spec, inputs, opt, scaler, params, precision, cfg, device)
+            vals, lr = _step(spec, net, streams, o, cfg, device, step)
             step += 1
-            if not all(math.isfinite(v) for v in vals.values()):
-                raise FloatingPointError(
-                    f"{spec.name}: the loss became {vals} at step {step}; lower optim.lr"
-                )
             for k, v in vals.items():
                 ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
-            if validating and (step % every == 0 or step == spec.steps):
-                # The last validation is the model's report (with HD95), so the pipeline
-                # does not evaluate the same network again.
-                got = scores(hd95=step == spec.steps)
+            if check.due(step, spec.steps):  # the last one (with HD95) is the model's report
+                got = check.scores(hd95=step == spec.steps)
                 val, final = got["mean_dice"], got if step == spec.steps else final
             yield _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s)
-        if ended_early and validating:
-            final = scores(hd95=True)
+        if ended_early and check.on:
+            final = check.scores(hd95=True)
             val = final["mean_dice"]
-        result = {
-            "stopped": False,
-            "ended_early": ended_early,
-            "steps": step,
-            "seconds": elapsed0 + time.perf_counter() - t0,
-            "losses": ema,
-            "val_dice": val,
-            "metrics": final,
-            "data_wait_s": streams.wait_s,
-        }
+        result = {"stopped": False, "ended_early": ended_early, "steps": step, "val_dice": val,
+                  "seconds": elapsed0 + time.perf_counter() - t0, "losses": ema,
+                  "metrics": final, "data_wait_s": streams.wait_s}  # fmt: skip
     finally:
         streams.close()
     ckpt.remove()

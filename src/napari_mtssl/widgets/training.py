@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -14,6 +13,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -22,7 +22,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_mtssl.widgets._jobs import JobProgressPanel, event_loss, event_run_name
+if TYPE_CHECKING:
+    from napari_mtssl.api import TaskInfo
+
+from napari_mtssl import events as ev
+from napari_mtssl import ids
+from napari_mtssl.widgets._jobs import JobProgressPanel
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets.study import report_errors
 
@@ -40,23 +45,14 @@ BUDGETS = (
 )
 DEFAULT_BUDGET = "1 h"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+EXECUTOR_CHOICES = (("this computer", "local"), ("a Ray cluster", "ray"))
 TRAIN_BUTTONS = (("stage1", "Train stage 1"), ("stage2", "Train stage 2"), ("all", "Train all"))
 RESULT_COLUMNS = ["Model", "joint", "pre-train", "chosen", "val Dice"]
 
 
-def _info(info: Any, name: str, default: Any = None) -> Any:
-    return info.get(name, default) if isinstance(info, dict) else getattr(info, name, default)
-
-
-def task_defaults(info: Any) -> dict[str, Any]:
-    """A task's settings and their defaults: TaskInfo.config (a dict, or a config dataclass)."""
-    config = _info(info, "config")
-    if isinstance(config, dict):
-        return dict(config)
-    if config is not None and dataclasses.is_dataclass(config):
-        obj = config() if isinstance(config, type) else config
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return {}
+def task_defaults(info: TaskInfo) -> dict[str, Any]:
+    """A task's settings and their defaults."""
+    return dict(info.config)
 
 
 def plan_lines(plan: dict) -> list[str]:
@@ -85,7 +81,7 @@ def plan_rows(plan: dict) -> list[tuple[str, str, str]]:
     for m in plan.get("models", []):
         key = "student" if m == "student" else ("retrain" if "retrain" in m else "seg")
         n = f"{steps.get(key, '?')}"
-        if m.endswith(":pretrain"):
+        if ids.ModelId.is_valid(m) and ids.ModelId.parse(m).mode == "pretrain":
             n += f" + {steps.get('pretext', '?')} pre-training"
         rows.append((m, n, _minutes(est.get(m, 0.0)) if m in est else ""))
     return rows
@@ -107,15 +103,15 @@ class TaskRow(QWidget):
         from magicgui.widgets import Container, create_widget
 
         super().__init__(parent)
-        self.name = str(_info(info, "name"))
-        summary = str(_info(info, "summary", "") or "")
+        self.name = info.name
+        summary = info.summary
         self.checkbox = QCheckBox(f"{self.name}: {summary}" if summary else self.name)
         self.checkbox.setChecked(checked)
         tip = summary
-        if _info(info, "needs_labels"):
+        if info.needs_labels:
             tip += "\n(uses the labels that exist)"
-        if _info(info, "level"):
-            tip += f"\nshares the {_info(info, 'level')} level of the network"
+        if info.level:
+            tip += f"\nshares the {info.level} level of the network"
         self.checkbox.setToolTip(tip.strip())
         self.warning = QLabel("")
         self.warning.setStyleSheet("color: #e0a040;")
@@ -197,7 +193,7 @@ class TrainingWidget(QWidget):
         task_box = QGroupBox("Auxiliary tasks")
         task_layout = QVBoxLayout(task_box)
         for info in infos:
-            row = TaskRow(info, checked=str(_info(info, "name")) in default_tasks)
+            row = TaskRow(info, checked=info.name in default_tasks)
             row.checkbox.toggled.connect(lambda _c: self.check_tasks())
             self.task_rows[row.name] = row
             task_layout.addWidget(row)
@@ -222,11 +218,31 @@ class TrainingWidget(QWidget):
         )
         self.device = QComboBox()
         self.device.addItems(DEVICES)
+        self.executor = QComboBox()
+        for text, value in EXECUTOR_CHOICES:
+            self.executor.addItem(text, value)
+        self.executor.setToolTip(
+            "Where the models train: on this computer (several at once when the run is given "
+            "in steps), or as tasks on a Ray cluster that already runs (pip install "
+            "'napari-mtssl[ray]'; the workspace must be on storage every node sees)"
+        )
+        self.ray_address = QLineEdit()
+        self.ray_address.setPlaceholderText("Ray address: auto or ray://host:port")
+        self.ray_address.setVisible(False)
+        self.executor.currentIndexChanged.connect(
+            lambda _i: self.ray_address.setVisible(self.executor.currentData() == "ray")
+        )
+        runs_on = QWidget()
+        runs_on_layout = QVBoxLayout(runs_on)
+        runs_on_layout.setContentsMargins(0, 0, 0, 0)
+        runs_on_layout.addWidget(self.executor)
+        runs_on_layout.addWidget(self.ray_address)
         settings = QGroupBox("Settings")
         form = QFormLayout(settings)
         form.addRow("Modes", self.mode)
         form.addRow("Time budget", self.budget)
         form.addRow("Device", self.device)
+        form.addRow("Runs on", runs_on)
 
         # buttons + progress -------------------------------------------------------------------
         self.train_buttons: dict[str, QPushButton] = {}
@@ -345,7 +361,10 @@ class TrainingWidget(QWidget):
             "device": self.device.currentText(),
             "stage1__tasks": self.selected_tasks(),
             "stage1__modes": self.mode.currentData(),
+            "executor": self.executor.currentData(),
         }
+        if self.executor.currentData() == "ray":
+            overrides["ray_address"] = self.ray_address.text().strip() or None
         task_options = {n: r.overrides() for n, r in self.task_rows.items() if r.checked}
         task_options = {n: o for n, o in task_options.items() if o}
         if task_options:
@@ -528,31 +547,26 @@ class TrainingWidget(QWidget):
         self._curves.clear()
 
     def _on_event(self, event: dict) -> None:
-        if event.get("type") == "plan" and isinstance(event.get("plan"), dict):
-            self.show_plan(event["plan"])
+        e = ev.parse(event)
+        if isinstance(e, ev.PlanMade):
+            self.show_plan(e.plan)
             return
-        if event.get("type") not in (None, "progress", "eval", "val"):
+        if not isinstance(e, ev.Progress):
             return
-        name = event_run_name(event)
         s = self._series.setdefault(
-            name, {"x": [], "loss": [], "dx": [], "dice": [], "offset": 0.0}
+            e.model, {"x": [], "loss": [], "dx": [], "dice": [], "offset": 0.0}
         )
-        step = event.get("step")
-        if step is None:
-            return
         # A pre-trained model restarts its step count for fine-tuning: place those steps after
         # the pre-training ones, from the events' own phase (not from their arrival order).
-        if event.get("mode") == "pretrain" and event.get("total"):
-            s["offset"] = max(s["offset"], float(event["total"]))
-        x = float(step) + (s["offset"] if event.get("mode") == "finetune" else 0.0)
-        loss = event_loss(event)
-        if loss is not None and loss > 0:
+        if e.mode == "pretrain" and e.total:
+            s["offset"] = max(s["offset"], float(e.total))
+        x = float(e.step) + (s["offset"] if e.mode == "finetune" else 0.0)
+        if e.loss is not None and e.loss > 0:
             s["x"].append(x)
-            s["loss"].append(loss)
-        dice = event.get("val_dice")
-        if dice is not None and (not s["dice"] or float(dice) != s["dice"][-1]):
+            s["loss"].append(e.loss)
+        if e.val_dice is not None and (not s["dice"] or e.val_dice != s["dice"][-1]):
             s["dx"].append(x)
-            s["dice"].append(float(event["val_dice"]))
+            s["dice"].append(e.val_dice)
         if not self._redraw.isActive():
             self._redraw.start()
 
@@ -602,9 +616,14 @@ class TrainingWidget(QWidget):
             rounds = api.history(ws)
         except Exception:  # noqa: BLE001 - an empty or old workspace simply shows no results
             return
-        for entry in reversed(list(rounds)):
-            if isinstance(entry, dict) and entry.get("models"):
-                self.show_results(entry)
+        # the newest round whose run's report is readable (a run folder may have been deleted)
+        for entry in reversed(rounds):
+            try:
+                report = ws.run(entry.run).metrics() if entry.run else None
+            except Exception:  # noqa: BLE001 - a missing or damaged run: look further back
+                continue
+            if report and report.get("models"):
+                self.show_results(report)
                 return
 
     def show_results(self, result: dict) -> None:

@@ -1,0 +1,229 @@
+"""A run as a plan of units: what each model's training is, what it waits for, and how one
+unit trains wherever an executor runs it.
+
+A :class:`Unit` is JSON: the kind of model (``baseline``, a task in one ``mode``, ``all_joint``,
+``student``), the steps it trains, and for successive halving the step it pauses at. Units do
+not share memory: one reads the run's config and plan and the workspace's prepared data, trains,
+and writes its model (safetensors + sidecar with its scores) into the run; its result is a small
+JSON dict. So the same unit runs in the run's own process (the inline executor), in a process of
+its own beside others (local), or on another machine of a Ray cluster that sees the workspace.
+
+What depends on what (the pipeline's scheduler reads ``deps``): a task's two modes train
+independently up to the halving point; the continuation of each waits for both (the decision);
+the student waits for the teachers it distils. Selecting a task's teacher is a copy the
+scheduler does itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_mtssl.ids import ModelId
+
+from . import checkpoints, stages
+from .config import ExperimentConfig
+from .trainer import evaluate
+
+__all__ = ["Unit", "UnitContext", "train", "unit_job"]
+
+
+@dataclass
+class Unit:
+    """One model's training, as the scheduler hands it to an executor.
+
+    ``id``: unique in the run (``sdm:joint@rung`` for the halving rung); ``model``: the model it
+    writes; ``kind``: baseline | mode | all_joint | student; ``steps``: its step count (fixed
+    once it started: the learning-rate schedule depends on it); ``pause_at``: the halving step;
+    ``deps``: unit ids it waits for. Pre-training: ``pretext_file`` (the workspace cache entry,
+    or None) and ``reuse``. Student: ``teachers`` and ``init`` as ``[run id, model]`` pairs.
+    """
+
+    id: str
+    model: str
+    kind: str
+    steps: int
+    task: str | None = None
+    mode: str | None = None
+    pause_at: int | None = None
+    deps: list[str] = field(default_factory=list)
+    pretext_file: str | None = None
+    reuse: bool = False
+    teachers: list[list[str]] = field(default_factory=list)
+    init: list[str] | None = None
+    stage: str = "stage2"  # the student's: stage2 | retrain
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Unit:
+        return cls(**d)
+
+
+@dataclass
+class UnitContext:
+    """What a unit trains with: the workspace, its run, the run's config and plan, the data."""
+
+    ws: Any
+    run: Any
+    cfg: ExperimentConfig
+    plan: Any
+    study: Any
+    device: torch.device
+
+    def load(self, run_id: str, model: str) -> torch.nn.Module:
+        src = self.run if run_id == self.run.id else self.ws.run(run_id)
+        net, _ = checkpoints.load_model(src.model_path(model), self.device)
+        return net
+
+
+def _unit_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
+    """The run's config with this unit's step count in every place a stage reads it."""
+    c = ExperimentConfig.from_dict(cfg.to_dict())
+    c.baseline.steps = c.stage1.joint_steps = c.stage1.finetune_steps = steps
+    c.stage2.steps = c.stage2.retrain_steps = steps
+    return c
+
+
+def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, None, dict]:
+    """The stage that trains ``unit`` (a generator returning its result with the network)."""
+    cfg = _unit_cfg(ctx.cfg, unit.steps)
+    ckpt = ctx.run.checkpoint_dir
+    args = (ctx.study, cfg, ctx.device, ckpt, stop)
+    if unit.kind == "baseline":
+        return stages.baseline(*args, deadline=deadline)
+    if unit.kind == "all_joint":
+        return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline)
+    if unit.kind == "mode" and unit.mode == "joint":
+        return stages.joint(unit.task, *args, pause_at=unit.pause_at, deadline=deadline)
+    if unit.kind == "mode" and unit.mode == "pretrain":
+        return stages.pretrain(
+            unit.task,
+            *args,
+            pretext_file=Path(unit.pretext_file) if unit.pretext_file else None,
+            reuse=unit.reuse,
+            pause_at=unit.pause_at,
+            deadline=deadline,
+        )
+    if unit.kind == "student":
+        teachers = [ctx.load(r, m) for r, m in unit.teachers]
+        init = ctx.load(*unit.init) if unit.init else None
+        return stages.student(
+            teachers, *args, init=init, steps=unit.steps, stage=unit.stage, deadline=deadline
+        )
+    raise ValueError(f"unit {unit.id}: unknown kind {unit.kind!r}")
+
+
+def train(
+    ctx: UnitContext, unit: Unit, stop: Callable[[], bool], deadline: float | None = None
+) -> Generator[dict, None, dict]:
+    """Train one unit, save its model with its scores; yields events, returns a JSON result.
+
+    ``deadline``: wall-clock time (``time.time()``, comparable across processes and, with
+    synchronised clocks, machines) past which the unit ends where it is. A stop request returns
+    ``{"stopped": True, ...}`` with the unit's checkpoint saved; a damaged resumable checkpoint
+    of the unit is set aside and the unit starts again.
+    """
+    mono = None if deadline is None else time.monotonic() + (deadline - time.time())
+    try:
+        res = yield from _generator(ctx, unit, stop, mono)
+    except checkpoints.ModelFileError as exc:
+        bad = Path(str(exc.path))
+        if ctx.run.checkpoint_dir.resolve() not in bad.resolve().parents:
+            raise
+        for f in (bad.with_suffix(".json"), bad.with_suffix(".safetensors")):
+            f.unlink(missing_ok=True)
+        yield {"type": "note", "message": f"{exc}; {unit.model} starts again"}
+        res = yield from _generator(ctx, unit, stop, mono)
+    if res["stopped"]:
+        return {"stopped": True, "step": res.get("step"), "name": res.get("name")}
+    entry = _save(ctx, unit, res)
+    return {
+        "stopped": False,
+        "paused": bool(res.get("paused")),
+        "entry": entry,
+        "val_dice": res.get("val_dice"),
+        "steps": int(res["steps"]),
+        "seconds": round(float(res["seconds"]), 2),
+    }
+
+
+def _save(ctx: UnitContext, unit: Unit, res: dict) -> dict:
+    """The model file with its sidecar (architecture, preprocessing, scores), and its entry in
+    the run's report."""
+    net = res["net"]
+    cfg = ctx.cfg
+    m = res.get("metrics") or evaluate(
+        net,
+        ctx.study.val,
+        ctx.study,
+        ctx.device,
+        precision=cfg.optim.precision,
+        overlap=cfg.data.infer_overlap,
+        hd95=True,
+    )
+    mid = ModelId.parse(unit.model)
+    entry = {
+        "dice": m["dice"],
+        "mean_dice": m["mean_dice"],
+        "hd95": m["hd95"],
+        "steps": int(res["steps"]),
+        "seconds": round(float(res["seconds"]), 2),
+        "mode": mid.mode or ("joint" if unit.kind == "all_joint" else None),
+        "task": mid.task or ("all" if unit.kind == "all_joint" else None),
+    }
+    if res.get("pretext_steps"):
+        entry["pretext_steps"] = int(res["pretext_steps"])
+        entry["pretext_cached"] = False  # the scheduler knows whether the run reused it
+    if res.get("paused"):
+        entry["halted_by"] = "successive halving"
+    if res.get("ended_early"):
+        entry["ended_early"] = "budget"
+    entry["postprocess"] = m.get("postprocess", "none")
+    entry["raw_mean_dice"] = m.get("raw_mean_dice", m["mean_dice"])
+    checkpoints.save_model(
+        net,
+        ctx.run.model_path(unit.model),
+        {
+            **stages.arch_meta(cfg, ctx.study),
+            "name": unit.model,
+            "metrics": entry,
+            "postprocess": entry["postprocess"],
+            "run": ctx.run.id,
+            "seed": cfg.seed,
+        },
+    )
+    return entry
+
+
+def unit_job(
+    workspace: str,
+    run: str,
+    unit: dict,
+    threads: int = 1,
+    deadline: float | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Generator[dict, None, dict]:
+    """JSON-able entry point of a unit in a process of its own (local and Ray executors): opens
+    the workspace, the run's config and plan and the prepared data, then :func:`train`."""
+    from napari_mtssl.workspace import Workspace
+
+    from .inference import resolve_device
+    from .pipeline import open_study, read_plan
+
+    ws = Workspace.open(workspace)
+    r = ws.run(run)
+    cfg = ExperimentConfig.from_dict(r.config)
+    plan = read_plan(r)
+    device = resolve_device(cfg.device)
+    study = open_study(ws, plan, cfg, device, threads)
+    ctx = UnitContext(ws, r, cfg, plan, study, device)
+    result = yield from train(ctx, Unit.from_dict(unit), stop or (lambda: False), deadline)
+    return result
