@@ -157,3 +157,20 @@ def test_a_killed_worker_loses_only_its_unit_since_its_checkpoint(tmp_path):
     )
     assert first[0] > 1  # went on from its checkpoint, not from the start
     assert set(ws.run(run.id).finished_models()) >= {"teacher:sdm", "teacher:rubik"}
+
+
+def test_a_stop_between_two_units_stops_the_run(tmp_path):
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    cfg = api.make_config("tiny", device="cpu", executor="inline")
+    done: list[str] = []
+
+    def on(e: dict) -> None:
+        if e["type"] == "model_done":
+            done.append(e["model"])
+
+    res = api.run(run_training(ws, cfg, "stage1", stop=lambda: bool(done)), on)
+    assert res["stopped"] is True and done == ["sdm:joint"]
+    (run,) = ws.runs()
+    assert run.status == "stopped" and run.finished_models() == ["sdm:joint"]
+    report = api.run(run_training(ws, cfg, "stage1", resume=run.id))
+    assert set(report["selected"]) == {"sdm", "rubik"} and run.status == "done"

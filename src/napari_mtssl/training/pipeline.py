@@ -425,6 +425,7 @@ class _Run:
                     break
                 pending.remove(unit)
                 if unit.deps and unit.kind == "mode" and unit.pause_at is None:
+                    yield from self._decide(unit.task)  # (made already, unless interrupted)
                     if unit.mode not in self.state["halving"][unit.task]["continue"]:
                         yield from self._halted(unit.task, unit.mode)
                         yield from self._maybe_select(unit.task)
@@ -461,8 +462,8 @@ class _Run:
             if len(errors) == 1 and isinstance(errors[0], BaseException):
                 raise errors[0]  # inline: the unit's own error, as it was raised
             raise UnitsFailed({u: str(e) for u, e in failed.items()})
-        if stopped:
-            yield self.log(self.stopped(stopped[0]))
+        if stopped or pending:  # pending without a failure: stopped between two units
+            yield self.log(self.stopped(stopped[0] if stopped else {"name": pending[0].model}))
             raise _Stopped()
 
     @staticmethod
