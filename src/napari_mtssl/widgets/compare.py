@@ -404,8 +404,6 @@ class CompareWidget(QWidget):
         self.dice.setRowCount(len(order))
         for r, name in enumerate(order):
             value = dice[name]
-            if isinstance(value, dict):
-                value = value.get("mean_dice", value.get("mean"))
             text = "no labelled slices" if value is None else f"{float(value):.3f}"
             self.dice.setItem(r, 0, QTableWidgetItem(name))
             self.dice.setItem(r, 1, QTableWidgetItem(text))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 from napari_mtssl import events as ev
 from napari_mtssl import ids
+from napari_mtssl.ids import teacher, trained
 from napari_mtssl.widgets._jobs import JobProgressPanel
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets.study import report_errors
@@ -626,46 +627,36 @@ class TrainingWidget(QWidget):
                 self.show_results(report)
                 return
 
-    def show_results(self, result: dict) -> None:
-        """Fill the results table from a run summary (``models`` and ``selected``)."""
-        models: dict[str, dict] = result.get("models") or {}
-        selected: dict[str, dict] = result.get("selected") or {}
-        rows: list[list[str]] = []
+    def show_results(self, report: dict) -> None:
+        """Fill the results table from a run's report (``metrics.json``: each model's scores
+        and, per task, both modes' validation Dice and the mode kept)."""
+        models: dict[str, dict] = report.get("models") or {}
+        selected: dict[str, dict] = report.get("selected") or {}
 
-        def dice_of(name: str) -> float | None:
-            m = models.get(name)
-            if isinstance(m, dict) and m.get("mean_dice") is not None:
-                return float(m["mean_dice"])
-            return None
+        def fmt(v: float | None) -> str:
+            return "" if v is None else f"{float(v):.3f}"
 
-        def fmt(v: Any) -> str:
-            if isinstance(v, dict):
-                v = v.get("mean_dice", v.get("dice"))
-            return f"{float(v):.3f}" if isinstance(v, int | float) else ""
+        def dice(name: str) -> str:
+            return fmt((models.get(name) or {}).get("mean_dice"))
 
-        for task, sel in selected.items():
-            joint = sel.get("joint", dice_of(f"{task}:joint"))
-            pretrain = sel.get("pretrain", dice_of(f"{task}:pretrain"))
-            teacher = dice_of(f"teacher:{task}")
-            if teacher is None:
-                teacher = dice_of(f"{task}:{sel.get('mode')}")
-            rows.append(
-                [
-                    f"teacher {task}",
-                    fmt(joint),
-                    fmt(pretrain),
-                    str(sel.get("mode", "")),
-                    fmt(teacher),
-                ]
-            )
-        for name in ("baseline", "all_joint", "student"):
+        rows = [
+            [
+                f"teacher {t}",
+                fmt(s.get("joint")),
+                fmt(s.get("pretrain")),
+                s.get("mode", ""),
+                dice(str(teacher(t))),
+            ]  # fmt: skip
+            for t, s in selected.items()
+        ]
+        shown = {str(teacher(t)) for t in selected}
+        shown |= {str(trained(t, m)) for t in selected for m in ids.MODES}
+        rest = [
+            n for n in models if n not in shown and n not in ("baseline", "all_joint", "student")
+        ]
+        for name in ("baseline", "all_joint", "student", *rest):
             if name in models:
-                rows.append([name, "", "", "", fmt(dice_of(name))])
-        shown = {r[0] for r in rows} | {f"teacher:{t}" for t in selected}
-        shown |= {f"{t}:{m}" for t in selected for m in ("joint", "pretrain")}
-        for name in models:
-            if name not in shown:
-                rows.append([name, "", "", "", fmt(dice_of(name))])
+                rows.append([name, "", "", "", dice(name)])
         self.results.setRowCount(len(rows))
         for r, values in enumerate(rows):
             for c, text in enumerate(values):
