@@ -58,6 +58,8 @@ EXAMPLES = [
     ev.Selected("sdm", "joint", 0.7, None, {"joint": 10, "pretrain": 10}),
     ev.Stopped("r1", "baseline", 3),
     ev.Done("r1", 2),
+    ev.SimulateNote("initial workspace: 3 labelled patients", "random"),
+    ev.SimulateRound("random", 2, 20, 0.71, None),
 ]
 
 
@@ -77,9 +79,9 @@ def test_event_json_form_is_what_runs_log():
 
 
 def test_unknown_events_parse_as_other_and_keep_their_data():
-    d = {"type": "simulate_round", "round": 2}
+    d = {"type": "from_a_newer_version", "round": 2}
     e = ev.parse(d)
-    assert isinstance(e, ev.Other) and e.kind == "simulate_round" and e.to_dict() == d
+    assert isinstance(e, ev.Other) and e.kind == "from_a_newer_version" and e.to_dict() == d
 
 
 def test_rounds_read_new_and_old_entries():

@@ -602,23 +602,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise CliError(f"{args.data}: not a dataset folder (imagesTr/, labelsTr/, dataset.json)")
     progress = Progress(quiet=args.quiet)
 
-    def show(ev: dict[str, Any]) -> None:
-        if ev.get("type") == "simulate_round":
+    def show(event: dict[str, Any]) -> None:
+        e = events.parse(event)
+        if isinstance(e, events.SimulateRound):
             progress._newline()
-            s2 = ev.get("stage2_dice")
+            s2 = "" if e.stage2_dice is None else f" (full stage 2: {e.stage2_dice:.3f})"
             print(
-                f"{ev['strategy']:<13} round {ev['round']}: {ev['corrected']:3d} corrected slices, "
-                f"student Dice {ev['mean_dice']:.3f}"
-                + (f" (full stage 2: {s2:.3f})" if s2 is not None else ""),
+                f"{e.strategy:<13} round {e.round}: {e.corrected:3d} corrected slices, "
+                f"student Dice {e.mean_dice:.3f}{s2}",
                 flush=True,
             )
-        elif ev.get("type") == "simulate_note":
+        elif isinstance(e, events.SimulateNote):
             progress._newline()
-            print(ev["message"], flush=True)
-        elif ev.get("type") == "done" and "out" in ev:
+            print(e.message, flush=True)
+        elif isinstance(e, events.Done) and e.out:
             progress._newline()
-        elif ev.get("type") != "done":
-            progress(ev)
+        elif not isinstance(e, events.Done):
+            progress(event)
 
     results = api.run(simulate(settings), show)
     if results is None or not results.get("finished"):

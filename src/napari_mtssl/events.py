@@ -25,6 +25,8 @@ __all__ = [
     "Selected",
     "Stopped",
     "Done",
+    "SimulateNote",
+    "SimulateRound",
     "Other",
     "parse",
 ]
@@ -181,6 +183,27 @@ class Done(Event):
 
 
 @dataclass
+class SimulateNote(Event):
+    """A line from the simulated annotator (``simulate``: the strategy it concerns)."""
+
+    type: ClassVar[str] = "simulate_note"
+    message: str = ""
+    simulate: str | None = None
+
+
+@dataclass
+class SimulateRound(Event):
+    """A simulated correction round finished: the student's validation Dice after it."""
+
+    type: ClassVar[str] = "simulate_round"
+    strategy: str = ""
+    round: int = 0
+    corrected: int = 0
+    mean_dice: float | None = _keep()
+    stage2_dice: float | None = _keep()
+
+
+@dataclass
 class Other(Event):
     """An event of a type this version does not know (its dict, as it came)."""
 
@@ -194,7 +217,7 @@ class Other(Event):
 EVENTS: dict[str, type[Event]] = {
     c.type: c
     for c in (Status, Start, PlanMade, Note, Progress, Resumed, ModelDone, Halving, Selected)
-    + (Stopped, Done)
+    + (Stopped, Done, SimulateNote, SimulateRound)
 }
 
 

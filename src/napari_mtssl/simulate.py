@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mtssl import api
+from napari_mtssl import api, events
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
 from napari_mtssl.training.ranking import STRATEGIES, check_strategy, describe, rank
 
@@ -164,9 +164,9 @@ def _copy_workspace(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def _note(message: str, **kw: Any) -> dict:
+def _note(message: str, simulate: str | None = None) -> dict:
     """A line from the simulator itself (training's own notes are relayed as they are)."""
-    return {"type": "simulate_note", "message": message, **kw}
+    return events.SimulateNote(message, simulate).to_dict()
 
 
 class _Simulation:
@@ -310,14 +310,13 @@ class _Simulation:
             state["rounds"].append(entry)
             state["pending"] = None
             atomic_write_json(state_file, state)
-            yield {
-                "type": "simulate_round",
-                "strategy": strategy,
-                "round": r,
-                "corrected": entry["corrected"],
-                "mean_dice": entry["mean_dice"],
-                "stage2_dice": (entry.get("stage2") or {}).get("mean_dice"),
-            }
+            yield events.SimulateRound(
+                strategy,
+                r,
+                entry["corrected"],
+                entry["mean_dice"],
+                (entry.get("stage2") or {}).get("mean_dice"),
+            ).to_dict()
         return state
 
     def pick(self, ws: Any, strategy: str, truth: dict, rng: Any, rnd: int):
@@ -408,7 +407,7 @@ class _Simulation:
                 results["strategies"][name] = json.loads(file.read_text())
         atomic_write_json(self.out / "results.json", results)
         write_report(self.out, results)
-        yield {"type": "done", "out": str(self.out)}
+        yield events.Done(out=str(self.out)).to_dict()
         return results
 
 
