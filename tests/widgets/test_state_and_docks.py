@@ -30,6 +30,18 @@ def test_each_dock_opens_through_npe2(docks):
     assert docks.training.task_rows, "the task checklist is empty"
 
 
+def test_runs_on_a_ray_cluster_is_a_setting(docks, qtbot):
+    t = docks.training
+    assert t.build_config().executor == "local" and not t.ray_address.isVisibleTo(t)
+    t.executor.setCurrentIndex(t.executor.findData("ray"))
+    assert t.ray_address.isVisibleTo(t)
+    t.ray_address.setText("ray://head:10001")
+    cfg = t.build_config()
+    assert (cfg.executor, cfg.ray_address) == ("ray", "ray://head:10001")
+    t.ray_address.setText("")
+    assert t.build_config().ray_address is None  # a local Ray instance
+
+
 def test_sessions_are_per_viewer(make_napari_viewer):
     from napari_mtssl.widgets._session import session_for
 
