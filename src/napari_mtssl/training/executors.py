@@ -51,7 +51,9 @@ class Executor:
     def has_room(self, running: int) -> bool:
         return running < self.lanes
 
-    def start(self, unit: Unit, deadline: float | None) -> None:
+    def start(self, unit: Unit, deadline: float | None, threads: int | None = None) -> None:
+        """Start ``unit``; ``threads``: its CPU threads when not the executor's share (a unit
+        that runs alone gets them all)."""
         raise NotImplementedError
 
     def poll(self, timeout: float) -> list[tuple[str, dict]]:
@@ -78,7 +80,7 @@ class InlineExecutor(Executor):
         self._unit: Unit | None = None
         self._ended: list[Ended] = []
 
-    def start(self, unit: Unit, deadline: float | None) -> None:
+    def start(self, unit: Unit, deadline: float | None, threads: int | None = None) -> None:
         self._unit = unit
         self._gen = train(self.ctx, unit, self._stop, deadline)
 
@@ -112,14 +114,14 @@ class LocalExecutor(Executor):
         self.lanes, self.threads = max(1, lanes), max(1, threads)
         self._jobs: dict[str, Any] = {}
 
-    def start(self, unit: Unit, deadline: float | None) -> None:
+    def start(self, unit: Unit, deadline: float | None, threads: int | None = None) -> None:
         from .jobs import JobHandle
 
         kwargs = {
             "workspace": self.workspace,
             "run": self.run,
             "unit": unit.to_dict(),
-            "threads": self.threads,
+            "threads": threads or self.threads,
             "deadline": deadline,
         }
         self._jobs[unit.id] = JobHandle(UNIT_TARGET, kwargs)
@@ -170,13 +172,14 @@ class RayExecutor(Executor):
         self._refs: dict[str, Any] = {}
         self._ray = ray
 
-    def start(self, unit: Unit, deadline: float | None) -> None:
-        task = _remote_unit().options(num_cpus=self.threads, num_gpus=self.gpus)
+    def start(self, unit: Unit, deadline: float | None, threads: int | None = None) -> None:
+        n = threads or self.threads
+        task = _remote_unit().options(num_cpus=n, num_gpus=self.gpus)
         self._refs[unit.id] = task.remote(
             self.workspace,
             self.run,
             unit.to_dict(),
-            self.threads,
+            n,
             deadline,
             self._queue,
             self._flag,

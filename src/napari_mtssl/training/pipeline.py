@@ -440,7 +440,8 @@ class _Run:
                     if self.deadline is None
                     else time.time() + self.deadline - time.monotonic()
                 )
-                executor.start(unit, wall)
+                alone = not running and not pending  # the last unit (the student): every thread
+                executor.start(unit, wall, int(self.plan.threads) if alone else None)
                 running[unit.id] = unit
             if not running:
                 break
