@@ -145,12 +145,13 @@ def summarise() -> str:
         return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
     head = "| strategy | " + " | ".join(f"after {i * s['per_round']}" for i in range(6))
-    lines = [head + " | full stage 2 | slices to reach baseline L=7 |"]
-    lines.append("|---" * 9 + "|")
+    lines = [head + " | mean of rounds 1-5 | full stage 2 | slices to reach baseline L=7 |"]
+    lines.append("|---" * 10 + "|")
     for name, quick, s2, reach, _ in rows:
         cols = [fmt([q[i] for q in quick if len(q) > i]) for i in range(6)]
+        mean = fmt([float(np.mean(q[1:6])) for q in quick if len(q) > 5])
         got = ", ".join("not reached" if r is None else str(r) for r in reach) or "-"
-        lines.append(f"| {name} | " + " | ".join(cols) + f" | {fmt(s2)} | {got} |")
+        lines.append(f"| {name} | " + " | ".join(cols) + f" | {mean} | {fmt(s2)} | {got} |")
     return "\n".join(lines) + f"\n\nplot: {img.relative_to(ROOT)}"
 
 

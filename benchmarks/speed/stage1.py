@@ -76,7 +76,7 @@ def bench(reps: int = 2, steps: int = 0, tasks: str = "sdm,inpaint") -> dict[str
             "patch": plan.patch,
             "width": plan.width,
             "threads": plan.threads,
-            "halving_at": plan.steps.get("halving_at"),
+            "halving_at": int(round(fixed.stage1.halving * n)),
         },
         "one_at_a_time_wall_s": spread(one),
         "two_at_once_wall_s": spread(two),

@@ -177,6 +177,7 @@ class _Run:
             else None
         )
         self.teacher_run = self.student_run = None
+        self._lanes = 1
 
     def _final_reserve(self) -> float:
         """Seconds a model's last validation (with HD95) and saving take, from the plan."""
@@ -410,6 +411,7 @@ class _Run:
         the units it depends on are done. A failed unit does not stop the others (only those
         that depend on it); a stop request stops them all, each saving its checkpoint."""
         pending = self.plan_units()
+        self._lanes = executor.lanes
         running: dict[str, Unit] = {}
         failed: dict[str, Any] = {}
         stopped: list[dict] = []
@@ -467,10 +469,37 @@ class _Run:
             yield self.log(self.stopped(stopped[0] if stopped else {"name": pending[0].model}))
             raise _Stopped()
 
-    @staticmethod
-    def _ready(pending: list[Unit], running: dict, failed: dict) -> Unit | None:
+    def _ready(self, pending: list[Unit], running: dict, failed: dict) -> Unit | None:
+        """The next unit to start: in plan order on one lane; on several, the ready unit with
+        the longest chain of work behind it first (a task's pre-training mode, then the
+        continuation that waits for it), so the lanes do not end with one long unit alone."""
         waiting = {u.id for u in pending} | set(running) | set(failed)
-        return next((u for u in pending if not waiting.intersection(u.deps)), None)
+        ready = [u for u in pending if not waiting.intersection(u.deps)]
+        if len(ready) < 2 or self._lanes == 1:
+            return ready[0] if ready else None
+        return max(ready, key=lambda u: self._chain_s(u, pending))
+
+    def _cost_s(self, unit: Unit) -> float:
+        """Seconds a unit trains, from the plan's timed steps (an estimate for ordering)."""
+        t, s1 = self.plan.timings, self.cfg.stage1
+        n = self._steps(unit)
+        seg, task = float(t.get("seg", 1.0)), float(t.get(f"task:{unit.task}", t.get("seg", 1.0)))
+        if unit.pause_at is not None:
+            n = unit.pause_at
+        elif unit.deps and unit.kind == "mode":
+            n = max(0, n - self._halving_at(unit.task))
+        if unit.kind == "student":
+            return n * float(t.get("student", 2 * seg))
+        if unit.kind == "all_joint":
+            return n * (seg + sum(float(t.get(f"task:{x}", seg)) for x in s1.tasks))
+        if unit.kind == "mode" and unit.mode == "joint":
+            return n * (seg + task)
+        pre = s1.pretrain_steps * task if unit.kind == "mode" and not unit.deps else 0.0
+        return n * seg + pre
+
+    def _chain_s(self, unit: Unit, pending: list[Unit]) -> float:
+        after = [self._cost_s(u) for u in pending if unit.id in u.deps and u.kind != "student"]
+        return self._cost_s(unit) + max(after, default=0.0)
 
     # -- what the units' results mean ----------------------------------------------------------
     def complete(self, unit: Unit, result: dict) -> Generator[dict, None, None]:
