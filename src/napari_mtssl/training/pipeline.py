@@ -362,7 +362,10 @@ class _Run:
             return max(1, len(self.plan_units()))
         if c.budget_s > 0 or self.device.type != "cpu":
             return 1
-        return max(1, int(self.plan.threads))
+        # no more lanes than units that can start together (a single model trains in-process,
+        # with every thread)
+        width = sum(1 for u in self.plan_units() if not u.deps)
+        return max(1, min(int(self.plan.threads), width))
 
     def executor(self, lanes: int) -> Executor:
         threads = max(1, int(self.plan.threads) // lanes)
