@@ -37,9 +37,23 @@ def inline(tmp_path_factory):
     return _stage1(tmp_path_factory.mktemp("inline"), "ws", executor="inline")
 
 
-def test_local_executor_trains_units_side_by_side_with_the_same_results(inline, tmp_path):
+def test_local_executor_trains_units_side_by_side_with_the_same_results(
+    inline, tmp_path, monkeypatch
+):
+    from napari_mtssl.training import jobs
+
+    workers: list[int] = []
+    start = jobs.JobWorker.__init__
+
+    def counted(self, *a, **kw):
+        start(self, *a, **kw)
+        workers.append(self._process.pid)
+
+    monkeypatch.setattr(jobs.JobWorker, "__init__", counted)
     ws_a, rep_a, _ = inline
     ws_b, rep_b, events = _stage1(tmp_path, "ws", executor="local", units_at_once=2)
+    # every unit ran in one of the two lanes' workers (started once, kept for the run)
+    assert len(workers) == 2
     notes = [e["message"] for e in events if e["type"] == "note"]
     assert any("2 units at once (local executor" in n for n in notes), notes
     # every unit's progress reaches the one event stream

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from napari_mtssl.training.jobs import JobHandle, resolve_target
+from napari_mtssl.training.jobs import JobHandle, JobWorker, resolve_target
 
 
 def counting(n: int, delay: float = 0.0, stop=None):
@@ -23,6 +23,19 @@ def counting(n: int, delay: float = 0.0, stop=None):
 def failing(stop=None):
     yield {"type": "progress", "step": 1}
     raise ValueError("/data/scan.nii.gz: the file is truncated")
+
+
+WARMED: list[int] = []
+
+
+def warm(value: int) -> None:
+    WARMED.append(value)
+
+
+def remembers(stop=None):
+    """What the worker's warm-up left in this process."""
+    yield {"type": "progress", "step": 1, "pid": os.getpid()}
+    return {"stopped": False, "warmed": list(WARMED)}
 
 
 def dying(stop=None):
@@ -70,6 +83,54 @@ def test_a_worker_that_dies_is_reported():
     job.join(timeout=60)
     assert job.state == "failed"
     assert "exit code 3" in job.error
+
+
+def test_a_worker_runs_jobs_one_after_another_in_one_process():
+    worker = JobWorker((f"{__name__}:warm", {"value": 7}))
+    try:
+        assert worker.state == "idle" and worker.usable
+        pids = set()
+        for n in (3, 2):
+            worker.submit(TARGET, {"n": n})
+            with pytest.raises(RuntimeError, match="still running"):
+                worker.submit(TARGET, {"n": 1})
+            events: list[dict] = []
+            assert worker.join(timeout=60, on_event=events.append)
+            assert [e["step"] for e in events] == list(range(1, n + 1))
+            assert worker.result == {"stopped": False, "reached": n}
+            pids |= {e["pid"] for e in events}
+        # a failed job leaves the worker usable; the warm-up ran once, before the first job
+        worker.submit(f"{__name__}:failing")
+        worker.join(timeout=60)
+        assert worker.state == "failed" and "truncated" in worker.error and worker.usable
+        worker.submit(f"{__name__}:remembers")
+        events = []
+        worker.join(timeout=60, on_event=events.append)
+        assert worker.result["warmed"] == [7]
+        pids |= {e["pid"] for e in events}
+        assert len(pids) == 1 and os.getpid() not in pids
+        # a stop ends the running job only; the worker takes the next
+        worker.submit(TARGET, {"n": 10_000, "delay": 0.01})
+        while not worker.poll(1.0):
+            pass
+        worker.stop()
+        assert worker.join(timeout=60) and worker.state == "stopped"
+        worker.submit(TARGET, {"n": 1})
+        assert worker.join(timeout=60) and worker.state == "done"
+    finally:
+        worker.close(30)
+    assert not worker._process.is_alive() and not worker.usable
+
+
+def test_a_worker_killed_under_its_job_is_reported_and_not_reused():
+    worker = JobWorker()
+    try:
+        worker.submit(f"{__name__}:dying")
+        worker.join(timeout=60)
+        assert worker.state == "failed" and "exit code 3" in worker.error
+        assert not worker.usable
+    finally:
+        worker.close(5)
 
 
 def test_bad_targets_are_refused_with_the_name():

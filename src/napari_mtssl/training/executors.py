@@ -6,11 +6,12 @@ results; an executor never decides what to train. Three of them:
 
 * ``inline``: one unit at a time, in the run's own process and thread, advanced event by event
   (tests, debugging; a stop request lands at an exact step).
-* ``local``: up to ``lanes`` units at once, each in a worker process of its own with its share
-  of the CPU threads. Two one-thread units do more work than one two-thread unit on a CPU
-  (torch's small convolutions scale poorly over threads), so stage 1's independent models
-  finish sooner side by side. A killed worker loses only that unit's progress since its last
-  checkpoint.
+* ``local``: up to ``lanes`` units at once, each in a worker process with its share of the CPU
+  threads. Two one-thread units do more work than one two-thread unit on a CPU (torch's small
+  convolutions scale poorly over threads), so stage 1's independent models finish sooner side
+  by side. A lane's worker lives as long as the run: the units after its first start without
+  importing torch or opening the data again. A killed worker loses only its unit's progress
+  since its last checkpoint (the lane gets a new worker).
 * ``ray``: units as Ray tasks with the CPUs and GPUs they need, on a cluster that already
   exists (``address``: ``auto``, ``ray://host:port``, or None for a local instance); the
   workspace must be on storage every node sees. Events come back through a Ray queue; stop
@@ -41,6 +42,7 @@ __all__ = [
 
 Ended = tuple[str, dict | None, Any]
 UNIT_TARGET = "napari_mtssl.training.units:unit_job"
+WARM_TARGET = "napari_mtssl.training.units:warm_up"
 
 
 class Executor:
@@ -110,13 +112,27 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, workspace: str, run: str, lanes: int, threads: int):
+        from .jobs import JobWorker
+
         self.workspace, self.run = workspace, run
         self.lanes, self.threads = max(1, lanes), max(1, threads)
+        # One worker per lane, started now: each imports the engine and opens the run's data
+        # while the scheduler prepares, and keeps them for every unit it trains after.
+        self._warm = (WARM_TARGET, {"workspace": workspace, "run": run, "threads": self.threads})
+        self._idle = [JobWorker(self._warm) for _ in range(self.lanes)]
         self._jobs: dict[str, Any] = {}
 
-    def start(self, unit: Unit, deadline: float | None, threads: int | None = None) -> None:
-        from .jobs import JobHandle
+    def _worker(self):
+        from .jobs import JobWorker
 
+        while self._idle:
+            worker = self._idle.pop(0)
+            if worker.usable:
+                return worker
+            worker.close(5)
+        return JobWorker(self._warm)
+
+    def start(self, unit: Unit, deadline: float | None, threads: int | None = None) -> None:
         kwargs = {
             "workspace": self.workspace,
             "run": self.run,
@@ -124,7 +140,9 @@ class LocalExecutor(Executor):
             "threads": threads or self.threads,
             "deadline": deadline,
         }
-        self._jobs[unit.id] = JobHandle(UNIT_TARGET, kwargs)
+        worker = self._worker()
+        worker.submit(UNIT_TARGET, kwargs)
+        self._jobs[unit.id] = worker
 
     def poll(self, timeout: float) -> list[tuple[str, dict]]:
         out: list[tuple[str, dict]] = []
@@ -140,8 +158,11 @@ class LocalExecutor(Executor):
             if job.state == "running":
                 continue
             del self._jobs[uid]
-            job.join(10)
             out.append((uid, job.result, job.error if job.state == "failed" else None))
+            if job.state == "failed":  # whatever broke may have left the process unwell
+                job.close(10)
+            else:
+                self._idle.append(job)
         return out
 
     def stop(self) -> None:
@@ -149,12 +170,13 @@ class LocalExecutor(Executor):
             job.stop()
 
     def close(self) -> None:
-        for job in self._jobs.values():
-            job.stop()
-        for job in self._jobs.values():
-            if not job.join(60):
-                job.kill()
+        workers = list(self._jobs.values()) + self._idle
+        for job in workers:
+            job.shutdown()
+        for job in workers:
+            job.close(60)
         self._jobs.clear()
+        self._idle.clear()
 
 
 class RayExecutor(Executor):

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
-__all__ = ["JobHandle", "check_target", "resolve_target", "drive"]
+__all__ = ["JobHandle", "JobWorker", "check_target", "resolve_target", "drive"]
 
 # Terminal messages the worker sends after the generator's own events.
 _DONE = "job-done"
@@ -44,7 +44,7 @@ def _stop_live_jobs() -> None:
     processes of its units, which a daemonic process may not), so nothing else would."""
     jobs = [j for j in list(_LIVE) if j._process is not None and j._process.is_alive()]
     for job in jobs:
-        job.stop()
+        job.shutdown()
     end = time.monotonic() + EXIT_GRACE_S
     for job in jobs:
         job._process.join(max(0.0, end - time.monotonic()))
@@ -121,6 +121,34 @@ def _worker_main(target: str, kwargs: dict, events: Any, stop_event: Any, parent
     _run(target, kwargs, events.put, stop)
 
 
+def _serve_main(
+    inbox: Any, events: Any, stop_event: Any, parent_pid: int, warm: tuple | None
+) -> None:
+    """Entry point of a :class:`JobWorker`: run the jobs that arrive, one after another, in
+    this one process (what the first imported and opened serves the next), until ``None``
+    arrives or the parent is gone. ``warm``: ``(target, kwargs)`` of a function called once
+    before the first job (imports, opening data); its failure is left to the job to report."""
+
+    def stop() -> bool:
+        return stop_event.is_set() or os.getppid() != parent_pid
+
+    if warm is not None:
+        try:
+            resolve_target(warm[0])(**warm[1])
+        except Exception:  # noqa: BLE001, S110 - the job that needs it reports the problem
+            pass
+    while True:
+        try:
+            msg = inbox.get(timeout=1.0)
+        except queue_mod.Empty:
+            if os.getppid() != parent_pid:
+                return
+            continue
+        if msg is None:
+            return
+        _run(msg[0], msg[1], events.put, stop)
+
+
 class JobHandle:
     """A running job. Poll it for events; ``stop()`` asks it to save and end.
 
@@ -170,6 +198,10 @@ class JobHandle:
     def stop(self) -> None:
         """Ask the job to stop at its next step; it saves a resumable checkpoint first."""
         self._stop_event.set()
+
+    def shutdown(self) -> None:
+        """At exit: ask the job to stop (a worker also to end once it has)."""
+        self.stop()
 
     def kill(self) -> None:
         """Last resort for a worker that does not answer ``stop()``; nothing is saved."""
@@ -258,3 +290,76 @@ class JobHandle:
             return
         self.error = f"the training process ended unexpectedly (exit code {proc.exitcode})"
         self.state = "failed"
+
+
+class JobWorker(JobHandle):
+    """A worker process that runs jobs one after another (the local executor's lanes): torch,
+    the engine and the opened data of one job serve the next, so a job starts in a fraction of
+    a second instead of a new process's seconds. ``submit`` a job when the worker is idle
+    (``state`` is not "running"), then ``poll`` it as a :class:`JobHandle`; ``close`` ends the
+    process. A job that fails leaves the worker usable; a worker the OS killed is not
+    (``usable``)."""
+
+    def __init__(self, warm: tuple[str, dict] | None = None):
+        self.target, self.kwargs, self.inline = "", {}, False
+        self.result: dict | None = None
+        self.error: str | None = None
+        self.traceback: str | None = None
+        self.state = "idle"
+        self.started = time.monotonic()
+        ctx = mp.get_context("spawn")
+        self._events = ctx.Queue()
+        self._stop_event = ctx.Event()
+        self._inbox = ctx.Queue()
+        self._thread = None
+        self._process = ctx.Process(
+            target=_serve_main,
+            args=(self._inbox, self._events, self._stop_event, os.getpid(), warm),
+            name="mtssl-worker",
+            daemon=False,  # see _stop_live_jobs
+        )
+        self._process.start()
+        _LIVE.add(self)
+
+    @property
+    def usable(self) -> bool:
+        return self.state != "running" and self._process.is_alive()
+
+    def submit(self, target: str, kwargs: dict | None = None) -> None:
+        if self.state == "running":
+            raise RuntimeError("this worker is still running a job")
+        check_target(target)
+        self.target, self.kwargs = target, dict(kwargs or {})
+        self.result = self.error = self.traceback = None
+        self._stop_event.clear()
+        self.state = "running"
+        self.started = time.monotonic()
+        self._inbox.put((target, self.kwargs))
+
+    def join(
+        self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None
+    ) -> bool:
+        """Wait for the end of the running job (the worker goes on)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            for event in self.poll(0.2):
+                if on_event is not None:
+                    on_event(event)
+        return True
+
+    def shutdown(self) -> None:
+        self.stop()
+        if self._process.is_alive():
+            self._inbox.put(None)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the running job (it saves its checkpoint) and end the process."""
+        self.shutdown()
+        end = time.monotonic() + timeout
+        while self._process.is_alive() and time.monotonic() < end:
+            self.poll(0.2)  # drain, so the worker never blocks on a full queue
+            self._process.join(0.1)
+        if self._process.is_alive():
+            self.kill()

@@ -31,7 +31,7 @@ from . import checkpoints, stages
 from .config import ExperimentConfig
 from .trainer import evaluate
 
-__all__ = ["Unit", "UnitContext", "train", "unit_job"]
+__all__ = ["Unit", "UnitContext", "train", "unit_job", "warm_up"]
 
 
 @dataclass
@@ -203,6 +203,40 @@ def _save(ctx: UnitContext, unit: Unit, res: dict) -> dict:
     return entry
 
 
+# The last run a worker process opened: (workspace folder, run id) -> its UnitContext. A
+# worker of the local executor (or a Ray worker) trains several units of one run; they share
+# the opened data, as the units of the inline executor do.
+_OPENED: dict[tuple[str, str], UnitContext] = {}
+
+
+def _context(workspace: str, run: str, threads: int) -> UnitContext:
+    from napari_mtssl.workspace import Workspace
+
+    from .inference import resolve_device
+    from .pipeline import open_study, read_plan
+
+    key = (str(Path(workspace).resolve()), run)
+    ctx = _OPENED.get(key)
+    if ctx is None:
+        ws = Workspace.open(workspace)
+        r = ws.run(run)
+        cfg = ExperimentConfig.from_dict(r.config)
+        plan = read_plan(r)
+        device = resolve_device(cfg.device)
+        study = open_study(ws, plan, cfg, device, threads)
+        ctx = UnitContext(ws, r, cfg, plan, study, device)
+        _OPENED.clear()  # one run at a time: the data of an earlier one is let go
+        _OPENED[key] = ctx
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(threads)
+    return ctx
+
+
+def warm_up(workspace: str, run: str, threads: int = 1) -> None:
+    """What a worker does before its first unit: import the engine, open the run's data."""
+    _context(workspace, run, threads)
+
+
 def unit_job(
     workspace: str,
     run: str,
@@ -211,19 +245,9 @@ def unit_job(
     deadline: float | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> Generator[dict, None, dict]:
-    """JSON-able entry point of a unit in a process of its own (local and Ray executors): opens
-    the workspace, the run's config and plan and the prepared data, then :func:`train`."""
-    from napari_mtssl.workspace import Workspace
-
-    from .inference import resolve_device
-    from .pipeline import open_study, read_plan
-
-    ws = Workspace.open(workspace)
-    r = ws.run(run)
-    cfg = ExperimentConfig.from_dict(r.config)
-    plan = read_plan(r)
-    device = resolve_device(cfg.device)
-    study = open_study(ws, plan, cfg, device, threads)
-    ctx = UnitContext(ws, r, cfg, plan, study, device)
+    """JSON-able entry point of a unit in a worker process (local and Ray executors): the
+    workspace, the run's config and plan and the prepared data (opened once per process and
+    run), then :func:`train`."""
+    ctx = _context(workspace, run, threads)
     result = yield from train(ctx, Unit.from_dict(unit), stop or (lambda: False), deadline)
     return result
