@@ -178,6 +178,7 @@ class _Run:
         )
         self.teacher_run = self.student_run = None
         self._lanes = 1
+        self.ctx = UnitContext(ws, run, cfg, plan, study, device)  # what inline units train with
 
     def _final_reserve(self) -> float:
         """Seconds a model's last validation (with HD95) and saving take, from the plan."""
@@ -208,10 +209,6 @@ class _Run:
         self.save_state()
         self.run.set_status("stopped", step=res.get("step"), unit=res.get("name"))
         return ev.Stopped(self.run.id, res.get("name"), res.get("step"))
-
-    def load(self, name: str, src=None) -> torch.nn.Module:
-        net, _ = checkpoints.load_model((src or self.run).model_path(name), self.device)
-        return net
 
     def _steps(self, unit: Unit) -> int:
         """The unit's step count: remembered once it started (its learning-rate schedule
@@ -349,32 +346,32 @@ class _Run:
             self.save_state()
 
     # -- scheduling ----------------------------------------------------------------------------
-    def lanes(self) -> int:
-        """Units at once: the config's ``units_at_once``, else one per thread of the plan on a
-        CPU for runs given in steps. A budgeted run trains one unit at a time, as the planner
-        priced it (it times steps at the plan's threads, not at one thread per lane)."""
+    def lanes(self, units: list[Unit]) -> int:
+        """Units at once for the plan ``units``: the config's ``units_at_once``, else one per
+        thread of the plan on a CPU for runs given in steps. A budgeted run trains one unit at
+        a time, as the planner priced it (it times steps at the plan's threads, not at one
+        thread per lane)."""
         c = self.cfg
         if c.executor == "inline":
             return 1
         if c.units_at_once:
             return int(c.units_at_once)
         if c.executor == "ray":
-            return max(1, len(self.plan_units()))
+            return max(1, len(units))
         if c.budget_s > 0 or self.device.type != "cpu":
             return 1
         # no more lanes than units that can start together (a single model trains in-process,
         # with every thread)
-        width = sum(1 for u in self.plan_units() if not u.deps)
+        width = sum(1 for u in units if not u.deps)
         return max(1, min(int(self.plan.threads), width))
 
     def executor(self, lanes: int) -> Executor:
         threads = max(1, int(self.plan.threads) // lanes)
         if self.cfg.executor == "ray":
             threads = max(1, int(self.cfg.num_threads or 1))
-        ctx = UnitContext(self.ws, self.run, self.cfg, self.plan, self.study, self.device)
         return make_executor(
             self.cfg.executor,
-            ctx,
+            self.ctx,
             self.stop,
             lanes=lanes,
             threads=threads,
@@ -395,7 +392,8 @@ class _Run:
         yield self.log(ev.PlanMade(self.plan.to_dict(), self.plan.describe()))
         for note in self.study.notes:
             yield self.log(ev.Note(note))
-        lanes = self.lanes()
+        units = self.plan_units()
+        lanes = self.lanes(units)
         executor = self.executor(lanes)
         if lanes > 1:
             yield self.log(
@@ -405,15 +403,15 @@ class _Run:
                 )
             )
         try:
-            yield from self.schedule(executor)
+            yield from self.schedule(executor, units)
         finally:
             executor.close()
 
-    def schedule(self, executor: Executor) -> Generator[dict, None, None]:
+    def schedule(self, executor: Executor, units: list[Unit]) -> Generator[dict, None, None]:
         """Train the plan's units on ``executor``, as many at once as it has lanes, each when
         the units it depends on are done. A failed unit does not stop the others (only those
         that depend on it); a stop request stops them all, each saving its checkpoint."""
-        pending = self.plan_units()
+        pending = list(units)
         self._lanes = executor.lanes
         running: dict[str, Unit] = {}
         failed: dict[str, Any] = {}
@@ -583,7 +581,7 @@ class _Run:
         mode = stages.select_mode(scores)
         src = str(trained(task, mode))
         checkpoints.save_model(
-            self.load(src),
+            self.ctx.load(self.run.id, src),
             self.run.model_path(str(teacher(task))),
             {
                 **self.arch,
