@@ -30,6 +30,29 @@ def test_each_dock_opens_through_npe2(docks):
     assert docks.training.task_rows, "the task checklist is empty"
 
 
+@pytest.mark.parametrize("loaded", [False, True])
+def test_every_step_fits_the_dock_width_a_laptop_leaves(docks, loaded, tmp_path, monkeypatch):
+    """On a 1366 x 768 screen the dock gets about DOCK_WIDTH pixels: no page may need more
+    (a wider page scrolls sideways and hides its buttons), with or without a study."""
+    from napari_mtssl.widgets.all_steps import DOCK_WIDTH, STEPS
+
+    if loaded:
+        import napari.utils.notifications as notifications
+
+        monkeypatch.setattr(notifications, "show_error", lambda *a, **k: None)
+        assert docks.study.load_sample(str(tmp_path / "ws")) is not None
+    widgets = {
+        "Study": docks.study,
+        "Tasks and training": docks.training,
+        "Compare models": docks.compare,
+        "Correct and retrain": docks.correct,
+    }
+    room = DOCK_WIDTH - 30  # the vertical scrollbar and the dock's frame
+    for name in STEPS:
+        need = widgets[name].minimumSizeHint().width()
+        assert need <= room, f"{name}: needs {need} px, the dock has {room}"
+
+
 def test_runs_on_a_ray_cluster_is_a_setting(docks, qtbot):
     t = docks.training
     assert t.build_config().executor == "local" and not t.ray_address.isVisibleTo(t)

@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
+    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -205,16 +206,21 @@ class StudyWidget(QWidget):
         )
 
         attach_box = QGroupBox("Attach labels to a scan")
-        row = QHBoxLayout(attach_box)
+        form = QFormLayout(attach_box)  # one row each: a layer's long name must not widen the dock
         self.attach_image = QComboBox()
         self.attach_labels = QComboBox()
+        for combo in (self.attach_image, self.attach_labels):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.setMinimumContentsLength(12)
         self.attach_button = QPushButton("Attach")
         self.attach_button.clicked.connect(lambda: self.attach_labels_layer())
-        row.addWidget(QLabel("labels"))
-        row.addWidget(self.attach_labels, 1)
-        row.addWidget(QLabel("→ scan"))
-        row.addWidget(self.attach_image, 1)
-        row.addWidget(self.attach_button)
+        to_scan = QHBoxLayout()
+        to_scan.addWidget(self.attach_image, 1)
+        to_scan.addWidget(self.attach_button)
+        form.addRow("Labels", self.attach_labels)
+        form.addRow("→ scan", to_scan)
 
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Scan", "Split", "Slices", "Labelled", "Per slice"])

@@ -9,6 +9,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -106,7 +107,13 @@ class TaskRow(QWidget):
         super().__init__(parent)
         self.name = info.name
         summary = info.summary
-        self.checkbox = QCheckBox(f"{self.name}: {summary}" if summary else self.name)
+        # the name on the checkbox, the summary wrapped below it: a checkbox's text does not
+        # wrap, and a long one would make the dock wider than a laptop's screen leaves it
+        self.checkbox = QCheckBox(self.name)
+        self.summary = QLabel(summary)
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("color: #a0a4ab; margin-left: 22px;")
+        self.summary.setVisible(bool(summary))
         self.checkbox.setChecked(checked)
         tip = summary
         if info.needs_labels:
@@ -114,6 +121,7 @@ class TaskRow(QWidget):
         if info.level:
             tip += f"\nshares the {info.level} level of the network"
         self.checkbox.setToolTip(tip.strip())
+        self.summary.setToolTip(tip.strip())
         self.warning = QLabel("")
         self.warning.setStyleSheet("color: #e0a040;")
         self.warning.setWordWrap(True)
@@ -146,6 +154,7 @@ class TaskRow(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(1)
         layout.addLayout(row)
+        layout.addWidget(self.summary)
         layout.addWidget(self.warning)
         if self.options is not None:
             self.options.native.setVisible(False)
@@ -247,7 +256,7 @@ class TrainingWidget(QWidget):
 
         # buttons + progress -------------------------------------------------------------------
         self.train_buttons: dict[str, QPushButton] = {}
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()  # two rows: one would be wider than a laptop's dock
         tips = {
             "stage1": "Stage 1: the baseline and one teacher per ticked task (each trained "
             "joint and pre-trained, the better kept), within the time budget",
@@ -259,14 +268,14 @@ class TrainingWidget(QWidget):
             btn.setToolTip(tips[what])
             btn.clicked.connect(lambda _=False, w=what: self.train(w))
             self.train_buttons[what] = btn
-            buttons.addWidget(btn)
+            buttons.addWidget(btn, 0, len(self.train_buttons) - 1)
         self.estimate_button = QPushButton("Estimate")
         self.estimate_button.setToolTip(
             "Plan the run for this budget (times a few steps on the device, a few seconds) and "
             "show the resolution, network and the steps and time of every model"
         )
         self.estimate_button.clicked.connect(lambda _=False: self.estimate("all"))
-        buttons.addWidget(self.estimate_button)
+        buttons.addWidget(self.estimate_button, 1, 0)
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip(
             "Go on with the run that was stopped or interrupted (napari closed, the computer "
@@ -275,7 +284,7 @@ class TrainingWidget(QWidget):
         )
         self.resume_button.clicked.connect(lambda _=False: self.resume())
         self.resume_button.setVisible(False)
-        buttons.addWidget(self.resume_button)
+        buttons.addWidget(self.resume_button, 1, 1)
         self.plan_label = QLabel("")
         self.plan_label.setWordWrap(True)
         self.plan_label.setTextFormat(Qt.TextFormat.RichText)
