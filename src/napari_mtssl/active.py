@@ -20,15 +20,15 @@ from napari_mtssl.training.ranking import NEEDS, Candidate, check_strategy, rank
 __all__ = ["candidates", "slice_scores", "propose", "RECOMMENDED", "RECOMMENDED_WHY"]
 
 # The strategy the correction dock proposes by default, and why: what the simulated annotator
-# measured on ACDC (docs/benchmarks.md, "Which slices to correct"; two seeds, the second on a
-# shared machine). Without reference masks, "showing the anatomy" is where the student segments
-# something.
+# measured on ACDC (docs/benchmarks.md, "Which slices to correct"; three seeds). It is the best
+# mean by a margin within the noise: no ranking was measured to beat random slices. Without
+# reference masks, "showing the anatomy" is where the student segments something.
 RECOMMENDED = "fg_random"
 RECOMMENDED_WHY = (
     "on ACDC, correcting random slices that show the heart improved the student at least as "
     "fast as correcting the slices the teachers disagree on or the student is unsure of (mean "
-    "Dice over five rounds of 10 slices, two seeds: 0.747 against 0.727 and 0.715; random "
-    "slices 0.738, within the noise; docs/benchmarks.md)"
+    "Dice over five rounds of 10 slices, three seeds: 0.760 against 0.747 and 0.734; plain "
+    "random slices 0.756, within the noise: no ranking beat random slices; docs/benchmarks.md)"
 )
 
 

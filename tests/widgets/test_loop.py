@@ -88,7 +88,8 @@ def test_whole_loop(sample_docks, qtbot):
     from napari_mtssl.active import RECOMMENDED, candidates
 
     assert d.correct.strategy.currentData() == RECOMMENDED
-    assert "measured best" in d.correct.strategy.currentText()
+    assert "(default)" in d.correct.strategy.currentText()
+    assert "no ranking by the models beat random slices" in d.correct.strategy_note.text()
     d.correct.strategy.setCurrentIndex(d.correct.strategy.findData("disagreement"))
     d.correct.propose()
     qtbot.waitUntil(lambda: d.correct.propose_button.isEnabled(), timeout=60_000)

@@ -180,8 +180,9 @@ class CorrectWidget(QWidget):
         self.strategy = QComboBox()
         order = [RECOMMENDED, *[s for s in STRATEGY_LABELS if s != RECOMMENDED]]
         for s in order:
-            label = STRATEGY_LABELS[s] + ("  (measured best)" if s == RECOMMENDED else "")
-            self.strategy.addItem(label, s)
+            self.strategy.addItem(
+                STRATEGY_LABELS[s] + ("  (default)" if s == RECOMMENDED else ""), s
+            )
         self.strategy.setToolTip(f"How slices are chosen. Default: {RECOMMENDED_WHY}.")
         # the longest choice must not widen the dock past a 1366 x 768 screen
         self.strategy.setSizeAdjustPolicy(
@@ -196,6 +197,15 @@ class CorrectWidget(QWidget):
         row.addWidget(self.strategy, 1)
         row.addWidget(self.propose_button)
         lay.addLayout(row)
+        # what the measurement found, where the choice is made (the numbers: the tooltip)
+        self.strategy_note = QLabel(
+            "Measured on ACDC: no ranking by the models beat random slices; the default picks "
+            "random slices where the student sees something."
+        )
+        self.strategy_note.setWordWrap(True)
+        self.strategy_note.setStyleSheet("color: #a0a4ab;")
+        self.strategy_note.setToolTip(RECOMMENDED_WHY)
+        lay.addWidget(self.strategy_note)
         self.proposals = QListWidget()
         self.proposals.setMaximumHeight(120)
         self.proposals.setWordWrap(True)  # the reasons wrap instead of widening the dock
