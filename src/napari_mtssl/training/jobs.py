@@ -258,11 +258,15 @@ class JobHandle:
             for event in self.poll(0.2):
                 if on_event is not None:
                     on_event(event)
+        self._joined()
+        return True
+
+    def _joined(self) -> None:
+        """After the job's end: its process (or thread) ends too."""
         if self._process is not None:
             self._process.join(10)
         elif self._thread is not None:
             self._thread.join(10)
-        return True
 
     def _handle_terminal(self, msg: dict) -> bool:
         kind = msg.get("type")
@@ -336,18 +340,8 @@ class JobWorker(JobHandle):
         self.started = time.monotonic()
         self._inbox.put((target, self.kwargs))
 
-    def join(
-        self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None
-    ) -> bool:
-        """Wait for the end of the running job (the worker goes on)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.state == "running":
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            for event in self.poll(0.2):
-                if on_event is not None:
-                    on_event(event)
-        return True
+    def _joined(self) -> None:
+        """The worker goes on after its job (``join`` waits for the job only)."""
 
     def shutdown(self) -> None:
         self.stop()
