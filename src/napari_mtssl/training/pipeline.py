@@ -177,7 +177,6 @@ class _Run:
             else None
         )
         self.teacher_run = self.student_run = None
-        self._lanes = 1
         self.ctx = UnitContext(ws, run, cfg, plan, study, device)  # what inline units train with
 
     def _final_reserve(self) -> float:
@@ -412,7 +411,6 @@ class _Run:
         the units it depends on are done. A failed unit does not stop the others (only those
         that depend on it); a stop request stops them all, each saving its checkpoint."""
         pending = list(units)
-        self._lanes = executor.lanes
         running: dict[str, Unit] = {}
         failed: dict[str, Any] = {}
         stopped: list[dict] = []
@@ -423,7 +421,7 @@ class _Run:
                 executor.stop()
                 asked = True
             while not halt and executor.has_room(len(running)):
-                unit = self._ready(pending, running, failed)
+                unit = self._ready(pending, running, failed, executor.lanes)
                 if unit is None:
                     break
                 pending.remove(unit)
@@ -470,13 +468,13 @@ class _Run:
             yield self.log(self.stopped(stopped[0] if stopped else {"name": pending[0].model}))
             raise _Stopped()
 
-    def _ready(self, pending: list[Unit], running: dict, failed: dict) -> Unit | None:
+    def _ready(self, pending: list[Unit], running: dict, failed: dict, lanes: int) -> Unit | None:
         """The next unit to start: in plan order on one lane; on several, the ready unit with
         the longest chain of work behind it first (a task's pre-training mode, then the
         continuation that waits for it), so the lanes do not end with one long unit alone."""
         waiting = {u.id for u in pending} | set(running) | set(failed)
         ready = [u for u in pending if not waiting.intersection(u.deps)]
-        if len(ready) < 2 or self._lanes == 1:
+        if len(ready) < 2 or lanes == 1:
             return ready[0] if ready else None
         return max(ready, key=lambda u: self._chain_s(u, pending))
 
