@@ -7,9 +7,10 @@ Sub-benchmarks: ``train`` (1, 2: joint step vs a bare loop, data wait), ``infer`
 inference vs a bare forward), ``viewer`` (4: event-loop stalls while training; needs a display),
 ``memory`` (5: peak RSS of training and of opening a 512 x 512 x 300 volume), ``threads`` (1 vs 2
 torch threads per training process: the basis for running two jobs at once), ``stage1`` (stage 1
-on ACDC one unit at a time vs two side by side on the local executor, the same plan). Ratios are
-measured side by side in one process, repetitions alternating (ABAB). Results report; nothing
-here asserts a timing.
+on ACDC one unit at a time vs two side by side on the local executor, the same plan), ``gpu``
+(stage 1 on one GPU at 1, 2, 4 units at once and the planner's choice; the card's memory per
+unit). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+report; nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make ``speed`` importable
 
-NAMES = ("train", "infer", "viewer", "memory", "threads", "stage1")
+NAMES = ("train", "infer", "viewer", "memory", "threads", "stage1", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--load", type=int, default=0, help="viewer: busy processes beside it (other work)"
     )
+    p.add_argument("--device", default="cuda", help="gpu: cpu for a dry run of the script")
+    p.add_argument("--gpu-tasks", default="sdm,inpaint", help="gpu: the stage-1 tasks")
+    p.add_argument("--lanes", default="1,2,4,0", help="gpu: units at once to compare (0: auto)")
+    p.add_argument("--max-s", type=float, default=400.0, help="gpu: start no run after this")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 
@@ -65,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             from speed import stage1
 
             res = stage1.bench(reps=a.reps, steps=a.steps if a.steps != 60 else 0)
+        elif name == "gpu":
+            from speed import gpu
+
+            steps = a.steps if a.steps != 60 else 400
+            lanes = tuple(int(x) for x in a.lanes.split(","))
+            res = gpu.bench(steps, a.gpu_tasks, lanes, a.max_s, a.device)
         elif name == "viewer":
             from speed import viewer
 

@@ -201,6 +201,37 @@ def test_a_gpu_plan_is_larger(monkeypatch):
     assert p.patch >= 128 and p.threads <= 4
 
 
+@pytest.mark.parametrize(
+    ("free_gib", "cpus", "width", "lanes"),
+    [
+        (78, 16, 5, P.GPU_MAX_LANES),  # an empty H100: the cap
+        (8 + 2 * 2.1 + 0.1, 16, 5, 2),  # room for two units beyond the reserve
+        (8.5, 16, 5, 1),  # almost full: still one (the run's own)
+        (78, 2, 5, 1),  # one core to feed the GPU, one left to the viewer
+        (78, 16, 3, 3),  # no more than the units that can start together
+    ],
+)
+def test_units_on_one_gpu_are_as_many_as_its_free_memory_holds(
+    monkeypatch, free_gib, cpus, width, lanes
+):
+    """No GPU here: the card's memory faked. A unit whose dearest step peaked at 1000 MiB
+    counts 1000 x ALLOC_SLACK + CUDA_CONTEXT_MB = 2100 MiB; 10 % of an 80 GiB card is kept."""
+    import torch
+
+    monkeypatch.setattr(P, "ALLOC_SLACK", 1.5)
+    monkeypatch.setattr(P, "CUDA_CONTEXT_MB", 600.0)
+    monkeypatch.setattr(P, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (free_gib * 2**30, 80 * 2**30))
+    p = plan(fp((256, 216), (1.5, 1.5)), "10m")
+    p.device = "cuda"
+    p.timings = {**p.timings, "peak_mb": 1000.0}
+    cfg = profile("quick", budget_s=0.0, device="cpu")
+    n, why = P.gpu_lanes(p, cfg, width)
+    assert n == lanes
+    assert "about 2.1 GiB each (1000 MiB measured peak)" in why and f"{width} unit(s)" in why
+
+
 def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
     """The correction dock's 3 minutes on one slow thread: a retrain of the trained student is
     accepted where a model from scratch would be refused."""

@@ -44,7 +44,17 @@ from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
 from .executors import Executor, make_executor
 from .inference import resolve_device
-from .plan import MIN_STEPS, Plan, PlanError, allocate, fingerprint, make_plan, model_units
+from .plan import (
+    MIN_STEPS,
+    Plan,
+    PlanError,
+    allocate,
+    fingerprint,
+    gpu_lanes,
+    make_plan,
+    model_units,
+    usable_cpus,
+)
 from .preprocess import VolumeCache, content_hash
 from .units import Unit, UnitContext
 
@@ -345,27 +355,32 @@ class _Run:
             self.save_state()
 
     # -- scheduling ----------------------------------------------------------------------------
-    def lanes(self, units: list[Unit]) -> int:
-        """Units at once for the plan ``units``: the config's ``units_at_once``, else one per
-        thread of the plan on a CPU for runs given in steps. A budgeted run trains one unit at
-        a time, as the planner priced it (it times steps at the plan's threads, not at one
-        thread per lane)."""
+    def lanes(self, units: list[Unit]) -> tuple[int, str]:
+        """Units at once for the plan ``units``, and why: the config's ``units_at_once``, else
+        for runs given in steps one per thread of the plan on a CPU, as many as the GPU's
+        memory holds on a GPU (:func:`.plan.gpu_lanes`), never more than the units that can
+        start together (a single model trains in-process). A budgeted run trains one unit at
+        a time, as the planner priced it (it times steps alone, not side by side)."""
         c = self.cfg
         if c.executor == "inline":
-            return 1
+            return 1, ""
         if c.units_at_once:
-            return int(c.units_at_once)
+            return int(c.units_at_once), "units_at_once"
         if c.executor == "ray":
-            return max(1, len(units))
-        if c.budget_s > 0 or self.device.type != "cpu":
-            return 1
-        # no more lanes than units that can start together (a single model trains in-process,
-        # with every thread)
+            return max(1, len(units)), "one Ray task per unit"
+        if c.budget_s > 0:
+            return 1, ""
         width = sum(1 for u in units if not u.deps)
-        return max(1, min(int(self.plan.threads), width))
+        if self.device.type == "cuda" and width > 1:
+            return gpu_lanes(self.plan, self.cfg, width)
+        if self.device.type != "cpu":
+            return 1, ""
+        return max(1, min(int(self.plan.threads), width)), "one per CPU thread of the plan"
 
     def executor(self, lanes: int) -> Executor:
         threads = max(1, int(self.plan.threads) // lanes)
+        if self.device.type == "cuda":  # the GPU trains; a lane's threads feed it
+            threads = max(1, min(int(self.plan.threads), (usable_cpus() - 1) // lanes))
         if self.cfg.executor == "ray":
             threads = max(1, int(self.cfg.num_threads or 1))
         return make_executor(
@@ -392,13 +407,13 @@ class _Run:
         for note in self.study.notes:
             yield self.log(ev.Note(note))
         units = self.plan_units()
-        lanes = self.lanes(units)
+        lanes, why = self.lanes(units)
         executor = self.executor(lanes)
         if lanes > 1:
             yield self.log(
                 ev.Note(
                     f"{lanes} units at once ({executor.name} executor, "
-                    f"{executor.threads} thread(s) each)"
+                    f"{executor.threads} thread(s) each): {why}"
                 )
             )
         try:

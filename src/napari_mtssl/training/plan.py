@@ -611,14 +611,19 @@ def _busy_cores(window_s: float = 0.5) -> float:
     return _BUSY[0]
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return int(cpus or 1)
+
+
 def _thread_policy(dev: Any, interactive: bool) -> int:
     """Every free core for a headless run; one left to the viewer for a job started from napari.
 
     torch's OpenMP threads busy-wait for each other, so a job with more threads than free cores
     slows down many times over (docs/benchmarks.md, threads): cores that other processes keep
     busy (measured over half a second) are not counted as free."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpus = int(cpus or 1)
+    cpus = usable_cpus()
     if dev.type != "cpu":
         return max(1, min(4, cpus - 1))  # the GPU does the work; threads feed it
     want = max(1, cpus - 1) if interactive else cpus
@@ -1014,7 +1019,18 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
         with autocast(dev, plan.precision):
             net(x)
 
-    t: dict[str, float] = {"seg": timed(seg_step), "fwd": timed(fwd)}
+    peaks: list[float] = []
+
+    def peak(fn, n: int = 3) -> float:
+        """``timed(fn)``, recording the step's peak GPU memory (MiB) on a GPU."""
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        s = timed(fn, n)
+        if dev.type == "cuda":
+            peaks.append(torch.cuda.max_memory_allocated(dev) / 2**20)
+        return s
+
+    t: dict[str, float] = {"seg": peak(seg_step), "fwd": timed(fwd)}
     rng = np.random.default_rng(0)
     vol = rng.standard_normal((max(8, fp.slices[1]), p, p)).astype(np.float32)
     lab = (rng.random(vol.shape) > 0.7).astype(np.int64) * min(1, fp.num_classes - 1)
@@ -1052,12 +1068,56 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
             loss.backward()
             topt.step()
 
-        t[f"task:{name}"] = timed(task_step, 2)
+        t[f"task:{name}"] = peak(task_step, 2)
     n_teachers = max(1, len(cfg.stage1.tasks))
     t["student"] = 2 * t["seg"] + 2 * n_teachers * t["fwd"]
     t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2
     t["eval"] += 0.05 * len(fp.val_shapes)
+    if peaks:
+        # A joint step holds the segmentation batch's and the task batch's activations at
+        # once: their peaks added (the weights and optimiser state counted twice: a margin).
+        t["peak_mb"] = peaks[0] + max(peaks[1:], default=0.0)
     return t
+
+
+# GPU lanes. Each worker process holds a CUDA context (torch's kernels, cuDNN and cuBLAS
+# handles) besides its tensors, and torch's caching allocator reserves more than the peak of
+# the live tensors. Measured on an H100 (docs/benchmarks.md, "Stage 1 on one GPU"): a fresh
+# process's context took 634 MiB; a stage-1 unit took 1.3 to 1.45 GiB of the card in all,
+# against the 1.8 GiB counted here (a margin for larger validation windows).
+CUDA_CONTEXT_MB = 650.0
+ALLOC_SLACK = 1.5  # reserved / peak allocated, with room for a validation pass
+GPU_RESERVE = 0.1  # of the card, left to the viewer and to other programs
+# There, 4 units at once trained a 4-task stage 1 1.87x sooner than one at a time, 8 at once
+# 1.78x: the GPU, not its memory, was the limit.
+GPU_MAX_LANES = 4
+
+
+def gpu_lanes(plan: Plan, cfg: ExperimentConfig, width: int) -> tuple[int, str]:
+    """How many units train side by side on the plan's GPU, and why: as many as its free
+    memory holds (each unit's measured peak, with the allocator's slack and a CUDA context
+    per process), at most ``width`` (the units that can start together), one CPU core each
+    with one left to the viewer, and at most ``GPU_MAX_LANES``."""
+    import torch
+
+    dev = torch.device(plan.device)
+    fp = Fingerprint.from_dict(plan.fingerprint)
+    need = plan.timings.get("peak_mb") or _time_steps(plan, cfg, fp).get("peak_mb", 0.0)
+    torch.cuda.empty_cache()  # the probe's cached blocks are not the run's
+    free, total = (x / 2**20 for x in torch.cuda.mem_get_info(dev))
+    per_unit = need * ALLOC_SLACK + CUDA_CONTEXT_MB
+    room = free - GPU_RESERVE * total
+    by_memory = max(1, int(room // per_unit))
+    by_cpu = max(1, usable_cpus() - 1)
+    lanes = max(1, min(width, by_memory, by_cpu, GPU_MAX_LANES))
+    why = (
+        f"{lanes} unit(s) at once on the GPU: about {per_unit / 1024:.1f} GiB each "
+        f"({need:.0f} MiB measured peak), {max(0.0, room) / 1024:.1f} GiB free beyond "
+        f"{GPU_RESERVE:.0%} of the card kept for other programs (room for {by_memory}); "
+        f"{width} unit(s) can start together, {by_cpu} CPU core(s) to feed them, "
+        f"at most {GPU_MAX_LANES}"
+    )
+    return lanes, why
 
 
 def validation_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
