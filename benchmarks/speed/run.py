@@ -7,7 +7,8 @@ Sub-benchmarks: ``train`` (1, 2: joint step vs a bare loop, data wait), ``infer`
 inference vs a bare forward), ``viewer`` (4: event-loop stalls while training; needs a display),
 ``memory`` (5: peak RSS of training and of opening a 512 x 512 x 300 volume), ``threads`` (1 vs 2
 torch threads per training process: the basis for running two jobs at once), ``stage1`` (stage 1
-on ACDC one unit at a time vs two side by side on the local executor, the same plan), ``gpu``
+on ACDC one unit at a time vs two side by side on the local executor, the same plan),
+``stage1_budget`` (a budgeted stage 1 priced one at a time vs left to choose side by side), ``gpu``
 (stage 1 on one GPU at 1, 2, 4 units at once and the planner's choice; the card's memory per
 unit). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make ``speed`` importable
 
-NAMES = ("train", "infer", "viewer", "memory", "threads", "stage1", "gpu")
+NAMES = ("train", "infer", "viewer", "memory", "threads", "stage1", "stage1_budget", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "--load", type=int, default=0, help="viewer: busy processes beside it (other work)"
     )
     p.add_argument("--device", default="cuda", help="gpu: cpu for a dry run of the script")
+    p.add_argument("--budget", default="10m", help="stage1_budget: the run's time budget")
     p.add_argument("--gpu-tasks", default="sdm,inpaint", help="gpu: the stage-1 tasks")
     p.add_argument("--lanes", default="1,2,4,0", help="gpu: units at once to compare (0: auto)")
     p.add_argument("--max-s", type=float, default=400.0, help="gpu: start no run after this")
@@ -70,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import stage1
 
             res = stage1.bench(reps=a.reps, steps=a.steps if a.steps != 60 else 0)
+        elif name == "stage1_budget":
+            from speed import stage1
+
+            res = stage1.bench_budget(budget=a.budget)
         elif name == "gpu":
             from speed import gpu
 

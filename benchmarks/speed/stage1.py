@@ -86,3 +86,49 @@ def bench(reps: int = 2, steps: int = 0, tasks: str = "sdm,inpaint") -> dict[str
     }
     print({k: v for k, v in out.items() if k != "runs"}, flush=True)
     return out
+
+
+def bench_budget(budget: str = "10m", tasks: str = "sdm,inpaint") -> dict[str, Any]:
+    """A budgeted stage 1, as users run it: the planner prices the steps one unit at a time
+    (``units_at_once = 1``) and, left to choose (``units_at_once = 0``), also side by side,
+    keeping what gives more steps. Reported per run: the lanes chosen and why, the steps per
+    model, the wall time against the budget, the selections and every model's Dice."""
+    from napari_mtssl import api
+    from napari_mtssl.training.pipeline import run_training
+
+    from .common import acdc_workspace
+
+    ws = acdc_workspace(3)
+    runs = {}
+    for lanes in (1, 0):
+        cfg = api.make_config("quick", budget=budget, device="cpu", tasks=tasks.split(","))
+        cfg.stage1.cache_pretext = False  # both sides pre-train (no reuse between runs)
+        why: list[str] = []
+        notes = []
+
+        def on(e: dict, why=why, notes=notes) -> None:
+            if e["type"] == "plan":
+                why.append(e["plan"].get("lanes_why", ""))
+                why.append(str(e["plan"].get("lanes", 1)))
+            if e["type"] == "note":
+                notes.append(e["message"])
+
+        c = type(cfg).from_dict(cfg.to_dict())
+        c.units_at_once = lanes
+        t0 = time.perf_counter()
+        report = api.run(run_training(ws, c, "stage1"), on)
+        wall = time.perf_counter() - t0
+        models = report["models"]
+        runs[str(lanes)] = {
+            "units_at_once": lanes,
+            "wall_s": round(wall, 1),
+            "budget_s": c.budget_s,
+            "lanes_why": why,
+            "notes": notes,
+            "selected": {t: s["mode"] for t, s in report["selected"].items()},
+            "dice": {m: round(v["mean_dice"], 4) for m, v in models.items()},
+            "steps": {m: v["steps"] for m, v in models.items()},
+            "run": report["run"],
+        }
+        print(runs[str(lanes)], flush=True)
+    return {"budget": budget, "runs": runs}

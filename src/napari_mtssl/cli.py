@@ -685,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--units-at-once",
         type=int,
         default=0,
-        help="models trained at once (0: as many as fit; a budgeted run on a CPU: 1)",
+        help="models trained at once (0: as many as fit; a budgeted run: where that gives "
+        "more steps)",
     )
     t.add_argument(
         "--address",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_mtssl import api
+from napari_mtssl.training import lanes as L
 from napari_mtssl.training import plan as P
 from napari_mtssl.training.config import parse_budget, profile
 from napari_mtssl.training.plan import Fingerprint, Plan, PlanError, make_plan
@@ -204,7 +205,7 @@ def test_a_gpu_plan_is_larger(monkeypatch):
 @pytest.mark.parametrize(
     ("free_gib", "cpus", "width", "lanes"),
     [
-        (78, 16, 5, P.GPU_MAX_LANES),  # an empty H100: the cap
+        (78, 16, 5, L.GPU_MAX_LANES),  # an empty H100: the cap
         (8 + 2 * 2.1 + 0.1, 16, 5, 2),  # room for two units beyond the reserve
         (8.5, 16, 5, 1),  # almost full: still one (the run's own)
         (78, 2, 5, 1),  # one core to feed the GPU, one left to the viewer
@@ -218,16 +219,16 @@ def test_units_on_one_gpu_are_as_many_as_its_free_memory_holds(
     counts 1000 x ALLOC_SLACK + CUDA_CONTEXT_MB = 2100 MiB; 10 % of an 80 GiB card is kept."""
     import torch
 
-    monkeypatch.setattr(P, "ALLOC_SLACK", 1.5)
-    monkeypatch.setattr(P, "CUDA_CONTEXT_MB", 600.0)
-    monkeypatch.setattr(P, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(L, "ALLOC_SLACK", 1.5)
+    monkeypatch.setattr(L, "CUDA_CONTEXT_MB", 600.0)
+    monkeypatch.setattr(L, "usable_cpus", lambda: cpus)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (free_gib * 2**30, 80 * 2**30))
     p = plan(fp((256, 216), (1.5, 1.5)), "10m")
     p.device = "cuda"
     p.timings = {**p.timings, "peak_mb": 1000.0}
     cfg = profile("quick", budget_s=0.0, device="cpu")
-    n, why = P.gpu_lanes(p, cfg, width)
+    n, why = L.gpu_lanes(p, cfg, width)
     assert n == lanes
     assert "about 2.1 GiB each (1000 MiB measured peak)" in why and f"{width} unit(s)" in why
 
@@ -245,3 +246,61 @@ def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
         allocate(Plan.from_dict(p.to_dict()), cfg, "stage2", f, timings=slow)
     got = allocate(Plan.from_dict(p.to_dict()), cfg, "retrain-quick", f, timings=slow)
     assert P.MIN_RETRAIN_STEPS <= got.steps["retrain"] < P.MIN_STEPS
+
+
+def test_the_lanes_run_jobs_as_the_scheduler_does():
+    """Longest chain first, a job only after its dependencies: two lanes, two tasks' rungs
+    (10 s) and the dearer mode's continuation (20 s after both its rungs)."""
+    jobs = [
+        L.Job("a:joint@rung", 0, 10),
+        L.Job("a:pretrain@rung", 0, 10),
+        L.Job("a:joint", 0, 20, ("a:joint@rung", "a:pretrain@rung")),
+        L.Job("b:joint@rung", 0, 10),
+        L.Job("b:pretrain@rung", 0, 10),
+        L.Job("b:joint", 0, 20, ("b:joint@rung", "b:pretrain@rung")),
+    ]
+    ends = L.makespan(jobs, 0, 2)
+    assert ends["a:joint"] >= max(ends["a:joint@rung"], ends["a:pretrain@rung"]) + 20
+    assert max(ends.values()) == 40  # 4 rungs in two waves, then the two continuations
+    assert max(L.makespan(jobs, 0, 1).values()) == 80  # one lane: the sum
+    assert max(L.makespan(jobs, 0, 4).values()) == 30
+
+
+@pytest.mark.parametrize(("slowdown", "lanes"), [(1.45, 2), (2.3, 1)])
+def test_a_budget_trains_side_by_side_only_where_that_gives_more_steps(slowdown, lanes):
+    """Steps timed beside another unit at 1.45x the time alone (this 2-core machine): two at
+    once give each model more steps, and the plan says so. At 2.3x they would not: one at a
+    time."""
+    from napari_mtssl.training.plan import allocate
+
+    f = fp((256, 216), (1.5, 1.5))
+    p = plan(f, "1h", what="stage1")
+    alone = {k: v for k, v in p.timings.items() if not k.startswith("side:")}
+    side = {f"side:{k}": v * slowdown for k, v in alone.items()}
+    cfg = profile("quick", budget_s=3600, device="cpu")
+    one = allocate(Plan.from_dict(p.to_dict()), cfg, "stage1", f, timings=alone)
+    got = allocate(
+        Plan.from_dict(p.to_dict()), cfg, "stage1", f, timings={**alone, **side}, lanes=2
+    )
+    assert got.lanes == lanes and "steps per model" in got.lanes_why
+    how = "2 units at once" if lanes == 2 else "one unit at a time"
+    assert f"- {how}: {got.lanes_why}" in got.describe()
+    if lanes == 2:
+        assert got.steps["seg"] > one.steps["seg"] * L.SIDE_GAIN
+        # the wall time of the units laid out on two lanes still fits the budget
+        assert got.estimate_s["total"] <= 3600 * 0.96
+    else:
+        assert got.steps["seg"] == one.steps["seg"]
+
+
+def test_steps_are_timed_beside_a_process_that_trains_the_same_network():
+    """The side-by-side timing really runs a second process, and it is gone afterwards."""
+    import multiprocessing as mp
+
+    f = fp((64, 64), (1.0, 1.0), slices=(4, 4, 4), n_val=1)
+    p = plan(f, "1h", data__patch_size=32, model__width=8, model__depth=2, data__batch_size=2)
+    p.threads = 2
+    cfg = p.apply(profile("quick", budget_s=3600, device="cpu", stage1__tasks=["sdm"]))
+    t = L.time_side_by_side(p, cfg, f, 2)
+    assert t["seg"] > 0 and t["task:sdm"] > 0 and t["eval"] > 0
+    assert not mp.active_children()

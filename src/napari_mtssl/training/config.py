@@ -211,7 +211,7 @@ class ExperimentConfig:
     # Where the units of a run train (training/executors.py): "inline" (the run's own process),
     # "local" (units side by side in processes), "ray" (a Ray cluster at ray_address).
     executor: str = "local"
-    units_at_once: int = 0  # 0: as many as fit (local: runs given in steps; budgeted runs: 1)
+    units_at_once: int = 0  # 0: as many as fit (budgeted runs: where that gives more steps)
     ray_address: str | None = None  # "auto", "ray://host:port"; None: a local Ray instance
 
     @property

@@ -44,13 +44,13 @@ from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
 from .executors import Executor, make_executor
 from .inference import resolve_device
+from .lanes import gpu_lanes, lanes_for
 from .plan import (
     MIN_STEPS,
     Plan,
     PlanError,
     allocate,
     fingerprint,
-    gpu_lanes,
     make_plan,
     model_units,
     usable_cpus,
@@ -241,7 +241,8 @@ class _Run:
             return
         est = self.plan.estimate_s
         left = self.cfg.budget_s - self.spent()
-        need = sum(est.get(u, 0.0) for u in remaining)
+        lanes = max(1, int(self.plan.lanes or 1))  # side by side: the work shares the lanes
+        need = sum(est.get(u, 0.0) / (1 if u.startswith("student") else lanes) for u in remaining)
         fixed_steps = self.state.setdefault("unit_steps", {})
         if need <= 0 or need <= left * 1.02:
             return
@@ -358,9 +359,9 @@ class _Run:
     def lanes(self, units: list[Unit]) -> tuple[int, str]:
         """Units at once for the plan ``units``, and why: the config's ``units_at_once``, else
         for runs given in steps one per thread of the plan on a CPU, as many as the GPU's
-        memory holds on a GPU (:func:`.plan.gpu_lanes`), never more than the units that can
-        start together (a single model trains in-process). A budgeted run trains one unit at
-        a time, as the planner priced it (it times steps alone, not side by side)."""
+        memory holds on a GPU (:func:`.lanes.gpu_lanes`), never more than the units that can
+        start together (a single model trains in-process). A budgeted run trains as the
+        planner priced it (``plan.lanes``: side by side where that gave more steps)."""
         c = self.cfg
         if c.executor == "inline":
             return 1, ""
@@ -368,9 +369,10 @@ class _Run:
             return int(c.units_at_once), "units_at_once"
         if c.executor == "ray":
             return max(1, len(units)), "one Ray task per unit"
-        if c.budget_s > 0:
-            return 1, ""
         width = sum(1 for u in units if not u.deps)
+        if c.budget_s > 0:
+            lanes = min(int(getattr(self.plan, "lanes", 1) or 1), max(1, width))
+            return lanes, self.plan.lanes_why
         if self.device.type == "cuda" and width > 1:
             return gpu_lanes(self.plan, self.cfg, width)
         if self.device.type != "cpu":
@@ -818,8 +820,9 @@ def _start_new(
         stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
     state = {}
     spent = time.monotonic() - t_start
+    lanes = lanes_for(the_plan, shaped, what)[0] if cfg.budget_s > 0 else 1
     if cfg.budget_s > 0:
-        allocate(the_plan, shaped, what, fp, spent_s=spent)
+        allocate(the_plan, shaped, what, fp, spent_s=spent, lanes=lanes)
     reuse = {}
     if what in ("stage1", "all") and cfg.stage1.modes != "joint":
         want = the_plan.apply(cfg).stage1.pretrain_steps
@@ -828,7 +831,7 @@ def _start_new(
             if got:
                 reuse[t] = got
     if reuse and cfg.budget_s > 0:  # cached pre-training is free: the others get its time
-        allocate(the_plan, shaped, what, fp, spent_s=spent, cached_pretext=list(reuse))
+        allocate(the_plan, shaped, what, fp, spent_s=spent, cached_pretext=list(reuse), lanes=lanes)
     state["pretext_reuse"] = sorted(reuse)
     cfg = the_plan.apply(cfg)
     run = ws.new_run(what, cfg.to_dict())

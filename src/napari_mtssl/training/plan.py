@@ -73,6 +73,9 @@ TASK_COST_GUESS = 1.0  # a task step costs about one segmentation step (before t
 EVALS = 2
 OVERHEAD_S = 3.0  # per run: loading teachers, writing the report (data preparation is timed)
 OVERHEAD_PER_MODEL_S = 1.0  # saving the model and its checkpoint
+# Below this budget a run trains one unit at a time without pricing side by side: timing the
+# steps beside other processes (starting them) takes 5 to 10 seconds.
+SIDE_MIN_BUDGET_S = 300.0
 
 
 class PlanError(ValueError):
@@ -246,6 +249,8 @@ class Plan:
     overridden: list[str] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    lanes: int = 1  # units a budgeted run trains at once (priced that way by allocate)
+    lanes_why: str = ""
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(
@@ -304,6 +309,9 @@ class Plan:
                 f"{format_budget(self.estimate_s.get('total', 0.0))} for "
                 f"{len(self.models)} model(s)"
             )
+        if self.lanes_why:
+            how = f"{self.lanes} units at once" if self.lanes > 1 else "one unit at a time"
+            lines.append(f"- {how}: {self.lanes_why}")
         for w in self.warnings:
             lines.append(f"- note: {w}")
         return lines
@@ -840,6 +848,26 @@ def _explicit_steps(cfg: ExperimentConfig, what: str) -> dict[str, int]:
 # -- the budget --------------------------------------------------------------------------------
 
 
+def unit_step_s(
+    u: str, t: dict[str, float], cfg: ExperimentConfig, cached_pretext: Sequence[str] = ()
+) -> tuple[float, float]:
+    """(seconds per segmentation step, seconds of pre-training per segmentation step) of the
+    model ``u``, from the step timings ``t``."""
+    s1 = cfg.stage1
+    if u == "baseline":
+        return t["seg"], 0.0
+    mode = _mode_of(u)
+    task = ModelId.parse(u).task if mode else None
+    if mode == "joint":
+        return t["seg"] + t.get(f"task:{task}", t["seg"]), 0.0
+    if mode == "pretrain":
+        pre = 0.0 if task in cached_pretext else s1.pretrain_ratio * t.get(f"task:{task}", 0)
+        return t["seg"], pre
+    if u == "all_joint":
+        return t["seg"] + sum(t.get(f"task:{x}", t["seg"]) for x in s1.tasks), 0.0
+    return t["student"], 0.0
+
+
 def allocate(
     plan: Plan,
     cfg: ExperimentConfig,
@@ -850,6 +878,7 @@ def allocate(
     spent_s: float = 0.0,
     cached_pretext: Sequence[str] = (),
     timings: dict[str, float] | None = None,
+    lanes: int = 1,
 ) -> Plan:
     """Share ``cfg.budget_s - spent_s`` across the run's models (in place; returns ``plan``).
 
@@ -857,8 +886,20 @@ def allocate(
     judged by is at equal training); pre-training gets ``pretrain_ratio * N`` steps (nothing
     for a task whose pre-training is cached); successive halving trains the losing mode for a
     share ``halving`` of N only. Validation passes and a safety margin of 5 % are counted.
+    ``lanes`` > 1: the run may train that many units at once; the steps are also priced side
+    by side (:func:`.lanes.price_side_by_side`) and the way that gives more steps is kept
+    (``plan.lanes``).
     """
     t = timings or plan.timings or (_time_steps(plan, cfg, fp) if probe else _guess(plan, cfg))
+    if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S:
+        lanes = 1  # timing steps side by side would cost a share of so small a budget
+    if lanes > 1 and probe and not any(k.startswith("side:") for k in t):
+        from .lanes import time_side_by_side
+
+        t0 = time.perf_counter()
+        side = time_side_by_side(plan, cfg, fp, lanes)
+        t = {**t, **{f"side:{k}": v for k, v in side.items()}}
+        spent_s += time.perf_counter() - t0  # the timing is paid from the budget
     plan.timings = {k: round(float(v), 5) for k, v in t.items()}
     s1 = cfg.stage1
     units = model_units(what, cfg)
@@ -869,21 +910,7 @@ def allocate(
     h = s1.halving if both else 1.0
 
     def per_step(u: str) -> tuple[float, float]:
-        """(seconds per segmentation step, seconds of pre-training per segmentation step)."""
-        if u == "baseline":
-            return t["seg"], 0.0
-        mode = _mode_of(u)
-        task = ModelId.parse(u).task if mode else None
-        if mode == "joint":
-            return t["seg"] + t.get(f"task:{task}", t["seg"]), 0.0
-        if mode == "pretrain":
-            pre = 0.0 if task in cached_pretext else s1.pretrain_ratio * t.get(f"task:{task}", 0)
-            return t["seg"], pre
-        if u == "all_joint":
-            return t["seg"] + sum(t.get(f"task:{x}", t["seg"]) for x in s1.tasks), 0.0
-        if u == "student (retrain)":
-            return t["student"], 0.0
-        return t["student"], 0.0
+        return unit_step_s(u, t, cfg, cached_pretext)
 
     # Seconds per unit of N, summed over models; halving discounts the expected loser.
     cost_n = 0.0
@@ -901,6 +928,16 @@ def allocate(
     fixed += OVERHEAD_S + OVERHEAD_PER_MODEL_S * len(units)
     usable = budget * 0.95 - fixed
     n = int(usable / cost_n) if cost_n > 0 else 0
+    plan.lanes, plan.lanes_why, side = 1, "", None
+    if lanes > 1:
+        from .lanes import SIDE_GAIN, price_side_by_side
+
+        room = budget * 0.95 - OVERHEAD_S - OVERHEAD_PER_MODEL_S * len(units)
+        side = price_side_by_side(cfg, what, t, lanes, room, cached_pretext)
+        if side is not None and side.steps > max(n, 0) * SIDE_GAIN:
+            plan.lanes, n = lanes, side.steps
+        if side is not None:
+            plan.lanes_why = side.why(n_alone=int(usable / cost_n) if cost_n > 0 else 0)
     floor = min_steps(what)
     if n < floor:
         need = (floor * cost_n + fixed) / 0.95 + spent_s
@@ -925,6 +962,8 @@ def allocate(
             if seg < per_step(other)[0]:
                 est[u] = round(h * n * seg + n * pre + 2 * t_eval, 1)
     est["total"] = round(sum(est.values()) + fixed - len(units) * evals * t_eval, 1)
+    if plan.lanes > 1 and side is not None:
+        est.update(side.estimate(n))
     plan.estimate_s = est
     plan.budget_s = cfg.budget_s
     plan.models = units
@@ -1078,46 +1117,6 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
         # once: their peaks added (the weights and optimiser state counted twice: a margin).
         t["peak_mb"] = peaks[0] + max(peaks[1:], default=0.0)
     return t
-
-
-# GPU lanes. Each worker process holds a CUDA context (torch's kernels, cuDNN and cuBLAS
-# handles) besides its tensors, and torch's caching allocator reserves more than the peak of
-# the live tensors. Measured on an H100 (docs/benchmarks.md, "Stage 1 on one GPU"): a fresh
-# process's context took 634 MiB; a stage-1 unit took 1.3 to 1.45 GiB of the card in all,
-# against the 1.8 GiB counted here (a margin for larger validation windows).
-CUDA_CONTEXT_MB = 650.0
-ALLOC_SLACK = 1.5  # reserved / peak allocated, with room for a validation pass
-GPU_RESERVE = 0.1  # of the card, left to the viewer and to other programs
-# There, 4 units at once trained a 4-task stage 1 1.87x sooner than one at a time, 8 at once
-# 1.78x: the GPU, not its memory, was the limit.
-GPU_MAX_LANES = 4
-
-
-def gpu_lanes(plan: Plan, cfg: ExperimentConfig, width: int) -> tuple[int, str]:
-    """How many units train side by side on the plan's GPU, and why: as many as its free
-    memory holds (each unit's measured peak, with the allocator's slack and a CUDA context
-    per process), at most ``width`` (the units that can start together), one CPU core each
-    with one left to the viewer, and at most ``GPU_MAX_LANES``."""
-    import torch
-
-    dev = torch.device(plan.device)
-    fp = Fingerprint.from_dict(plan.fingerprint)
-    need = plan.timings.get("peak_mb") or _time_steps(plan, cfg, fp).get("peak_mb", 0.0)
-    torch.cuda.empty_cache()  # the probe's cached blocks are not the run's
-    free, total = (x / 2**20 for x in torch.cuda.mem_get_info(dev))
-    per_unit = need * ALLOC_SLACK + CUDA_CONTEXT_MB
-    room = free - GPU_RESERVE * total
-    by_memory = max(1, int(room // per_unit))
-    by_cpu = max(1, usable_cpus() - 1)
-    lanes = max(1, min(width, by_memory, by_cpu, GPU_MAX_LANES))
-    why = (
-        f"{lanes} unit(s) at once on the GPU: about {per_unit / 1024:.1f} GiB each "
-        f"({need:.0f} MiB measured peak), {max(0.0, room) / 1024:.1f} GiB free beyond "
-        f"{GPU_RESERVE:.0%} of the card kept for other programs (room for {by_memory}); "
-        f"{width} unit(s) can start together, {by_cpu} CPU core(s) to feed them, "
-        f"at most {GPU_MAX_LANES}"
-    )
-    return lanes, why
 
 
 def validation_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
