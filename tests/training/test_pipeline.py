@@ -276,6 +276,47 @@ def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
     assert [e for e in events if e["type"] == "halving"]
 
 
+def test_a_budget_priced_side_by_side_trains_on_two_lanes_and_ends_in_time(
+    tmp_path, few_steps, monkeypatch
+):
+    """The planner's choice reaches the executor: steps timed beside another process (faked
+    as 1.2x the steps timed alone, so that two lanes win whatever this machine's speed) make the plan
+    say two at once, the local executor trains both modes side by side, and the run ends
+    within its budget."""
+    from napari_mtssl.training import lanes as lanes_mod
+    from napari_mtssl.training import plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "SIDE_MIN_BUDGET_S", 0.0)
+    timed: list[int] = []
+
+    def side(plan, cfg, fp, lanes):
+        timed.append(lanes)
+        return {k: v * 1.2 for k, v in lanes_mod.time_steps(plan, cfg, fp).items()}
+
+    monkeypatch.setattr(lanes_mod, "time_side_by_side", side)
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    cfg = api.make_config(
+        "quick",
+        budget="30s",
+        device="cpu",
+        tasks=["inpaint"],
+        model__width=4,
+        data__batch_size=2,
+        num_threads=2,
+    )
+    events: list[dict] = []
+    t0 = __import__("time").monotonic()
+    rep = _drive(run_training(ws, cfg, "stage1"), events.append)
+    wall = __import__("time").monotonic() - t0
+    plan = rep["plan"]
+    assert timed == [2] and plan["lanes"] == 2, plan["lanes_why"]
+    assert "one at a time" in plan["lanes_why"]
+    notes = [e["message"] for e in events if e["type"] == "note"]
+    assert any(n.startswith("2 units at once (local executor") for n in notes), notes
+    assert set(rep["models"]) >= {"inpaint:joint", "inpaint:pretrain", "teacher:inpaint"}
+    assert wall < 30 * 1.1 + 8  # the budget, its 10 %, and two worker processes' start
+
+
 def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
     from napari_mtssl.training import plan as plan_mod
     from napari_mtssl.training.plan import PlanError
