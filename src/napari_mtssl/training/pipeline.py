@@ -53,6 +53,7 @@ from .plan import (
     fingerprint,
     make_plan,
     model_units,
+    unit_step_s,
     usable_cpus,
 )
 from .preprocess import VolumeCache, content_hash
@@ -497,21 +498,17 @@ class _Run:
 
     def _cost_s(self, unit: Unit) -> float:
         """Seconds a unit trains, from the plan's timed steps (an estimate for ordering)."""
-        t, s1 = self.plan.timings, self.cfg.stage1
+        t = {"seg": 1.0, "student": 2.0, **self.plan.timings}  # runs given in steps: untimed
         n = self._steps(unit)
-        seg, task = float(t.get("seg", 1.0)), float(t.get(f"task:{unit.task}", t.get("seg", 1.0)))
         if unit.pause_at is not None:
             n = unit.pause_at
         elif unit.deps and unit.kind == "mode":
             n = max(0, n - self._halving_at(unit.task))
-        if unit.kind == "student":
-            return n * float(t.get("student", 2 * seg))
-        if unit.kind == "all_joint":
-            return n * (seg + sum(float(t.get(f"task:{x}", seg)) for x in s1.tasks))
-        if unit.kind == "mode" and unit.mode == "joint":
-            return n * (seg + task)
-        pre = s1.pretrain_steps * task if unit.kind == "mode" and not unit.deps else 0.0
-        return n * seg + pre
+        seg, _ = unit_step_s(unit.model, t, self.cfg)
+        if unit.kind == "mode" and unit.mode == "pretrain" and not unit.deps:
+            task = float(t.get(f"task:{unit.task}", t["seg"]))
+            return n * seg + self.cfg.stage1.pretrain_steps * task
+        return n * seg
 
     def _chain_s(self, unit: Unit, pending: list[Unit]) -> float:
         after = [self._cost_s(u) for u in pending if unit.id in u.deps and u.kind != "student"]
