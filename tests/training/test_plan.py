@@ -304,3 +304,33 @@ def test_steps_are_timed_beside_a_process_that_trains_the_same_network():
     t = L.time_side_by_side(p, cfg, f, 2)
     assert t["seg"] > 0 and t["task:sdm"] > 0 and t["eval"] > 0
     assert not mp.active_children()
+
+
+def test_a_process_that_cannot_start_beside_the_timing_is_reported_at_once():
+    """A helper that dies (here: a CUDA plan on a machine without CUDA) is a RuntimeError
+    within seconds, not a two-minute wait; the budget is then priced one unit at a time."""
+    import time
+
+    from napari_mtssl.training.plan import allocate
+
+    f = fp((64, 64), (1.0, 1.0), slices=(4, 4, 4), n_val=1)
+    p = plan(f, "1h", data__patch_size=32, model__width=8, model__depth=2, data__batch_size=2)
+    p.device, p.threads = "cuda", 2
+    cfg = p.apply(profile("quick", budget_s=3600, device="cpu", stage1__tasks=["sdm"]))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="could not start"):
+        L.time_side_by_side(p, cfg, f, 2)
+    assert time.monotonic() - t0 < 60
+
+    def broken(*a):
+        raise RuntimeError("no room")
+
+    q = plan(fp((256, 216), (1.5, 1.5)), "1h", what="stage1")
+    alone = {k: v for k, v in q.timings.items() if not k.startswith("side:")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L, "time_side_by_side", broken)
+        got = allocate(
+            q, profile("quick", budget_s=3600, device="cpu"), "stage1", f, lanes=2, timings=alone
+        )
+    assert got.lanes == 1 and "could not be timed side by side (no room)" in got.lanes_why
+    assert "- one unit at a time: the steps could not be timed" in "\n".join(got.describe())

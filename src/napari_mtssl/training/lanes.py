@@ -38,6 +38,7 @@ __all__ = ["gpu_lanes", "lanes_for", "price_side_by_side", "makespan", "SIDE_GAI
 # Side by side must give this many more steps per model than one at a time to be chosen: the
 # timing of a few steps is noisy, and one unit at a time is simpler to follow in the dock.
 SIDE_GAIN = 1.1
+START_S = 120.0  # the most a process that trains beside the timing one may take to start
 
 
 def lanes_for(plan: Plan, cfg: ExperimentConfig, what: str) -> tuple[int, str]:
@@ -273,7 +274,11 @@ def _busy(plan: dict, threads: int, ready: Any, stop: Any) -> None:
 
 def time_side_by_side(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, lanes: int) -> dict:
     """The plan's step timings taken while ``lanes - 1`` other processes train the same
-    network beside this one, each process with its share of the plan's threads."""
+    network beside this one, each process with its share of the plan's threads.
+    RuntimeError when one of them could not start (it ended, or was not training after
+    ``START_S``)."""
+    import time
+
     import torch
 
     each = max(1, int(plan.threads) // lanes)
@@ -287,8 +292,14 @@ def time_side_by_side(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, lanes:
         p.start()
     threads = torch.get_num_threads()
     try:
-        for r in ready:
-            r.wait(120)
+        until = time.monotonic() + START_S
+        for p, r in zip(procs, ready, strict=True):
+            while not r.wait(0.25):
+                if not p.is_alive() or time.monotonic() > until:
+                    raise RuntimeError(
+                        f"a process to time the steps beside could not start (exit code "
+                        f"{p.exitcode})"
+                    )
         if plan.device == "cpu":
             torch.set_num_threads(each)
         return time_steps(plan, cfg, fp)

@@ -891,14 +891,18 @@ def allocate(
     (``plan.lanes``).
     """
     t = timings or plan.timings or (_time_steps(plan, cfg, fp) if probe else _guess(plan, cfg))
+    failed = ""
     if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S:
         lanes = 1  # timing steps side by side would cost a share of so small a budget
     if lanes > 1 and probe and not any(k.startswith("side:") for k in t):
         from .lanes import time_side_by_side
 
         t0 = time.perf_counter()
-        side = time_side_by_side(plan, cfg, fp, lanes)
-        t = {**t, **{f"side:{k}": v for k, v in side.items()}}
+        try:
+            side = time_side_by_side(plan, cfg, fp, lanes)
+            t = {**t, **{f"side:{k}": v for k, v in side.items()}}
+        except (OSError, RuntimeError) as exc:  # one at a time, as priced without it
+            lanes, failed = 1, f"the steps could not be timed side by side ({exc})"
         spent_s += time.perf_counter() - t0  # the timing is paid from the budget
     plan.timings = {k: round(float(v), 5) for k, v in t.items()}
     s1 = cfg.stage1
@@ -928,7 +932,7 @@ def allocate(
     fixed += OVERHEAD_S + OVERHEAD_PER_MODEL_S * len(units)
     usable = budget * 0.95 - fixed
     n = int(usable / cost_n) if cost_n > 0 else 0
-    plan.lanes, plan.lanes_why, side = 1, "", None
+    plan.lanes, plan.lanes_why, side = 1, failed, None
     if lanes > 1:
         from .lanes import SIDE_GAIN, price_side_by_side
 
