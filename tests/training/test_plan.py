@@ -291,6 +291,13 @@ def test_a_budget_trains_side_by_side_only_where_that_gives_more_steps(slowdown,
         assert got.estimate_s["total"] <= 3600 * 0.96
     else:
         assert got.steps["seg"] == one.steps["seg"]
+        # asked for (--units-at-once 2), two at once it is, with the steps that fit that way
+        cfg.units_at_once = 2
+        asked = allocate(
+            Plan.from_dict(p.to_dict()), cfg, "stage1", f, timings={**alone, **side}, lanes=2
+        )
+        assert asked.lanes == 2 and asked.steps["seg"] < one.steps["seg"] * L.SIDE_GAIN
+        assert asked.estimate_s["total"] <= 3600 * 0.96
 
 
 def test_steps_are_timed_beside_a_process_that_trains_the_same_network():

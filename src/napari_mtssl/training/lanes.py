@@ -28,12 +28,13 @@ from .plan import (
     Plan,
     _mode_of,
     model_units,
+    probe_step,
     unit_step_s,
     usable_cpus,
 )
 from .plan import _time_steps as time_steps
 
-__all__ = ["gpu_lanes", "lanes_for", "price_side_by_side", "makespan", "SIDE_GAIN"]
+__all__ = ["gpu_lanes", "lanes_for", "start_width", "price_side_by_side", "makespan", "SIDE_GAIN"]
 
 # Side by side must give this many more steps per model than one at a time to be chosen: the
 # timing of a few steps is noisy, and one unit at a time is simpler to follow in the dock.
@@ -41,14 +42,18 @@ SIDE_GAIN = 1.1
 START_S = 120.0  # the most a process that trains beside the timing one may take to start
 
 
-def lanes_for(plan: Plan, cfg: ExperimentConfig, what: str) -> tuple[int, str]:
-    """Units a new run of ``what`` could train at once on the plan's device, and why (before
-    any pricing): the config's ``units_at_once``, else one per CPU thread of the plan, or what
-    the GPU's memory holds; at most the units that can start together."""
-    if cfg.executor != "local":
-        return 1, ""
-    width = sum(1 for u in model_units(what, cfg) if not u.startswith("student"))
-    if width < 2:
+def start_width(what: str, cfg: ExperimentConfig) -> int:
+    """How many of the models a new run of ``what`` trains can start together (all but the
+    student, which waits for its teachers)."""
+    return sum(1 for u in model_units(what, cfg) if not u.startswith("student"))
+
+
+def lanes_for(plan: Plan, cfg: ExperimentConfig, width: int) -> tuple[int, str]:
+    """Units that could train at once on the plan's device, and why, when ``width`` of them can
+    start together: the config's ``units_at_once``, else one per CPU thread of the plan, or
+    what the GPU's memory holds; never more than ``width`` (a single unit trains in the run's
+    own process). Only the local executor runs units side by side on this machine."""
+    if cfg.executor != "local" or width < 2:
         return 1, ""
     if cfg.units_at_once:
         return min(int(cfg.units_at_once), width), "units_at_once"
@@ -90,7 +95,7 @@ def gpu_lanes(plan: Plan, cfg: ExperimentConfig, width: int) -> tuple[int, str]:
     by_cpu = max(1, usable_cpus() - 1)
     lanes = max(1, min(width, by_memory, by_cpu, GPU_MAX_LANES))
     why = (
-        f"{lanes} unit(s) at once on the GPU: about {per_unit / 1024:.1f} GiB each "
+        f"on the GPU, about {per_unit / 1024:.1f} GiB each "
         f"({need:.0f} MiB measured peak), {max(0.0, room) / 1024:.1f} GiB free beyond "
         f"{GPU_RESERVE:.0%} of the card kept for other programs (room for {by_memory}); "
         f"{width} unit(s) can start together, {by_cpu} CPU core(s) to feed them, "
@@ -176,16 +181,15 @@ class SideBySide:
 
     steps: int
     lanes: int
-    wall_s: float
     step_alone: float
     step_side: float
     work: list[Job]
     student_s: tuple[float, float]  # (a, b): the student's seconds = a * N + b, alone
 
-    def why(self, n_alone: int) -> str:
+    def why(self, n_alone: int, chosen: bool) -> str:
         """The comparison behind the choice (the plan's description and the run's note put
         "N units at once" or "one unit at a time" before it)."""
-        if self.steps > max(n_alone, 0) * SIDE_GAIN:
+        if chosen:
             what = f"{self.steps} steps per model in the budget, against {n_alone} one at a time"
         else:
             what = (
@@ -240,7 +244,7 @@ def price_side_by_side(
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if wall(mid) <= room_s else (lo, mid)
-    return SideBySide(lo, lanes, wall(lo), t["seg"], side["seg"], work, (sa, sb))
+    return SideBySide(lo, lanes, t["seg"], side["seg"], work, (sa, sb))
 
 
 def _busy(plan: dict, threads: int, ready: Any, stop: Any) -> None:
@@ -248,28 +252,14 @@ def _busy(plan: dict, threads: int, ready: Any, stop: Any) -> None:
     beside the timing process)."""
     import torch
 
-    from napari_mtssl.models import build_unet
-
-    from .inference import autocast
-    from .losses import SegLoss
-
     p = Plan.from_dict(plan)
-    dev = torch.device(p.device)
-    if dev.type == "cpu":
+    if p.device == "cpu":
         torch.set_num_threads(threads)
-    out_ch = int(Fingerprint.from_dict(p.fingerprint).num_classes)
-    net = build_unet(1, out_ch, p.width, depth=p.depth).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3)
-    x = torch.randn(p.batch_size, 1, p.patch, p.patch, device=dev)
-    y = torch.randint(0, out_ch, (p.batch_size, p.patch, p.patch), device=dev)
-    loss_fn = SegLoss()
+    classes = int(Fingerprint.from_dict(p.fingerprint).num_classes)
+    _, _, step = probe_step(p, classes, classes)
     ready.set()
     while not stop.is_set():
-        with autocast(dev, p.precision):
-            loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        step()
 
 
 def time_side_by_side(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, lanes: int) -> dict:

@@ -44,7 +44,7 @@ from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
 from .executors import Executor, make_executor
 from .inference import resolve_device
-from .lanes import gpu_lanes, lanes_for
+from .lanes import lanes_for, start_width
 from .plan import (
     MIN_STEPS,
     Plan,
@@ -358,27 +358,17 @@ class _Run:
 
     # -- scheduling ----------------------------------------------------------------------------
     def lanes(self, units: list[Unit]) -> tuple[int, str]:
-        """Units at once for the plan ``units``, and why: the config's ``units_at_once``, else
-        for runs given in steps one per thread of the plan on a CPU, as many as the GPU's
-        memory holds on a GPU (:func:`.lanes.gpu_lanes`), never more than the units that can
-        start together (a single model trains in-process). A budgeted run trains as the
-        planner priced it (``plan.lanes``: side by side where that gave more steps)."""
+        """Units at once for the plan ``units``, and why: one Ray task per unit on Ray (or the
+        config's ``units_at_once``); a budgeted run as the planner priced it (``plan.lanes``:
+        side by side where that gave more steps); else :func:`.lanes.lanes_for`. Never more
+        than the units that can start together."""
         c = self.cfg
-        if c.executor == "inline":
-            return 1, ""
-        if c.units_at_once:
-            return int(c.units_at_once), "units_at_once"
         if c.executor == "ray":
-            return max(1, len(units)), "one Ray task per unit"
+            return int(c.units_at_once or max(1, len(units))), "one Ray task per unit"
         width = sum(1 for u in units if not u.deps)
         if c.budget_s > 0:
-            lanes = min(int(getattr(self.plan, "lanes", 1) or 1), max(1, width))
-            return lanes, self.plan.lanes_why
-        if self.device.type == "cuda" and width > 1:
-            return gpu_lanes(self.plan, self.cfg, width)
-        if self.device.type != "cpu":
-            return 1, ""
-        return max(1, min(int(self.plan.threads), width)), "one per CPU thread of the plan"
+            return min(int(self.plan.lanes or 1), max(1, width)), self.plan.lanes_why
+        return lanes_for(self.plan, c, width)
 
     def executor(self, lanes: int) -> Executor:
         threads = max(1, int(self.plan.threads) // lanes)
@@ -817,7 +807,7 @@ def _start_new(
         stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
     state = {}
     spent = time.monotonic() - t_start
-    lanes = lanes_for(the_plan, shaped, what)[0] if cfg.budget_s > 0 else 1
+    lanes = lanes_for(the_plan, shaped, start_width(what, shaped))[0] if cfg.budget_s > 0 else 1
     if cfg.budget_s > 0:
         allocate(the_plan, shaped, what, fp, spent_s=spent, lanes=lanes)
     reuse = {}

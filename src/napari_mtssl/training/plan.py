@@ -27,7 +27,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -888,11 +888,11 @@ def allocate(
     share ``halving`` of N only. Validation passes and a safety margin of 5 % are counted.
     ``lanes`` > 1: the run may train that many units at once; the steps are also priced side
     by side (:func:`.lanes.price_side_by_side`) and the way that gives more steps is kept
-    (``plan.lanes``).
+    (``plan.lanes``), or side by side whatever it gives when ``units_at_once`` asks for it.
     """
     t = timings or plan.timings or (_time_steps(plan, cfg, fp) if probe else _guess(plan, cfg))
     failed = ""
-    if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S:
+    if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S and not cfg.units_at_once:
         lanes = 1  # timing steps side by side would cost a share of so small a budget
     if lanes > 1 and probe and not any(k.startswith("side:") for k in t):
         from .lanes import time_side_by_side
@@ -938,10 +938,12 @@ def allocate(
 
         room = budget * 0.95 - OVERHEAD_S - OVERHEAD_PER_MODEL_S * len(units)
         side = price_side_by_side(cfg, what, t, lanes, room, cached_pretext)
-        if side is not None and side.steps > max(n, 0) * SIDE_GAIN:
-            plan.lanes, n = lanes, side.steps
+        # side by side where it gives more steps, or where the user asked for it
+        chosen = side is not None and (bool(cfg.units_at_once) or side.steps > n * SIDE_GAIN)
         if side is not None:
-            plan.lanes_why = side.why(n_alone=int(usable / cost_n) if cost_n > 0 else 0)
+            plan.lanes_why = side.why(n, chosen)
+        if chosen:
+            plan.lanes, n = lanes, side.steps
     floor = min_steps(what)
     if n < floor:
         need = (floor * cost_n + fixed) / 0.95 + spent_s
@@ -1020,26 +1022,49 @@ def _guess(plan: Plan, cfg: ExperimentConfig) -> dict[str, float]:
     return out
 
 
-def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str, float]:
-    """Seconds per step of each kind of model, timed on the plan's device with random data of
-    the plan's shape (a few steps each, after a warm-up step)."""
+def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Callable[[], None]]:
+    """The plan's network on its device, a batch of random data of the plan's shape, and one
+    training step of it (what the planner times, and what runs beside it when it times side
+    by side)."""
     import torch
 
     from napari_mtssl.models import build_unet
-    from napari_mtssl.tasks import build_task, task_config
 
     from .inference import autocast
     from .losses import SegLoss
 
     dev = torch.device(plan.device)
-    out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
     b, p = plan.batch_size, plan.patch
     torch.manual_seed(0)
     net = build_unet(1, out_ch, plan.width, depth=plan.depth).to(dev)
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
     loss_fn = SegLoss()
     x = torch.randn(b, 1, p, p, device=dev)
-    y = torch.randint(0, fp.num_classes, (b, p, p), device=dev)
+    y = torch.randint(0, num_classes, (b, p, p), device=dev)
+
+    def step() -> None:
+        with autocast(dev, plan.precision):
+            loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return net, x, step
+
+
+def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str, float]:
+    """Seconds per step of each kind of model, timed on the plan's device with random data of
+    the plan's shape (a few steps each, after a warm-up step)."""
+    import torch
+
+    from napari_mtssl.tasks import build_task, task_config
+
+    from .inference import autocast
+
+    dev = torch.device(plan.device)
+    b, p = plan.batch_size, plan.patch
+    out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
+    net, x, seg_step = probe_step(plan, out_ch, fp.num_classes)
 
     def timed(fn, n: int = 3) -> float:
         fn()
@@ -1049,13 +1074,6 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
             fn()
         _sync(dev)
         return (time.perf_counter() - t0) / n
-
-    def seg_step() -> None:
-        with autocast(dev, plan.precision):
-            loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
     @torch.no_grad()
     def fwd() -> None:
