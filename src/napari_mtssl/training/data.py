@@ -43,6 +43,7 @@ __all__ = [
     "StudyData",
     "BatchStream",
     "augment",
+    "augment_with_soft",
     "no_labelled_data_message",
     "prepare_volume",
     "FG_PER_CLASS",
@@ -96,6 +97,11 @@ class ScanData:
     scan_id: str | None = None
     split: str = "train"
     fg: dict[int, np.ndarray] = field(default_factory=dict)  # class -> (n, 3) int32 (z, y, x)
+    image_key: str | None = None  # identity of the prepared image (None: not cached)
+    # The teachers' ensemble class probabilities at this grid, (z, C, H, W) uint8 (p * 255),
+    # memory-mapped (:mod:`.soft_labels`); None until stage 2 attaches them.
+    soft: np.ndarray | None = None
+    soft_fg: np.ndarray | None = None  # (n, 3) int32 voxels the ensemble calls foreground
 
     @property
     def n_slices(self) -> int:
@@ -437,23 +443,49 @@ class StudyData:
         z, y, x = (int(v) for v in vox[int(rng.integers(0, len(vox)))])
         return i, z, (y, x)
 
+    def _soft_fg_pick(
+        self, pool_scans: set[int], rng: np.random.Generator
+    ) -> tuple[int, int, tuple[int, int]] | None:
+        """A voxel the teachers' ensemble calls foreground, on a scan of ``pool_scans``."""
+        holders = [i for i in sorted(pool_scans) if self.train[i].soft_fg is not None]
+        holders = [i for i in holders if len(self.train[i].soft_fg)]
+        if not holders:
+            return None
+        i = holders[int(rng.integers(0, len(holders)))]
+        vox = self.train[i].soft_fg
+        z, y, x = (int(v) for v in vox[int(rng.integers(0, len(vox)))])
+        return i, z, (y, x)
+
     def seg_batch(
         self,
         pool: list[tuple[int, int]],
         n: int,
         rng: np.random.Generator,
         fg_fraction: float = 0.0,
+        *,
+        soft: bool = False,
+        fg_from: str = "labels",
     ) -> dict[str, np.ndarray]:
         """``image`` (n, 1, P, P) float32 and, when every slice has labels, ``label`` (n, P, P)
         int64: windows of slices of ``pool``; the last ``round(n * fg_fraction)`` are centred
-        on labelled foreground (nnU-Net's oversampling)."""
+        on foreground (nnU-Net's oversampling): labelled foreground (``fg_from="labels"``), or
+        where the teachers' ensemble sees the anatomy (``"soft"``, on the pool's scans).
+        ``soft``: also ``soft`` (n, C, P, P) uint8, the ensemble's probabilities x 255 over the
+        same windows (zeros where a scan has none attached)."""
         p = self.patch
         n_fg = int(round(n * fg_fraction))
         img = np.empty((n, 1, p, p), np.float32)
         lab = np.zeros((n, p, p), np.int64)
+        sft = np.zeros((n, self.num_classes, p, p), np.uint8) if soft else None
+        pool_scans = {i for i, _ in pool} if fg_from == "soft" and n_fg else set()
         has_all = True
         for j in range(n):
-            pick = self._fg_pick(rng) if j >= n - n_fg else None
+            pick = None
+            if j >= n - n_fg:
+                if fg_from == "soft":
+                    pick = self._soft_fg_pick(pool_scans, rng)
+                else:
+                    pick = self._fg_pick(rng)
             if pick is None:
                 i, z = pool[int(rng.integers(0, len(pool)))]
                 y0, x0, _ = self._window(self.train[i], rng)
@@ -462,6 +494,8 @@ class StudyData:
                 y0, x0, _ = self._window(self.train[i], rng, centre)
             s = self.train[i]
             img[j, 0] = s.image[z, y0 : y0 + p, x0 : x0 + p]
+            if sft is not None and s.soft is not None:
+                sft[j] = s.soft[z, :, y0 : y0 + p, x0 : x0 + p]
             if s.labels is None:
                 has_all = False
             else:
@@ -469,6 +503,8 @@ class StudyData:
         out = {"image": img}
         if has_all:
             out["label"] = lab
+        if sft is not None:
+            out["soft"] = sft
         return out
 
     def task_pool(self, task: Any, include_unlabelled: bool) -> list[tuple[int, int]]:
@@ -509,8 +545,10 @@ def _prepare(
         vol, _ = prepare_volume(arr, src.spacing, src.modality, prep)
         return pad_to(vol, patch)[0]
 
+    image_key = None
     if src.image_key is not None:
-        img = cache.get(cache.key("image", src.image_key, pkey, patch), image)
+        image_key = cache.key("image", src.image_key, pkey, patch)
+        img = cache.get(image_key, image)
     else:
         img = image()
     _, offsets = pad_to(np.empty((0, *planned), np.float32), patch)
@@ -554,6 +592,7 @@ def _prepare(
         scan_id=src.scan_id,
         split=src.split,
         fg=fg,
+        image_key=image_key,
     )
 
 
@@ -646,7 +685,23 @@ def augment(
     Flips and quarter turns, a small rotation/scaling (bilinear image, nearest label), intensity
     scale and shift, and gamma (applied on the per-image min-max range, then mapped back).
     """
+    x, y, _ = augment_with_soft(image, label, None, cfg, gen)
+    return x, y
+
+
+def augment_with_soft(
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    soft: torch.Tensor | None,
+    cfg: DataConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`augment`, with ``soft`` (B, C, S, S) float class probabilities (the teachers'
+    stored predictions of the same windows) warped by the same geometric transform (bilinear,
+    edges repeated as the image's are). Same random draws as
+    :func:`augment`, so adding ``soft`` changes nothing else."""
     b, dev = image.shape[0], image.device
+    sm = soft
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen).to(dev)
@@ -655,18 +710,23 @@ def augment(
     if cfg.flip:
         for dim, m in ((-1, rand(b) < 0.5), (-2, rand(b) < 0.5)):
             x = torch.where(m[:, None, None, None], x.flip(dim), x)
+            if sm is not None:
+                sm = torch.where(m[:, None, None, None], sm.flip(dim), sm)
             if y is not None:
                 y = torch.where(m[:, None, None], y.flip(dim), y)
     if cfg.rotate90 and x.shape[-1] == x.shape[-2]:
         k = torch.randint(0, 4, (b,), generator=gen).to(dev)
         xs, ys = x.clone(), None if y is None else y.clone()
+        ss = None if sm is None else sm.clone()
         for r in (1, 2, 3):
             sel = k == r
             if sel.any():
                 xs[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
                 if ys is not None:
                     ys[sel] = torch.rot90(y[sel], r, dims=(-2, -1))
-        x, y = xs, ys
+                if ss is not None:
+                    ss[sel] = torch.rot90(sm[sel], r, dims=(-2, -1))
+        x, y, sm = xs, ys, ss
     if cfg.affine_prob > 0:
         sel = rand(b) < cfg.affine_prob
         ang = (rand(b) * 2 - 1) * np.deg2rad(cfg.affine_degrees)
@@ -681,6 +741,14 @@ def augment(
             )
             grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            if sm is not None:
+                sm = F.grid_sample(
+                    sm,
+                    grid.to(sm.dtype),
+                    mode="bilinear",
+                    padding_mode="border",
+                    align_corners=False,
+                )
             if y is not None:
                 y = (
                     F.grid_sample(
@@ -707,4 +775,8 @@ def augment(
         rng_ = (hi - lo).clamp_min(1e-6)
         g = ((x - lo) / rng_).clamp(0, 1) ** gamma * rng_ + lo
         x = torch.where(sel, g, x)
-    return x.contiguous(), None if y is None else y.contiguous()
+    return (
+        x.contiguous(),
+        None if y is None else y.contiguous(),
+        None if sm is None else sm.contiguous(),
+    )

@@ -36,12 +36,15 @@ class SegForward:
     labels: torch.Tensor
     n_labelled: int
     features: list[torch.Tensor] | None = None
+    soft: torch.Tensor | None = None  # the teachers' stored probabilities of ``inputs``
 
 
 class StepInputs(Protocol):
     """What a term reads in one step (the loop provides it)."""
 
     net: torch.nn.Module
+    cfg: Any  # the run's ExperimentConfig
+    gen: torch.Generator  # the step's seeded CPU generator (augmentation draws)
 
     def seg(self) -> SegForward: ...
 
@@ -60,6 +63,7 @@ class Term:
     reads_seg = False
     reads_unlabelled = False
     reads_features = False
+    reads_soft = False  # the shared segmentation batches carry the teachers' stored maps
 
     def __init__(self, weight: float = 1.0):
         self.weight = float(weight)

@@ -35,6 +35,7 @@ class EnsembleDistillation(Term):
         weight: float = 0.5,
         temperature: float = 1.0,
         unlabelled: bool = True,
+        stored: bool = False,
     ):
         super().__init__(weight)
         if not teachers:
@@ -42,14 +43,23 @@ class EnsembleDistillation(Term):
         self.teachers = list(teachers)
         self.temperature = float(temperature)
         self.unlabelled = self.reads_unlabelled = bool(unlabelled)
+        # stored: the ensemble's probabilities come with the batch (computed once after
+        # stage 1, soft_labels.py) instead of every teacher's forward pass on every batch;
+        # only at temperature 1, the temperature they were stored at.
+        self.reads_soft = bool(stored) and self.temperature == 1.0
 
     def to(self, device):
         freeze(self.teachers, device)
         return self
 
     def loss(self, x: StepInputs) -> torch.Tensor:
-        inputs, logits = distillation_inputs(x.seg(), self.unlabelled)
+        f = x.seg()
+        inputs, logits = distillation_inputs(f, self.unlabelled)
         t = self.temperature
+        if self.reads_soft and f.soft is not None:
+            ens = f.soft if self.unlabelled else f.soft[: f.n_labelled]
+            ens = ens.float() / ens.float().sum(1, keepdim=True).clamp_min(1e-3)
+            return kd_loss(logits, ens, t, ens)["loss"]
         with torch.no_grad():
             tl = [teacher(inputs).float() for teacher in self.teachers]
             ens = torch.stack([class_probs(v) for v in tl]).mean(0)
