@@ -186,6 +186,9 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
         report_table(report),
         "",
     ]
+    comp = report.get("comparison") or {}
+    if comp.get("line"):
+        md += [f"**{comp['line'][0].upper()}{comp['line'][1:]}.**", ""]
     if sel:
         md += ["## Teacher selection (validation mean foreground Dice)", ""]
         md += ["| task | joint | pretrain | kept | steps (joint / pretrain) |"]
@@ -404,6 +407,8 @@ def _config(args: argparse.Namespace):
         over["budget"] = args.budget
     if getattr(args, "all_joint", False):
         over["all_joint"] = True
+    if getattr(args, "stage2", None):
+        over["stage2__method"] = args.stage2
     if getattr(args, "executor", None):
         over.update(executor=args.executor, units_at_once=args.units_at_once)
         if args.address:
@@ -672,6 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-joint",
         action="store_true",
         help="also train the 'all tasks jointly' comparison (one more model in the budget)",
+    )
+    t.add_argument(
+        "--stage2",
+        choices=["semi", "paper"],
+        help="how the student learns: semi (default: warm start, ground truth, the ensemble's "
+        "confident labels on unlabelled slices, copy-paste) or paper (ensemble distillation)",
     )
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the plan's)")
     t.add_argument(

@@ -134,6 +134,7 @@ class ModelDone(Event):
     pretext_cached: bool | None = None
     halted_by: str | None = None
     ended_early: str | None = None
+    kept_start: dict[str, Any] | None = None  # a student kept as the model it started from
 
 
 @dataclass

@@ -16,13 +16,14 @@ from typing import Any
 
 NORMALISATIONS = ("auto", "zscore", "mri", "ct", "window", "none")  # "mri": same as "zscore"
 EXECUTORS = ("inline", "local", "ray")
-STAGE1_MODES = ("joint", "pretrain", "both")
-STUDENT_INITS = ("fresh", "best_teacher")
+STAGE1_MODES = ("auto", "joint", "pretrain", "both")
+STUDENT_INITS = ("auto", "fresh", "best_teacher", "best")
+STAGE2_METHODS = ("semi", "paper")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Budget presets (seconds for the whole run); "tiny" has fixed step counts, for tests.
 PRESETS: dict[str, float] = {"quick": 600.0, "standard": 3600.0, "overnight": 8 * 3600.0}
 PROFILES = ("tiny", *PRESETS)
-DEFAULT_TASKS = ["sdm", "vicreg", "inpaint"]
+DEFAULT_TASKS = ["sdm", "inpaint"]  # vicreg: the weakest teacher measured (0.621 at 60 min, L = 3)
 
 # A field left at 0 (or "auto") is chosen by the planner (training/plan.py) from the data, the
 # device and the budget; any value set here wins over the plan.
@@ -127,7 +128,9 @@ class Stage1Config:
     """One elite teacher per task: joint and/or pretrain+finetune, then selection."""
 
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
-    modes: str = "both"  # "joint" | "pretrain" | "both" (both: train each, keep the better)
+    # "joint" | "pretrain" | "both" (both: train each, keep the better) | "auto": both where the
+    # budget gives every model JOINT_PAYS_STEPS, else pre-training only (training/plan.py)
+    modes: str = "auto"
     lambda_: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1.0)
     joint_steps: int = 0  # 0 (all three): from the budget, the same for every model
     pretrain_steps: int = 0
@@ -163,19 +166,50 @@ class Stage1Config:
 
 @dataclass
 class Stage2Config:
-    """Ensemble knowledge distillation into one student."""
+    """The student: what the teachers' ensemble teaches it, and how.
 
-    alpha: float = 0.5  # weight of the distillation term
+    ``method``: "semi" (default): warm-started from the best stage-1 model, ground truth at full
+    weight, the ensemble's confident predictions on unlabelled slices through bidirectional
+    copy-paste and a strong view, an exponential moving average of its weights kept
+    (METHOD.md, "Stage 2 beyond the paper"); "paper": the paper's ensemble distillation,
+    (1 - alpha) l_seg + alpha l_kd, a fresh student (Hu & Qin 2024).
+    """
+
+    method: str = "semi"
+    alpha: float = 0.5  # paper: weight of the distillation term
     temperature: float = 1.0
-    distil_unlabelled: bool = True  # distillation term also on unlabelled slices
+    distil_unlabelled: bool = True  # paper: distillation term also on unlabelled slices
     steps: int = 0  # 0: from the budget
-    init: str = "fresh"  # "fresh" | "best_teacher"
+    # "auto": "best" for semi, "fresh" for paper; "best_teacher": the best selected teacher;
+    # "best": the best ensemble member (the baseline included)
+    init: str = "auto"
     feature_distillation: bool = False  # encoder-feature matching (Biswas 2024), off by default
     feature_weight: float = 0.1
     retrain_steps: int = 0  # "retrain-quick": fine-tune the student after corrections; 0: budget
     eval_every: int = 0  # validation Dice every N steps (and at the end); 0: halfway
+    # Ensemble members: the selected teachers and (semi) the run's baseline, less any member
+    # whose validation Dice trails the best member's by more than `member_margin`.
+    with_baseline: bool = True
+    member_margin: float = 0.05
+    stored: bool = True  # the ensemble's predictions computed once and stored (soft_labels.py)
+    # semi: pseudo-labels kept where the ensemble's probability is at least `confidence`,
+    # weighted `unlabelled_weight` against ground truth (1); pasted box of `box` x the patch side
+    confidence: float = 0.9
+    unlabelled_weight: float = 0.5
+    box: float = 2 / 3
+    ema: float = 0.99  # semi: decay of the weights' moving average kept as the student; 0: off
+    # Budgeted runs: the share of the training time (after stage 1's fixed costs) that the
+    # student gets (semi); 0: the same steps as every other model (the paper's comparison).
+    share: float = 0.5
+
+    def resolved_init(self) -> str:
+        if self.init != "auto":
+            return self.init
+        return "best" if self.method == "semi" else "fresh"
 
     def validate(self) -> None:
+        if self.method not in STAGE2_METHODS:
+            raise ValueError(f"stage2.method must be one of {STAGE2_METHODS}, got {self.method!r}")
         if not 0 <= self.alpha <= 1:
             raise ValueError("stage2.alpha must be in [0, 1]")
         if self.temperature <= 0:
@@ -186,6 +220,14 @@ class Stage2Config:
             raise ValueError("stage2.steps and retrain_steps must be >= 0 (0: from the budget)")
         if self.eval_every < 0:
             raise ValueError("stage2.eval_every must be >= 1 (0: halfway)")
+        if not 0 <= self.confidence <= 1 or self.unlabelled_weight < 0 or not 0 < self.box < 1:
+            raise ValueError("stage2: confidence in [0, 1], unlabelled_weight >= 0, box in (0, 1)")
+        if not 0 <= self.ema < 1:
+            raise ValueError("stage2.ema must be in [0, 1) (0: no moving average)")
+        if not 0 <= self.share < 0.9:
+            raise ValueError("stage2.share must be in [0, 0.9) (0: equal steps)")
+        if self.member_margin < 0:
+            raise ValueError("stage2.member_margin must be >= 0")
 
 
 @dataclass

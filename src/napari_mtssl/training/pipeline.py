@@ -266,7 +266,8 @@ class _Run:
 
     # -- the plan of units -------------------------------------------------------------------
     def _modes(self) -> list[str]:
-        return {"joint": ["joint"], "pretrain": ["pretrain"], "both": ["joint", "pretrain"]}[
+        two = ["joint", "pretrain"]
+        return {"joint": ["joint"], "pretrain": ["pretrain"], "both": two, "auto": two}[
             self.cfg.stage1.modes
         ]
 
@@ -289,7 +290,9 @@ class _Run:
             if "all_joint" in names and "all_joint" not in self.models:
                 units.append(Unit("all_joint", "all_joint", "all_joint", 0))
         if "student" in names and "student" not in self.models:
-            deps = [u.id for u in units if u.kind == "mode"]
+            s2 = self.cfg.stage2
+            member = s2.method == "semi" and s2.with_baseline  # the baseline joins the ensemble
+            deps = [u.id for u in units if u.kind == "mode" or (member and u.kind == "baseline")]
             stage = "retrain" if self.what.startswith("retrain") else "stage2"
             units.append(Unit("student", "student", "student", 0, deps=deps, stage=stage))
         return units
@@ -329,18 +332,51 @@ class _Run:
         else:
             trun = self.teacher_run
             tnames = teachers(trun.models())
-        unit.teachers = [[trun.id, n] for n in tnames]
+        members, why = self._members(trun, tnames)
+        unit.teachers = [[trun.id, n] for n in members]
+        init = self.cfg.stage2.resolved_init()
+        scores = {n: self._score(trun, n) for n in members}
         if self.what == "retrain-quick":
             unit.init = [self.student_run.id, "student"]
-        elif self.cfg.stage2.init == "best_teacher":
-            scores = [
-                checkpoints.read_model_meta(trun.model_path(n)).get("metrics", {}).get("mean_dice")
-                or 0.0
-                for n in tnames
-            ]
-            unit.init = [trun.id, tnames[max(range(len(scores)), key=scores.__getitem__)]]
-        self.state["teachers"] = {"run": trun.id, "models": tnames}
-        yield self.log(ev.Note(f"teachers: {', '.join(tnames)}"))
+        elif init == "best" and members:
+            unit.init = [trun.id, max(members, key=lambda n: scores[n])]
+        elif init == "best_teacher" and tnames:
+            best = max(tnames, key=lambda n: self._score(trun, n))
+            unit.init = [trun.id, best]
+        self.state["teachers"] = {"run": trun.id, "models": members, "dropped": why}
+        start = f"; the student starts from {unit.init[1]}" if unit.init else ""
+        dropped = "".join(f"; {n} left out ({w})" for n, w in why.items())
+        yield self.log(ev.Note(f"ensemble: {', '.join(members)}{dropped}{start}"))
+
+    @staticmethod
+    def _score(run: Any, name: str) -> float:
+        try:
+            meta = checkpoints.read_model_meta(run.model_path(name))
+        except (OSError, ValueError):
+            return 0.0
+        return float(meta.get("metrics", {}).get("mean_dice") or 0.0)
+
+    def _members(self, trun: Any, tnames: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The ensemble the student learns from: the selected teachers and (semi) the
+        baseline of the teachers' run, less members whose validation Dice trails the best by
+        more than ``stage2.member_margin`` (a weak teacher only blurs the ensemble). The
+        paper's method keeps its teachers as they are."""
+        s2 = self.cfg.stage2
+        names = list(tnames)
+        if s2.method == "paper":
+            return names, {}
+        if s2.with_baseline and "baseline" in trun.models() and "baseline" not in names:
+            names.append("baseline")
+        scores = {n: self._score(trun, n) for n in names}
+        best = max(scores.values(), default=0.0)
+        keep = [n for n in names if scores[n] >= best - s2.member_margin]
+        why = {
+            n: f"validation Dice {scores[n]:.3f}, more than {s2.member_margin:g} below the best "
+            f"{best:.3f}"
+            for n in names
+            if n not in keep
+        }
+        return keep or names, why
 
     def _pretext_file(self, task: str) -> Path | None:
         if not self.cfg.stage1.cache_pretext:
@@ -507,6 +543,8 @@ class _Run:
     # -- what the units' results mean ----------------------------------------------------------
     def complete(self, unit: Unit, result: dict) -> Generator[dict, None, None]:
         entry = dict(result["entry"])
+        if "ensemble" in entry:
+            self.state["ensemble"] = entry.pop("ensemble")
         if unit.kind == "mode" and unit.mode == "pretrain":
             entry["pretext_cached"] = unit.task in self.state.get("pretext_reuse", [])
         self.models[unit.model] = entry
@@ -627,6 +665,8 @@ class _Run:
             "models": self.models,
             "selected": self.selected,
             "teachers": self.state.get("teachers"),
+            "ensemble": self.state.get("ensemble"),
+            "comparison": comparison(self.models, self.state.get("ensemble")),
             "config": self.cfg.to_dict(),
             "plan": self.plan.to_dict(),
             "budget": {
@@ -658,6 +698,40 @@ class _Run:
         self.run.set_status("done")
         yield self.log(ev.Done(self.run.id, rnd))
         return report
+
+
+def comparison(models: dict[str, dict], ensemble: dict | None = None) -> dict | None:
+    """How the student compared with the baseline of the same run, in one line (the report,
+    the CLI and the training dock show it), with the best teacher and the ensemble beside it.
+    None when the run trained no student or no baseline."""
+    st, base = models.get("student"), models.get("baseline")
+    if not st or not base or st.get("mean_dice") is None or base.get("mean_dice") is None:
+        return None
+    s, b = float(st["mean_dice"]), float(base["mean_dice"])
+    teachers = {
+        k: float(v["mean_dice"])
+        for k, v in models.items()
+        if k.startswith("teacher:") and v.get("mean_dice") is not None
+    }
+    out: dict[str, Any] = {"student": s, "baseline": b, "delta": round(s - b, 4)}
+    kept = st.get("kept_start")
+    verdict = "better than" if s > b + 0.005 else "worse than" if s < b - 0.005 else "level with"
+    line = f"student {s:.3f} mean Dice, {verdict} the baseline of this run ({b:.3f}, {s - b:+.3f})"
+    if teachers:
+        best = max(teachers, key=teachers.__getitem__)
+        out["best_teacher"] = {"model": best, "mean_dice": teachers[best]}
+        line += f"; best teacher {best.removeprefix('teacher:')} {teachers[best]:.3f}"
+    if ensemble and ensemble.get("mean_dice") is not None:
+        out["ensemble"] = float(ensemble["mean_dice"])
+        line += f"; ensemble {float(ensemble['mean_dice']):.3f}"
+    if kept:
+        out["kept_start"] = kept
+        line += (
+            f" (stage 2 ended at {float(kept['student_dice']):.3f}, below its start "
+            f"{kept['model']}: that model is kept as the student)"
+        )
+    out["line"] = line
+    return out
 
 
 def pretext_key(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str) -> str:

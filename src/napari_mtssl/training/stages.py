@@ -7,7 +7,8 @@ which loss terms (:mod:`.terms`) a model learns from, with which weights.
   a fresh segmentation head and fresh non-shared parts.
 * :func:`select_mode`: keep the mode with the higher validation mean foreground Dice.
 * :func:`all_joint`: one network, every task head, summed losses (Cerberus-style comparison).
-* :func:`student`: ensemble distillation from frozen teachers.
+* :func:`student`: the student from the teachers' ensemble (semi-supervised self-training by
+  default, the paper's ensemble distillation as an option).
 
 Each returns ``{"net": module, "steps": int, "seconds": float, "stopped": bool}``.
 """
@@ -252,22 +253,42 @@ def student(
     stage: str = "stage2",
     **kw: Any,
 ) -> Result:
-    """Distil the teachers' mean probabilities into a student (fresh, or a copy of ``init``)."""
+    """Train the student (fresh, or a copy of ``init``) from the teachers' ensemble, by
+    ``cfg.stage2.method``: "semi" (self-training on the unlabelled slices, :mod:`.terms.semi`)
+    or "paper" (ensemble distillation). With ``stage2.stored`` the ensemble's predictions come
+    with the batches (:mod:`.soft_labels` attached them to ``study``)."""
     if not teachers:
         raise ValueError("stage 2 needs at least one teacher; train stage 1 first")
     net = new_net(cfg, study.num_classes)
     if init is not None:
         net.load_state_dict(init.state_dict())
+    semi = cfg.stage2.method == "semi"
     spec = UnitSpec(
         unit,
         stage,
         steps or cfg.stage2.steps,
-        distillation_terms(teachers, net, cfg),
+        semi_terms(cfg) if semi else distillation_terms(teachers, net, cfg),
         model="student",
         eval_every=cfg.stage2.eval_every,
+        ema=cfg.stage2.ema if semi else 0.0,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}
+
+
+def semi_terms(cfg: ExperimentConfig) -> list:
+    """The default student's loss: ground truth and confident pseudo-labels on copy-paste mixed,
+    strongly perturbed views (:class:`.terms.semi.CopyPasteSelfTraining`)."""
+    s2 = cfg.stage2
+    return [
+        build_term(
+            "semi",
+            confidence=s2.confidence,
+            unlabelled_weight=s2.unlabelled_weight,
+            box=s2.box,
+            fg_oversample=cfg.data.fg_oversample,
+        )
+    ]
 
 
 def distillation_terms(
@@ -285,6 +306,7 @@ def distillation_terms(
                 weight=s2.alpha,
                 temperature=s2.temperature,
                 unlabelled=s2.distil_unlabelled,
+                stored=s2.stored,
             )
         )
         if s2.feature_distillation:

@@ -21,6 +21,7 @@ The loss of one step (each term draws its own batch, METHOD.md)::
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -35,7 +36,7 @@ from napari_mtssl.events import Progress, Resumed
 
 from . import checkpoints, postprocess
 from .config import ExperimentConfig
-from .data import BatchStream, ScanData, StudyData, augment
+from .data import BatchStream, ScanData, StudyData, augment_with_soft
 from .inference import autocast, resolve_precision, sliding_window_probs
 from .metrics import summarise, volume_scores
 from .terms import SegForward, Term
@@ -63,6 +64,9 @@ class UnitSpec:
     model: str | None = None  # for events: the model name the unit produces
     evaluate: bool = True  # validation Dice during training (not for pre-training)
     eval_every: int = 0  # validation every N steps and at the end; 0: halfway and at the end
+    # > 0: keep an exponential moving average of the weights with this decay (Mean Teacher);
+    # validation scores it and the unit's model is the average.
+    ema: float = 0.0
 
 
 def _lr(cfg: ExperimentConfig, step: int, total: int) -> float:
@@ -153,6 +157,7 @@ class _Streams:
         dc, seed = cfg.data, cfg.seed
         self.unlabelled = any(t.reads_unlabelled for t in spec.terms)
         self.features = any(t.reads_features for t in spec.terms)
+        soft = any(t.reads_soft for t in spec.terms)
         makers: dict[str, tuple[int, Callable]] = {}
         if any(t.reads_seg for t in spec.terms):
             lab = study.labelled_slices()
@@ -160,11 +165,16 @@ class _Streams:
                 raise ValueError("no labelled training slices to train segmentation on")
             makers["seg"] = (
                 1,
-                lambda step, rng: study.seg_batch(lab, dc.batch_size, rng, dc.fg_oversample),
+                lambda step, rng: study.seg_batch(
+                    lab, dc.batch_size, rng, dc.fg_oversample, soft=soft
+                ),
             )
             unl = study.unlabelled_slices() if self.unlabelled else []
             if unl:
-                makers["unl"] = (2, lambda step, rng: study.seg_batch(unl, dc.batch_size, rng, 0.0))
+                makers["unl"] = (
+                    2,
+                    lambda step, rng: study.seg_batch(unl, dc.batch_size, rng, 0.0, soft=soft),
+                )
         for t in spec.terms:
             makers.update(t.streams(study, dc.task_batch_size or dc.batch_size, dc.use_unlabelled))
 
@@ -190,8 +200,15 @@ class _Inputs:
     forward, computed at the first term that reads it, and the terms' own batches."""
 
     def __init__(self, net, streams: _Streams, cfg: ExperimentConfig, gen, device):
-        self.net, self._s, self._cfg, self._gen, self._device = net, streams, cfg, gen, device
+        self.net, self._s, self.cfg, self.gen, self._device = net, streams, cfg, gen, device
         self._fwd: SegForward | None = None
+
+    def _augmented(self, key: str, labels: bool):
+        b = self.batch(key)
+        soft = b["soft"].float() / 255.0 if "soft" in b else None
+        return augment_with_soft(
+            b["image"], b["label"] if labels else None, soft, self.cfg.data, self.gen
+        )
 
     def batch(self, key: str) -> dict[str, torch.Tensor]:
         b = self._s.streams[key].get()
@@ -199,19 +216,19 @@ class _Inputs:
 
     def seg(self) -> SegForward:
         if self._fwd is None:
-            b = self.batch("seg")
-            x, y = augment(b["image"], b["label"], self._cfg.data, self._gen)
+            x, y, soft = self._augmented("seg", True)
             xin = x
             if "unl" in self._s.streams:
-                u, _ = augment(self.batch("unl")["image"], None, self._cfg.data, self._gen)
+                u, _, su = self._augmented("unl", False)
                 xin = torch.cat([x, u], 0)
+                soft = None if soft is None or su is None else torch.cat([soft, su], 0)
             feats = None
             if self._s.features:
                 feats = self.net.encode(xin)
                 logits = self.net.seg_head(self.net.decode(feats))
             else:
                 logits = self.net(xin)
-            self._fwd = SegForward(xin, logits, y, x.shape[0], feats)
+            self._fwd = SegForward(xin, logits, y, x.shape[0], feats, soft)
         return self._fwd
 
 
@@ -297,6 +314,42 @@ class _Validation:
         return out
 
 
+class _Average:
+    """An exponential moving average of the network's weights (Mean Teacher, Tarvainen &
+    Valpola 2017) when ``decay`` > 0: what validation scores and what the unit keeps. A steadier
+    model than the last step's weights for the same steps, at the cost of one weight copy."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.net = net
+        self.copy = None
+        if self.decay > 0:
+            self.copy = copy.deepcopy(net)
+            for p in self.copy.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.net if self.copy is None else self.copy
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {} if self.copy is None else {"ema": self.copy}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.copy is None:
+            return
+        for pe, p in zip(self.copy.parameters(), self.net.parameters()):
+            pe.lerp_(p.detach(), 1.0 - self.decay)
+        for be, b in zip(self.copy.buffers(), self.net.buffers()):
+            be.copy_(b)
+
+    def into(self, net: torch.nn.Module) -> None:
+        """The unit's model becomes the average."""
+        if self.copy is not None:
+            net.load_state_dict(self.copy.state_dict())
+
+
 def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, step: int):
     """One optimiser step over the terms; returns each term's loss and the total, and the
     learning rate. Every random source is seeded from (seed, step)."""
@@ -351,11 +404,13 @@ def train_unit(
     run on a machine that slowed down still ends within its budget.
     """
     o = _Optimiser(spec, net, cfg, device)
-    ckpt = _Checkpoint(ckpt_dir, spec.name, o.modules, o.opt, o.scaler, cfg.checkpoint_every_s)
+    avg = _Average(net, spec.ema)
+    kept = {**o.modules, **avg.modules()}
+    ckpt = _Checkpoint(ckpt_dir, spec.name, kept, o.opt, o.scaler, cfg.checkpoint_every_s)
     start, elapsed0, val = ckpt.restore()
     if start:
         yield Resumed(spec.model or spec.name, start).to_dict()
-    check = _Validation(spec, net, study, cfg, device, o.precision)
+    check = _Validation(spec, avg.model, study, cfg, device, o.precision)
     t0 = time.perf_counter()
     streams = _Streams(spec, study, cfg, start, device.type == "cuda")
     ema: dict[str, float] = {}
@@ -379,6 +434,7 @@ def train_unit(
             if step > start and ckpt.due():
                 ckpt.save(step, elapsed, val)
             vals, lr = _step(spec, net, streams, o, cfg, device, step)
+            avg.update()
             step += 1
             for k, v in vals.items():
                 ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
@@ -394,6 +450,7 @@ def train_unit(
                   "metrics": final, "data_wait_s": streams.wait_s}  # fmt: skip
     finally:
         streams.close()
+    avg.into(net)
     ckpt.remove()
     net.eval()
     return result

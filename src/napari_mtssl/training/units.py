@@ -29,6 +29,7 @@ from napari_mtssl.ids import ModelId
 
 from . import checkpoints, stages
 from .config import ExperimentConfig
+from .plan import SOFT_OVERLAP
 from .trainer import evaluate
 
 __all__ = ["Unit", "UnitContext", "train", "unit_job", "warm_up"]
@@ -113,12 +114,79 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, 
             deadline=deadline,
         )
     if unit.kind == "student":
-        teachers = [ctx.load(r, m) for r, m in unit.teachers]
-        init = ctx.load(*unit.init) if unit.init else None
-        return stages.student(
-            teachers, *args, init=init, steps=unit.steps, stage=unit.stage, deadline=deadline
-        )
+        return _student(ctx, unit, cfg, stop, deadline)
     raise ValueError(f"unit {unit.id}: unknown kind {unit.kind!r}")
+
+
+def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline):
+    """The student: its ensemble's predictions attached to the data (stored once, reused while
+    the members do not change), the ensemble's own validation scores (a new student only), then
+    stage 2. The result carries ``ensemble``: members and scores."""
+    from . import soft_labels
+
+    teachers = [ctx.load(r, m) for r, m in unit.teachers]
+    init = ctx.load(*unit.init) if unit.init else None
+    s2 = cfg.stage2
+    ensemble: dict[str, Any] = {"members": [m for _, m in unit.teachers]}
+    if s2.method == "semi" or (s2.stored and s2.temperature == 1.0):
+        src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
+        digests = [soft_labels.file_digest(src[r].model_path(m)) for r, m in unit.teachers]
+        folder = ctx.ws.root / "cache" / "soft" if cfg.data.cache else None
+        count = int(ctx.plan.steps.get("soft_scans") or len(ctx.study.train))
+        scans = soft_labels.choose_scans(ctx.study, count, s2.method == "paper", cfg.seed)
+        got = yield from soft_labels.attach(
+            ctx.study,
+            teachers,
+            digests,
+            ctx.device,
+            folder,
+            overlap=SOFT_OVERLAP,
+            precision=ctx.plan.precision,
+            scans=scans,
+            stop=stop,
+        )
+        if got.get("stopped"):
+            return {"stopped": True, "step": 0, "name": unit.id}
+        ensemble["stored"] = got
+    if unit.stage == "stage2" and len(teachers) > 1 and ctx.study.val:
+        m = soft_labels.ensemble_scores(
+            teachers,
+            ctx.study,
+            ctx.device,
+            overlap=SOFT_OVERLAP,
+            precision=ctx.plan.precision,
+        )
+        ensemble.update(mean_dice=m["mean_dice"], dice=m["dice"])
+    res = yield from stages.student(
+        teachers,
+        ctx.study,
+        cfg,
+        ctx.device,
+        ctx.run.checkpoint_dir,
+        stop,
+        init=init,
+        steps=unit.steps,
+        stage=unit.stage,
+        deadline=deadline,
+    )
+    if init is not None and unit.stage == "stage2" and not res.get("stopped"):
+        res = _keep_the_better(ctx, unit, init, res)
+    return {**res, "ensemble": ensemble}
+
+
+def _keep_the_better(ctx: UnitContext, unit: Unit, init, res: dict) -> dict:
+    """A warm-started student that ends below the model it started from (validation Dice)
+    is not kept: the starting model is, and the result says so (``kept_start``), as a teacher's
+    mode is chosen by the same scores."""
+    run_id, name = unit.init
+    src = ctx.run if run_id == ctx.run.id else ctx.ws.run(run_id)
+    start = (checkpoints.read_model_meta(src.model_path(name)).get("metrics") or {}).copy()
+    got = res.get("val_dice")
+    if start.get("mean_dice") is None or got is None or start["mean_dice"] <= got:
+        return res
+    res["net"].load_state_dict(init.state_dict())
+    return {**res, "metrics": start, "val_dice": start["mean_dice"],
+            "kept_start": {"model": name, "student_dice": got}}  # fmt: skip
 
 
 def train(
@@ -145,6 +213,8 @@ def train(
     if res["stopped"]:
         return {"stopped": True, "step": res.get("step"), "name": res.get("name")}
     entry = _save(ctx, unit, res)
+    if res.get("ensemble"):
+        entry["ensemble"] = res["ensemble"]
     return {
         "stopped": False,
         "paused": bool(res.get("paused")),
@@ -186,6 +256,8 @@ def _save(ctx: UnitContext, unit: Unit, res: dict) -> dict:
         entry["halted_by"] = "successive halving"
     if res.get("ended_early"):
         entry["ended_early"] = "budget"
+    if res.get("kept_start"):
+        entry["kept_start"] = res["kept_start"]
     entry["postprocess"] = m.get("postprocess", "none")
     entry["raw_mean_dice"] = m.get("raw_mean_dice", m["mean_dice"])
     checkpoints.save_model(

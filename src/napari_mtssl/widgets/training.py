@@ -323,6 +323,11 @@ class TrainingWidget(QWidget):
             "teacher, the conventional baseline, all tasks jointly, and the distilled student"
         )
 
+        self.verdict = QLabel("")
+        self.verdict.setWordWrap(True)
+        self.verdict.setObjectName("student_verdict")
+        self.verdict.setVisible(False)
+
         layout = QVBoxLayout(self)
         layout.addWidget(task_box)
         layout.addWidget(settings)
@@ -333,6 +338,7 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.dice_plot)
         layout.addWidget(QLabel("Results (validation Dice)"))
         layout.addWidget(self.results)
+        layout.addWidget(self.verdict)
 
         self.session.config_provider = self.build_config
         self.session.workspace_changed.connect(lambda _ws: self._on_workspace())
@@ -670,3 +676,7 @@ class TrainingWidget(QWidget):
         for r, values in enumerate(rows):
             for c, text in enumerate(values):
                 self.results.setItem(r, c, QTableWidgetItem(text))
+        # how the student compared with the run's baseline, in one line (pipeline.comparison)
+        line = (report.get("comparison") or {}).get("line", "")
+        self.verdict.setText(line[:1].upper() + line[1:] if line else "")
+        self.verdict.setVisible(bool(line))

@@ -13,6 +13,7 @@ from .base import SegForward, StepInputs, Term
 from .distil import EnsembleDistillation
 from .feature import FeatureDistillation
 from .seg import Segmentation
+from .semi import CopyPasteSelfTraining
 from .task import AuxiliaryTask
 
 __all__ = ["TERMS", "Term", "SegForward", "StepInputs", "build_term"]
@@ -22,6 +23,7 @@ TERMS: dict[str, type[Term]] = {
     "task": AuxiliaryTask,
     "kd": EnsembleDistillation,
     "feature_kd": FeatureDistillation,
+    "semi": CopyPasteSelfTraining,
 }
 
 

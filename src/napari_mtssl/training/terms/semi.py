@@ -1,0 +1,140 @@
+"""Stage 2 beyond the paper (METHOD.md): self-training on the unlabelled slices with the
+teachers' ensemble as the pseudo-labeller, through bidirectional copy-paste.
+
+Each step draws ``B/2`` labelled windows (ground truth) and ``B/2`` unlabelled windows with the
+ensemble's stored probabilities (:mod:`..soft_labels`), both with the usual geometric
+augmentation (the stored map warped with its image). A box of ``box`` x the patch side is
+pasted from each labelled window into its unlabelled partner and the other way round (BCP, Bai
+et al. 2023), and the mixed images get a strong intensity perturbation (UniMatch's strong view,
+Yang et al. 2023): the targets come from the clean slices, the student learns them on the
+perturbed, mixed view. Targets: ground truth inside/outside the pasted box at full weight; the
+ensemble's hard label elsewhere, only where its confidence is at least ``confidence``, at weight
+``unlabelled_weight``. So every step is ``B`` images through the network, as a baseline step is.
+
+With no unlabelled slice in the study, both partners are labelled windows (plain CutMix with
+ground truth on both sides).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import augment_with_soft
+from ..losses import class_probs
+from .base import StepInputs, Term
+
+
+def _boxes(b: int, side: int, frac: float, gen: torch.Generator) -> torch.Tensor:
+    """(b, 1, side, side) float masks, 1 inside a random square of ``frac * side``."""
+    k = max(1, min(side, int(round(frac * side))))
+    y0 = torch.randint(0, side - k + 1, (b,), generator=gen)
+    x0 = torch.randint(0, side - k + 1, (b,), generator=gen)
+    r = torch.arange(side)
+    in_y = (r[None, :] >= y0[:, None]) & (r[None, :] < (y0 + k)[:, None])
+    in_x = (r[None, :] >= x0[:, None]) & (r[None, :] < (x0 + k)[:, None])
+    return (in_y[:, :, None] & in_x[:, None, :]).float()[:, None]
+
+
+def strong_intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The strong view's intensity perturbation, per image: contrast and brightness (p 0.8),
+    gamma on the image's own range (p 0.5), Gaussian noise (p 0.5)."""
+    b, dev = x.shape[0], x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    one = (b, 1, 1, 1)
+    sel = rand(*one) < 0.8
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = 0.6 + 0.8 * rand(*one)
+    bright = (rand(*one) * 2 - 1) * 0.3
+    x = torch.where(sel, (x - mean) * contrast + mean + bright, x)
+    sel = rand(*one) < 0.5
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
+    gamma = torch.exp((rand(*one) * 2 - 1) * 0.7)
+    x = torch.where(sel, ((x - lo) / span).clamp(0, 1) ** gamma * span + lo, x)
+    sel = rand(*one) < 0.5
+    noise = torch.randn(x.shape, generator=gen).to(dev) * (0.1 * rand(*one))
+    return torch.where(sel, x + noise, x)
+
+
+def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor):
+    """Cross-entropy + soft Dice with a per-pixel weight (0: ignored), for one channel
+    (sigmoid) or several (softmax). ``target`` (B, H, W) int64, ``weight`` (B, H, W)."""
+    p = class_probs(logits.float())  # (B, C, H, W)
+    c = p.shape[1]
+    onehot = torch.nn.functional.one_hot(target.clamp(0, c - 1), c).permute(0, 3, 1, 2).float()
+    w = weight[:, None].float()
+    total_w = w.sum().clamp_min(1.0)
+    ce = -(onehot * p.clamp_min(1e-7).log() * w).sum() / total_w
+    dims = (0, 2, 3)
+    inter = (p * onehot * w).sum(dims)
+    denom = (p * w).sum(dims) + (onehot * w).sum(dims)
+    dice = 1 - ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    return ce + dice
+
+
+class CopyPasteSelfTraining(Term):
+    """Ground truth and the ensemble's confident pseudo-labels on mixed, strongly perturbed
+    views (see the module docstring)."""
+
+    name = "semi"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        confidence: float = 0.9,
+        unlabelled_weight: float = 0.5,
+        box: float = 2 / 3,
+        fg_oversample: float = 0.33,
+    ):
+        super().__init__(weight)
+        self.fg_oversample = float(fg_oversample)
+        self.confidence = float(confidence)
+        self.unlabelled_weight = float(unlabelled_weight)
+        self.box = float(box)
+
+    def streams(self, study, batch_size, use_unlabelled):
+        from napari_mtssl.training.data import no_labelled_data_message
+
+        lab = study.labelled_slices()
+        if not lab:
+            raise ValueError(no_labelled_data_message())
+        # unlabelled slices of the scans whose ensemble maps are stored (soft_labels.py)
+        unl = [(i, z) for i, z in study.unlabelled_slices() if study.train[i].soft is not None]
+        half = max(1, batch_size // 2)
+        fg = self.fg_oversample
+
+        def labelled(step, rng):
+            return study.seg_batch(lab, half, rng, fg)
+
+        def unlabelled(step, rng):
+            if not unl:
+                return study.seg_batch(lab, half, rng, fg)
+            return study.seg_batch(unl, half, rng, fg, soft=True, fg_from="soft")
+
+        return {"semi_l": (20, labelled), "semi_u": (21, unlabelled)}
+
+    def loss(self, x: StepInputs) -> torch.Tensor:
+        cfg, gen = x.cfg.data, x.gen
+        bl, bu = x.batch("semi_l"), x.batch("semi_u")
+        xl, yl, _ = augment_with_soft(bl["image"], bl["label"], None, cfg, gen)
+        if "soft" in bu:
+            soft = bu["soft"].float() / 255.0
+            xu, _, su = augment_with_soft(bu["image"], None, soft, cfg, gen)
+            conf, pseudo = su.max(1)
+            trust = (conf >= self.confidence).float() * self.unlabelled_weight
+        else:  # every slice labelled: CutMix between labelled windows
+            xu, pseudo, _ = augment_with_soft(bu["image"], bu["label"], None, cfg, gen)
+            trust = torch.ones(pseudo.shape, device=xu.device)
+        n = min(xl.shape[0], xu.shape[0])
+        xl, yl, xu, pseudo, trust = xl[:n], yl[:n], xu[:n], pseudo[:n], trust[:n]
+        m = _boxes(n, xl.shape[-1], self.box, gen).to(xl.device)
+        inside = m[:, 0] > 0.5
+        ones = torch.ones_like(trust)
+        mixed = torch.cat([xu * (1 - m) + xl * m, xl * (1 - m) + xu * m])
+        target = torch.cat([torch.where(inside, yl, pseudo), torch.where(inside, pseudo, yl)])
+        weight = torch.cat([torch.where(inside, ones, trust), torch.where(inside, trust, ones)])
+        logits = x.net(strong_intensity(mixed, gen))
+        return masked_seg_loss(logits, target, weight)
