@@ -131,7 +131,7 @@ def jobs(
     alone, after its teachers). With successive halving, each mode trains to its rung, then the
     dearer mode goes on (the leader is not known yet: a safe estimate)."""
     s1 = cfg.stage1
-    both = s1.modes == "both" and s1.halving > 0
+    both = s1.modes in ("both", "auto") and s1.halving > 0
     h = s1.halving if both else 1.0
     out: list[Job] = []
     for u in units:
@@ -222,15 +222,17 @@ def price_side_by_side(
     lanes: int,
     room_s: float,
     cached_pretext: Sequence[str] = (),
+    with_student: bool = True,
 ) -> SideBySide | None:
     """The most steps per model whose wall time fits ``room_s`` with ``lanes`` units at once,
-    from the steps timed side by side (``side:*`` in ``t``; None without them)."""
+    from the steps timed side by side (``side:*`` in ``t``; None without them).
+    ``with_student=False``: the student's time was set aside already (its share)."""
     side = {k.removeprefix("side:"): v for k, v in t.items() if k.startswith("side:")}
     if not side:
         return None
     units = model_units(what, cfg)
     work = jobs(units, lambda u: unit_step_s(u, side, cfg, cached_pretext), side["eval"], cfg)
-    student = [u for u in units if u.startswith("student")]
+    student = [u for u in units if u.startswith("student")] if with_student else []
     sa = len(student) * t.get("student", 0.0)
     sb = len(student) * EVALS * t.get("eval", 0.0)
 

@@ -61,6 +61,10 @@ MIN_STEPS = 300
 # thread of a 2-core laptop (about 210 steps).
 MIN_RETRAIN_STEPS = 100
 GOOD_STEPS = 4000
+# Below this many steps per model, joint training has not paid on the data measured (ACDC, 3
+# labelled patients: pre-training won for every task at 2207 steps, docs/benchmarks.md), so
+# `stage1.modes = "auto"` trains the pre-training mode only and the time goes to the student.
+JOINT_PAYS_STEPS = 4000
 COVERAGE = 0.5  # a patch should span at least this share of the median slice's longer side
 MAX_COARSEN = 4.0  # never resample coarser than four times the median spacing
 CPU_WIDTHS = (16, 24, 32)
@@ -251,6 +255,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     lanes: int = 1  # units a budgeted run trains at once (priced that way by allocate)
     lanes_why: str = ""
+    modes: str = ""  # stage 1's modes the planner chose for `stage1.modes = "auto"`
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(
@@ -278,11 +283,15 @@ class Plan:
         c.model.depth = c.model.depth or self.depth
         c.optim.precision = self.precision
         c.num_threads = c.num_threads or self.threads
+        if c.stage1.modes == "auto" and self.modes:
+            c.stage1.modes = self.modes
         st = self.steps
         if "seg" in st:
             c.baseline.steps = c.baseline.steps or st["seg"]
             c.stage1.joint_steps = c.stage1.joint_steps or st["seg"]
             c.stage1.finetune_steps = c.stage1.finetune_steps or st["seg"]
+            if self.budget_s > 0 and not st.get("halving_at") and not c.stage1.eval_every:
+                c.stage1.eval_every = st["seg"]  # nothing to decide halfway: one validation
         if "pretext" in st:
             c.stage1.pretrain_steps = c.stage1.pretrain_steps or st["pretext"]
         if "student" in st:
@@ -378,9 +387,9 @@ def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
         units.append("baseline")
     if what in ("stage1", "all"):
         for t in cfg.stage1.tasks:
-            if cfg.stage1.modes in ("joint", "both"):
+            if cfg.stage1.modes in ("joint", "both", "auto"):
                 units.append(str(trained(t, "joint")))
-            if cfg.stage1.modes in ("pretrain", "both"):
+            if cfg.stage1.modes in ("pretrain", "both", "auto"):
                 units.append(str(trained(t, "pretrain")))
         if cfg.all_joint and len(cfg.stage1.tasks) > 1:
             units.append("all_joint")
@@ -820,7 +829,7 @@ def _explicit_steps(cfg: ExperimentConfig, what: str) -> dict[str, int]:
     """Steps as the config gives them (no budget): every count must be set."""
     s1 = cfg.stage1
     n = int(cfg.baseline.steps or s1.joint_steps)
-    both = s1.modes == "both" and s1.halving > 0
+    both = s1.modes in ("both", "auto") and s1.halving > 0
     out = {
         "seg": n,
         "pretext": int(s1.pretrain_steps),
@@ -890,6 +899,11 @@ def allocate(
     by side (:func:`.lanes.price_side_by_side`) and the way that gives more steps is kept
     (``plan.lanes``), or side by side whatever it gives when ``units_at_once`` asks for it.
     """
+    if cfg.stage1.modes == "auto" and what in ("stage1", "all"):
+        return _allocate_auto(
+            plan, cfg, what, fp, probe=probe, spent_s=spent_s,
+            cached_pretext=cached_pretext, timings=timings, lanes=lanes,
+        )  # fmt: skip
     t = timings or plan.timings or (_time_steps(plan, cfg, fp) if probe else _guess(plan, cfg))
     failed = ""
     if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S and not cfg.units_at_once:
@@ -908,18 +922,34 @@ def allocate(
     s1 = cfg.stage1
     units = model_units(what, cfg)
     budget = max(0.0, cfg.budget_s - spent_s)
-    evals = EVALS
     t_eval = t["eval"]
     both = s1.modes == "both" and s1.halving > 0
+    # Validation passes per model: halfway (the halving's decision) and at the end; one at the
+    # end when nothing is decided halfway (Plan.apply sets stage1.eval_every so)
+    evals = EVALS if both or s1.eval_every else 1
     h = s1.halving if both else 1.0
 
     def per_step(u: str) -> tuple[float, float]:
         return unit_step_s(u, t, cfg, cached_pretext)
 
+    # The student's share of the time (semi, after stage 1 in the same run): it trains
+    # `student_steps`, the other models share the rest; plus the teachers' predictions it
+    # computes once, priced as fixed time.
+    s_share = student_share(cfg, what)
+    members = _members_guess(cfg, what)
+    soft_scans = soft_scan_count(cfg, fp, t, members, budget, s_share)
+    fixed_student = 0.0
+    if "student" in units and what in ("all", "stage2", "retrain-stage2"):
+        per_scan = t.get("soft", 0.0) / max(1, fp.n_train)
+        fixed_student = members * per_scan * soft_scans
+        fixed_student += (members if members > 1 else 0) * t_eval * SOFT_EVAL
     # Seconds per unit of N, summed over models; halving discounts the expected loser.
     cost_n = 0.0
-    fixed = 0.0
+    fixed = fixed_student
     for u in units:
+        if u == "student" and s_share:
+            fixed += EVALS * t_eval
+            continue
         seg, pre = per_step(u)
         share = 1.0
         if both and _mode_of(u):
@@ -931,13 +961,17 @@ def allocate(
         fixed += evals * t_eval
     fixed += OVERHEAD_S + OVERHEAD_PER_MODEL_S * len(units)
     usable = budget * 0.95 - fixed
+    student_s = s_share * usable
+    usable -= student_s
     n = int(usable / cost_n) if cost_n > 0 else 0
     plan.lanes, plan.lanes_why, side = 1, failed, None
     if lanes > 1:
         from .lanes import SIDE_GAIN, price_side_by_side
 
         room = budget * 0.95 - OVERHEAD_S - OVERHEAD_PER_MODEL_S * len(units)
-        side = price_side_by_side(cfg, what, t, lanes, room, cached_pretext)
+        if s_share:
+            room -= student_s + fixed_student + EVALS * t_eval
+        side = price_side_by_side(cfg, what, t, lanes, room, cached_pretext, not s_share)
         # side by side where it gives more steps, or where the user asked for it
         chosen = side is not None and (bool(cfg.units_at_once) or side.steps > n * SIDE_GAIN)
         if side is not None:
@@ -953,7 +987,10 @@ def allocate(
     plan.steps = {
         "seg": n,
         "pretext": int(s1.pretrain_steps or max(1, round(s1.pretrain_ratio * n))),
-        "student": int(cfg.stage2.steps or n),
+        "student": int(
+            cfg.stage2.steps or (int(student_s / max(t["student"], 1e-6)) if s_share else n)
+        ),
+        "soft_scans": int(soft_scans),
         "retrain": int(cfg.stage2.retrain_steps or n),
         "halving_at": int(round(h * n)) if both else 0,
         "eval_every": max(1, n // evals),
@@ -967,12 +1004,82 @@ def allocate(
             other = str(ModelId.parse(u).other_mode())
             if seg < per_step(other)[0]:
                 est[u] = round(h * n * seg + n * pre + 2 * t_eval, 1)
+    if "student" in est:
+        est["student"] = round(est["student"] + fixed_student, 1)
     est["total"] = round(sum(est.values()) + fixed - len(units) * evals * t_eval, 1)
     if plan.lanes > 1 and side is not None:
         est.update(side.estimate(n))
     plan.estimate_s = est
     plan.budget_s = cfg.budget_s
     plan.models = units
+    return plan
+
+
+# The stored ensemble maps are predicted without window overlap (SOFT_OVERLAP; the confident
+# pixels the student learns from are the same, at 2.25x fewer windows for a patch of half the
+# slice), on at most as many unlabelled scans as SOFT_SHARE of the student's time pays for
+# (at least SOFT_MIN_SCANS); the ensemble's validation pass likewise (SOFT_EVAL of a validation
+# pass with overlap).
+SOFT_OVERLAP = 0.5
+SOFT_SHARE = 0.15
+SOFT_MIN_SCANS = 8
+SOFT_EVAL = 0.5
+
+
+def soft_scan_count(
+    cfg: ExperimentConfig,
+    fp: Fingerprint,
+    t: dict[str, float],
+    members: int,
+    budget_s: float,
+    share: float,
+) -> int:
+    """Training scans whose ensemble maps the student's run stores: every one, unless that
+    would cost more than SOFT_SHARE of the student's time."""
+    n = max(1, int(fp.n_train))
+    per_scan = members * t.get("soft", 0.0) / n
+    if per_scan <= 0 or cfg.stage2.method != "semi":
+        return n  # the paper's student distils on every slice, labelled ones too
+    student_s = budget_s * (share or 0.5)
+    return int(min(n, max(SOFT_MIN_SCANS, SOFT_SHARE * student_s / per_scan)))
+
+
+def student_share(cfg: ExperimentConfig, what: str) -> float:
+    """The share of a budgeted run's training time its student gets (semi, in a run that also
+    trains stage 1); 0: the same steps as every other model."""
+    s2 = cfg.stage2
+    if what != "all" or s2.method != "semi" or s2.steps:
+        return 0.0
+    return float(s2.share)
+
+
+def _members_guess(cfg: ExperimentConfig, what: str) -> int:
+    """Models in the student's ensemble before stage 1 has scored them (the most it can be)."""
+    n = len(cfg.stage1.tasks)
+    if cfg.stage2.method == "semi" and cfg.stage2.with_baseline and what == "all":
+        n += 1
+    return max(1, n)
+
+
+def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw) -> Plan:
+    """``stage1.modes = "auto"``: both modes where the budget gives every model
+    JOINT_PAYS_STEPS (joint training needs many steps to pay, and its step is the dearer),
+    else the pre-training mode only (its pre-training is also cached across runs)."""
+    both = ExperimentConfig.from_dict(cfg.to_dict())
+    both.stage1.modes = "both"
+    try:
+        allocate(plan, both, what, fp, **kw)
+        enough = plan.steps["seg"] >= JOINT_PAYS_STEPS
+    except PlanError:
+        enough = False
+    if enough:
+        plan.modes = "both"
+        return plan
+    kw["timings"] = kw.get("timings") or plan.timings or None
+    pre = ExperimentConfig.from_dict(cfg.to_dict())
+    pre.stage1.modes = "pretrain"
+    allocate(plan, pre, what, fp, **kw)
+    plan.modes = "pretrain"
     return plan
 
 
@@ -1016,7 +1123,8 @@ def _guess(plan: Plan, cfg: ExperimentConfig) -> dict[str, float]:
     """Step times from FLOPs at a nominal 50 GFLOP/s (when timing is not wanted: tests)."""
     f = _flops_per_sample(plan.width, plan.depth, plan.patch, 2) * plan.batch_size
     seg = 3 * f / 50e9
-    out = {"seg": seg, "fwd": f / 50e9, "student": 2 * seg, "eval": 1.0}
+    out = {"seg": seg, "fwd": f / 50e9, "eval": 1.0, "soft": 1.0}
+    out["student"] = student_step_s(out, cfg)
     for task in cfg.stage1.tasks:
         out[f"task:{task}"] = seg
     return out
@@ -1130,8 +1238,8 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
             topt.step()
 
         t[f"task:{name}"] = peak(task_step, 2)
-    n_teachers = max(1, len(cfg.stage1.tasks))
-    t["student"] = 2 * t["seg"] + 2 * n_teachers * t["fwd"]
+    t["student"] = student_step_s(t, cfg)
+    t["soft"] = train_windows(plan, fp, SOFT_OVERLAP) * t["fwd"] / b * 1.2
     t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2
     t["eval"] += 0.05 * len(fp.val_shapes)
     if peaks:
@@ -1139,6 +1247,32 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
         # once: their peaks added (the weights and optimiser state counted twice: a margin).
         t["peak_mb"] = peaks[0] + max(peaks[1:], default=0.0)
     return t
+
+
+# A semi-supervised student step over a baseline step: the same images through the network,
+# plus two half batches to read, the copy-paste mixing, the strong view and the masked loss
+# (benchmarks/speed: `student` against `seg`).
+SEMI_STEP = 1.15
+
+
+def student_step_s(t: dict[str, float], cfg: ExperimentConfig) -> float:
+    """Seconds of one student step from the timed segmentation step and forward pass."""
+    s2 = cfg.stage2
+    if s2.method == "semi":
+        return SEMI_STEP * t["seg"]
+    unl = 2.0 if s2.distil_unlabelled else 1.0  # a labelled and an unlabelled batch
+    if s2.stored and s2.temperature == 1.0:
+        return unl * t["seg"] * 1.05  # the ensemble's maps come with the batch
+    teachers = max(1, len(cfg.stage1.tasks))
+    return unl * t["seg"] + unl * teachers * t["fwd"]
+
+
+def train_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
+    """Sliding windows one model predicts over every training slice (the stored ensemble
+    maps): the validation pass scaled by the training scans' share."""
+    val = validation_windows(plan, fp, overlap)
+    per_scan = val / max(1, len(fp.val_shapes))
+    return int(round(per_scan * max(1, fp.n_train)))
 
 
 def validation_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
