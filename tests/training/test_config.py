@@ -17,10 +17,15 @@ from napari_mtssl.training.config import (
 
 def test_method_defaults():
     c = ExperimentConfig()
-    assert c.stage1.modes == "both"
+    assert c.stage1.modes == "auto"  # the planner picks both modes or pre-training only
     assert c.stage1.lam("sdm") == 1.0
     assert c.stage2.alpha == 0.5 and c.stage2.temperature == 1.0
-    assert c.stage2.distil_unlabelled and c.stage2.init == "fresh"
+    assert c.stage2.distil_unlabelled and c.stage2.init == "auto"
+    # the default student is the semi-supervised one, warm-started from the best model; the
+    # paper's student starts fresh
+    assert c.stage2.method == "semi" and c.stage2.resolved_init() == "best"
+    c.stage2.method = "paper"
+    assert c.stage2.resolved_init() == "fresh"
     assert not c.stage2.feature_distillation
     assert c.baseline_steps == c.stage1.joint_steps
     # planned fields are left to the planner

@@ -121,7 +121,10 @@ def test_retrain_after_correction(trained):
     rep = _drive(run_training(ws, cfg, "retrain-quick"))
     assert set(rep["models"]) == {"student"}
     assert rep["models"]["student"]["steps"] == cfg.stage2.retrain_steps
-    assert rep["teachers"]["models"] == ["teacher:rubik", "teacher:sdm"]
+    # the ensemble: the teachers and the baseline of their run, less any that trailed
+    members, dropped = rep["teachers"]["models"], rep["teachers"]["dropped"]
+    assert set(members) | set(dropped) == {"teacher:rubik", "teacher:sdm", "baseline"}
+    assert members and not set(members) & set(dropped)
     assert len(ws.rounds()) == 2
 
 

@@ -114,7 +114,15 @@ def test_user_settings_win_and_are_listed():
 
 
 def test_budget_shares_steps_equally_and_counts_halving():
-    p = plan(fp((256, 216), (1.5, 1.5)), "1h", what="all")
+    """The paper's comparison: every model the same steps, both modes with halving."""
+    p = plan(
+        fp((256, 216), (1.5, 1.5)),
+        "1h",
+        what="all",
+        stage1__modes="both",
+        stage1__tasks=["sdm", "vicreg", "inpaint"],
+        stage2__method="paper",
+    )
     assert p.models == [
         "baseline",
         "sdm:joint",
@@ -130,7 +138,7 @@ def test_budget_shares_steps_equally_and_counts_halving():
     assert st["halving_at"] == round(0.34 * st["seg"]) and st["pretext"] == round(0.5 * st["seg"])
     total = p.estimate_s["total"]
     assert total <= 3600 * 0.96 and total > 3600 * 0.5
-    cfg = p.apply(profile("quick", device="cpu"))
+    cfg = p.apply(profile("quick", device="cpu", stage2__method="paper"))
     assert cfg.baseline.steps == cfg.stage1.joint_steps == cfg.stage2.steps == st["seg"]
     assert cfg.data.patch_size == p.patch and cfg.model.width == p.width
     # the user sees why, and the model table
@@ -139,10 +147,33 @@ def test_budget_shares_steps_equally_and_counts_halving():
     assert Plan.from_dict(p.to_dict()) == p
 
 
+def test_the_default_plan_gives_the_student_its_share_and_pre_trains_below_joint_pays():
+    """Default plan: below JOINT_PAYS_STEPS per model only the pre-training mode trains, the
+    semi-supervised student gets `stage2.share` of the time (more steps than any teacher, its
+    stored ensemble maps priced), and a baseline alone keeps the whole budget."""
+    f = fp((256, 216), (1.5, 1.5))
+    p = plan(f, "1h", what="all")
+    assert p.modes == "pretrain" and p.steps["seg"] < P.JOINT_PAYS_STEPS
+    assert p.models == ["baseline", "sdm:pretrain", "inpaint:pretrain", "student"]
+    assert p.steps["student"] > 2 * p.steps["seg"]
+    assert 1 <= p.steps["soft_scans"] <= f.n_train
+    assert p.estimate_s["student"] > p.steps["student"] * p.timings["student"]  # + the maps
+    assert p.estimate_s["total"] <= 3600 * 0.96
+    cfg = p.apply(profile("quick", device="cpu"))
+    assert cfg.stage1.modes == "pretrain" and cfg.stage2.steps == p.steps["student"]
+    assert cfg.stage1.eval_every == p.steps["seg"]  # one validation: nothing decided halfway
+    alone = plan(f, "1h", what="baseline")
+    assert alone.steps["seg"] > 3 * p.steps["seg"]  # the whole hour, not a share
+    # a budget where every model reaches JOINT_PAYS_STEPS trains both modes
+    big = plan(f, "40h", what="all")
+    assert big.modes == "both" and big.steps["seg"] >= P.JOINT_PAYS_STEPS
+    assert "sdm:joint" in big.models
+
+
 def test_tiny_budget_is_refused_with_what_fits():
     f = fp((256, 216), (1.5, 1.5))
     with pytest.raises(PlanError, match="allows baseline \\+ [12] tasks?") as e:
-        plan(f, "10m", what="all")
+        plan(f, "10m", what="all", stage1__tasks=["sdm", "vicreg", "inpaint"])
     assert "give sdm, vicreg, inpaint a budget of at least" in str(e.value)
     with pytest.raises(PlanError, match="give this run a budget"):
         plan(f, "5s", what="baseline")
@@ -240,7 +271,8 @@ def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
 
     f = fp((256, 216), (1.5, 1.5))
     p = plan(f, "1h")
-    slow = {k: v * 0.6 for k, v in p.timings.items()}  # 3 minutes: ~200 student steps
+    slow = {k: v * 0.6 for k, v in p.timings.items()}
+    slow["student"] = 2.2 * slow["seg"]  # a distillation step: 3 minutes, ~200 steps
     cfg = profile("quick", budget_s=180, device="cpu")
     with pytest.raises(PlanError, match="needs at least 300"):  # a new student
         allocate(Plan.from_dict(p.to_dict()), cfg, "stage2", f, timings=slow)

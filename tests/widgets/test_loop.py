@@ -65,6 +65,10 @@ def test_whole_loop(sample_docks, qtbot):
     assert probe.max_stall_ms < 1000
     assert "student" in result["models"] and "baseline" in result["models"]
     assert d.training.results.rowCount() >= 3
+    # one line says how the student compared with the run's baseline
+    verdict = d.training.verdict.text()
+    assert verdict.startswith("Student ") and "the baseline of this run" in verdict
+    assert verdict == result["comparison"]["line"][:1].upper() + result["comparison"]["line"][1:]
     first_round = len(api.history(ws))
 
     # -- compare: one layer per model and the disagreement map ---------------------------------

@@ -1,0 +1,158 @@
+"""Stage 2: the teachers' predictions stored once, the semi-supervised student, the moving
+average of its weights, and the line that says how it compared with the baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mtssl import api
+from napari_mtssl.training import soft_labels, stages
+from napari_mtssl.training.config import DataConfig
+from napari_mtssl.training.data import StudyData, augment, augment_with_soft
+from napari_mtssl.training.pipeline import comparison
+from napari_mtssl.training.plan import fingerprint, make_plan
+from napari_mtssl.training.terms import build_term
+from napari_mtssl.training.terms.semi import _boxes, masked_seg_loss
+from napari_mtssl.training.trainer import UnitSpec, train_unit
+
+
+@pytest.fixture(scope="module")
+def study_cfg(tmp_path_factory):
+    ws = api.create_workspace(tmp_path_factory.mktemp("s2") / "ws", source="sample", labelled=2)
+    cfg = api.make_config("tiny", device="cpu")
+    plan = make_plan(fingerprint(ws), cfg, "baseline", allocate_steps=False)
+    shaped = plan.apply(cfg)
+    return ws, StudyData.from_workspace(ws, plan.preprocessing(), plan.patch), shaped
+
+
+def _teachers(cfg, n=2):
+    nets = []
+    for i in range(n):
+        cfg2 = api.make_config("tiny", device="cpu", seed=10 + i)
+        nets.append(stages.new_net(cfg2, 4).eval())
+    return nets
+
+
+def _drive(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def test_stored_maps_are_the_ensemble_mean_and_are_reused_until_the_teachers_change(
+    study_cfg, tmp_path
+):
+    ws, study, cfg = study_cfg
+    teachers = _teachers(cfg)
+    dev = torch.device("cpu")
+    args = dict(overlap=0.0, precision="fp32")
+    got = _drive(soft_labels.attach(study, teachers, ["a", "b"], dev, tmp_path, **args))
+    assert got["computed"] == len(study.train) and got["reused"] == 0
+    s = study.train[0]
+    assert s.soft.dtype == np.uint8 and s.soft.shape == (s.n_slices, 4, *s.shape)
+    want = soft_labels._ensemble(teachers, s.image, study.patch, dev, 0.0, "fp32")
+    np.testing.assert_allclose(s.soft / 255.0, want, atol=1 / 255 + 1e-6)
+    # probabilities: every pixel sums to about 1
+    assert np.abs(s.soft.astype(np.float32).sum(1) / 255 - 1).max() < 0.02
+    again = _drive(soft_labels.attach(study, teachers, ["b", "a"], dev, tmp_path, **args))
+    assert again["reused"] == len(study.train) and again["computed"] == 0
+    other = _drive(soft_labels.attach(study, teachers, ["a", "c"], dev, tmp_path, **args))
+    assert other["computed"] == len(study.train)  # a member changed: computed again
+    # only the chosen scans get maps
+    for x in study.train:
+        x.soft = None
+    part = _drive(soft_labels.attach(study, teachers, ["a", "b"], dev, tmp_path, scans=[1], **args))
+    assert part["scans"] == 1 and study.train[1].soft is not None and study.train[0].soft is None
+
+
+def test_the_stored_map_moves_with_its_image_under_augmentation():
+    """Flips, quarter turns and the affine warp move the map exactly as the label."""
+    g = torch.Generator().manual_seed(0)
+    lab = torch.zeros(6, 32, 32, dtype=torch.long)
+    lab[:, 4:14, 6:20] = 1
+    lab[:, 18:28, 10:16] = 2
+    img = lab[:, None].float() + 0.01 * torch.randn(6, 1, 32, 32, generator=g)
+    soft = torch.nn.functional.one_hot(lab, 3).permute(0, 3, 1, 2).float()
+    cfg = DataConfig(affine_prob=0.0, intensity_prob=0.0, gamma_prob=0.0)
+    x, y, s = augment_with_soft(img, lab, soft, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(s.argmax(1), y)
+    # the same draws as without the map
+    x2, y2 = augment(img, lab, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    warp = DataConfig(affine_prob=1.0, intensity_prob=0.0, gamma_prob=0.0)
+    _, y, s = augment_with_soft(img, lab, soft, warp, torch.Generator().manual_seed(4))
+    agree = (s.argmax(1) == y).float().mean()
+    assert agree > 0.97  # bilinear map vs nearest label: they differ on edges only
+
+
+def test_masked_loss_ignores_weightless_pixels_and_copy_paste_boxes_have_their_size():
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    w = torch.zeros(2, 8, 8)
+    w[:, :4] = 1
+    a = masked_seg_loss(logits, target, w)
+    other = target.clone()
+    other[:, 4:] = (other[:, 4:] + 1) % 3  # changes only where the weight is 0
+    assert torch.allclose(a, masked_seg_loss(logits, other, w))
+    a.backward()
+    assert logits.grad[:, :, 4:].abs().sum() == 0 and logits.grad[:, :, :4].abs().sum() > 0
+    m = _boxes(5, 30, 2 / 3, torch.Generator().manual_seed(0))
+    assert m.shape == (5, 1, 30, 30) and torch.all(m.sum((1, 2, 3)) == 400)
+
+
+def test_the_semi_student_learns_from_ground_truth_and_confident_pseudo_labels(study_cfg, tmp_path):
+    """A few steps of the default student: finite losses, its unlabelled windows from scans with
+    stored maps, and the model it keeps is the moving average of its weights."""
+    ws, study, cfg = study_cfg
+    teachers = _teachers(cfg)
+    dev = torch.device("cpu")
+    _drive(soft_labels.attach(study, teachers, ["x"], dev, tmp_path, overlap=0.0, precision="fp32"))
+    assert any(s.soft_fg is not None for s in study.train)
+    init = stages.new_net(cfg, 4)
+    before = {k: v.clone() for k, v in init.state_dict().items()}
+    cfg.stage2.ema = 0.5
+    res = _drive(stages.student(teachers, study, cfg, dev, None, init=init, steps=3))
+    assert not res["stopped"] and res["steps"] == 3 and np.isfinite(res["losses"]["semi"])
+    after = res["net"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it learnt
+    term = build_term("semi", confidence=0.9)
+    assert term.name == "semi"
+
+
+def test_the_moving_average_is_what_the_unit_keeps(study_cfg):
+    _, study, cfg = study_cfg
+    net = stages.new_net(cfg, 4)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    spec = UnitSpec("avg", "stage2", 2, [build_term("seg")], evaluate=False, ema=0.9)
+    probe = stages.new_net(cfg, 4)
+    probe.load_state_dict(start)
+    res = _drive(train_unit(spec, net, study, cfg, torch.device("cpu")))
+    assert res["steps"] == 2
+    # plain training from the same start for the same steps, no average
+    spec2 = UnitSpec("raw", "stage2", 2, [build_term("seg")], evaluate=False)
+    _drive(train_unit(spec2, probe, study, cfg, torch.device("cpu")))
+    k = next(n for n, _ in net.named_parameters())
+    kept, raw, init = net.state_dict()[k], probe.state_dict()[k], start[k]
+    # the average lies between the start and the trained weights (0.9 of the way back)
+    assert not torch.equal(kept, raw)
+    assert (kept - init).abs().sum() < (raw - init).abs().sum()
+
+
+def test_the_comparison_line_says_how_the_student_did_against_the_runs_baseline():
+    models = {
+        "baseline": {"mean_dice": 0.80},
+        "teacher:sdm": {"mean_dice": 0.78},
+        "teacher:inpaint": {"mean_dice": 0.81},
+        "student": {"mean_dice": 0.84},
+    }
+    c = comparison(models, {"mean_dice": 0.83})
+    assert c["delta"] == pytest.approx(0.04)
+    assert c["line"].startswith("student 0.840 mean Dice, better than the baseline of this run")
+    assert "best teacher inpaint 0.810" in c["line"] and "ensemble 0.830" in c["line"]
+    models["student"]["mean_dice"] = 0.75
+    assert "worse than" in comparison(models)["line"]
+    assert comparison({"baseline": {"mean_dice": 0.8}}) is None
