@@ -10,7 +10,8 @@ torch threads per training process: the basis for running two jobs at once), ``s
 on ACDC one unit at a time vs two side by side on the local executor, the same plan),
 ``stage1_budget`` (a budgeted stage 1 priced one at a time vs left to choose side by side), ``gpu``
 (stage 1 on one GPU at 1, 2, 4 units at once and the planner's choice; the card's memory per
-unit). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+unit), ``student`` (a student step, default and paper's with stored maps or live teachers, over a
+baseline step). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -24,7 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make ``speed`` importable
 
-NAMES = ("train", "infer", "viewer", "memory", "threads", "stage1", "stage1_budget", "gpu")
+NAMES = (
+    "train",
+    "infer",
+    "viewer",
+    "memory",
+    "threads",
+    "stage1",
+    "stage1_budget",
+    "gpu",
+    "student",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import train
 
             res = train.bench(a.tasks.split(","), steps=a.steps, reps=a.reps, threads=a.threads)
+        elif name == "student":
+            from speed import student
+
+            res = student.bench(steps=a.steps, reps=a.reps, threads=a.threads)
         elif name == "infer":
             from speed import infer
 

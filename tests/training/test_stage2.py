@@ -156,3 +156,50 @@ def test_the_comparison_line_says_how_the_student_did_against_the_runs_baseline(
     models["student"]["mean_dice"] = 0.75
     assert "worse than" in comparison(models)["line"]
     assert comparison({"baseline": {"mean_dice": 0.8}}) is None
+
+
+def test_maps_are_stored_for_as_many_scans_as_the_student_can_use(study_cfg):
+    _, study, _ = study_cfg
+    unl = [i for i, s in enumerate(study.train) if (~s.labelled).any()]
+    lab = [i for i, s in enumerate(study.train) if s.labelled.any()]
+    assert soft_labels.scans_needed(study, 1, 1) == soft_labels.SOFT_MIN_SCANS
+    assert soft_labels.scans_needed(study, 10_000, 4) > len(study.train)
+    one = soft_labels.choose_scans(study, 1, False, 0)
+    assert len(one) == 1 and one[0] in unl
+    assert one == soft_labels.choose_scans(study, 1, False, 0)  # the same for a seed: reused
+    # the paper's student distils on labelled slices too
+    assert set(lab) <= set(soft_labels.choose_scans(study, 1, True, 0))
+    assert soft_labels.choose_scans(study, 99, False, 0) == unl
+
+
+def test_the_papers_distillation_reads_the_stored_maps_as_it_would_the_teachers(
+    study_cfg, tmp_path
+):
+    """Stored maps (uint8) give the same distillation loss as running the teachers, to the
+    maps' resolution, on the same windows."""
+    from napari_mtssl.training.terms.base import SegForward
+
+    _, study, cfg = study_cfg
+    teachers = _teachers(cfg)
+    dev = torch.device("cpu")
+    _drive(soft_labels.attach(study, teachers, ["p"], dev, tmp_path, overlap=0.5, precision="fp32"))
+    rng = np.random.default_rng(0)
+    b = study.seg_batch(study.all_slices(), 4, rng, soft=True)
+    x = torch.from_numpy(b["image"])
+    student = stages.new_net(cfg, 4)
+    logits = student(x)
+    f = SegForward(x, logits, torch.zeros(0), 0, None, torch.from_numpy(b["soft"]).float() / 255)
+    live = build_term("kd", teachers=teachers, unlabelled=True)
+    stored = build_term("kd", teachers=teachers, unlabelled=True, stored=True)
+    assert stored.reads_soft and not live.reads_soft
+
+    class _In:
+        net = student
+
+        def seg(self):
+            return f
+
+    # the windows' maps come from whole-slice sliding windows, the live teachers see the
+    # window alone: close, not equal
+    a, c = float(live.loss(_In())), float(stored.loss(_In()))
+    assert abs(a - c) < 0.25 * max(a, c)

@@ -30,9 +30,10 @@ from napari_mtssl.events import Note
 from .data import ScanData, StudyData
 from .inference import sliding_window_probs
 from .metrics import summarise, volume_scores
+from .plan import SOFT_MIN_SCANS
 from .preprocess import VolumeCache, content_hash
 
-__all__ = ["file_digest", "attach", "ensemble_scores", "choose_scans", "FG_SAMPLE"]
+__all__ = ["file_digest", "attach", "ensemble_scores", "choose_scans", "scans_needed", "FG_SAMPLE"]
 
 SCALE = 255.0
 FG_SAMPLE = 20_000  # voxels kept per scan where the ensemble sees foreground (window centres)
@@ -141,17 +142,28 @@ def attach(
     return out
 
 
-def choose_scans(study: StudyData, count: int, every: bool, seed: int) -> list[int]:
-    """The training scans whose ensemble maps are stored: all (``every``: the paper's student
-    distils on labelled slices too), else ``count`` of the scans with unlabelled slices, drawn
-    with ``seed`` (the same ones for every run of that seed, so the cache is reused)."""
-    if every:
-        return list(range(len(study.train)))
+def choose_scans(study: StudyData, count: int, labelled_too: bool, seed: int) -> list[int]:
+    """The training scans whose ensemble maps are stored: ``count`` of the scans with
+    unlabelled slices, drawn with ``seed`` (the same ones for every run of that seed, so the
+    cache is reused), and every labelled scan when ``labelled_too`` (the paper's student
+    distils on labelled slices as well)."""
     holders = [i for i, s in enumerate(study.train) if (~s.labelled).any()]
-    if count >= len(holders):
-        return holders
-    pick = np.random.default_rng(seed).permutation(len(holders))[: max(1, count)]
-    return sorted(holders[int(j)] for j in pick)
+    if count < len(holders):
+        pick = np.random.default_rng(seed).permutation(len(holders))[: max(1, count)]
+        holders = [holders[int(j)] for j in pick]
+    if labelled_too:
+        holders += [i for i, s in enumerate(study.train) if s.labelled.any()]
+    return sorted(set(holders))
+
+
+def scans_needed(study: StudyData, steps: int, windows_per_step: int) -> int:
+    """Scans with unlabelled slices enough for the student to see each stored slice about
+    once (at least SOFT_MIN_SCANS): more maps than windows buy nothing."""
+    holders = [int((~s.labelled).sum()) for s in study.train if (~s.labelled).any()]
+    if not holders:
+        return 0
+    per_scan = max(1.0, float(np.mean(holders)))
+    return max(SOFT_MIN_SCANS, int(np.ceil(steps * windows_per_step / per_scan)))
 
 
 @torch.no_grad()

@@ -270,7 +270,9 @@ def student(
         semi_terms(cfg) if semi else distillation_terms(teachers, net, cfg),
         model="student",
         eval_every=cfg.stage2.eval_every,
-        ema=cfg.stage2.ema if semi else 0.0,
+        # the average of a new student's weights; a retrain after corrections keeps its last
+        # weights (a few hundred steps: an average would barely move from where it started)
+        ema=cfg.stage2.ema if semi and stage == "stage2" else 0.0,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}

@@ -170,6 +170,8 @@ class _Streams:
                 ),
             )
             unl = study.unlabelled_slices() if self.unlabelled else []
+            if soft:  # only slices whose ensemble maps are stored
+                unl = [(i, z) for i, z in unl if study.train[i].soft is not None]
             if unl:
                 makers["unl"] = (
                     2,

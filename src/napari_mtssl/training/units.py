@@ -132,8 +132,13 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
         src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
         digests = [soft_labels.file_digest(src[r].model_path(m)) for r, m in unit.teachers]
         folder = ctx.ws.root / "cache" / "soft" if cfg.data.cache else None
-        count = int(ctx.plan.steps.get("soft_scans") or len(ctx.study.train))
-        scans = soft_labels.choose_scans(ctx.study, count, s2.method == "paper", cfg.seed)
+        paper = s2.method == "paper"
+        batch = cfg.data.batch_size if paper else max(1, cfg.data.batch_size // 2)
+        count = min(
+            int(ctx.plan.steps.get("soft_scans") or len(ctx.study.train)),
+            soft_labels.scans_needed(ctx.study, unit.steps, batch),
+        )
+        scans = soft_labels.choose_scans(ctx.study, count, paper, cfg.seed)
         got = yield from soft_labels.attach(
             ctx.study,
             teachers,
