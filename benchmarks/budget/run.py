@@ -16,14 +16,31 @@ Kinds:
 * ``cache``: stage 1 twice on one workspace with the same budget: the second run reuses the
   first one's cached pre-training (``cache_first`` / ``cache_second`` in one result file), so
   the steps, time and Dice the cache buys are measured side by side.
+* ``fair``: the comparison a user faces. Per job, the whole method (``what="all"``, the default
+  plan: ``api.make_config("quick", budget=B, seed=s)`` and nothing else, ``--tasks`` is ignored)
+  then the baseline trained alone with the same budget B (``what="baseline"``), one after the
+  other, on the same labelled patients: ``fair-method_L<L>_<B>_s<seed>.json`` (or
+  ``fair-paper_...`` with ``--stage2 paper``, which adds ``stage2__method="paper"``) and
+  ``fair-baseline_...``. An existing ``fair-baseline`` result is reused, so the default and the
+  paper's stage 2 share one baseline alone. Each side records in ``benchmark``: the budget in
+  seconds, the wall time and its share of the budget, the threads, the machine's load at the
+  start and the end. ``--pair-side-by-side`` runs the two sides at once with one thread each: a
+  deviation allowed for speed (the same conditions for both sides, about half the wall time);
+  both results say ``"side_by_side": true``.
 
     nohup nice -n 5 .venv/bin/python benchmarks/budget/run.py baseline --L 7 3 --budget 10m \\
         --seeds 0 1 2 > /tmp/mtssl_bench/budget.log 2>&1 &
     .venv/bin/python benchmarks/budget/run.py method --L 3 --budget 60m --seeds 0 1 2
-    .venv/bin/python benchmarks/budget/summarise.py   # tables and plot into docs/
+    .venv/bin/python benchmarks/budget/run.py fair --L 3 --budget 20m --seeds 0 1 2
+    .venv/bin/python benchmarks/budget/run.py fair --L 3 7 --budget 60m --seeds 0 1 2
+    .venv/bin/python benchmarks/budget/run.py fair --L 3 --budget 60m --seeds 0 1 2 --stage2 paper
+    .venv/bin/python benchmarks/budget/run.py fair --L 3 --budget 20m --seeds 0 --pair-side-by-side
+    .venv/bin/python benchmarks/budget/summarise.py   # tables and plots into docs/
 
 ``--jobs 2`` runs two jobs at once (each then plans for the one core the other leaves free);
-the results record it (``jobs``), and docs/benchmarks.md says which figures ran that way.
+the results record it (``jobs``), and docs/benchmarks.md says which figures ran that way. With
+``fair``, a job is one pair (its two sides one after the other, or at once, one thread each,
+with ``--pair-side-by-side``). ``MTSSL_BENCH_RESULTS`` replaces the results folder.
 """
 
 from __future__ import annotations
@@ -40,8 +57,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ACDC = Path(os.environ.get("MTSSL_ACDC", ROOT.parent / "shared" / "data" / "acdc"))
 WORK = Path(os.environ.get("MTSSL_BENCH_WORK", "/tmp/mtssl_bench")) / "budget"
-OUT = ROOT / "benchmarks" / "results" / "budget"
+OUT = Path(os.environ.get("MTSSL_BENCH_RESULTS", ROOT / "benchmarks" / "results" / "budget"))
 TASKS = "sdm,vicreg,inpaint"
+FAIR_BASELINE = "fair-baseline"
 
 
 def result_path(kind: str, labelled: int, budget: str, seed: int) -> Path:
@@ -166,38 +184,152 @@ def run_one(kind: str, labelled: int, budget: str, seed: int, tasks: str, jobs: 
     shutil.rmtree(ws.root / "runs", ignore_errors=True)  # weights are not kept
 
 
+# -- fair: the whole method against the baseline trained alone, one budget -----------------------
+
+
+def fair_method_kind(stage2: str) -> str:
+    """The result kind of the method side: ``fair-method`` (the default stage 2) or ``fair-paper``."""
+    return "fair-paper" if stage2 == "paper" else "fair-method"
+
+
+def fair_overrides(kind: str, jobs: int, pair: bool, cores: int | None = None) -> dict:
+    """What ``make_config`` gets besides the budget and the seed: nothing but the threads when
+    processes run side by side, and ``stage2__method="paper"`` for the paper's stage 2."""
+    cores = cores or os.cpu_count() or 1
+    over: dict = {}
+    if pair:  # both sides at once: one core each, the same conditions for both
+        over["num_threads"] = 1
+    elif jobs > 1:
+        over["num_threads"] = max(1, cores // jobs)
+    if kind == "fair-paper":
+        over["stage2__method"] = "paper"
+    return over
+
+
+def fair_pending(stage2: str, labelled: int, budget: str, seed: int) -> list[str]:
+    """The sides of a pair without a result yet (a baseline alone that exists is reused)."""
+    kinds = (fair_method_kind(stage2), FAIR_BASELINE)
+    return [k for k in kinds if not result_path(k, labelled, budget, seed).is_file()]
+
+
+def run_fair_side(kind: str, labelled: int, budget: str, seed: int, jobs: int, pair: bool) -> None:
+    """One side of a fair pair in this process (``kind``: fair-method | fair-paper |
+    fair-baseline)."""
+    from napari_mtssl import api
+    from napari_mtssl.cli import write_report
+    from napari_mtssl.training.config import parse_budget
+
+    tag = f"{kind}_L{labelled}_{budget}_s{seed}"
+    machine = _machine()
+    over = fair_overrides(kind, jobs, pair)
+    ws = _workspace(tag, labelled)
+    cfg = api.make_config("quick", budget=budget, seed=seed, **over)
+    what = "baseline" if kind == FAIR_BASELINE else "all"
+    load0 = os.getloadavg()
+    report, wall = _train(ws, cfg, what, tag)
+    budget_s = parse_budget(budget)
+    report["benchmark"] = {
+        "kind": kind,
+        "L": labelled,
+        "budget": budget,
+        "budget_s": budget_s,
+        "seed": seed,
+        "what": what,
+        "stage2": None if what == "baseline" else ("paper" if kind == "fair-paper" else "semi"),
+        "overrides": over,
+        "wall_s": wall,
+        "share_of_budget": round(wall / budget_s, 3),
+        "jobs": jobs,
+        "side_by_side": pair,
+        "threads": over.get("num_threads", "plan"),
+        "machine": machine,
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+    }
+    if seed == 0:  # overlays of validation patients no model trained on
+        write_report(ws, report, WORK / f"report_{tag}", overlays=4)
+    _save(result_path(kind, labelled, budget, seed), report)
+    shutil.rmtree(ws.root / "runs", ignore_errors=True)  # weights are not kept
+
+
+def run_fair_pair(labelled: int, budget: str, seed: int, jobs: int, stage2: str, pair: bool) -> int:
+    """One job of kind ``fair``: the method side, then the baseline alone (each in its own
+    process, so neither inherits the other's threads or memory); both at once with ``pair``."""
+    todo = fair_pending(stage2, labelled, budget, seed)
+
+    def side(kind: str) -> subprocess.Popen:
+        cmd = [sys.executable, __file__, "fair", "--L", str(labelled), "--budget", budget]
+        cmd += ["--seeds", str(seed), "--jobs", str(jobs), "--side", kind]
+        cmd += ["--pair-side-by-side"] if pair else []
+        print(time.strftime("%H:%M:%S"), "start", kind, labelled, budget, seed, flush=True)
+        return subprocess.Popen(cmd)
+
+    if pair:
+        rcs = [p.wait() for p in [side(k) for k in todo]]
+    else:
+        rcs = [side(k).wait() for k in todo]
+    print(time.strftime("%H:%M:%S"), "end", todo, labelled, budget, seed, "rc", rcs, flush=True)
+    return next((rc for rc in rcs if rc), 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("kind", choices=["baseline", "method", "cache"])
+    p.add_argument("kind", choices=["baseline", "method", "cache", "fair"])
     p.add_argument("--L", type=int, nargs="+", default=[3, 7])
     p.add_argument("--budget", nargs="+", default=["10m"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tasks", default=TASKS)
     p.add_argument("--jobs", type=int, default=1, help="jobs at once (default: one)")
+    p.add_argument(
+        "--stage2",
+        choices=["semi", "paper"],
+        default="semi",
+        help="fair: the method's stage 2 (semi: the engine's default, nothing set; paper: "
+        "stage2__method='paper', results fair-paper_*)",
+    )
+    p.add_argument(
+        "--pair-side-by-side",
+        action="store_true",
+        help="fair: the method and its baseline alone at once, one thread each (a deviation "
+        "for speed: the same conditions for both sides; recorded as side_by_side)",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--side", choices=["fair-method", "fair-paper", FAIR_BASELINE], help=argparse.SUPPRESS
+    )
     a = p.parse_args(argv)
+    if a.side:
+        run_fair_side(a.side, a.L[0], a.budget[0], a.seeds[0], a.jobs, a.pair_side_by_side)
+        return 0
+    if a.one and a.kind == "fair":
+        pair = a.pair_side_by_side
+        return run_fair_pair(a.L[0], a.budget[0], a.seeds[0], a.jobs, a.stage2, pair)
     if a.one:
         run_one(a.kind, a.L[0], a.budget[0], a.seeds[0], a.tasks, a.jobs)
         return 0
     if not (ACDC / "dataset.json").is_file():
         print(f"ACDC not found at {ACDC} (set MTSSL_ACDC)", file=sys.stderr)
         return 2
-    queue = [
-        (L, b, s)
-        for s in a.seeds
-        for b in a.budget
-        for L in a.L
-        if not result_path(a.kind, L, b, s).is_file()
-    ]
+
+    def pending(L: int, b: str, s: int) -> bool:
+        if a.kind == "fair":
+            return bool(fair_pending(a.stage2, L, b, s))
+        return not result_path(a.kind, L, b, s).is_file()
+
+    queue = [(L, b, s) for s in a.seeds for b in a.budget for L in a.L if pending(L, b, s)]
     running: list[tuple[subprocess.Popen, tuple]] = []
     while queue or running:
         while queue and len(running) < a.jobs:
             L, b, s = queue.pop(0)
             cmd = [sys.executable, __file__, a.kind, "--L", str(L), "--budget", b]
             cmd += ["--seeds", str(s), "--tasks", a.tasks, "--jobs", str(a.jobs), "--one"]
+            if a.kind == "fair":
+                cmd += ["--stage2", a.stage2]
+                cmd += ["--pair-side-by-side"] if a.pair_side_by_side else []
             print(time.strftime("%H:%M:%S"), "start", a.kind, L, b, s, flush=True)
             running.append((subprocess.Popen(cmd), (L, b, s)))
-            time.sleep(20)  # the next job plans once this one's load shows
+            if a.jobs > 1:
+                time.sleep(20)  # the next job plans once this one's load shows
         time.sleep(2)
         for proc, job in list(running):
             if proc.poll() is not None:

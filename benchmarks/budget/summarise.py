@@ -1,14 +1,24 @@
 """Tables and the Dice-versus-budget plot from ``benchmarks/results/budget/*.json``.
 
+    .venv/bin/python benchmarks/budget/run.py fair --L 3 --budget 20m --seeds 0 1 2
+    .venv/bin/python benchmarks/budget/run.py fair --L 3 --budget 20m --seeds 0 1 2 --stage2 paper
     .venv/bin/python benchmarks/budget/summarise.py
 
-Rewrites the part of docs/benchmarks.md between ``<!-- budget:begin -->`` and
-``<!-- budget:end -->`` and draws ``docs/images/dice_vs_budget.png``.
+Rewrites the parts of docs/benchmarks.md between ``<!-- budget:begin -->`` and
+``<!-- budget:end -->`` (and the other sections' markers) and draws
+``docs/images/dice_vs_budget.png``. The fair comparison (kinds ``fair-method``, ``fair-paper``,
+``fair-baseline``: the whole method against the baseline trained alone with the same budget)
+goes between ``<!-- fair:begin -->`` and ``<!-- fair:end -->``, inserted before
+``<!-- budget:begin -->`` when missing: one table per (L, budget), the issue's targets met or
+not ("not measured" where no result exists), and ``docs/images/fair_comparison.png``.
+``MTSSL_BENCH_RESULTS`` replaces the results folder (then ``benchmarks/results/fair`` is not
+read either).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import sys
@@ -16,9 +26,14 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RES = ROOT / "benchmarks" / "results" / "budget"
+RES = Path(os.environ.get("MTSSL_BENCH_RESULTS", ROOT / "benchmarks" / "results" / "budget"))
+# fair pairs written by benchmarks/budget/fair.py (same protocol, same file names); RES wins
+FAIR_EXTRA = (
+    None if "MTSSL_BENCH_RESULTS" in os.environ else ROOT / "benchmarks" / "results" / "fair"
+)
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "images" / "dice_vs_budget.png"
+FAIR_PLOT = ROOT / "docs" / "images" / "fair_comparison.png"
 CLASSES = ("right ventricle", "myocardium", "left ventricle")
 
 
@@ -29,8 +44,27 @@ def _minutes(budget: str) -> float:
     return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
 
 
+def _read(path: Path) -> dict | None:
+    """A result file, or None (with a note) when it is unreadable or has no benchmark block."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"skipped {path}: {exc}", file=sys.stderr)
+        return None
+    if not isinstance(r, dict) or not isinstance(r.get("benchmark"), dict):
+        print(f"skipped {path}: no benchmark block", file=sys.stderr)
+        return None
+    return r
+
+
 def load() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(RES.glob("*.json"))]
+    runs = [r for p in sorted(RES.glob("*.json")) if (r := _read(p)) is not None]
+    if FAIR_EXTRA is not None and FAIR_EXTRA.is_dir():
+        have = {p.name for p in RES.glob("fair-*.json")}
+        for p in sorted(FAIR_EXTRA.glob("fair-*.json")):
+            if p.name not in have and (r := _read(p)) is not None:
+                runs.append(r)
+    return runs
 
 
 def ms(values: list[float]) -> str:
@@ -299,14 +333,445 @@ def curve(runs: list[dict]) -> list[str]:
     return ["![Dice versus budget](images/dice_vs_budget.png)", "", *lines, ""]
 
 
+# -- the fair comparison: the whole method against the baseline trained alone, one budget -------
+
+FAIR_METHODS = (("fair-method", "semi"), ("fair-paper", "paper"))
+FAIR_BASELINE = "fair-baseline"
+FAIR_KINDS = ("fair-method", "fair-paper", FAIR_BASELINE)
+# the issue's targets: (L, budget in minutes, what is asked)
+FAIR_TARGETS = (
+    (
+        3,
+        60,
+        "student ≥ 0.85 and ≥ baseline alone + 0.03 paired by seed; student > best teacher > run's baseline",
+    ),
+    (7, 60, "student ≥ baseline alone"),
+    (3, 20, "student ≥ baseline alone"),
+)
+WALL_LIMIT = 1.05  # every method run within 105 % of its budget
+NM = "not measured"
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _model(report: dict | None, name: str) -> dict:
+    m = ((report or {}).get("models") or {}).get(name)
+    return m if isinstance(m, dict) else {}
+
+
+def _dice(report: dict | None, name: str) -> float | None:
+    return _num(_model(report, name).get("mean_dice"))
+
+
+def _steps(report: dict | None, name: str) -> int | None:
+    v = _num(_model(report, name).get("steps"))
+    return None if v is None else int(v)
+
+
+def _ensemble(report: dict | None) -> float | None:
+    """The teachers' ensemble on the validation patients (the student's ceiling), if reported."""
+    ens = (report or {}).get("ensemble")
+    if isinstance(ens, dict) and _num(ens.get("mean_dice")) is not None:
+        return _num(ens["mean_dice"])
+    comp = (report or {}).get("comparison")
+    return _num(comp.get("ensemble")) if isinstance(comp, dict) else None
+
+
+def _best_teacher(report: dict | None) -> tuple[str | None, float | None]:
+    models = (report or {}).get("models") or {}
+    ts = {
+        k.removeprefix("teacher:"): _num((v or {}).get("mean_dice"))
+        for k, v in models.items()
+        if k.startswith("teacher:") and isinstance(v, dict)
+    }
+    ts = {k: v for k, v in ts.items() if v is not None}
+    if ts:
+        k = max(ts, key=ts.__getitem__)
+        return k, ts[k]
+    comp = (report or {}).get("comparison")
+    best = comp.get("best_teacher") if isinstance(comp, dict) else None
+    if isinstance(best, dict) and _num(best.get("mean_dice")) is not None:
+        return str(best.get("model", "?")).removeprefix("teacher:"), _num(best["mean_dice"])
+    return None, None
+
+
+def _share(report: dict | None) -> float | None:
+    """Wall time as a share of the budget."""
+    b = (report or {}).get("benchmark") or {}
+    if _num(b.get("share_of_budget")) is not None:
+        return _num(b["share_of_budget"])
+    wall, budget_s = _num(b.get("wall_s")), _budget_s(b)
+    return wall / budget_s if wall is not None and budget_s else None
+
+
+def _budget_s(b: dict) -> float | None:
+    if _num(b.get("budget_s")):
+        return _num(b["budget_s"])
+    m = _minutes(str(b.get("budget", "")))
+    return m * 60 if m == m and m > 0 else None  # m == m: not NaN
+
+
+def fair_groups(runs: list[dict]) -> dict[tuple[int, str], dict[int, dict[str, dict]]]:
+    """``{(L, budget): {seed: {kind: report}}}`` for the fair kinds."""
+    groups: dict = defaultdict(dict)
+    for r in runs:
+        b = r.get("benchmark") or {}
+        if b.get("kind") not in FAIR_KINDS:
+            continue
+        try:
+            key, seed = (int(b["L"]), str(b["budget"])), int(b["seed"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        groups[key].setdefault(seed, {}).setdefault(b["kind"], r)
+    return dict(groups)
+
+
+def _variant(rep: dict | None, alone: float | None) -> dict:
+    """What one method run (semi or paper) gives, compared with the baseline alone."""
+    student = _dice(rep, "student")
+    name, best = _best_teacher(rep)
+    kept = _model(rep, "student").get("kept_start")
+    return {
+        "measured": rep is not None,
+        "student": student,
+        "ensemble": _ensemble(rep),
+        "best_teacher": name,
+        "best": best,
+        "run_baseline": _dice(rep, "baseline"),
+        "diff": None if student is None or alone is None else student - alone,
+        "share": _share(rep),
+        "steps_student": _steps(rep, "student"),
+        "steps_baseline": _steps(rep, "baseline"),
+        "kept_start": bool(kept),
+    }
+
+
+def fair_rows(runs: list[dict]) -> dict[tuple[int, str], list[dict]]:
+    """One row per seed for each (L, budget) with any fair result; missing values are None."""
+    out = {}
+    for key, seeds in fair_groups(runs).items():
+        rows = []
+        for seed, reps in sorted(seeds.items()):
+            alone_rep = reps.get(FAIR_BASELINE)
+            alone = _dice(alone_rep, "baseline")
+            rows.append(
+                {
+                    "seed": seed,
+                    "alone": alone,
+                    "alone_measured": alone_rep is not None,
+                    "alone_share": _share(alone_rep),
+                    "alone_steps": _steps(alone_rep, "baseline"),
+                    "semi": _variant(reps.get("fair-method"), alone),
+                    "paper": _variant(reps.get("fair-paper"), alone),
+                    "side_by_side": any(
+                        (r.get("benchmark") or {}).get("side_by_side") for r in reps.values()
+                    ),
+                    "jobs": sorted(
+                        {(r.get("benchmark") or {}).get("jobs", 1) for r in reps.values()}
+                    ),
+                }
+            )
+        out[key] = rows
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], _minutes(kv[0][1]), kv[0][1])))
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _d(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}"
+
+
+def _int(v: float | None) -> str:
+    return "-" if v is None else str(int(round(v)))
+
+
+def _msd(values: list, n: int, fmt=_f) -> str:
+    """Mean ± sd of the measured values (n = how many when not every seed has one)."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    text = fmt(statistics.mean(v))
+    if len(v) > 1:
+        sd = statistics.stdev(v)
+        text += " ± " + (f"{100 * sd:.0f}" if fmt is _pct else f"{sd:.3f}")
+    return text + (f" (n = {len(v)})" if len(v) < n else "")
+
+
+def _mean(values: list) -> float | None:
+    v = [x for x in values if x is not None]
+    return statistics.mean(v) if v else None
+
+
+def fair_table(labelled: int, budget: str, rows: list[dict]) -> list[str]:
+    paper = any(r["paper"]["measured"] for r in rows)
+    head = ["seed", "student (semi)"]
+    head += ["student (paper)"] if paper else []
+    head += ["ensemble (ceiling)", "best teacher", "run's baseline", "baseline alone"]
+    head += ["student − alone"] + (["paper − alone"] if paper else [])
+    head += ["wall % of budget (method" + (" / paper" if paper else "") + " / alone)"]
+    head += [
+        "steps (alone / run's baseline / student" + (" / paper's student" if paper else "") + ")"
+    ]
+    jobs = sorted({j for r in rows for j in r["jobs"]})
+    out = [
+        f"**Fair comparison, L = {labelled}, {budget} budget** (jobs at once: "
+        f"{', '.join(str(j) for j in jobs)})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        s, p = r["semi"], r["paper"]
+        ctx = s if s["measured"] else p  # the run whose teachers and baseline are shown
+        mark = " (side by side)" if r["side_by_side"] else ""
+        kept = " †" if s["kept_start"] else ""
+        cells = [f"{r['seed']}{mark}", f"**{_f(s['student'])}**{kept}" if s["measured"] else NM]
+        if paper:
+            cells.append(_f(p["student"]) if p["measured"] else NM)
+        best = "-" if ctx["best"] is None else f"{ctx['best_teacher']} {_f(ctx['best'])}"
+        cells += [_f(ctx["ensemble"]), best, _f(ctx["run_baseline"])]
+        cells.append(f"**{_f(r['alone'])}**" if r["alone_measured"] else NM)
+        cells += [_d(s["diff"])] + ([_d(p["diff"])] if paper else [])
+        walls = [s["share"]] + ([p["share"]] if paper else []) + [r["alone_share"]]
+        cells.append(" / ".join(_pct(w) for w in walls))
+        steps = [r["alone_steps"], ctx["steps_baseline"], s["steps_student"]]
+        steps += [p["steps_student"]] if paper else []
+        cells.append(" / ".join(_int(x) for x in steps))
+        out.append("| " + " | ".join(cells) + " |")
+    if len(rows) > 1:
+        n = len(rows)
+        ctxs = [r["semi"] if r["semi"]["measured"] else r["paper"] for r in rows]
+
+        def col(variant: str, key: str) -> list:
+            return [r[variant][key] for r in rows]
+
+        cells = ["mean ± sd", _msd(col("semi", "student"), n)]
+        cells += [_msd(col("paper", "student"), n)] if paper else []
+        cells += [
+            _msd([c["ensemble"] for c in ctxs], n),
+            _msd([c["best"] for c in ctxs], n),
+            _msd([c["run_baseline"] for c in ctxs], n),
+            _msd([r["alone"] for r in rows], n),
+            _msd(col("semi", "diff"), n, _d),
+        ]
+        cells += [_msd(col("paper", "diff"), n, _d)] if paper else []
+        walls = [col("semi", "share")] + ([col("paper", "share")] if paper else [])
+        walls.append([r["alone_share"] for r in rows])
+        cells.append(" / ".join(_pct(_mean(w)) for w in walls))
+        steps = [[r["alone_steps"] for r in rows], [c["steps_baseline"] for c in ctxs]]
+        steps += [col("semi", "steps_student")] + ([col("paper", "steps_student")] if paper else [])
+        cells.append(" / ".join(_int(_mean(x)) for x in steps))
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _verdict(checks: list[tuple[str, bool | None]]) -> str:
+    """``met`` when every check holds, ``missed`` when one fails, else ``not measured``."""
+    if any(ok is False for _, ok in checks):
+        return "**missed** (not met: " + ", ".join(t for t, ok in checks if ok is False) + ")"
+    if any(ok is None for _, ok in checks):
+        return NM + " (" + ", ".join(t for t, ok in checks if ok is None) + ")"
+    return "**met**"
+
+
+def _fair_check(labelled: int, minutes: float, rows: list[dict], variant: str) -> str:
+    """One stage-2 variant of one (L, budget) against the issue's target for it."""
+    vs = [r[variant] for r in rows if r[variant]["measured"]]
+    if not vs:
+        return f"student ({variant}): {NM}"
+    student = _mean([v["student"] for v in vs])
+    diffs = [v["diff"] for v in vs if v["diff"] is not None]
+    diff = _mean(diffs)
+    per_seed = ", ".join(
+        f"s{r['seed']} {_d(r[variant]['diff'])}" for r in rows if r[variant]["diff"] is not None
+    )
+    walls = [v["share"] for v in vs]
+    checks: list[tuple[str, bool | None]] = []
+    parts = [f"student {_f(student)} (n = {len(vs)})"]
+    if labelled == 3 and minutes == 60:
+        checks.append(("student ≥ 0.85", None if student is None else student >= 0.85))
+        checks.append(("student ≥ baseline alone + 0.03", None if diff is None else diff >= 0.03))
+        best = _mean([v["best"] for v in vs])
+        base = _mean([v["run_baseline"] for v in vs])
+        order = None
+        if None not in (student, best, base):
+            order = student > best > base
+        checks.append(("student > best teacher > run's baseline", order))
+        parts.append(f"best teacher {_f(best)}, run's baseline {_f(base)}")
+    else:
+        checks.append(("student ≥ baseline alone", None if diff is None else diff >= 0))
+    if diff is not None:
+        parts.append(f"student − baseline alone {_d(diff)} (paired: {per_seed})")
+    else:
+        parts.append("baseline alone " + NM)
+    wall_ok = None if None in walls else max(walls) <= WALL_LIMIT
+    checks.append(("wall ≤ 105 %", wall_ok))
+    if wall_ok is not None:
+        parts.append(
+            f"wall ≤ 105 % of the budget: {'yes' if wall_ok else 'no'} (max {_pct(max(walls))} %)"
+        )
+    return f"student ({variant}): {_verdict(checks)}: " + "; ".join(parts)
+
+
+def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
+    out = ["Targets of the issue (means over the seeds; differences paired by seed):", ""]
+    for labelled, minutes, text in FAIR_TARGETS:
+        groups = [
+            rows for (L, b), rows in rows_by.items() if L == labelled and _minutes(b) == minutes
+        ]
+        head = f"* **L = {labelled}, {minutes:g} min** ({text}): "
+        if not groups:
+            out.append(head + NM + ".")
+            continue
+        rows = [r for g in groups for r in g]
+        checks = [_fair_check(labelled, minutes, rows, v) for _, v in FAIR_METHODS]
+        out.append(head + " — ".join(checks) + ".")
+    shares = [
+        (r[v]["share"], L, b, r["seed"], v)
+        for (L, b), rows in rows_by.items()
+        for r in rows
+        for _, v in FAIR_METHODS
+        if r[v]["measured"]
+    ]
+    known = [s for s in shares if s[0] is not None]
+    line = "* **Every method run within 105 % of its budget**: "
+    if not shares:
+        line += NM + "."
+    else:
+        over = [s for s in known if s[0] > WALL_LIMIT]
+        verdict = "**missed**" if over else ("**met**" if len(known) == len(shares) else NM)
+        line += f"{verdict} ({len(known)} of {len(shares)} runs timed"
+        if known:
+            line += f", max {_pct(max(s[0] for s in known))} %"
+        if over:
+            line += "; over: " + ", ".join(
+                f"L = {L}, {b}, seed {s} ({v}) {_pct(x)} %" for x, L, b, s, v in over
+            )
+        line += ")."
+    out += [line, ""]
+    return out
+
+
+def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT) -> bool:
+    """Per (L, budget): baseline alone and the student of each seed, a line joining each pair."""
+    groups = [(k, rows) for k, rows in rows_by.items() if rows]
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.2 + 1.7 * len(groups), 3.8))
+    styles = {"semi": ("-", "o", "tab:blue", 0.2), "paper": ("--", "s", "tab:orange", 0.32)}
+    unpaired = False
+    for gi, (_, rows) in enumerate(groups):
+        x0 = gi - 0.2
+        for r in rows:
+            for variant, (line, marker, color, dx) in styles.items():
+                y = r[variant]["student"]
+                if y is None:
+                    continue
+                if r["alone"] is None:  # no baseline alone for this seed: a hollow marker
+                    unpaired = True
+                    ax.plot([gi + dx], [y], marker, color=color, mfc="none", zorder=3)
+                    ax.annotate(
+                        f"s{r['seed']}",
+                        (gi + dx, y),
+                        xytext=(5, -2),
+                        textcoords="offset points",
+                        fontsize=6,
+                    )
+                    continue
+                ax.plot([x0, gi + dx], [r["alone"], y], line, color=color, alpha=0.7, zorder=2)
+                ax.plot([gi + dx], [y], marker, color=color, zorder=3)
+            if r["alone"] is not None:
+                ax.plot([x0], [r["alone"]], "o", color="tab:gray", zorder=4)
+                ax.annotate(
+                    f"s{r['seed']}",
+                    (x0, r["alone"]),
+                    xytext=(-14, -2),
+                    textcoords="offset points",
+                    fontsize=6,
+                )
+    ax.set_xticks(range(len(groups)), [f"L = {L}\n{b}" for (L, b), _ in groups])
+    ax.set_xlim(-0.7, len(groups) - 0.3)
+    ax.plot([], [], "o", color="tab:gray", label="baseline alone")
+    ax.plot([], [], "-o", color="tab:blue", label="student (semi)")
+    if any(r["paper"]["measured"] for _, rows in groups for r in rows):
+        ax.plot([], [], "--s", color="tab:orange", label="student (paper)")
+    if unpaired:
+        ax.plot([], [], "o", color="tab:blue", mfc="none", label="no baseline alone (seed)")
+    ax.set_ylabel("mean Dice, 20 ACDC validation volumes")
+    ax.set_title(
+        "Same budget: baseline alone (left) and the whole method's student (right)", fontsize=9
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def fair_section(runs: list[dict], plot_path: Path | None = FAIR_PLOT) -> list[str]:
+    """The fair comparison's tables, target lines and (with ``plot_path``) its plot."""
+    rows_by = fair_rows(runs)
+    out = [
+        "**The fair comparison** (`run.py fair`): for each labelled count L, budget B and seed, "
+        'the whole method (`api.make_config("quick", budget=B, seed=s)`, nothing else set but '
+        "the threads when processes ran side by side) against the baseline trained alone "
+        "with the same budget B, on the same labelled patients. *side by side*: both sides at "
+        "once, one thread each (the same conditions for both, allowed for speed).",
+        "",
+    ]
+    if not rows_by:
+        return out + ["No fair comparison measured yet.", "", *fair_targets(rows_by)]
+    if plot_path is not None and fair_plot(rows_by, plot_path):
+        rel = (
+            plot_path.relative_to(DOC.parent) if plot_path.is_relative_to(DOC.parent) else plot_path
+        )
+        out += [f"![Baseline alone against the student, same budget]({rel.as_posix()})", ""]
+    for (labelled, budget), rows in rows_by.items():
+        out += fair_table(labelled, budget, rows)
+    out += fair_targets(rows_by)
+    out += [
+        "*student*: the model the run keeps (†: stage 2 ended below its starting model, which "
+        "the run kept). *ensemble*, *best teacher*, *run's baseline*: from the default (semi) "
+        "run, or from the paper's where only that ran. *wall %*: wall time over the budget. "
+        f"*{NM}* and -: no result (or the report did not have the value); nothing is "
+        "estimated.",
+        "",
+    ]
+    return out
+
+
 def main() -> int:
     runs = load()
     if not runs:
         print(f"no results in {RES}", file=sys.stderr)
         return 1
     md = [*baseline_tables(runs), *method_tables(runs), *cache_table(runs), *curve(runs)]
-    extra = {"shapes": shapes_table(), "postprocess": postprocess_table(runs)}
+    extra = {
+        "fair": fair_section(runs),
+        "shapes": shapes_table(),
+        "postprocess": postprocess_table(runs),
+    }
     text = DOC.read_text()
+    fair_a, fair_b, budget_a = "<!-- fair:begin -->", "<!-- fair:end -->", "<!-- budget:begin -->"
+    if fair_a not in text and fair_b not in text and budget_a in text:
+        i = text.index(budget_a)
+        text = text[:i] + f"{fair_a}\n{fair_b}\n\n" + text[i:]
     for key, lines in (("budget", md), *extra.items()):
         a, b = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
         if a in text and b in text:
