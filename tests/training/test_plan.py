@@ -175,6 +175,13 @@ def test_tiny_budget_is_refused_with_what_fits():
     with pytest.raises(PlanError, match="allows baseline \\+ [12] tasks?") as e:
         plan(f, "10m", what="all", stage1__tasks=["sdm", "vicreg", "inpaint"])
     assert "give sdm, vicreg, inpaint a budget of at least" in str(e.value)
+    # the budget it asks for is more than the one it refused, and is accepted
+    import re
+
+    asked = re.search(r"a budget of at least (.+)$", str(e.value)).group(1)
+    assert parse_budget(asked.replace(" ", "")) > 600
+    fits = plan(f, asked.replace(" ", ""), what="all", stage1__tasks=["sdm", "vicreg", "inpaint"])
+    assert fits.steps["seg"] >= P.MIN_STEPS
     with pytest.raises(PlanError, match="give this run a budget"):
         plan(f, "5s", what="baseline")
 

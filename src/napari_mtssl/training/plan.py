@@ -980,7 +980,8 @@ def allocate(
             plan.lanes, n = lanes, side.steps
     floor = min_steps(what)
     if n < floor:
-        need = (floor * cost_n + fixed) / 0.95 + spent_s
+        # the student's share is taken from the training time before the others' steps
+        need = (floor * cost_n / (1 - s_share) + fixed) / 0.95 + spent_s
         raise PlanError(_too_small(plan, cfg, what, fp, t, spent_s, n, need))
     if s1.joint_steps or cfg.baseline.steps:
         n = int(cfg.baseline.steps or s1.joint_steps)
