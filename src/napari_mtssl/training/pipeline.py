@@ -99,7 +99,7 @@ def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
         if unit == "student (retrain)":
             unit = "student"
         names.append(unit)
-        last_mode = "pretrain" if cfg.stage1.modes in ("pretrain", "both") else "joint"
+        last_mode = "pretrain" if cfg.stage1.modes in ("pretrain", "both", "auto") else "joint"
         mid = ModelId.parse(unit)
         if mid.mode == last_mode:
             names.append(str(teacher(mid.task)))

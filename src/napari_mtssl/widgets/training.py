@@ -33,7 +33,12 @@ from napari_mtssl.widgets._jobs import JobProgressPanel
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets.study import report_errors
 
-MODES = (("both, keep the better", "both"), ("joint", "joint"), ("pre-train", "pretrain"))
+MODES = (
+    ("as planned", "auto"),
+    ("both, keep the better", "both"),
+    ("joint", "joint"),
+    ("pre-train", "pretrain"),
+)
 # Time for the whole run; the planner fits resolution, network and steps into it. The last item
 # is the engine's "tiny" profile: a few steps, to try the loop in seconds (tests too).
 BUDGETS = (
@@ -213,8 +218,10 @@ class TrainingWidget(QWidget):
         for text, value in MODES:
             self.mode.addItem(text, value)
         self.mode.setToolTip(
-            "joint: one network, segmentation + task loss; pre-train: task first, then "
-            "fine-tune; both: train both and keep the better on validation Dice"
+            "as planned: both modes where the budget gives every model enough steps for joint "
+            "training to pay, else pre-train only; joint: one network, segmentation + task "
+            "loss; pre-train: task first, then fine-tune; both: train both and keep the better "
+            "on validation Dice"
         )
         self.budget = QComboBox()
         self.budget.setEditable(True)
