@@ -29,9 +29,9 @@ from napari_mtssl.events import Note
 
 from .data import ScanData, StudyData
 from .inference import sliding_window_probs
-from .metrics import summarise, volume_scores
 from .plan import SOFT_MIN_SCANS
 from .preprocess import VolumeCache, content_hash
+from .trainer import score_predictions
 
 __all__ = ["file_digest", "attach", "ensemble_scores", "choose_scans", "scans_needed", "FG_SAMPLE"]
 
@@ -178,8 +178,6 @@ def ensemble_scores(
     """Validation scores of the ensemble itself (the mean of the members' probabilities,
     argmax; the largest foreground component kept when that raises the mean Dice, the rule
     every model is scored by): the ceiling of what the student can learn from it."""
-    from . import postprocess
-
     preds, truths = [], []
     for s in study.val:
         if s.labels_native is None:
@@ -189,24 +187,4 @@ def ensemble_scores(
         native = s.slice_map.to_native(s.unpad(maps)).numpy()
         preds.append(native.argmax(0).astype(np.uint8))
         truths.append(s)
-
-    def scores(variant: str) -> dict[str, Any]:
-        per = [
-            volume_scores(
-                postprocess.apply(p, variant),
-                s.labels_native,
-                study.num_classes,
-                s.spacing,
-                slices=np.flatnonzero(s.labelled),
-                hd95=False,
-            )
-            for p, s in zip(preds, truths)
-        ]
-        return summarise(per, study.label_names, study.num_classes)
-
-    raw, post = scores("none"), scores("largest_component")
-    better = (post["mean_dice"] or 0.0) > (raw["mean_dice"] or 0.0) + 1e-4
-    out = post if better else raw
-    out["postprocess"] = "largest_component" if better else "none"
-    out["raw_mean_dice"] = raw["mean_dice"]
-    return out
+    return score_predictions(preds, truths, study, hd95=False)

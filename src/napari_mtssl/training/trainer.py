@@ -41,7 +41,7 @@ from .inference import autocast, resolve_precision, sliding_window_probs
 from .metrics import summarise, volume_scores
 from .terms import SegForward, Term
 
-__all__ = ["UnitSpec", "train_unit", "evaluate", "step_seed"]
+__all__ = ["UnitSpec", "train_unit", "evaluate", "score_predictions", "step_seed"]
 
 StopFn = Callable[[], bool]
 
@@ -117,6 +117,16 @@ def evaluate(
             pred[z0 : z0 + native.shape[1]] = native.argmax(0)  # numpy: 9x faster, see inference
         preds.append(pred)
         truths.append(s)
+
+    return score_predictions(preds, truths, study, hd95=hd95)
+
+
+def score_predictions(
+    preds: Sequence[np.ndarray], truths: Sequence[ScanData], study: StudyData, *, hd95: bool
+) -> dict[str, Any]:
+    """Scores of label maps in each scan's own grid against its labelled slices, raw and with
+    only the largest foreground component kept; the variant kept is the one with the higher
+    mean Dice (nnU-Net's rule), ``raw_mean_dice`` the score without it."""
 
     def scores(variant: str, with_hd95: bool) -> dict[str, Any]:
         per = [
