@@ -115,3 +115,22 @@ def test_nan_in_an_in_memory_scan_trains(tmp_path, recorder):
     )
     recorder.record("NaN voxels in an in-memory scan", outcome, detail)
     assert outcome == "read correctly", detail
+
+
+@pytest.mark.parametrize("content", ["garbage", "[1, 2]", '{"models": 5}'])
+def test_damaged_run_state_is_named_on_resume(ws, content, capsys, recorder):
+    """A stopped run whose pipeline.json is damaged: resume names the file, says it is damaged
+    and how to recover (not "finished", not a traceback); the run's models stay listed as not
+    finished rather than breaking the model list."""
+    from napari_mtssl.cli import main
+
+    cfg = api.make_config("tiny", device="cpu")
+    run = ws.new_run("baseline", cfg.to_dict())
+    run.set_status("stopped")
+    (run.path / "pipeline.json").write_text(content)
+    rc = main(["resume", str(ws.root), run.id])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    ok = rc == 2 and "pipeline.json" in err and "damaged" in err and "new run" in err
+    recorder.record(f"pipeline.json holds {content!r}", "clear message" if ok else "traceback", err)
+    assert ok, (rc, err)
+    assert run.finished_models() == []

@@ -805,13 +805,35 @@ def _open_resumed(ws: Any, resume: str, what: str):
             f"run {resume} is still running (process {owner.get('pid')} on "
             f"{owner.get('host')}); stop it first"
         )
-    state = _read_json(run.path / "pipeline.json", {})
+    state = _run_state(run)
     the_plan = read_plan(run)
     cfg = ExperimentConfig.from_dict(run.config)
     device = resolve_device(cfg.device)
     study = open_study(ws, the_plan, cfg, device, cfg.num_threads or the_plan.threads)
     run.set_status("running")
     return run, cfg, the_plan, study, state
+
+
+def _damaged(run: Any, what: str, path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"run {run.id}: {what} {path} is damaged ({why}); the run cannot go on from where it "
+        f"stopped. Start a new run with the same settings and budget (napari-mtssl train "
+        f"... --what {run.kind}); the models this run had saved stay in {run.path / 'models'}"
+    )
+
+
+def _run_state(run: Any) -> dict:
+    """A stopped run's ``pipeline.json`` (its finished models, time spent, halving state)."""
+    path = run.path / "pipeline.json"
+    try:
+        state = _read_json(path, {})
+    except ValueError as exc:
+        why = str(exc).split("cannot read (", 1)[-1]
+        why = why[:-1] if why.endswith(")") else why
+        raise _damaged(run, "its state file", path, why) from None
+    if not isinstance(state, dict) or not isinstance(state.get("models", {}), dict):
+        raise _damaged(run, "its state file", path, "not the state of a run")
+    return state
 
 
 def read_plan(run: Any) -> Plan:

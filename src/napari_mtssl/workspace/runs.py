@@ -244,7 +244,10 @@ class Run:
         names = self.models()
         if self.status == "done":
             return names
-        state = _read_json(self.path / "pipeline.json", default={})
+        try:
+            state = _read_json(self.path / "pipeline.json", default={})
+        except WorkspaceError:  # damaged: nothing of it counts as finished (resume says why)
+            return []
         done = state.get("models", {}) if isinstance(state, dict) else {}
         return [n for n in names if isinstance(done, dict) and n in done]
 
