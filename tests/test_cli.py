@@ -292,3 +292,22 @@ def test_overlay_crop_and_slice_dice():
     # class 1: 2*200/(400+200); class 2 absent from the truth: 0; class 3 absent in both: left out
     assert _slice_dice(truth, pred, 4) == pytest.approx((2 * 200 / 600 + 0.0) / 2)
     assert _slice_dice(truth, truth, 4) == 1.0
+
+
+def test_overlays_show_a_teacher_and_its_selected_modes_model_in_one_panel():
+    from napari_mtssl.cli import _overlay_models
+
+    report = {
+        "models": {
+            "baseline": {},
+            "sdm:pretrain": {"task": "sdm", "mode": "pretrain"},
+            "sdm:joint": {"task": "sdm", "mode": "joint"},
+            "teacher:sdm": {"task": "sdm", "mode": "pretrain"},
+            "student": {},
+        }
+    }
+    shown = _overlay_models(report)
+    assert shown["teacher:sdm"] == "teacher:sdm = sdm:pretrain"
+    assert "sdm:pretrain" not in shown  # drawn once, under the teacher's name
+    assert shown["sdm:joint"] == "sdm:joint" and shown["student"] == "student"
+    assert set(shown) == {"baseline", "sdm:joint", "teacher:sdm", "student"}

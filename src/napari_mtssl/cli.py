@@ -282,6 +282,24 @@ def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
     return float(np.mean([scores[c - 1] for c in present])) if present else 1.0
 
 
+def _overlay_models(report: dict[str, Any]) -> dict[str, str]:
+    """The models the overlays show, in the report's order, each with its panel title: a teacher
+    is the model of its selected mode, so the two share one panel ("teacher:sdm = sdm:pretrain")."""
+    models = sorted(report.get("models", {}), key=api._model_key)
+    shown: dict[str, str] = {}
+    same: set[str] = set()
+    for name in models:
+        entry = report["models"][name]
+        if name.startswith("teacher:") and entry.get("task") and entry.get("mode"):
+            twin = f"{entry['task']}:{entry['mode']}"
+            if twin in report["models"]:
+                shown[name] = f"{name} = {twin}"
+                same.add(twin)
+                continue
+        shown[name] = name
+    return {name: title for name, title in shown.items() if name not in same}
+
+
 def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Path]:
     """Per validation scan: the middle labelled slices, ground truth and every model."""
     import matplotlib
@@ -290,7 +308,7 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
     import matplotlib.pyplot as plt
     import numpy as np
 
-    models = sorted(report.get("models", {}), key=api._model_key)
+    models = _overlay_models(report)
     val = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)]
     if not val:
         val = [s for s in ws.scan_ids("train") if ws.labelled_slices(s)]
@@ -309,7 +327,9 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
         ys, xs = _crop(truth[z], *(p[z] for p in preds.values()))
         cols = min(4, len(panels))
         rows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), squeeze=False)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(3.0 * cols, 3.4 * rows), squeeze=False, layout="constrained"
+        )
         img = scan.array[z][ys, xs]
         for ax in axes.flat:
             ax.axis("off")
@@ -318,10 +338,10 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
             m = np.ma.masked_equal(mask[z][ys, xs], 0)
             ax.imshow(m, cmap="tab10", vmin=0, vmax=max(9, nc), alpha=0.45, interpolation="nearest")
             if mask is not truth:
-                title = f"{title}\nslice Dice {_slice_dice(truth[z], mask[z], nc):.2f}"
+                shown = models[title]
+                title = f"{shown}\nslice Dice {_slice_dice(truth[z], mask[z], nc):.2f}"
             ax.set_title(title, fontsize=9)
         fig.suptitle(f"{ws.record(sid).name} slice {z}", fontsize=9)
-        fig.tight_layout()
         path = folder / f"{sid}_z{z}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
