@@ -65,6 +65,14 @@ def test_runs_on_a_ray_cluster_is_a_setting(docks, qtbot):
     assert t.build_config().ray_address is None  # a local Ray instance
 
 
+def test_the_student_setting_chooses_stage_two(docks):
+    t = docks.training
+    assert t.build_config().stage2.method == "semi"  # the engine's default comes first
+    t.student.setCurrentIndex(t.student.findData("paper"))
+    assert t.build_config().stage2.method == "paper"
+    t.student.setCurrentIndex(0)
+
+
 def test_sessions_are_per_viewer(make_napari_viewer):
     from napari_mtssl.widgets._session import session_for
 

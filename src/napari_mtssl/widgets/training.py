@@ -39,6 +39,11 @@ MODES = (
     ("joint", "joint"),
     ("pre-train", "pretrain"),
 )
+# How stage 2 trains the student (Stage2Config.method): the engine's default first.
+STUDENTS = (
+    ("semi-supervised (default)", "semi"),
+    ("the paper's distillation", "paper"),
+)
 # Time for the whole run; the planner fits resolution, network and steps into it. The last item
 # is the engine's "tiny" profile: a few steps, to try the loop in seconds (tests too).
 BUDGETS = (
@@ -223,6 +228,16 @@ class TrainingWidget(QWidget):
             "loss; pre-train: task first, then fine-tune; both: train both and keep the better "
             "on validation Dice"
         )
+        self.student = QComboBox()
+        for text, value in STUDENTS:
+            self.student.addItem(text, value)
+        self.student.setToolTip(
+            "semi-supervised: the student starts from the best stage-1 model and learns the "
+            "ground truth and the teachers' confident masks on unlabelled slices (mixed, "
+            "strongly perturbed views), its own average refining those masks as it improves; "
+            "the paper's distillation: a new student learns the labels and the teachers' "
+            "averaged predictions"
+        )
         self.budget = QComboBox()
         self.budget.setEditable(True)
         for text, value in BUDGETS:
@@ -257,6 +272,7 @@ class TrainingWidget(QWidget):
         settings = QGroupBox("Settings")
         form = QFormLayout(settings)
         form.addRow("Modes", self.mode)
+        form.addRow("Student", self.student)
         form.addRow("Time budget", self.budget)
         form.addRow("Device", self.device)
         form.addRow("Runs on", runs_on)
@@ -384,6 +400,7 @@ class TrainingWidget(QWidget):
             "device": self.device.currentText(),
             "stage1__tasks": self.selected_tasks(),
             "stage1__modes": self.mode.currentData(),
+            "stage2__method": self.student.currentData(),
             "executor": self.executor.currentData(),
         }
         if self.executor.currentData() == "ray":
@@ -546,6 +563,9 @@ class TrainingWidget(QWidget):
         i = self.mode.findData(s1.get("modes"))
         if i >= 0:
             self.mode.setCurrentIndex(i)
+        i = self.student.findData((cfg.get("stage2") or {}).get("method"))
+        if i >= 0:
+            self.student.setCurrentIndex(i)
         budget = cfg.get("budget_s") or 0
         if cfg.get("profile") == "tiny":
             self.budget.setCurrentIndex(self.budget.findData("tiny"))
