@@ -187,9 +187,26 @@ def run_one(kind: str, labelled: int, budget: str, seed: int, tasks: str, jobs: 
 # -- fair: the whole method against the baseline trained alone, one budget -----------------------
 
 
-def fair_method_kind(stage2: str) -> str:
-    """The result kind of the method side: ``fair-method`` (the default stage 2) or ``fair-paper``."""
+def fair_method_kind(stage2: str, variant: str = "") -> str:
+    """The result kind of the method side: ``fair-method`` (the default stage 2), ``fair-paper``,
+    or ``fair-<variant>`` for a named variant (settings given with ``--set``)."""
+    if variant:
+        return f"fair-{variant}"
     return "fair-paper" if stage2 == "paper" else "fair-method"
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``--set stage2__share=0.65`` -> ``{"stage2__share": 0.65}`` (JSON values, else text)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def fair_overrides(kind: str, jobs: int, pair: bool, cores: int | None = None) -> dict:
@@ -206,15 +223,25 @@ def fair_overrides(kind: str, jobs: int, pair: bool, cores: int | None = None) -
     return over
 
 
-def fair_pending(stage2: str, labelled: int, budget: str, seed: int) -> list[str]:
+def fair_pending(
+    stage2: str, labelled: int, budget: str, seed: int, variant: str = ""
+) -> list[str]:
     """The sides of a pair without a result yet (a baseline alone that exists is reused)."""
-    kinds = (fair_method_kind(stage2), FAIR_BASELINE)
+    kinds = (fair_method_kind(stage2, variant), FAIR_BASELINE)
     return [k for k in kinds if not result_path(k, labelled, budget, seed).is_file()]
 
 
-def run_fair_side(kind: str, labelled: int, budget: str, seed: int, jobs: int, pair: bool) -> None:
+def run_fair_side(
+    kind: str,
+    labelled: int,
+    budget: str,
+    seed: int,
+    jobs: int,
+    pair: bool,
+    sets: dict | None = None,
+) -> None:
     """One side of a fair pair in this process (``kind``: fair-method | fair-paper |
-    fair-baseline)."""
+    fair-baseline | fair-<variant>, the last with the settings ``sets``)."""
     from napari_mtssl import api
     from napari_mtssl.cli import write_report
     from napari_mtssl.training.config import parse_budget
@@ -222,6 +249,8 @@ def run_fair_side(kind: str, labelled: int, budget: str, seed: int, jobs: int, p
     tag = f"{kind}_L{labelled}_{budget}_s{seed}"
     machine = _machine()
     over = fair_overrides(kind, jobs, pair)
+    if kind != FAIR_BASELINE:
+        over.update(sets or {})
     ws = _workspace(tag, labelled)
     cfg = api.make_config("quick", budget=budget, seed=seed, **over)
     what = "baseline" if kind == FAIR_BASELINE else "all"
@@ -235,7 +264,7 @@ def run_fair_side(kind: str, labelled: int, budget: str, seed: int, jobs: int, p
         "budget_s": budget_s,
         "seed": seed,
         "what": what,
-        "stage2": None if what == "baseline" else ("paper" if kind == "fair-paper" else "semi"),
+        "stage2": None if what == "baseline" else over.get("stage2__method", "semi"),
         "overrides": over,
         "wall_s": wall,
         "share_of_budget": round(wall / budget_s, 3),
@@ -252,15 +281,26 @@ def run_fair_side(kind: str, labelled: int, budget: str, seed: int, jobs: int, p
     shutil.rmtree(ws.root / "runs", ignore_errors=True)  # weights are not kept
 
 
-def run_fair_pair(labelled: int, budget: str, seed: int, jobs: int, stage2: str, pair: bool) -> int:
+def run_fair_pair(
+    labelled: int,
+    budget: str,
+    seed: int,
+    jobs: int,
+    stage2: str,
+    pair: bool,
+    variant: str = "",
+    sets: list[str] | None = None,
+) -> int:
     """One job of kind ``fair``: the method side, then the baseline alone (each in its own
     process, so neither inherits the other's threads or memory); both at once with ``pair``."""
-    todo = fair_pending(stage2, labelled, budget, seed)
+    todo = fair_pending(stage2, labelled, budget, seed, variant)
 
     def side(kind: str) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "fair", "--L", str(labelled), "--budget", budget]
         cmd += ["--seeds", str(seed), "--jobs", str(jobs), "--side", kind]
         cmd += ["--pair-side-by-side"] if pair else []
+        if kind != FAIR_BASELINE:
+            cmd += ["--stage2", stage2] + [f"--set={x}" for x in sets or []]
         print(time.strftime("%H:%M:%S"), "start", kind, labelled, budget, seed, flush=True)
         return subprocess.Popen(cmd)
 
@@ -293,17 +333,33 @@ def main(argv: list[str] | None = None) -> int:
         help="fair: the method and its baseline alone at once, one thread each (a deviation "
         "for speed: the same conditions for both sides; recorded as side_by_side)",
     )
-    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
-        "--side", choices=["fair-method", "fair-paper", FAIR_BASELINE], help=argparse.SUPPRESS
+        "--variant",
+        default="",
+        help="fair: a named variant of the method side, results fair-<variant>_* (with --set)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="fair, with --variant: a setting of the method side (make_config keyword, e.g. "
+        "stage2__share=0.65); recorded in the result's overrides",
+    )
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--side", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.set and not (a.variant or a.side):
+        p.error("--set changes the method: name the variant with --variant")
     if a.side:
-        run_fair_side(a.side, a.L[0], a.budget[0], a.seeds[0], a.jobs, a.pair_side_by_side)
+        sets = parse_sets(a.set)
+        pair = a.pair_side_by_side
+        run_fair_side(a.side, a.L[0], a.budget[0], a.seeds[0], a.jobs, pair, sets)
         return 0
     if a.one and a.kind == "fair":
         pair = a.pair_side_by_side
-        return run_fair_pair(a.L[0], a.budget[0], a.seeds[0], a.jobs, a.stage2, pair)
+        return run_fair_pair(
+            a.L[0], a.budget[0], a.seeds[0], a.jobs, a.stage2, pair, a.variant, a.set
+        )
     if a.one:
         run_one(a.kind, a.L[0], a.budget[0], a.seeds[0], a.tasks, a.jobs)
         return 0
@@ -313,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def pending(L: int, b: str, s: int) -> bool:
         if a.kind == "fair":
-            return bool(fair_pending(a.stage2, L, b, s))
+            return bool(fair_pending(a.stage2, L, b, s, a.variant))
         return not result_path(a.kind, L, b, s).is_file()
 
     queue = [(L, b, s) for s in a.seeds for b in a.budget for L in a.L if pending(L, b, s)]
@@ -326,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.kind == "fair":
                 cmd += ["--stage2", a.stage2]
                 cmd += ["--pair-side-by-side"] if a.pair_side_by_side else []
+                cmd += ["--variant", a.variant] if a.variant else []
+                cmd += [f"--set={x}" for x in a.set or []]
             print(time.strftime("%H:%M:%S"), "start", a.kind, L, b, s, flush=True)
             running.append((subprocess.Popen(cmd), (L, b, s)))
             if a.jobs > 1:
