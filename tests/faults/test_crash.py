@@ -131,6 +131,8 @@ def test_killed_run_is_interrupted_and_resumes_from_the_cli(tmp_path, recorder):
     w = Workspace.open(ws.root)
     (run,) = w.runs()
     assert run.status == "interrupted"
+    # recorded on disk, for scripts and other viewers that read the run's status file
+    assert json.loads((run.path / "status.json").read_text())["status"] == "interrupted"
     events_before = len(run.events())
     rc = main(["resume", str(ws.root), "--quiet"])
     resumed = [e for e in run.events()[events_before:] if e["type"] == "resumed"]

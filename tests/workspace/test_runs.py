@@ -28,7 +28,7 @@ def test_status_and_metrics(ws: Workspace) -> None:
     assert info["seconds"] == 12.5 and "time" in info
     with pytest.raises(ValueError, match="run status must be one of"):
         run.set_status("finished")
-    assert RUN_STATUSES == ("running", "done", "stopped", "failed")
+    assert RUN_STATUSES == ("running", "done", "stopped", "failed", "interrupted")
     assert run.metrics() == {}
     run.write_metrics({"baseline": {"dice": 0.5}})
     run.write_metrics({"student": {"dice": 0.7}}, merge=True)
@@ -115,3 +115,31 @@ def test_run_ids_sort_by_time(ws: Workspace) -> None:
     time.sleep(0.01)
     second = ws.new_run("a-kind", {})
     assert [r.id for r in ws.runs()] == [first.id, second.id]
+
+
+def test_a_run_whose_process_is_gone_is_recorded_interrupted(ws: Workspace) -> None:
+    """A run marked running by a process of this machine that has ended: the first reader
+    records it interrupted in status.json (what a script or another viewer reads), unless the
+    status changed after it was read (a resume took the run over)."""
+    import json
+    import subprocess
+    import sys
+
+    from napari_mtssl.workspace.runs import _owner
+
+    run = ws.new_run("baseline", {})
+    run.set_status("running")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    info = {**run.status_info(), "pid": int(gone.stdout), "pid_start": None}
+    (run.path / "status.json").write_text(json.dumps(info))
+    assert run.status == "interrupted"
+    on_disk = json.loads((run.path / "status.json").read_text())
+    assert on_disk["status"] == "interrupted" and on_disk["owner_gone"]["pid"] == int(gone.stdout)
+    assert run.status == "interrupted"  # and it stays so
+    # a resume that took over between the read and the write is not overwritten
+    stale = dict(info)
+    run.set_status("running")
+    run._mark_interrupted(stale)
+    assert run.status_info()["status"] == "running"
+    assert run.status_info()["pid"] == _owner()["pid"]

@@ -30,7 +30,7 @@ from napari_mtssl._atomic import _json_default, atomic_write_json
 
 from ._errors import WorkspaceError
 
-RUN_STATUSES = ("running", "done", "stopped", "failed")
+RUN_STATUSES = ("running", "done", "stopped", "failed", "interrupted")
 RESUMABLE = ("stopped", "interrupted", "failed")
 RUN_FORMAT_VERSION = 1
 
@@ -149,12 +149,40 @@ class Run:
     @property
     def status(self) -> str:
         """``running``, ``done``, ``stopped``, ``failed``, or ``interrupted``: recorded as
-        running by a process of this machine that no longer exists (killed, power cut)."""
+        running by a process of this machine that no longer exists (killed, power cut); the
+        first reader that finds so writes it into ``status.json``."""
         info = self.status_info()
         status = str(info.get("status", "running"))
         if status == "running" and _owner_gone(info):
+            self._mark_interrupted(info)
             return "interrupted"
         return status
+
+    def _status_lock(self):
+        """The operating-system lock every writer of ``status.json`` holds."""
+        from filelock import FileLock
+
+        return FileLock(str(self.path / ".status.lock"), timeout=10)
+
+    def _mark_interrupted(self, seen: dict[str, Any]) -> None:
+        """Record on disk what a reader found: the process that marked the run running is gone.
+        Done under the status lock and only if ``status.json`` is still what was read, so a
+        resume that took the run over in between is never overwritten. A workspace that cannot
+        be written keeps the derived status."""
+        from filelock import Timeout
+
+        try:
+            with self._status_lock():
+                if self.status_info() != seen:
+                    return
+                owner = {k: seen.get(k) for k in ("pid", "host", "pid_start") if k in seen}
+                rest = {k: v for k, v in seen.items() if k not in owner}
+                atomic_write_json(
+                    self.path / "status.json",
+                    {**rest, "status": "interrupted", "time": utc_now(), "owner_gone": owner},
+                )
+        except (OSError, WorkspaceError, Timeout):
+            pass
 
     def status_info(self) -> dict[str, Any]:
         """The whole of ``status.json``: status, time and whatever ``set_status`` was given."""
@@ -164,9 +192,10 @@ class Run:
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
         owner = _owner() if status == "running" else {}
-        atomic_write_json(
-            self.path / "status.json", {**extra, **owner, "status": status, "time": utc_now()}
-        )
+        with self._status_lock():
+            atomic_write_json(
+                self.path / "status.json", {**extra, **owner, "status": status, "time": utc_now()}
+            )
 
     def write_metrics(self, metrics: dict[str, Any], *, merge: bool = False) -> None:
         """Replace ``metrics.json`` (or, with ``merge``, update its top-level keys)."""
