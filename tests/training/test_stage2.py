@@ -14,7 +14,12 @@ from napari_mtssl.training.data import StudyData, augment, augment_with_soft
 from napari_mtssl.training.pipeline import comparison
 from napari_mtssl.training.plan import fingerprint, make_plan
 from napari_mtssl.training.terms import build_term
-from napari_mtssl.training.terms.semi import _boxes, masked_seg_loss
+from napari_mtssl.training.terms.semi import (
+    CopyPasteSelfTraining,
+    _boxes,
+    masked_seg_loss,
+    own_probs,
+)
 from napari_mtssl.training.trainer import UnitSpec, train_unit
 
 
@@ -123,6 +128,34 @@ def test_the_semi_student_learns_from_ground_truth_and_confident_pseudo_labels(s
     assert term.name == "semi"
 
 
+def test_the_students_average_joins_the_pseudo_labeller_as_the_ramp_rises(study_cfg):
+    """Refresh: the ensemble alone at the start, the blend rising to ``refresh`` at the end of the
+    ramp; the average's probabilities are its own (eval mode, no gradient), its mode kept."""
+    _, _, cfg = study_cfg
+    term = CopyPasteSelfTraining(refresh=0.8, refresh_ramp=0.5)
+    assert term.refresh_weight(0.0) == 0.0
+    assert term.refresh_weight(0.25) == pytest.approx(0.4)
+    assert term.refresh_weight(0.5) == pytest.approx(0.8) == term.refresh_weight(0.9)
+    assert CopyPasteSelfTraining(refresh=0.0).refresh_weight(0.9) == 0.0
+    average = stages.new_net(cfg, 4).train()
+    image = torch.randn(2, 1, 32, 32)
+    own = own_probs(average, image)
+    assert average.training and not own.requires_grad
+    assert torch.allclose(own.sum(1), torch.ones(2, 32, 32), atol=1e-5)
+    soft = torch.zeros(2, 4, 32, 32)
+    soft[:, 0] = 1.0  # the ensemble says background everywhere
+
+    class Inputs:
+        progress = 0.25
+
+    x = Inputs()
+    x.average = average
+    blended = term._refreshed(soft, image, x)
+    assert torch.allclose(blended, 0.6 * soft + 0.4 * own, atol=1e-6)
+    x.average = None  # no moving average kept (a retrain): the ensemble alone
+    assert torch.equal(term._refreshed(soft, image, x), soft)
+
+
 def test_the_moving_average_is_what_the_unit_keeps(study_cfg):
     _, study, cfg = study_cfg
     net = stages.new_net(cfg, 4)
@@ -203,3 +236,50 @@ def test_the_papers_distillation_reads_the_stored_maps_as_it_would_the_teachers(
     # window alone: close, not equal
     a, c = float(live.loss(_In())), float(stored.loss(_In()))
     assert abs(a - c) < 0.25 * max(a, c)
+
+
+def _run_stub(spent: float, est: dict, done: dict, student_steps: int, budget: float = 3600):
+    """The parts of a running pipeline that re-budgeting reads, without training anything."""
+    from types import SimpleNamespace
+
+    from napari_mtssl.training.pipeline import _Run
+
+    r = SimpleNamespace(
+        cfg=SimpleNamespace(budget_s=budget),
+        plan=SimpleNamespace(
+            estimate_s=dict(est), timings={"student": 0.3}, steps={"seg": 1000}, lanes=1
+        ),
+        models={k: {"seconds": v} for k, v in done.items()},
+        state={},
+        spent=lambda: spent,
+        save_state=lambda: None,
+        log=lambda e: e.to_dict(),
+    )
+    r._steps = lambda unit: r.state.get("unit_steps", {}).get(unit.model, student_steps)
+    for name in ("rebudget", "_student_takes_the_rest", "_student_steps"):
+        setattr(r, name, getattr(_Run, name).__get__(r))
+    return r
+
+
+def test_the_student_takes_the_time_the_earlier_models_left():
+    """Stage 1 ran at 80 % of its timed pace: the student, last, fills the time left at that
+    pace (its maps and validations counted), never past twice its planned steps; on a machine
+    that ran slower, it gets fewer steps instead."""
+    est = {"baseline": 500.0, "teacher": 1000.0, "student": 1800.0}  # 1800 = 5000 x 0.3 + 300
+    r = _run_stub(spent=1200.0, est=est, done={"baseline": 400.0, "teacher": 800.0},
+                  student_steps=5000)  # fmt: skip
+    notes = list(r.rebudget(["student"]))
+    new = r.state["unit_steps"]["student"]
+    # left 2400 s: (2400 x 0.95 - 300 x 0.8) / (0.3 x 0.8) = 8500 steps
+    assert new == 8500 and "8500 steps instead of 5000" in notes[0]["message"]
+    used = 300 * 0.8 + new * 0.3 * 0.8
+    assert used <= 0.95 * 2400 + 1
+    r = _run_stub(spent=300.0, est=est, done={"baseline": 100.0, "teacher": 200.0},
+                  student_steps=5000)  # fmt: skip
+    list(r.rebudget(["student"]))
+    assert r.state["unit_steps"]["student"] == 10000  # capped at twice the plan
+    r = _run_stub(spent=2400.0, est=est, done={"baseline": 900.0, "teacher": 1500.0},
+                  student_steps=5000)  # fmt: skip
+    notes = list(r.rebudget(["student"]))
+    # slower than timed: 1200 s left for an 1800 s estimate -> fewer steps, never below the floor
+    assert r.state["unit_steps"]["student"] < 5000 and "slower than timed" in notes[0]["message"]

@@ -198,6 +198,12 @@ class Stage2Config:
     unlabelled_weight: float = 0.5
     box: float = 2 / 3
     ema: float = 0.99  # semi: decay of the weights' moving average kept as the student; 0: off
+    # semi: the student's own moving average joins the pseudo-labeller (Mean Teacher): its
+    # probabilities on the clean window are blended with the ensemble's stored ones, with a
+    # weight rising linearly from 0 to `refresh` over the first `refresh_ramp` of the steps
+    # (the student outgrows the ensemble it starts from). 0: the ensemble alone.
+    refresh: float = 1.0
+    refresh_ramp: float = 0.5
     # Budgeted runs: the share of the training time (after stage 1's fixed costs) that the
     # student gets (semi); 0: the same steps as every other model (the paper's comparison).
     share: float = 0.5
@@ -224,6 +230,8 @@ class Stage2Config:
             raise ValueError("stage2: confidence in [0, 1], unlabelled_weight >= 0, box in (0, 1)")
         if not 0 <= self.ema < 1:
             raise ValueError("stage2.ema must be in [0, 1) (0: no moving average)")
+        if not 0 <= self.refresh <= 1 or not 0 < self.refresh_ramp <= 1:
+            raise ValueError("stage2: refresh in [0, 1], refresh_ramp in (0, 1]")
         if not 0 <= self.share < 0.9:
             raise ValueError("stage2.share must be in [0, 0.9) (0: equal steps)")
         if self.member_margin < 0:

@@ -72,6 +72,8 @@ __all__ = [
 WHATS = ("baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2")
 # A unit still training at budget x DEADLINE_SLACK, less the time its final validation and
 # saving take, ends where it is: the run then ends within the promised +10 %.
+# The most the student's steps grow when the earlier models ran faster than timed.
+STUDENT_GROWTH = 2.0
 DEADLINE_SLACK = 1.06
 
 
@@ -237,30 +239,74 @@ class _Run:
 
     def rebudget(self, remaining: list[str]) -> Generator[dict, None, None]:
         """If the machine runs slower than timed, give the models still to train fewer steps
-        so the run ends within its budget (each keeps at least MIN_STEPS / 2)."""
+        so the run ends within its budget (each keeps at least MIN_STEPS / 2); the student,
+        last, takes the time the earlier models left (:meth:`_student_takes_the_rest`)."""
         if not self.cfg.budget_s or not remaining or self.plan.steps.get("fixed"):
             return
         est = self.plan.estimate_s
         left = self.cfg.budget_s - self.spent()
+        fixed_steps = self.state.setdefault("unit_steps", {})
+        if remaining == ["student"] and "student" not in fixed_steps:
+            yield from self._student_takes_the_rest(left)
+            if "student" in fixed_steps:
+                return
         lanes = max(1, int(self.plan.lanes or 1))  # side by side: the work shares the lanes
         need = sum(est.get(u, 0.0) / (1 if u.startswith("student") else lanes) for u in remaining)
-        fixed_steps = self.state.setdefault("unit_steps", {})
         if need <= 0 or need <= left * 1.02:
             return
         scale = max(0.0, left * 0.95) / need
-        n = int(self.plan.steps["seg"])
-        new = max(MIN_STEPS // 2, int(n * scale))
-        if new >= n:
+        if scale >= 1:
             return
+        changed = []
         for u in remaining:
-            if u not in fixed_steps:
+            if u in fixed_steps:
+                continue
+            n = self._student_steps() if u == "student" else int(self.plan.steps["seg"])
+            new = max(MIN_STEPS // 2, int(n * scale))
+            if new < n:
                 fixed_steps[u] = new
                 est[u] = round(est.get(u, 0.0) * new / n, 1)
+                changed.append(f"{u} {new} instead of {n}")
+        if not changed:
+            return
         self.save_state()
         yield self.log(
             ev.Note(
-                f"training is running slower than timed: the {len(remaining)} model(s) left "
-                f"get {new} steps instead of {n} to end within the budget"
+                "training is running slower than timed: to end within the budget, "
+                + ", ".join(changed)
+                + " steps"
+            )
+        )
+
+    def _student_steps(self) -> int:
+        return self._steps(Unit("student", "student", "student", 0))
+
+    def _student_takes_the_rest(self, left: float) -> Generator[dict, None, None]:
+        """The student is the last unit, so the time the earlier models left is its own: at the
+        pace they ran (their seconds against their estimates), it gets the steps that fill the
+        time left (up to ``STUDENT_GROWTH`` x its planned steps; never fewer than planned
+        unless the machine ran slower, which the deadline then handles)."""
+        est = self.plan.estimate_s
+        done = [u for u, m in self.models.items() if u in est and u != "student"]
+        planned = sum(float(est[u]) for u in done)
+        actual = sum(float(self.models[u].get("seconds") or 0.0) for u in done)
+        step_s = float(self.plan.timings.get("student") or 0.0)
+        n = self._student_steps()
+        if planned <= 0 or actual <= 0 or step_s <= 0 or n <= 0 or "student" not in est:
+            return
+        pace = actual / planned
+        fixed = max(0.0, float(est["student"]) - n * step_s) * pace  # maps, validations
+        new = int((left * 0.95 - fixed) / (step_s * pace))
+        new = min(new, int(STUDENT_GROWTH * n))
+        if new <= n * 1.05:
+            return
+        self.state.setdefault("unit_steps", {})["student"] = new
+        est["student"] = round(fixed / pace + new * step_s, 1)
+        self.save_state()
+        yield self.log(
+            ev.Note(
+                f"the earlier models ran at {pace:.0%} of their timed pace: the student gets "
+                f"{new} steps instead of {n}, to use the {left / 60:.0f} min left"
             )
         )
 

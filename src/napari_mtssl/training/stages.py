@@ -289,6 +289,8 @@ def semi_terms(cfg: ExperimentConfig) -> list:
             unlabelled_weight=s2.unlabelled_weight,
             box=s2.box,
             fg_oversample=cfg.data.fg_oversample,
+            refresh=s2.refresh,
+            refresh_ramp=s2.refresh_ramp,
         )
     ]
 

@@ -211,8 +211,10 @@ class _Inputs:
     """One step's inputs for the terms (:class:`.terms.StepInputs`): the shared segmentation
     forward, computed at the first term that reads it, and the terms' own batches."""
 
-    def __init__(self, net, streams: _Streams, cfg: ExperimentConfig, gen, device):
+    def __init__(self, net, streams: _Streams, cfg: ExperimentConfig, gen, device, average=None,
+                 progress: float = 0.0):  # fmt: skip
         self.net, self._s, self.cfg, self.gen, self._device = net, streams, cfg, gen, device
+        self.average, self.progress = average, progress
         self._fwd: SegForward | None = None
 
     def _augmented(self, key: str, labels: bool):
@@ -362,7 +364,8 @@ class _Average:
             net.load_state_dict(self.copy.state_dict())
 
 
-def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, step: int):
+def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, step: int,
+          average: torch.nn.Module | None = None):  # fmt: skip
     """One optimiser step over the terms; returns each term's loss and the total, and the
     learning rate. Every random source is seeded from (seed, step)."""
     torch.manual_seed((cfg.seed * 1_000_003 + step) % (2**63))
@@ -370,7 +373,7 @@ def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, st
     lr = _lr(cfg, step, spec.steps)
     for g in o.opt.param_groups:
         g["lr"] = lr
-    inputs = _Inputs(net, streams, cfg, gen, device)
+    inputs = _Inputs(net, streams, cfg, gen, device, average, step / max(1, spec.steps))
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=device)
     with autocast(device, o.precision):
@@ -445,7 +448,7 @@ def train_unit(
                 break
             if step > start and ckpt.due():
                 ckpt.save(step, elapsed, val)
-            vals, lr = _step(spec, net, streams, o, cfg, device, step)
+            vals, lr = _step(spec, net, streams, o, cfg, device, step, avg.copy)
             avg.update()
             step += 1
             for k, v in vals.items():

@@ -45,6 +45,8 @@ class StepInputs(Protocol):
     net: torch.nn.Module
     cfg: Any  # the run's ExperimentConfig
     gen: torch.Generator  # the step's seeded CPU generator (augmentation draws)
+    average: torch.nn.Module | None  # the moving average of the weights, when the unit keeps one
+    progress: float  # the step's share of the unit's steps, in [0, 1)
 
     def seg(self) -> SegForward: ...
 

@@ -11,6 +11,14 @@ perturbed, mixed view. Targets: ground truth inside/outside the pasted box at fu
 ensemble's hard label elsewhere, only where its confidence is at least ``confidence``, at weight
 ``unlabelled_weight``. So every step is ``B`` images through the network, as a baseline step is.
 
+With ``refresh`` > 0 the student's own moving average (what the unit keeps, see
+``trainer._Average``) joins the pseudo-labeller: its probabilities on the clean unlabelled window
+are blended with the ensemble's, with a weight that rises from 0 to ``refresh`` over the first
+``refresh_ramp`` of the steps (Mean Teacher, Tarvainen & Valpola 2017; BCP's teacher is the same
+moving average). A warm-started student outgrows an ensemble of short stage-1 models within
+the first half of its steps; targets that stay fixed then hold it back. This costs one forward
+pass without gradients over the ``B/2`` unlabelled windows per step.
+
 With no unlabelled slice in the study, both partners are labelled windows (plain CutMix with
 ground truth on both sides).
 """
@@ -75,6 +83,18 @@ def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
     return ce + dice
 
 
+def own_probs(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """``model``'s class probabilities on ``image``, in evaluation mode and without gradients
+    (the moving average of the student as a pseudo-labeller); its mode is left as it was."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return class_probs(model(image))
+    finally:
+        model.train(was)
+
+
 class CopyPasteSelfTraining(Term):
     """Ground truth and the ensemble's confident pseudo-labels on mixed, strongly perturbed
     views (see the module docstring)."""
@@ -88,8 +108,12 @@ class CopyPasteSelfTraining(Term):
         unlabelled_weight: float = 0.5,
         box: float = 2 / 3,
         fg_oversample: float = 0.33,
+        refresh: float = 0.0,
+        refresh_ramp: float = 0.5,
     ):
         super().__init__(weight)
+        self.refresh = float(refresh)
+        self.refresh_ramp = float(refresh_ramp)
         self.fg_oversample = float(fg_oversample)
         self.confidence = float(confidence)
         self.unlabelled_weight = float(unlabelled_weight)
@@ -116,6 +140,23 @@ class CopyPasteSelfTraining(Term):
 
         return {"semi_l": (20, labelled), "semi_u": (21, unlabelled)}
 
+    def refresh_weight(self, progress: float) -> float:
+        """The moving average's weight in the pseudo-labels at ``progress`` (0..1 of the steps):
+        rising linearly from 0 to ``refresh`` over the first ``refresh_ramp`` of the unit."""
+        if self.refresh <= 0:
+            return 0.0
+        return self.refresh * min(1.0, max(0.0, progress) / self.refresh_ramp)
+
+    def _refreshed(self, soft: torch.Tensor, image: torch.Tensor, x: StepInputs) -> torch.Tensor:
+        """The ensemble's probabilities blended with the student's moving average's on the same
+        clean, weakly augmented window (Mean Teacher): the pseudo-labels improve with the
+        student, while the ensemble keeps a say until the ramp ends."""
+        w = self.refresh_weight(getattr(x, "progress", 0.0))
+        average = getattr(x, "average", None)
+        if w <= 0 or average is None:
+            return soft
+        return (1 - w) * soft + w * own_probs(average, image).to(soft.dtype)
+
     def loss(self, x: StepInputs) -> torch.Tensor:
         cfg, gen = x.cfg.data, x.gen
         bl, bu = x.batch("semi_l"), x.batch("semi_u")
@@ -123,6 +164,7 @@ class CopyPasteSelfTraining(Term):
         if "soft" in bu:
             soft = bu["soft"].float() / 255.0
             xu, _, su = augment_with_soft(bu["image"], None, soft, cfg, gen)
+            su = self._refreshed(su, xu, x)
             conf, pseudo = su.max(1)
             trust = (conf >= self.confidence).float() * self.unlabelled_weight
         else:  # every slice labelled: CutMix between labelled windows
