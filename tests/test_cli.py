@@ -311,3 +311,13 @@ def test_overlays_show_a_teacher_and_its_selected_modes_model_in_one_panel():
     assert "sdm:pretrain" not in shown  # drawn once, under the teacher's name
     assert shown["sdm:joint"] == "sdm:joint" and shown["student"] == "student"
     assert set(shown) == {"baseline", "sdm:joint", "teacher:sdm", "student"}
+
+
+def test_version(capsys):
+    from napari_mtssl import __version__
+    from napari_mtssl.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"napari-mtssl {__version__}"

@@ -656,6 +656,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from napari_mtssl import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="napari-mtssl",
@@ -664,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         "learning (headless engine of the napari plugin).",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--version", action="version", version=f"napari-mtssl {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train baseline, teachers and student; write a report")
