@@ -138,3 +138,53 @@ def test_a_held_lock_names_its_owner_and_how_to_recover(tmp_path: Path) -> None:
             pass
     finally:
         proc.kill()
+
+
+def test_racing_breakers_of_one_stale_lock_never_both_hold_it(tmp_path: Path) -> None:
+    """Many trials: a stale lock file (its owner dead), and processes that find it at the same
+    instant and each break it and take the lock. Inside the lock each creates a marker with
+    O_EXCL: if two ever held the lock at once, one would find the other's marker."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {SRC!r})
+        from pathlib import Path
+        from napari_mtssl.workspace._lock import FileLock
+        folder, trials, me = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+        clashes = 0
+        for t in range(trials):
+            go = folder / f"go{{t}}"
+            while not go.exists():
+                time.sleep(0.0005)
+            with FileLock(folder / f"lock{{t}}", timeout=20):
+                try:
+                    fd = os.open(folder / f"inside{{t}}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    clashes += 1
+                else:
+                    os.close(fd)
+                    time.sleep(0.002)
+                    os.unlink(folder / f"inside{{t}}")
+        print(clashes, flush=True)
+        """
+    )
+    trials = 150
+    stale = {"pid": _dead_pid(), "host": socket.gethostname(), "time": time.time()}
+    for t in range(trials):
+        (tmp_path / f"lock{t}").write_text(json.dumps(stale))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), str(trials), str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    time.sleep(2.0)  # the interpreters start
+    for t in range(trials):
+        (tmp_path / f"go{t}").touch()  # all of them find the same stale lock at once
+        time.sleep(0.01)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [int(o.strip()) for o in outs] == [0, 0, 0]
+    assert not any(tmp_path.glob("lock*"))  # every trial's lock was released
