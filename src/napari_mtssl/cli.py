@@ -838,7 +838,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import errno
+
     from napari_mtssl.io.scan import LabelError, ScanReadError
+    from napari_mtssl.training.errors import UnitsFailed
 
     try:
         from napari_mtssl.workspace import WorkspaceError
@@ -855,12 +858,19 @@ def main(argv: list[str] | None = None) -> int:
 
     except (ScanReadError, LabelError, WorkspaceError) as exc:
         print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
+    except UnitsFailed as exc:  # some models of a run failed; the others are kept
+        print(f"napari-mtssl {args.command}: {exc.one_line()}", file=sys.stderr)
     except (ValueError, KeyError) as exc:
         msg = str(exc).strip("'\"") or type(exc).__name__
         print(f"napari-mtssl {args.command}: {msg.splitlines()[0]}", file=sys.stderr)
     except OSError as exc:  # a full disk, a read-only folder, a vanished file
         where = f"{exc.filename}: " if exc.filename else ""
         why = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC and args.command in ("train", "resume", "demo"):
+            why += (
+                "; what was saved before is kept: free some space, then napari-mtssl resume "
+                "WORKSPACE goes on from there"
+            )
         print(f"napari-mtssl {args.command}: {where}{why}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"napari-mtssl {args.command}: interrupted", file=sys.stderr)

@@ -231,3 +231,46 @@ def test_full_disk_in_the_cli_is_one_line(tmp_path, capsys, recorder):
         assert not out.exists()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path, capsys, recorder):
+    """`train` on a disk with too little room: one line naming the folder, the space free and
+    what the run would write; exit 2; no run folder left behind."""
+    from napari_mtssl.cli import main
+
+    mnt = _tiny_fs(tmp_path, "3m")
+    try:
+        ws = api.create_workspace(mnt / "ws", source="sample", labelled=2)
+        rc = main(["train", str(ws.root), "--profile", "tiny", "--what", "all", "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        ok = rc == 2 and len(err) == 1 and "MB free" in err[0] and str(ws.root) in err[0]
+        recorder.record("train on a nearly full disk", "clear message" if ok else "traceback",
+                        err[-1] if err else "")  # fmt: skip
+        assert ok, err
+        assert not any((ws.root / "runs").glob("*")) if (ws.root / "runs").exists() else True
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_disk_that_fills_during_training_is_one_line_and_resumable(tmp_path, capsys,
+                                                                      monkeypatch, recorder):  # fmt: skip
+    """Models that could not be saved (the disk filled while the run trained): one line that
+    names the disk, says the finished models are kept and how to go on; exit 2."""
+    from napari_mtssl.cli import main
+    from napari_mtssl.training.errors import UnitsFailed
+
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    msg = f"[Errno 28] No space left on device: '{ws.root}/runs/r/models/baseline.safetensors'"
+
+    def full(*a, **k):
+        raise UnitsFailed({"baseline": msg, "teacher:sdm": msg}, ws.root)
+        yield  # a generator, as api.train is
+
+    monkeypatch.setattr(api, "train", full)
+    rc = main(["train", str(ws.root), "--profile", "tiny", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    ok = (rc == 2 and len(err) == 1 and "no space left on the disk of" in err[0]
+          and "baseline, teacher:sdm" in err[0] and "resume" in err[0])  # fmt: skip
+    recorder.record("disk full while training", "clear message" if ok else "traceback",
+                    err[-1] if err else "")  # fmt: skip
+    assert ok, err

@@ -42,6 +42,7 @@ from napari_mtssl.ids import ModelId, teacher, teachers, trained
 from . import checkpoints, stages
 from .config import ExperimentConfig
 from .data import StudyData, no_labelled_data_message
+from .errors import UnitsFailed
 from .executors import Executor, make_executor
 from .inference import resolve_device
 from .lanes import lanes_for, start_width
@@ -154,15 +155,36 @@ class _Stopped(Exception):
     """A unit stopped at the user's request; its checkpoint and the run's state are saved."""
 
 
-class UnitsFailed(RuntimeError):
-    """Units of a run failed; the others ran, their models are kept, resume retrains these."""
+def run_bytes(plan: Plan, cfg: ExperimentConfig, fp: Any, num_classes: int, what: str) -> int:
+    """About what a run will write: every model's weights, the checkpoints of the units in
+    training at once (weights, optimiser moments, moving average), and the teachers' stored
+    maps (one byte per class and voxel of the scans it stores), with a margin of 25 %."""
+    net = stages.new_net(cfg, num_classes)
+    params = sum(p.numel() for p in net.parameters())
+    models = len(plan_for(what, cfg)) or 1
+    lanes = max(1, int(plan.lanes or 1))
+    weights = 4 * params * (models + 4 * lanes)
+    soft = 0
+    if "student" in plan_for(what, cfg):
+        scans = int(plan.steps.get("soft_scans") or 0)
+        h, w = fp.size
+        soft = scans * int(fp.slices[1]) * h * w * max(2, int(num_classes))
+    return int(1.25 * (weights + soft))
 
-    def __init__(self, failed: dict[str, str]):
-        self.failed = failed
-        lines = "; ".join(f"{u}: {msg}" for u, msg in failed.items())
-        super().__init__(
-            f"{len(failed)} unit(s) failed ({lines}); the models that finished are kept, and "
-            "resuming the run trains only what is missing"
+
+def check_free_space(root: Any, need: int) -> None:
+    """Refuse to start a run that the disk of ``root`` cannot hold."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return
+    if free < need:
+        raise ValueError(
+            f"{root}: its disk has {free / 2**20:.0f} MB free and this run will write about "
+            f"{need / 2**20:.0f} MB (models, checkpoints and the teachers' stored maps); free "
+            "some space or choose another workspace folder"
         )
 
 
@@ -553,7 +575,7 @@ class _Run:
             errors = list(failed.values())
             if len(errors) == 1 and isinstance(errors[0], BaseException):
                 raise errors[0]  # inline: the unit's own error, as it was raised
-            raise UnitsFailed({u: str(e) for u, e in failed.items()})
+            raise UnitsFailed({u: str(e) for u, e in failed.items()}, self.ws.root)
         if stopped or pending:  # pending without a failure: stopped between two units
             yield self.log(self.stopped(stopped[0] if stopped else {"name": pending[0].model}))
             raise _Stopped()
@@ -963,6 +985,7 @@ def _start_new(
         allocate(the_plan, shaped, what, fp, spent_s=spent, cached_pretext=list(reuse), lanes=lanes)
     state["pretext_reuse"] = sorted(reuse)
     cfg = the_plan.apply(cfg)
+    check_free_space(ws.root, run_bytes(the_plan, cfg, fp, study.num_classes, what))
     run = ws.new_run(what, cfg.to_dict())
     atomic_write_json(run.path / "plan.json", the_plan.to_dict())
     return run, cfg, the_plan, study, state
