@@ -96,6 +96,9 @@ def drive(
 def _describe(exc: BaseException) -> str:
     # Our own errors (ScanReadError, LabelError, WorkspaceError, ValueError from config checks)
     # already name the file and the problem; others get their type for context.
+    one_line = getattr(exc, "one_line", None)  # models of a run that failed (errors.UnitsFailed)
+    if callable(one_line):
+        return one_line()
     if isinstance(exc, ValueError | FileNotFoundError | PermissionError | RuntimeError):
         return str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
