@@ -321,3 +321,33 @@ def test_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"napari-mtssl {__version__}"
+
+
+def test_predict_refuses_a_made_up_geometry_unless_accepted(trained, tmp_path, capsys):
+    """A DICOM series whose images record no position or orientation: a NIfTI mask would carry
+    a geometry nobody measured, so predict refuses it (one line, naming the flag); a TIFF mask,
+    which carries none, is written; the flag writes the NIfTI on the grid at the origin."""
+    from tests.io.conftest import coded_raw, write_series
+
+    _, _, out = trained
+    series = tmp_path / "series"
+    write_series(
+        series,
+        coded_raw((3, 32, 28)),
+        row_dir=np.array([1.0, 0, 0]),
+        col_dir=np.array([0, 1.0, 0]),
+        origin=np.zeros(3),
+        slice_step=2.0,
+        drop=("ImageOrientationPatient", "ImagePositionPatient"),
+    )
+    mask = tmp_path / "mask.nii.gz"
+    argv = ["predict", str(out), str(series), "--device", "cpu", "--out"]
+    with pytest.warns(UserWarning, match="unknown"):
+        assert main([*argv, str(mask)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--accept-unknown-geometry" in err[0] and not mask.exists()
+    with pytest.warns(UserWarning, match="unknown"):
+        assert main([*argv, str(tmp_path / "mask.tif")]) == 0
+    with pytest.warns(UserWarning, match="unknown"):
+        assert main([*argv, str(mask), "--accept-unknown-geometry"]) == 0
+    assert mask.exists()

@@ -507,6 +507,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"{args.scan}: holds {len(scans)} images; give one")
         scan = scans[0]
     as_seg = args.format == "dicom-seg" or (args.format is None and out.suffix.lower() == ".dcm")
+    nifti = args.format == "nifti" or (
+        args.format is None and out.name.lower().endswith((".nii", ".nii.gz"))
+    )
+    if scan.meta.get("geometry_unknown") and (as_seg or nifti) and not args.accept_unknown_geometry:
+        raise CliError(
+            f"{args.scan}: its images record no position or orientation, so where a mask lies "
+            "in the patient is unknown and a NIfTI or DICOM-SEG mask would carry a made-up "
+            "geometry; write a .tif (no geometry), or add --accept-unknown-geometry to write it "
+            "on a grid at the origin"
+        )
     if as_seg:
         from napari_mtssl.export.dicomseg import can_write_dicom_seg
 
@@ -753,6 +763,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["nifti", "tiff", "dicom-seg"],
         help="default: from --out (.nii/.nii.gz, .tif, .dcm = DICOM-SEG for a DICOM scan)",
+    )
+    pr.add_argument(
+        "--accept-unknown-geometry",
+        action="store_true",
+        help="write a NIfTI or DICOM-SEG mask even for a DICOM series whose images record no "
+        "position or orientation (it is placed on a grid at the origin)",
     )
     pr.set_defaults(func=cmd_predict)
 

@@ -69,6 +69,7 @@ def write_series(
     seed: int = 0,
     positions: list[np.ndarray] | None = None,
     prefix: str = "IM",
+    drop: tuple[str, ...] = (),
 ) -> list[np.ndarray]:
     """Write ``raw`` (k, rows, cols) int16 as one file per slice under shuffled names.
 
@@ -93,6 +94,8 @@ def write_series(
         ds.RescaleIntercept = intercept
         ds.Rows, ds.Columns = raw.shape[1:]
         ds.PixelData = raw[k].astype("<i2").tobytes()
+        for tag in drop:  # a header without these tags
+            delattr(ds, tag)
         name = f"{prefix}{names[k]:04d}" + (".dcm" if names[k] % 2 else "")
         ds.save_as(folder / name, enforce_file_format=True)
     return positions

@@ -244,3 +244,53 @@ def test_repeated_positions_keep_first_with_warning(tmp_path, factories):
     with pytest.warns(UserWarning, match="share a slice position"):
         [scan] = read_scans(tmp_path)
     assert scan.shape == (2, 5, 5) and scan.spacing[0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    "row,col",
+    [
+        (np.array([1.0, 0, 0]), np.array([0, 1.0, 0])),  # axial, as scanners write it
+        (np.array([1.0, 0, 0]), np.array([0, 0, -1.0])),  # coronal
+    ],
+)
+def test_positions_without_orientation_give_the_slice_direction(tmp_path, factories, row, col):
+    """ImagePositionPatient in every image, no ImageOrientationPatient: the slices are stacked
+    along their positions (not on a grid at the origin), every voxel lands where the file puts
+    its slice, and the assumption about the in-plane axes is stated, naming the series."""
+    f = factories
+    raw = f.coded_raw((5, 8, 10))
+    positions = f.write_series(
+        tmp_path,
+        raw,
+        row_dir=row,
+        col_dir=col,
+        origin=np.array([12.0, -40, 35]),
+        slice_step=2.5,
+        slope=1.0,
+        intercept=0.0,
+        drop=("ImageOrientationPatient",),
+    )
+    with pytest.warns(UserWarning, match="no ImageOrientationPatient in series chest"):
+        [scan] = read_scans(tmp_path)
+    assert "orientation_assumed" in scan.meta and not scan.meta.get("geometry_unknown")
+    idx = f.decode(scan.array, 1.0, 0.0).reshape(-1, 3)
+    k, r, c = idx.T
+    expected = np.array(positions)[k] + c[:, None] * 0.9 * row + r[:, None] * 0.7 * col
+    np.testing.assert_allclose(_world_of_voxels(scan), expected, atol=1e-6)
+
+
+def test_no_position_and_no_orientation_is_marked_unknown(tmp_path, factories):
+    f = factories
+    raw = f.coded_raw((3, 6, 6))
+    f.write_series(
+        tmp_path,
+        raw,
+        row_dir=np.array([1.0, 0, 0]),
+        col_dir=np.array([0, 1.0, 0]),
+        origin=np.array([5.0, 5, 5]),
+        slice_step=2.0,
+        drop=("ImageOrientationPatient", "ImagePositionPatient"),
+    )
+    with pytest.warns(UserWarning, match="where they lie in the patient is unknown"):
+        [scan] = read_scans(tmp_path)
+    assert scan.meta["geometry_unknown"] is True

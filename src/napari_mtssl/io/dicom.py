@@ -283,6 +283,43 @@ def _plane_name(normal: np.ndarray) -> str:
     return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
 
 
+# The usual in-plane axes (LPS) of each plane, as scanners write them: (row, column).
+_USUAL_AXES = {
+    "axial": (np.array([1.0, 0, 0]), np.array([0, 1.0, 0])),
+    "coronal": (np.array([1.0, 0, 0]), np.array([0, 0, -1.0])),
+    "sagittal": (np.array([0, 1.0, 0]), np.array([0, 0, -1.0])),
+}
+
+
+def _axis_words(v: np.ndarray) -> str:
+    i = int(np.argmax(np.abs(v)))
+    return (("right", "left"), ("front", "back"), ("feet", "head"))[i][int(v[i] > 0)]
+
+
+def _axes_from_positions(frames: list[_Frame]) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Row and column directions for a series with ImagePositionPatient but no orientation:
+    the positions' main direction is the slice normal (unambiguous when they spread along a
+    line); the in-plane axes are the usual ones of the closest plane, turned to be
+    perpendicular to it. None when there is nothing to derive from."""
+    if len(frames) < 2 or any(f.ipp is None or f.iop is not None for f in frames):
+        return None
+    pts = np.array([f.ipp for f in frames], float)
+    centred = pts - pts.mean(0)
+    if float(np.linalg.norm(centred, axis=1).max()) < 1e-3:
+        return None  # every image at one position: no direction
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    if len(sv) > 1 and sv[1] > 0.05 * sv[0]:
+        return None  # the positions do not lie along one line
+    u = vt[0] / np.linalg.norm(vt[0])
+    plane = _plane_name(u)
+    row, col = _USUAL_AXES[plane]
+    usual_normal = np.cross(row, col)
+    normal = u if float(u @ usual_normal) >= 0 else -u
+    row = row - (row @ normal) * normal
+    row = row / np.linalg.norm(row)
+    return row, np.cross(normal, row), plane
+
+
 def _stack(
     frames: list[_Frame], source: Path, meta: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -292,10 +329,29 @@ def _stack(
     row_sp, col_sp = first.pixel_spacing or (1.0, 1.0)
     if first.pixel_spacing is None:
         add_warning(meta, "no PixelSpacing: in-plane spacing set to 1 mm", source)
-    if have_geometry:
-        row_dir = first.iop[:3] / np.linalg.norm(first.iop[:3])  # type: ignore[index]
-        col_dir = first.iop[3:] / np.linalg.norm(first.iop[3:])  # type: ignore[index]
+    derived = None if have_geometry else _axes_from_positions(frames)
+    if derived is not None:
+        row_dir, col_dir, plane = derived
         normal = np.cross(row_dir, col_dir)
+        have_geometry = True
+        meta["orientation_assumed"] = (
+            f"{plane}: the slice direction from the images' positions, the in-plane axes "
+            f"assumed ({_axis_words(row_dir)} along a row, {_axis_words(col_dir)} down a column)"
+        )
+        add_warning(
+            meta,
+            f"no ImageOrientationPatient in series {meta.get('series_description') or '?'}: "
+            f"the slices are stacked along the direction of their ImagePositionPatient "
+            f"({plane}); the in-plane axes are assumed to be the usual {plane} ones "
+            f"({_axis_words(row_dir)} along a row, {_axis_words(col_dir)} down a column): "
+            "check the left-right and front-back of the image before trusting positions",
+            source,
+        )
+    if have_geometry:
+        if derived is None:
+            row_dir = first.iop[:3] / np.linalg.norm(first.iop[:3])  # type: ignore[index]
+            col_dir = first.iop[3:] / np.linalg.norm(first.iop[3:])  # type: ignore[index]
+            normal = np.cross(row_dir, col_dir)
         key = [float(f.ipp @ normal) for f in frames]  # type: ignore[operator]
         order = np.lexsort((np.array([f.instance for f in frames]), np.round(key, 3)))
         frames = [frames[i] for i in order]
@@ -321,10 +377,12 @@ def _stack(
             ]
             add_warning(
                 meta,
-                f"no {' and no '.join(missing)} in any image: slices ordered by InstanceNumber "
-                "on a grid at the origin",
+                f"no {' and no '.join(missing)} in any image of series "
+                f"{meta.get('series_description') or '?'}: slices ordered by InstanceNumber "
+                "on a grid at the origin (where they lie in the patient is unknown)",
                 source,
             )
+            meta["geometry_unknown"] = True
     n = len(frames)
     if have_geometry and n > 1:
         origin = frames[0].ipp
