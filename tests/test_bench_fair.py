@@ -122,3 +122,17 @@ def test_missing_keys_and_no_results(summ, tmp_path):
     assert "No fair comparison measured yet." in empty
     assert not (tmp_path / "none.png").exists()
     assert empty.count("not measured") >= 4
+
+
+def test_named_variants_get_their_own_rows_with_their_settings(summ):
+    variant = _method("fair-refresh", 3, "60m", 0, 0.81, side_by_side=True)
+    variant["benchmark"]["overrides"] = {"num_threads": 1, "stage2__refresh": 1.0}
+    runs = [_method("fair-method", 3, "60m", 0, 0.79), _alone(3, "60m", 0, 0.826), variant]
+    text = "\n".join(summ.fair_section(runs, plot_path=None))
+    rows = [ln for ln in text.splitlines() if "| refresh |" in ln]
+    assert len(rows) == 1
+    assert "stage2.refresh=1.0" in rows[0] and "num_threads" not in rows[0]
+    assert "| 0.810 |" in rows[0] and "-0.016" in rows[0] and "| 0.826 |" in rows[0]
+    # the default's table is untouched by the variant
+    assert "| **0.790** |" in text.split("**Variants of the method side**")[0]
+    assert "0.810" not in text.split("**Variants of the method side**")[0]

@@ -724,6 +724,49 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
     return True
 
 
+def fair_variants(runs: list[dict]) -> list[str]:
+    """Named variants of the method side (``run.py fair --variant NAME --set ...``): one row per
+    result, with its settings, beside the baseline alone of the same L, budget and seed."""
+    alone = {}
+    for r in runs:
+        b = r.get("benchmark") or {}
+        if b.get("kind") == FAIR_BASELINE:
+            alone[(b.get("L"), str(b.get("budget")), b.get("seed"))] = _dice(r, "baseline")
+    rows = []
+    for r in runs:
+        b = r.get("benchmark") or {}
+        kind = str(b.get("kind", ""))
+        if not kind.startswith("fair-") or kind in FAIR_KINDS:
+            continue
+        key = (b.get("L"), str(b.get("budget")), b.get("seed"))
+        v = _variant(r, alone.get(key))
+        sets = {k: x for k, x in (b.get("overrides") or {}).items() if k != "num_threads"}
+        rows.append((key, kind, sets, v, alone.get(key)))
+    if not rows:
+        return []
+    out = [
+        "**Variants of the method side** (`run.py fair --variant NAME --set KEY=VALUE`, one "
+        "thread each, beside another run): the same protocol with the settings shown; the "
+        "baseline alone is the one of the same L, budget and seed.",
+        "",
+        "| L | budget | seed | variant | settings | stage-1 steps | student steps | student "
+        "| ensemble | best teacher | run's baseline | baseline alone | student − alone "
+        "| wall % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(rows, key=lambda t: (t[0][0] or 0, _minutes(t[0][1]), t[0][2] or 0, t[1]))
+    for (labelled, budget, seed), kind, sets, v, a in order:
+        settings = ", ".join(f"{k.replace('__', '.')}={x}" for k, x in sets.items()) or "-"
+        best = "-" if v["best"] is None else f"{v['best_teacher']} {v['best']:.3f}"
+        out.append(
+            f"| {labelled} | {budget} | {seed} | {kind.removeprefix('fair-')} | {settings} "
+            f"| {_int(v['steps_baseline'])} | {_int(v['steps_student'])} | {_f(v['student'])} "
+            f"| {_f(v['ensemble'])} | {best} | {_f(v['run_baseline'])} | {_f(a)} "
+            f"| {_d(v['diff'])} | {_pct(v['share'])} |"
+        )
+    return out + [""]
+
+
 def fair_section(runs: list[dict], plot_path: Path | None = FAIR_PLOT) -> list[str]:
     """The fair comparison's tables, target lines and (with ``plot_path``) its plot."""
     rows_by = fair_rows(runs)
@@ -744,6 +787,7 @@ def fair_section(runs: list[dict], plot_path: Path | None = FAIR_PLOT) -> list[s
         out += [f"![Baseline alone against the student, same budget]({rel.as_posix()})", ""]
     for (labelled, budget), rows in rows_by.items():
         out += fair_table(labelled, budget, rows)
+    out += fair_variants(runs)
     out += fair_targets(rows_by)
     out += [
         "*student*: the model the run keeps (†: stage 2 ended below its starting model, which "
