@@ -62,6 +62,15 @@ TRAIN_BUTTONS = (("stage1", "Train stage 1"), ("stage2", "Train stage 2"), ("all
 RESULT_COLUMNS = ["Model", "joint", "pre-train", "chosen", "val Dice"]
 
 
+def _choices(items: tuple[tuple[str, str], ...], tip: str) -> QComboBox:
+    """A combo box of (text, value) items with its tooltip."""
+    box = QComboBox()
+    for text, value in items:
+        box.addItem(text, value)
+    box.setToolTip(tip)
+    return box
+
+
 def task_defaults(info: TaskInfo) -> dict[str, Any]:
     """A task's settings and their defaults."""
     return dict(info.config)
@@ -219,44 +228,36 @@ class TrainingWidget(QWidget):
             task_layout.addWidget(row)
 
         # settings ---------------------------------------------------------------------------
-        self.mode = QComboBox()
-        for text, value in MODES:
-            self.mode.addItem(text, value)
-        self.mode.setToolTip(
+        self.mode = _choices(
+            MODES,
             "as planned: both modes where the budget gives every model enough steps for joint "
             "training to pay, else pre-train only; joint: one network, segmentation + task "
             "loss; pre-train: task first, then fine-tune; both: train both and keep the better "
-            "on validation Dice"
+            "on validation Dice",
         )
-        self.student = QComboBox()
-        for text, value in STUDENTS:
-            self.student.addItem(text, value)
-        self.student.setToolTip(
+        self.student = _choices(
+            STUDENTS,
             "semi-supervised: the student starts from the best stage-1 model and learns the "
             "ground truth and the teachers' confident masks on unlabelled slices (mixed, "
             "strongly perturbed views), its own average refining those masks as it improves; "
             "the paper's distillation: a new student learns the labels and the teachers' "
-            "averaged predictions"
+            "averaged predictions",
         )
-        self.budget = QComboBox()
-        self.budget.setEditable(True)
-        for text, value in BUDGETS:
-            self.budget.addItem(text, value)
-        self.budget.setCurrentText(DEFAULT_BUDGET)
-        self.budget.setToolTip(
+        self.budget = _choices(
+            BUDGETS,
             "Wall-clock time for the whole run (type your own: 45m, 1h30m). The planner picks "
             "the resolution, patch size, network and the steps of every model to fit it; "
-            "'Estimate' shows its plan without training."
+            "'Estimate' shows its plan without training.",
         )
+        self.budget.setEditable(True)
+        self.budget.setCurrentText(DEFAULT_BUDGET)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
-        self.executor = QComboBox()
-        for text, value in EXECUTOR_CHOICES:
-            self.executor.addItem(text, value)
-        self.executor.setToolTip(
+        self.executor = _choices(
+            EXECUTOR_CHOICES,
             "Where the models train: on this computer (several at once when the run is given "
             "in steps), or as tasks on a Ray cluster that already runs (pip install "
-            "'napari-mtssl[ray]'; the workspace must be on storage every node sees)"
+            "'napari-mtssl[ray]'; the workspace must be on storage every node sees)",
         )
         self.ray_address = QLineEdit()
         self.ray_address.setPlaceholderText("Ray address: auto or ray://host:port")

@@ -151,11 +151,10 @@ class CopyPasteSelfTraining(Term):
         """The ensemble's probabilities blended with the student's moving average's on the same
         clean, weakly augmented window (Mean Teacher): the pseudo-labels improve with the
         student, while the ensemble keeps a say until the ramp ends."""
-        w = self.refresh_weight(getattr(x, "progress", 0.0))
-        average = getattr(x, "average", None)
-        if w <= 0 or average is None:
+        w = self.refresh_weight(x.progress)
+        if w <= 0 or x.average is None:
             return soft
-        return (1 - w) * soft + w * own_probs(average, image).to(soft.dtype)
+        return (1 - w) * soft + w * own_probs(x.average, image).to(soft.dtype)
 
     def loss(self, x: StepInputs) -> torch.Tensor:
         cfg, gen = x.cfg.data, x.gen
