@@ -7,16 +7,25 @@ SYS_PKGS  := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommo
              libxcb-render-util0 libxcb-xinerama0 libxcb-image0
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo install sysdeps lint benchmarks screenshots clean
+.PHONY: test demo install venv sysdeps lint benchmarks screenshots clean
 
-$(STAMP): pyproject.toml
-	@[ -x $(PY) ] || python3 -m venv $(VENV)
+$(STAMP): pyproject.toml scripts/install_torch.py
+	@[ -x $(PY) ] || $(MAKE) --no-print-directory venv
 	$(PY) -m pip install --quiet --upgrade pip
-	@# The CPU build of torch first, so the range in pyproject.toml never pulls the CUDA build.
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0" \
-		|| echo "note: torch==2.13.0 not available here; pip will pick a torch for this machine"
+	@# torch first, the build this machine wants (the CPU build without an NVIDIA GPU), so the
+	@# range in pyproject.toml never pulls the CUDA build; it says which build it installed.
+	$(PY) scripts/install_torch.py
 	$(PY) -m pip install --quiet -e ".[test,export,ray]"
 	@touch $(STAMP)
+
+# python3 -m venv needs Debian's python3-venv (ensurepip); installed here when missing.
+venv:
+	@python3 -c "import sys; sys.exit(sys.version_info < (3, 10))" || \
+		{ echo "napari-mtssl needs Python 3.10 or newer; python3 is $$(python3 --version)"; exit 1; }
+	@python3 -c "import ensurepip, venv" 2>/dev/null || { \
+		echo "python3 -m venv needs the python3-venv package: installing it"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv >/dev/null; }
+	python3 -m venv $(VENV)
 
 install: $(STAMP)
 
@@ -34,7 +43,7 @@ test: $(STAMP) sysdeps
 
 # With a display: napari opens with the sample study and the docks. Without: the headless
 # pipeline on the built-in sample (quick profile).
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
 	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
 		$(PY) -m napari_mtssl.cli demo --gui; \
 	else \
