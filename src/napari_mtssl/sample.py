@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .colours import labels_colour_dict
 from .io._orient import grid_affine
 from .io.scan import Scan
 
@@ -144,5 +145,6 @@ def napari_sample_study() -> list[tuple[Any, dict[str, Any], str]]:
         if given:
             kwargs = scan.layer_kwargs()
             kwargs["name"] = f"{scan.name} labels"
+            kwargs["colormap"] = labels_colour_dict()
             layers.append((mask, kwargs, "labels"))
     return layers

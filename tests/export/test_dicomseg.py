@@ -102,3 +102,136 @@ def test_refusals(series, tmp_path):
     with pytest.raises(ExportError, match="no name"):
         write_dicom_seg(lab * 2, series.meta, tmp_path / "x.dcm", label_names=NAMES)
     assert not (tmp_path / "x.dcm").exists()
+
+
+CARDIAC = {0: "background", 1: "RV", 2: "Myocardium", 3: "left_ventricle", 4: "scar", 5: "blob"}
+
+
+def _coded(item):
+    cat = item.SegmentedPropertyCategoryCodeSequence[0]
+    typ = item.SegmentedPropertyTypeCodeSequence[0]
+    return (cat.CodeValue, cat.CodingSchemeDesignator), (
+        typ.CodeValue,
+        typ.CodingSchemeDesignator,
+        typ.CodeMeaning,
+    )
+
+
+def test_segments_coded_coloured_and_named(series, tmp_path):
+    from napari_mtssl.colours import class_dicom_cielab
+    from napari_mtssl.export.dicomseg import (
+        ANATOMICAL_STRUCTURE,
+        DEFAULT_CODES,
+        TISSUE,
+    )
+
+    lab = np.zeros(series.shape, np.uint8)
+    for c in range(1, 6):
+        lab[c % series.shape[0], c : c + 2, 1:4] = c
+    out = tmp_path / "cardiac.dcm"
+    write_dicom_seg(
+        lab,
+        series.meta,
+        out,
+        label_names=CARDIAC,
+        codes={"scar": ("1234567", "99LOCAL", "Scar tissue")},
+    )
+    ds = pydicom.dcmread(out)
+    items = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
+    assert [items[n].SegmentLabel for n in sorted(items)] == [CARDIAC[c] for c in range(1, 6)]
+    anatomy = ANATOMICAL_STRUCTURE[:2]
+    assert _coded(items[1]) == (anatomy, ("53085002", "SCT", "Right ventricle"))
+    assert _coded(items[2]) == (anatomy, ("74281007", "SCT", "Myocardium"))
+    assert _coded(items[3]) == (anatomy, ("87878005", "SCT", "Left ventricle"))
+    assert _coded(items[3])[1] == DEFAULT_CODES["lv"][1]
+    assert _coded(items[4]) == (anatomy, ("1234567", "99LOCAL", "Scar tissue"))  # the user's
+    assert _coded(items[5]) == (TISSUE[:2], TISSUE)  # nobody coded "blob": generic
+    for n in range(1, 6):  # segment n is class n here: the palette colour of that class
+        assert tuple(int(v) for v in items[n].RecommendedDisplayCIELabValue) == (
+            class_dicom_cielab(n)
+        )
+    # highdicom reads the same back, colour included
+    seg = hd.seg.segread(out)
+    assert seg.get_segment_description(2).segmented_property_type.value == "74281007"
+
+
+def test_user_codes_by_index_and_category(series, tmp_path):
+    lab = _mask(series.shape)
+    out = tmp_path / "seg.dcm"
+    write_dicom_seg(
+        lab,
+        series.meta,
+        out,
+        label_names=NAMES,
+        codes={
+            1: ("10200004", "SCT", "Liver"),
+            "Tumour": {
+                "type": ("52988006", "SCT", "Lesion"),
+                "category": ("49755003", "SCT", "Morphologically Abnormal Structure"),
+            },
+        },
+    )
+    items = pydicom.dcmread(out).SegmentSequence
+    assert _coded(items[0])[1] == ("10200004", "SCT", "Liver")
+    assert _coded(items[1]) == (("49755003", "SCT"), ("52988006", "SCT", "Lesion"))
+
+
+def test_default_table_names_and_refusals(series, tmp_path):
+    from napari_mtssl.export.dicomseg import segment_codes
+
+    coded = segment_codes({0: "background", 1: "Left Ventricle", 2: "TUMOR", 3: "lung-nodule"})
+    assert coded[1][1][0] == "87878005"
+    assert coded[2] == (
+        ("49755003", "SCT", "Morphologically Abnormal Structure"),
+        ("108369006", "SCT", "Neoplasm"),
+    )
+    assert coded[3][1][2] == "Tissue"
+    assert 0 not in coded
+    lab = _mask(series.shape)
+    with pytest.raises(ExportError, match="no class"):
+        write_dicom_seg(
+            lab, series.meta, tmp_path / "x.dcm", label_names=NAMES, codes={"livr": ("1", "S", "m")}
+        )
+    with pytest.raises(ExportError, match="code value, coding scheme"):
+        write_dicom_seg(
+            lab, series.meta, tmp_path / "x.dcm", label_names=NAMES, codes={1: ("10200004",)}
+        )
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_default_codes_are_the_dicom_standards():
+    """Every code of the default table is the concept the DICOM standard's code dictionary
+    (as pydicom ships it) gives that meaning; "Myocardium" (SNOMED CT 74281007, "Myocardium
+    structure") is the one concept the standard's segmentation contexts do not list."""
+    from pydicom.sr.codedict import codes
+
+    from napari_mtssl.export.dicomseg import DEFAULT_CODES
+
+    keyword = {
+        "Left ventricle": "LeftVentricle",
+        "Right ventricle": "RightVentricle",
+        "Left ventricle myocardium": "LeftVentricleMyocardium",
+        "Left atrium": "LeftAtrium",
+        "Right atrium": "RightAtrium",
+        "Heart": "Heart",
+        "Aorta": "Aorta",
+        "Liver": "Liver",
+        "Spleen": "Spleen",
+        "Kidney": "Kidney",
+        "Lung": "Lung",
+        "Pancreas": "Pancreas",
+        "Neoplasm": "Neoplasm",
+        "Lesion": "Lesion",
+        "Mass": "Mass",
+        "Anatomical Structure": "AnatomicalStructure",
+        "Morphologically Abnormal Structure": "MorphologicallyAbnormalStructure",
+    }
+    seen = set()
+    for category, kind in DEFAULT_CODES.values():
+        for value, scheme, meaning in (category, kind):
+            assert scheme == "SCT"
+            if value == "74281007":
+                continue
+            assert getattr(codes.SCT, keyword[meaning]).value == value, meaning
+            seen.add(meaning)
+    assert seen == set(keyword)

@@ -6,21 +6,157 @@ UIDs and frame of reference, and the algorithm that made it (napari-mtssl, the m
 the round) or, for a mask a person drew, a manual segment. Each segmentation frame references
 the source image it lies on: the reader recorded which file (and frame) every plane of the scan
 came from (``Scan.meta["frames"]``), so the mask is put back into that order before writing.
+
+Each segment carries what a viewer needs to show and file it without asking: its class name as
+SegmentLabel, the class's colour from ``napari_mtssl.colours`` (the napari layers' colour) as
+RecommendedDisplayCIELabValue, and SNOMED CT codes for what it is: the codes a caller gives per
+class, else ``DEFAULT_CODES`` for common anatomy by name, else the generic "Tissue".
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_mtssl._atomic import atomic_write_with
+from napari_mtssl.colours import class_dicom_cielab
 from napari_mtssl.io._orient import from_canonical
 
 from . import ExportError, require
 
-__all__ = ["write_dicom_seg", "can_write_dicom_seg"]
+__all__ = ["DEFAULT_CODES", "segment_codes", "write_dicom_seg", "can_write_dicom_seg"]
+
+# A coded concept as DICOM writes it: (code value, coding scheme designator, code meaning).
+Concept = tuple[str, str, str]
+
+# Segmented property categories (DICOM CID 7150).
+ANATOMICAL_STRUCTURE: Concept = ("91723000", "SCT", "Anatomical Structure")
+ABNORMAL_STRUCTURE: Concept = ("49755003", "SCT", "Morphologically Abnormal Structure")
+TISSUE: Concept = ("85756007", "SCT", "Tissue")
+GENERIC: tuple[Concept, Concept] = (TISSUE, TISSUE)  # a class nobody coded: (category, type)
+
+
+def _anatomy(value: str, meaning: str, *names: str) -> dict[str, tuple[Concept, Concept]]:
+    return {n: (ANATOMICAL_STRUCTURE, (value, "SCT", meaning)) for n in names}
+
+
+def _abnormal(value: str, meaning: str, *names: str) -> dict[str, tuple[Concept, Concept]]:
+    return {n: (ABNORMAL_STRUCTURE, (value, "SCT", meaning)) for n in names}
+
+
+# Class name (lower case, "_" and "-" read as spaces) -> (category, type). SNOMED CT codes as the
+# DICOM standard's segmentation contexts (CID 7150 / 7151 / 7159) list them; "Myocardium" is
+# the SNOMED CT concept "Myocardium structure". Only names whose meaning is unambiguous: an
+# "LV" is the left ventricle (cavity) of a cardiac study, as the common challenge data name it.
+DEFAULT_CODES: dict[str, tuple[Concept, Concept]] = {
+    **_anatomy(
+        "87878005",
+        "Left ventricle",
+        "left ventricle",
+        "left ventricular cavity",
+        "left ventricle cavity",
+        "lv",
+        "lv cavity",
+        "lvc",
+        "lv blood pool",
+    ),
+    **_anatomy(
+        "53085002",
+        "Right ventricle",
+        "right ventricle",
+        "right ventricular cavity",
+        "right ventricle cavity",
+        "rv",
+        "rv cavity",
+        "rvc",
+        "rv blood pool",
+    ),
+    **_anatomy("74281007", "Myocardium", "myocardium", "myo"),
+    **_anatomy(
+        "49848007",
+        "Left ventricle myocardium",
+        "left ventricle myocardium",
+        "left ventricular myocardium",
+        "lv myocardium",
+        "myocardium of left ventricle",
+        "mlv",
+    ),
+    **_anatomy("82471001", "Left atrium", "left atrium"),
+    **_anatomy("73829009", "Right atrium", "right atrium"),
+    **_anatomy("80891009", "Heart", "heart"),
+    **_anatomy("15825003", "Aorta", "aorta"),
+    **_anatomy("10200004", "Liver", "liver"),
+    **_anatomy("78961009", "Spleen", "spleen"),
+    **_anatomy("64033007", "Kidney", "kidney", "kidneys"),
+    **_anatomy("39607008", "Lung", "lung", "lungs"),
+    **_anatomy("15776009", "Pancreas", "pancreas"),
+    **_abnormal("108369006", "Neoplasm", "tumor", "tumour", "tumors", "tumours", "neoplasm"),
+    **_abnormal("52988006", "Lesion", "lesion", "lesions"),
+    **_abnormal("4147007", "Mass", "mass"),
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[_\-]", " ", str(name))).strip().lower()
+
+
+def _concept(given: Any, what: str) -> Concept:
+    try:
+        value, scheme, meaning = (str(v).strip() for v in given)
+    except (TypeError, ValueError):
+        raise ExportError(
+            f"{what}: a code is (code value, coding scheme, meaning), e.g. "
+            f"('10200004', 'SCT', 'Liver'); got {given!r}"
+        ) from None
+    if not (value and scheme and meaning):
+        raise ExportError(f"{what}: code value, coding scheme and meaning must all be given")
+    return value, scheme, meaning[:64]
+
+
+def segment_codes(
+    label_names: Mapping[int, str], codes: Mapping[int | str, Any] | None = None
+) -> dict[int, tuple[Concept, Concept]]:
+    """(category, type) of every named class but the background.
+
+    ``codes``: ``{class id or name: (value, scheme, meaning)}`` sets a class's property type
+    (its category then is "Anatomical Structure"), or ``{...: {"type": (...), "category":
+    (...)}}`` both. Then ``DEFAULT_CODES`` by class name, then the generic "Tissue". A key that
+    names no class is refused, so a misspelt name does not go unnoticed.
+    """
+    by_name = {_key(n): int(c) for c, n in label_names.items()}
+    given: dict[int, tuple[Concept, Concept]] = {}
+    for key, spec in (codes or {}).items():
+        if isinstance(key, str) and _key(key) in by_name:
+            c = by_name[_key(key)]
+        elif isinstance(key, str) and key.strip().isdigit():  # a class id read from JSON
+            c = int(key)
+        elif not isinstance(key, bool) and isinstance(key, int | np.integer):
+            c = int(key)
+        else:
+            c = -1
+        if c not in label_names:
+            raise ExportError(
+                f"a code is given for {key!r}, which is no class; the classes are "
+                f"{dict(label_names)}"
+            )
+        what = f"the code of class {c} ({label_names[c]})"
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"type", "category"}
+            if unknown or "type" not in spec:
+                raise ExportError(f"{what}: give {{'type': (...), 'category': (...)}}")
+            category = _concept(spec.get("category", ANATOMICAL_STRUCTURE), what)
+            given[c] = (category, _concept(spec["type"], what))
+        else:
+            given[c] = (ANATOMICAL_STRUCTURE, _concept(spec, what))
+    return {
+        int(c): given.get(int(c)) or DEFAULT_CODES.get(_key(name), GENERIC)
+        for c, name in label_names.items()
+        if int(c) > 0
+    }
 
 
 def can_write_dicom_seg(scan_meta: dict[str, Any]) -> str | None:
@@ -43,15 +179,19 @@ def write_dicom_seg(
     label_names: dict[int, str],
     algorithm: dict[str, Any] | None = None,
     series_description: str = "napari-mtssl segmentation",
+    codes: Mapping[int | str, Any] | None = None,
 ) -> Path:
     """Write ``labels`` (``(z, y, x)`` in the scan's canonical grid) as a DICOM-SEG at ``path``.
 
     ``algorithm``: ``{"model": ..., "run": ..., "round": ...}`` for a model's prediction; None
-    for a mask drawn by a person (segments marked MANUAL).
+    for a mask drawn by a person (segments marked MANUAL). ``codes``: SNOMED CT (or other)
+    codes per class id or name, as ``segment_codes`` reads them; classes without one get
+    ``DEFAULT_CODES`` by name, else the generic "Tissue".
     """
     hd = require("highdicom", "Writing DICOM-SEG")
     import pydicom
-    from pydicom.sr.codedict import codes
+    from pydicom.sr.codedict import codes as dcm_codes
+    from pydicom.sr.coding import Code
 
     why = can_write_dicom_seg(scan_meta)
     if why:
@@ -83,6 +223,10 @@ def write_dicom_seg(
     unknown = [c for c in present if c not in label_names]
     if unknown:
         raise ExportError(f"{path}: the mask holds class(es) {unknown} that have no name")
+    try:
+        coded = segment_codes(label_names, codes)
+    except ExportError as exc:
+        raise ExportError(f"{path}: {exc}") from None
     algo_id = None
     if algorithm is not None:
         from napari_mtssl import __version__
@@ -91,27 +235,29 @@ def write_dicom_seg(
         algo_id = hd.AlgorithmIdentificationSequence(
             name="napari-mtssl",
             version=__version__,
-            family=codes.cid7162.ArtificialIntelligence,
+            family=dcm_codes.cid7162.ArtificialIntelligence,
             parameters=params or None,
         )
     descriptions = []
     remap = np.zeros(int(pixel.max()) + 1, np.uint16)
     for number, c in enumerate(present, start=1):
         remap[c] = number
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=str(label_names[c])[:64],
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
-                algorithm_type=(
-                    hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-                    if algo_id is not None
-                    else hd.seg.SegmentAlgorithmTypeValues.MANUAL
-                ),
-                algorithm_identification=algo_id,
-            )
+        category, kind = coded[c]
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=str(label_names[c])[:64],
+            segmented_property_category=Code(*category),
+            segmented_property_type=Code(*kind),
+            algorithm_type=(
+                hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+                if algo_id is not None
+                else hd.seg.SegmentAlgorithmTypeValues.MANUAL
+            ),
+            algorithm_identification=algo_id,
         )
+        # the class's colour on the canvas (set directly: older highdicom has no argument)
+        description.RecommendedDisplayCIELabValue = list(class_dicom_cielab(c))
+        descriptions.append(description)
     ref = sources[0]
     seg = hd.seg.Segmentation(
         source_images=sources,

@@ -219,8 +219,17 @@ def show_labels(
         layer.scale = scale
         layer.metadata.update(meta)
         return layer
+    from napari_mtssl.colours import labels_colour_dict
+
+    # class k has the same colour in every layer, the comparison grid, the report and a DICOM-SEG
     return viewer.add_labels(
-        data, name=name, scale=scale, metadata=meta, visible=visible, opacity=0.5
+        data,
+        name=name,
+        scale=scale,
+        metadata=meta,
+        visible=visible,
+        opacity=0.5,
+        colormap=labels_colour_dict(),
     )
 
 

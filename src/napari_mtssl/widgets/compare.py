@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from napari_mtssl.api import Comparison
 
 from napari_mtssl import ids
+from napari_mtssl.colours import PALETTE as _PALETTE
+from napari_mtssl.colours import palette_rgb255
 from napari_mtssl.widgets._jobs import run_in_thread
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
@@ -55,11 +57,8 @@ def model_order(names: list[str]) -> list[str]:
     return teachers + head + rest
 
 
-# Label colours of the grid (class 1, 2, ...), close to napari's default label colours.
-PALETTE = np.array(
-    [[0, 0, 0], [255, 80, 80], [80, 200, 255], [255, 220, 60], [120, 255, 120], [220, 120, 255]],
-    dtype=np.float32,
-)
+# Label colours of the grid (row c: class c) when no canvas layer gives them: the shared palette.
+PALETTE = palette_rgb255(len(_PALETTE) + 1).astype(np.float32)
 
 
 def overlay_rgb(
