@@ -8,9 +8,12 @@ import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
 import pytest
+import tifffile
 
 from napari_mtssl.io import ScanReadError, read_labels, read_scans
 from napari_mtssl.io.napari_io import (
+    MASK_GUESS_KEY,
+    PROBE_FILES,
     get_reader,
     reader,
     write_labels_nifti,
@@ -68,11 +71,112 @@ def test_reader_for_dicom_folder_and_extensionless_file(tmp_path, factories):
     assert get_reader(str(bare)) is not None
 
 
-def test_reader_for_png_folder(tmp_path):
+def test_reader_for_png_folder_says_why_it_opened_as_labels(tmp_path):
+    for i in range(4):
+        iio.imwrite(tmp_path / f"{i}.png", np.full((4, 4), 85 * i, np.uint8))
+    with pytest.warns(UserWarning, match="opened as a Labels layer because it holds only 4"):
+        [(data, kwargs, kind)] = get_reader(str(tmp_path))(str(tmp_path))
+    assert data.shape == (4, 4, 4) and kind == "labels"
+    assert "4 whole values (0, 85, 170, 255)" in kwargs["metadata"][MASK_GUESS_KEY]
+
+
+def test_a_mask_named_so_opens_as_labels_quietly(tmp_path, recwarn):
+    mask = np.zeros((4, 5, 3), np.uint8)
+    mask[1:3, 1:4, 1] = 2
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "c0_label.nii.gz")
+    [(_, kwargs, kind)] = reader(str(tmp_path / "c0_label.nii.gz"))
+    assert kind == "labels"
+    assert "name contains 'label'" in kwargs["metadata"][MASK_GUESS_KEY]
+    assert not [w for w in recwarn if "Labels layer" in str(w.message)]
+
+
+def _pictures_and_scans(tmp_path, factories):
+    """Files the plugin means (scans) and files it leaves to napari (pictures)."""
+    rng = np.random.default_rng(0)
+    scans, pictures = tmp_path / "scans", tmp_path / "pictures"
+    scans.mkdir()
+    pictures.mkdir()
+    factories.save_nifti(scans / "ct.nii.gz", rng.random((6, 5, 4), np.float32), np.eye(4))
+    factories.write_series(
+        scans / "series",
+        factories.coded_raw((3, 5, 6)),
+        row_dir=np.array([1.0, 0, 0]),
+        col_dir=np.array([0, 1.0, 0]),
+        origin=np.zeros(3),
+        slice_step=2.0,
+    )
+    (scans / "dataset" / "imagesTr").mkdir(parents=True)
+    factories.save_nifti(
+        scans / "dataset" / "imagesTr" / "c0.nii.gz", rng.random((6, 5, 4), np.float32), np.eye(4)
+    )
+    tifffile.imwrite(
+        scans / "stack.tif", rng.integers(0, 4000, (5, 8, 9), np.uint16), photometric="minisblack"
+    )
+    (scans / "slices").mkdir()
     for i in range(3):
-        iio.imwrite(tmp_path / f"{i}.png", np.full((4, 4), i, np.uint8))
-    layers = get_reader(str(tmp_path))(str(tmp_path))
-    assert layers[0][0].shape == (3, 4, 4)
+        iio.imwrite(scans / "slices" / f"s{i}.png", rng.integers(0, 255, (8, 9), np.uint8))
+    iio.imwrite(pictures / "photo.png", rng.integers(0, 255, (8, 9, 3), np.uint8))
+    iio.imwrite(pictures / "grey.png", rng.integers(0, 255, (8, 9), np.uint8))
+    tifffile.imwrite(pictures / "colour.tif", rng.integers(0, 255, (8, 9, 3), np.uint8))
+    tifffile.imwrite(pictures / "flat.tif", rng.integers(0, 255, (8, 9), np.uint8))
+    (pictures / "holiday").mkdir()
+    for i in range(3):
+        iio.imwrite(pictures / "holiday" / f"{i}.png", rng.integers(0, 255, (8, 9, 3), np.uint8))
+    return {
+        "scans": [scans / n for n in ("ct.nii.gz", "series", "dataset", "stack.tif", "slices")],
+        "pictures": [pictures / n for n in ("photo.png", "grey.png", "colour.tif", "flat.tif")]
+        + [pictures / "holiday"],
+        "dicom_file": next((scans / "series").iterdir()),
+    }
+
+
+def test_reader_claims_scans_and_leaves_pictures_to_napari(tmp_path, factories):
+    files = _pictures_and_scans(tmp_path, factories)
+    for path in [*files["scans"], files["dicom_file"]]:
+        assert callable(get_reader(str(path))), path
+    for path in files["pictures"]:
+        assert get_reader(str(path)) is None, path
+
+
+def test_napari_does_not_offer_the_plugin_for_pictures(tmp_path, factories):
+    """npe2 picks readers by file name pattern before any plugin code runs: an ordinary PNG
+    must not match ours, or napari asks the person which reader to use."""
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    files = _pictures_and_scans(tmp_path, factories)
+
+    def offered(path):
+        return "napari-mtssl" in {r.plugin_name for r in pm.iter_compatible_readers([str(path)])}
+
+    assert not offered(tmp_path / "pictures" / "photo.png")
+    assert not offered(tmp_path / "pictures" / "photo.JPG")
+    assert not offered(tmp_path / "notes.txt")
+    for path in files["scans"]:
+        assert offered(path), path
+    assert offered(tmp_path / "IM0001.DCM")
+    with pytest.raises(ValueError):
+        npe2.read(
+            [str(tmp_path / "pictures" / "photo.png")], stack=False, plugin_name="napari-mtssl"
+        )
+
+
+def test_folder_probe_opens_few_files(tmp_path, monkeypatch):
+    """Deciding whether a big folder is a DICOM series looks at a few files, not all of them."""
+    from napari_mtssl.io import dicom
+
+    for i in range(300):
+        (tmp_path / f"f{i:03d}").write_bytes(b"\x02" * 400)
+    looked: list[str] = []
+    real = dicom._read_header
+
+    def counting(path):
+        looked.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(dicom, "_read_header", counting)
+    assert get_reader(str(tmp_path)) is None
+    assert 0 < len(looked) <= PROBE_FILES
 
 
 def test_reader_for_dataset_folder_limits_cases(tmp_path):
@@ -150,8 +254,11 @@ def test_through_npe2_manifest(tmp_path):
     layers = npe2.read([str(tmp_path / "a.nii.gz")], stack=False, plugin_name="napari-mtssl")
     assert [(d.shape, k) for d, _, k in layers] == [((3, 5, 4), "image")]
     (tmp_path / "t.txt").write_text("x")
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(ValueError, match="not a compatible reader"):  # not even offered
         npe2.read([str(tmp_path / "t.txt")], stack=False, plugin_name="napari-mtssl")
+    tifffile.imwrite(tmp_path / "colour.tif", np.zeros((4, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="refused"):  # offered by name, declined by get_reader
+        npe2.read([str(tmp_path / "colour.tif")], stack=False, plugin_name="napari-mtssl")
     labels = np.zeros((3, 5, 4), np.uint8)
     attrs = {"name": "l", "scale": (1, 1, 1), "metadata": layers[0][1]["metadata"]}
     out = npe2.write(
