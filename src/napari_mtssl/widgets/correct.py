@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -15,6 +16,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMainWindow,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -67,6 +69,28 @@ STRATEGY_LABELS = {
 }
 
 
+# Keys of the correction loop, on the canvas (napari's key syntax), and what each does. N and A
+# are free in napari's default keymap (A only selects points, where a points layer is chosen);
+# P, E and F are napari's own brush, eraser and fill keys of a labels layer. Bound on the viewer,
+# they reach us only when the selected layer does not claim them: with the scan's image layer
+# selected they pick the corrections layer first, with that layer selected napari's own binding
+# does the same thing.
+SHORTCUTS: tuple[tuple[str, str, str], ...] = (
+    ("N", "next proposed slice", "next_proposal"),
+    ("Shift-N", "previous proposed slice", "previous_proposal"),
+    ("A", "accept the slice on screen", "accept_current_slice"),
+    ("P", "brush on the corrections layer", "paint"),
+    ("E", "eraser on the corrections layer", "erase"),
+    ("F", "fill on the corrections layer", "fill"),
+)
+TOOLS = {"paint": "paint", "erase": "erase", "fill": "fill"}  # shortcut -> labels layer mode
+
+
+def shortcut_help() -> str:
+    """One line per key, for the dock's help text and tooltips."""
+    return "\n".join(f"{key}: {what}" for key, what, _ in SHORTCUTS)
+
+
 def edit_layer_name(scan_id: str) -> str:
     return model_layer_name(scan_id, "edit")
 
@@ -117,7 +141,7 @@ class CorrectWidget(QWidget):
         self.accept_slice_button = QPushButton("Accept this slice")
         self.accept_slice_button.setToolTip(
             "save the slice on screen as corrected (saved at once, with you and this round); "
-            "it trains the next round"
+            "it trains the next round. Key: A"
         )
         self.accept_slice_button.clicked.connect(lambda: self.accept_current_slice())
         self.accept_all_button = QPushButton("Accept all edited slices")
@@ -136,6 +160,14 @@ class CorrectWidget(QWidget):
         grid.addWidget(self.accept_slice_button, 2, 0)
         grid.addWidget(self.accept_all_button, 2, 1)
         grid.addWidget(self.edit_status, 3, 0, 1, 2)
+        self.keys_help = QLabel(
+            "Keys on the canvas: N / Shift-N next / previous proposed slice, A accept the slice, "
+            "P brush, E eraser, F fill (on the corrections layer)"
+        )
+        self.keys_help.setWordWrap(True)
+        self.keys_help.setStyleSheet("color: #a0a4ab;")
+        self.keys_help.setToolTip(shortcut_help())
+        grid.addWidget(self.keys_help, 4, 0, 1, 2)
 
         retrain_box = QGroupBox("Retrain with the corrections")
         box = QVBoxLayout(retrain_box)
@@ -169,6 +201,12 @@ class CorrectWidget(QWidget):
         self.jobs.running_changed.connect(self._set_running)
         self._set_running(self.jobs.is_running)
         self.refresh()
+
+        # keys: bound now, unbound when the dock holding this widget is closed (see eventFilter)
+        self._keys: dict[str, Any] = {}  # key -> the function bound on the viewer
+        self._docked = False
+        self.bind_keys()
+        self._watch_ancestors()
 
     # -- which slices next ------------------------------------------------------------------------
     def _build_next_box(self) -> QGroupBox:
@@ -210,7 +248,9 @@ class CorrectWidget(QWidget):
         self.proposals.setMaximumHeight(120)
         self.proposals.setWordWrap(True)  # the reasons wrap instead of widening the dock
         self.proposals.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.proposals.setToolTip("why each slice was chosen; click to edit it")
+        self.proposals.setToolTip(
+            "why each slice was chosen; click to edit it (keys: N next, Shift-N previous)"
+        )
         self.proposals.itemClicked.connect(self._open_proposal)
         lay.addWidget(self.proposals)
         return box
@@ -283,6 +323,127 @@ class CorrectWidget(QWidget):
             self._note_shown(scan_id)
 
         return go
+
+    def next_proposal(self) -> Any:
+        """Show the next proposed slice (the first when none was chosen yet)."""
+        return self._step_proposal(+1)
+
+    def previous_proposal(self) -> Any:
+        return self._step_proposal(-1)
+
+    def _step_proposal(self, step: int) -> Any:
+        from napari.utils.notifications import show_info
+
+        rows = [
+            r
+            for r in range(self.proposals.count())
+            if self.proposals.item(r).data(Qt.ItemDataRole.UserRole)
+        ]
+        if not rows:
+            show_info("No proposed slices: press Propose first")
+            return None
+        current = self.proposals.currentRow()
+        if current not in rows:
+            row = rows[0]
+        else:
+            i = rows.index(current) + step
+            if not 0 <= i < len(rows):
+                show_info(
+                    "That was the last proposed slice" if step > 0 else "This is the first one"
+                )
+                return None
+            row = rows[i]
+        item = self.proposals.item(row)
+        self.proposals.setCurrentRow(row)
+        worker = self._open_proposal(item)
+        scan_id, _z = item.data(Qt.ItemDataRole.UserRole)
+        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        if layer is not None:  # painting goes to the corrections, not to what was selected
+            self.viewer.layers.selection.active = layer
+            self._note_shown(scan_id)
+        return worker
+
+    @report_errors("Could not choose the tool")
+    def use_tool(self, mode: str) -> Any:
+        """Select the corrections layer of the scan being edited and its ``mode`` (paint, erase,
+        fill), whichever layer was selected before."""
+        layer = self._edit_layer(self._editing_scan())
+        self.viewer.layers.selection.active = layer
+        layer.mode = mode
+        return layer
+
+    # -- keys ------------------------------------------------------------------------------------
+    def bind_keys(self) -> dict[str, Any]:
+        """Bind ``SHORTCUTS`` on the viewer; a key someone else bound there is left to them.
+        Returns key -> bound function."""
+        for key, _what, action in SHORTCUTS:
+            if key in self._keys:
+                continue
+            func = self._key_function(action)
+            try:
+                self.viewer.bind_key(key, func)
+            except ValueError:  # already used on this viewer (a script's own key): keep it
+                continue
+            self._keys[key] = func
+        return dict(self._keys)
+
+    def unbind_keys(self) -> None:
+        """Remove our keys from the viewer (only those still bound to us)."""
+        from napari.utils.key_bindings import coerce_keybinding
+
+        for key, func in list(self._keys.items()):
+            if self.viewer.keymap.get(coerce_keybinding(key)) is func:
+                self.viewer.bind_key(key, None)
+            del self._keys[key]
+
+    def _key_function(self, action: str) -> Any:
+        def on_key(_viewer: Any) -> None:
+            try:
+                if action in TOOLS:
+                    self.use_tool(TOOLS[action])
+                else:
+                    getattr(self, action)()
+            except RuntimeError:  # the dock's Qt widgets are gone: nothing to act on
+                self.unbind_keys()
+
+        on_key.__name__ = f"mtssl_{action}"  # what napari's keybinding list shows
+        on_key.__doc__ = {a: w for _k, w, a in SHORTCUTS}[action]
+        return on_key
+
+    def _watch_ancestors(self) -> None:
+        """Follow reparenting of this widget and of every widget around it: napari closes a
+        dock by taking its content out of the dock (``setParent(None)``) on the outermost
+        widget, which may be a tab page several levels up."""
+        w: QObject | None = self
+        while w is not None:
+            w.installEventFilter(self)  # installed once, however often this runs
+            w = w.parent()
+
+    def _in_a_dock(self) -> bool:
+        w: QObject | None = self.parent()
+        while w is not None:
+            if isinstance(w, QDockWidget | QMainWindow):
+                return True
+            w = w.parent()
+        return False
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        try:
+            if event.type() == QEvent.Type.ParentChange:
+                self._watch_ancestors()
+                if self._in_a_dock():
+                    self._docked = True
+                    self.bind_keys()  # back in a dock after a close: the keys again
+                elif self._docked:
+                    self._docked = False
+                    self.unbind_keys()
+        except RuntimeError:  # Qt is deleting these widgets (napari closing)
+            pass
+        return False
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        self.unbind_keys()
+        super().closeEvent(event)
 
     # -- editing ---------------------------------------------------------------------------------
     @report_errors("Could not predict with the student")
