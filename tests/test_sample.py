@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
@@ -54,11 +52,6 @@ def test_slices_vary_smoothly():
         areas = fg.reshape(len(fg), -1).sum(1)
         assert np.abs(np.diff(areas)).max() < 0.15 * areas.max()
 
-
-def test_fast():
-    start = time.perf_counter()
-    make_sample_study()
-    assert time.perf_counter() - start < 0.5
 
 
 def test_napari_sample_layers():

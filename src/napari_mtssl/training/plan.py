@@ -256,6 +256,9 @@ class Plan:
     lanes: int = 1  # units a budgeted run trains at once (priced that way by allocate)
     lanes_why: str = ""
     modes: str = ""  # stage 1's modes the planner chose for `stage1.modes = "auto"`
+    # the most CPU threads a unit may move to when cores free up (the plan's thread policy);
+    # 0: the threads stay as they are (the user set them, or a GPU does the work)
+    threads_max: int = 0
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(
@@ -549,6 +552,7 @@ def make_plan(
         plan.warnings = warnings + plan.warnings
         plan.fingerprint = fp.to_dict()
     plan.models = model_units(what, cfg)
+    plan.threads_max = _threads_max(dev, interactive) if not cfg.num_threads else 0
     if cfg.budget_s <= 0:
         plan.steps = _explicit_steps(cfg, what)
     elif allocate_steps:
@@ -645,6 +649,14 @@ def _thread_policy(dev: Any, interactive: bool) -> int:
         return max(1, min(4, cpus - 1))  # the GPU does the work; threads feed it
     want = max(1, cpus - 1) if interactive else cpus
     return int(max(1, min(want, round(cpus - _busy_cores() + 0.25))))
+
+
+def _threads_max(dev: Any, interactive: bool) -> int:
+    """The threads the policy would take on a free machine (0 on a GPU: they stay)."""
+    if dev.type != "cpu":
+        return 0
+    cpus = usable_cpus()
+    return max(1, cpus - 1) if interactive else cpus
 
 
 def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe) -> Plan:

@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_mtssl.events import Progress, Resumed
+from napari_mtssl.events import Note, Progress, Resumed
 
 from . import checkpoints, postprocess
 from .config import ExperimentConfig
 from .data import BatchStream, ScanData, StudyData, augment_with_soft
 from .inference import autocast, resolve_precision, sliding_window_probs
 from .metrics import summarise, volume_scores
+from .pace import Pace
 from .terms import SegForward, Term
 
 __all__ = ["UnitSpec", "train_unit", "evaluate", "score_predictions", "step_seed"]
@@ -162,7 +163,13 @@ class _Streams:
     term reads them, and each term's own streams."""
 
     def __init__(
-        self, spec: UnitSpec, study: StudyData, cfg: ExperimentConfig, start: int, pin: bool
+        self,
+        spec: UnitSpec,
+        study: StudyData,
+        cfg: ExperimentConfig,
+        start: int,
+        pin: bool,
+        end: int | None = None,
     ):
         dc, seed = cfg.data, cfg.seed
         self.unlabelled = any(t.reads_unlabelled for t in spec.terms)
@@ -194,7 +201,7 @@ class _Streams:
             return lambda step: make(step, np.random.default_rng(step_seed(seed, stream, step)))
 
         self.streams = {
-            k: BatchStream(seeded(n, make), start, spec.steps, dc.prefetch, pin)
+            k: BatchStream(seeded(n, make), start, end or spec.steps, dc.prefetch, pin)
             for k, (n, make) in makers.items()
         }
 
@@ -365,15 +372,17 @@ class _Average:
 
 
 def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, step: int,
-          average: torch.nn.Module | None = None):  # fmt: skip
+          average: torch.nn.Module | None = None, total: int | None = None):  # fmt: skip
     """One optimiser step over the terms; returns each term's loss and the total, and the
-    learning rate. Every random source is seeded from (seed, step)."""
+    learning rate. Every random source is seeded from (seed, step). ``total``: the unit's
+    step count now (its pace may have changed it), for the schedule."""
+    total = total or spec.steps
     torch.manual_seed((cfg.seed * 1_000_003 + step) % (2**63))
     gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729) % (2**63))
-    lr = _lr(cfg, step, spec.steps)
+    lr = _lr(cfg, step, total)
     for g in o.opt.param_groups:
         g["lr"] = lr
-    inputs = _Inputs(net, streams, cfg, gen, device, average, step / max(1, spec.steps))
+    inputs = _Inputs(net, streams, cfg, gen, device, average, step / max(1, total))
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=device)
     with autocast(device, o.precision):
@@ -410,13 +419,17 @@ def train_unit(
     stop: StopFn | None = None,
     pause_at: int | None = None,
     deadline: float | None = None,
+    grow: float = 1.0,
+    threads_max: int = 0,
 ) -> Generator[dict, None, dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
     ``pause_at``: stop at that step with a resumable checkpoint and the validation scores
     (successive halving: calling again with the same ``ckpt_dir`` goes on from there).
-    ``deadline`` (``time.monotonic()``): past it the unit ends where it is, as finished, so a
-    run on a machine that slowed down still ends within its budget.
+    ``deadline`` (``time.monotonic()``): the unit's step count is re-timed while it trains so
+    that it ends by then, final validation included (:class:`.pace.Pace`: fewer steps when the
+    machine slows down, up to ``grow`` x more when it speeds up; ``threads_max`` > 0 fits the
+    threads to the free cores); past it the unit ends where it is, as finished.
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -427,11 +440,19 @@ def train_unit(
         yield Resumed(spec.model or spec.name, start).to_dict()
     check = _Validation(spec, avg.model, study, cfg, device, o.precision)
     t0 = time.perf_counter()
-    streams = _Streams(spec, study, cfg, start, device.type == "cuda")
+    adaptive = pause_at is None and device.type == "cpu"
+    pace = Pace(
+        spec.steps,
+        deadline if pause_at is None else None,
+        grow=grow if adaptive else 1.0,
+        threads_max=threads_max if adaptive else 0,
+    )
+    streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
     ema: dict[str, float] = {}
     final, step, ended_early = None, start, False
+    pace.start(step)
     try:
-        while step < spec.steps:
+        while step < pace.total:
             elapsed = elapsed0 + time.perf_counter() - t0
             if stop is not None and stop():
                 ckpt.save(step, elapsed, val)
@@ -448,15 +469,21 @@ def train_unit(
                 break
             if step > start and ckpt.due():
                 ckpt.save(step, elapsed, val)
-            vals, lr = _step(spec, net, streams, o, cfg, device, step, avg.copy)
+            vals, lr = _step(spec, net, streams, o, cfg, device, step, avg.copy, pace.total)
             avg.update()
             step += 1
             for k, v in vals.items():
                 ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
-            if check.due(step, spec.steps):  # the last one (with HD95) is the model's report
-                got = check.scores(hd95=step == spec.steps)
-                val, final = got["mean_dice"], got if step == spec.steps else final
-            yield _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s)
+            note = pace.tick(step)
+            if note:
+                yield Note(f"{spec.model or spec.name}: {note}").to_dict()
+            if check.due(step, pace.total):  # the last one (with HD95) is the model's report
+                tv = time.perf_counter()
+                got = check.scores(hd95=step == pace.total)
+                pace.validated(time.perf_counter() - tv)
+                val, final = got["mean_dice"], got if step == pace.total else final
+            yield _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s,
+                            pace.total)  # fmt: skip
         if ended_early and check.on:
             final = check.scores(hd95=True)
             val = final["mean_dice"]
@@ -471,19 +498,20 @@ def train_unit(
     return result
 
 
-def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s) -> dict:
+def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s, total=None) -> dict:
     took = time.perf_counter() - t0
+    total = total or spec.steps
     return Progress(
         model=spec.model or spec.name,
         step=step,
-        total=spec.steps,
+        total=total,
         stage=spec.stage,
         task=spec.task_label,
         mode=spec.mode,
         losses={k: round(v, 5) for k, v in ema.items()},
         lr=lr,
         val_dice=val,
-        eta_s=took / max(1, step - start) * (spec.steps - step),
+        eta_s=took / max(1, step - start) * (total - step),
         elapsed_s=elapsed0 + took,
         data_wait_s=wait_s,
     ).to_dict()

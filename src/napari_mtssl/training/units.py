@@ -59,6 +59,11 @@ class Unit:
     teachers: list[list[str]] = field(default_factory=list)
     init: list[str] | None = None
     stage: str = "stage2"  # the student's: stage2 | retrain
+    # the last unit of a budgeted run, alone on the machine: up to `grow` x its steps when the
+    # machine runs faster than planned, threads fitted to the free cores up to `threads_max`
+    # (training/pace.py)
+    grow: float = 1.0
+    threads_max: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,10 +103,11 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, 
     cfg = _unit_cfg(ctx.cfg, unit.steps)
     ckpt = ctx.run.checkpoint_dir
     args = (ctx.study, cfg, ctx.device, ckpt, stop)
+    pace = {"grow": unit.grow, "threads_max": unit.threads_max}
     if unit.kind == "baseline":
-        return stages.baseline(*args, deadline=deadline)
+        return stages.baseline(*args, deadline=deadline, **pace)
     if unit.kind == "all_joint":
-        return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline)
+        return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline, **pace)
     if unit.kind == "mode" and unit.mode == "joint":
         return stages.joint(unit.task, *args, pause_at=unit.pause_at, deadline=deadline)
     if unit.kind == "mode" and unit.mode == "pretrain":
@@ -114,11 +120,11 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, 
             deadline=deadline,
         )
     if unit.kind == "student":
-        return _student(ctx, unit, cfg, stop, deadline)
+        return _student(ctx, unit, cfg, stop, deadline, pace)
     raise ValueError(f"unit {unit.id}: unknown kind {unit.kind!r}")
 
 
-def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline):
+def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline, pace=None):
     """The student: its ensemble's predictions attached to the data (stored once, reused while
     the members do not change), the ensemble's own validation scores (a new student only), then
     stage 2. The result carries ``ensemble``: members and scores."""
@@ -173,6 +179,7 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
         steps=unit.steps,
         stage=unit.stage,
         deadline=deadline,
+        **(pace or {}),
     )
     if init is not None and unit.stage == "stage2" and not res.get("stopped"):
         res = _keep_the_better(ctx, unit, init, res)

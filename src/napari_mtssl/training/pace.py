@@ -1,0 +1,198 @@
+"""A unit's pace while it trains: its step count re-timed against its deadline, its threads
+fitted to the cores other programs leave free.
+
+The plan times a step once, when the run starts. Users start and stop other work beside a run
+all the time: a run planned on a free machine crawls when a second job starts beside it (its
+threads then fight the other job's for the same cores), and a run planned beside a job that then
+ends keeps the few steps it planned. So, every ``every_s`` seconds, :class:`Pace`
+
+* measures the seconds per step over the last window (validation time left out) and sets the
+  unit's step count so that its last step and its final validation end by the deadline: fewer
+  steps when the machine got slower, more (up to ``grow`` x the planned count) when it got
+  faster. The learning-rate schedule follows the new count, so a shortened unit still anneals
+  instead of stopping at a high learning rate;
+* with ``threads_max`` > 0 (the plan chose the threads, the user did not), counts the cores
+  other programs keep busy (``/proc/stat`` less this process's own time; niced work does not
+  count) and moves torch's threads to the free cores, up to ``threads_max``, after two windows
+  in a row agree.
+
+Only the unit that runs alone at the end of a budgeted run (the baseline of a baseline run,
+the student) gets ``grow`` and ``threads_max``; the earlier units are re-budgeted between units
+by the pipeline and only shrink here when they would pass the run's deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+__all__ = ["CoreWatch", "Pace"]
+
+
+class CoreWatch:
+    """Cores kept busy by other processes between two calls of :meth:`others` (Linux only)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        self._last = self._snap()
+
+    def _snap(self) -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [float(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own = float(fields[11]) + float(fields[12])  # utime + stime of every thread
+        except (OSError, ValueError, IndexError):
+            return None
+        # user, nice, system, idle, iowait, irq, softirq, steal: niced work yields the CPU to
+        # a normal-priority job, so it is not counted as busy
+        busy = sum(v) - v[3] - (v[4] if len(v) > 4 else 0.0) - v[1]
+        if _niceness() > 0:
+            own = 0.0  # this process's own time is in the nice column, already left out
+        return busy, own, self._clock()
+
+    def others(self) -> float | None:
+        """Cores the other processes kept busy since the last call (None where unknown)."""
+        now = self._snap()
+        last, self._last = self._last, now
+        if now is None or last is None or now[2] <= last[2]:
+            return None
+        jiffies = (now[2] - last[2]) * self._tick
+        return max(0.0, ((now[0] - last[0]) - (now[1] - last[1])) / jiffies)
+
+
+def _niceness() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return 0
+
+
+def _cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+class Pace:
+    """The step count (``total``) of one unit, kept so that it ends by ``deadline``.
+
+    ``planned``: the steps the plan gave; ``deadline``: ``time.monotonic()`` by which the unit's
+    last step and final validation are done (None: no budget, the count stays); ``grow``: the
+    most the count may rise to, as a multiple of ``planned`` (1: never more than planned);
+    ``threads_max``: 0 leaves torch's threads alone. ``clock``, ``watch`` and ``set_threads``
+    are replaceable for tests.
+    """
+
+    def __init__(
+        self,
+        planned: int,
+        deadline: float | None,
+        *,
+        grow: float = 1.0,
+        threads_max: int = 0,
+        every_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+        watch: CoreWatch | None = None,
+        set_threads: Callable[[int], None] | None = None,
+        get_threads: Callable[[], int] | None = None,
+        cpus: int | None = None,
+    ):
+        self.planned = int(planned)
+        self.total = int(planned)
+        self.deadline = deadline
+        self.grow = max(1.0, float(grow))
+        self.cap = max(self.planned, int(self.planned * self.grow))
+        self.threads_max = int(threads_max)
+        self.every_s = float(every_s)
+        self._clock = clock
+        self._watch = watch if watch is not None or not self.threads_max else CoreWatch(clock)
+        self._cpus = cpus or _cpus()
+        if set_threads is None or get_threads is None:
+            import torch
+
+            set_threads, get_threads = torch.set_num_threads, torch.get_num_threads
+        self._set_threads, self._get_threads = set_threads, get_threads
+        self._want: int | None = None
+        self._val_s: float | None = None
+        self._window: tuple[float, int] | None = None  # (start time, step) of this window
+        self._paused = 0.0  # validation seconds inside the window
+
+    @property
+    def on(self) -> bool:
+        return self.deadline is not None or self.threads_max > 0
+
+    def start(self, step: int) -> None:
+        self._window = (self._clock(), step)
+        self._paused = 0.0
+
+    def validated(self, seconds: float) -> None:
+        """A validation pass took ``seconds``: left out of the step time, and the final one
+        is reserved before the deadline."""
+        self._val_s = float(seconds)
+        self._paused += float(seconds)
+
+    def reserve_s(self, now: float) -> float:
+        """Seconds kept before the deadline for the final validation (with HD95, a little
+        longer than a halfway one); before any was timed, a twenty-fifth of the time left."""
+        if self._val_s is not None:
+            return 1.3 * self._val_s + 2.0
+        return max(2.0, (self.deadline - now) / 25) if self.deadline is not None else 0.0
+
+    def tick(self, step: int) -> str | None:
+        """After ``step`` steps: at most every ``every_s`` seconds, re-time and re-count (and
+        move the threads); returns a line for the user when something changed."""
+        if not self.on or self._window is None:
+            return None
+        now = self._clock()
+        t0, s0 = self._window
+        if now - t0 < self.every_s or step - s0 < 3:
+            return None
+        per_step = max(1e-6, (now - t0 - self._paused) / (step - s0))
+        self.start(step)
+        notes = []
+        if self.threads_max > 0:
+            note = self._fit_threads()
+            if note:
+                notes.append(note)
+                return "; ".join(notes)  # a new pace: time the next window first
+        if self.deadline is not None:
+            note = self._recount(step, now, per_step)
+            if note:
+                notes.append(note)
+        return "; ".join(notes) or None
+
+    def _recount(self, step: int, now: float, per_step: float) -> str | None:
+        left = self.deadline - now - self.reserve_s(now)
+        fits = step + max(0, int(left / per_step))
+        want = min(self.cap, max(step, fits))  # cap: the planned count unless it may grow
+        if abs(want - self.total) < max(2, 0.02 * self.total):
+            return None
+        before, self.total = self.total, want
+        way = "slower" if want < before else "faster"
+        return (
+            f"the machine runs {way} than planned ({per_step:.2f} s a step): {want} steps "
+            f"instead of {before}, to end within the budget"
+        )
+
+    def _fit_threads(self) -> str | None:
+        others = self._watch.others() if self._watch is not None else None
+        if others is None:
+            return None
+        want = int(max(1, min(self.threads_max, round(self._cpus - others + 0.25))))
+        have = int(self._get_threads())
+        if want == have:
+            self._want = None
+            return None
+        if self._want != want:  # the next window must agree before the threads move
+            self._want = want
+            return None
+        self._want = None
+        self._set_threads(want)
+        return (
+            f"other programs keep {others:.1f} of {self._cpus} cores busy: {want} thread"
+            f"{'s' if want != 1 else ''} from now (was {have})"
+        )

@@ -1,0 +1,139 @@
+"""A unit's pace (training/pace.py): its step count re-timed against its deadline, its threads
+fitted to the free cores. A fake clock and a fake core count: nothing here depends on how fast
+this machine is."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_mtssl.training.pace import CoreWatch, Pace
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Watch:
+    """Other programs' busy cores, as a test sets them."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+
+    def others(self) -> float:
+        return self.busy
+
+
+def run(pace: Pace, clock: Clock, seconds_per_step, until: int | None = None) -> list[str]:
+    """Steps the way train_unit does; ``seconds_per_step(step)`` is the machine's pace."""
+    notes, step = [], 0
+    pace.start(step)
+    while step < pace.total and (until is None or step < until):
+        clock.t += seconds_per_step(step)
+        step += 1
+        note = pace.tick(step)
+        if note:
+            notes.append(note)
+    return notes
+
+
+def fixed_threads() -> dict:
+    state = {"n": 2}
+    return {
+        "set_threads": lambda n: state.update(n=n),
+        "get_threads": lambda: state["n"],
+        "state": state,
+    }
+
+
+def test_a_machine_that_slows_down_gets_fewer_steps_and_ends_by_the_deadline():
+    clock = Clock()
+    # planned: 1000 steps at 0.5 s in a 520 s window; from step 100 on, each step takes 1.5 s
+    pace = Pace(1000, clock() + 520, clock=clock, set_threads=lambda n: None, get_threads=lambda: 1)
+    notes = run(pace, clock, lambda s: 0.5 if s < 100 else 1.5)
+    assert pace.total < 1000 and any("slower" in n for n in notes)
+    assert clock.t <= 1000 + 520  # the last step ends before the deadline
+    # and it did not give up early: the time left at the end is at most the reserve and a window
+    assert clock.t >= 1000 + 520 - pace.reserve_s(clock.t) - 2 * pace.every_s
+
+
+def test_a_machine_that_frees_up_gets_more_steps_up_to_grow():
+    clock = Clock()
+    # planned on a busy machine: 300 steps at 2 s in 620 s; it then runs at 0.5 s a step
+    pace = Pace(300, clock() + 620, grow=2.0, clock=clock, set_threads=lambda n: None,
+                get_threads=lambda: 1)  # fmt: skip
+    notes = run(pace, clock, lambda s: 0.5)
+    assert pace.total == 600  # 2 x planned, the cap, though the time would allow more
+    assert any("faster" in n for n in notes)
+    assert clock.t <= 1000 + 620
+
+
+def test_without_grow_a_faster_machine_keeps_the_planned_steps():
+    clock = Clock()
+    pace = Pace(300, clock() + 620, clock=clock, set_threads=lambda n: None, get_threads=lambda: 1)
+    assert run(pace, clock, lambda s: 0.5) == []
+    assert pace.total == 300
+
+
+def test_no_deadline_and_no_threads_change_nothing():
+    clock = Clock()
+    pace = Pace(50, None, clock=clock, set_threads=lambda n: None, get_threads=lambda: 1)
+    assert not pace.on
+    assert run(pace, clock, lambda s: 10.0) == [] and pace.total == 50
+
+
+def test_validation_time_is_reserved_before_the_deadline_and_not_counted_as_steps():
+    clock = Clock()
+    pace = Pace(1000, clock() + 600, clock=clock, set_threads=lambda n: None, get_threads=lambda: 1)
+    pace.start(0)
+    step = 0
+    while step < pace.total:
+        clock.t += 0.5
+        step += 1
+        if step == 400:  # a 40 s validation halfway
+            clock.t += 40.0
+            pace.validated(40.0)
+        pace.tick(step)
+    final = 1.3 * 40.0  # what the final validation (with HD95) is given
+    assert clock.t + final <= 1000 + 600 + 1.0
+    assert pace.reserve_s(clock.t) == pytest.approx(final + 2.0)
+
+
+def test_threads_move_to_the_free_cores_after_two_windows_agree():
+    clock, watch, th = Clock(), Watch(), fixed_threads()
+    pace = Pace(10_000, None, threads_max=2, clock=clock, watch=watch, cpus=2,
+                set_threads=th["set_threads"], get_threads=th["get_threads"])  # fmt: skip
+    notes = run(pace, clock, lambda s: 0.5, until=100)
+    assert notes == [] and th["state"]["n"] == 2  # a free machine: both cores
+    watch.busy = 1.0  # another job starts beside it
+    notes = run(pace, clock, lambda s: 0.5, until=100)
+    assert th["state"]["n"] == 1 and any("1 thread from now" in n for n in notes)
+    watch.busy = 0.0  # it ends
+    notes = run(pace, clock, lambda s: 0.5, until=100)
+    assert th["state"]["n"] == 2 and any("2 threads from now" in n for n in notes)
+
+
+def test_a_single_busy_window_does_not_move_the_threads():
+    clock, watch, th = Clock(), Watch(), fixed_threads()
+    pace = Pace(10_000, None, threads_max=2, clock=clock, watch=watch, cpus=2,
+                set_threads=th["set_threads"], get_threads=th["get_threads"])  # fmt: skip
+    pace.start(0)
+    clock.t += 20
+    watch.busy = 1.0
+    assert pace.tick(40) is None  # one window says busy
+    clock.t += 20
+    watch.busy = 0.0
+    assert pace.tick(80) is None  # the next does not: nothing moves
+    assert th["state"]["n"] == 2
+
+
+def test_the_core_watch_reads_this_machine():
+    watch = CoreWatch()
+    sum(i * i for i in range(200_000))  # some of this process's own time, not counted
+    got = watch.others()
+    if got is None:
+        pytest.skip("no /proc/stat on this system: the threads are then left as planned")
+    assert 0.0 <= got
