@@ -1,24 +1,63 @@
-"""``napari-mtssl train | predict | evaluate | simulate | demo``: the engine from a shell, over :mod:`api`.
+"""``napari-mtssl init | train | resume | predict | export | import | evaluate | simulate | demo``:
+the engine from a shell, over :mod:`api`.
 
-Errors users can cause (bad arguments, unreadable files, no labels) end with one line on stderr
-and exit status 2, never a traceback.
+No command ends in a traceback. Errors users can cause (bad arguments, unreadable files, no
+labels) end with one line on stderr and exit status 2; an unexpected error ends with one line
+that names a log file holding the traceback, and exit status 1 (``--debug`` shows the traceback
+instead). :data:`EXIT_STATUS` lists every status; ``docs/cli.md`` is :func:`reference_markdown`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from napari_mtssl import api, events
 
-__all__ = ["main", "build_parser", "write_report"]
+__all__ = [
+    "EXIT_STATUS",
+    "build_parser",
+    "main",
+    "reference_markdown",
+    "write_report",
+]
 
 
 class CliError(Exception):
     """A problem to print as one line (exit status 2)."""
+
+
+# The exit statuses of every command: the parser's epilog and docs/cli.md list them from here.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INPUT = 2  # argparse's own status for bad arguments, so one status means "fix the input"
+EXIT_STOPPED = 130  # what shells report for Ctrl-C (128 + SIGINT)
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (
+        EXIT_ERROR,
+        "unexpected error: one line on stderr names the log file that holds the traceback "
+        "(--debug shows the traceback instead)",
+    ),
+    (
+        EXIT_INPUT,
+        "the command could not do what was asked, for a reason it states in one line: bad "
+        "arguments, a missing or unreadable file, an output that exists (without --force), no "
+        "labels, a full disk, models that failed to train, scans of a folder that could not be "
+        "segmented",
+    ),
+    (
+        EXIT_STOPPED,
+        "stopped before the end (Ctrl-C or a stop request); what was done is kept: "
+        "`napari-mtssl resume WORKSPACE` goes on with a training run, the same `simulate` "
+        "command with a simulation",
+    ),
+)
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -307,6 +346,9 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    from napari_mtssl.colours import palette_rgb
 
     models = _overlay_models(report)
     val = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)]
@@ -317,6 +359,8 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     nc = max(2, int(ws.num_classes))
+    # row c: the colour of class c, as in the napari layers and DICOM-SEG
+    class_cmap = ListedColormap(palette_rgb(nc))
     for sid in val[:n]:
         scan = ws.load_scan(sid)
         truth = ws.labels(sid)
@@ -336,7 +380,9 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
         for ax, (title, mask) in zip(axes.flat, panels):
             ax.imshow(img, cmap="gray")
             m = np.ma.masked_equal(mask[z][ys, xs], 0)
-            ax.imshow(m, cmap="tab10", vmin=0, vmax=max(9, nc), alpha=0.45, interpolation="nearest")
+            ax.imshow(
+                m, cmap=class_cmap, vmin=-0.5, vmax=nc - 0.5, alpha=0.45, interpolation="nearest"
+            )
             if mask is not truth:
                 shown = models[title]
                 title = f"{shown}\nslice Dice {_slice_dice(truth[z], mask[z], nc):.2f}"
@@ -366,6 +412,30 @@ def _read_as_folder(path: Path) -> Path | None:
     return None
 
 
+def _check_placement(
+    p: Path, label: str, inputs: tuple[str | Path, ...] = (), workspace: Any = None
+) -> None:
+    """``p`` is never an input, never inside an input folder, never inside the workspace."""
+    rp = p.resolve()
+    for i in inputs:
+        ri = Path(i).expanduser().resolve()
+        if rp == ri:
+            raise CliError(f"{label}: is an input of this command; choose another --out")
+        folder = ri if ri.is_dir() else _read_as_folder(ri)
+        if folder is not None and rp.is_relative_to(folder):
+            raise CliError(
+                f"{label}: is inside the input folder {folder}; outputs never go into an input "
+                "folder, choose another --out"
+            )
+    if workspace is not None:
+        root = Path(workspace.root).resolve()
+        if rp == root or rp.is_relative_to(root):
+            raise CliError(
+                f"{label}: is inside the workspace {root}, whose files it manages itself; "
+                "choose a path outside it"
+            )
+
+
 def output_path(
     out: str,
     *,
@@ -376,27 +446,22 @@ def output_path(
     """``out`` checked before anything is computed: never an input, never inside an input
     folder or the workspace, never an existing file unless ``force``."""
     p = Path(out).expanduser()
-    rp = p.resolve()
-    for i in inputs:
-        ri = Path(i).expanduser().resolve()
-        if rp == ri:
-            raise CliError(f"{out}: is an input of this command; choose another --out")
-        folder = ri if ri.is_dir() else _read_as_folder(ri)
-        if folder is not None and rp.is_relative_to(folder):
-            raise CliError(
-                f"{out}: is inside the input folder {folder}; outputs never go into an input folder, "
-                "choose another --out"
-            )
-    if workspace is not None:
-        root = Path(workspace.root).resolve()
-        if rp == root or rp.is_relative_to(root):
-            raise CliError(
-                f"{out}: is inside the workspace {root}, whose files it manages itself; "
-                "choose a path outside it"
-            )
+    _check_placement(p, out, inputs, workspace)
     from napari_mtssl.export import check_output  # no optional dependency is imported
 
     return check_output(p, force=force)
+
+
+def _open_workspace(folder: str):
+    """The workspace in ``folder``, or a one-line error that says how to make one."""
+    p = Path(folder).expanduser()
+    if not (p / "workspace.json").is_file():
+        what = "no such folder" if not p.exists() else "not a napari-mtssl workspace"
+        raise CliError(
+            f"{folder}: {what}; create an empty workspace with `napari-mtssl init {folder}`, "
+            f"or one from a dataset with `napari-mtssl train DATA --out {folder}`"
+        )
+    return api.open_workspace(p)
 
 
 def _open_or_create(data: str, out: str | None, labelled: int | None):
@@ -445,6 +510,36 @@ def _config(args: argparse.Namespace):
     return cfg
 
 
+def _stopped(command: str, workspace: Path | str) -> int:
+    print(
+        f"napari-mtssl {command}: stopped before the end; what was trained is kept, "
+        f"`napari-mtssl resume {workspace}` goes on",
+        file=sys.stderr,
+    )
+    return EXIT_STOPPED
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """An empty workspace: scans come in through napari (the Study dock) or the Python API,
+    trained models through ``napari-mtssl import``."""
+    from napari_mtssl.workspace import Workspace
+
+    names = {0: "background"}
+    if args.classes is None:
+        names[1] = "foreground"
+    else:
+        given = [c.strip() for c in args.classes.split(",")]
+        if not all(given):
+            raise CliError("--classes: a class name is empty; write them like 'liver,tumour'")
+        if len(set(given)) != len(given):
+            raise CliError(f"--classes: a class is named twice ({args.classes})")
+        names.update(enumerate(given, start=1))
+    ws = Workspace.create(Path(args.folder).expanduser(), label_names=names)
+    classes = ", ".join(f"{k} {v}" for k, v in names.items() if k)
+    print(f"created the workspace {ws.root} (classes: {classes})")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.labelled is not None and args.labelled < 1:
         raise CliError("--labelled must be at least 1 (training needs labelled scans)")
@@ -454,21 +549,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = api.run(api.train(ws, cfg, what=args.what), progress)
     progress._newline()
     if report.get("stopped"):
-        raise CliError("training stopped before the end")
+        return _stopped("train", out)
     write_report(ws, report, out)
     print(report_table(report))
     print(f"\nreport: {out / 'report.md'}  ({report.get('seconds', 0):.0f} s)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Go on with a stopped, interrupted (killed) or failed run: its own plan and config, what
     is left of its budget; finished models are kept, the unit in progress continues from its
-    last checkpoint."""
+    last checkpoint. ``--device`` and ``--threads`` replace the run's own."""
     from napari_mtssl.training.config import ExperimentConfig
     from napari_mtssl.workspace.runs import RESUMABLE
 
-    ws = api.open_workspace(args.workspace)
+    ws = _open_workspace(args.workspace)
     runs = ws.runs()
     if args.run:
         run = ws.run(args.run)
@@ -477,42 +572,59 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if not open_runs:
             raise CliError(f"{args.workspace}: no stopped or interrupted run to resume")
         run = open_runs[-1]
-    cfg = ExperimentConfig.from_dict(run.config)
-    print(f"resuming run {run.id} ({run.kind}, {run.status})", file=sys.stderr)
+    saved = run.config
+    over: dict[str, Any] = {}
+    if args.device is not None:
+        over["device"] = args.device
+    if args.threads is not None:
+        over["num_threads"] = args.threads
+    cfg = ExperimentConfig.from_dict({**saved, **over})
+    if run.status in RESUMABLE:  # else training says why the run cannot go on
+        if any(saved.get(k) != v for k, v in over.items()):
+            # The run reads its settings from its config.json when it goes on, and so do the
+            # processes its models train in: the new device and threads are written there,
+            # which also records what the rest of the run trained with.
+            from napari_mtssl._atomic import atomic_write_json
+
+            atomic_write_json(run.path / "config.json", {**saved, **over})
+        threads = f", {cfg.num_threads} threads" if cfg.num_threads else ""
+        print(
+            f"resuming run {run.id} ({run.kind}, {run.status}) on {cfg.device}{threads}",
+            file=sys.stderr,
+        )
     progress = Progress(quiet=args.quiet)
     report = api.run(api.train(ws, cfg, what=run.kind, resume=run.id), progress)
     progress._newline()
     if report.get("stopped"):
-        raise CliError("training stopped before the end")
+        return _stopped("resume", args.workspace)
     write_report(ws, report, Path(args.workspace))
     print(report_table(report))
     print(f"\nreport: {Path(args.workspace) / 'report.md'}  ({report.get('seconds', 0):.0f} s)")
-    return 0
+    return EXIT_OK
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_mtssl.io import read_scans, write_labels
+_MASK_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff", ".dcm")
+_FORMAT_SUFFIX = {"nifti": ".nii.gz", "tiff": ".tif", "dicom-seg": ".dcm"}
 
-    ws = api.open_workspace(args.workspace)
-    if args.scan in ws.scan_ids():
-        source = ws.record(args.scan).path
-        out = output_path(args.out, force=args.force, inputs=(source,), workspace=ws)
-        scan = ws.load_scan(args.scan)
-    else:
-        if not Path(args.scan).exists():
-            raise CliError(f"{args.scan}: no such file, folder or scan id in the workspace")
-        out = output_path(args.out, force=args.force, inputs=(args.scan,), workspace=ws)
-        scans = read_scans(args.scan)
-        if len(scans) != 1:
-            raise CliError(f"{args.scan}: holds {len(scans)} images; give one")
-        scan = scans[0]
-    as_seg = args.format == "dicom-seg" or (args.format is None and out.suffix.lower() == ".dcm")
-    nifti = args.format == "nifti" or (
-        args.format is None and out.name.lower().endswith((".nii", ".nii.gz"))
-    )
+
+def _segment(
+    args: argparse.Namespace,
+    ws: Any,
+    scan: Any,
+    out: Path,
+    *,
+    as_seg: bool,
+    nifti: bool,
+    name: str,
+) -> Any:
+    """Predict ``scan`` and write its mask to ``out`` on the scan's own grid (NIfTI and TIFF
+    through ``write_labels``, DICOM-SEG referencing the series); ``name`` is the input as the
+    messages call it."""
+    from napari_mtssl.io import write_labels
+
     if scan.meta.get("geometry_unknown") and (as_seg or nifti) and not args.accept_unknown_geometry:
         raise CliError(
-            f"{args.scan}: its images record no position or orientation, so where a mask lies "
+            f"{name}: its images record no position or orientation, so where a mask lies "
             "in the patient is unknown and a NIfTI or DICOM-SEG mask would carry a made-up "
             "geometry; write a .tif (no geometry), or add --accept-unknown-geometry to write it "
             "on a grid at the origin"
@@ -522,7 +634,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         why = can_write_dicom_seg(scan.meta)
         if why:
-            raise CliError(f"{args.out}: {why}")
+            raise CliError(f"{out}: {why}")
     pred = api.predict(ws, scan, model=args.model, device=args.device)
     if as_seg:
         from napari_mtssl.export.dicomseg import write_dicom_seg
@@ -536,24 +648,326 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         write_labels(pred.labels, out, like=scan)
+    return pred
+
+
+def _wants_folder(out: str) -> bool:
+    """``--out`` names a folder of masks: an existing folder, a path ending in a separator, or
+    a name without a suffix (a mask file always has one)."""
+    p = Path(out).expanduser()
+    return p.is_dir() or out.endswith(("/", os.sep)) or p.suffix == ""
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_mtssl.io import read_scans
+
+    ws = _open_workspace(args.workspace)
+    if args.input in ws.scan_ids():
+        source = ws.record(args.input).path
+        out = output_path(args.out, force=args.force, inputs=(source,), workspace=ws)
+        scan = ws.load_scan(args.input)
+    else:
+        if not Path(args.input).exists():
+            raise CliError(f"{args.input}: no such file, folder or scan id in the workspace")
+        if _wants_folder(args.out):
+            return _predict_folder(args, ws, Path(args.input).expanduser())
+        out = output_path(args.out, force=args.force, inputs=(args.input,), workspace=ws)
+        scans = read_scans(args.input)
+        if len(scans) != 1:
+            raise CliError(
+                f"{args.input}: holds {len(scans)} scans; give a folder as --out to write one "
+                "mask per scan, or give one scan"
+            )
+        scan = scans[0]
+    as_seg = args.format == "dicom-seg" or (args.format is None and out.suffix.lower() == ".dcm")
+    nifti = args.format == "nifti" or (
+        args.format is None and out.name.lower().endswith((".nii", ".nii.gz"))
+    )
+    pred = _segment(args, ws, scan, out, as_seg=as_seg, nifti=nifti, name=args.input)
     counts = {int(c): int((pred.labels == c).sum()) for c in range(1, int(ws.num_classes))}
     print(f"wrote {args.out} ({args.model}; voxels per class {counts})")
-    return 0
+    return EXIT_OK
+
+
+# -- predict over a folder -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What one read of a folder's content takes: a file, the numbered 2D images of a folder
+    (one stack) or the DICOM files of a folder (one scan per series). ``name``: its masks'
+    path under ``--out``, without suffix."""
+
+    path: Path
+    kind: str  # "file" | "images" | "dicom"
+    name: Path
+    files: tuple[Path, ...] = ()
+    headers: tuple = ()
+
+
+def _natural(p: Path) -> list:
+    from napari_mtssl.io._common import natural_key
+
+    return natural_key(p.name)
+
+
+def _has_dicom_preamble(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _tiff_pages(p: Path) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            return len(tif.pages)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+        return 1
+
+
+def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], list[Path]]:
+    """Every scan under ``root`` (a folder, searched recursively, or one file), as the project's
+    readers take them: each NIfTI file and multi-page TIFF; the 2D images of a folder as one
+    stack (one image: a one-slice scan); the DICOM files of a folder, one scan per series.
+
+    Returns (sources, unreadable (path, why), ignored files that are not images). A dataset's
+    label folders are left out: they hold masks, not scans."""
+    from napari_mtssl.io._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, stem_of
+    from napari_mtssl.io._common import suffix_of as sfx
+    from napari_mtssl.io.dicom import dicom_headers
+
+    if root.is_file():
+        return [_Source(root, "file", Path(stem_of(root)), (root,))], [], []
+    sources: list[_Source] = []
+    bad: list[tuple[Path, str]] = []
+    ignored: list[Path] = []
+    for here, dirs, names in os.walk(root):
+        d = Path(here)
+        dirs[:] = sorted(
+            (
+                x
+                for x in dirs
+                if not x.startswith(".")
+                and not (x in ("labelsTr", "labelsTs") and (d / "dataset.json").is_file())
+            ),
+            key=lambda x: _natural(Path(x)),
+        )
+        files = sorted((d / n for n in names if not n.startswith(".")), key=_natural)
+        rel = d.relative_to(root)
+        niftis = [f for f in files if sfx(f) in NIFTI_SUFFIXES]
+        images = [f for f in files if sfx(f) in IMAGE_SUFFIXES]
+        rest = [f for f in files if f not in niftis and f not in images]
+        stacks = [f for f in images if sfx(f) in TIFF_SUFFIXES and _tiff_pages(f) > 1]
+        planes = [f for f in images if f not in stacks]
+        for f in [*niftis, *stacks]:
+            sources.append(_Source(f, "file", rel / stem_of(f), (f,)))
+        if len(planes) == 1:
+            sources.append(_Source(planes[0], "file", rel / stem_of(planes[0]), (planes[0],)))
+        elif planes:
+            sources.append(_Source(d, "images", _folder_name(root, d), tuple(planes)))
+        headers = dicom_headers(rest)
+        if headers:
+            found = {p for p, _ in headers}
+            sources.append(_Source(d, "dicom", _folder_name(root, d), tuple(found), tuple(headers)))
+            rest = [f for f in rest if f not in found]
+        for f in rest:
+            if sfx(f) in (".dcm", ".ima", ".dicom") and not _has_dicom_preamble(f):
+                bad.append((f, "not a readable DICOM image file"))
+            elif f.name != "dataset.json":
+                ignored.append(f)  # notes, DICOMDIR, DICOM-SEG or reports: not scans
+    return sources, bad, ignored
+
+
+def _folder_name(root: Path, d: Path) -> Path:
+    """The mask name of a scan read from a whole folder: the folder's path under the input
+    (the input folder's own name when it is the input)."""
+    return Path(root.resolve().name) if d == root else d.relative_to(root)
+
+
+def _read_source(src: _Source) -> list[tuple[Any, Path]]:
+    """The scans of one source, each with its mask name (a DICOM folder of several series:
+    one name per series, after its description)."""
+    from napari_mtssl.io import read_scans
+    from napari_mtssl.io.dicom import read_dicom
+    from napari_mtssl.io.stack import read_image_folder
+
+    if src.kind == "images":
+        return [(read_image_folder(src.path, list(src.files)), src.name)]
+    if src.kind == "dicom":
+        scans = read_dicom(src.path, headers=list(src.headers))
+        if len(scans) == 1:
+            return [(scans[0], src.name)]
+        return [(s, src.name / _slug(s.name)) for s in scans]
+    return [(s, src.name) for s in read_scans(src.path)]
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scan"
+
+
+class _Steps:
+    """Progress over the inputs of a folder: a tqdm bar on a terminal when tqdm is installed
+    (it comes with napari), else one plain line per mask written; messages never break the
+    bar."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet, self.done = total, quiet, 0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="scan", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def wrote(self, line: str) -> None:
+        if self.bar is None and not self.quiet:
+            self.say(f"[{self.done + 1}/{self.total}] {line}")
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
+    """One mask per scan found under ``src``, in ``--out`` (created if need be) with the
+    input's sub-folders: ``case.nii.gz`` gives ``OUT/case.nii.gz``, a DICOM series folder
+    ``series/`` gives ``OUT/series.nii.gz``, a TIFF or PNG stack a ``.tif``. A scan that cannot
+    be read or segmented is named in one line and skipped; the others go on."""
+    from napari_mtssl.io import LabelError, ScanReadError, is_dataset_folder
+
+    if src.is_dir() and is_dataset_folder(src):
+        raise CliError(
+            f"{args.input}: is a dataset folder; give the folder of the scans to segment "
+            f"(e.g. {Path(args.input) / 'imagesTs'})"
+        )
+    out = Path(args.out).expanduser()
+    _check_placement(out, args.out, (src,), ws)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{args.out}: is a file; give a folder for the masks of several scans")
+    avail = api.list_models(ws)
+    if args.model not in avail:
+        raise CliError(
+            f"{args.workspace}: no trained model {args.model!r}; available: "
+            f"{', '.join(avail) if avail else 'none (train first)'}"
+        )
+    from napari_mtssl.training.inference import resolve_device
+
+    resolve_device(args.device)  # a device that is not here: said once, not once per scan
+    sources, bad, ignored = _scan_sources(src)
+    if not sources and not bad:
+        raise CliError(
+            f"{args.input}: no scans found (NIfTI files, DICOM series, TIFF stacks, PNG/TIFF "
+            "images)"
+        )
+    inputs = {p.resolve() for s in sources for p in (*s.files, s.path)} | {
+        p.resolve() for p, _ in bad
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    steps = _Steps(len(sources), args.quiet)
+    failed: list[str] = []
+    for path, why in bad:
+        failed.append(str(path))
+        steps.say(f"napari-mtssl predict: {path}: {why}; skipped")
+    written: list[Path] = []
+    used: set[str] = set()
+    try:
+        for source in sources:
+            try:
+                for scan, name in _read_source(source):
+                    target = _target(out, name, scan, args.format, used)
+                    mask_of = f"the mask of {source.path}"
+                    if target.resolve() in inputs:
+                        raise CliError(f"{target} ({mask_of}): is an input; never replaced")
+                    if target.exists() and not args.force:
+                        raise CliError(f"{target} ({mask_of}): exists; add --force to replace it")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fmt = args.format or ("tiff" if target.suffix == ".tif" else "nifti")
+                    _segment(
+                        args,
+                        ws,
+                        scan,
+                        target,
+                        as_seg=fmt == "dicom-seg",
+                        nifti=fmt == "nifti",
+                        name=str(source.path),
+                    )
+                    written.append(target)
+                    steps.wrote(f"{source.path} -> {target}")
+            except (CliError, ScanReadError, LabelError, ValueError) as exc:
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if str(source.path) not in msg:
+                    msg = f"{source.path}: {msg}"
+                failed.append(str(source.path))
+                steps.say(f"napari-mtssl predict: {msg}; skipped")
+            steps.advance()
+    finally:
+        steps.close()
+    if ignored:
+        print(
+            f"napari-mtssl predict: left out {len(ignored)} file(s) that are not scans "
+            f"(e.g. {ignored[0]})",
+            file=sys.stderr,
+        )
+    line = f"wrote {len(written)} mask(s) in {out} ({args.model})"
+    if failed:
+        line += f"; {len(failed)} input(s) could not be segmented (named above)"
+    print(line)
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def _target(out: Path, name: Path, scan: Any, fmt: str | None, used: set[str]) -> Path:
+    """Where a scan's mask goes: ``out/name`` with the format's suffix (by default a TIFF for
+    TIFF/PNG scans, which carry no patient geometry, else NIfTI), made unique in this run."""
+    if fmt is None:
+        image = scan.meta.get("format") in ("tiff", "image", "image-folder")
+        suffix = ".tif" if image else ".nii.gz"
+    else:
+        suffix = _FORMAT_SUFFIX[fmt]
+    base = out / name
+    target = base.with_name(base.name + suffix)
+    n = 1
+    while str(target).lower() in used:
+        n += 1
+        target = base.with_name(f"{base.name}-{n}{suffix}")
+    used.add(str(target).lower())
+    return target
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    ws = api.open_workspace(args.workspace)
+    ws = _open_workspace(args.workspace)
     out = output_path(args.out, force=args.force, workspace=ws)
     path = api.export_model(ws, args.model, args.format, out, force=args.force)
     print(f"wrote {path} ({args.model}, {args.format})")
-    return 0
+    return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    ws = api.open_workspace(args.workspace)
-    run_id = api.import_model(ws, args.file, args.as_)
-    print(f"imported {args.file} as {args.as_} (run {run_id})")
-    return 0
+    ws = _open_workspace(args.workspace)
+    if not Path(args.file).is_file():
+        raise CliError(f"{args.file}: no such file")
+    run_id = api.import_model(ws, args.file, args.as_model)
+    print(f"imported {args.file} as {args.as_model} (run {run_id})")
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -563,11 +977,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_mtssl.io import open_dataset
     from napari_mtssl.training.metrics import summarise, volume_scores
 
-    ws = api.open_workspace(args.workspace)
+    ws = _open_workspace(args.workspace)
     out = None
     if args.out:
         out = output_path(args.out, force=args.force, inputs=(args.data,), workspace=ws)
-    models = [m.strip() for m in args.models.split(",")] if args.models else api.list_models(ws)
+    models = list(args.model) if args.model else api.list_models(ws)
     if not models:
         raise CliError(f"{args.workspace}: no trained models; run `napari-mtssl train` first")
     ds = open_dataset(args.data)
@@ -592,7 +1006,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         atomic_write_json(out, scores)
         print(f"\nscores: {out}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -600,22 +1014,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from napari_mtssl.widgets import launch_demo
 
         launch_demo()
-        return 0
+        return EXIT_OK
     out = Path(args.out)
+    # The settings first: a typo in --budget is reported before a workspace is made.
+    cfg = api.make_config("quick", budget=args.budget, device=args.device, seed=args.seed)
     if (out / "workspace.json").is_file():
         from napari_mtssl.workspace import Workspace
 
         ws = Workspace.open(out)
     else:
         ws = api.create_workspace(out, source="sample")
-    cfg = api.make_config("quick", budget=args.budget, device=args.device, seed=args.seed)
     progress = Progress()
     report = api.run(api.train(ws, cfg, what="all"), progress)
     progress._newline()
+    if report.get("stopped"):
+        return _stopped("demo", out)
     write_report(ws, report, out)
     print(report_table(report))
     print(f"\nworkspace: {out}   report: {out / 'report.md'}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -658,9 +1075,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     results = api.run(simulate(settings), show)
     if results is None or not results.get("finished"):
         print(f"stopped; run the same command again to go on ({args.out})")
-        return 0
+        return EXIT_STOPPED
     print(f"\nreport: {Path(args.out) / 'report.md'}")
-    return 0
+    return EXIT_OK
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -672,22 +1089,152 @@ def _version() -> str:
     return __version__
 
 
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+_DEVICE_HELP = "auto: a CUDA GPU if there is one, else Apple MPS, else the CPU"
+_MODEL_FORMS = (
+    "student, baseline, all_joint, teacher:<task> (the task's selected model) or "
+    "<task>:joint, <task>:pretrain, where <task> is an auxiliary task the workspace trained "
+    "(teacher:sdm, sdm:joint, ...)"
+)
+_WHAT_HELP = (
+    "what to train: baseline (the conventional model alone), stage1 (the teachers: each "
+    "auxiliary task, its mode selected), stage2 (a student from the latest teachers), all "
+    "(baseline, stage 1 and stage 2), retrain-quick (fine-tune the latest student on the "
+    "current labels, corrections included), retrain-stage2 (a new student from the latest "
+    "teachers and the current labels)"
+)
+
+
+def _help_text(action: argparse.Action) -> str:
+    """An argument's help with its default appended, unless the help already states it; the
+    same text in ``--help`` and in docs/cli.md."""
+    text = action.help or ""
+    d = action.default
+    shown = (
+        action.option_strings
+        and action.nargs != 0
+        and not (d is None or d is False or d == "" or d is argparse.SUPPRESS)
+        and "default" not in text
+    )
+    return f"{text} (default: {d})" if shown else text
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions by paragraph and the rows of an indented block (the exit statuses)
+    each with a hanging indent; states defaults (see :func:`_help_text`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return _help_text(action).replace("%", "%%")
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out = []
+        for para in text.split("\n\n"):
+            lines = []
+            for row in para.splitlines() if "\n  " in para else [" ".join(para.split())]:
+                hang = " " * (len(row) - len(row.lstrip()) + 5) if row.startswith("  ") else ""
+                lines += textwrap.wrap(
+                    row, width, initial_indent=indent, subsequent_indent=indent + hang
+                )
+            out.append("\n".join(lines))
+        return "\n\n".join(out)
+
+
+def _model_name(text: str) -> str:
+    """``--model``: a model id (``student``, ``teacher:sdm``, ...), checked before any work."""
+    from napari_mtssl.ids import ModelId
+
+    try:
+        return str(ModelId.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one model or more, separated by commas")
+    return [_model_name(n) for n in names]
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 0 (the plan's) or more")
+    return n
+
+
+def _command(sub: Any, name: str, help: str, description: str | None = None):
+    """A sub-command whose ``--help`` shows ``description`` (else ``help``)."""
+    p = sub.add_parser(
+        name, help=help, description=description or _sentence(help), formatter_class=_Formatter
+    )
+    p.short_help = help  # the one line docs/cli.md lists it with
+    return p
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _epilog() -> str:
+    rows = "\n".join(f"  {code:<4} {what}" for code, what in EXIT_STATUS)
+    return (
+        "Errors are one line; an unexpected error also writes its traceback to a log file that "
+        "the line names; --debug shows the traceback instead.\n\nexit status:\n" + rows
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="napari-mtssl",
-        epilog="Errors are one line; --debug shows the full traceback instead.",
+        epilog=_epilog(),
         description="Segmentation from few labels by two-stage multi-task self-supervised "
         "learning (headless engine of the napari plugin).",
+        formatter_class=_Formatter,
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error instead of one line"
+    )
     p.add_argument("--version", action="version", version=f"napari-mtssl {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train baseline, teachers and student; write a report")
-    t.add_argument("data", help="a dataset folder (Decathlon layout), 'sample', or a workspace")
-    t.add_argument("--out", help="workspace folder to create (required for a dataset)")
-    t.add_argument("--labelled", type=int, help="keep the labels of N training patients")
-    t.add_argument("--tasks", help="comma-separated auxiliary tasks (default: the profile's)")
+    it = _command(
+        sub,
+        "init",
+        "create an empty workspace (for napari-mtssl import, or scans added in napari)",
+        "Create an empty workspace in FOLDER (a new or empty folder). Scans come in through "
+        "napari (the Study dock) or the Python API; trained models through `napari-mtssl "
+        "import`, which needs the model's classes: give them with --classes.",
+    )
+    it.add_argument("folder", metavar="FOLDER", help="a new or empty folder")
+    it.add_argument(
+        "--classes",
+        metavar="NAMES",
+        help="comma-separated names of the foreground classes, 1, 2, ... in order "
+        "(class 0 is the background; default: one class, foreground)",
+    )
+    it.set_defaults(func=cmd_init)
+
+    t = _command(sub, "train", "train baseline, teachers and student; write a report")
+    t.add_argument(
+        "data",
+        metavar="DATA",
+        help="a dataset folder (Decathlon layout), 'sample', or a workspace",
+    )
+    t.add_argument(
+        "--out", metavar="WORKSPACE", help="workspace folder to create (required for a dataset)"
+    )
+    t.add_argument(
+        "--labelled", type=int, metavar="N", help="keep the labels of N training patients"
+    )
+    t.add_argument(
+        "--tasks", metavar="TASKS", help="comma-separated auxiliary tasks (default: the profile's)"
+    )
     t.add_argument(
         "--budget",
         help="wall-clock time for the whole run: 10m, 1h, 1h30m, 8h or minutes "
@@ -700,8 +1247,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="budget presets: quick 10 min, standard 1 h (default), overnight 8 h; "
         "tiny: a few fixed steps (tests)",
     )
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=DEVICES, help=_DEVICE_HELP)
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument(
         "--steps-scale", type=float, default=1.0, help="multiply every step count and the budget"
     )
@@ -709,6 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--what",
         default="all",
         choices=["baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2"],
+        help=_WHAT_HELP,
     )
     t.add_argument(
         "--all-joint",
@@ -721,7 +1269,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the student learns: semi (default: warm start, ground truth, the ensemble's "
         "confident labels on unlabelled slices, copy-paste) or paper (ensemble distillation)",
     )
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the plan's)")
+    t.add_argument(
+        "--threads", type=_threads, default=0, metavar="N", help="torch CPU threads (0: the plan's)"
+    )
     t.add_argument(
         "--executor",
         default="local",
@@ -733,6 +1283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--units-at-once",
         type=int,
         default=0,
+        metavar="N",
         help="models trained at once (0: as many as fit; a budgeted run: where that gives "
         "more steps)",
     )
@@ -744,25 +1295,66 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress on stderr")
     t.set_defaults(func=cmd_train)
 
-    rs = sub.add_parser(
-        "resume", help="go on with a stopped or interrupted run (its plan, its remaining budget)"
+    rs = _command(
+        sub, "resume", "go on with a stopped or interrupted run (its plan, its remaining budget)"
     )
-    rs.add_argument("workspace")
-    rs.add_argument("run", nargs="?", help="the run id (default: the latest unfinished run)")
+    rs.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
+    rs.add_argument(
+        "run", nargs="?", metavar="RUN", help="the run id (default: the latest unfinished run)"
+    )
+    rs.add_argument(
+        "--device",
+        choices=DEVICES,
+        help=f"as for train; {_DEVICE_HELP} (default: the run's own)",
+    )
+    rs.add_argument(
+        "--threads",
+        type=_threads,
+        metavar="N",
+        help="torch CPU threads, 0: the plan's (default: the run's own)",
+    )
     rs.add_argument("--quiet", action="store_true", help="no progress on stderr")
     rs.set_defaults(func=cmd_resume)
 
-    pr = sub.add_parser("predict", help="segment a scan with a trained model")
-    pr.add_argument("workspace")
-    pr.add_argument("scan", help="an image file/folder, or a scan id of the workspace")
-    pr.add_argument("--model", default="student")
-    pr.add_argument("--out", required=True, help="label file to write (e.g. mask.nii.gz)")
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    pr.add_argument("--force", action="store_true", help="replace --out if it exists")
+    pr = _command(
+        sub,
+        "predict",
+        "segment a scan, or every scan of a folder, with a trained model",
+        "Segment INPUT with a trained model of WORKSPACE. INPUT is one scan (a NIfTI file, a "
+        "DICOM series folder, a TIFF stack or a folder of numbered images) or a scan id of the "
+        "workspace, and --out a mask file; or INPUT is a folder of scans (searched "
+        "recursively: NIfTI files, DICOM series, TIFF stacks, PNG/TIFF images) and --out a "
+        "folder, which gets one mask per scan, aligned with its scan, under the same relative "
+        "path and name. A scan that cannot be read or segmented is named in one line and "
+        "skipped; the exit status is then 2. Inputs are never replaced.",
+    )
+    pr.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
+    pr.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a scan file or folder, a folder of scans, or a scan id of the workspace",
+    )
+    pr.add_argument(
+        "--model",
+        default="student",
+        type=_model_name,
+        metavar="MODEL",
+        help=f"the model to segment with: {_MODEL_FORMS}",
+    )
+    pr.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="the mask file (.nii.gz, .tif, or .dcm: DICOM-SEG for a DICOM scan); for a "
+        "folder of scans, a folder (an existing one, or a path ending in / or without suffix)",
+    )
+    pr.add_argument("--device", default="auto", choices=DEVICES, help=_DEVICE_HELP)
+    pr.add_argument("--force", action="store_true", help="replace masks that exist")
     pr.add_argument(
         "--format",
         choices=["nifti", "tiff", "dicom-seg"],
-        help="default: from --out (.nii/.nii.gz, .tif, .dcm = DICOM-SEG for a DICOM scan)",
+        help="default: from --out (.nii/.nii.gz, .tif, .dcm = DICOM-SEG for a DICOM scan); "
+        "into a folder: tiff for TIFF/PNG scans, else nifti",
     )
     pr.add_argument(
         "--accept-unknown-geometry",
@@ -770,56 +1362,109 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a NIfTI or DICOM-SEG mask even for a DICOM series whose images record no "
         "position or orientation (it is placed on a grid at the origin)",
     )
+    pr.add_argument("--quiet", action="store_true", help="no progress on stderr")
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="a trained model as ONNX or a bioimage.io package")
-    ex.add_argument("workspace")
-    ex.add_argument("--model", default="student")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "bioimageio"])
-    ex.add_argument("--out", required=True, help="model.onnx, or package.zip for bioimageio")
+    ex = _command(sub, "export", "a trained model as ONNX or a bioimage.io package")
+    ex.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
+    ex.add_argument(
+        "--model",
+        default="student",
+        type=_model_name,
+        metavar="MODEL",
+        help=f"the model to export: {_MODEL_FORMS}",
+    )
+    ex.add_argument("--format", default="onnx", choices=["onnx", "bioimageio"], help="file type")
+    ex.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="model.onnx, or package.zip for bioimageio",
+    )
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     ex.set_defaults(func=cmd_export)
 
-    im = sub.add_parser("import", help="a model exported by napari-mtssl, into a workspace")
-    im.add_argument("workspace")
-    im.add_argument("file", help="an .onnx file or a bioimage.io package (.zip)")
+    im = _command(
+        sub,
+        "import",
+        "a model exported by napari-mtssl, into a workspace",
+        "Add a model exported by napari-mtssl (ONNX or bioimage.io) to WORKSPACE as a new "
+        "run; the workspace's classes must be the model's (napari-mtssl init --classes).",
+    )
+    im.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
+    im.add_argument("file", metavar="FILE", help="an .onnx file or a bioimage.io package (.zip)")
     im.add_argument(
-        "--as", dest="as_", default="student", help="student (default), baseline or teacher:<task>"
+        "--as",
+        dest="as_model",
+        default="student",
+        type=_model_name,
+        metavar="MODEL",
+        help="the name it gets: student (default), baseline or teacher:<task>",
     )
     im.set_defaults(func=cmd_import)
 
-    ev = sub.add_parser("evaluate", help="score the trained models on a labelled dataset")
-    ev.add_argument("workspace")
-    ev.add_argument("data", help="dataset folder (its val split, else every labelled case)")
-    ev.add_argument("--models", help="comma-separated models (default: all)")
-    ev.add_argument("--out", help="write the scores as JSON")
-    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ev = _command(sub, "evaluate", "score the trained models on a labelled dataset")
+    ev.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
+    ev.add_argument(
+        "data", metavar="DATA", help="dataset folder (its val split, else every labelled case)"
+    )
+    ev.add_argument(
+        "--model",
+        type=_model_names,
+        metavar="MODELS",
+        help=f"comma-separated models (default: every trained one): {_MODEL_FORMS}",
+    )
+    # The spelling of earlier versions, kept for scripts.
+    ev.add_argument(
+        "--models",
+        dest="model",
+        type=_model_names,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+    ev.add_argument("--out", metavar="FILE", help="write the scores as JSON")
+    ev.add_argument("--device", default="auto", choices=DEVICES, help=_DEVICE_HELP)
     ev.add_argument("--force", action="store_true", help="replace --out if it exists")
     ev.set_defaults(func=cmd_evaluate)
 
-    sm = sub.add_parser(
+    sm = _command(
+        sub,
         "simulate",
-        help="the correction loop with a simulated annotator: which slices to correct",
-        description="Start from N labelled patients; each round a strategy picks slices, a "
+        "the correction loop with a simulated annotator: which slices to correct",
+        "Start from N labelled patients; each round a strategy picks slices, a "
         "simulated annotator corrects them with the dataset's masks, the student is retrained "
         "and scored on the validation patients. Rerun the same command to go on after a stop.",
     )
-    sm.add_argument("data", help="a labelled dataset folder (Decathlon layout, with a val split)")
-    sm.add_argument("--out", required=True, help="folder for the workspaces and the report")
-    sm.add_argument("--labelled", type=int, default=3, help="labelled patients at the start")
+    sm.add_argument(
+        "data",
+        metavar="DATA",
+        help="a labelled dataset folder (Decathlon layout, with a val split)",
+    )
+    sm.add_argument(
+        "--out", required=True, metavar="FOLDER", help="folder for the workspaces and the report"
+    )
+    sm.add_argument(
+        "--labelled", type=int, default=3, metavar="N", help="labelled patients at the start"
+    )
     sm.add_argument(
         "--strategy",
         default="all",
         help="comma-separated: disagreement, entropy, random, fg_random, oracle, none "
         "(the control: retraining without corrections); all (default)",
     )
-    sm.add_argument("--per-round", type=int, default=10, help="slices corrected each round")
     sm.add_argument(
-        "--rounds", type=int, default=5, help="0: train the initial models and the reference only"
+        "--per-round", type=int, default=10, metavar="N", help="slices corrected each round"
+    )
+    sm.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        metavar="N",
+        help="rounds of corrections; 0: train the initial models and the reference only",
     )
     sm.add_argument("--budget", default="20m", help="time for the initial models (default 20m)")
     sm.add_argument(
-        "--retrain-budget", default="3m", help="time of each quick retrain (the dock's: 3m)"
+        "--retrain-budget", default="3m", help="time of each quick retrain, as the dock's"
     )
     sm.add_argument(
         "--stage2",
@@ -829,13 +1474,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sm.add_argument("--stage2-budget", default="7m", help="time of each full stage 2")
     sm.add_argument("--tasks", default="sdm,inpaint", help="the teachers' tasks")
-    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--seed", type=int, default=0, help="random seed")
     sm.add_argument(
-        "--reference", type=int, default=7, help="baseline with N labelled patients (0: none)"
+        "--reference",
+        type=int,
+        default=7,
+        metavar="N",
+        help="baseline with N labelled patients (0: none)",
     )
-    sm.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the plan's)")
+    sm.add_argument(
+        "--threads", type=_threads, default=0, metavar="N", help="torch CPU threads (0: the plan's)"
+    )
     sm.add_argument(
         "--initial",
+        metavar="WORKSPACE",
         help="start from this workspace (trained with `train --what all` on the same dataset, "
         "labelled patients and tasks): it is copied, not changed",
     )
@@ -843,43 +1495,222 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sm.set_defaults(func=cmd_simulate)
 
-    d = sub.add_parser("demo", help="the whole pipeline on the built-in sample, in a budget")
+    d = _command(sub, "demo", "the whole pipeline on the built-in sample, in a budget")
     d.add_argument("--gui", action="store_true", help="open napari with the sample and the docks")
-    d.add_argument("--out", default="mtssl-demo", help="workspace folder (default ./mtssl-demo)")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--out",
+        default="mtssl-demo",
+        metavar="WORKSPACE",
+        help="workspace folder (default ./mtssl-demo)",
+    )
+    d.add_argument("--device", default="auto", choices=DEVICES, help=_DEVICE_HELP)
+    d.add_argument("--seed", type=int, default=0, help="random seed")
     d.add_argument("--budget", default="5m", help="time for the whole run (default 5m)")
     d.set_defaults(func=cmd_demo)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- the reference in docs/cli.md ------------------------------------------------------------
+
+
+def _subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _shown(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The arguments ``--help`` lists, without -h and the sub-command list."""
+    return [
+        a
+        for a in p._actions
+        if a.help is not argparse.SUPPRESS
+        and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+    ]
+
+
+def _token(a: argparse.Action) -> str:
+    """An argument as a synopsis writes it: ``--out OUT``, ``--device {auto,cpu}``, ``RUN``."""
+    if a.metavar is not None:
+        value = str(a.metavar)
+    elif a.choices is not None:
+        value = "{" + ",".join(map(str, a.choices)) + "}"
+    else:
+        value = a.dest.upper()
+    if not a.option_strings:
+        return value
+    flag = a.option_strings[-1] if len(a.option_strings) > 1 else a.option_strings[0]
+    return flag if a.nargs == 0 else f"{flag} {value}"
+
+
+def _synopsis(prog: str, p: argparse.ArgumentParser) -> str:
+    """The usage line, written out here (argparse's own wraps by the terminal's width)."""
+    import textwrap
+
+    parts = []
+    for a in _shown(p):
+        tok = _token(a)
+        optional = (a.option_strings and not a.required) or a.nargs == "?"
+        parts.append(f"[{tok}]" if optional else tok)
+    if _subcommands(p):
+        parts.append("COMMAND ...")
+    glue = "\u00a0"  # keeps "--out OUT" on one line when wrapped
+    text = " ".join([prog, *(x.replace(" ", glue) for x in parts)])
+    lines = textwrap.wrap(
+        text,
+        width=88,
+        subsequent_indent=" " * (len(prog) + 1),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return "\n".join(line.replace(glue, " ") for line in lines)
+
+
+def _arguments_md(p: argparse.ArgumentParser) -> list[str]:
+    out = []
+    for a in _shown(p):
+        names = ", ".join(a.option_strings) if a.option_strings else _token(a)
+        if a.option_strings and a.nargs != 0:
+            names = f"{names} {_token(a).split(' ', 1)[1]}"
+        out.append(f"- `{names}`: {_md(_help_text(a))}".rstrip(": "))
+    return out
+
+
+def _md(text: str) -> str:
+    """Plain text safe in a markdown paragraph or table cell (``<task>`` is not a tag)."""
+    return text.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """docs/cli.md: every command's synopsis and arguments, and the exit statuses, from the
+    parser itself (a test checks the file against it)."""
+    p = build_parser()
+    md = [
+        "# Command-line reference",
+        "",
+        "<!-- Generated from the parser by napari_mtssl.cli.reference_markdown(); do not edit.",
+        '     Regenerate: python -c "from napari_mtssl.cli import reference_markdown as r; '
+        "open('docs/cli.md', 'w').write(r())\" -->",
+        "",
+        _md(p.description or ""),
+        "",
+        "```",
+        _synopsis("napari-mtssl", p),
+        "```",
+        "",
+        "Every command takes `-h`/`--help`. Options before the command:",
+        "",
+        *_arguments_md(p),
+        "",
+        "## Exit status",
+        "",
+        "Errors are one line on stderr, never a traceback. An unexpected error also writes the "
+        "traceback to a log file that the line names: `logs/` in the workspace when the command "
+        "has one, else the user log folder (`~/.local/state/napari-mtssl/log` on Linux).",
+        "",
+        "| status | meaning |",
+        "|---|---|",
+        *(f"| {code} | {_md(what)} |" for code, what in EXIT_STATUS),
+        "",
+        "## Commands",
+        "",
+        "| command | what it does |",
+        "|---|---|",
+    ]
+    subs = _subcommands(p)
+    md += [f"| [`{n}`](#napari-mtssl-{n}) | {_md(s.short_help)} |" for n, s in subs.items()]
+    for name, s in subs.items():
+        md += [
+            "",
+            f"### napari-mtssl {name}",
+            "",
+            _md(s.description or ""),
+            "",
+            "```",
+            _synopsis(f"napari-mtssl {name}", s),
+            "```",
+            "",
+            *_arguments_md(s),
+        ]
+    return "\n".join(md) + "\n"
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _user_log_dir() -> Path:
+    try:
+        import platformdirs
+    except ImportError:  # pragma: no cover - napari brings it
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "napari-mtssl-logs"
+    return Path(platformdirs.user_log_dir("napari-mtssl", appauthor=False))
+
+
+def _log_folders(args: argparse.Namespace) -> list[Path]:
+    """Where a crash log may go, best first: the workspace's ``logs/`` (next to what failed),
+    the user log folder, the temporary folder."""
+    import tempfile
+
+    folders = []
+    for attr in ("workspace", "data", "out", "folder"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and (Path(value).expanduser() / "workspace.json").is_file():
+            folders.append(Path(value).expanduser() / "logs")
+            break
+    return [*folders, _user_log_dir(), Path(tempfile.gettempdir())]
+
+
+def _write_crash_log(args: argparse.Namespace, argv: list[str], exc: BaseException) -> Path | None:
+    import platform
+    import shlex
+    import traceback
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"napari-mtssl-{args.command}-{stamp}-{os.getpid()}.log"
+    text = "".join(
+        [
+            f"napari-mtssl {_version()}: {args.command} failed at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n",
+            f"command: napari-mtssl {shlex.join(argv)}\n",
+            f"python {platform.python_version()} on {platform.platform()}\n\n",
+            *traceback.format_exception(exc),
+        ]
+    )
+    for folder in _log_folders(args):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _known(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """The one line for an error users can cause or fix (exit status 2), else None."""
     import errno
 
     from napari_mtssl.io.scan import LabelError, ScanReadError
     from napari_mtssl.training.errors import UnitsFailed
+    from napari_mtssl.workspace import WorkspaceError
 
-    try:
-        from napari_mtssl.workspace import WorkspaceError
-    except ImportError:  # pragma: no cover - workspace always ships with the package
-        WorkspaceError = OSError  # type: ignore[misc,assignment]  # noqa: N806
-
-    args = build_parser().parse_args(argv)
-    if args.debug:
-        return int(args.func(args) or 0)
-    try:
-        return int(args.func(args) or 0)
-    except CliError as exc:
-        print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
-
-    except (ScanReadError, LabelError, WorkspaceError) as exc:
-        print(f"napari-mtssl {args.command}: {exc}", file=sys.stderr)
-    except UnitsFailed as exc:  # some models of a run failed; the others are kept
-        print(f"napari-mtssl {args.command}: {exc.one_line()}", file=sys.stderr)
-    except (ValueError, KeyError) as exc:
+    if isinstance(exc, WorkspaceError):  # its advice is for Python users; this one is not
+        return str(exc).replace("with Workspace.create", "with `napari-mtssl init FOLDER`")
+    if isinstance(exc, (CliError, ScanReadError, LabelError)):
+        return str(exc)
+    if isinstance(exc, UnitsFailed):  # some models of a run failed; the others are kept
+        return exc.one_line()
+    if isinstance(exc, (ValueError, KeyError)):
         msg = str(exc).strip("'\"") or type(exc).__name__
-        print(f"napari-mtssl {args.command}: {msg.splitlines()[0]}", file=sys.stderr)
-    except OSError as exc:  # a full disk, a read-only folder, a vanished file
+        # A KeyError that is a bare key comes from a bug, not from what the user gave.
+        if isinstance(exc, KeyError) and " " not in msg:
+            return None
+        return msg.splitlines()[0]
+    if isinstance(exc, OSError):  # a full disk, a read-only folder, a vanished file
         where = f"{exc.filename}: " if exc.filename else ""
         why = exc.strerror or str(exc)
         if exc.errno == errno.ENOSPC and args.command in ("train", "resume", "demo"):
@@ -887,11 +1718,46 @@ def main(argv: list[str] | None = None) -> int:
                 "; what was saved before is kept: free some space, then napari-mtssl resume "
                 "WORKSPACE goes on from there"
             )
-        print(f"napari-mtssl {args.command}: {where}{why}", file=sys.stderr)
+        return f"{where}{why}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (:data:`EXIT_STATUS`). Bad arguments end in
+    argparse's ``SystemExit(2)``, ``--help`` and ``--version`` in ``SystemExit(0)``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"napari-mtssl {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 2
+        return EXIT_STOPPED
+    except Exception as exc:  # noqa: BLE001 - every error ends in one line, never a traceback
+        line = _known(args, exc)
+        if line is not None:
+            print(f"napari-mtssl {args.command}: {line}", file=sys.stderr)
+            return EXIT_INPUT
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        what = type(exc).__name__ + (f": {first}" if first else "")
+        log = _write_crash_log(args, argv, exc)
+        if log is not None:
+            print(
+                f"napari-mtssl {args.command}: unexpected error ({what}); the details are in "
+                f"{log} (please include it in a bug report)",
+                file=sys.stderr,
+            )
+        else:
+            import traceback
+
+            print(
+                f"napari-mtssl {args.command}: unexpected error ({what}); no log file could "
+                "be written, so the details follow",
+                file=sys.stderr,
+            )
+            traceback.print_exception(exc, file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
