@@ -1698,9 +1698,7 @@ def _known(args: argparse.Namespace, exc: BaseException) -> str | None:
     from napari_mtssl.training.errors import UnitsFailed
     from napari_mtssl.workspace import WorkspaceError
 
-    if isinstance(exc, WorkspaceError):  # its advice is for Python users; this one is not
-        return str(exc).replace("with Workspace.create", "with `napari-mtssl init FOLDER`")
-    if isinstance(exc, (CliError, ScanReadError, LabelError)):
+    if isinstance(exc, (CliError, ScanReadError, LabelError, WorkspaceError)):
         return str(exc)
     if isinstance(exc, UnitsFailed):  # some models of a run failed; the others are kept
         return exc.one_line()

@@ -185,7 +185,7 @@ class Workspace:
         if not (root / WORKSPACE_FILE).is_file():
             raise WorkspaceError(
                 root / WORKSPACE_FILE,
-                "not a napari-mtssl workspace (no workspace.json); create one with Workspace.create",
+                "not a napari-mtssl workspace (no workspace.json); create one with napari-mtssl init",
             )
         return cls(root)
 
