@@ -283,3 +283,57 @@ def test_the_student_takes_the_time_the_earlier_models_left():
     notes = list(r.rebudget(["student"]))
     # slower than timed: 1200 s left for an 1800 s estimate -> fewer steps, never below the floor
     assert r.state["unit_steps"]["student"] < 5000 and "slower than timed" in notes[0]["message"]
+
+
+def test_pseudo_labels_keep_each_windows_largest_component():
+    from napari_mtssl.training.terms.semi import largest_component_2d
+
+    lab = torch.zeros(2, 16, 16, dtype=torch.int64)
+    lab[0, 2:8, 2:8] = 1  # the anatomy
+    lab[0, 4:6, 6:8] = 2  # touching it: kept
+    lab[0, 12:14, 12:14] = 3  # a stray blob: background
+    lab[1, 10:12, 10:12] = 2  # the only blob of the second window: kept
+    out = largest_component_2d(lab)
+    assert out.dtype == lab.dtype and out.shape == lab.shape
+    assert (out[0, 12:14, 12:14] == 0).all()
+    assert torch.equal(out[0, :10, :10], lab[0, :10, :10])
+    assert torch.equal(out[1], lab[1])
+
+
+def test_unmixed_pairs_keep_each_window_whole(study_cfg, monkeypatch):
+    """mix = 0: no box is pasted, each window is trained whole with its own target."""
+    from napari_mtssl.training.terms import semi
+
+    seen = {}
+    real = semi.masked_seg_loss
+
+    def spy(logits, target, weight):
+        seen["target"], seen["weight"] = target, weight
+        return real(logits, target, weight)
+
+    monkeypatch.setattr(semi, "masked_seg_loss", spy)
+    _, study, cfg = study_cfg
+    term = CopyPasteSelfTraining(mix=0.0)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    lab = study.labelled_slices()
+    bl = {k: torch.from_numpy(v) for k, v in study.seg_batch(lab, 2, rng, 0.3).items()}
+    bu = {k: torch.from_numpy(v) for k, v in study.seg_batch(lab, 2, rng, 0.3).items()}
+    c = study.num_classes  # an unsure ensemble: no pseudo-label is trusted (weight 0)
+    bu["soft"] = torch.full((2, c, *bu["image"].shape[-2:]), 255 // c, dtype=torch.uint8)
+    bu.pop("label")
+
+    class X:
+        pass
+
+    x = X()
+    x.cfg, x.gen, x.average, x.progress = cfg, gen, None, 0.0
+    x.batch = {"semi_l": bl, "semi_u": bu}.__getitem__
+    x.net = stages.new_net(cfg, study.num_classes)
+    term.loss(x)
+    # first half: the unlabelled windows whole (nothing trusted); second half: the labelled
+    # windows whole (full weight everywhere). A pasted box would put one into the other.
+    assert not seen["weight"][:2].any()
+    assert torch.equal(seen["weight"][2:], torch.ones_like(seen["weight"][2:]))
+    CopyPasteSelfTraining(mix=1.0).loss(x)
+    assert seen["weight"][:2].any() and not seen["weight"][2:].all()

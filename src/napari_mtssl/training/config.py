@@ -204,6 +204,12 @@ class Stage2Config:
     # (the student outgrows the ensemble it starts from). 0: the ensemble alone.
     refresh: float = 1.0
     refresh_ramp: float = 0.5
+    # semi: the share of labelled/unlabelled pairs that are copy-pasted into each other; the
+    # rest are trained whole (each window strongly perturbed, with its own target). 0: pasted
+    # boxes taught the student stray blobs on ACDC (docs/method.md)
+    mix: float = 0.0
+    # semi: pseudo-labels keep only each window's largest connected foreground component
+    pseudo_lcc: bool = False
     # Budgeted runs: the share of the training time (after stage 1's fixed costs) that the
     # student gets (semi); 0: the same steps as every other model (the paper's comparison).
     share: float = 0.5
@@ -232,6 +238,8 @@ class Stage2Config:
             raise ValueError("stage2.ema must be in [0, 1) (0: no moving average)")
         if not 0 <= self.refresh <= 1 or not 0 < self.refresh_ramp <= 1:
             raise ValueError("stage2: refresh in [0, 1], refresh_ramp in (0, 1]")
+        if not 0 <= self.mix <= 1:
+            raise ValueError("stage2.mix must be in [0, 1]")
         if not 0 <= self.share < 0.9:
             raise ValueError("stage2.share must be in [0, 0.9) (0: equal steps)")
         if self.member_margin < 0:

@@ -291,6 +291,8 @@ def semi_terms(cfg: ExperimentConfig) -> list:
             fg_oversample=cfg.data.fg_oversample,
             refresh=s2.refresh,
             refresh_ramp=s2.refresh_ramp,
+            mix=s2.mix,
+            pseudo_lcc=s2.pseudo_lcc,
         )
     ]
 

@@ -1,15 +1,18 @@
 """Stage 2 beyond the paper (METHOD.md): self-training on the unlabelled slices with the
-teachers' ensemble as the pseudo-labeller, through bidirectional copy-paste.
+teachers' ensemble as the pseudo-labeller, optionally through bidirectional copy-paste.
 
 Each step draws ``B/2`` labelled windows (ground truth) and ``B/2`` unlabelled windows with the
 ensemble's stored probabilities (:mod:`..soft_labels`), both with the usual geometric
-augmentation (the stored map warped with its image). A box of ``box`` x the patch side is
-pasted from each labelled window into its unlabelled partner and the other way round (BCP, Bai
-et al. 2023), and the mixed images get a strong intensity perturbation (UniMatch's strong view,
-Yang et al. 2023): the targets come from the clean slices, the student learns them on the
-perturbed, mixed view. Targets: ground truth inside/outside the pasted box at full weight; the
-ensemble's hard label elsewhere, only where its confidence is at least ``confidence``, at weight
-``unlabelled_weight``. So every step is ``B`` images through the network, as a baseline step is.
+augmentation (the stored map warped with its image). For a share ``mix`` of the pairs, a box of
+``box`` x the patch side is pasted from the labelled window into its unlabelled partner and the
+other way round (BCP, Bai et al. 2023); the other pairs stay whole. Every image gets a strong
+intensity perturbation (UniMatch's strong view, Yang et al. 2023): the targets come from the
+clean slices, the student learns them on the perturbed (and mixed) view. Targets: ground truth
+where the labelled window lies, at full weight; the ensemble's hard label where the unlabelled
+one lies, only where its confidence is at least ``confidence``, at weight ``unlabelled_weight``.
+With ``pseudo_lcc`` the pseudo-labels keep only the largest connected foreground component of
+each window (the evaluation's post-processing; BCP does the same to its pseudo-labels on ACDC).
+So every step is ``B`` images through the network, as a baseline step is.
 
 With ``refresh`` > 0 the student's own moving average (what the unit keeps, see
 ``trainer._Average``) joins the pseudo-labeller: its probabilities on the clean unlabelled window
@@ -19,12 +22,13 @@ moving average). A warm-started student outgrows an ensemble of short stage-1 mo
 the first half of its steps; targets that stay fixed then hold it back. This costs one forward
 pass without gradients over the ``B/2`` unlabelled windows per step.
 
-With no unlabelled slice in the study, both partners are labelled windows (plain CutMix with
-ground truth on both sides).
+With no unlabelled slice in the study, both partners are labelled windows (ground truth on both
+sides; with ``mix`` > 0, plain CutMix between them).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..data import augment_with_soft
@@ -83,6 +87,17 @@ def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
     return ce + dice
 
 
+def largest_component_2d(labels: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) label maps with the foreground outside each image's largest connected
+    component set to background: the evaluation's post-processing, applied to pseudo-labels
+    (a stray blob of the pseudo-labeller is taught as background, not as anatomy)."""
+    from ..postprocess import largest_component
+
+    arr = labels.cpu().numpy()
+    out = np.stack([largest_component(a) for a in arr])
+    return torch.from_numpy(out).to(labels.device)
+
+
 def own_probs(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     """``model``'s class probabilities on ``image``, in evaluation mode and without gradients
     (the moving average of the student as a pseudo-labeller); its mode is left as it was."""
@@ -110,8 +125,12 @@ class CopyPasteSelfTraining(Term):
         fg_oversample: float = 0.33,
         refresh: float = 0.0,
         refresh_ramp: float = 0.5,
+        mix: float = 1.0,
+        pseudo_lcc: bool = False,
     ):
         super().__init__(weight)
+        self.mix = float(mix)
+        self.pseudo_lcc = bool(pseudo_lcc)
         self.refresh = float(refresh)
         self.refresh_ramp = float(refresh_ramp)
         self.fg_oversample = float(fg_oversample)
@@ -165,13 +184,18 @@ class CopyPasteSelfTraining(Term):
             xu, _, su = augment_with_soft(bu["image"], None, soft, cfg, gen)
             su = self._refreshed(su, xu, x)
             conf, pseudo = su.max(1)
+            if self.pseudo_lcc:
+                pseudo = largest_component_2d(pseudo)
             trust = (conf >= self.confidence).float() * self.unlabelled_weight
         else:  # every slice labelled: CutMix between labelled windows
             xu, pseudo, _ = augment_with_soft(bu["image"], bu["label"], None, cfg, gen)
             trust = torch.ones(pseudo.shape, device=xu.device)
         n = min(xl.shape[0], xu.shape[0])
         xl, yl, xu, pseudo, trust = xl[:n], yl[:n], xu[:n], pseudo[:n], trust[:n]
-        m = _boxes(n, xl.shape[-1], self.box, gen).to(xl.device)
+        m = _boxes(n, xl.shape[-1], self.box, gen)
+        if self.mix < 1:  # the other pairs stay whole: each window with its own target
+            m = m * (torch.rand(n, generator=gen) < self.mix).float()[:, None, None, None]
+        m = m.to(xl.device)
         inside = m[:, 0] > 0.5
         ones = torch.ones_like(trust)
         mixed = torch.cat([xu * (1 - m) + xl * m, xl * (1 - m) + xu * m])
