@@ -7,7 +7,7 @@ SYS_PKGS  := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommo
              libxcb-render-util0 libxcb-xinerama0 libxcb-image0
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo install venv sysdeps lint benchmarks screenshots clean
+.PHONY: test test-quick demo install venv sysdeps lint benchmarks screenshots clean
 
 $(STAMP): pyproject.toml scripts/install_torch.py
 	@[ -x $(PY) ] || $(MAKE) --no-print-directory venv
@@ -40,6 +40,10 @@ sysdeps:
 
 test: $(STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
+
+# Day-to-day: the tests not marked slow (no real data, no training beyond a few steps).
+test-quick: $(STAMP) sysdeps
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # With a display: napari opens with the sample study and the docks. Without: the headless
 # pipeline on the built-in sample (quick profile).

@@ -6,8 +6,9 @@ all the time: a run planned on a free machine crawls when a second job starts be
 threads then fight the other job's for the same cores), and a run planned beside a job that then
 ends keeps the few steps it planned. So, every ``every_s`` seconds, :class:`Pace`
 
-* measures the seconds per step over the last window (validation time left out) and sets the
-  unit's step count so that its last step and its final validation end by the deadline: fewer
+* measures the seconds per step over the last window (validation time left out; the slower of
+  that window and the smoothed pace counts, so one noisy window does not see-saw the count) and
+  sets the unit's step count so that its last step and its final validation end by the deadline: fewer
   steps when the machine got slower, more (up to ``grow`` x the planned count) when it got
   faster. The learning-rate schedule follows the new count, so a shortened unit still anneals
   instead of stopping at a high learning rate;
@@ -117,6 +118,7 @@ class Pace:
             set_threads, get_threads = torch.set_num_threads, torch.get_num_threads
         self._set_threads, self._get_threads = set_threads, get_threads
         self._want: int | None = None
+        self._rate: float | None = None  # seconds per step, smoothed over the windows
         self._val_s: float | None = None
         self._window: tuple[float, int] | None = None  # (start time, step) of this window
         self._paused = 0.0  # validation seconds inside the window
@@ -151,16 +153,20 @@ class Pace:
         t0, s0 = self._window
         if now - t0 < self.every_s or step - s0 < 3:
             return None
-        per_step = max(1e-6, (now - t0 - self._paused) / (step - s0))
+        window = max(1e-6, (now - t0 - self._paused) / (step - s0))
         self.start(step)
+        self._rate = window if self._rate is None else 0.7 * self._rate + 0.3 * window
         notes = []
         if self.threads_max > 0:
             note = self._fit_threads()
             if note:
+                self._rate = None  # a new pace: time the next window afresh
                 notes.append(note)
-                return "; ".join(notes)  # a new pace: time the next window first
+                return "; ".join(notes)
         if self.deadline is not None:
-            note = self._recount(step, now, per_step)
+            # the slower of the smoothed pace and the last window: a slowdown is answered at
+            # once, a speed-up only once it lasts (no count see-sawing on one noisy window)
+            note = self._recount(step, now, max(self._rate, window))
             if note:
                 notes.append(note)
         return "; ".join(notes) or None
@@ -169,7 +175,7 @@ class Pace:
         left = self.deadline - now - self.reserve_s(now)
         fits = step + max(0, int(left / per_step))
         want = min(self.cap, max(step, fits))  # cap: the planned count unless it may grow
-        if abs(want - self.total) < max(2, 0.02 * self.total):
+        if abs(want - self.total) < max(2, 0.03 * self.total):
             return None
         before, self.total = self.total, want
         way = "slower" if want < before else "faster"
