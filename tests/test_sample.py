@@ -53,7 +53,6 @@ def test_slices_vary_smoothly():
         assert np.abs(np.diff(areas)).max() < 0.15 * areas.max()
 
 
-
 def test_napari_sample_layers():
     layers = napari_sample_study()
     kinds = [kind for _, _, kind in layers]

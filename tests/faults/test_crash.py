@@ -109,6 +109,7 @@ def test_kill_during_checkpoint_and_report_writes(tmp_path, trial, recorder):
     assert ok
 
 
+@pytest.mark.slow
 def test_killed_run_is_interrupted_and_resumes_from_the_cli(tmp_path, recorder):
     """A run killed by SIGKILL mid-training: its status says interrupted (not running
     forever), and `napari-mtssl resume` goes on from the last periodic checkpoint."""

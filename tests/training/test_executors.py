@@ -109,6 +109,7 @@ def test_unreachable_ray_cluster_is_a_clear_error_before_training(tmp_path):
     assert ws.runs() == []  # nothing was started
 
 
+@pytest.mark.slow
 def test_ray_executor_trains_the_same_teachers(inline, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is the optional extra napari-mtssl[ray]")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -123,6 +124,7 @@ def test_ray_executor_trains_the_same_teachers(inline, tmp_path):
     assert {e["model"] for e in events if e["type"] == "progress"} >= {"sdm:joint", "rubik:joint"}
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_unit_since_its_checkpoint(tmp_path):
     """kill -9 of one unit's process: the other units finish, the run fails naming the unit,
     and resume goes on from that unit's last checkpoint."""

@@ -254,6 +254,7 @@ def few_steps(monkeypatch):
     monkeypatch.setattr(pipeline, "MIN_STEPS", 30)
 
 
+@pytest.mark.slow
 def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
     cfg = api.make_config(
@@ -291,6 +292,7 @@ def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
     assert [e for e in events if e["type"] == "halving"]
 
 
+@pytest.mark.slow
 def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, monkeypatch):
     """The planner's choice reaches the executor: steps timed beside another process (faked:
     the same as alone, as if each unit had a core of its own, so that two lanes win whatever
@@ -365,6 +367,7 @@ def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
     assert ws.runs() == []
 
 
+@pytest.mark.slow
 def test_pretext_cache_is_reused_by_a_later_run(tmp_path):
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
     cfg = api.make_config("tiny", device="cpu", tasks=["inpaint"])
@@ -393,6 +396,7 @@ def test_pretext_cache_is_reused_by_a_later_run(tmp_path):
     assert pretext_key(ws, cfg, plan, "sdm") != k_sdm
 
 
+@pytest.mark.slow
 def test_resume_keeps_plan_and_remaining_budget(tmp_path, few_steps):
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
     cfg = api.make_config("quick", budget="15s", device="cpu", model__width=4, data__batch_size=2)
