@@ -137,3 +137,17 @@ def test_the_core_watch_reads_this_machine():
     if got is None:
         pytest.skip("no /proc/stat on this system: the threads are then left as planned")
     assert 0.0 <= got
+
+
+def test_a_program_that_gets_only_part_of_a_core_still_takes_one():
+    """Beside a job whose threads fill both cores, a CPU-bound program gets 0.4-0.7 of a core
+    (measured); that is a core it would use, so the job drops to one thread."""
+    clock, watch, th = Clock(), Watch(), fixed_threads()
+    pace = Pace(10_000, None, threads_max=2, clock=clock, watch=watch, cpus=2,
+                set_threads=th["set_threads"], get_threads=th["get_threads"])  # fmt: skip
+    watch.busy = 0.6
+    run(pace, clock, lambda s: 0.5, until=100)
+    assert th["state"]["n"] == 1
+    watch.busy = 0.2  # background noise: not a core taken
+    run(pace, clock, lambda s: 0.5, until=100)
+    assert th["state"]["n"] == 2

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from napari_mtssl import api
 from napari_mtssl.training import checkpoints
-from napari_mtssl.training.pipeline import run_training
+from napari_mtssl.training.pipeline import UNIT_GROWTH, run_training
 from napari_mtssl.training.stages import select_mode
 
 
@@ -272,15 +272,15 @@ def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
     n = plan["steps"]["seg"]
     assert n >= 30
     # each model trains its planned steps, unless the machine's pace changed while it trained:
-    # then a note says how many instead (training/pace.py: at most twice the plan, for the last
-    # unit), or the deadline ended it early (the report says so). How fast this machine is
+    # then a note says how many instead (training/pace.py: at most UNIT_GROWTH x the plan, for
+    # the last unit), or the deadline ended it early (the report says so). How fast this machine is
     # that minute is not asserted (the busy-machine benchmark measures it).
     recounted = [e for e in events if e["type"] == "note" and "steps instead of" in e["message"]]
     for m in ("inpaint:joint", "inpaint:pretrain"):
         got = rep["models"][m]
         planned = got["steps"] in (n, plan["steps"]["halving_at"])
         assert planned or recounted or got.get("ended_early"), (got, recounted)
-        assert got["steps"] <= 2 * n
+        assert got["steps"] <= UNIT_GROWTH * n
     assert plan["models"] == ["inpaint:joint", "inpaint:pretrain"]
     ev = [e for e in events if e["type"] == "plan"]
     assert ev and ev[0]["describe"][0].startswith("- **")
@@ -417,7 +417,7 @@ def test_resume_keeps_plan_and_remaining_budget(tmp_path, few_steps):
     assert rep["budget"]["spent_s"] >= state["elapsed_s"]
     got = rep["models"]["baseline"]
     # the steps it started with, unless the machine's pace changed them while it trained (a
-    # note says so; at most twice as many) or the budget's deadline ended it (the report says so)
+    # note says so; at most UNIT_GROWTH x as many) or the budget's deadline ended it (the report says so)
     recounted = [e for e in events if e["type"] == "note" and "steps instead of" in e["message"]]
     assert got["steps"] == want or recounted or got.get("ended_early") == "budget"
-    assert got["steps"] <= 2 * want
+    assert got["steps"] <= UNIT_GROWTH * want
