@@ -10,23 +10,11 @@ import functools
 import time
 import types
 
-import pytest
-
 from napari_mtssl import api
 from napari_mtssl.training import trainer
-from napari_mtssl.training.data import StudyData
 from napari_mtssl.training.pace import Pace
-from napari_mtssl.training.plan import fingerprint, make_plan
 from napari_mtssl.training.terms import build_term
 from napari_mtssl.training.trainer import UnitSpec, train_unit
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    ws = api.create_workspace(tmp_path_factory.mktemp("busy") / "ws", source="sample", labelled=2)
-    cfg = api.make_config("tiny", device="cpu")
-    plan = make_plan(fingerprint(ws), cfg, "baseline", allocate_steps=False)
-    return StudyData.from_workspace(ws, plan.preprocessing(), plan.patch), plan.apply(cfg)
 
 
 def _scripted(monkeypatch, seconds_per_step):
@@ -53,22 +41,18 @@ def _train(study, cfg, steps, deadline, **kw):
     net = stages.new_net(cfg, study.num_classes)
     gen = train_unit(spec, net, study, cfg, __import__("torch").device("cpu"), deadline=deadline,
                      **kw)  # fmt: skip
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            return done.value, events
+    events: list[dict] = []
+    return api.run(gen, events.append), events
 
 
 def test_a_unit_on_a_machine_that_slows_down_ends_annealed_within_its_deadline(
-    tiny, monkeypatch, recorder
+    tiny_study, monkeypatch, recorder
 ):
     """Planned: 120 steps of 0.2 s in a 30 s window. From step 20 the machine is 4x slower
     (another job started beside it). Before: the unit ran into its deadline and was cut at a
     high learning rate (a half-trained model). Now: it counts fewer steps, its schedule anneals,
     and it ends by the deadline."""
-    study, cfg = tiny
+    study, cfg = tiny_study
     clock = _scripted(monkeypatch, lambda i: 0.2 if i < 20 else 0.8)
     deadline = clock() + 30.0
     res, events = _train(study, cfg, 120, deadline)
@@ -82,11 +66,13 @@ def test_a_unit_on_a_machine_that_slows_down_ends_annealed_within_its_deadline(
     assert ok, (res["steps"], res["ended_early"], last_lr, notes)
 
 
-def test_the_last_unit_takes_more_steps_when_the_machine_frees_up(tiny, monkeypatch, recorder):
+def test_the_last_unit_takes_more_steps_when_the_machine_frees_up(
+    tiny_study, monkeypatch, recorder
+):
     """Planned beside another job: 40 steps of 1 s in a 50 s window; the job ends and steps take
     0.25 s. The last unit of a run (grow 2) takes up to twice its steps; an earlier one keeps
     its count (the pipeline re-budgets the later units instead)."""
-    study, cfg = tiny
+    study, cfg = tiny_study
     clock = _scripted(monkeypatch, lambda i: 0.25)
     res, events = _train(study, cfg, 40, clock() + 50.0, grow=2.0)
     ok = res["steps"] == 80 and not res["ended_early"]
