@@ -82,6 +82,8 @@ class Comparison:
     dice: dict[str, float | None]  # model -> mean foreground Dice on the labelled slices
     labelled_slices: list[int] = field(default_factory=list)
     class_dice: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> class -> Dice
+    # the teachers whose masks the disagreement compares: fewer than two means no disagreement
+    teachers: list[str] = field(default_factory=list)
 
 
 def _ws(workspace: Workspace | str | os.PathLike) -> Workspace:
@@ -485,6 +487,7 @@ def compare(
         dice=dice,
         labelled_slices=list(labelled),
         class_dice=class_dice,
+        teachers=list(teachers),
     )
 
 

@@ -13,8 +13,10 @@ import tifffile
 from napari_mtssl.io import ScanReadError, read_labels, read_scans
 from napari_mtssl.io.napari_io import (
     MASK_GUESS_KEY,
+    NAMES_KEY,
     PROBE_FILES,
     get_reader,
+    labels_layer,
     reader,
     write_labels_nifti,
     write_labels_tiff,
@@ -88,6 +90,42 @@ def test_a_mask_named_so_opens_as_labels_quietly(tmp_path, recwarn):
     assert kind == "labels"
     assert "name contains 'label'" in kwargs["metadata"][MASK_GUESS_KEY]
     assert not [w for w in recwarn if "Labels layer" in str(w.message)]
+
+
+def test_a_mask_file_names_its_classes_from_the_dataset_json_beside_it(tmp_path):
+    """labelsTr/case.nii.gz of a Decathlon folder opened on its own: napari's status bar shows
+    the class name under the pointer (the layer's features), and a DICOM-SEG saved from it
+    names its segments (the layer's metadata)."""
+    (tmp_path / "labelsTr").mkdir()
+    mask = np.zeros((6, 6, 2), np.uint8)
+    mask[1:3, 1:3, 0], mask[3:5, 3:5, 1] = 1, 3
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "labelsTr" / "case_001.nii.gz")
+    names = {"0": "background", "1": "right ventricle", "2": "myocardium", "3": "left ventricle"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": names}))
+    [(_, kwargs, kind)] = reader(str(tmp_path / "labelsTr" / "case_001.nii.gz"))
+    assert kind == "labels"
+    assert kwargs["features"] == {"index": [0, 1, 2, 3], "class": list(names.values())}
+    assert kwargs["metadata"][NAMES_KEY] == names
+
+    # a dataset.json that does not parse: the mask still opens, without names
+    (tmp_path / "dataset.json").write_text("{not json")
+    [(_, kwargs, kind)] = reader(str(tmp_path / "labelsTr" / "case_001.nii.gz"))
+    assert kind == "labels" and "features" not in kwargs
+    assert NAMES_KEY not in kwargs["metadata"]
+
+
+def test_labels_layer_names_classes_in_napari():
+    """The status bar under the pointer says the class's name (napari reads the features)."""
+    layers = pytest.importorskip("napari.layers", reason="napari is not installed")
+    from napari_mtssl.io.scan import Scan
+
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[0, 1, 1] = 2
+    scan = Scan(np.zeros((2, 4, 4), np.float32), (1.0, 1.0, 1.0), name="c0")
+    data, kwargs, _ = labels_layer(labels, scan, names={0: "background", 2: "myocardium"})
+    layer = layers.Labels(data, **kwargs)
+    status = layer.get_status((0, 1, 1), world=False)
+    assert "myocardium" in str(status)
 
 
 def _pictures_and_scans(tmp_path, factories):
@@ -200,6 +238,7 @@ def test_reader_for_dataset_folder_limits_cases(tmp_path):
         ("image", "c0"),
         ("labels", "c0 labels"),
     ]
+    assert layers[1][1]["features"] == {"index": [0, 1], "class": ["bg", "x"]}
     assert len(layers) == 8
     assert "mtssl_note" in layers[0][1]["metadata"]
     assert len(reader(str(tmp_path), max_cases=6)) == 12

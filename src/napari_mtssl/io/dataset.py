@@ -95,6 +95,24 @@ def _label_names(raw: Any, root: Path) -> dict[int, str]:
     return dict(sorted(names.items()))
 
 
+def label_names_near(path: str | Path) -> dict[int, str]:
+    """The class names a ``dataset.json`` beside a mask file gives (in its folder, or one up:
+    ``labelsTr/case.nii.gz`` of a Decathlon / nnU-Net folder), or ``{}`` when none does.
+    A file that cannot be read or understood gives ``{}``: names are a convenience, and the
+    mask opens without them."""
+    here = Path(path).parent
+    for folder in (here, here.parent):
+        meta = folder / "dataset.json"
+        if not meta.is_file():
+            continue
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            return _label_names(info.get("labels"), folder) if isinstance(info, dict) else {}
+        except (OSError, ValueError, ScanReadError):
+            return {}
+    return {}
+
+
 def _case_files(folder: Path) -> dict[str, Path]:
     """``{case name: image file}``; for nnU-Net channels only channel 0000 is used."""
     out: dict[str, Path] = {}

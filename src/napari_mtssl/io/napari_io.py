@@ -40,11 +40,37 @@ def image_layer(scan: Scan) -> LayerDataTuple:
     return (scan.array, {**scan.layer_kwargs(), "colormap": "gray"}, "image")
 
 
-def labels_layer(labels: np.ndarray, scan: Scan, name: str | None = None) -> LayerDataTuple:
-    """A labels layer tuple over ``scan``; it carries the scan's geometry for the writers."""
+NAMES_KEY = "mtssl_label_names"  # layer metadata: {"class number": "name"} (DICOM-SEG segments)
+
+
+def class_features(names: dict[int, str]) -> dict[str, list] | None:
+    """A Labels layer's ``features`` table naming each class, so that napari's status bar shows
+    "class: left ventricle" under the pointer instead of a bare number; None without names."""
+    if not names:
+        return None
+    values = sorted(int(k) for k in names)
+    return {"index": values, "class": [str(names[v]) for v in values]}
+
+
+def _name_classes(kwargs: dict[str, Any], names: dict[int, str]) -> None:
+    features = class_features(names)
+    if features is not None:
+        kwargs["features"] = features
+        kwargs["metadata"][NAMES_KEY] = {str(k): v for k, v in names.items()}
+
+
+def labels_layer(
+    labels: np.ndarray,
+    scan: Scan,
+    name: str | None = None,
+    names: dict[int, str] | None = None,
+) -> LayerDataTuple:
+    """A labels layer tuple over ``scan``; it carries the scan's geometry for the writers and,
+    given ``names``, the class names (hover, DICOM-SEG segments)."""
     kwargs = scan.layer_kwargs()
     kwargs["name"] = name or f"{scan.name} labels"
     kwargs["colormap"] = labels_colour_dict()
+    _name_classes(kwargs, names or {})
     return (labels, kwargs, "labels")
 
 
@@ -102,9 +128,12 @@ def looks_like_mask(scan: Scan) -> bool:
     return mask_reason(scan) is not None
 
 
-def mask_layer(scan: Scan, reason: str | None = None) -> LayerDataTuple:
+def mask_layer(
+    scan: Scan, reason: str | None = None, names: dict[int, str] | None = None
+) -> LayerDataTuple:
     """A labels layer for a mask file, with its own geometry (it saves back the same way). The
-    layer metadata says why the file was taken for a mask (``MASK_GUESS_KEY``)."""
+    layer metadata says why the file was taken for a mask (``MASK_GUESS_KEY``); ``names`` (from
+    a ``dataset.json`` beside the file) name its classes."""
     top = float(scan.array.max()) if scan.array.size else 0.0
     data = scan.array.astype(np.uint8 if top < 256 else np.uint16)
     kwargs = scan.layer_kwargs()
@@ -112,6 +141,7 @@ def mask_layer(scan: Scan, reason: str | None = None) -> LayerDataTuple:
     kwargs["metadata"][MASK_GUESS_KEY] = f"opened as labels because {why}"
     if top < 4096:  # the project's palette; beyond that, napari's own colours
         kwargs["colormap"] = labels_colour_dict(max(256, int(top) + 1))
+    _name_classes(kwargs, names or {})
     return (data, kwargs, "labels")
 
 
@@ -223,7 +253,7 @@ def reader(path: PathLike, max_cases: int = MAX_DATASET_CASES) -> list[LayerData
     notification) tells why.
     """
     from . import read_scans
-    from .dataset import is_dataset_folder, open_dataset
+    from .dataset import is_dataset_folder, label_names_near, open_dataset
 
     paths = [path] if isinstance(path, str | Path) else list(path)
     layers: list[LayerDataTuple] = []
@@ -235,7 +265,8 @@ def reader(path: PathLike, max_cases: int = MAX_DATASET_CASES) -> list[LayerData
                 scan, labels = dataset.load(case)
                 layers.append(image_layer(scan))
                 if labels is not None:
-                    layers.append(labels_layer(labels, scan, f"{case.name} labels"))
+                    name = f"{case.name} labels"
+                    layers.append(labels_layer(labels, scan, name, dataset.label_names))
             if len(dataset.cases) > len(shown):
                 note = (
                     f"{p}: showing the first {len(shown)} of {len(dataset.cases)} cases; "
@@ -251,7 +282,7 @@ def reader(path: PathLike, max_cases: int = MAX_DATASET_CASES) -> list[LayerData
                 layers.append(image_layer(scan))
                 continue
             why, by_name = guess
-            layers.append(mask_layer(scan, why))
+            layers.append(mask_layer(scan, why, label_names_near(p)))
             if not by_name:  # nothing in the file name says so: tell the person why
                 warnings.warn(
                     f"{p}: opened as a Labels layer because {why}; to see it as an image, "
@@ -427,8 +458,7 @@ def write_labels_dicom_seg(path: str, data: Any, attributes: dict[str, Any]) -> 
     target = path if suffix_of(Path(path)) == ".dcm" else f"{path}.dcm"
     meta = _scan_of_layer(data, attributes, dicom=True) or {}
     names = {
-        int(k): str(v)
-        for k, v in ((attributes.get("metadata") or {}).get("mtssl_label_names") or {}).items()
+        int(k): str(v) for k, v in ((attributes.get("metadata") or {}).get(NAMES_KEY) or {}).items()
     }
     arr = np.asarray(data)
     for c in np.unique(arr):

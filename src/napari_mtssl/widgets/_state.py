@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl.io.napari_io import NAMES_KEY, class_features
 from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
 
 SCAN_META_KEY = "mtssl_scan"  # metadata the io readers put on image layers (Scan.layer_kwargs)
@@ -210,14 +211,18 @@ def show_labels(
     from napari_mtssl.widgets._session import session_for
 
     ws = session_for(viewer).workspace
+    names = dict(ws.label_names) if ws is not None else {}
     if ws is not None:  # segment names for a DICOM-SEG saved from this layer
-        meta["mtssl_label_names"] = {str(k): v for k, v in dict(ws.label_names).items()}
+        meta[NAMES_KEY] = {str(k): v for k, v in names.items()}
         meta[WORKSPACE_KEY] = str(ws.root)  # cleared with the workspace's other layers
+    features = class_features(names)  # the class name under the pointer, in the status bar
     layer = find_layer(viewer, name)
     if layer is not None:
         layer.data = data
         layer.scale = scale
         layer.metadata.update(meta)
+        if features is not None:
+            layer.features = features
         return layer
     from napari_mtssl.colours import labels_colour_dict
 
@@ -230,6 +235,7 @@ def show_labels(
         visible=visible,
         opacity=0.5,
         colormap=labels_colour_dict(),
+        features=features,
     )
 
 

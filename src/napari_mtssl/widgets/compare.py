@@ -80,6 +80,29 @@ def overlay_rgb(
     return np.ascontiguousarray(rgb.astype(np.uint8))
 
 
+def no_disagreement_note(teachers: list[str]) -> str:
+    """Why the disagreement ranking is empty: it compares two or more teachers."""
+    if not teachers:
+        return (
+            "No teacher in this run: disagreement compares two or more teachers. "
+            "In the Correct tab, 'where the student is unsure' ranks slices without them."
+        )
+    name = teachers[0].removeprefix("teacher:")
+    return (
+        f"One teacher in this run ({name}): disagreement compares two or more teachers, "
+        "so there is nothing to rank. In the Correct tab, 'where the student is unsure' "
+        "ranks slices without teachers."
+    )
+
+
+def _note_item(text: str) -> QListWidgetItem:
+    """A list row that explains rather than links to a slice (not selectable)."""
+    item = QListWidgetItem(text)
+    item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+    item.setToolTip(text)
+    return item
+
+
 def _layer_palette(viewer: Any, name: str, n: int = 32) -> np.ndarray | None:
     """The RGB (0-255) colours a labels layer on the canvas gives classes 0..n-1."""
     layer = find_layer(viewer, name)
@@ -206,6 +229,7 @@ class CompareWidget(QWidget):
         self.dice.verticalHeader().setVisible(False)
         self.dice.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.ranked = QListWidget()
+        self.ranked.setWordWrap(True)
         self.ranked.setToolTip(
             "slices where the teachers disagree most; click to go there. To choose which "
             "slices to correct, use 'Next slices to correct' in the Correct step: on ACDC, "
@@ -353,10 +377,14 @@ class CompareWidget(QWidget):
                 visible=name == "student",
             )
         disagreement = comparison.disagreement
-        if disagreement is not None:
-            name = model_layer_name(scan_id, "disagreement")
+        name = model_layer_name(scan_id, "disagreement")
+        layer = find_layer(self.viewer, name)
+        if len(comparison.teachers) < 2:
+            # one teacher (or none) cannot disagree with itself: no map of zeros
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+        elif disagreement is not None:
             data = np.asarray(disagreement, dtype=np.float32)
-            layer = find_layer(self.viewer, name)
             if layer is None:
                 self.viewer.add_image(
                     data,
@@ -385,7 +413,7 @@ class CompareWidget(QWidget):
             names,
             comparison.class_dice,
         )
-        self._fill_ranking(comparison.slice_scores)
+        self._fill_ranking(comparison.slice_scores, comparison.teachers)
         self.status.setText(f"{scan_id}: {len(names)} models compared")
         self.comparison_ready.emit(comparison)
 
@@ -410,8 +438,11 @@ class CompareWidget(QWidget):
                 v = per_class.get(name, {}).get(cls)
                 self.dice.setItem(r, 2 + c, QTableWidgetItem("" if v is None else f"{v:.3f}"))
 
-    def _fill_ranking(self, scores: Any) -> None:
+    def _fill_ranking(self, scores: Any, teachers: list[str] | None = None) -> None:
         self.ranked.clear()
+        if teachers is not None and len(teachers) < 2:
+            self.ranked.addItem(_note_item(no_disagreement_note(teachers)))
+            return
         if scores is None:
             return
         scores = np.asarray(scores, dtype=float)
@@ -421,7 +452,9 @@ class CompareWidget(QWidget):
             self.ranked.addItem(item)
 
     def _go_to_item(self, item: QListWidgetItem) -> None:
-        self.go_to_slice(int(item.data(Qt.ItemDataRole.UserRole)))
+        z = item.data(Qt.ItemDataRole.UserRole)
+        if z is not None:  # a note, not a slice
+            self.go_to_slice(int(z))
 
     def _scan_layer(self) -> Any | None:
         return find_layer(self.viewer, scan_layer_name(self.scan_id)) if self.scan_id else None

@@ -1,0 +1,55 @@
+"""The Compare dock with a single teacher: no map of zeros, and a ranking that says why.
+
+No model is trained: the comparison is built as ``api.compare`` would return it for a run with
+one teacher (its disagreement all zeros)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _comparison(shape, teachers):
+    from napari_mtssl.api import Comparison
+    from napari_mtssl.training.inference import slice_scores
+
+    masks = {name: np.zeros(shape, np.uint8) for name in ["student", *teachers]}
+    dis = np.zeros(shape, np.float32)
+    if len(teachers) > 1:
+        dis[2] = 0.5  # the teachers disagree on slice 2 only
+    return Comparison(
+        labels=masks,
+        teacher_mean=None,
+        disagreement=dis,
+        slice_scores=slice_scores(dis),
+        dice={name: None for name in masks},
+        teachers=list(teachers),
+    )
+
+
+def test_one_teacher_explains_instead_of_ranking_zeros(sample_docks):
+    from napari_mtssl.widgets._state import find_layer, model_layer_name
+
+    d = sample_docks
+    ws = d.session.workspace
+    sid = ws.scan_ids()[0]
+    shape = ws.record(sid).shape
+    v = d.viewer
+    dis_name = model_layer_name(sid, "disagreement")
+
+    d.compare.show_comparison(sid, _comparison(shape, ["teacher:sdm", "teacher:inpaint"]))
+    assert find_layer(v, dis_name) is not None
+    assert d.compare.ranked.count() == shape[0]
+    assert "slice   2" in d.compare.ranked.item(0).text()
+
+    # Compared again with one teacher: the stale map goes, one note replaces the zeros
+    d.compare.show_comparison(sid, _comparison(shape, ["teacher:sdm"]))
+    assert find_layer(v, dis_name) is None
+    assert d.compare.ranked.count() == 1
+    note = d.compare.ranked.item(0)
+    assert "One teacher in this run (sdm)" in note.text()
+    assert "0.000" not in note.text()
+    d.compare.ranked.itemClicked.emit(note)  # a note is not a slice: clicking it does nothing
+    assert d.compare.status.text().startswith(sid)
