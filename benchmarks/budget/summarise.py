@@ -338,6 +338,10 @@ def curve(runs: list[dict]) -> list[str]:
 FAIR_METHODS = (("fair-method", "semi"), ("fair-paper", "paper"))
 FAIR_BASELINE = "fair-baseline"
 FAIR_KINDS = ("fair-method", "fair-paper", FAIR_BASELINE)
+# The current default's results: its settings (stage2.mix = 0) were measured as a named variant
+# before they became the default, so the targets judge that variant too ("fair-method" holds
+# the earlier default's runs).
+DEFAULT_VARIANT = ("fair-mix0", "mix0, the default")
 # the issue's targets: (L, budget in minutes, what is asked)
 FAIR_TARGETS = (
     (
@@ -418,7 +422,7 @@ def fair_groups(runs: list[dict]) -> dict[tuple[int, str], dict[int, dict[str, d
     groups: dict = defaultdict(dict)
     for r in runs:
         b = r.get("benchmark") or {}
-        if b.get("kind") not in FAIR_KINDS:
+        if b.get("kind") not in (*FAIR_KINDS, DEFAULT_VARIANT[0]):
             continue
         try:
             key, seed = (int(b["L"]), str(b["budget"])), int(b["seed"])
@@ -466,6 +470,7 @@ def fair_rows(runs: list[dict]) -> dict[tuple[int, str], list[dict]]:
                     "alone_steps": _steps(alone_rep, "baseline"),
                     "semi": _variant(reps.get("fair-method"), alone),
                     "paper": _variant(reps.get("fair-paper"), alone),
+                    "default": _variant(reps.get(DEFAULT_VARIANT[0]), alone),
                     "side_by_side": any(
                         (r.get("benchmark") or {}).get("side_by_side") for r in reps.values()
                     ),
@@ -511,16 +516,24 @@ def _mean(values: list) -> float | None:
     return statistics.mean(v) if v else None
 
 
+FAIR_COLUMNS = (
+    ("default", "mix0, the default"),
+    ("semi", "semi, earlier default"),
+    ("paper", "paper"),
+)
+
+
 def fair_table(labelled: int, budget: str, rows: list[dict]) -> list[str]:
-    paper = any(r["paper"]["measured"] for r in rows)
-    head = ["seed", "student (semi)"]
-    head += ["student (paper)"] if paper else []
+    """One row per seed: each measured method side's student (the current default first),
+    the teachers and baselines of the first measured side, the baseline alone, the
+    differences, the wall shares and the steps."""
+    cols = [(v, name) for v, name in FAIR_COLUMNS if any(r[v]["measured"] for r in rows)]
+    head = ["seed", *(f"student ({name})" for _, name in cols)]
     head += ["ensemble (ceiling)", "best teacher", "run's baseline", "baseline alone"]
-    head += ["student − alone"] + (["paper − alone"] if paper else [])
-    head += ["wall % of budget (method" + (" / paper" if paper else "") + " / alone)"]
-    head += [
-        "steps (alone / run's baseline / student" + (" / paper's student" if paper else "") + ")"
-    ]
+    short = [v if v != "default" else "mix0" for v, _ in cols]
+    head += [f"{v} − alone" for v in short]
+    head += ["wall % of budget (" + " / ".join([*short, "alone"]) + ")"]
+    head += ["steps (alone / run's baseline / " + " / ".join(f"{v} student" for v in short) + ")"]
     jobs = sorted({j for r in rows for j in r["jobs"]})
     out = [
         f"**Fair comparison, L = {labelled}, {budget} budget** (jobs at once: "
@@ -529,46 +542,47 @@ def fair_table(labelled: int, budget: str, rows: list[dict]) -> list[str]:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+
+    def context(r: dict) -> dict:  # the run whose teachers and baseline are shown
+        return next((r[v] for v, _ in cols if r[v]["measured"]), r["semi"])
+
     for r in rows:
-        s, p = r["semi"], r["paper"]
-        ctx = s if s["measured"] else p  # the run whose teachers and baseline are shown
+        ctx = context(r)
         mark = " (side by side)" if r["side_by_side"] else ""
-        kept = " †" if s["kept_start"] else ""
-        cells = [f"{r['seed']}{mark}", f"**{_f(s['student'])}**{kept}" if s["measured"] else NM]
-        if paper:
-            cells.append(_f(p["student"]) if p["measured"] else NM)
+        cells = [f"{r['seed']}{mark}"]
+        for v, _ in cols:
+            x = r[v]
+            kept = " †" if x["kept_start"] else ""
+            cells.append((f"**{_f(x['student'])}**{kept}" if v == "default" else
+                          f"{_f(x['student'])}{kept}") if x["measured"] else NM)  # fmt: skip
         best = "-" if ctx["best"] is None else f"{ctx['best_teacher']} {_f(ctx['best'])}"
         cells += [_f(ctx["ensemble"]), best, _f(ctx["run_baseline"])]
         cells.append(f"**{_f(r['alone'])}**" if r["alone_measured"] else NM)
-        cells += [_d(s["diff"])] + ([_d(p["diff"])] if paper else [])
-        walls = [s["share"]] + ([p["share"]] if paper else []) + [r["alone_share"]]
-        cells.append(" / ".join(_pct(w) for w in walls))
-        steps = [r["alone_steps"], ctx["steps_baseline"], s["steps_student"]]
-        steps += [p["steps_student"]] if paper else []
+        cells += [_d(r[v]["diff"]) for v, _ in cols]
+        cells.append(" / ".join(_pct(w) for w in [*(r[v]["share"] for v, _ in cols),
+                                                  r["alone_share"]]))  # fmt: skip
+        steps = [r["alone_steps"], ctx["steps_baseline"], *(r[v]["steps_student"] for v, _ in cols)]
         cells.append(" / ".join(_int(x) for x in steps))
         out.append("| " + " | ".join(cells) + " |")
     if len(rows) > 1:
         n = len(rows)
-        ctxs = [r["semi"] if r["semi"]["measured"] else r["paper"] for r in rows]
+        ctxs = [context(r) for r in rows]
 
         def col(variant: str, key: str) -> list:
             return [r[variant][key] for r in rows]
 
-        cells = ["mean ± sd", _msd(col("semi", "student"), n)]
-        cells += [_msd(col("paper", "student"), n)] if paper else []
+        cells = ["mean ± sd", *(_msd(col(v, "student"), n) for v, _ in cols)]
         cells += [
             _msd([c["ensemble"] for c in ctxs], n),
             _msd([c["best"] for c in ctxs], n),
             _msd([c["run_baseline"] for c in ctxs], n),
             _msd([r["alone"] for r in rows], n),
-            _msd(col("semi", "diff"), n, _d),
         ]
-        cells += [_msd(col("paper", "diff"), n, _d)] if paper else []
-        walls = [col("semi", "share")] + ([col("paper", "share")] if paper else [])
-        walls.append([r["alone_share"] for r in rows])
+        cells += [_msd(col(v, "diff"), n, _d) for v, _ in cols]
+        walls = [col(v, "share") for v, _ in cols] + [[r["alone_share"] for r in rows]]
         cells.append(" / ".join(_pct(_mean(w)) for w in walls))
         steps = [[r["alone_steps"] for r in rows], [c["steps_baseline"] for c in ctxs]]
-        steps += [col("semi", "steps_student")] + ([col("paper", "steps_student")] if paper else [])
+        steps += [col(v, "steps_student") for v, _ in cols]
         cells.append(" / ".join(_int(_mean(x)) for x in steps))
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
@@ -584,11 +598,14 @@ def _verdict(checks: list[tuple[str, bool | None]]) -> str:
     return "**met**"
 
 
-def _fair_check(labelled: int, minutes: float, rows: list[dict], variant: str) -> str:
+def _fair_check(
+    labelled: int, minutes: float, rows: list[dict], variant: str, label: str = ""
+) -> str:
     """One stage-2 variant of one (L, budget) against the issue's target for it."""
+    label = label or variant
     vs = [r[variant] for r in rows if r[variant]["measured"]]
     if not vs:
-        return f"student ({variant}): {NM}"
+        return f"student ({label}): {NM}"
     student = _mean([v["student"] for v in vs])
     diffs = [v["diff"] for v in vs if v["diff"] is not None]
     diff = _mean(diffs)
@@ -620,7 +637,7 @@ def _fair_check(labelled: int, minutes: float, rows: list[dict], variant: str) -
         parts.append(
             f"wall ≤ 105 % of the budget: {'yes' if wall_ok else 'no'} (max {_pct(max(walls))} %)"
         )
-    return f"student ({variant}): {_verdict(checks)}: " + "; ".join(parts)
+    return f"student ({label}): {_verdict(checks)}: " + "; ".join(parts)
 
 
 def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
@@ -634,13 +651,17 @@ def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
             out.append(head + NM + ".")
             continue
         rows = [r for g in groups for r in g]
-        checks = [_fair_check(labelled, minutes, rows, v) for _, v in FAIR_METHODS]
+        checks = [_fair_check(labelled, minutes, rows, "default", DEFAULT_VARIANT[1])]
+        checks += [
+            _fair_check(labelled, minutes, rows, v, "semi, earlier default" if v == "semi" else v)
+            for _, v in FAIR_METHODS
+        ]
         out.append(head + " — ".join(checks) + ".")
     shares = [
         (r[v]["share"], L, b, r["seed"], v)
         for (L, b), rows in rows_by.items()
         for r in rows
-        for _, v in FAIR_METHODS
+        for v in ("default", *(v for _, v in FAIR_METHODS))
         if r[v]["measured"]
     ]
     known = [s for s in shares if s[0] is not None]
@@ -673,7 +694,11 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(2.2 + 1.7 * len(groups), 3.8))
-    styles = {"semi": ("-", "o", "tab:blue", 0.2), "paper": ("--", "s", "tab:orange", 0.32)}
+    styles = {
+        "default": ("-", "o", "tab:green", 0.14),
+        "semi": (":", "^", "tab:blue", 0.26),
+        "paper": ("--", "s", "tab:orange", 0.38),
+    }
     unpaired = False
     for gi, (_, rows) in enumerate(groups):
         x0 = gi - 0.2
@@ -707,11 +732,16 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
     ax.set_xticks(range(len(groups)), [f"L = {L}\n{b}" for (L, b), _ in groups])
     ax.set_xlim(-0.7, len(groups) - 0.3)
     ax.plot([], [], "o", color="tab:gray", label="baseline alone")
-    ax.plot([], [], "-o", color="tab:blue", label="student (semi)")
-    if any(r["paper"]["measured"] for _, rows in groups for r in rows):
-        ax.plot([], [], "--s", color="tab:orange", label="student (paper)")
+    names = {
+        "default": ("-o", "tab:green", "student (mix0, the default)"),
+        "semi": (":^", "tab:blue", "student (semi, earlier default)"),
+        "paper": ("--s", "tab:orange", "student (paper)"),
+    }
+    for variant, (fmt, color, label) in names.items():
+        if any(r[variant]["measured"] for _, rows in groups for r in rows):
+            ax.plot([], [], fmt, color=color, label=label)
     if unpaired:
-        ax.plot([], [], "o", color="tab:blue", mfc="none", label="no baseline alone (seed)")
+        ax.plot([], [], "o", color="tab:gray", mfc="none", label="no baseline alone (seed)")
     ax.set_ylabel("mean Dice, 20 ACDC validation volumes")
     ax.set_title(
         "Same budget: baseline alone (left) and the whole method's student (right)", fontsize=9
