@@ -82,3 +82,34 @@ def test_the_last_unit_takes_more_steps_when_the_machine_frees_up(
     clock = _scripted(monkeypatch, lambda i: 0.25)
     res, _ = _train(study, cfg, 40, clock() + 50.0)
     assert res["steps"] == 40
+
+
+def test_a_unit_aims_at_the_budget_and_keeps_the_slack(tiny_study, monkeypatch, recorder):
+    """The run's hard end (budget x slack) is the deadline; the unit aims ``aim_s`` before it,
+    at the budget. Planned beside another job (40 steps of 1 s) that then ended: steps take
+    0.25 s. Before: the pipeline kept the plan's estimate of the final validation before the
+    deadline and the unit kept its own measured one again, so a plan timed on a busy machine
+    ended the run at 80 % of its budget (benchmarks/busy). Now the unit fills the time up to
+    its aim, not past it."""
+    study, cfg = tiny_study
+    clock = _scripted(monkeypatch, lambda i: 0.25)
+    t0 = clock()
+    res, events = _train(study, cfg, 40, t0 + 60.0, grow=5.0, aim_s=-10.0)
+    end = clock() - t0
+    ok = 45.0 <= end <= 50.0 and res["steps"] > 150 and not res["ended_early"]
+    recorder.record("a unit aims at its budget, not at the slack",
+                    "read correctly" if ok else "silently wrong",
+                    f"ended at {end:.1f} s of a 50 s aim (60 s hard end), {res['steps']} steps")  # fmt: skip
+    assert ok, (end, res["steps"], res["ended_early"])
+
+
+def test_past_the_hard_end_less_the_final_validation_no_step_is_taken(
+    tiny_study, monkeypatch
+):
+    """A machine that slows down between two re-timings: the unit stops stepping while its
+    final validation (as last timed) still fits before the hard end."""
+    study, cfg = tiny_study
+    clock = _scripted(monkeypatch, lambda i: 0.1 if i < 30 else 5.0)
+    t0 = clock()
+    res, _ = _train(study, cfg, 60, t0 + 20.0)
+    assert res["ended_early"] and clock() - t0 <= 20.0 + 5.0, (res, clock() - t0)

@@ -139,11 +139,12 @@ class Pace:
         self._paused += float(seconds)
 
     def reserve_s(self, now: float) -> float:
-        """Seconds kept before the deadline for the final validation (with HD95, a little
-        longer than a halfway one); before any was timed, a twenty-fifth of the time left."""
+        """Seconds kept before the deadline for the final validation and saving (with HD95, a
+        little longer than a halfway validation); before any was timed, a twenty-fifth of the
+        time left (2 s without a deadline)."""
         if self._val_s is not None:
             return 1.3 * self._val_s + 2.0
-        return max(2.0, (self.deadline - now) / 25) if self.deadline is not None else 0.0
+        return max(2.0, (self.deadline - now) / 25) if self.deadline is not None else 2.0
 
     def tick(self, step: int) -> str | None:
         """After ``step`` steps: at most every ``every_s`` seconds, re-time and re-count (and

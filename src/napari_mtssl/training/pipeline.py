@@ -72,8 +72,8 @@ __all__ = [
 ]
 
 WHATS = ("baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2")
-# A unit still training at budget x DEADLINE_SLACK, less the time its final validation and
-# saving take, ends where it is: the run then ends within the promised +10 %.
+# Units aim to end within the budget; a unit that would still be training at budget x
+# DEADLINE_SLACK, less its final validation (as last timed) and SAVE_S, ends where it is.
 # The most the student's steps grow when the earlier models ran faster than timed.
 STUDENT_GROWTH = 2.0
 # The last unit of a budgeted run re-times itself while it trains (training/pace.py) and may
@@ -81,6 +81,7 @@ STUDENT_GROWTH = 2.0
 # timed beside a job that then ended: 4.3x measured, benchmarks/busy).
 UNIT_GROWTH = 5.0
 DEADLINE_SLACK = 1.06
+SAVE_S = 3.0  # saving a model and writing its scores, after its final validation
 
 
 def find_model(ws: Any, name: str):
@@ -211,17 +212,17 @@ class _Run:
         self.elapsed0 = float(state.get("elapsed_s", 0.0))
         self.arch = stages.arch_meta(cfg, study)
         budget = float(cfg.budget_s)
+        # The hard end: every unit's final validation and saving are done by then. A unit
+        # aims at the budget itself (``aim_s`` before the hard end) and re-times its steps
+        # to end there with the validation it measured (training/pace.py).
         self.deadline = (
-            self.t0 + max(0.0, budget * DEADLINE_SLACK - self.elapsed0 - self._final_reserve())
+            self.t0 + max(0.0, budget * DEADLINE_SLACK - self.elapsed0 - SAVE_S)
             if budget > 0
             else None
         )
+        self.aim_s = -budget * (DEADLINE_SLACK - 1.0)
         self.teacher_run = self.student_run = None
         self.ctx = UnitContext(ws, run, cfg, plan, study, device)  # what inline units train with
-
-    def _final_reserve(self) -> float:
-        """Seconds a model's last validation (with HD95) and saving take, from the plan."""
-        return 1.5 * float(self.plan.timings.get("eval", 0.0)) + 3.0
 
     # -- bookkeeping -----------------------------------------------------------------------
     def spent(self) -> float:
@@ -559,6 +560,8 @@ class _Run:
                     else time.time() + self.deadline - time.monotonic()
                 )
                 alone = not running and not pending  # the last unit (the student): every thread
+                if wall is not None:
+                    unit = dataclasses.replace(unit, aim_s=self.aim_s)
                 if alone and wall is not None:  # it takes what the machine's pace allows
                     unit = dataclasses.replace(
                         unit, grow=UNIT_GROWTH, threads_max=int(self.plan.threads_max)

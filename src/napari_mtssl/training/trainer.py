@@ -431,15 +431,19 @@ def train_unit(
     deadline: float | None = None,
     grow: float = 1.0,
     threads_max: int = 0,
+    aim_s: float = 0.0,
 ) -> Generator[dict, None, dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
     ``pause_at``: stop at that step with a resumable checkpoint and the validation scores
     (successive halving: calling again with the same ``ckpt_dir`` goes on from there).
-    ``deadline`` (``time.monotonic()``): the unit's step count is re-timed while it trains so
-    that it ends by then, final validation included (:class:`.pace.Pace`: fewer steps when the
-    machine slows down, up to ``grow`` x more when it speeds up; ``threads_max`` > 0 fits the
-    threads to the free cores); past it the unit ends where it is, as finished.
+    ``deadline`` (``time.monotonic()``): the unit ends by then, final validation included: its
+    step count is re-timed while it trains so that it ends by ``deadline + aim_s`` (``aim_s``
+    <= 0: a run aims at its budget and keeps the rest as slack; :class:`.pace.Pace`: fewer
+    steps when the machine slows down, up to ``grow`` x more when it speeds up;
+    ``threads_max`` > 0 fits the threads to the free cores), and a step that would leave too
+    little time for the final validation (as last timed) before ``deadline`` is not taken: the
+    unit ends where it is, as finished.
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -453,7 +457,7 @@ def train_unit(
     adaptive = pause_at is None and device.type == "cpu"
     pace = Pace(
         spec.steps,
-        deadline if pause_at is None else None,
+        deadline + aim_s if pause_at is None and deadline is not None else None,
         grow=grow if adaptive else 1.0,
         threads_max=threads_max if adaptive else 0,
     )
@@ -474,7 +478,8 @@ def train_unit(
                 seconds = elapsed0 + time.perf_counter() - t0
                 return {"stopped": False, "paused": True, "steps": step, "metrics": m,
                         "seconds": seconds, "val_dice": v, "losses": ema}  # fmt: skip
-            if deadline is not None and step > start and time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is not None and step > start and now > deadline - pace.reserve_s(now):
                 ended_early = True
                 break
             if step > start and ckpt.due():

@@ -64,6 +64,9 @@ class Unit:
     # (training/pace.py)
     grow: float = 1.0
     threads_max: int = 0
+    # where the unit aims to end, in seconds after the deadline it is given (<= 0: the run's
+    # budget, before the deadline's slack); the deadline itself is the hard end
+    aim_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,13 +106,15 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, 
     cfg = _unit_cfg(ctx.cfg, unit.steps)
     ckpt = ctx.run.checkpoint_dir
     args = (ctx.study, cfg, ctx.device, ckpt, stop)
-    pace = {"grow": unit.grow, "threads_max": unit.threads_max}
+    pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s}
     if unit.kind == "baseline":
         return stages.baseline(*args, deadline=deadline, **pace)
     if unit.kind == "all_joint":
         return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline, **pace)
     if unit.kind == "mode" and unit.mode == "joint":
-        return stages.joint(unit.task, *args, pause_at=unit.pause_at, deadline=deadline)
+        return stages.joint(
+            unit.task, *args, pause_at=unit.pause_at, deadline=deadline, aim_s=unit.aim_s
+        )
     if unit.kind == "mode" and unit.mode == "pretrain":
         return stages.pretrain(
             unit.task,
@@ -118,6 +123,7 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, 
             reuse=unit.reuse,
             pause_at=unit.pause_at,
             deadline=deadline,
+            aim_s=unit.aim_s,
         )
     if unit.kind == "student":
         return _student(ctx, unit, cfg, stop, deadline, pace)
