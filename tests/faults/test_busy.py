@@ -103,9 +103,7 @@ def test_a_unit_aims_at_the_budget_and_keeps_the_slack(tiny_study, monkeypatch, 
     assert ok, (end, res["steps"], res["ended_early"])
 
 
-def test_past_the_hard_end_less_the_final_validation_no_step_is_taken(
-    tiny_study, monkeypatch
-):
+def test_past_the_hard_end_less_the_final_validation_no_step_is_taken(tiny_study, monkeypatch):
     """A machine that slows down between two re-timings: the unit stops stepping while its
     final validation (as last timed) still fits before the hard end."""
     study, cfg = tiny_study

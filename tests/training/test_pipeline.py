@@ -252,6 +252,7 @@ def few_steps(monkeypatch):
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
     monkeypatch.setattr(pipeline, "MIN_STEPS", 30)
+
     # The plan's step timing, fixed instead of measured: on a machine busy that minute the
     # timing itself ate a 25 s budget and the planner refused the run ("about 0 training
     # steps"). The units still re-time themselves against the real clock while they train
