@@ -123,10 +123,8 @@ class Progress:
         if isinstance(e, events.Selected):
             return f"teacher for {e.task}: {e.mode} mode"
         if isinstance(e, events.Halving):
-            return (
-                f"{e.task} after {e.at_steps} steps: joint {_fmt(e.dice.get('joint'))}, "
-                f"pretrain {_fmt(e.dice.get('pretrain'))}; {e.reason}"
-            )
+            scores = ", ".join(f"{m} {_fmt(v)}" for m, v in e.dice.items())
+            return f"{e.task} after {e.at_steps} steps: {scores}; {e.reason}"
         if isinstance(e, events.PlanMade):
             return (
                 "plan:\n" + "\n".join(f"  {x}" for x in e.describe) + "\n" + plan_steps_text(e.plan)
@@ -164,6 +162,13 @@ def plan_steps_text(plan: dict[str, Any]) -> str:
     w = max(len(r[0]) for r in rows)
     lines = [f"  {m:<{w}}  {n:>18} steps  ~{t}" for m, n, t in rows]
     return "\n".join(lines)
+
+
+def _rung_line(task: str, h: dict) -> str:
+    scores = ", ".join(f"{m} {_fmt(v)}" for m, v in h["dice"].items())
+    bar = "" if h.get("baseline") is None else f" (baseline {_fmt(h['baseline'])})"
+    went = ", ".join(h.get("continued") or []) or "none"
+    return f"{task}: {scores}{bar}, went on: {went}"
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -242,13 +247,10 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
         halv = {t: s["halving"] for t, s in sel.items() if s.get("halving")}
         if halv:
             md += [
-                "Successive halving: both modes trained the first "
-                f"{next(iter(halv.values()))['at_steps']} steps; "
-                + "; ".join(
-                    f"{t}: joint {_fmt(h['dice'].get('joint'))}, pretrain "
-                    f"{_fmt(h['dice'].get('pretrain'))}, went on: {', '.join(h['continued'])}"
-                    for t, h in halv.items()
-                ),
+                "The rung: each task's modes trained the first "
+                f"{next(iter(halv.values()))['at_steps']} steps, then only those that lead went "
+                "on (a mode trailing the other, or the baseline at the same step, stopped); "
+                + "; ".join(_rung_line(t, h) for t, h in halv.items()),
                 "",
             ]
     post = {

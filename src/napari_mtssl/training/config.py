@@ -141,6 +141,12 @@ class Stage1Config:
     # steps, then only the leader goes on, unless they are within `halving_margin` Dice.
     halving: float = 0.34
     halving_margin: float = 0.01
+    # A teacher against the run's baseline (a semi-supervised student only): at this share of
+    # its segmentation steps (the halving point when two modes train) a teacher whose validation
+    # Dice trails the baseline's at the same step by more than `baseline_margin` stops there and
+    # joins no ensemble; the student gets its time. 0: teachers always train to the end.
+    baseline_rung: float = 0.34
+    baseline_margin: float = 0.02
     cache_pretext: bool = True  # reuse label-free pre-training across runs of a workspace
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -159,6 +165,11 @@ class Stage1Config:
             raise ValueError("stage1.halving must be in [0, 1) (0: no successive halving)")
         if self.halving_margin < 0 or self.pretrain_ratio <= 0:
             raise ValueError("stage1.halving_margin must be >= 0 and pretrain_ratio > 0")
+        if not 0 <= self.baseline_rung < 1 or self.baseline_margin < 0:
+            raise ValueError(
+                "stage1.baseline_rung must be in [0, 1) (0: teachers always train to the end) "
+                "and stage1.baseline_margin >= 0"
+            )
         unknown = sorted(set(self.lambda_) - set(self.tasks))
         if unknown:
             raise ValueError(f"stage1.lambda_ names tasks that are not selected: {unknown}")
@@ -449,6 +460,7 @@ def profile(name: str = "quick", **overrides: Any) -> ExperimentConfig:
                 finetune_steps=3,
                 eval_every=2,
                 halving=0.0,
+                baseline_rung=0.0,
             ),
             stage2=Stage2Config(steps=4, retrain_steps=2, eval_every=2),
             profile="tiny",

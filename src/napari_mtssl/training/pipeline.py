@@ -315,7 +315,11 @@ class _Run:
         time left (up to ``STUDENT_GROWTH`` x its planned steps; never fewer than planned
         unless the machine ran slower, which the deadline then handles)."""
         est = self.plan.estimate_s
-        done = [u for u, m in self.models.items() if u in est and u != "student"]
+        done = [
+            u
+            for u, m in self.models.items()
+            if u in est and u != "student" and not m.get("halted_by")  # stopped short: no pace
+        ]
         planned = sum(float(est[u]) for u in done)
         actual = sum(float(self.models[u].get("seconds") or 0.0) for u in done)
         step_s = float(self.plan.timings.get("student") or 0.0)
@@ -345,11 +349,42 @@ class _Run:
             self.cfg.stage1.modes
         ]
 
+    def _against_baseline(self) -> bool:
+        """Whether teachers are held against the run's baseline at their rung: a run that
+        trains both, for a semi-supervised student (the paper's keeps its teachers as they are)."""
+        c = self.cfg
+        return (
+            c.stage1.baseline_rung > 0
+            and self.what == "all"
+            and c.stage2.method == "semi"
+            and "baseline" in plan_for(self.what, c)
+        )
+
     def _halving_at(self, task: str) -> int:
-        """The successive-halving step of ``task`` (0: none, both modes train fully)."""
-        at = int(self.plan.steps.get("halving_at") or 0) if len(self._modes()) == 2 else 0
+        """The rung of ``task``: the step where its modes are validated and decided on
+        (successive halving between two modes, the run's baseline as the bar); 0: none, every
+        mode trains fully."""
         full = self._steps(Unit("", str(trained(task, "joint")), "mode", 0, task, "joint"))
+        if len(self._modes()) == 2:
+            at = int(self.plan.steps.get("halving_at") or 0)
+        else:
+            at = 0
+        if not at and self._against_baseline():
+            at = int(round(self.cfg.stage1.baseline_rung * full))
         return at if at and at < full else 0
+
+    def _probe_at(self) -> int | None:
+        """The step where the baseline is validated as the teachers' bar (their rung)."""
+        if not self._against_baseline():
+            return None
+        return self._halving_at(self.cfg.stage1.tasks[0]) or None if self.cfg.stage1.tasks else None
+
+    def _bar(self, at: int) -> float | None:
+        """The baseline's validation Dice at step ``at`` (None: not known)."""
+        probe = self.state.get("baseline_probe") or {}
+        if not self._against_baseline() or int(probe.get("step") or -1) != at:
+            return None
+        return probe.get("dice")
 
     def plan_units(self) -> list[Unit]:
         """What is left to train, in the order one lane trains it, with the dependencies that
@@ -357,7 +392,7 @@ class _Run:
         names = plan_for(self.what, self.cfg)
         units: list[Unit] = []
         if "baseline" in names and "baseline" not in self.models:
-            units.append(Unit("baseline", "baseline", "baseline", 0))
+            units.append(Unit("baseline", "baseline", "baseline", 0, probe_at=self._probe_at()))
         if self.what in ("stage1", "all"):
             for task in self.cfg.stage1.tasks:
                 units += self._task_units(task)
@@ -381,6 +416,8 @@ class _Run:
             if at and names[m] not in self.models and m not in rung
         ]
         deps = [f"{names[m]}@rung" for m in modes] if at else []
+        if at and self._against_baseline() and "baseline" not in self.models:
+            deps.append("baseline")  # its Dice at the rung is the bar
         out += [
             Unit(names[m], names[m], "mode", 0, task, m, deps=deps)
             for m in modes
@@ -450,6 +487,15 @@ class _Run:
             for n in names
             if n not in keep
         }
+        if trun is self.run:  # teachers stopped at their rung, behind the baseline
+            for task, h in self.state.get("halving", {}).items():
+                n = str(teacher(task))
+                if n in keep and h.get("trails") and not set(h.get("continue", [])):
+                    keep.remove(n)
+                    why[n] = (
+                        f"stopped at step {self._halving_at(task)}, behind the baseline there "
+                        f"({h.get('bar', 0.0):.3f})"
+                    )
         return keep or names, why
 
     def _pretext_file(self, task: str) -> Path | None:
@@ -630,6 +676,9 @@ class _Run:
         self.models[unit.model] = entry
         self.save_state()
         yield self.log(ev.ModelDone(model=unit.model, **entry))
+        if result.get("probe") and unit.kind == "baseline":
+            self.state["baseline_probe"] = result["probe"]
+            self.save_state()
         if unit.pause_at is not None:  # a halving rung: kept as it stands until decided
             halving = self.state["halving"].setdefault(unit.task, {})
             halving.setdefault("rung", {})[unit.mode] = {
@@ -640,39 +689,59 @@ class _Run:
             self.models.pop(unit.model)
             halving.setdefault("provisional", {})[unit.mode] = True
             self.save_state()
-            if len(halving["rung"]) == len(self._modes()):
+            waits = self._against_baseline() and "baseline" not in self.models
+            if len(halving["rung"]) == len(self._modes()) and not waits:
                 yield from self._decide(unit.task)
             return
         if unit.kind == "mode":
             yield from self._maybe_select(unit.task)
 
     def _decide(self, task: str) -> Generator[dict, None, None]:
-        """Successive halving: only the leading mode goes on, unless the two are close."""
+        """At the rung: of two modes only the leader goes on, unless the two are close; a
+        mode whose Dice trails the run's baseline at the same step by more than
+        ``stage1.baseline_margin`` stops there (its time goes to the student)."""
         halving, s1, modes = self.state["halving"][task], self.cfg.stage1, self._modes()
         if "continue" in halving:
             return
+        at = self._halving_at(task)
         d = {m: halving["rung"][m]["dice"] or 0.0 for m in modes}
         lead = max(modes, key=lambda m: (d[m], m == "joint"))
-        close = abs(d["joint"] - d["pretrain"]) <= s1.halving_margin
-        halving["continue"] = list(modes) if close else [lead]
-        self.save_state()
-        yield self.log(
-            ev.Halving(
-                task,
-                self._halving_at(task),
-                d,
-                halving["continue"],
+        why = []
+        go = list(modes)
+        if len(modes) == 2 and self.plan.steps.get("halving_at"):
+            gap = abs(d["joint"] - d["pretrain"])
+            close = gap <= s1.halving_margin
+            go = list(modes) if close else [lead]
+            why.append(
                 f"within {s1.halving_margin:g} Dice: both go on"
                 if close
-                else f"{lead} leads by {abs(d['joint'] - d['pretrain']):.3f}",
+                else f"{lead} leads by {gap:.3f}"
             )
-        )
+        bar = self._bar(at)
+        if bar is not None:
+            trail = [m for m in go if d[m] < bar - s1.baseline_margin]
+            go = [m for m in go if m not in trail]
+            halving["bar"] = bar
+            if trail:
+                halving["trails"] = trail
+                why.append(
+                    f"{', '.join(trail)} trail{'s' if len(trail) == 1 else ''} the baseline "
+                    f"({bar:.3f} at step {at}) by more than {s1.baseline_margin:g}: stopped, "
+                    "the student gets the time"
+                )
+            else:
+                why.append(f"the baseline at step {at}: {bar:.3f}")
+        halving["continue"] = go
+        self.save_state()
+        yield self.log(ev.Halving(task, at, d, go, "; ".join(why)))
 
     def _halted(self, task: str, mode: str) -> Generator[dict, None, None]:
         """The losing mode keeps the model and scores it had at the halving point."""
         name = str(trained(task, mode))
         meta = checkpoints.read_model_meta(self.run.model_path(name))
         entry = dict(meta["metrics"])
+        if mode in self.state["halving"][task].get("trails", []):
+            entry["halted_by"] = "trails the baseline"
         self.models[name] = entry
         checkpoints.remove_state(self.run.checkpoint_dir, name)
         n = self._steps(Unit("", name, "mode", 0, task, mode))
@@ -686,7 +755,7 @@ class _Run:
         yield self.log(
             ev.Note(
                 f"{name} stopped at step {entry['steps']} of {n} "
-                f"(successive halving), saving about {saved:.0f} s"
+                f"({entry.get('halted_by') or 'successive halving'}), saving about {saved:.0f} s"
             )
         )
 
@@ -726,6 +795,7 @@ class _Run:
                 "at_steps": int(self.plan.steps.get("halving_at") or 0),
                 "dice": {m: r["dice"] for m, r in rung["rung"].items()},
                 "continued": rung.get("continue"),
+                "baseline": rung.get("bar"),
             }
         pre = self.models.get(str(trained(task, "pretrain")), {})
         if pre.get("pretext_cached"):

@@ -432,6 +432,7 @@ def train_unit(
     grow: float = 1.0,
     threads_max: int = 0,
     aim_s: float = 0.0,
+    probe_at: int | None = None,
 ) -> Generator[dict, None, dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
@@ -443,7 +444,8 @@ def train_unit(
     steps when the machine slows down, up to ``grow`` x more when it speeds up;
     ``threads_max`` > 0 fits the threads to the free cores), and a step that would leave too
     little time for the final validation (as last timed) before ``deadline`` is not taken: the
-    unit ends where it is, as finished.
+    unit ends where it is, as finished. ``probe_at``: validate at that step as well, the
+    result's ``probe`` (``{"step", "dice"}``: the baseline at the teachers' rung).
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -463,7 +465,7 @@ def train_unit(
     )
     streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
     ema: dict[str, float] = {}
-    final, step, ended_early = None, start, False
+    final, step, ended_early, probe = None, start, False, None
     pace.start(step)
     try:
         while step < pace.total:
@@ -492,7 +494,8 @@ def train_unit(
             note = pace.tick(step)
             if note:
                 yield Note(f"{spec.model or spec.name}: {note}").to_dict()
-            if check.due(step, pace.total):  # the last one (with HD95) is the model's report
+            probing = check.on and step == probe_at and step < pace.total
+            if check.due(step, pace.total) or probing:  # the last one (HD95): the report
                 tv = time.perf_counter()
                 try:
                     got = check.scores(hd95=step == pace.total, stop=stop)
@@ -501,6 +504,8 @@ def train_unit(
                     return {"stopped": True, "step": step, "name": spec.name}
                 pace.validated(time.perf_counter() - tv)
                 val, final = got["mean_dice"], got if step == pace.total else final
+                if step == probe_at:
+                    probe = {"step": step, "dice": val}
             yield _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s,
                             pace.total)  # fmt: skip
         if ended_early and check.on:
@@ -508,7 +513,7 @@ def train_unit(
             val = final["mean_dice"]
         result = {"stopped": False, "ended_early": ended_early, "steps": step, "val_dice": val,
                   "seconds": elapsed0 + time.perf_counter() - t0, "losses": ema,
-                  "metrics": final, "data_wait_s": streams.wait_s}  # fmt: skip
+                  "metrics": final, "data_wait_s": streams.wait_s, "probe": probe}  # fmt: skip
     finally:
         streams.close()
     avg.into(net)

@@ -53,6 +53,7 @@ class Unit:
     task: str | None = None
     mode: str | None = None
     pause_at: int | None = None
+    probe_at: int | None = None  # the baseline: an extra validation at the teachers' rung
     deps: list[str] = field(default_factory=list)
     pretext_file: str | None = None
     reuse: bool = False
@@ -108,7 +109,7 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, 
     args = (ctx.study, cfg, ctx.device, ckpt, stop)
     pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s}
     if unit.kind == "baseline":
-        return stages.baseline(*args, deadline=deadline, **pace)
+        return stages.baseline(*args, deadline=deadline, probe_at=unit.probe_at, **pace)
     if unit.kind == "all_joint":
         return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline, **pace)
     if unit.kind == "mode" and unit.mode == "joint":
@@ -238,6 +239,7 @@ def train(
         "paused": bool(res.get("paused")),
         "entry": entry,
         "val_dice": res.get("val_dice"),
+        "probe": res.get("probe"),
         "steps": int(res["steps"]),
         "seconds": round(float(res["seconds"]), 2),
     }
