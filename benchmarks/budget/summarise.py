@@ -335,13 +335,20 @@ def curve(runs: list[dict]) -> list[str]:
 
 # -- the fair comparison: the whole method against the baseline trained alone, one budget -------
 
-FAIR_METHODS = (("fair-method", "semi"), ("fair-paper", "paper"))
 FAIR_BASELINE = "fair-baseline"
 FAIR_KINDS = ("fair-method", "fair-paper", FAIR_BASELINE)
-# The current default's results: its settings (stage2.mix = 0) were measured as a named variant
-# before they became the default, so the targets judge that variant too ("fair-method" holds
-# the earlier default's runs).
-DEFAULT_VARIANT = ("fair-mix0", "mix0, the default")
+# The current default's results: its settings (the teachers held against the run's baseline at
+# their rung, stage2.mix = 0) were measured as a named variant before they became the default,
+# so the targets judge that variant first; the earlier defaults stay beside it ("fair-mix0":
+# stage2.mix = 0 with every teacher trained to the end; "fair-method": the default before it).
+DEFAULT_VARIANT = ("fair-rung", "rung, the default")
+# column key -> (result kind, label); the table, the targets and the plot show them in this order
+FAIR_VARIANTS = {
+    "default": DEFAULT_VARIANT,
+    "mix0": ("fair-mix0", "mix0, earlier default"),
+    "semi": ("fair-method", "semi, older default"),
+    "paper": ("fair-paper", "paper"),
+}
 # the targets: (L, budget in minutes, what is asked)
 FAIR_TARGETS = (
     (
@@ -422,7 +429,7 @@ def fair_groups(runs: list[dict]) -> dict[tuple[int, str], dict[int, dict[str, d
     groups: dict = defaultdict(dict)
     for r in runs:
         b = r.get("benchmark") or {}
-        if b.get("kind") not in (*FAIR_KINDS, DEFAULT_VARIANT[0]):
+        if b.get("kind") not in (FAIR_BASELINE, *(k for k, _ in FAIR_VARIANTS.values())):
             continue
         try:
             key, seed = (int(b["L"]), str(b["budget"])), int(b["seed"])
@@ -468,9 +475,7 @@ def fair_rows(runs: list[dict]) -> dict[tuple[int, str], list[dict]]:
                     "alone_measured": alone_rep is not None,
                     "alone_share": _share(alone_rep),
                     "alone_steps": _steps(alone_rep, "baseline"),
-                    "semi": _variant(reps.get("fair-method"), alone),
-                    "paper": _variant(reps.get("fair-paper"), alone),
-                    "default": _variant(reps.get(DEFAULT_VARIANT[0]), alone),
+                    **{v: _variant(reps.get(k), alone) for v, (k, _) in FAIR_VARIANTS.items()},
                     "side_by_side": any(
                         (r.get("benchmark") or {}).get("side_by_side") for r in reps.values()
                     ),
@@ -516,11 +521,7 @@ def _mean(values: list) -> float | None:
     return statistics.mean(v) if v else None
 
 
-FAIR_COLUMNS = (
-    ("default", "mix0, the default"),
-    ("semi", "semi, earlier default"),
-    ("paper", "paper"),
-)
+FAIR_COLUMNS = tuple((v, label) for v, (_, label) in FAIR_VARIANTS.items())
 
 
 def fair_table(labelled: int, budget: str, rows: list[dict]) -> list[str]:
@@ -530,7 +531,7 @@ def fair_table(labelled: int, budget: str, rows: list[dict]) -> list[str]:
     cols = [(v, name) for v, name in FAIR_COLUMNS if any(r[v]["measured"] for r in rows)]
     head = ["seed", *(f"student ({name})" for _, name in cols)]
     head += ["ensemble (ceiling)", "best teacher", "run's baseline", "baseline alone"]
-    short = [v if v != "default" else "mix0" for v, _ in cols]
+    short = [v if v != "default" else DEFAULT_VARIANT[0].removeprefix("fair-") for v, _ in cols]
     head += [f"{v} − alone" for v in short]
     head += ["wall % of budget (" + " / ".join([*short, "alone"]) + ")"]
     head += ["steps (alone / run's baseline / " + " / ".join(f"{v} student" for v in short) + ")"]
@@ -651,17 +652,17 @@ def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
             out.append(head + NM + ".")
             continue
         rows = [r for g in groups for r in g]
-        checks = [_fair_check(labelled, minutes, rows, "default", DEFAULT_VARIANT[1])]
-        checks += [
-            _fair_check(labelled, minutes, rows, v, "semi, earlier default" if v == "semi" else v)
-            for _, v in FAIR_METHODS
+        checks = [
+            _fair_check(labelled, minutes, rows, v, label)
+            for v, (_, label) in FAIR_VARIANTS.items()
+            if any(r[v]["measured"] for r in rows) or v == "default"
         ]
         out.append(head + " — ".join(checks) + ".")
     shares = [
         (r[v]["share"], L, b, r["seed"], v)
         for (L, b), rows in rows_by.items()
         for r in rows
-        for v in ("default", *(v for _, v in FAIR_METHODS))
+        for v in FAIR_VARIANTS
         if r[v]["measured"]
     ]
     known = [s for s in shares if s[0] is not None]
@@ -695,9 +696,10 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
 
     fig, ax = plt.subplots(figsize=(2.2 + 1.7 * len(groups), 3.8))
     styles = {
-        "default": ("-", "o", "tab:green", 0.14),
-        "semi": (":", "^", "tab:blue", 0.26),
-        "paper": ("--", "s", "tab:orange", 0.38),
+        "default": ("-", "o", "tab:green", 0.1),
+        "mix0": ("-.", "D", "tab:purple", 0.2),
+        "semi": (":", "^", "tab:blue", 0.3),
+        "paper": ("--", "s", "tab:orange", 0.4),
     }
     unpaired = False
     for gi, (_, rows) in enumerate(groups):
@@ -733,9 +735,8 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
     ax.set_xlim(-0.7, len(groups) - 0.3)
     ax.plot([], [], "o", color="tab:gray", label="baseline alone")
     names = {
-        "default": ("-o", "tab:green", "student (mix0, the default)"),
-        "semi": (":^", "tab:blue", "student (semi, earlier default)"),
-        "paper": ("--s", "tab:orange", "student (paper)"),
+        v: (styles[v][0] + styles[v][1], styles[v][2], f"student ({label})")
+        for v, (_, label) in FAIR_VARIANTS.items()
     }
     for variant, (fmt, color, label) in names.items():
         if any(r[variant]["measured"] for _, rows in groups for r in rows):
