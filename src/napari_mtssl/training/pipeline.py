@@ -493,8 +493,8 @@ class _Run:
                 if n in keep and h.get("trails") and not set(h.get("continue", [])):
                     keep.remove(n)
                     why[n] = (
-                        f"stopped at step {self._halving_at(task)}, behind the baseline there "
-                        f"({h.get('bar', 0.0):.3f})"
+                        f"stopped at step {self._halving_at(task)}, not ahead of the baseline "
+                        f"there ({h.get('bar', 0.0):.3f})"
                     )
         return keep or names, why
 
@@ -698,8 +698,8 @@ class _Run:
 
     def _decide(self, task: str) -> Generator[dict, None, None]:
         """At the rung: of two modes only the leader goes on, unless the two are close; a
-        mode whose Dice trails the run's baseline at the same step by more than
-        ``stage1.baseline_margin`` stops there (its time goes to the student)."""
+        mode whose Dice does not lead the run's baseline at the same step by at least
+        ``stage1.baseline_lead`` stops there (its time goes to the student)."""
         halving, s1, modes = self.state["halving"][task], self.cfg.stage1, self._modes()
         if "continue" in halving:
             return
@@ -719,18 +719,18 @@ class _Run:
             )
         bar = self._bar(at)
         if bar is not None:
-            trail = [m for m in go if d[m] < bar - s1.baseline_margin]
+            trail = [m for m in go if d[m] < bar + s1.baseline_lead]
             go = [m for m in go if m not in trail]
             halving["bar"] = bar
+            need = f"{bar:.3f} at step {at}, {s1.baseline_lead:+g} wanted"
             if trail:
                 halving["trails"] = trail
                 why.append(
-                    f"{', '.join(trail)} trail{'s' if len(trail) == 1 else ''} the baseline "
-                    f"({bar:.3f} at step {at}) by more than {s1.baseline_margin:g}: stopped, "
-                    "the student gets the time"
+                    f"{', '.join(trail)} not ahead of the baseline ({need}): stopped, the "
+                    "student gets the time"
                 )
             else:
-                why.append(f"the baseline at step {at}: {bar:.3f}")
+                why.append(f"ahead of the baseline ({need})")
         halving["continue"] = go
         self.save_state()
         yield self.log(ev.Halving(task, at, d, go, "; ".join(why)))
@@ -741,7 +741,7 @@ class _Run:
         meta = checkpoints.read_model_meta(self.run.model_path(name))
         entry = dict(meta["metrics"])
         if mode in self.state["halving"][task].get("trails", []):
-            entry["halted_by"] = "trails the baseline"
+            entry["halted_by"] = "not ahead of the baseline"
         self.models[name] = entry
         checkpoints.remove_state(self.run.checkpoint_dir, name)
         n = self._steps(Unit("", name, "mode", 0, task, mode))

@@ -73,7 +73,7 @@ def describe_event(event: dict) -> str:
         return f"{e.model} done" + (f": validation Dice {md:.3f}" if md is not None else "")
     if isinstance(e, ev.Halving):
         if not e.continue_:
-            return f"{e.task}: stopped at step {e.at_steps}, behind the baseline"
+            return f"{e.task}: stopped at step {e.at_steps}, not ahead of the baseline"
         return f"{e.task}: {', '.join(e.continue_)} goes on"
     if isinstance(e, ev.Resumed):
         return f"resumed {e.model} at step {e.step}"
