@@ -7,7 +7,9 @@ Run under Xvfb from the repository root::
 It loads the sample study into a temporary workspace, shows the plan for a 1-hour budget
 (Estimate), trains with the given profile (tiny: a few seconds), compares the models on one
 scan, opens the student's prediction for editing, corrects one slice, accepts it, retrains
-quickly, and saves one PNG per step into docs/images/, and the whole window at 1366 x 768.
+quickly, and saves one PNG per step, and the whole window at 1366 x 768, into ``--out`` (a new
+temporary folder by default): a check that every step draws, not pictures for the docs (a
+tiny run's masks are noise).
 
 With ``--workspace W --scan S`` it trains nothing: it opens a workspace whose models were trained
 on real scans (e.g. a run of ``napari-mtssl train ../shared/data/acdc``), compares them on scan
@@ -38,8 +40,7 @@ def wait_for(app, done, timeout: float = 3600.0, what: str = "the job") -> None:
         time.sleep(0.02)
 
 
-def save_dock(widget, name: str) -> Path:
-    path = IMAGES / name
+def save_dock(widget, path: Path) -> Path:
     widget.grab().save(str(path))
     print(f"wrote {path}")
     return path
@@ -49,6 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--profile", default="tiny", help="tiny (a few steps), or a time budget (10m, 1h, ...)"
+    )
+    parser.add_argument(
+        "--out", help="without --workspace: the folder for the pictures (default: a new one)"
     )
     parser.add_argument("--workspace", help="a workspace with trained models: no training")
     parser.add_argument("--scan", help="with --workspace: the scan id to compare on")
@@ -67,7 +71,8 @@ def main() -> None:
     from napari_mtssl.widgets._probe import StallProbe
     from napari_mtssl.widgets.all_steps import AllStepsWidget
 
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mtssl-steps-"))
+    out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-mtssl")
     viewer.window._qt_window.resize(1500, 1000)
     widgets = add_docks(viewer)
@@ -89,8 +94,8 @@ def main() -> None:
     ws = study.load_sample(str(Path(folder) / "ws"))
     app.processEvents()
     show_dock(study)
-    save_dock(study, "study_dock.png")
-    viewer.screenshot(str(IMAGES / "window_study.png"), canvas_only=False)
+    save_dock(study, out / "study_dock.png")
+    viewer.screenshot(str(out / "window_study.png"), canvas_only=False)
 
     # the plan for a 1-hour budget, as a user sees it before training
     training.device.setCurrentText("cpu")
@@ -99,7 +104,7 @@ def main() -> None:
     training.estimate("all")
     wait_for(app, lambda: not jobs.is_running, timeout=300, what="planning")
     app.processEvents()
-    save_dock(training, "training_plan.png")
+    save_dock(training, out / "training_plan.png")
 
     training.budget.setCurrentText(
         "smoke test (a few steps)" if args.profile == "tiny" else args.profile
@@ -112,7 +117,7 @@ def main() -> None:
     if jobs.last_state != "done":
         raise SystemExit(f"training ended {jobs.last_state}: {jobs.last_error}")
     app.processEvents()
-    save_dock(training, "training_dock.png")
+    save_dock(training, out / "training_dock.png")
 
     scan_id = ws.scan_ids()[0]
     results = []
@@ -122,8 +127,8 @@ def main() -> None:
     wait_for(app, lambda: bool(results), timeout=120, what="the comparison")
     compare.go_to_slice(int(np.argmax(results[0].slice_scores)))
     app.processEvents()
-    save_dock(compare, "compare_dock.png")
-    viewer.screenshot(str(IMAGES / "window_compare.png"), canvas_only=False)
+    save_dock(compare, out / "compare_dock.png")
+    viewer.screenshot(str(out / "window_compare.png"), canvas_only=False)
 
     # correct a training scan that nobody labelled: that is what adds to the training set
     target = next(
@@ -144,18 +149,19 @@ def main() -> None:
     viewer.dims.set_current_step(0, z)
     correct.accept_edited(target)
     app.processEvents()
-    viewer.screenshot(str(IMAGES / "window_correct.png"), canvas_only=False)
+    viewer.screenshot(str(out / "window_correct.png"), canvas_only=False)
     correct.retrain("retrain-quick")
     wait_for(app, lambda: not jobs.is_running, what="retraining")
     app.processEvents()
-    save_dock(correct, "correct_dock.png")
+    save_dock(correct, out / "correct_dock.png")
     # the whole window on a 1366 x 768 laptop screen
     viewer.window._qt_window.resize(1366, 768)
     show_dock(compare)
     app.processEvents()
     time.sleep(0.5)
     app.processEvents()
-    viewer.screenshot(str(IMAGES / "window_1366x768.png"), canvas_only=False)
+    viewer.screenshot(str(out / "window_1366x768.png"), canvas_only=False)
+    print(f"the steps' pictures are in {out}")
     viewer.close()
 
 

@@ -49,8 +49,17 @@ def small_acdc(root: Path) -> Path:
     return root
 
 
-def shot(viewer, name: str) -> None:
+def shot(viewer, name: str, tab=None) -> None:
+    """Keep the window's picture (``MTSSL_SCREENSHOTS``), with the dock ``tab`` in front."""
     folder = os.environ.get("MTSSL_SCREENSHOTS")
+    if folder and tab is not None:
+        from napari_mtssl.widgets.all_steps import AllStepsWidget
+
+        parent = tab.parentWidget()
+        while parent is not None and not isinstance(parent, AllStepsWidget):
+            parent = parent.parentWidget()
+        if parent is not None:
+            parent.show_step(next(n for n, w in parent.widgets.items() if w is tab))
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(Path(folder) / f"{name}.png"), canvas_only=False, flash=False)
@@ -106,12 +115,10 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     training.train("all")
     result = wait_job(qtbot, training.jobs)
     assert {"student", "baseline"} <= set(result["models"])
-    shot(viewer, "e2e_2_trained")
     val = ws.scan_ids("val")[0]
     with qtbot.waitSignal(compare.comparison_ready, timeout=120_000):
         compare.compare(val)
     student_layer = viewer.layers[f"{val}_student"]
-    shot(viewer, "e2e_3_compare")
 
     # -- correct a slice of the student's prediction, retrain ---------------------------------
     fix = next(s for s in ws.scan_ids("train") if not ws.labelled_slices(s))
@@ -126,7 +133,7 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     with qtbot.waitSignal(correct.job_finished, timeout=JOB_MS):
         correct.retrain_buttons["retrain-quick"].click()
     assert training.jobs.last_state == "done", training.jobs.last_error
-    shot(viewer, "e2e_4_corrected")
+    shot(viewer, "e2e_4_corrected", tab=correct)
 
     # -- masks saved from napari line up voxel for voxel with the source file -----------------
     source = nib.load(str(data / "imagesTr" / f"{ws.record(val).name}.nii.gz"))
@@ -173,6 +180,8 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
         if ly._type_string == "image" and ly.visible and ly.metadata.get("mtssl_workspace")
     ]
     assert len(shown) == 1, shown  # one scan of the reopened workspace, none left from before
+    # the mask the user opened and attached to another scan does not lie over this one
+    assert not viewer.layers[mask_layer.name].visible
     assert not training.resume_button.isHidden()
     with qtbot.waitSignal(
         jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.get("type") == "resumed"
@@ -181,4 +190,4 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     assert resumed.args[0]["step"] >= 3
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
         training.stop_button.click()
-    shot(viewer, "e2e_5_resumed")
+    shot(viewer, "e2e_5_resumed", tab=training)

@@ -362,8 +362,10 @@ class StudyWidget(QWidget):
         if hide_others:
             for other in self.viewer.layers:
                 sid = other.metadata.get(SCAN_ID_KEY)
-                if sid is not None and other.metadata.get(WORKSPACE_KEY) == root:
-                    other.visible = sid == scan_id
+                if sid is not None and sid != scan_id:  # any scan's layer, a person's too
+                    other.visible = False
+                elif sid == scan_id and other.metadata.get(WORKSPACE_KEY) == root:
+                    other.visible = True
             self.viewer.layers.selection.active = layer
             self.viewer.reset_view()
         return layer
@@ -619,6 +621,9 @@ class StudyWidget(QWidget):
                 "under Classes"
             )
         ws.set_labels(scan_id, labels, slices=slices, status="annotated", by="user")
+        # the layer now belongs to that scan: hidden with it when another scan is shown, so a
+        # mask never lies over a scan it was not drawn on
+        self.viewer.layers[labels_name].metadata[SCAN_ID_KEY] = scan_id
         self.session.labels_changed.emit(scan_id)
         return scan_id
 
