@@ -49,6 +49,7 @@ def test_a_teacher_not_ahead_of_the_baseline_stops_at_its_rung(tmp_path, monkeyp
     (halving,) = [e for e in events if e["type"] == "halving"]
     assert halving["continue"] == [] and "not ahead of the baseline" in halving["reason"]
     assert rep["selected"]["sdm"]["halving"]["baseline"] == 1.0
+    assert rep["selected"]["sdm"]["halving"]["at_steps"] == rung
     assert rep["teachers"]["models"] == ["baseline"]
     assert "teacher:sdm" in rep["teachers"]["dropped"]
     assert "not ahead of the baseline" in rep["teachers"]["dropped"]["teacher:sdm"]

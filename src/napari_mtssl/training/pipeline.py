@@ -792,7 +792,7 @@ class _Run:
         }
         if rung.get("rung"):
             self.selected[task]["halving"] = {
-                "at_steps": int(self.plan.steps.get("halving_at") or 0),
+                "at_steps": self._halving_at(task),
                 "dice": {m: r["dice"] for m, r in rung["rung"].items()},
                 "continued": rung.get("continue"),
                 "baseline": rung.get("bar"),
