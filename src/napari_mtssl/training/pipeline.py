@@ -365,19 +365,17 @@ class _Run:
         (successive halving between two modes, the run's baseline as the bar); 0: none, every
         mode trains fully."""
         full = self._steps(Unit("", str(trained(task, "joint")), "mode", 0, task, "joint"))
-        if len(self._modes()) == 2:
-            at = int(self.plan.steps.get("halving_at") or 0)
-        else:
-            at = 0
+        at = int(self.plan.steps.get("halving_at") or 0) if len(self._modes()) == 2 else 0
         if not at and self._against_baseline():
             at = int(round(self.cfg.stage1.baseline_rung * full))
         return at if at and at < full else 0
 
     def _probe_at(self) -> int | None:
         """The step where the baseline is validated as the teachers' bar (their rung)."""
-        if not self._against_baseline():
+        tasks = self.cfg.stage1.tasks
+        if not self._against_baseline() or not tasks:
             return None
-        return self._halving_at(self.cfg.stage1.tasks[0]) or None if self.cfg.stage1.tasks else None
+        return self._halving_at(tasks[0]) or None  # every task's rung is the same step
 
     def _bar(self, at: int) -> float | None:
         """The baseline's validation Dice at step ``at`` (None: not known)."""
@@ -490,7 +488,7 @@ class _Run:
         if trun is self.run:  # teachers stopped at their rung, behind the baseline
             for task, h in self.state.get("halving", {}).items():
                 n = str(teacher(task))
-                if n in keep and h.get("trails") and not set(h.get("continue", [])):
+                if n in keep and h.get("trails") and not h.get("continue"):
                     keep.remove(n)
                     why[n] = (
                         f"stopped at step {self._halving_at(task)}, not ahead of the baseline "

@@ -284,7 +284,7 @@ def show_only_scan(viewer: Any, scan_id: str, keep: tuple[str, ...] = ()) -> Non
     edits), so what is painted and compared lies over the scan on screen. ``keep``: names of
     this scan's layers to show (its image always is)."""
     for layer in viewer.layers:
-        sid = layer.metadata.get(SCAN_ID_KEY) or layer.metadata.get("mtssl_scan_id")
+        sid = layer.metadata.get(SCAN_ID_KEY)
         if sid is None:
             continue
         if sid != scan_id:

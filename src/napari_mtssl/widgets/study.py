@@ -38,6 +38,7 @@ from napari_mtssl.widgets._state import (
     LayerLabels,
     LayerScan,
     show_labels,
+    show_only_scan,
     show_scan,
 )
 from napari_mtssl.workspace.core import SPLITS  # train, val, test, unused
@@ -359,13 +360,14 @@ class StudyWidget(QWidget):
                     tuple(layer.scale),
                     role="labels",
                 )
-        if hide_others:
-            for other in self.viewer.layers:
-                sid = other.metadata.get(SCAN_ID_KEY)
-                if sid is not None and sid != scan_id:  # any scan's layer, a person's too
-                    other.visible = False
-                elif sid == scan_id and other.metadata.get(WORKSPACE_KEY) == root:
-                    other.visible = True
+        if hide_others:  # every other scan's layers hidden, a person's attached masks too
+            mine = tuple(
+                ly.name
+                for ly in self.viewer.layers
+                if ly.metadata.get(SCAN_ID_KEY) == scan_id
+                and ly.metadata.get(WORKSPACE_KEY) == root
+            )
+            show_only_scan(self.viewer, scan_id, keep=mine)
             self.viewer.layers.selection.active = layer
             self.viewer.reset_view()
         return layer
