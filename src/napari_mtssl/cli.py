@@ -233,6 +233,9 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
     comp = report.get("comparison") or {}
     if comp.get("line"):
         md += [f"**{comp['line'][0].upper()}{comp['line'][1:]}.**", ""]
+    skipped = (report.get("plan") or {}).get("teachers_skipped") or {}
+    if skipped.get("why"):
+        md += [f"{skipped['why'][0].upper()}{skipped['why'][1:]}.", ""]
     if sel:
         md += ["## Teacher selection (validation mean foreground Dice)", ""]
         md += ["| task | joint | pretrain | kept | steps (joint / pretrain) |"]

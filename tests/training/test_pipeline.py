@@ -352,6 +352,41 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
     # depends on how busy this machine is)
 
 
+@pytest.mark.slow
+def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp_path, few_steps):
+    """The plan leaves the teachers out (stage1.min_teacher_steps): the run says why at its
+    start and in its report, trains the baseline and then the student, which starts from the
+    baseline and learns from it, and a resumed run keeps that plan."""
+    ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
+    cfg = api.make_config(
+        "quick",
+        budget="20s",
+        device="cpu",
+        tasks=["inpaint"],
+        model__width=4,
+        data__batch_size=2,
+        stage1__min_teacher_steps=10**6,
+    )
+    events: list[dict] = []
+    rep = _drive(run_training(ws, cfg, "all"), events.append)
+    skip = rep["plan"]["teachers_skipped"]
+    assert skip["tasks"] == ["inpaint"] and "no teacher trained" in skip["why"]
+    notes = [e["message"] for e in events if e["type"] == "note"]
+    assert skip["why"] in notes
+    assert set(rep["models"]) == {"baseline", "student"}
+    assert rep["plan"]["models"] == ["baseline", "student"]
+    assert rep["teachers"]["models"] == ["baseline"]
+    assert rep["config"]["stage1"]["tasks"] == []
+    assert rep["comparison"].get("best_teacher") is None
+    assert rep["models"]["student"]["steps"] > 0
+    ensemble = [n for n in notes if n.startswith("ensemble:")]
+    assert ensemble and "the student starts from baseline" in ensemble[0]
+    from napari_mtssl.cli import write_report
+
+    write_report(ws, rep, tmp_path / "out", overlays=0)
+    assert "No teacher trained: a 20 s budget" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
     from napari_mtssl.training import plan as plan_mod
     from napari_mtssl.training.plan import PlanError
@@ -370,7 +405,13 @@ def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(plan_mod, "_step_cost", lambda *a: lambda flops: 0.05)
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
-    cfg = api.make_config("quick", budget="3m", device="cpu", tasks=["sdm", "vicreg", "inpaint"])
+    cfg = api.make_config(
+        "quick",
+        budget="3m",
+        device="cpu",
+        tasks=["sdm", "vicreg", "inpaint"],
+        stage1__min_teacher_steps=0,  # teachers whatever the budget: the message says what fits
+    )
     with pytest.raises(PlanError) as err:
         api.plan(ws, cfg)
     msg = str(err.value)

@@ -172,18 +172,61 @@ def test_the_default_plan_gives_the_student_its_share_and_pre_trains_below_joint
 
 def test_tiny_budget_is_refused_with_what_fits():
     f = fp((256, 216), (1.5, 1.5))
+    keep = {"stage1__min_teacher_steps": 0}  # teachers whatever the budget
     with pytest.raises(PlanError, match="allows baseline \\+ [12] tasks?") as e:
-        plan(f, "10m", what="all", stage1__tasks=["sdm", "vicreg", "inpaint"])
+        plan(f, "10m", what="all", stage1__tasks=["sdm", "vicreg", "inpaint"], **keep)
     assert "give sdm, vicreg, inpaint a budget of at least" in str(e.value)
     # the budget it asks for is more than the one it refused, and is accepted
     import re
 
     asked = re.search(r"a budget of at least (.+)$", str(e.value)).group(1)
     assert parse_budget(asked.replace(" ", "")) > 600
-    fits = plan(f, asked.replace(" ", ""), what="all", stage1__tasks=["sdm", "vicreg", "inpaint"])
+    fits = plan(
+        f, asked.replace(" ", ""), what="all", stage1__tasks=["sdm", "vicreg", "inpaint"], **keep
+    )
     assert fits.steps["seg"] >= P.MIN_STEPS
     with pytest.raises(PlanError, match="give this run a budget"):
         plan(f, "5s", what="baseline")
+
+
+def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
+    """Below stage1.min_teacher_steps per teacher the plan trains no teacher, says why and
+    from what budget they train; the baseline and the student share the time (more steps
+    each than with the teachers), and a budget refused with teachers may fit without them."""
+    f = fp((256, 216), (1.5, 1.5))
+    tasks = ["sdm", "vicreg", "inpaint"]
+    with_teachers = plan(f, "20m", what="all", stage1__tasks=tasks, stage1__min_teacher_steps=0)
+    rule = {"stage1__min_teacher_steps": 1000}  # off by default (0)
+    assert not plan(f, "20m", what="all", stage1__tasks=tasks).teachers_skipped
+    p = plan(f, "20m", what="all", stage1__tasks=tasks, **rule)
+    assert p.models == ["baseline", "student"]
+    skip = p.teachers_skipped
+    assert skip["tasks"] == tasks and skip["steps"] == with_teachers.steps["seg"] < 1000
+    assert f"about {skip['steps']} segmentation steps" in skip["why"]
+    assert "stage1.min_teacher_steps (1000" in skip["why"]
+    assert any(skip["why"] in line for line in p.describe())
+    assert p.steps["seg"] > with_teachers.steps["seg"]
+    assert p.estimate_s["total"] <= 1200 * 0.96
+    cfg = p.apply(profile("quick", device="cpu", stage1__tasks=tasks, stage1__lambda_={"sdm": 2}))
+    assert cfg.stage1.tasks == [] and cfg.stage1.lambda_ == {}
+    assert Plan.from_dict(p.to_dict()) == p
+    # the budget it names for teachers gives them their steps
+    import re
+
+    more = re.search(r"train from a budget of about (.+)$", skip["why"]).group(1)
+    big = plan(f, more.replace(" ", ""), what="all", stage1__tasks=tasks, **rule)
+    assert not big.teachers_skipped and big.steps["seg"] >= 1000
+    assert big.models[1:-1] == ["sdm:pretrain", "vicreg:pretrain", "inpaint:pretrain"]
+    # 10 minutes: refused with the three teachers (test above), trained without them
+    short = plan(f, "10m", what="all", stage1__tasks=tasks, **rule)
+    assert short.models == ["baseline", "student"] and "too few" in short.teachers_skipped["why"]
+    # runs that keep their teachers whatever the budget: a baseline alone, the paper's
+    # student, steps set by hand
+    assert not plan(f, "20m", what="baseline", **rule).teachers_skipped
+    paper = plan(f, "20m", what="all", stage2__method="paper", **rule)
+    assert not paper.teachers_skipped and "sdm:pretrain" in paper.models
+    with pytest.raises(ValueError, match="min_teacher_steps"):
+        profile("quick", stage1__min_teacher_steps=-1)
 
 
 def test_task_crops_fit_the_patch():

@@ -310,7 +310,7 @@ def test_the_planners_own_messages_are_understood():
         assert r is not None, str(e.value)
         return r
 
-    r = refusal("10m", "all", stage1__tasks=tasks)
+    r = refusal("10m", "all", stage1__tasks=tasks, stage1__min_teacher_steps=0)
     assert r.budget == "10 min" and r.models >= 4 and r.steps < 300
     assert r.fit_tasks and set(r.fit_tasks) < set(tasks)
     assert parse_budget(r.need.replace(" ", "")) > 600

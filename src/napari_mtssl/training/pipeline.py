@@ -551,6 +551,8 @@ class _Run:
             )
         )
         yield self.log(ev.PlanMade(self.plan.to_dict(), self.plan.describe()))
+        if self.plan.teachers_skipped and not resumed:
+            yield self.log(ev.Note(self.plan.teachers_skipped["why"]))
         for note in self.study.notes:
             yield self.log(ev.Note(note))
         units = self.plan_units()

@@ -259,6 +259,9 @@ class Plan:
     # the most CPU threads a unit may move to when cores free up (the plan's thread policy);
     # 0: the threads stay as they are (the user set them, or a GPU does the work)
     threads_max: int = 0
+    # {"tasks", "steps", "why"}: the budget was too short for teachers (allocate), so the run
+    # trains the baseline and the student only; empty: the tasks train as configured
+    teachers_skipped: dict[str, Any] = field(default_factory=dict)
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(
@@ -288,6 +291,10 @@ class Plan:
         c.num_threads = c.num_threads or self.threads
         if c.stage1.modes == "auto" and self.modes:
             c.stage1.modes = self.modes
+        if self.teachers_skipped:
+            gone = set(self.teachers_skipped.get("tasks", []))
+            c.stage1.tasks = [t for t in c.stage1.tasks if t not in gone]
+            c.stage1.lambda_ = {t: v for t, v in c.stage1.lambda_.items() if t not in gone}
         st = self.steps
         if "seg" in st:
             c.baseline.steps = c.baseline.steps or st["seg"]
@@ -315,6 +322,8 @@ class Plan:
             f"({self.threads} thread{'s' if self.threads != 1 else ''})",
         ]
         lines += [f"- {r}" for r in self.reasons]
+        if self.teachers_skipped:
+            lines.append(f"- {self.teachers_skipped['why']}")
         if self.budget_s:
             lines.append(
                 f"- budget {format_budget(self.budget_s)}: estimated "
@@ -889,7 +898,64 @@ def unit_step_s(
     return t["student"], 0.0
 
 
-def allocate(
+def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw: Any) -> Plan:
+    """Share ``cfg.budget_s - spent_s`` across the run's models (in place; returns ``plan``):
+    :func:`_allocate`, less the teachers where the budget is too short for them to pay
+    (``stage1.min_teacher_steps``: the plan then says so in ``teachers_skipped``)."""
+    plan.teachers_skipped = {}
+    if not _may_skip_teachers(cfg, what):
+        return _allocate(plan, cfg, what, fp, **kw)
+    try:
+        _allocate(plan, cfg, what, fp, **kw)
+        n = int(plan.steps["seg"])
+    except PlanError:  # too short for every model: without the teachers it may fit
+        n = 0
+    want = int(cfg.stage1.min_teacher_steps)
+    if n >= want:
+        return plan
+    kw["timings"] = kw.get("timings") or plan.timings or None
+    lean = ExperimentConfig.from_dict(cfg.to_dict())
+    lean.stage1.tasks, lean.stage1.lambda_ = [], {}
+    lean.stage1.modes = "pretrain"  # one mode: no halving, one validation per model
+    _allocate(plan, lean, what, fp, **kw)  # too short even so: its own message says what fits
+    tasks = list(cfg.stage1.tasks)
+    about = f"about {n}" if n else "too few"
+    more = format_budget(math.ceil(cfg.budget_s * want / max(n, 1) / 300) * 300) if n else ""
+    plan.teachers_skipped = {
+        "tasks": tasks,
+        "steps": n,
+        "why": (
+            f"no teacher trained: a {format_budget(cfg.budget_s)} budget gives each teacher "
+            f"{about} segmentation steps on this machine, fewer than "
+            f"stage1.min_teacher_steps ({want}; below that, teachers did not lead the "
+            "baseline on the ACDC benchmark); the baseline and the student share the time, "
+            "and the student learns from the baseline and the unlabelled scans"
+            + (
+                f". Teachers ({', '.join(tasks)}) train from a budget of about {more}"
+                if more
+                else ""
+            )
+        ),
+    }
+    return plan
+
+
+def _may_skip_teachers(cfg: ExperimentConfig, what: str) -> bool:
+    """Whether a budget may leave the teachers out: a budgeted run of everything whose
+    semi-supervised student can learn from the run's baseline instead, no steps set by hand."""
+    s1 = cfg.stage1
+    return bool(
+        what == "all"
+        and cfg.budget_s > 0
+        and s1.tasks
+        and s1.min_teacher_steps > 0
+        and cfg.stage2.method == "semi"
+        and cfg.stage2.with_baseline
+        and not (s1.joint_steps or s1.finetune_steps or cfg.baseline.steps)
+    )
+
+
+def _allocate(
     plan: Plan,
     cfg: ExperimentConfig,
     what: str,
@@ -901,7 +967,7 @@ def allocate(
     timings: dict[str, float] | None = None,
     lanes: int = 1,
 ) -> Plan:
-    """Share ``cfg.budget_s - spent_s`` across the run's models (in place; returns ``plan``).
+    """Share ``cfg.budget_s - spent_s`` across the models of ``cfg``'s run.
 
     Every model gets the same number N of segmentation steps (the comparison the method is
     judged by is at equal training); pre-training gets ``pretrain_ratio * N`` steps (nothing
@@ -1081,7 +1147,7 @@ def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint
     both = ExperimentConfig.from_dict(cfg.to_dict())
     both.stage1.modes = "both"
     try:
-        allocate(plan, both, what, fp, **kw)
+        _allocate(plan, both, what, fp, **kw)
         enough = plan.steps["seg"] >= JOINT_PAYS_STEPS
     except PlanError:
         enough = False
@@ -1091,7 +1157,7 @@ def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint
     kw["timings"] = kw.get("timings") or plan.timings or None
     pre = ExperimentConfig.from_dict(cfg.to_dict())
     pre.stage1.modes = "pretrain"
-    allocate(plan, pre, what, fp, **kw)
+    _allocate(plan, pre, what, fp, **kw)
     plan.modes = "pretrain"
     return plan
 
@@ -1125,7 +1191,7 @@ def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:
     if fits:
         msg += f". {budget} allows baseline + {fits} task{'s' if fits > 1 else ''}"
         msg += f" ({', '.join(tasks[:fits])})"
-    what_text = f"{', '.join(tasks)}" if what in ("all", "stage1") else "this run"
+    what_text = ", ".join(tasks) if what in ("all", "stage1") and tasks else "this run"
     msg += (
         f"; give {what_text} a budget of at least {format_budget(math.ceil(need * 1.05 / 60) * 60)}"
     )
