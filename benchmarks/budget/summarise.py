@@ -348,6 +348,7 @@ FAIR_VARIANTS = {
     "mix0": ("fair-mix0", "mix0, earlier default"),
     "semi": ("fair-method", "semi, older default"),
     "paper": ("fair-paper", "paper"),
+    "noteach": ("fair-noteach", "no teachers below 1000 steps"),
 }
 # the targets: (L, budget in minutes, what is asked)
 FAIR_TARGETS = (
@@ -700,6 +701,7 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
         "mix0": ("-.", "D", "tab:purple", 0.2),
         "semi": (":", "^", "tab:blue", 0.3),
         "paper": ("--", "s", "tab:orange", 0.4),
+        "noteach": ("-", "v", "tab:red", 0.5),
     }
     unpaired = False
     for gi, (_, rows) in enumerate(groups):
