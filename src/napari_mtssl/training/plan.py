@@ -554,6 +554,7 @@ def make_plan(
             steps={},
             estimate_s={},
             timings={},
+            teachers_skipped={},  # decided again for this run (allocate)
         )
     else:
         plan = _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe)
