@@ -360,7 +360,7 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
     cfg = api.make_config(
         "quick",
-        budget="20s",
+        budget="40s",  # its preparation counts: room for a busy machine
         device="cpu",
         tasks=["inpaint"],
         model__width=4,
@@ -384,7 +384,18 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
     from napari_mtssl.cli import write_report
 
     write_report(ws, rep, tmp_path / "out", overlays=0)
-    assert "No teacher trained: a 20 s budget" in (tmp_path / "out" / "report.md").read_text()
+    assert "No teacher trained: a 40 s budget" in (tmp_path / "out" / "report.md").read_text()
+    # the correction loop goes on: a retrain learns from that run's baseline
+    sid = ws.scan_ids("train")[-1]
+    api.accept_correction(ws, sid, api.predict(ws, sid, device="cpu").labels, [0])
+    quick = api.make_config("tiny", device="cpu", stage2__retrain_steps=3)  # another width:
+    # the retrain keeps the shape of the models it starts from
+    again = _drive(run_training(ws, quick, "retrain-quick"))
+    assert set(again["models"]) == {"student"} and again["models"]["student"]["steps"] == 3
+    assert again["teachers"] == {"run": rep["run"], "models": ["baseline"], "dropped": {}}
+    paper = api.make_config("tiny", device="cpu", stage2__method="paper")
+    with pytest.raises(ValueError, match=f"run {rep['run']} trained no teacher.*paper"):
+        _drive(run_training(ws, paper, "retrain-stage2"))
 
 
 def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):

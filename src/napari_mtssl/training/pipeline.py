@@ -94,10 +94,22 @@ def find_model(ws: Any, name: str):
 
 
 def _teachers_run(ws: Any):
+    """The newest run a student can learn from: one with finished teachers, or one whose plan
+    left the teachers out (``plan.teachers_skipped``: a budget too short for them), where the
+    run's finished baseline was the student's ensemble."""
     for run in reversed(ws.runs()):
-        if teachers(run.finished_models()):
+        done = run.finished_models()
+        if teachers(done) or ("baseline" in done and _skipped_teachers(run)):
             return run
     return None
+
+
+def _skipped_teachers(run: Any) -> bool:
+    try:
+        d = json.loads((run.path / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and bool(d.get("teachers_skipped"))
 
 
 def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
@@ -1033,6 +1045,10 @@ def _start_new(
     if fp.labelled_slices == 0:
         raise ValueError(no_labelled_data_message())
     fixed = _fixed_plan(ws, what)
+    if fixed is not None:  # the student starts from a stored model: the network's shape is its
+        cfg = ExperimentConfig.from_dict(cfg.to_dict())
+        cfg.data.patch_size, cfg.model.width = fixed.patch, fixed.width
+        cfg.model.depth = fixed.depth
     if plan is not None and fixed is None:
         fixed = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
     the_plan = make_plan(
@@ -1073,13 +1089,25 @@ def _start_new(
     return run, cfg, the_plan, study, state
 
 
-def _previous_runs(ws: Any, what: str) -> tuple[Any, Any]:
+def _previous_runs(ws: Any, what: str, cfg: ExperimentConfig) -> tuple[Any, Any]:
     """(teachers' run, student's run) a run of ``what`` builds on; a clear error if missing."""
     teacher_run = student_run = None
     if what in ("stage2", "retrain-quick", "retrain-stage2"):
         teacher_run = _teachers_run(ws)
         if teacher_run is None:
             raise ValueError(f"{what} needs the teachers of a finished stage 1; run stage 1 first")
+        s2 = cfg.stage2
+        if not teachers(teacher_run.models()) and (s2.method == "paper" or not s2.with_baseline):
+            raise ValueError(
+                f"run {teacher_run.id} trained no teacher (its budget was too short for them) "
+                "and its student learnt from its baseline; "
+                + (
+                    "the paper's stage 2 distils teachers only"
+                    if s2.method == "paper"
+                    else "stage2.with_baseline is off, so that baseline cannot be the ensemble"
+                )
+                + ": train stage 1 (or everything with a longer budget) first"
+            )
         if what == "retrain-quick":
             student_run = find_model(ws, "student")
             if student_run is None:
@@ -1107,7 +1135,7 @@ def run_training(
     if what not in WHATS:
         raise ValueError(f"what must be one of {', '.join(WHATS)}; got {what!r}")
     t_start = time.monotonic()
-    teacher_run, student_run = _previous_runs(workspace, what)
+    teacher_run, student_run = _previous_runs(workspace, what, config)
     if config.executor == "ray" and not resume:  # an unreachable cluster: say so before training
         from .executors import connect
 
