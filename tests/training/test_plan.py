@@ -196,9 +196,7 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     f = fp((256, 216), (1.5, 1.5))
     tasks = ["sdm", "vicreg", "inpaint"]
     with_teachers = plan(f, "20m", what="all", stage1__tasks=tasks, stage1__min_teacher_steps=0)
-    rule = {"stage1__min_teacher_steps": 1000}  # off by default (0)
-    assert not plan(f, "20m", what="all", stage1__tasks=tasks).teachers_skipped
-    p = plan(f, "20m", what="all", stage1__tasks=tasks, **rule)
+    p = plan(f, "20m", what="all", stage1__tasks=tasks)  # the default: 1000 steps
     assert p.models == ["baseline", "student"]
     skip = p.teachers_skipped
     assert skip["tasks"] == tasks and skip["steps"] == with_teachers.steps["seg"] < 1000
@@ -214,16 +212,16 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     import re
 
     more = re.search(r"train from a budget of about (.+)$", skip["why"]).group(1)
-    big = plan(f, more.replace(" ", ""), what="all", stage1__tasks=tasks, **rule)
+    big = plan(f, more.replace(" ", ""), what="all", stage1__tasks=tasks)
     assert not big.teachers_skipped and big.steps["seg"] >= 1000
     assert big.models[1:-1] == ["sdm:pretrain", "vicreg:pretrain", "inpaint:pretrain"]
     # 10 minutes: refused with the three teachers (test above), trained without them
-    short = plan(f, "10m", what="all", stage1__tasks=tasks, **rule)
+    short = plan(f, "10m", what="all", stage1__tasks=tasks)
     assert short.models == ["baseline", "student"] and "too few" in short.teachers_skipped["why"]
     # runs that keep their teachers whatever the budget: a baseline alone, the paper's
     # student, steps set by hand
-    assert not plan(f, "20m", what="baseline", **rule).teachers_skipped
-    paper = plan(f, "20m", what="all", stage2__method="paper", **rule)
+    assert not plan(f, "20m", what="baseline").teachers_skipped
+    paper = plan(f, "20m", what="all", stage2__method="paper")
     assert not paper.teachers_skipped and "sdm:pretrain" in paper.models
     with pytest.raises(ValueError, match="min_teacher_steps"):
         profile("quick", stage1__min_teacher_steps=-1)
