@@ -106,8 +106,8 @@ def _teachers_run(ws: Any):
 
 def _skipped_teachers(run: Any) -> bool:
     try:
-        d = json.loads((run.path / "plan.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        d = _read_json(run.path / "plan.json", None)
+    except ValueError:  # a damaged plan: not a run to learn from
         return False
     return isinstance(d, dict) and bool(d.get("teachers_skipped"))
 
