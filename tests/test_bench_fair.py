@@ -79,6 +79,20 @@ def test_baseline_alone_is_reused(run, tmp_path, monkeypatch):
     assert run.fair_pending("semi", 3, "20m", 0) == ["fair-method"]
 
 
+def test_the_method_report_names_the_baseline_alone_where_it_was_measured(run, tmp_path):
+    import json
+
+    run.OUT, before = tmp_path, run.OUT
+    try:
+        assert run._alone_result(3, "20m", 1) is None  # not measured: no line
+        (tmp_path / "fair-baseline_L3_20m_s1.json").write_text("{not json")
+        assert run._alone_result(3, "20m", 1) is None  # damaged: no line either
+        (tmp_path / "fair-baseline_L3_20m_s1.json").write_text(json.dumps(_alone(3, "20m", 1, 0.8)))
+        assert run._alone_result(3, "20m", 1) == {"mean_dice": 0.8, "budget": "20 min"}
+    finally:
+        run.OUT = before
+
+
 def test_tables_targets_and_plot(summ, tmp_path):
     runs = [
         _method("fair-method", 3, "60m", 0, 0.86, teachers=(0.8, 0.7), base=0.75),

@@ -245,6 +245,7 @@ def run_fair_side(
     from napari_mtssl import api
     from napari_mtssl.cli import write_report
     from napari_mtssl.training.config import parse_budget
+    from napari_mtssl.training.pipeline import comparison
 
     tag = f"{kind}_L{labelled}_{budget}_s{seed}"
     machine = _machine()
@@ -275,10 +276,35 @@ def run_fair_side(
         "loadavg_start": load0,
         "loadavg_end": os.getloadavg(),
     }
+    if kind != FAIR_BASELINE:  # the report's line names the baseline alone where measured
+        alone = _alone_result(labelled, budget, seed, wait_s=ALONE_WAIT_S if pair else 0)
+        comp = comparison(report.get("models") or {}, report.get("ensemble"), alone)
+        report["comparison"] = comp or report.get("comparison")
     if seed == 0:  # overlays of validation patients no model trained on
         write_report(ws, report, WORK / f"report_{tag}", overlays=4)
     _save(result_path(kind, labelled, budget, seed), report)
     shutil.rmtree(ws.root / "runs", ignore_errors=True)  # weights are not kept
+
+
+ALONE_WAIT_S = 1200  # side by side, the baseline alone ends about when the method does
+
+
+def _alone_result(labelled: int, budget: str, seed: int, wait_s: float = 0) -> dict | None:
+    """The baseline alone's validation mean Dice for the same L, budget and seed, waiting up
+    to ``wait_s`` for the side that runs beside this one; None when it was not measured."""
+    from napari_mtssl.training.config import format_budget, parse_budget
+
+    path = result_path(FAIR_BASELINE, labelled, budget, seed)
+    end = time.monotonic() + wait_s
+    while not path.is_file() and time.monotonic() < end:
+        time.sleep(10)
+    try:
+        base = json.loads(path.read_text())["models"]["baseline"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if base.get("mean_dice") is None:
+        return None
+    return {"mean_dice": base["mean_dice"], "budget": format_budget(parse_budget(budget))}
 
 
 def run_fair_pair(

@@ -186,6 +186,9 @@ def test_the_comparison_line_says_how_the_student_did_against_the_runs_baseline(
     assert c["delta"] == pytest.approx(0.04)
     assert c["line"].startswith("student 0.840 mean Dice, better than the baseline of this run")
     assert "best teacher inpaint 0.810" in c["line"] and "ensemble 0.830" in c["line"]
+    alone = comparison(models, alone={"mean_dice": 0.82, "budget": "20 min"})
+    assert alone["alone"]["delta"] == pytest.approx(0.02)
+    assert "the baseline trained alone for the same 20 min: 0.820 (+0.020)" in alone["line"]
     models["student"]["mean_dice"] = 0.75
     assert "worse than" in comparison(models)["line"]
     assert comparison({"baseline": {"mean_dice": 0.8}}) is None

@@ -862,10 +862,14 @@ class _Run:
         return report
 
 
-def comparison(models: dict[str, dict], ensemble: dict | None = None) -> dict | None:
+def comparison(
+    models: dict[str, dict], ensemble: dict | None = None, alone: dict | None = None
+) -> dict | None:
     """How the student compared with the baseline of the same run, in one line (the report,
-    the CLI and the training dock show it), with the best teacher and the ensemble beside it.
-    None when the run trained no student or no baseline."""
+    the CLI and the training dock show it), with the best teacher and the ensemble beside it,
+    and, where a benchmark measured it, ``alone``: the baseline trained alone for the same
+    budget (``{"mean_dice": d, "budget": "20 min"}``). None when the run trained no student or
+    no baseline."""
     st, base = models.get("student"), models.get("baseline")
     if not st or not base or st.get("mean_dice") is None or base.get("mean_dice") is None:
         return None
@@ -886,6 +890,13 @@ def comparison(models: dict[str, dict], ensemble: dict | None = None) -> dict | 
     if ensemble and ensemble.get("mean_dice") is not None:
         out["ensemble"] = float(ensemble["mean_dice"])
         line += f"; ensemble {float(ensemble['mean_dice']):.3f}"
+    if alone and alone.get("mean_dice") is not None:
+        a = float(alone["mean_dice"])
+        out["alone"] = {**alone, "mean_dice": a, "delta": round(s - a, 4)}
+        line += (
+            f"; the baseline trained alone for the same {alone.get('budget') or 'budget'}: "
+            f"{a:.3f} ({s - a:+.3f})"
+        )
     if kept:
         out["kept_start"] = kept
         line += (
