@@ -280,8 +280,8 @@ def run_fair_side(
         alone = _alone_result(labelled, budget, seed, wait_s=ALONE_WAIT_S if pair else 0)
         comp = comparison(report.get("models") or {}, report.get("ensemble"), alone)
         report["comparison"] = comp or report.get("comparison")
-    if seed == 0:  # overlays of validation patients no model trained on
-        write_report(ws, report, WORK / f"report_{tag}", overlays=4)
+    # every seed: overlays of validation patients no model trained on (after the budget)
+    write_report(ws, report, WORK / f"report_{tag}", overlays=4)
     _save(result_path(kind, labelled, budget, seed), report)
     shutil.rmtree(ws.root / "runs", ignore_errors=True)  # weights are not kept
 
