@@ -354,6 +354,7 @@ FAIR_VARIANTS = {
     "semi": (("fair-method",), "semi, older default"),
     "paper": (("fair-paper",), "paper"),
     "noteach2k": (("fair-noteach2k",), "no teachers below 2000 steps"),
+    "ema999": (("fair-ema999",), "moving average 0.999"),
 }
 FAIR_COLUMN_KINDS = tuple(k for kinds, _ in FAIR_VARIANTS.values() for k in kinds)
 # the targets: (L, budget in minutes, what is asked)
@@ -717,12 +718,13 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
 
     fig, ax = plt.subplots(figsize=(2.2 + 1.7 * len(groups), 3.8))
     styles = {
-        "default": ("-", "o", "tab:green", 0.1),
-        "mix0": ("-.", "D", "tab:purple", 0.2),
-        "semi": (":", "^", "tab:blue", 0.3),
-        "paper": ("--", "s", "tab:orange", 0.4),
-        "lead": ("-", "v", "tab:red", 0.5),
-        "noteach2k": ("-", "P", "tab:brown", 0.6),
+        "default": ("-", "o", "tab:green", 0.08),
+        "mix0": ("-.", "D", "tab:purple", 0.16),
+        "semi": (":", "^", "tab:blue", 0.24),
+        "paper": ("--", "s", "tab:orange", 0.32),
+        "lead": ("-", "v", "tab:red", 0.4),
+        "noteach2k": ("-", "P", "tab:brown", 0.48),
+        "ema999": ("--", "X", "tab:olive", 0.56),
     }
     unpaired = False
     for gi, (_, rows) in enumerate(groups):

@@ -109,8 +109,8 @@ def attach(
     chosen = sorted(set(range(len(study.train)) if scans is None else scans))
     todo = len(chosen)
     yield Note(
-        f"stage 2: the {len(teachers)} teachers' predictions for {todo} training scan(s) "
-        "(computed once, kept in the workspace cache)"
+        f"stage 2: the ensemble's predictions ({len(teachers)} model(s)) for {todo} training "
+        "scan(s) (computed once, kept in the workspace cache)"
     ).to_dict()
     nbytes = 0
     for k in chosen:
@@ -136,7 +136,7 @@ def attach(
         "scans": todo,
     }
     yield Note(
-        f"stage 2: teachers' predictions ready ({cache.hits} scan(s) reused, {cache.misses} "
+        f"stage 2: the ensemble's predictions ready ({cache.hits} scan(s) reused, {cache.misses} "
         f"computed, {nbytes / 2**20:.0f} MiB, {took:.0f} s)"
     ).to_dict()
     return out

@@ -281,8 +281,8 @@ def scan_layer_scale(viewer: Any, scan_id: str, fallback: tuple[float, ...]) -> 
 
 def show_only_scan(viewer: Any, scan_id: str, keep: tuple[str, ...] = ()) -> None:
     """Hide every layer that belongs to another workspace scan (images, labels, predictions,
-    edits), so what is painted and compared lies over the scan on screen. ``keep``: names of
-    this scan's layers to show (its image always is)."""
+    edits), so what is painted and compared lies over the scan on screen, and fit the slice
+    slider to it. ``keep``: names of this scan's layers to show (its image always is)."""
     for layer in viewer.layers:
         sid = layer.metadata.get(SCAN_ID_KEY)
         if sid is None:
@@ -291,3 +291,6 @@ def show_only_scan(viewer: Any, scan_id: str, keep: tuple[str, ...] = ()) -> Non
             layer.visible = False
         elif layer.name == scan_layer_name(scan_id) or layer.name in keep:
             layer.visible = True
+    from ._slider import keep_slider_fitted
+
+    keep_slider_fitted(viewer)  # the slice slider spans this scan, not the hidden ones
