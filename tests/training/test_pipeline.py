@@ -381,6 +381,10 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
     assert rep["models"]["student"]["steps"] > 0
     ensemble = [n for n in notes if n.startswith("ensemble:")]
     assert ensemble and "the student starts from baseline" in ensemble[0]
+    # its ensemble is its own start: nothing stored, its moving average labels the slices
+    assert rep["ensemble"]["stored"]["online"] is True
+    assert any("its moving average labels the unlabelled slices" in n for n in notes)
+    assert not any(p.is_file() for p in (ws.root / "cache" / "soft").rglob("*"))
     from napari_mtssl.cli import write_report
 
     write_report(ws, rep, tmp_path / "out", overlays=0)

@@ -340,3 +340,46 @@ def test_unmixed_pairs_keep_each_window_whole(study_cfg, monkeypatch):
     assert torch.equal(seen["weight"][2:], torch.ones_like(seen["weight"][2:]))
     CopyPasteSelfTraining(mix=1.0).loss(x)
     assert seen["weight"][:2].any() and not seen["weight"][2:].all()
+
+
+def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_cfg, monkeypatch):
+    """The ensemble is the student's own start (no teacher kept): every unlabelled slice is a
+    candidate, none needs a stored map, and the pseudo-labels are the moving average's."""
+    from napari_mtssl.training.terms import semi
+
+    seen = {}
+    real = semi.masked_seg_loss
+
+    def spy(logits, target, weight):
+        seen["target"], seen["weight"] = target, weight
+        return real(logits, target, weight)
+
+    monkeypatch.setattr(semi, "masked_seg_loss", spy)
+    _, study, cfg = study_cfg
+    term = CopyPasteSelfTraining(mix=0.0, online=True, unlabelled_weight=0.5)
+    streams = term.streams(study, 4, True)
+    rng = np.random.default_rng(0)
+    bu = {k: torch.from_numpy(v) for k, v in streams["semi_u"][1](0, rng).items()}
+    assert set(bu) == {"image"}  # no stored map, no label array
+    lab = study.labelled_slices()
+    bl = {k: torch.from_numpy(v) for k, v in study.seg_batch(lab, 2, rng, 0.3).items()}
+
+    class Sure(torch.nn.Module):  # a moving average certain of class 2 everywhere
+        def forward(self, image):
+            logits = torch.zeros(image.shape[0], study.num_classes, *image.shape[-2:])
+            logits[:, 2] = 20.0
+            return logits
+
+    class X:
+        pass
+
+    x = X()
+    x.cfg, x.gen, x.average, x.progress = cfg, torch.Generator().manual_seed(0), Sure(), 0.0
+    x.batch = {"semi_l": bl, "semi_u": bu}.__getitem__
+    x.net = stages.new_net(cfg, study.num_classes)
+    assert torch.isfinite(term.loss(x))
+    assert (seen["target"][:2] == 2).all()  # the unlabelled windows: the average's label
+    assert torch.allclose(seen["weight"][:2], torch.full_like(seen["weight"][:2], 0.5))
+    x.average = None
+    with pytest.raises(ValueError, match="moving average"):
+        term.loss(x)

@@ -216,6 +216,10 @@ class Stage2Config:
     with_baseline: bool = True
     member_margin: float = 0.05
     stored: bool = True  # the ensemble's predictions computed once and stored (soft_labels.py)
+    # semi: when the ensemble is the student's own start (no teacher kept: the run's baseline),
+    # nothing is stored: the student's moving average, which starts as that very model, labels
+    # the unlabelled windows from the first step (the stored maps would repeat it at a cost)
+    own_start_online: bool = True
     # semi: pseudo-labels kept where the ensemble's probability is at least `confidence`,
     # weighted `unlabelled_weight` against ground truth (1); pasted box of `box` x the patch side
     confidence: float = 0.9

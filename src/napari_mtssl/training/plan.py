@@ -1018,7 +1018,11 @@ def _allocate(
     members = _members_guess(cfg, what)
     soft_scans = soft_scan_count(cfg, fp, t, members, budget, s_share)
     fixed_student = 0.0
-    if "student" in units and what in ("all", "stage2", "retrain-stage2"):
+    if (
+        "student" in units
+        and what in ("all", "stage2", "retrain-stage2")
+        and not (_student_online(cfg, what))
+    ):
         per_scan = t.get("soft", 0.0) / max(1, fp.n_train)
         fixed_student = members * per_scan * soft_scans
         fixed_student += (members if members > 1 else 0) * t_eval * SOFT_EVAL
@@ -1131,6 +1135,22 @@ def student_share(cfg: ExperimentConfig, what: str) -> float:
     if what != "all" or s2.method != "semi" or s2.steps:
         return 0.0
     return float(s2.share)
+
+
+def _student_online(cfg: ExperimentConfig, what: str) -> bool:
+    """Whether the student's ensemble will be the model it starts from (a run of everything
+    with no teacher: the run's baseline), so that no map is stored and its moving average
+    labels the unlabelled slices (``units._own_start_online`` decides it when it starts)."""
+    s2 = cfg.stage2
+    return bool(
+        what == "all"
+        and not cfg.stage1.tasks
+        and s2.method == "semi"
+        and s2.with_baseline
+        and s2.own_start_online
+        and s2.ema > 0
+        and s2.resolved_init() == "best"
+    )
 
 
 def _members_guess(cfg: ExperimentConfig, what: str) -> int:

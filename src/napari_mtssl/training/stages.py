@@ -251,12 +251,15 @@ def student(
     steps: int | None = None,
     unit: str = "student",
     stage: str = "stage2",
+    online: bool = False,
     **kw: Any,
 ) -> Result:
     """Train the student (fresh, or a copy of ``init``) from the teachers' ensemble, by
     ``cfg.stage2.method``: "semi" (self-training on the unlabelled slices, :mod:`.terms.semi`)
     or "paper" (ensemble distillation). With ``stage2.stored`` the ensemble's predictions come
-    with the batches (:mod:`.soft_labels` attached them to ``study``)."""
+    with the batches (:mod:`.soft_labels` attached them to ``study``); ``online`` (semi, the
+    ensemble being ``init`` itself): none are, the student's moving average labels the
+    unlabelled windows from the first step."""
     if not teachers:
         raise ValueError("stage 2 needs at least one teacher; train stage 1 first")
     net = new_net(cfg, study.num_classes)
@@ -267,7 +270,7 @@ def student(
         unit,
         stage,
         steps or cfg.stage2.steps,
-        semi_terms(cfg) if semi else distillation_terms(teachers, net, cfg),
+        semi_terms(cfg, online) if semi else distillation_terms(teachers, net, cfg),
         model="student",
         eval_every=cfg.stage2.eval_every,
         # the average of a new student's weights; a retrain after corrections keeps its last
@@ -278,9 +281,10 @@ def student(
     return {**res, "net": net}
 
 
-def semi_terms(cfg: ExperimentConfig) -> list:
+def semi_terms(cfg: ExperimentConfig, online: bool = False) -> list:
     """The default student's loss: ground truth and confident pseudo-labels on copy-paste mixed,
-    strongly perturbed views (:class:`.terms.semi.CopyPasteSelfTraining`)."""
+    strongly perturbed views (:class:`.terms.semi.CopyPasteSelfTraining`); ``online``: the
+    pseudo-labels from the student's moving average alone, no stored maps."""
     s2 = cfg.stage2
     return [
         build_term(
@@ -293,6 +297,7 @@ def semi_terms(cfg: ExperimentConfig) -> list:
             refresh_ramp=s2.refresh_ramp,
             mix=s2.mix,
             pseudo_lcc=s2.pseudo_lcc,
+            online=online,
         )
     ]
 

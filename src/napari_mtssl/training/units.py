@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from napari_mtssl.events import Note
 from napari_mtssl.ids import ModelId
 
 from . import checkpoints, stages
@@ -141,7 +142,14 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
     init = ctx.load(*unit.init) if unit.init else None
     s2 = cfg.stage2
     ensemble: dict[str, Any] = {"members": [m for _, m in unit.teachers]}
-    if s2.method == "semi" or (s2.stored and s2.temperature == 1.0):
+    online = _own_start_online(unit, cfg)
+    if online:
+        ensemble["stored"] = {"online": True, "scans": 0, "seconds": 0.0}
+        yield Note(
+            f"stage 2: the ensemble is the student's own start ({unit.init[1]}): its moving "
+            "average labels the unlabelled slices from the first step, nothing to store"
+        ).to_dict()
+    elif s2.method == "semi" or (s2.stored and s2.temperature == 1.0):
         src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
         digests = [soft_labels.file_digest(src[r].model_path(m)) for r, m in unit.teachers]
         folder = ctx.ws.root / "cache" / "soft" if cfg.data.cache else None
@@ -186,11 +194,28 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
         steps=unit.steps,
         stage=unit.stage,
         deadline=deadline,
+        online=online,
         **(pace or {}),
     )
     if init is not None and unit.stage == "stage2" and not res.get("stopped"):
         res = _keep_the_better(ctx, unit, init, res)
     return {**res, "ensemble": ensemble}
+
+
+def _own_start_online(unit: Unit, cfg: ExperimentConfig) -> bool:
+    """Whether the student's ensemble is the model it starts from (no teacher kept), so that its
+    moving average, a copy of that model at the first step, labels the unlabelled slices and
+    no prediction needs storing (``stage2.own_start_online``; a new semi student only: a retrain
+    keeps no moving average)."""
+    s2 = cfg.stage2
+    return bool(
+        s2.method == "semi"
+        and s2.own_start_online
+        and s2.ema > 0
+        and unit.stage == "stage2"
+        and unit.init
+        and [list(t) for t in unit.teachers] == [list(unit.init)]
+    )
 
 
 def _keep_the_better(ctx: UnitContext, unit: Unit, init, res: dict) -> dict:
