@@ -343,12 +343,15 @@ FAIR_KINDS = ("fair-method", "fair-paper", FAIR_BASELINE)
 # else "fair-lead" (teachers held against the run's baseline at their rung; the rule leaves a
 # one-hour plan as it was: its teachers get 1589-1781 steps). The earlier defaults stay beside
 # it ("fair-lead" alone; "fair-mix0": stage2.mix = 0 with every teacher trained to the end;
-# "fair-method": the default before it).
-DEFAULT_VARIANT = (("fair-noteach", "fair-lead"), "the default")
+# "fair-method": the default before it). "fair-online" first: the same rules, and a student
+# whose ensemble is its own start stores no maps (stage2.own_start_online); "fair-noteach" is
+# that rule with the maps stored.
+DEFAULT_VARIANT = (("fair-online", "fair-noteach", "fair-lead"), "the default")
 # column key -> (result kinds, the first one measured counts; label); the table, the targets
 # and the plot show them in this order
 FAIR_VARIANTS = {
     "default": DEFAULT_VARIANT,
+    "noteach": (("fair-noteach",), "no teachers, maps stored, earlier default"),
     "lead": (("fair-lead",), "lead, earlier default"),
     "mix0": (("fair-mix0",), "mix0, earlier default"),
     "semi": (("fair-method",), "semi, older default"),
@@ -725,6 +728,7 @@ def fair_plot(rows_by: dict[tuple[int, str], list[dict]], path: Path = FAIR_PLOT
         "lead": ("-", "v", "tab:red", 0.4),
         "noteach2k": ("-", "P", "tab:brown", 0.48),
         "ema999": ("--", "X", "tab:olive", 0.56),
+        "noteach": (":", "*", "tab:cyan", 0.12),
     }
     unpaired = False
     for gi, (_, rows) in enumerate(groups):
