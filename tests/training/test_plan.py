@@ -203,6 +203,14 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     assert f"about {skip['steps']} segmentation steps" in skip["why"]
     assert "stage1.min_teacher_steps (1000" in skip["why"]
     assert any(skip["why"] in line for line in p.describe())
+    # the network's reason gives the steps each model gets without the teachers
+    per_model = [r for r in p.reasons if "steps per model" in r]
+    assert per_model and all(f"about {p.steps['seg']} steps per model" in r for r in per_model)
+    again = Plan.from_dict(p.to_dict())
+    P._restate_steps_per_model(again, 7)
+    assert [r.count("no teacher: see below") for r in again.reasons if "per model" in r] == [
+        1 for _ in per_model
+    ]
     assert p.steps["seg"] > with_teachers.steps["seg"]
     assert p.estimate_s["total"] <= 1200 * 0.96
     cfg = p.apply(profile("quick", device="cpu", stage1__tasks=tasks, stage1__lambda_={"sdm": 2}))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -919,6 +920,7 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw
     lean.stage1.tasks, lean.stage1.lambda_ = [], {}
     lean.stage1.modes = "pretrain"  # one mode: no halving, one validation per model
     _allocate(plan, lean, what, fp, **kw)  # too short even so: its own message says what fits
+    _restate_steps_per_model(plan, int(plan.steps["seg"]))
     tasks = list(cfg.stage1.tasks)
     about = f"about {n}" if n else "too few"
     more = format_budget(math.ceil(cfg.budget_s * want / max(n, 1) / 300) * 300) if n else ""
@@ -939,6 +941,14 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw
         ),
     }
     return plan
+
+
+def _restate_steps_per_model(plan: Plan, n: int) -> None:
+    """The network's reason (:func:`_shape`, which priced every model of the run, teachers
+    included) gives the steps each model gets; without the teachers that is ``n``."""
+    said = re.compile(r"the budget leaves about \d+ steps per model( \(no teacher: see below\))?")
+    now = f"the budget leaves about {n} steps per model (no teacher: see below)"
+    plan.reasons = [said.sub(now, r) for r in plan.reasons]
 
 
 def _may_skip_teachers(cfg: ExperimentConfig, what: str) -> bool:
