@@ -48,6 +48,35 @@ def _drive(gen):
             return done.value
 
 
+@pytest.fixture
+def seen(monkeypatch):
+    """What the semi term's last loss was computed against (``target``, ``weight``)."""
+    from napari_mtssl.training.terms import semi
+
+    out = {}
+    real = semi.masked_seg_loss
+
+    def spy(logits, target, weight):
+        out["target"], out["weight"] = target, weight
+        return real(logits, target, weight)
+
+    monkeypatch.setattr(semi, "masked_seg_loss", spy)
+    return out
+
+
+def _inputs(cfg, study, bl, bu, *, gen=None, average=None):
+    """A step's inputs for the semi term: the two batches, a fresh network, no progress."""
+
+    class X:
+        pass
+
+    x = X()
+    x.cfg, x.gen, x.average, x.progress = cfg, gen or torch.Generator().manual_seed(0), average, 0.0
+    x.batch = {"semi_l": bl, "semi_u": bu}.__getitem__
+    x.net = stages.new_net(cfg, study.num_classes)
+    return x
+
+
 def test_stored_maps_are_the_ensemble_mean_and_are_reused_until_the_teachers_change(
     study_cfg, tmp_path
 ):
@@ -303,18 +332,8 @@ def test_pseudo_labels_keep_each_windows_largest_component():
     assert torch.equal(out[1], lab[1])
 
 
-def test_unmixed_pairs_keep_each_window_whole(study_cfg, monkeypatch):
+def test_unmixed_pairs_keep_each_window_whole(study_cfg, seen):
     """mix = 0: no box is pasted, each window is trained whole with its own target."""
-    from napari_mtssl.training.terms import semi
-
-    seen = {}
-    real = semi.masked_seg_loss
-
-    def spy(logits, target, weight):
-        seen["target"], seen["weight"] = target, weight
-        return real(logits, target, weight)
-
-    monkeypatch.setattr(semi, "masked_seg_loss", spy)
     _, study, cfg = study_cfg
     term = CopyPasteSelfTraining(mix=0.0)
     gen = torch.Generator().manual_seed(0)
@@ -326,13 +345,7 @@ def test_unmixed_pairs_keep_each_window_whole(study_cfg, monkeypatch):
     bu["soft"] = torch.full((2, c, *bu["image"].shape[-2:]), 255 // c, dtype=torch.uint8)
     bu.pop("label")
 
-    class X:
-        pass
-
-    x = X()
-    x.cfg, x.gen, x.average, x.progress = cfg, gen, None, 0.0
-    x.batch = {"semi_l": bl, "semi_u": bu}.__getitem__
-    x.net = stages.new_net(cfg, study.num_classes)
+    x = _inputs(cfg, study, bl, bu, gen=gen)
     term.loss(x)
     # first half: the unlabelled windows whole (nothing trusted); second half: the labelled
     # windows whole (full weight everywhere). A pasted box would put one into the other.
@@ -342,19 +355,9 @@ def test_unmixed_pairs_keep_each_window_whole(study_cfg, monkeypatch):
     assert seen["weight"][:2].any() and not seen["weight"][2:].all()
 
 
-def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_cfg, monkeypatch):
+def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_cfg, seen):
     """The ensemble is the student's own start (no teacher kept): every unlabelled slice is a
     candidate, none needs a stored map, and the pseudo-labels are the moving average's."""
-    from napari_mtssl.training.terms import semi
-
-    seen = {}
-    real = semi.masked_seg_loss
-
-    def spy(logits, target, weight):
-        seen["target"], seen["weight"] = target, weight
-        return real(logits, target, weight)
-
-    monkeypatch.setattr(semi, "masked_seg_loss", spy)
     _, study, cfg = study_cfg
     term = CopyPasteSelfTraining(mix=0.0, online=True, unlabelled_weight=0.5)
     streams = term.streams(study, 4, True)
@@ -370,13 +373,7 @@ def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_
             logits[:, 2] = 20.0
             return logits
 
-    class X:
-        pass
-
-    x = X()
-    x.cfg, x.gen, x.average, x.progress = cfg, torch.Generator().manual_seed(0), Sure(), 0.0
-    x.batch = {"semi_l": bl, "semi_u": bu}.__getitem__
-    x.net = stages.new_net(cfg, study.num_classes)
+    x = _inputs(cfg, study, bl, bu, average=Sure())
     assert torch.isfinite(term.loss(x))
     assert (seen["target"][:2] == 2).all()  # the unlabelled windows: the average's label
     assert torch.allclose(seen["weight"][:2], torch.full_like(seen["weight"][:2], 0.5))

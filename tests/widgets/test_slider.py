@@ -19,9 +19,11 @@ def _scan(viewer, scan_id: str, slices: int):
 
 
 def test_the_slider_spans_the_shown_scan_not_the_hidden_ones(make_napari_viewer):
+    from napari_mtssl.widgets._session import session_for
     from napari_mtssl.widgets._state import SCAN_ID_KEY, show_only_scan
 
     v = make_napari_viewer()
+    session_for(v)  # what the docks open with: it keeps the slider fitted
     _scan(v, "short", 10)
     _scan(v, "long", 15)
     assert v.dims.range[0].stop == 14  # napari's own range: every layer, hidden or not

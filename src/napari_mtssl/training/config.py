@@ -242,6 +242,11 @@ class Stage2Config:
     # student gets (semi); 0: the same steps as every other model (the paper's comparison).
     share: float = 0.5
 
+    def learns_online(self) -> bool:
+        """Whether a new student whose ensemble is its own start stores no maps and learns from
+        its moving average alone (semi, ``own_start_online``, a moving average kept)."""
+        return self.method == "semi" and self.own_start_online and self.ema > 0
+
     def resolved_init(self) -> str:
         if self.init != "auto":
             return self.init

@@ -1028,11 +1028,8 @@ def _allocate(
     members = _members_guess(cfg, what)
     soft_scans = soft_scan_count(cfg, fp, t, members, budget, s_share)
     fixed_student = 0.0
-    if (
-        "student" in units
-        and what in ("all", "stage2", "retrain-stage2")
-        and not (_student_online(cfg, what))
-    ):
+    stores = what in ("all", "stage2", "retrain-stage2") and not _student_online(cfg, what)
+    if "student" in units and stores:
         per_scan = t.get("soft", 0.0) / max(1, fp.n_train)
         fixed_student = members * per_scan * soft_scans
         fixed_student += (members if members > 1 else 0) * t_eval * SOFT_EVAL
@@ -1155,10 +1152,8 @@ def _student_online(cfg: ExperimentConfig, what: str) -> bool:
     return bool(
         what == "all"
         and not cfg.stage1.tasks
-        and s2.method == "semi"
         and s2.with_baseline
-        and s2.own_start_online
-        and s2.ema > 0
+        and s2.learns_online()
         and s2.resolved_init() == "best"
     )
 

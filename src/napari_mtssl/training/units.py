@@ -138,11 +138,11 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
     stage 2. The result carries ``ensemble``: members and scores."""
     from . import soft_labels
 
-    teachers = [ctx.load(r, m) for r, m in unit.teachers]
+    online = _own_start_online(unit, cfg)
     init = ctx.load(*unit.init) if unit.init else None
+    teachers = [init] if online else [ctx.load(r, m) for r, m in unit.teachers]  # one load
     s2 = cfg.stage2
     ensemble: dict[str, Any] = {"members": [m for _, m in unit.teachers]}
-    online = _own_start_online(unit, cfg)
     if online:
         ensemble["stored"] = {"online": True, "scans": 0, "seconds": 0.0}
         yield Note(
@@ -207,11 +207,8 @@ def _own_start_online(unit: Unit, cfg: ExperimentConfig) -> bool:
     moving average, a copy of that model at the first step, labels the unlabelled slices and
     no prediction needs storing (``stage2.own_start_online``; a new semi student only: a retrain
     keeps no moving average)."""
-    s2 = cfg.stage2
     return bool(
-        s2.method == "semi"
-        and s2.own_start_online
-        and s2.ema > 0
+        cfg.stage2.learns_online()
         and unit.stage == "stage2"
         and unit.init
         and [list(t) for t in unit.teachers] == [list(unit.init)]

@@ -15,6 +15,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from napari_mtssl.widgets._jobs import JobController
+from napari_mtssl.widgets._slider import keep_slider_fitted
 
 _ATTR = "_napari_mtssl_session"
 _HEADLESS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
@@ -53,6 +54,7 @@ class Session(QObject):
                     adopt_geometry(v, event.value)
 
             layers.events.inserted.connect(on_inserted)
+            keep_slider_fitted(viewer)  # the slice slider spans the scan on screen
 
     @property
     def viewer(self) -> Any | None:

@@ -4,8 +4,8 @@ napari sizes its sliders to the extent of all layers, hidden ones included: with
 hidden behind a 10-slice one, the slider runs to 15 and half of it shows nothing. The docks show
 one workspace scan at a time (:func:`._state.show_only_scan`), so the sliders of the axes not on
 screen are fitted to the visible layers whenever a layer is added, removed, shown, hidden or
-moved. napari recomputes its own range on those events; the fit is connected after it, so it
-has the last word. With every layer visible (or none) the range is napari's own.
+moved (each viewer's :class:`._session.Session` connects that once). napari recomputes its own
+range on those events; the fit is connected after it, so it has the last word. With every layer visible (or none) the range is napari's own.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-# viewers whose layer events are connected (by id; the weak reference tells a reused id apart)
-_FITTED: dict[int, weakref.ref] = {}
 # layer events after which napari recomputes the range (viewer_model._on_add_layer)
 _LAYER_EVENTS = ("visible", "data", "scale", "translate", "affine", "rotate", "shear")
 
@@ -23,8 +21,7 @@ def fit_slider_to_shown(viewer: Any) -> None:
     """Set the range of every axis not on screen to the extent of the visible layers."""
     from napari.components.dims import RangeTuple
 
-    layers = list(viewer.layers)
-    shown = [ly for ly in layers if ly.visible]
+    shown = [ly for ly in viewer.layers if ly.visible]
     if not shown:
         return
     ext = viewer.layers.get_extent(shown)
@@ -40,29 +37,24 @@ def fit_slider_to_shown(viewer: Any) -> None:
 
 
 def keep_slider_fitted(viewer: Any) -> None:
-    """Fit the sliders now and after every layer change that moves napari's range (once per
-    viewer; later calls only fit)."""
-    for k in [k for k, r in _FITTED.items() if r() is None]:
-        del _FITTED[k]
-    key = id(viewer)
-    ref = _FITTED.get(key)
-    if ref is None or ref() is not viewer:
-        _viewer = _FITTED[key] = weakref.ref(viewer)
+    """Fit the sliders after every layer change on which napari recomputes its range (called
+    once per viewer, by its :class:`._session.Session`)."""
+    ref = weakref.ref(viewer)
 
-        def fit(_event: Any = None) -> None:
-            v = _viewer()
-            if v is not None:
-                fit_slider_to_shown(v)
+    def fit(_event: Any = None) -> None:
+        v = ref()
+        if v is not None:
+            fit_slider_to_shown(v)
 
-        def watch(layer: Any) -> None:
-            for name in _LAYER_EVENTS:
-                emitter = getattr(layer.events, name, None)
-                if emitter is not None:
-                    emitter.connect(fit, position="last")
+    def watch(layer: Any) -> None:
+        for name in _LAYER_EVENTS:
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                emitter.connect(fit, position="last")
 
-        for layer in viewer.layers:
-            watch(layer)
-        viewer.layers.events.inserted.connect(lambda e: (watch(e.value), fit()), position="last")
-        viewer.layers.events.removed.connect(fit, position="last")
-        viewer.layers.events.reordered.connect(fit, position="last")
-    fit_slider_to_shown(viewer)
+    for layer in viewer.layers:
+        watch(layer)
+    viewer.layers.events.inserted.connect(lambda e: (watch(e.value), fit()), position="last")
+    viewer.layers.events.removed.connect(fit, position="last")
+    viewer.layers.events.reordered.connect(fit, position="last")
+    fit()

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_mtssl.io.napari_io import NAMES_KEY, class_features
 from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
+from napari_mtssl.widgets._slider import fit_slider_to_shown
 
 SCAN_META_KEY = "mtssl_scan"  # metadata the io readers put on image layers (Scan.layer_kwargs)
 SCAN_ID_KEY = "mtssl_scan_id"  # scan id of an image layer, or of the scan a label layer is for
@@ -291,6 +292,4 @@ def show_only_scan(viewer: Any, scan_id: str, keep: tuple[str, ...] = ()) -> Non
             layer.visible = False
         elif layer.name == scan_layer_name(scan_id) or layer.name in keep:
             layer.visible = True
-    from ._slider import keep_slider_fitted
-
-    keep_slider_fitted(viewer)  # the slice slider spans this scan, not the hidden ones
+    fit_slider_to_shown(viewer)  # the slice slider spans this scan, not the hidden ones

@@ -166,13 +166,14 @@ class CopyPasteSelfTraining(Term):
             return study.seg_batch(lab, half, rng, fg)
 
         def unlabelled(step, rng):
-            if not unl:
+            if not unl:  # every slice labelled: labelled windows, with their labels
                 return study.seg_batch(lab, half, rng, fg)
-            if self.online:  # a scan with some labelled slices has a label array: not here
+            if self.online:
                 batch = study.seg_batch(unl, half, rng)
-                batch.pop("label", None)
-                return batch
-            return study.seg_batch(unl, half, rng, fg, soft=True, fg_from="soft")
+            else:
+                batch = study.seg_batch(unl, half, rng, fg, soft=True, fg_from="soft")
+            batch.pop("label", None)  # a partly labelled scan's unlabelled slice: no truth here
+            return batch
 
         return {"semi_l": (20, labelled), "semi_u": (21, unlabelled)}
 
@@ -192,20 +193,25 @@ class CopyPasteSelfTraining(Term):
             return soft
         return (1 - w) * soft + w * own_probs(x.average, image).to(soft.dtype)
 
+    def _pseudo_probs(self, bu: dict, x: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented unlabelled windows and their class probabilities: the stored maps,
+        warped with them and refreshed by the moving average; online, the average alone."""
+        cfg, gen = x.cfg.data, x.gen
+        if "soft" in bu:
+            soft = bu["soft"].float() / 255.0
+            xu, _, su = augment_with_soft(bu["image"], None, soft, cfg, gen)
+            return xu, self._refreshed(su, xu, x)
+        if x.average is None:
+            raise ValueError("stage 2 online needs the moving average (stage2.ema > 0)")
+        xu, _, _ = augment_with_soft(bu["image"], None, None, cfg, gen)
+        return xu, own_probs(x.average, xu).float()
+
     def loss(self, x: StepInputs) -> torch.Tensor:
         cfg, gen = x.cfg.data, x.gen
         bl, bu = x.batch("semi_l"), x.batch("semi_u")
         xl, yl, _ = augment_with_soft(bl["image"], bl["label"], None, cfg, gen)
-        if "soft" in bu or (self.online and "label" not in bu):
-            if "soft" in bu:
-                soft = bu["soft"].float() / 255.0
-                xu, _, su = augment_with_soft(bu["image"], None, soft, cfg, gen)
-                su = self._refreshed(su, xu, x)
-            else:  # online: the moving average alone (it started as the ensemble's model)
-                if x.average is None:
-                    raise ValueError("stage 2 online needs the moving average (stage2.ema > 0)")
-                xu, _, _ = augment_with_soft(bu["image"], None, None, cfg, gen)
-                su = own_probs(x.average, xu).float()
+        if "label" not in bu:  # unlabelled windows: the pseudo-labeller's probabilities
+            xu, su = self._pseudo_probs(bu, x)
             conf, pseudo = su.max(1)
             if self.pseudo_lcc:
                 pseudo = largest_component_2d(pseudo)
