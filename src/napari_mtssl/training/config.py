@@ -241,6 +241,9 @@ class Stage2Config:
     # Budgeted runs: the share of the training time (after stage 1's fixed costs) that the
     # student gets (semi); 0: the same steps as every other model (the paper's comparison).
     share: float = 0.5
+    # A student warm-started from a trained model: its peak learning rate as a share of
+    # optim.lr (1: the same restart as a fresh model)
+    lr_scale: float = 1.0
 
     def learns_online(self) -> bool:
         """Whether a new student whose ensemble is its own start stores no maps and learns from
@@ -277,6 +280,8 @@ class Stage2Config:
             raise ValueError("stage2.share must be in [0, 0.9) (0: equal steps)")
         if self.member_margin < 0:
             raise ValueError("stage2.member_margin must be >= 0")
+        if not 0 < self.lr_scale <= 1:
+            raise ValueError("stage2.lr_scale must be in (0, 1]")
 
 
 @dataclass

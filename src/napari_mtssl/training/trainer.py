@@ -72,16 +72,18 @@ class UnitSpec:
     # > 0: keep an exponential moving average of the weights with this decay (Mean Teacher);
     # validation scores it and the unit's model is the average.
     ema: float = 0.0
+    lr_scale: float = 1.0  # the peak learning rate as a share of optim.lr (a warm start's)
 
 
-def _lr(cfg: ExperimentConfig, step: int, total: int) -> float:
+def _lr(cfg: ExperimentConfig, step: int, total: int, scale: float = 1.0) -> float:
     o = cfg.optim
+    peak = o.lr * scale
     if o.warmup_steps and step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
+        return peak * (step + 1) / o.warmup_steps
     if not o.cosine:
-        return o.lr
+        return peak
     t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
-    return o.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 @torch.no_grad()
@@ -389,7 +391,7 @@ def _step(spec: UnitSpec, net, streams: _Streams, o: _Optimiser, cfg, device, st
     total = total or spec.steps
     torch.manual_seed((cfg.seed * 1_000_003 + step) % (2**63))
     gen = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729) % (2**63))
-    lr = _lr(cfg, step, total)
+    lr = _lr(cfg, step, total, spec.lr_scale)
     for g in o.opt.param_groups:
         g["lr"] = lr
     inputs = _Inputs(net, streams, cfg, gen, device, average, step / max(1, total))
