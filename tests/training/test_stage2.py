@@ -380,3 +380,33 @@ def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_
     x.average = None
     with pytest.raises(ValueError, match="moving average"):
         term.loss(x)
+
+
+def test_a_warm_started_student_restarts_below_the_peak_learning_rate(study_cfg, monkeypatch):
+    """``stage2.lr_scale`` lowers the schedule of a student that starts from a trained model,
+    not a fresh student's nor a retrain's; the schedule keeps its shape at the lower peak."""
+    from napari_mtssl.training import trainer
+
+    _, study, cfg = study_cfg
+    monkeypatch.setattr(cfg.stage2, "lr_scale", 0.3)
+    specs = {}
+
+    def capture(spec, net, *a, **kw):
+        specs[spec.stage, spec.name] = spec
+        return {"stopped": False, "steps": 0}
+        yield  # a generator, as train_unit is
+
+    monkeypatch.setattr(stages, "train_unit", capture)
+    teachers = _teachers(cfg, 1)
+    dev = torch.device("cpu")
+    _drive(stages.student(teachers, study, cfg, dev, None, init=teachers[0], steps=5))
+    _drive(stages.student(teachers, study, cfg, dev, None, steps=5, unit="fresh"))
+    _drive(stages.student(teachers, study, cfg, dev, None, init=teachers[0], steps=5,
+                          unit="retrain", stage="retrain"))  # fmt: skip
+    assert specs["stage2", "student"].lr_scale == 0.3
+    assert specs["stage2", "fresh"].lr_scale == 1.0
+    assert specs["retrain", "retrain"].lr_scale == 1.0
+    lr = cfg.optim.lr
+    assert trainer._lr(cfg, 0, 100, 0.3) == pytest.approx(0.3 * trainer._lr(cfg, 0, 100))
+    assert trainer._lr(cfg, 99, 100, 0.3) == pytest.approx(0.3 * trainer._lr(cfg, 99, 100))
+    assert trainer._lr(cfg, 0, 100, 0.3) <= 0.3 * lr < trainer._lr(cfg, 0, 100)

@@ -159,9 +159,15 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     ):
         jobs.start(ws, config, "stage1")
     assert d.training.stop_button.isEnabled()
+    from napari.utils.notifications import notification_manager
+
+    toasts = len(notification_manager.records)
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
         d.training.stop_button.click()
     assert jobs.last_state == "stopped"
+    # said in the dock's line, which the next run replaces; no toast left behind
+    assert "stopped" in d.training.now_label.text() + d.training.now_label.toolTip()
+    assert not any("stopped" in str(n.message) for n in notification_manager.records[toasts:])
     checkpoints = [p for run in ws.runs() for p in run.checkpoint_dir.glob("*") if p.is_file()]
     assert checkpoints, "a stopped job must leave a checkpoint"
     assert d.training.train_buttons["all"].isEnabled()

@@ -265,7 +265,7 @@ class JobController(QObject):
         pbar.set_description(f"MTSSL {self.what}: {e.model} {e.step}/{e.total}")
 
     def _on_returned(self, state: str) -> None:
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_error
 
         handle = self.handle
         self.last_state = state
@@ -278,8 +278,8 @@ class JobController(QObject):
             else:
                 show_error(f"Training failed: {message}. Saved checkpoints and labels are kept.")
             return
-        if state == "stopped":
-            show_info(f"{self.what} stopped; the last checkpoint is kept")
+        # A stop the user asked for is said in the dock's status line, which the next run
+        # replaces; a toast would outlive it ("all stopped" beside a later run's results).
         self._finish(result, None)
 
     def _on_relay_error(self, exc: BaseException) -> None:
