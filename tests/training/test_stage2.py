@@ -410,3 +410,31 @@ def test_a_warm_started_student_restarts_below_the_peak_learning_rate(study_cfg,
     assert trainer._lr(cfg, 0, 100, 0.3) == pytest.approx(0.3 * trainer._lr(cfg, 0, 100))
     assert trainer._lr(cfg, 99, 100, 0.3) == pytest.approx(0.3 * trainer._lr(cfg, 99, 100))
     assert trainer._lr(cfg, 0, 100, 0.3) <= 0.3 * lr < trainer._lr(cfg, 0, 100)
+
+
+def test_a_step_can_hold_more_labelled_than_unlabelled_windows(study_cfg, seen):
+    """``labelled_share`` splits a step's windows: 6 labelled and 2 unlabelled of 8, the six
+    with their ground truth at full weight (two paired, four whole), the two with the
+    pseudo-labels, as many images as a baseline step."""
+    _, study, cfg = study_cfg
+    term = CopyPasteSelfTraining(mix=1.0, online=True, labelled_share=0.75)
+    assert term.split(8) == (6, 2) and CopyPasteSelfTraining().split(8) == (4, 4)
+    assert CopyPasteSelfTraining(labelled_share=0.99).split(8) == (7, 1)
+    streams = term.streams(study, 8, True)
+    rng = np.random.default_rng(0)
+    bu = {k: torch.from_numpy(v) for k, v in streams["semi_u"][1](0, rng).items()}
+    bl = {k: torch.from_numpy(v) for k, v in streams["semi_l"][1](0, rng).items()}
+    assert bl["image"].shape[0] == 6 and bu["image"].shape[0] == 2
+
+    class Sure(torch.nn.Module):
+        def forward(self, image):
+            logits = torch.zeros(image.shape[0], study.num_classes, *image.shape[-2:])
+            logits[:, 3] = 20.0
+            return logits
+
+    x = _inputs(cfg, study, bl, bu, average=Sure())
+    assert torch.isfinite(term.loss(x))
+    target, weight = seen["target"], seen["weight"]
+    assert target.shape[0] == 8
+    whole = slice(4, 8)  # the four labelled windows beyond the pairs: ground truth, weight 1
+    assert (weight[whole] == 1).all() and not (target[whole] == 3).all()

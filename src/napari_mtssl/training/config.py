@@ -244,6 +244,9 @@ class Stage2Config:
     # A student warm-started from a trained model: its peak learning rate as a share of
     # optim.lr (1: the same restart as a fresh model)
     lr_scale: float = 1.0
+    # semi: the share of each step's windows that are labelled (the rest unlabelled); a step
+    # has as many windows as a baseline step
+    labelled_share: float = 0.5
 
     def learns_online(self) -> bool:
         """Whether a new student whose ensemble is its own start stores no maps and learns from
@@ -280,6 +283,8 @@ class Stage2Config:
             raise ValueError("stage2.share must be in [0, 0.9) (0: equal steps)")
         if self.member_margin < 0:
             raise ValueError("stage2.member_margin must be >= 0")
+        if not 0 < self.labelled_share < 1:
+            raise ValueError("stage2.labelled_share must be in (0, 1)")
         if not 0 < self.lr_scale <= 1:
             raise ValueError("stage2.lr_scale must be in (0, 1]")
 

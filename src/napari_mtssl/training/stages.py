@@ -300,6 +300,7 @@ def semi_terms(cfg: ExperimentConfig, online: bool = False) -> list:
             mix=s2.mix,
             pseudo_lcc=s2.pseudo_lcc,
             online=online,
+            labelled_share=s2.labelled_share,
         )
     ]
 

@@ -1,7 +1,8 @@
 """Stage 2 beyond the paper (METHOD.md): self-training on the unlabelled slices with the
 teachers' ensemble as the pseudo-labeller, optionally through bidirectional copy-paste.
 
-Each step draws ``B/2`` labelled windows (ground truth) and ``B/2`` unlabelled windows with the
+Each step draws ``B/2`` labelled windows (ground truth) and ``B/2`` unlabelled windows (another
+split with ``labelled_share``; the windows beyond the pairs are trained whole) with the
 ensemble's stored probabilities (:mod:`..soft_labels`), both with the usual geometric
 augmentation (the stored map warped with its image). For a share ``mix`` of the pairs, a box of
 ``box`` x the patch side is pasted from the labelled window into its unlabelled partner and the
@@ -134,9 +135,11 @@ class CopyPasteSelfTraining(Term):
         mix: float = 1.0,
         pseudo_lcc: bool = False,
         online: bool = False,
+        labelled_share: float = 0.5,
     ):
         super().__init__(weight)
         self.online = bool(online)
+        self.labelled_share = float(labelled_share)
         self.mix = float(mix)
         self.pseudo_lcc = bool(pseudo_lcc)
         self.refresh = float(refresh)
@@ -159,23 +162,30 @@ class CopyPasteSelfTraining(Term):
             for i, z in study.unlabelled_slices()
             if self.online or study.train[i].soft is not None
         ]
-        half = max(1, batch_size // 2)
+        n_lab, n_unl = self.split(batch_size)
         fg = self.fg_oversample
 
         def labelled(step, rng):
-            return study.seg_batch(lab, half, rng, fg)
+            return study.seg_batch(lab, n_lab, rng, fg)
 
         def unlabelled(step, rng):
             if not unl:  # every slice labelled: labelled windows, with their labels
-                return study.seg_batch(lab, half, rng, fg)
+                return study.seg_batch(lab, n_unl, rng, fg)
             if self.online:
-                batch = study.seg_batch(unl, half, rng)
+                batch = study.seg_batch(unl, n_unl, rng)
             else:
-                batch = study.seg_batch(unl, half, rng, fg, soft=True, fg_from="soft")
+                batch = study.seg_batch(unl, n_unl, rng, fg, soft=True, fg_from="soft")
             batch.pop("label", None)  # a partly labelled scan's unlabelled slice: no truth here
             return batch
 
         return {"semi_l": (20, labelled), "semi_u": (21, unlabelled)}
+
+    def split(self, batch_size: int) -> tuple[int, int]:
+        """How many of a step's ``batch_size`` windows are labelled and how many unlabelled
+        (``labelled_share`` of them labelled; at least one of each)."""
+        b = max(2, int(batch_size))
+        n_lab = min(b - 1, max(1, int(round(b * self.labelled_share))))
+        return n_lab, b - n_lab
 
     def refresh_weight(self, progress: float) -> float:
         """The moving average's weight in the pseudo-labels at ``progress`` (0..1 of the steps):
@@ -219,7 +229,12 @@ class CopyPasteSelfTraining(Term):
         else:  # every slice labelled: CutMix between labelled windows
             xu, pseudo, _ = augment_with_soft(bu["image"], bu["label"], None, cfg, gen)
             trust = torch.ones(pseudo.shape, device=xu.device)
+        # pairs of a labelled and an unlabelled window (mixed into each other for a share
+        # ``mix``); the windows of the larger side beyond the pairs are trained whole
         n = min(xl.shape[0], xu.shape[0])
+        rest_x = torch.cat([xl[n:], xu[n:]])
+        rest_y = torch.cat([yl[n:], pseudo[n:]])
+        rest_w = torch.cat([trust.new_ones(yl[n:].shape), trust[n:]])
         xl, yl, xu, pseudo, trust = xl[:n], yl[:n], xu[:n], pseudo[:n], trust[:n]
         m = _boxes(n, xl.shape[-1], self.box, gen)
         if self.mix < 1:  # the other pairs stay whole: each window with its own target
@@ -227,8 +242,12 @@ class CopyPasteSelfTraining(Term):
         m = m.to(xl.device)
         inside = m[:, 0] > 0.5
         ones = torch.ones_like(trust)
-        mixed = torch.cat([xu * (1 - m) + xl * m, xl * (1 - m) + xu * m])
-        target = torch.cat([torch.where(inside, yl, pseudo), torch.where(inside, pseudo, yl)])
-        weight = torch.cat([torch.where(inside, ones, trust), torch.where(inside, trust, ones)])
+        mixed = torch.cat([xu * (1 - m) + xl * m, xl * (1 - m) + xu * m, rest_x])
+        target = torch.cat(
+            [torch.where(inside, yl, pseudo), torch.where(inside, pseudo, yl), rest_y]
+        )
+        weight = torch.cat(
+            [torch.where(inside, ones, trust), torch.where(inside, trust, ones), rest_w]
+        )
         logits = x.net(strong_intensity(mixed, gen))
         return masked_seg_loss(logits, target, weight)
