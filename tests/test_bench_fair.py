@@ -140,33 +140,41 @@ def test_missing_keys_and_no_results(summ, tmp_path):
 
 
 def test_the_current_default_measured_as_a_variant_is_judged_first(summ):
-    """The default's rules were measured as variants before they became the default: no
-    teachers below 1000 steps (noteach) where measured, else the teachers' lead rule (lead).
-    Those runs lead the table and the targets, beside the earlier defaults' (lead, mix0, semi)."""
+    """The default's settings were measured as a variant before they became the default
+    (conf07): those runs lead the table and the targets, beside the earlier defaults' (online,
+    lead, mix0, semi); where the default was not measured, the earlier ones are shown and the
+    default's target says so."""
     runs = [
         _method("fair-method", 3, "60m", 0, 0.79),
         _method("fair-mix0", 3, "60m", 0, 0.83),
         _method("fair-lead", 3, "60m", 0, 0.87, teachers=(0.8, 0.7), base=0.75),
         _alone(3, "60m", 0, 0.826),
         _method("fair-lead", 3, "20m", 0, 0.77),
-        _method("fair-noteach", 3, "20m", 0, 0.80),
+        _method("fair-online", 3, "20m", 0, 0.80),
+        _method("fair-conf07", 3, "20m", 0, 0.81),
         _alone(3, "20m", 0, 0.785),
     ]
     text = "\n".join(summ.fair_section(runs, plot_path=None))
     tables = text.split("**Variants of the method side**")[0]
     hour, short = tables.split("**Fair comparison, L = 3, 60m budget**")[1], tables
-    head = "| student (the default) | student (mix0, earlier default) | student (semi, older"
-    assert head in hour  # the lead run is the default's there: shown once
-    assert "| 0 | **0.870** | 0.830 | 0.790 |" in hour
+    head = (
+        "| student (lead, earlier default) | student (mix0, earlier default) | student (semi, older"
+    )
+    assert head in hour and "student (the default)" not in hour
+    assert "| 0 | 0.870 | 0.830 | 0.790 |" in hour
     short = short.split("**Fair comparison, L = 3, 20m budget**")[1]
-    assert "| student (the default) | student (lead, earlier default) |" in short
-    assert "| 0 | **0.800** | 0.770 |" in short
+    head = "| student (the default) | student (confidence 0.9, earlier default) | student (lead, "
+    assert head in short
+    assert "| 0 | **0.810** | 0.800 | 0.770 |" in short
     line = next(ln for ln in text.splitlines() if ln.startswith("* **L = 3, 60 min"))
-    assert line.index("student (the default): **met**") < line.index("earlier default")
+    assert "student (the default): not measured" in line
+    assert line.index("student (the default)") < line.index(
+        "student (lead, earlier default): **met**"
+    )
     assert line.index("earlier default") < line.index("older default")
     line = next(ln for ln in text.splitlines() if ln.startswith("* **L = 3, 20 min"))
-    assert "student (the default): **met**" in line, line
-    assert "| lead |" in text.split("**Variants of the method side**")[1]
+    assert line.index("student (the default): **met**") < line.index("confidence 0.9"), line
+    assert "| conf07 |" in text.split("**Variants of the method side**")[1]
 
 
 def test_named_variants_get_their_own_rows_with_their_settings(summ):
