@@ -64,6 +64,19 @@ def seen(monkeypatch):
     return out
 
 
+class Sure(torch.nn.Module):
+    """A moving average certain of one class everywhere."""
+
+    def __init__(self, num_classes: int, label: int):
+        super().__init__()
+        self.num_classes, self.label = num_classes, label
+
+    def forward(self, image):
+        logits = torch.zeros(image.shape[0], self.num_classes, *image.shape[-2:])
+        logits[:, self.label] = 20.0
+        return logits
+
+
 def _inputs(cfg, study, bl, bu, *, gen=None, average=None):
     """A step's inputs for the semi term: the two batches, a fresh network, no progress."""
 
@@ -367,13 +380,7 @@ def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_
     lab = study.labelled_slices()
     bl = {k: torch.from_numpy(v) for k, v in study.seg_batch(lab, 2, rng, 0.3).items()}
 
-    class Sure(torch.nn.Module):  # a moving average certain of class 2 everywhere
-        def forward(self, image):
-            logits = torch.zeros(image.shape[0], study.num_classes, *image.shape[-2:])
-            logits[:, 2] = 20.0
-            return logits
-
-    x = _inputs(cfg, study, bl, bu, average=Sure())
+    x = _inputs(cfg, study, bl, bu, average=Sure(study.num_classes, 2))
     assert torch.isfinite(term.loss(x))
     assert (seen["target"][:2] == 2).all()  # the unlabelled windows: the average's label
     assert torch.allclose(seen["weight"][:2], torch.full_like(seen["weight"][:2], 0.5))
@@ -426,13 +433,7 @@ def test_a_step_can_hold_more_labelled_than_unlabelled_windows(study_cfg, seen):
     bl = {k: torch.from_numpy(v) for k, v in streams["semi_l"][1](0, rng).items()}
     assert bl["image"].shape[0] == 6 and bu["image"].shape[0] == 2
 
-    class Sure(torch.nn.Module):
-        def forward(self, image):
-            logits = torch.zeros(image.shape[0], study.num_classes, *image.shape[-2:])
-            logits[:, 3] = 20.0
-            return logits
-
-    x = _inputs(cfg, study, bl, bu, average=Sure())
+    x = _inputs(cfg, study, bl, bu, average=Sure(study.num_classes, 3))
     assert torch.isfinite(term.loss(x))
     target, weight = seen["target"], seen["weight"]
     assert target.shape[0] == 8

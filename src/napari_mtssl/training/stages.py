@@ -276,7 +276,7 @@ def student(
         # the average of a new student's weights; a retrain after corrections keeps its last
         # weights (a few hundred steps: an average would barely move from where it started)
         ema=cfg.stage2.ema if semi and stage == "stage2" else 0.0,
-        # a new student that starts from a trained model starts below the peak learning rate
+        # a new student that starts from a trained model: its peak rate is lr_scale of optim.lr
         lr_scale=cfg.stage2.lr_scale if init is not None and stage == "stage2" else 1.0,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
