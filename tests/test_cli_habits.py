@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_mtssl import api, cli
+from napari_mtssl import active, api, cli
 from napari_mtssl.cli import EXIT_STATUS, build_parser, main, reference_markdown
 from tests.conftest import ROOT
 from tests.test_api import make_dataset
@@ -454,6 +454,10 @@ def test_predict_a_folder_with_a_trained_model(tmp_path_factory, capsys):
         assert mask.shape == image.shape
         np.testing.assert_allclose(mask.affine, image.affine)
         assert np.asarray(mask.dataobj).max() <= 2
+    # before any student, the slices to correct next come from the baseline's predictions
+    got = api.propose_slices(ws, 3, "entropy", device="cpu", max_scans=2)
+    free = active.candidates(ws)
+    assert len(got) == 3 and all(c.z in free[c.scan] for c in got)
 
 
 def test_workspace_errors_give_shell_advice():

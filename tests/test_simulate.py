@@ -222,3 +222,38 @@ def test_propose_slices_from_the_trained_models(simulated):
         assert all(c.reason for c in got)
     with pytest.raises(ValueError, match="simulations only"):
         api.propose_slices(ws, 5, "oracle")
+
+
+def _ranked_scans(ws, strategy: str, **kw) -> tuple[list, list[str]]:
+    """Proposals and the scans ranked for them, in order (from the progress callback)."""
+    seen: list[str] = []
+    got = api.propose_slices(
+        ws, 3, strategy, device="cpu", progress=lambda i, n, sid: seen.append(sid), **kw
+    )
+    return got, [sid for sid in seen if sid]  # the last call says "done" with no scan
+
+
+def test_propose_ranks_a_bounded_sample_of_scans_and_can_be_cancelled(simulated):
+    _, _, out = simulated
+    ws = api.open_workspace(out / "none" / "workspace")
+    free = active.candidates(ws)
+    assert len(free) >= 3
+    for strategy in ("entropy", "fg_random"):
+        got, ranked = _ranked_scans(ws, strategy, max_scans=2)
+        assert 1 <= len(ranked) <= 2 and set(ranked) <= set(free)
+        assert got and {c.scan for c in got} <= set(ranked)
+        assert all(c.z in free[c.scan] for c in got)
+    # the same seed draws the same scans; without a bound, every candidate scan is ranked
+    assert (
+        _ranked_scans(ws, "entropy", max_scans=2)[1] == _ranked_scans(ws, "entropy", max_scans=2)[1]
+    )
+    assert sorted(_ranked_scans(ws, "entropy")[1]) == sorted(free)
+
+    def cancel_after_one(i: int, n: int, sid: str) -> None:
+        if i >= 1:
+            raise active.Cancelled
+
+    with pytest.raises(active.Cancelled):
+        api.propose_slices(ws, 3, "entropy", device="cpu", progress=cancel_after_one)
+    with pytest.raises(ValueError, match="max_scans"):
+        api.propose_slices(ws, 3, "entropy", device="cpu", max_scans=0)

@@ -17,7 +17,14 @@ import numpy as np
 from napari_mtssl.ids import teachers
 from napari_mtssl.training.ranking import NEEDS, Candidate, check_strategy, rank
 
-__all__ = ["candidates", "slice_scores", "propose", "RECOMMENDED", "RECOMMENDED_WHY"]
+__all__ = [
+    "candidates",
+    "slice_scores",
+    "propose",
+    "Cancelled",
+    "RECOMMENDED",
+    "RECOMMENDED_WHY",
+]
 
 # The strategy the correction dock proposes by default, and why: what the simulated annotator
 # measured on ACDC (docs/benchmarks.md, "Which slices to correct"; three seeds). It is the best
@@ -30,6 +37,10 @@ RECOMMENDED_WHY = (
     "Dice over five rounds of 10 slices, three seeds: 0.760 against 0.747 and 0.734; plain "
     "random slices 0.756, within the noise: no ranking beat random slices; docs/benchmarks.md)"
 )
+
+
+class Cancelled(Exception):
+    """Raised by a ``progress`` callback to stop the ranking between scans."""
 
 
 def candidates(ws: Any, scans: Sequence[str] | None = None) -> dict[str, list[int]]:
@@ -56,10 +67,11 @@ def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
                 f"{len(names)} (train stage 1 with two or more tasks)"
             )
         out["teachers"] = [api._load(ws, m, device) for m in names]
-    if "student" in need:
-        if "student" not in have:
-            raise ValueError(f"{strategy} needs a trained student; run stage 2 first")
-        out["student"] = [api._load(ws, "student", device)]
+    if "student" in need:  # the baseline stands in until a student is trained
+        model = next((m for m in ("student", "baseline") if m in have), None)
+        if model is None:
+            raise ValueError(f"{strategy} needs a trained student (or baseline): train first")
+        out["student"] = [api._load(ws, model, device)]
     return out
 
 
@@ -71,11 +83,15 @@ def slice_scores(
     truth: Mapping[str, np.ndarray] | None = None,
     device: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
+    enough: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], bool] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per-slice scores and per-slice foreground of every candidate scan for ``strategy``.
+    """Per-slice scores and per-slice foreground of the candidate scans for ``strategy``, in
+    the order of ``cands``: all of them, or up to the first scan after which
+    ``enough(scores, foreground)`` holds.
 
     ``truth``: scan id -> reference mask (simulations). Without it, ``fg_random`` takes the
-    student's mask for the foreground and ``oracle`` cannot be used.
+    student's mask for the foreground and ``oracle`` cannot be used. ``progress(i, n, scan)``
+    before each scan; it may raise :class:`Cancelled` to stop.
     """
     from napari_mtssl.training import ranking
     from napari_mtssl.training.inference import resolve_device
@@ -96,6 +112,8 @@ def slice_scores(
             progress(i, len(ids), sid)
         if fg_from_truth:
             foreground[sid] = ranking.foreground_slices(truth[sid])  # type: ignore[index]
+            if enough is not None and enough(scores, foreground):
+                break
             continue
         scan = ws.load_scan(sid)
         prepared: dict = {}
@@ -109,6 +127,8 @@ def slice_scores(
                 scores[sid] = ranking.entropy_scores(probs)
             elif strategy == "oracle":
                 scores[sid] = ranking.error_scores(labels, truth[sid])  # type: ignore[index]
+        if enough is not None and enough(scores, foreground):
+            break
     if progress is not None:
         progress(len(ids), len(ids), "")
     return scores, foreground
@@ -124,12 +144,71 @@ def propose(
     device: str = "auto",
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
+    max_scans: int | None = None,
 ) -> list[Candidate]:
     """The ``k`` slices most worth correcting by ``strategy`` (default :data:`RECOMMENDED`),
-    best first, each with its reason. Fewer when fewer slices are unlabelled."""
+    best first, each with its reason. Fewer when fewer slices are unlabelled.
+
+    ``max_scans``: predict at most that many candidate scans, so that a large study answers in
+    seconds rather than predicting every scan. The scoring strategies rank the slices of that
+    many scans drawn at random (with ``seed``); ``fg_random`` draws slices at random and
+    predicts their scans as it goes, keeping those showing the structures, until it has ``k``
+    (within ``max_scans`` scans). None: every candidate scan (the simulated annotator).
+    """
     strategy = check_strategy(strategy or RECOMMENDED)
+    rng = np.random.default_rng(seed)
     cands = candidates(ws, scans)
     if not cands:
         return []
+    if max_scans is not None and strategy != "random":
+        if max_scans < 1:
+            raise ValueError(f"max_scans must be at least 1, got {max_scans}")
+        if strategy == "fg_random":
+            return _drawn_showing_structures(
+                ws, cands, k, max_scans, rng, truth=truth, device=device, progress=progress
+            )
+        ids = sorted(cands)
+        cands = {ids[i]: cands[ids[i]] for i in rng.permutation(len(ids))[:max_scans]}
     scores, fg = slice_scores(ws, strategy, cands, truth=truth, device=device, progress=progress)
-    return rank(strategy, cands, k, scores=scores, foreground=fg, rng=np.random.default_rng(seed))
+    return rank(strategy, cands, k, scores=scores, foreground=fg, rng=rng)
+
+
+def _drawn_showing_structures(
+    ws: Any,
+    cands: Mapping[str, Sequence[int]],
+    k: int,
+    max_scans: int,
+    rng: np.random.Generator,
+    **kw: Any,
+) -> list[Candidate]:
+    """``fg_random`` without predicting every scan: walk the unlabelled slices in a random
+    order and keep those whose scan's prediction shows the structures, predicting each scan
+    when the walk first reaches it, until ``k`` are kept. The walk keeps to the first
+    ``max_scans`` scans it reaches; the slices kept are uniform among theirs."""
+    pool = [(sid, int(z)) for sid in sorted(cands) for z in sorted(set(cands[sid]))]
+    order = [pool[i] for i in rng.permutation(len(pool))]
+    allowed = list(dict.fromkeys(sid for sid, _ in order))[:max_scans]
+    chosen = set(allowed)
+    walk = [(sid, z) for sid, z in order if sid in chosen]
+
+    def kept(fg: Mapping[str, np.ndarray]) -> tuple[list[tuple[str, int]], bool]:
+        out: list[tuple[str, int]] = []
+        for sid, z in walk:
+            if sid not in fg:
+                return out, False  # this scan is the next to predict
+            if bool(np.asarray(fg[sid])[z]):
+                out.append((sid, z))
+                if len(out) == k:
+                    return out, True
+        return out, True
+
+    _, fg = slice_scores(
+        ws,
+        "fg_random",
+        {sid: cands[sid] for sid in allowed},
+        enough=lambda _scores, fg: kept(fg)[1],
+        **kw,
+    )
+    picks, _ = kept(fg)
+    why = f"at random among the slices showing the structures ({len(fg)} scans predicted)"
+    return [Candidate(sid, z, 1.0, why) for sid, z in picks]

@@ -95,8 +95,18 @@ def test_whole_loop(sample_docks, qtbot):
     assert "(default)" in d.correct.strategy.currentText()
     assert "no ranking by the models beat random slices" in d.correct.strategy_note.text()
     d.correct.strategy.setCurrentIndex(d.correct.strategy.findData("disagreement"))
-    d.correct.propose()
-    qtbot.waitUntil(lambda: d.correct.propose_button.isEnabled(), timeout=60_000)
+    with qtbot.waitSignal(d.correct.proposals_ready, timeout=60_000) as ready:
+        d.correct.propose()
+    proposed = ready.args[0]
+    assert not d.correct.proposing and d.correct.propose_button.text() == "Propose"
+    # pressed again while it ranks, Propose cancels and says so; the list is then empty
+    with qtbot.waitSignal(d.correct.proposals_ready, timeout=60_000) as cancelled:
+        d.correct.propose()
+        assert d.correct.proposing and d.correct.propose_button.text() == "Cancel"
+        d.correct.propose()
+    assert cancelled.args == [[]] and "cancelled" in d.correct.proposals.item(0).text()
+    assert not d.correct.proposing and d.correct.propose_button.isEnabled()
+    d.correct.show_proposals(proposed)
     items = [d.correct.proposals.item(i) for i in range(d.correct.proposals.count())]
     free = candidates(ws)
     assert len(items) == min(10, sum(map(len, free.values())))

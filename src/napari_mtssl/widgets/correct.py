@@ -60,6 +60,9 @@ RETRAIN = (
 RETRAIN_SHARE = {"retrain-quick": 1 / 6, "retrain-stage2": 1 / 3, "all": 1.0}
 HISTORY_MODELS = ("student", "baseline")
 PROPOSED = 10  # slices proposed at a time (the simulated annotator's round)
+# Propose ranks the slices of at most this many unlabelled scans, drawn at random, so that it
+# answers in seconds on a study of hundreds of scans (docs/benchmarks.md, the viewer benchmark).
+PROPOSE_SCANS = 12
 # Shown in the strategy chooser; the measured one first (napari_mtssl.active.RECOMMENDED).
 STRATEGY_LABELS = {
     "fg_random": "random slices showing the anatomy",
@@ -118,6 +121,8 @@ class CorrectWidget(QWidget):
 
     edit_ready = Signal(str)  # scan id whose editable student prediction is in the viewer
     accepted = Signal(str, list)  # scan id, slices written as "corrected"
+    proposals_ready = Signal(list)  # the proposed Candidates ([] when cancelled)
+    _ranked = Signal(int, int, str)  # from the ranking thread: scans done, of how many, next
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
@@ -126,6 +131,8 @@ class CorrectWidget(QWidget):
         self.jobs = self.session.jobs
         self.job_finished = self.jobs.job_finished
         self.worker: Any | None = None
+        self._cancel_propose: Any | None = None  # threading.Event while Propose ranks
+        self._ranked.connect(self._show_ranking_progress)
         self._original: dict[str, np.ndarray] = {}  # scan id -> prediction the edit started from
         self._painted: dict[str, set[int]] = {}
         # scan id -> slice -> when it was first on screen in the edit layer (correction effort)
@@ -228,9 +235,11 @@ class CorrectWidget(QWidget):
         )
         self.strategy.setMinimumContentsLength(16)
         self.propose_button = QPushButton("Propose")
-        self.propose_button.setToolTip(
-            f"choose {PROPOSED} unlabelled training slices to correct next; click one to edit it"
+        self._propose_tip = (
+            f"choose {PROPOSED} unlabelled training slices to correct next (among at most "
+            f"{PROPOSE_SCANS} scans drawn at random); click one to edit it"
         )
+        self.propose_button.setToolTip(self._propose_tip)
         self.propose_button.clicked.connect(lambda: self.propose())
         row.addWidget(self.strategy, 1)
         row.addWidget(self.propose_button)
@@ -255,39 +264,81 @@ class CorrectWidget(QWidget):
         lay.addWidget(self.proposals)
         return box
 
+    @property
+    def proposing(self) -> bool:
+        """Whether Propose is ranking slices (its button then reads Cancel)."""
+        return self._cancel_propose is not None
+
     @report_errors("Could not propose slices")
     def propose(self, strategy: str | None = None) -> Any:
-        """Rank the unlabelled training slices (in a thread) and list the next ones to correct."""
-        from napari_mtssl import api
+        """Rank the unlabelled training slices (in a thread) and list the next ones to correct;
+        pressed again while it ranks, it cancels (between two scans: a second or so)."""
+        import threading
 
+        from napari_mtssl import active, api
+
+        if self._cancel_propose is not None:
+            self._cancel_propose.set()
+            self.propose_button.setEnabled(False)
+            self.proposals.clear()
+            self.proposals.addItem("cancelling…")
+            return self.worker
         ws = self.session.require_workspace()
         strategy = strategy or self.strategy.currentData()
         if strategy == "disagreement" and len(ids.teachers(api.list_models(ws))) < 2:
             raise ValueError("teacher disagreement needs two or more teachers: train stage 1")
-        if strategy != "random" and "student" not in api.list_models(ws):
-            raise ValueError("no student yet: train first (or choose random slices)")
-        self.propose_button.setEnabled(False)
+        if strategy != "random" and not {"student", "baseline"} & set(api.list_models(ws)):
+            raise ValueError("no trained model yet: train first (or choose random slices)")
+        cancel = threading.Event()
+        self._cancel_propose = cancel
+        self.propose_button.setText("Cancel")
+        self.propose_button.setToolTip("stop ranking the slices")
         self.proposals.clear()
         self.proposals.addItem("ranking the unlabelled slices…")
 
-        def done(found: list) -> None:
-            self.propose_button.setEnabled(True)
+        def progress(i: int, n: int, scan_id: str) -> None:  # in the ranking thread
+            if cancel.is_set():
+                raise active.Cancelled
+            self._ranked.emit(i, n, scan_id)  # queued to the GUI thread
+
+        def rank() -> list | None:
+            try:
+                return api.propose_slices(
+                    ws, PROPOSED, strategy, progress=progress, max_scans=PROPOSE_SCANS
+                )
+            except active.Cancelled:
+                return None
+
+        def done(found: list | None) -> None:
+            self._end_propose()
+            if found is None or cancel.is_set():  # a click on Cancel wins, however late
+                self.proposals.clear()
+                self.proposals.addItem("cancelled: press Propose to rank again")
+                self.proposals_ready.emit([])
+                return
             self.show_proposals(found)
+            self.proposals_ready.emit(found)
 
         def failed(_e: Any) -> None:
-            self.propose_button.setEnabled(True)
+            self._end_propose()
             self.proposals.clear()
 
-        self.worker = run_in_thread(
-            api.propose_slices,
-            ws,
-            PROPOSED,
-            strategy,
-            on_result=done,
-            action="Could not propose slices",
-        )
+        self.worker = run_in_thread(rank, on_result=done, action="Could not propose slices")
         self.worker.errored.connect(failed)
         return self.worker
+
+    def _show_ranking_progress(self, i: int, n: int, scan_id: str) -> None:
+        if self._cancel_propose is None or self._cancel_propose.is_set():
+            return
+        self.proposals.clear()
+        what = f": {scan_id}" if scan_id else ""
+        self.proposals.addItem(f"ranking the unlabelled slices, scan {min(i + 1, n)} of {n}{what}…")
+
+    def _end_propose(self) -> None:
+        self._cancel_propose = None
+        self.propose_button.setText("Propose")
+        self.propose_button.setToolTip(self._propose_tip)
+        self.propose_button.setEnabled(self.session.workspace is not None)
 
     def show_proposals(self, found: list) -> None:
         self.proposals.clear()
