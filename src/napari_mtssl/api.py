@@ -21,7 +21,7 @@ from napari_mtssl import ids
 if TYPE_CHECKING:  # pragma: no cover
     from napari_mtssl.io.scan import Scan
     from napari_mtssl.training.config import ExperimentConfig
-    from napari_mtssl.training.jobs import JobHandle
+    from napari_mtssl.training.jobs import JobHandle, JobWorker
     from napari_mtssl.training.plan import Plan
     from napari_mtssl.workspace import Round, Workspace
 
@@ -39,6 +39,7 @@ __all__ = [
     "run",
     "start_job",
     "start_plan_job",
+    "spare_worker",
     "list_models",
     "predict",
     "compare",
@@ -53,6 +54,7 @@ __all__ = [
 
 JOB_TARGET = "napari_mtssl.training.pipeline:run_training_job"
 PLAN_TARGET = "napari_mtssl.training.pipeline:plan_job"
+WARM_ENGINE = "napari_mtssl.training.pipeline:import_engine"
 
 
 @dataclass(frozen=True)
@@ -300,30 +302,51 @@ def start_job(
     resume: str | None = None,
     inline: bool = False,
     plan: dict | None = None,
+    worker: JobWorker | None = None,
 ) -> JobHandle:
-    """Training in its own worker process (``inline``: a thread of this one). ``plan``: a
-    plan's ``to_dict()`` (from :func:`start_plan_job`) whose shape the run keeps."""
-    from napari_mtssl.training.jobs import JobHandle
-
+    """Training in its own worker process (``inline``: a thread of this one; ``worker``: an
+    idle :func:`spare_worker`, which starts it at once). ``plan``: a plan's ``to_dict()``
+    (from :func:`start_plan_job`) whose shape the run keeps."""
     ws = _ws(workspace)
     kwargs: dict[str, Any] = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
     if resume:
         kwargs["resume"] = resume
     if plan is not None:
         kwargs["plan"] = plan
-    return JobHandle(JOB_TARGET, kwargs, inline=inline)
+    return _job(JOB_TARGET, kwargs, inline, worker)
 
 
 def start_plan_job(
-    workspace: Workspace | str, config: ExperimentConfig, what: str = "all", *, inline=False
+    workspace: Workspace | str,
+    config: ExperimentConfig,
+    what: str = "all",
+    *,
+    inline: bool = False,
+    worker: JobWorker | None = None,
 ) -> JobHandle:
     """:func:`plan` in a worker process (the viewer never imports torch); its result is the
     plan's ``to_dict()``."""
-    from napari_mtssl.training.jobs import JobHandle
-
     ws = _ws(workspace)
     kwargs = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
-    return JobHandle(PLAN_TARGET, kwargs, inline=inline)
+    return _job(PLAN_TARGET, kwargs, inline, worker)
+
+
+def spare_worker() -> JobWorker:
+    """A worker process started ahead of a job: it imports the engine (seconds) while it waits,
+    so that a job given to it (``start_job(..., worker=...)``) starts in a fraction of a second.
+    It serves one job; ``close()`` it when it is not used."""
+    from napari_mtssl.training.jobs import JobWorker
+
+    return JobWorker(warm=(WARM_ENGINE, {}))
+
+
+def _job(target: str, kwargs: dict, inline: bool, worker: JobWorker | None) -> JobHandle:
+    from napari_mtssl.training.jobs import JobHandle
+
+    if worker is not None and not inline:
+        worker.submit(target, kwargs)
+        return worker
+    return JobHandle(target, kwargs, inline=inline)
 
 
 MODEL_ORDER = ("student", "baseline", "all_joint")
@@ -524,15 +547,25 @@ def propose_slices(
     device: str = "auto",
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
+    max_scans: int | None = None,
 ) -> list:
     """The ``k`` unlabelled training slices most worth correcting next, best first, each a
     ``Candidate(scan, z, score, reason)``. ``strategy``: disagreement, entropy, random or
     fg_random (default: the one the simulated annotator measured best, ``active.RECOMMENDED``).
-    Predicts every candidate scan with the student (and the teachers for disagreement)."""
+    Predicts the candidate scans with the student (the baseline until there is one; the
+    teachers for disagreement): every one, or at most ``max_scans`` drawn at random. ``progress(i, n, scan)`` may raise
+    ``active.Cancelled`` to stop the ranking."""
     from napari_mtssl import active
 
     return active.propose(
-        _ws(workspace), k, strategy, scans=scans, device=device, seed=seed, progress=progress
+        _ws(workspace),
+        k,
+        strategy,
+        scans=scans,
+        device=device,
+        seed=seed,
+        progress=progress,
+        max_scans=max_scans,
     )
 
 

@@ -152,6 +152,11 @@ def _fixed_plan(ws: Any, what: str) -> Plan | None:
     return Plan.from_dict(d)
 
 
+def import_engine() -> None:
+    """What the viewer's spare worker process does while it waits for a job: importing this
+    module has imported the engine and torch, the seconds a new process would spend on them."""
+
+
 def plan_job(
     workspace: str,
     config: dict,

@@ -10,6 +10,7 @@ one job at a time and one close-guard for the window.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections import deque
@@ -97,6 +98,9 @@ def describe_event(event: dict) -> str:
     return "  ".join(p for p in parts if p)
 
 
+_STARTING = object()  # the spare worker's place while a thread starts its process
+
+
 class JobController(QObject):
     """One engine job at a time for a viewer; relays its events to the GUI thread.
 
@@ -127,7 +131,59 @@ class JobController(QObject):
         self._window_ref: Any = None
         self._pending: deque[dict] = deque()
         self._dispatching = False
+        # A worker process started ahead of the next job (``prepare``), so that a click on
+        # Train starts it in a fraction of a second instead of a new process's seconds.
+        self._spare: Any | None = None
+        self._spare_lock = threading.Lock()
+        self._keep_spare = False
+        self._closed = False
         self._install_close_guard(viewer)
+
+    # -- a worker started ahead of the job ----------------------------------------------------
+    def prepare(self) -> None:
+        """Start a worker process now, to wait for the next job with the engine imported; once
+        asked for, one is kept ready after every job until the viewer closes."""
+        self._keep_spare = True
+        if self._closed or self._running:
+            return  # a running job's end prepares the next one
+        with self._spare_lock:
+            if self._spare is not None:
+                return
+            self._spare = _STARTING  # until the thread below has made it
+        threading.Thread(target=self._make_spare, name="mtssl-spare", daemon=True).start()
+
+    def _make_spare(self) -> None:
+        from napari_mtssl import api
+
+        try:
+            worker = api.spare_worker()
+        except Exception:  # noqa: BLE001 - no spare: the next job starts its own process
+            worker = None
+        with self._spare_lock:
+            keep = not self._closed and self._spare is _STARTING
+            self._spare = worker if keep else self._spare
+        if worker is not None and not keep:
+            worker.close(5)
+
+    def _take_spare(self) -> Any | None:
+        """The spare worker, if one is ready and alive (it is then the job's)."""
+        with self._spare_lock:
+            worker = self._spare
+            if worker is _STARTING:
+                return None  # still being made: left for the next job
+            self._spare = None
+        if worker is not None and not worker.usable:
+            worker.close(1)
+            return None
+        return worker
+
+    def release(self) -> None:
+        """End the spare worker (the viewer is closing); no new one is made after this."""
+        self._closed = True
+        with self._spare_lock:
+            worker, self._spare = self._spare, None
+        if worker is not None and worker is not _STARTING:
+            worker.shutdown()
 
     # -- starting and stopping ----------------------------------------------------------------
     @property
@@ -163,9 +219,10 @@ class JobController(QObject):
         def launch() -> Any:
             if preflight is not None:
                 preflight()
+            spare = self._take_spare()
             if what == "plan":
-                return api.start_plan_job(workspace, config, what=plan_for or "all")
-            return api.start_job(workspace, config, what=what, resume=resume)
+                return api.start_plan_job(workspace, config, what=plan_for or "all", worker=spare)
+            return api.start_job(workspace, config, what=what, resume=resume, worker=spare)
 
         self.handle, self.what = None, what
         self.last_state = self.last_result = self.last_error = None
@@ -294,10 +351,15 @@ class JobController(QObject):
 
     def _finish(self, result: dict | None, error: str | None) -> None:
         self.last_result, self.last_error = result, error
+        served = getattr(self.handle, "shutdown", None)
+        if served is not None and hasattr(self.handle, "submit"):
+            served()  # a spare worker serves one job, then its process ends (memory back)
         if self._progress is not None:
             self._progress.close()
             self._progress = None
         self._running = False
+        if self._keep_spare:
+            self.prepare()
         self.running_changed.emit(False)
         if error is not None:
             self.job_failed.emit(error)
@@ -315,14 +377,11 @@ class JobController(QObject):
         return self._window_ref() if self._window_ref is not None else None
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
-        if (
-            obj is self._guarded_window
-            and event.type() == QEvent.Type.Close
-            and self._running
-            and not self.confirm_close()
-        ):
-            event.ignore()
-            return True
+        if obj is self._guarded_window and event.type() == QEvent.Type.Close:
+            if self._running and not self.confirm_close():
+                event.ignore()
+                return True
+            self.release()
         return False
 
     def confirm_close(self) -> bool:

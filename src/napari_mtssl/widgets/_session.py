@@ -62,6 +62,8 @@ class Session(QObject):
 
     def set_workspace(self, workspace: Any | None) -> None:
         self.workspace = workspace
+        if workspace is not None:  # training is near: a worker process gets ready for it
+            self.jobs.prepare()
         self.workspace_changed.emit(workspace)
 
     def require_workspace(self) -> Any:
