@@ -150,14 +150,14 @@ def test_starting_a_job_does_not_import_the_engine_here():
         "import sys\n"
         "from napari_mtssl.training.jobs import JobHandle\n"
         "job = JobHandle('napari_mtssl.training.pipeline:run_training_job', {'workspace': '/nonexistent'})\n"
-        "job.join(timeout=120)\n"
+        "job.join()\n"  # however slow a busy machine makes the worker's imports
         "assert job.state == 'failed', job.state\n"
         "print('torch' in sys.modules, 'napari_mtssl.training.pipeline' in sys.modules)\n"
     )
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
 
