@@ -11,7 +11,8 @@ on ACDC one unit at a time vs two side by side on the local executor, the same p
 ``stage1_budget`` (a budgeted stage 1 priced one at a time vs left to choose side by side), ``gpu``
 (stage 1 on one GPU at 1, 2, 4 units at once and the planner's choice; the card's memory per
 unit), ``student`` (a student step, default and paper's with stored maps or live teachers, over a
-baseline step). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+baseline step), ``walk`` (a user's clicks through the docks at 1366 x 768: import, train, stop,
+resume, compare, propose, each with its stalls; needs a display and ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -35,6 +36,7 @@ NAMES = (
     "stage1_budget",
     "gpu",
     "student",
+    "walk",
 )
 
 
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--load", type=int, default=0, help="viewer: busy processes beside it (other work)"
     )
+    p.add_argument("--walk-budget", default="10 min", help="walk: the Tasks tab's budget")
+    p.add_argument("--stop-after", type=float, default=60.0, help="walk: stop after (s)")
     p.add_argument("--device", default="cuda", help="gpu: cpu for a dry run of the script")
     p.add_argument("--budget", default="10m", help="stage1_budget: the run's time budget")
     p.add_argument("--gpu-tasks", default="sdm,inpaint", help="gpu: the stage-1 tasks")
@@ -101,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import viewer
 
             res = viewer.bench(load=a.load)
+        elif name == "walk":
+            from speed import walk
+
+            res = walk.bench(load=a.load, budget=a.walk_budget, stop_after_s=a.stop_after)
         else:
             from speed import memory
 
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         res["machine"] = info
         res["command"] = "benchmarks/speed/run.py " + " ".join(argv)
         key = f"viewer_load{a.load}" if name == "viewer" and a.load else name
+        key = f"walk_load{a.load}" if name == "walk" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 

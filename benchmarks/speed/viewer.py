@@ -19,37 +19,11 @@ def _percentile(gaps: list[float], q: float) -> float:
     return float(np.percentile(gaps, q)) if gaps else 0.0
 
 
-def _busy_processes(n: int) -> list:
-    """``n`` processes that keep a core busy at normal priority (other work on the machine)."""
-    import subprocess
-    import sys
-
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(int(n))]
-
-
-def bench(idle_s: float = 5.0, steps: int = 300, load: int = 0) -> dict[str, Any]:
-    """``load``: that many busy processes run beside the viewer for the whole measurement."""
-    hogs = _busy_processes(load)
-    try:
-        return _bench(idle_s, steps, load)
-    finally:
-        for p in hogs:
-            p.kill()
-
-
-def _bench(idle_s: float, steps: int, load: int) -> dict[str, Any]:
-    import napari
-    from qtpy.QtCore import QEventLoop, QTimer
-
-    from napari_mtssl import api
-    from napari_mtssl.widgets._jobs import JobController
+def gap_probe() -> Any:
+    """A started-later ``StallProbe`` that keeps every gap (ms), for percentiles."""
     from napari_mtssl.widgets._probe import StallProbe
 
-    from .common import acdc_workspace
-
     class GapProbe(StallProbe):
-        """StallProbe that keeps every gap (ms), for percentiles."""
-
         def start(self) -> StallProbe:
             self.gaps: list[float] = []
             self.at: list[float] = []  # seconds since start() at the end of each gap
@@ -63,42 +37,77 @@ def _bench(idle_s: float, steps: int, load: int) -> dict[str, Any]:
                 self.at.append(now - self.t_start)
             super()._tick()
 
-    def stats(p: GapProbe, seconds: float) -> dict[str, float]:
-        stalls = [max(0.0, g - p.interval_ms) for g in p.gaps]
-        return {
-            "seconds": round(seconds, 1),
-            "ticks": len(p.gaps),
-            "max_stall_ms": round(p.max_stall_ms, 1),
-            "p99_stall_ms": round(_percentile(stalls, 99), 1),
-            "p50_gap_ms": round(_percentile(p.gaps, 50), 1),
-            "stalls_over_100ms": sum(s > 100 for s in stalls),
-            "worst_stalls_at_s": [
-                [round(p.at[i], 1), round(stalls[i])] for i in np.argsort(stalls)[::-1][:5]
-            ],
-        }
+    return GapProbe()
+
+
+def stats(p: Any, seconds: float) -> dict[str, Any]:
+    """Stall percentiles of a stopped :func:`gap_probe` over ``seconds``."""
+    stalls = [max(0.0, g - p.interval_ms) for g in p.gaps]
+    return {
+        "seconds": round(seconds, 1),
+        "ticks": len(p.gaps),
+        "max_stall_ms": round(p.max_stall_ms, 1),
+        "p99_stall_ms": round(_percentile(stalls, 99), 1),
+        "p50_gap_ms": round(_percentile(p.gaps, 50), 1),
+        "stalls_over_100ms": sum(s > 100 for s in stalls),
+        "worst_stalls_at_s": [
+            [round(p.at[i], 1), round(stalls[i])] for i in np.argsort(stalls)[::-1][:5]
+        ],
+    }
+
+
+def spin(seconds: float, until: Any = None) -> None:
+    """Run the Qt event loop for ``seconds`` or until ``until()`` holds (checked every 50 ms)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.setInterval(50)
+    deadline = time.monotonic() + seconds
+
+    def check() -> None:
+        if time.monotonic() > deadline or (until is not None and until()):
+            loop.quit()
+
+    timer.timeout.connect(check)
+    timer.start()
+    loop.exec()
+    timer.stop()
+
+
+def busy_processes(n: int) -> list:
+    """``n`` processes that keep a core busy at normal priority (other work on the machine)."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(int(n))]
+
+
+def bench(idle_s: float = 5.0, steps: int = 300, load: int = 0) -> dict[str, Any]:
+    """``load``: that many busy processes run beside the viewer for the whole measurement."""
+    hogs = busy_processes(load)
+    try:
+        return _bench(idle_s, steps, load)
+    finally:
+        for p in hogs:
+            p.kill()
+
+
+def _bench(idle_s: float, steps: int, load: int) -> dict[str, Any]:
+    import napari
+
+    from napari_mtssl import api
+    from napari_mtssl.widgets._jobs import JobController
+
+    from .common import acdc_workspace
 
     ws = acdc_workspace(3)
     viewer = napari.Viewer(show=True)
     scan = ws.load_scan(ws.scan_ids("val")[0])
     viewer.add_image(scan.array, name=scan.name)
 
-    def spin(seconds: float, until=None) -> None:
-        loop = QEventLoop()
-        timer = QTimer()
-        timer.setInterval(50)
-        deadline = time.monotonic() + seconds
-
-        def check() -> None:
-            if time.monotonic() > deadline or (until is not None and until()):
-                loop.quit()
-
-        timer.timeout.connect(check)
-        timer.start()
-        loop.exec()
-        timer.stop()
-
     spin(1.0)  # let the window settle
-    idle = GapProbe()
+    idle = gap_probe()
     idle.start()
     t0 = time.perf_counter()
     spin(idle_s)
@@ -117,7 +126,7 @@ def _bench(idle_s: float, steps: int, load: int) -> dict[str, Any]:
     ctl.job_event.connect(events.append)
     done = {"state": None}
     ctl.job_finished.connect(lambda res: done.update(state=ctl.last_state or "ended"))
-    busy = GapProbe()
+    busy = gap_probe()
     busy.start()
     t0 = time.perf_counter()
     ctl.start(ws, cfg, "baseline")

@@ -1,0 +1,169 @@
+"""Benchmark: a clinician's walk through the docks, click by click (run it under ``xvfb-run -a``).
+
+napari at 1366 x 768 with the plugin's dock; ``load`` CPU-bound processes run beside it the whole
+time (other work on the machine). The walk, with the dock's own methods (what its buttons call):
+
+1. **import** the ACDC dataset folder with 3 labelled patients (the Study tab's import);
+2. **train** the baseline with the Tasks tab's budget (default 10 min): the time the click holds
+   the event loop, and from the click to the job's first event and first progress line;
+3. **stop** it after ``stop_after_s`` of training: from the click to the job's end;
+4. **resume** it and let it finish its budget: the first "resumed" event, the model's
+   validation Dice;
+5. **compare** on a validation scan: from the click to the layers in the viewer;
+6. **propose** the next slices to correct (the default strategy) on the imported study; then a
+   second Propose cancelled 0.5 s after its click: from Cancel to the dock's answer.
+
+Each phase has its own event-loop stall probe (10 ms timer; a stall is a gap minus 10 ms).
+Nothing is asserted: the numbers go to ``benchmarks/results/speed.json`` (``walk_load<n>``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .viewer import busy_processes, gap_probe, spin, stats
+
+
+def bench(load: int = 2, budget: str = "10 min", stop_after_s: float = 60.0) -> dict[str, Any]:
+    hogs = busy_processes(load)
+    try:
+        out = _walk(budget, stop_after_s)
+    finally:
+        for p in hogs:
+            p.kill()
+    out["load_processes"] = load
+    return out
+
+
+def _phase(
+    name: str, click: Callable[[], Any], until: Callable[[], bool], limit_s: float
+) -> dict[str, Any]:
+    """Click, then run the event loop until ``until()`` (or ``limit_s``), probing stalls."""
+    probe = gap_probe()
+    probe.start()
+    t0 = time.perf_counter()
+    click()
+    click_ms = (time.perf_counter() - t0) * 1000.0
+    spin(limit_s, until=until)
+    probe.stop()
+    seconds = time.perf_counter() - t0
+    out = {"phase": name, "click_holds_loop_ms": round(click_ms, 1), **stats(probe, seconds)}
+    out["answered"] = bool(until())
+    print(name, out, flush=True)
+    return out
+
+
+def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
+    import napari
+
+    from napari_mtssl.widgets import add_docks
+
+    from .common import ACDC, WORK
+
+    if not (ACDC / "dataset.json").is_file():
+        raise SystemExit(f"ACDC not found at {ACDC} (set MTSSL_ACDC)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="walk_", dir=WORK)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    docks = add_docks(viewer)
+    study, training = docks["Study"], docks["Tasks and training"]
+    compare, correct = docks["Compare models"], docks["Correct and retrain"]
+    jobs = training.jobs
+    spin(2.0)
+    phases: list[dict[str, Any]] = []
+    t_click = {"at": 0.0}
+    seen: dict[str, float] = {}  # event type -> seconds after the last click, first time seen
+
+    def on_event(ev: dict) -> None:
+        seen.setdefault(str(ev.get("type", "?")), round(time.perf_counter() - t_click["at"], 2))
+
+    jobs.job_event.connect(on_event)
+
+    def click_now(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def go() -> Any:
+            seen.clear()
+            t_click["at"] = time.perf_counter()
+            return fn()
+
+        return go
+
+    try:
+        # 1. import
+        phases.append(
+            _phase(
+                "import",
+                lambda: study.open_dataset_folder(str(ACDC), f"{tmp}/ws", labelled=3),
+                lambda: study.session.workspace is not None,
+                1800,
+            )
+        )
+        ws = study.session.workspace
+        phases[-1]["scans"] = len(ws.scan_ids()) if ws is not None else 0
+        # 2. train the baseline with the budget (a short budget's first useful model)
+        training.budget.setCurrentText(budget)
+        training.device.setCurrentText("cpu")
+        phases.append(
+            _phase(
+                "train: click to first progress",
+                click_now(lambda: training.train("baseline")),
+                lambda: "progress" in seen or (not jobs.is_running and jobs.last_state is not None),
+                600,
+            )
+        )
+        phases[-1]["first_event_s"] = dict(seen)
+        phases.append(_phase("training", lambda: None, lambda: not jobs.is_running, stop_after_s))
+        # 3. stop
+        phases.append(_phase("stop", click_now(training.stop), lambda: not jobs.is_running, 600))
+        phases[-1]["state"] = jobs.last_state
+        # 4. resume and let it finish
+        training._update_resume()
+        phases.append(
+            _phase(
+                "resume: click to resumed, then to the end of the budget",
+                click_now(training.resume),
+                lambda: not jobs.is_running and "resumed" in seen,
+                3600,
+            )
+        )
+        phases[-1]["first_event_s"] = dict(seen)
+        phases[-1]["state"] = jobs.last_state
+        result = jobs.last_result or {}
+        base = (result.get("models") or {}).get("baseline") or {}
+        phases[-1]["baseline_val_dice"] = base.get("mean_dice")
+        phases[-1]["baseline_steps"] = base.get("steps")
+        # 5. compare on a validation scan
+        got: dict[str, Any] = {}
+        compare.comparison_ready.connect(lambda c: got.setdefault("comparison", c))
+        val = ws.scan_ids("val")[0]
+        phases.append(
+            _phase("compare", lambda: compare.compare(val), lambda: "comparison" in got, 600)
+        )
+        # 6. propose, then a propose cancelled after 0.5 s
+        correct.proposals_ready.connect(lambda found: got.setdefault("proposals", found))
+        phases.append(_phase("propose", correct.propose, lambda: "proposals" in got, 600))
+        phases[-1]["proposed"] = len(got.get("proposals") or [])
+        got.pop("proposals", None)
+        correct.propose()
+        spin(0.5)
+        ranking = correct.proposing
+        phases.append(
+            _phase(
+                "propose cancelled",
+                lambda: correct.propose() if ranking else None,
+                lambda: "proposals" in got,
+                600,
+            )
+        )
+        phases[-1]["still ranking at the cancel"] = ranking
+        phases[-1]["proposed"] = len(got.get("proposals") or [])
+    finally:
+        if jobs.is_running:
+            jobs.stop_and_wait(120)
+        viewer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"budget": budget, "stop_after_s": stop_after_s, "phases": phases}
