@@ -553,8 +553,8 @@ def propose_slices(
     ``Candidate(scan, z, score, reason)``. ``strategy``: disagreement, entropy, random or
     fg_random (default: the one the simulated annotator measured best, ``active.RECOMMENDED``).
     Predicts the candidate scans with the student (the baseline until there is one; the
-    teachers for disagreement): every one, or at most ``max_scans`` drawn at random. ``progress(i, n, scan)`` may raise
-    ``active.Cancelled`` to stop the ranking."""
+    teachers for disagreement): every one, or at most ``max_scans`` drawn at random.
+    ``progress(i, n, scan)`` may raise ``active.Cancelled`` to stop the ranking."""
     from napari_mtssl import active
 
     return active.propose(

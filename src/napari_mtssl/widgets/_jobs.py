@@ -161,7 +161,8 @@ class JobController(QObject):
             worker = None
         with self._spare_lock:
             keep = not self._closed and self._spare is _STARTING
-            self._spare = worker if keep else self._spare
+            if keep:  # None when it could not start: the next prepare() tries again
+                self._spare = worker
         if worker is not None and not keep:
             worker.close(5)
 
@@ -351,9 +352,10 @@ class JobController(QObject):
 
     def _finish(self, result: dict | None, error: str | None) -> None:
         self.last_result, self.last_error = result, error
-        served = getattr(self.handle, "shutdown", None)
-        if served is not None and hasattr(self.handle, "submit"):
-            served()  # a spare worker serves one job, then its process ends (memory back)
+        from napari_mtssl.training.jobs import JobWorker
+
+        if isinstance(self.handle, JobWorker):
+            self.handle.shutdown()  # a spare worker serves one job, then ends (memory back)
         if self._progress is not None:
             self._progress.close()
             self._progress = None
