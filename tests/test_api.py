@@ -81,6 +81,22 @@ def test_list_and_check_tasks(tmp_path):
     assert res["inpaint"] is None
     assert "label" in res["sdm"]
     assert "nope" in res["nope"]
+    batch = api.check_tasks(ws, ["vicreg"], api.make_config("tiny", data__task_batch_size=1))
+    assert "at least 2" in batch["vicreg"]
+    odd = api.make_config("tiny", stage1__task_overrides={"inpaint": {"nonsense": 1}})
+    assert "nonsense" in api.check_tasks(ws, ["inpaint"], odd)["inpaint"]
+
+
+def test_checking_tasks_does_not_import_torch(tmp_path):
+    """The training dock checks the ticked tasks in the viewer's process: no torch import."""
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=0)
+    code = (
+        "import sys\nfrom napari_mtssl import api\n"
+        f"res = api.check_tasks({str(ws.root)!r}, ['sdm', 'inpaint'])\n"
+        "print(res['inpaint'] is None, 'label' in res['sdm'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False"]
 
 
 def test_make_config():

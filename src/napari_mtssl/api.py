@@ -220,13 +220,19 @@ def list_tasks() -> list[TaskInfo]:
 def check_tasks(
     workspace: Workspace | str, tasks: Sequence[str], config: ExperimentConfig | None = None
 ) -> dict[str, str | None]:
-    """For each task, the reason it cannot run on this workspace's data, or None."""
-    from napari_mtssl.training.config import profile
-    from napari_mtssl.training.data import workspace_summary
+    """For each task, the reason it cannot run on this workspace's data, or None.
+
+    Without task settings in ``config`` nothing here imports torch: the training dock asks
+    this in the viewer's process each time a task is ticked."""
+    from napari_mtssl import task_needs
+
+    summary = task_needs.workspace_summary(_ws(workspace))
+    if config is None or not config.stage1.task_overrides:
+        tbsz = 0 if config is None else config.data.task_batch_size or config.data.batch_size
+        return task_needs.check_names(summary, list(tasks), tbsz)
     from napari_mtssl.training.stages import check_tasks as _check
 
-    cfg = config or profile("quick")
-    return _check(workspace_summary(_ws(workspace)), list(tasks), cfg)
+    return _check(summary, list(tasks), config)
 
 
 def make_config(

@@ -188,6 +188,23 @@ def test_check_data() -> None:
     assert TASKS["inpaint"].check_data(one) is None
 
 
+def test_needs_answer_for_every_task_without_torch() -> None:
+    """The torch-free answers (napari_mtssl.task_needs) are the task classes' own."""
+    from napari_mtssl import task_needs
+
+    assert list(task_needs.NAMES) == NAMES
+    assert {n: TASKS[n].min_batch for n in NAMES} == {
+        n: (2 if n in ("moco", "vicreg", "simsiam") else 1) for n in NAMES
+    }
+    assert all(task_needs.min_batch(n) == TASKS[n].min_batch for n in NAMES)
+    flat = _summary(min_slices=1, max_slices=1, n_labelled_slices=0)
+    assert {n: task_needs.check(n, flat) for n in NAMES} == {
+        n: TASKS[n].check_data(flat) for n in NAMES
+    }
+    with pytest.raises(ValueError, match="Did you mean 'sdm'"):
+        task_needs.check("sdn", flat)
+
+
 def test_slice_ok() -> None:
     net, sdm = make_task("sdm")
     assert sdm.slice_ok(make_ctx(labelled=True))

@@ -163,7 +163,7 @@ def test_batch_stream_forwards_errors():
 
 def test_workspace_study_is_cached_memory_mapped(tmp_path):
     from napari_mtssl import api
-    from napari_mtssl.training.data import workspace_summary
+    from napari_mtssl.task_needs import workspace_summary
 
     ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
     sid = ws.scan_ids("train")[-1]

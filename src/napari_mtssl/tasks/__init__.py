@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
+from napari_mtssl import task_needs
 from napari_mtssl.models.unet import UNet2D
 from napari_mtssl.tasks.base import AuxTask, DataSummary, SliceContext, TaskConfig
 from napari_mtssl.tasks.inpaint import InpaintTask
@@ -47,11 +47,7 @@ def task_class(name: str) -> type[AuxTask]:
     try:
         return TASKS[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(TASKS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown auxiliary task {name!r}.{hint} Valid tasks: {', '.join(TASKS)}"
-        ) from None
+        raise task_needs.unknown_task(name) from None
 
 
 def task_config(name: str, **overrides: Any) -> TaskConfig:

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor, nn
 
+from napari_mtssl import task_needs
 from napari_mtssl.models.unet import UNet2D
+from napari_mtssl.task_needs import DataSummary
 
 __all__ = ["SliceContext", "DataSummary", "AuxTask", "TaskConfig", "config_error", "mlp", "gap"]
 
@@ -61,23 +63,6 @@ class SliceContext:
         if self.labels is None:
             return False
         return True if self.labelled is None else bool(self.labelled[zz])
-
-
-@dataclass
-class DataSummary:
-    """What the tasks need to know about a study to say whether they can run on it."""
-
-    n_scans: int
-    n_labelled_slices: int
-    n_unlabelled_slices: int
-    min_slices: int
-    max_slices: int
-    num_classes: int
-    slice_spacing: float  # median z spacing, mm
-
-    @property
-    def n_slices(self) -> int:
-        return self.n_labelled_slices + self.n_unlabelled_slices
 
 
 def config_error(cls_name: str, field: str, problem: str) -> ValueError:
@@ -160,9 +145,17 @@ class AuxTask(nn.Module):
         self.cfg = cfg
         self.num_classes = int(num_classes)
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if getattr(cls, "name", None) in task_needs.NAMES:  # one source for both
+            cls.min_batch = task_needs.min_batch(cls.name)
+
     @classmethod
     def check_data(cls, summary: DataSummary, cfg: Any = None) -> str | None:
-        """None if the task can train on data like ``summary``, else the reason it cannot."""
+        """None if the task can train on data like ``summary``, else the reason it cannot
+        (:mod:`napari_mtssl.task_needs`, which answers without importing torch)."""
+        if cls.name in task_needs.NAMES:
+            return task_needs.check(cls.name, summary)
         if summary.n_slices < 1:
             return f"{cls.name} needs at least one image slice; the data holds none"
         return None

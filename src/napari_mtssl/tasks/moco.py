@@ -29,7 +29,6 @@ from napari_mtssl.tasks.augment import (
 )
 from napari_mtssl.tasks.base import (
     AuxTask,
-    DataSummary,
     SliceContext,
     TaskConfig,
     config_error,
@@ -112,7 +111,6 @@ class MoCoTask(AuxTask):
     )
     level: ClassVar[str] = "encoder"
     needs_labels: ClassVar[bool] = False
-    min_batch: ClassVar[int] = 2
     Config: ClassVar[type] = MoCoConfig
 
     def __init__(self, net: UNet2D, cfg: MoCoConfig | None = None, num_classes: int = 2):
@@ -132,12 +130,6 @@ class MoCoTask(AuxTask):
             )
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: Tensor | None = None
-
-    @classmethod
-    def check_data(cls, summary: DataSummary, cfg: MoCoConfig | None = None) -> str | None:
-        if summary.n_slices < 2:
-            return "moco contrasts slices with each other and needs at least 2 image slices"
-        return None
 
     def make_sample(self, ctx: SliceContext, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``view1``, ``view2``: (1, crop_size, crop_size) float32 crops with nearby centres."""

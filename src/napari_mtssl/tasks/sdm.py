@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from napari_mtssl.models.unet import UNet2D
 from napari_mtssl.tasks.augment import random_flip
-from napari_mtssl.tasks.base import AuxTask, DataSummary, SliceContext, TaskConfig
+from napari_mtssl.tasks.base import AuxTask, SliceContext, TaskConfig
 
 __all__ = ["SDMTask", "SDMConfig", "surface_distance_maps", "sdm_loss"]
 
@@ -79,12 +79,6 @@ class SDMTask(AuxTask):
     def __init__(self, net: UNet2D, cfg: SDMConfig | None = None, num_classes: int = 2):
         super().__init__(net, cfg, num_classes)
         self.head = nn.Conv2d(net.decoder_channels, 2 * (self.num_classes - 1), kernel_size=1)
-
-    @classmethod
-    def check_data(cls, summary: DataSummary, cfg: SDMConfig | None = None) -> str | None:
-        if summary.n_labelled_slices == 0:
-            return "sdm learns from the labels and needs labelled slices; the data has none"
-        return None
 
     def slice_ok(self, ctx: SliceContext) -> bool:
         return ctx.is_labelled()

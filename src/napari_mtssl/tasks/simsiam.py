@@ -20,14 +20,13 @@ from napari_mtssl.models.unet import UNet2D
 from napari_mtssl.tasks.augment import intensity_jitter, random_flip
 from napari_mtssl.tasks.base import (
     AuxTask,
-    DataSummary,
     SliceContext,
     TaskConfig,
     config_error,
     gap,
     mlp,
 )
-from napari_mtssl.tasks.slices import MIN_SLICES, auto_slice_step, check_3d
+from napari_mtssl.tasks.slices import MIN_SLICES, auto_slice_step
 
 __all__ = ["SimSiamTask", "SimSiamConfig", "pair_candidates", "neg_cosine"]
 
@@ -80,7 +79,6 @@ class SimSiamTask(AuxTask):
     )
     level: ClassVar[str] = "encoder"
     needs_labels: ClassVar[bool] = False
-    min_batch: ClassVar[int] = 2  # BatchNorm in the projector
     Config: ClassVar[type] = SimSiamConfig
 
     def __init__(self, net: UNet2D, cfg: SimSiamConfig | None = None, num_classes: int = 2):
@@ -88,10 +86,6 @@ class SimSiamTask(AuxTask):
         c, d = net.encoder_channels[-1], self.cfg.proj_dim
         self.projector = mlp([c, d, d, d], bn=True, last_bn=True)
         self.predictor = mlp([d, self.cfg.pred_hidden, d], bn=True)
-
-    @classmethod
-    def check_data(cls, summary: DataSummary, cfg: SimSiamConfig | None = None) -> str | None:
-        return check_3d(cls.name, summary)
 
     def slice_ok(self, ctx: SliceContext) -> bool:
         return ctx.n_slices >= MIN_SLICES

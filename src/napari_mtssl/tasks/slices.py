@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from napari_mtssl.models.unet import UNet2D
+from napari_mtssl.task_needs import MIN_SLICES
 from napari_mtssl.tasks.augment import intensity_jitter, random_flip
-from napari_mtssl.tasks.base import AuxTask, DataSummary, SliceContext, TaskConfig, config_error
+from napari_mtssl.tasks.base import AuxTask, SliceContext, TaskConfig, config_error
 
 __all__ = ["SlicesTask", "SlicesConfig", "auto_slice_step", "MIN_SLICES"]
-
-MIN_SLICES = 3
 
 
 def auto_slice_step(spacing_mm: float, n_slices: int) -> int:
@@ -54,17 +53,6 @@ class SlicesConfig(TaskConfig):
             raise config_error("SlicesConfig", "jitter", f"must be >= 0; got {self.jitter}")
 
 
-def check_3d(name: str, summary: DataSummary) -> str | None:
-    """Shared by the tasks that pair slices of one scan."""
-    if summary.max_slices < MIN_SLICES:
-        if summary.max_slices <= 1:
-            held = "single 2D images"
-        else:
-            held = f"scans of at most {summary.max_slices} slices"
-        return f"{name} needs 3D scans with at least {MIN_SLICES} slices; the data holds {held}"
-    return None
-
-
 class SlicesTask(AuxTask):
     """Adjacent-slice prediction with two 1x1 heads on the shared U-Net."""
 
@@ -82,10 +70,6 @@ class SlicesTask(AuxTask):
         super().__init__(net, cfg, num_classes)
         self.head_prev = nn.Conv2d(net.decoder_channels, 1, kernel_size=1)
         self.head_next = nn.Conv2d(net.decoder_channels, 1, kernel_size=1)
-
-    @classmethod
-    def check_data(cls, summary: DataSummary, cfg: SlicesConfig | None = None) -> str | None:
-        return check_3d(cls.name, summary)
 
     def slice_ok(self, ctx: SliceContext) -> bool:
         return ctx.n_slices >= MIN_SLICES

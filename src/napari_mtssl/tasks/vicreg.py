@@ -19,7 +19,6 @@ from napari_mtssl.models.unet import UNet2D
 from napari_mtssl.tasks.augment import crop_resize, intensity_jitter, random_box, random_flip
 from napari_mtssl.tasks.base import (
     AuxTask,
-    DataSummary,
     SliceContext,
     TaskConfig,
     config_error,
@@ -101,19 +100,12 @@ class VICRegTask(AuxTask):
     )
     level: ClassVar[str] = "encoder"
     needs_labels: ClassVar[bool] = False
-    min_batch: ClassVar[int] = 2  # variance and covariance are batch statistics
     Config: ClassVar[type] = VICRegConfig
 
     def __init__(self, net: UNet2D, cfg: VICRegConfig | None = None, num_classes: int = 2):
         super().__init__(net, cfg, num_classes)
         w = self.cfg.expander
         self.expander = mlp([net.encoder_channels[-1], w, w, w], bn=True)
-
-    @classmethod
-    def check_data(cls, summary: DataSummary, cfg: VICRegConfig | None = None) -> str | None:
-        if summary.n_slices < 2:
-            return "vicreg uses batch statistics and needs at least 2 image slices"
-        return None
 
     def make_sample(self, ctx: SliceContext, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``view1``, ``view2``: (1, crop_size, crop_size) float32, independent random crops."""

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_mtssl.tasks.base import DataSummary, SliceContext
+from napari_mtssl.task_needs import DataSummary
+from napari_mtssl.tasks.base import SliceContext
 
 from .config import DataConfig
 from .preprocess import (
@@ -139,27 +140,6 @@ def no_labelled_data_message() -> str:
     return (
         "no labelled training slices: label at least one slice of a training scan "
         "(or import a dataset with --labelled N >= 1)"
-    )
-
-
-def workspace_summary(ws: Any) -> DataSummary:
-    """The task-check summary of a workspace's training split, from its records alone.
-
-    No scan is read: widgets call this each time a task is ticked, and a study of hundreds of
-    scans must answer at once. The training run checks again on the loaded data.
-    """
-    sids = ws.scan_ids("train")
-    n = [int(ws.record(s).shape[0]) for s in sids] or [0]
-    nl = sum(len(ws.labelled_slices(s)) for s in sids)
-    spacing = [float(ws.record(s).spacing[0]) for s in sids]
-    return DataSummary(
-        n_scans=len(sids),
-        n_labelled_slices=nl,
-        n_unlabelled_slices=sum(n) - nl,
-        min_slices=min(n),
-        max_slices=max(n),
-        num_classes=int(ws.num_classes),
-        slice_spacing=float(np.median(spacing)) if spacing else 1.0,
     )
 
 

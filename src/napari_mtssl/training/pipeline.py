@@ -1051,7 +1051,7 @@ def _start_new(
     if what in ("stage1", "all"):  # from the records alone, before any scan is read
         if not cfg.stage1.tasks:
             raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
-        from .data import workspace_summary
+        from napari_mtssl.task_needs import workspace_summary
 
         summary = workspace_summary(ws)
         if summary.n_labelled_slices == 0:  # the first thing to fix, whatever the tasks

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from napari_mtssl import task_needs
 from napari_mtssl.ids import trained
 from napari_mtssl.models import build_unet
 from napari_mtssl.tasks import build_task, task_class, task_config
@@ -63,20 +64,16 @@ def new_task(name: str, net: torch.nn.Module, cfg: ExperimentConfig, num_classes
 def check_tasks(
     summary: DataSummary, names: Sequence[str], cfg: ExperimentConfig
 ) -> dict[str, str | None]:
-    """Why each task cannot run on data like ``summary`` (None: it can), before any training."""
-    out: dict[str, str | None] = {}
+    """Why each task cannot run on data like ``summary`` (None: it can), before any training:
+    what the data must hold, the task batch, and the task's settings in ``cfg``."""
     tbsz = cfg.data.task_batch_size or cfg.data.batch_size
+    out = task_needs.check_names(summary, names, tbsz)
     for name in names:
-        try:
-            cls = task_class(name)
-            tcfg = task_config(name, **cfg.stage1.task_overrides.get(name, {}))
-        except (ValueError, KeyError, TypeError) as exc:
-            out[name] = str(exc).strip("'\"")
-            continue
-        reason = cls.check_data(summary, tcfg)
-        if reason is None and tbsz and tbsz < getattr(cls, "min_batch", 1):  # 0: planned
-            reason = f"{name} needs task batches of at least {cls.min_batch}; got {tbsz}"
-        out[name] = reason
+        if out[name] is None:
+            try:
+                task_config(name, **cfg.stage1.task_overrides.get(name, {}))
+            except (ValueError, KeyError, TypeError) as exc:
+                out[name] = str(exc).strip("'\"")
     return out
 
 
