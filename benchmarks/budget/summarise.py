@@ -106,8 +106,8 @@ def baseline_tables(runs: list[dict]) -> list[str]:
         walls = ", ".join(f"{r['benchmark']['wall_s'] / 60:.1f}" for r in rs)
         p = rs[0]["plan"]
         out += [
-            f"**Baseline, L = {labelled}, {budget} budget** (target mean Dice ≥ {target:.2f}: "
-            f"{'met' if mean >= target else 'missed'}, {mean:.3f}; wall minutes per seed: "
+            f"**Baseline, L = {labelled}, {budget} budget** (goal: mean Dice ≥ {target:.2f}, "
+            f"{'reached' if mean >= target else 'not reached'}, {mean:.3f}; wall minutes per seed: "
             f"{walls}; plan of seed 0: {p['patch']} px patches, width {p['width']}, depth "
             f"{p['depth']}, batch {p['batch_size']}, {p['precision']}, {p['threads']} "
             f"thread(s), jobs at once: {rs[0]['benchmark']['jobs']})",
@@ -616,12 +616,12 @@ def fair_table(labelled: int, budget: str, rows: list[dict]) -> list[str]:
 
 
 def _verdict(checks: list[tuple[str, bool | None]]) -> str:
-    """``met`` when every check holds, ``missed`` when one fails, else ``not measured``."""
+    """``reached`` when every check holds, ``not reached`` when one fails, else ``not measured``."""
     if any(ok is False for _, ok in checks):
-        return "**missed** (not met: " + ", ".join(t for t, ok in checks if ok is False) + ")"
+        return "**not reached** (short on: " + ", ".join(t for t, ok in checks if ok is False) + ")"
     if any(ok is None for _, ok in checks):
         return NM + " (" + ", ".join(t for t, ok in checks if ok is None) + ")"
-    return "**met**"
+    return "**reached**"
 
 
 def _fair_check(
@@ -667,7 +667,7 @@ def _fair_check(
 
 
 def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
-    out = ["Targets of the issue (means over the seeds; differences paired by seed):", ""]
+    out = ["Goals for the method (means over the seeds; differences paired by seed):", ""]
     for labelled, minutes, text in FAIR_TARGETS:
         groups = [
             rows for (L, b), rows in rows_by.items() if L == labelled and _minutes(b) == minutes
@@ -696,7 +696,7 @@ def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
         line += NM + "."
     else:
         over = [s for s in known if s[0] > WALL_LIMIT]
-        verdict = "**missed**" if over else ("**met**" if len(known) == len(shares) else NM)
+        verdict = "**not reached**" if over else ("**reached**" if len(known) == len(shares) else NM)
         line += f"{verdict} ({len(known)} of {len(shares)} runs timed"
         if known:
             line += f", max {_pct(max(s[0] for s in known))} %"
