@@ -696,7 +696,9 @@ def fair_targets(rows_by: dict[tuple[int, str], list[dict]]) -> list[str]:
         line += NM + "."
     else:
         over = [s for s in known if s[0] > WALL_LIMIT]
-        verdict = "**not reached**" if over else ("**reached**" if len(known) == len(shares) else NM)
+        verdict = (
+            "**not reached**" if over else ("**reached**" if len(known) == len(shares) else NM)
+        )
         line += f"{verdict} ({len(known)} of {len(shares)} runs timed"
         if known:
             line += f", max {_pct(max(s[0] for s in known))} %"
