@@ -8,6 +8,7 @@ import pytest
 from napari_mtssl.io.scan import LabelError, ScanReadError
 from napari_mtssl.widgets._probe import StallProbe
 from napari_mtssl.widgets._state import SCAN_ID_KEY, LayerScan, ViewerState
+from napari_mtssl.widgets.study import STRIP_ROLE
 
 pytestmark = pytest.mark.gui
 
@@ -109,8 +110,13 @@ def test_study_table_and_split(sample_docks):
     table = sample_docks.study.table
     ids = ws.scan_ids()
     assert table.rowCount() == len(ids) >= 2
-    summaries = [table.item(r, 3).text() for r in range(table.rowCount())]
-    assert any("annotated" in s and not s.startswith("0/") for s in summaries), summaries
+    summaries = [table.item(r, 2).text() for r in range(table.rowCount())]
+    assert any(not s.startswith("0/") for s in summaries), summaries
+    n = len(ws.slice_status(ids[0]))
+    assert summaries[0].split()[0].endswith(f"/{n}")
+    assert "annotated" in table.item(0, 2).toolTip()
+    strip = table.item(0, 3).data(STRIP_ROLE)
+    assert strip == list(ws.slice_status(ids[0]))  # the strip paints these
     # every scan is in the viewer, with its scan id on the layer
     for scan_id in ids:
         assert sample_docks.viewer.layers[scan_id].metadata[SCAN_ID_KEY] == scan_id
@@ -118,6 +124,20 @@ def test_study_table_and_split(sample_docks):
     combo = table.cellWidget(0, 1)
     combo.setCurrentText("unused")
     assert ws.record(ids[0]).split == "unused"
+    # a finished job or a label change updates the rows in place: the combos stay
+    last = ids[-1]
+    labels = ws.labels(last)
+    labels[0] = 1
+    ws.set_labels(last, labels, [0])
+    sample_docks.session.models_changed.emit()
+    assert table.cellWidget(0, 1) is combo and combo.currentText() == "unused"
+    assert table.item(len(ids) - 1, 3).data(STRIP_ROLE)[0] == "annotated"
+    assert table.item(len(ids) - 1, 2).text() == _short(ws.slice_status(last))
+
+
+def _short(statuses):
+    n, a = len(statuses), sum(s == "annotated" for s in statuses)
+    return f"{a}/{n}"
 
 
 def test_bad_file_is_reported_by_name(docks, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -108,39 +109,54 @@ def report_errors(action: str) -> Callable[[Callable[..., Any]], Callable[..., A
     return wrap
 
 
-class SliceStrip(QWidget):
-    """A compact strip with one cell per slice, coloured by its label status."""
+STRIP_ROLE = Qt.ItemDataRole.UserRole + 1  # a row's per-slice statuses, for the strip
 
-    def __init__(self, statuses: list[str], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.statuses = list(statuses)
-        self.setToolTip("one cell per slice: grey unlabelled, green annotated, orange corrected")
-        self.setMinimumWidth(60)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
-        return QSize(max(60, 4 * len(self.statuses)), 14)
+class SliceStripDelegate(QStyledItemDelegate):
+    """Paints the "Per slice" column: one cell per slice, coloured by its label status.
 
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        n = len(self.statuses)
+    A delegate rather than a widget per row: a study of 160 scans builds its table without
+    160 child widgets (each one cost the viewer milliseconds)."""
+
+    def paint(self, painter: QPainter, option: Any, index: Any) -> None:
+        statuses = index.data(STRIP_ROLE) or []
+        n = len(statuses)
         if n == 0:
             return
-        painter = QPainter(self)
-        w, h = self.width(), self.height()
-        for i, status in enumerate(self.statuses):
-            x0, x1 = round(i * w / n), round((i + 1) * w / n)
-            painter.fillRect(x0, 2, max(1, x1 - x0 - 1), h - 4, STATUS_COLOURS.get(status, Qt.red))
-        painter.end()
+        r = option.rect
+        painter.save()
+        for i, status in enumerate(statuses):
+            x0, x1 = r.x() + round(i * r.width() / n), r.x() + round((i + 1) * r.width() / n)
+            painter.fillRect(
+                x0,
+                r.y() + 2,
+                max(1, x1 - x0 - 1),
+                r.height() - 4,
+                STATUS_COLOURS.get(status, QColor(Qt.GlobalColor.red)),
+            )
+        painter.restore()
+
+    def sizeHint(self, option: Any, index: Any) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(max(60, 4 * len(index.data(STRIP_ROLE) or [])), 14)
 
 
 def status_summary(statuses: list[str]) -> str:
-    """``"5/12 annotated, 1 corrected"`` for a per-slice status list."""
+    """``"5 of 12 slices annotated, 1 corrected"`` for a per-slice status list."""
     n = len(statuses)
     annotated = sum(s == "annotated" for s in statuses)
     corrected = sum(s == "corrected" for s in statuses)
-    text = f"{annotated}/{n} annotated"
+    text = f"{annotated} of {n} slices annotated"
     if corrected:
         text += f", {corrected} corrected"
     return text
+
+
+def status_short(statuses: list[str]) -> str:
+    """``"5/12 +1"``: slices annotated / all slices, + corrected ones (the table's column)."""
+    n = len(statuses)
+    annotated = sum(s == "annotated" for s in statuses)
+    corrected = sum(s == "corrected" for s in statuses)
+    return f"{annotated}/{n}" + (f" +{corrected}" if corrected else "")
 
 
 class StudyWidget(QWidget):
@@ -223,14 +239,20 @@ class StudyWidget(QWidget):
         form.addRow("Labels", self.attach_labels)
         form.addRow("→ scan", to_scan)
 
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Scan", "Split", "Slices", "Labelled", "Per slice"])
+        self.table = QTableWidget(0, 4)  # narrow enough for a laptop's dock, the strip shown
+        self.table.setHorizontalHeaderLabels(["Scan", "Split", "Labelled", "Per slice"])
+        self.table.horizontalHeaderItem(2).setToolTip(
+            "slices annotated / all slices of the scan, + slices corrected from a prediction"
+        )
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.table.setItemDelegateForColumn(3, SliceStripDelegate(self.table))
+        self._table_ids: list[str] = []
+        self._combo_rows = 0
         self.table.cellClicked.connect(self._show_scan_row)
         self.table.setToolTip("click a scan to show it (and hide the others of the workspace)")
 
@@ -241,7 +263,7 @@ class StudyWidget(QWidget):
         layout.addWidget(self.table, 1)
 
         self.session.workspace_changed.connect(lambda _ws: self.refresh())
-        self.session.labels_changed.connect(lambda _id: self.refresh_table())
+        self.session.labels_changed.connect(self.refresh_table)
         self.session.models_changed.connect(self.refresh_table)
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
         self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
@@ -685,25 +707,75 @@ class StudyWidget(QWidget):
         self._refresh_layer_choices()
         self.refresh_table()
 
-    def refresh_table(self) -> None:
+    def refresh_table(self, scan_id: Any = None) -> None:
+        """The scans, their splits and per-slice statuses. ``scan_id`` (a label change): only
+        its row. The same scans as shown: rows whose split or statuses changed are updated in
+        place; other scans: the table is rebuilt, its split combos added a few rows per turn
+        of the event loop (160 scans at once held the viewer for over a second)."""
         ws = self.session.workspace
         ids = list(ws.scan_ids()) if ws is not None else []
-        self.table.clearContents()  # drops the old split combos and strips
+        if ids and ids == self._table_ids:
+            for row, sid in enumerate(ids):
+                if scan_id is None or sid == scan_id:
+                    self._fill_row(row, sid)
+            return
+        self._table_ids = ids
+        self._combo_rows = 0
+        self.table.clearContents()  # drops the old split combos
         self.table.setRowCount(0)
         self.table.setRowCount(len(ids))
-        for row, scan_id in enumerate(ids):
-            record = ws.record(scan_id)
-            statuses = list(ws.slice_status(scan_id))
-            split = record.split
-            self.table.setItem(row, 0, QTableWidgetItem(str(scan_id)))
+        for row, sid in enumerate(ids):
+            self._fill_row(row, sid)
+        self._add_combos()
+
+    def _fill_row(self, row: int, scan_id: str) -> None:
+        ws = self.session.workspace
+        record = ws.record(scan_id)
+        statuses = list(ws.slice_status(scan_id))
+        cells = (str(scan_id), str(record.split), status_short(statuses))
+        for col, text in enumerate(cells):
+            item = self.table.item(row, col)
+            if item is None:
+                item = QTableWidgetItem(text)
+                self.table.setItem(row, col, item)
+            elif item.text() != text:
+                item.setText(text)
+            if col == 2:
+                item.setToolTip(status_summary(statuses))
+        strip = self.table.item(row, 3)
+        if strip is None:
+            strip = QTableWidgetItem()
+            strip.setToolTip(
+                "one cell per slice: grey unlabelled, green annotated, orange corrected"
+            )
+            self.table.setItem(row, 3, strip)
+        if strip.data(STRIP_ROLE) != statuses:
+            strip.setData(STRIP_ROLE, statuses)
+        combo = self.table.cellWidget(row, 1)
+        if isinstance(combo, QComboBox) and combo.currentText() != str(record.split):
+            combo.blockSignals(True)
+            combo.setCurrentText(str(record.split))
+            combo.blockSignals(False)
+
+    COMBOS_PER_TURN = 12
+
+    def _add_combos(self) -> None:
+        """The split combos of the next rows; the rest at the next turn of the event loop."""
+        if not widget_alive(self):
+            return
+        ids, start = self._table_ids, self._combo_rows
+        for row in range(start, min(len(ids), start + self.COMBOS_PER_TURN)):
             combo = QComboBox()
             combo.addItems(SPLITS)
-            combo.setCurrentText(str(split))
-            combo.currentTextChanged.connect(lambda s, i=scan_id: self.set_split(i, s))
+            item = self.table.item(row, 1)
+            combo.setCurrentText(item.text() if item is not None else SPLITS[0])
+            combo.currentTextChanged.connect(lambda s, i=ids[row]: self.set_split(i, s))
             self.table.setCellWidget(row, 1, combo)
-            self.table.setItem(row, 2, QTableWidgetItem(str(len(statuses))))
-            self.table.setItem(row, 3, QTableWidgetItem(status_summary(statuses)))
-            self.table.setCellWidget(row, 4, SliceStrip(statuses))
+        self._combo_rows = min(len(ids), start + self.COMBOS_PER_TURN)
+        if self._combo_rows < len(ids):
+            QTimer.singleShot(
+                0, lambda gen=ids: self._add_combos() if gen is self._table_ids else None
+            )
 
     @report_errors("Could not change the split")
     def set_split(self, scan_id: str, split: str) -> None:
