@@ -179,23 +179,79 @@ def _drawn_showing_structures(
     k: int,
     max_scans: int,
     rng: np.random.Generator,
-    **kw: Any,
+    *,
+    truth: Mapping[str, np.ndarray] | None = None,
+    device: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Candidate]:
     """``fg_random`` without predicting every scan: walk the unlabelled slices in a random
-    order and keep those whose scan's prediction shows the structures, predicting each scan
-    when the walk first reaches it, until ``k`` are kept. The walk keeps to the first
-    ``max_scans`` scans it reaches; the slices kept are uniform among theirs."""
+    order and keep those whose prediction shows the structures, until ``k`` are kept. The walk
+    keeps to the first ``max_scans`` scans it reaches; the slices kept are uniform among theirs.
+
+    The network is 2D, so each drawn slice is predicted alone (its scan normalised as a whole,
+    the model's post-processing applied to the slice): about k slices, not k whole scans.
+    ``progress(i, n, scan)`` when the walk first reaches a scan (it may raise
+    :class:`Cancelled`). With ``truth`` (simulations) the reference masks decide."""
     pool = [(sid, int(z)) for sid in sorted(cands) for z in sorted(set(cands[sid]))]
     order = [pool[i] for i in rng.permutation(len(pool))]
     allowed = list(dict.fromkeys(sid for sid, _ in order))[:max_scans]
     chosen = set(allowed)
     walk = [(sid, z) for sid, z in order if sid in chosen]
+    if truth is not None:
+        return _drawn_from_truth(ws, cands, k, allowed, walk, truth, progress)
+    from napari_mtssl.training.inference import resolve_device
+
+    dev = resolve_device(device)
+    model = _models(ws, "fg_random", dev)["student"][0]
+    reached: list[str] = []
+    recent: dict[str, tuple[Any, dict]] = {}  # a few scans read and normalised, newest last
+    picks: list[tuple[str, int]] = []
+    predicted = 0
+    for sid, z in walk:
+        if sid not in reached:
+            reached.append(sid)
+            if progress is not None:
+                progress(len(reached) - 1, len(allowed), sid)
+        if sid not in recent:
+            recent[sid] = (ws.load_scan(sid), {})
+            if len(recent) > RECENT_SCANS:  # a CT scan normalised is hundreds of MB
+                recent.pop(next(iter(recent)))
+        scan, prepared = recent[sid]
+        labels, _ = model.predict(scan, dev, prepared, slices=[z])
+        predicted += 1
+        if labels[0].any():
+            picks.append((sid, z))
+            if len(picks) == k:
+                break
+    if progress is not None:
+        progress(len(allowed), len(allowed), "")
+    why = (
+        "at random among the slices showing the structures "
+        f"({predicted} slices of {len(reached)} scans predicted)"
+    )
+    return [Candidate(sid, z, 1.0, why) for sid, z in picks]
+
+
+RECENT_SCANS = 4
+
+
+def _drawn_from_truth(
+    ws: Any,
+    cands: Mapping[str, Sequence[int]],
+    k: int,
+    allowed: list[str],
+    walk: list[tuple[str, int]],
+    truth: Mapping[str, np.ndarray],
+    progress: Callable[[int, int, str], None] | None,
+) -> list[Candidate]:
+    """The walk of :func:`_drawn_showing_structures` where reference masks say which slices
+    show the structures (a simulation): every scan the walk reaches is looked up whole."""
 
     def kept(fg: Mapping[str, np.ndarray]) -> tuple[list[tuple[str, int]], bool]:
         out: list[tuple[str, int]] = []
         for sid, z in walk:
             if sid not in fg:
-                return out, False  # this scan is the next to predict
+                return out, False  # this scan is the next to look up
             if bool(np.asarray(fg[sid])[z]):
                 out.append((sid, z))
                 if len(out) == k:
@@ -206,8 +262,9 @@ def _drawn_showing_structures(
         ws,
         "fg_random",
         {sid: cands[sid] for sid in allowed},
+        truth=truth,
+        progress=progress,
         enough=lambda _scores, fg: kept(fg)[1],
-        **kw,
     )
     picks, _ = kept(fg)
     why = f"at random among the slices showing the structures ({len(fg)} scans predicted)"

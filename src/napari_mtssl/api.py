@@ -395,7 +395,13 @@ class _Model:
     run: str
     postprocess: str = "none"
 
-    def predict(self, scan: Scan, device: Any, prepared: dict | None = None):
+    def predict(
+        self,
+        scan: Scan,
+        device: Any,
+        prepared: dict | None = None,
+        slices: Sequence[int] | None = None,
+    ):
         from napari_mtssl.training.inference import predict_scan, resolve_precision
 
         return predict_scan(
@@ -410,6 +416,7 @@ class _Model:
             precision=resolve_precision(device, "auto"),
             prepared=prepared,
             postprocess=self.postprocess,
+            slices=slices,
         )
 
 

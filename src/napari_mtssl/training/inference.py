@@ -181,13 +181,17 @@ def predict_scan(
     batch_size: int = 16,
     prepared: dict | None = None,
     postprocess: str = "none",
+    slices: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``(z, y, x)`` uint8 and probabilities ``(C, z, y, x)`` float32 in the scan's grid.
 
     Several networks: their probabilities are averaged (an ensemble). ``prepared``: a dict
     shared by calls on the same scan, so models with the same preprocessing and patch reuse one
     normalised, resampled, padded volume. ``postprocess``: the model's choice
-    (:mod:`.postprocess`), applied to the labels only.
+    (:mod:`.postprocess`), applied to the labels only. ``slices``: predict only these slices
+    (the network is 2D: each is what the whole scan's prediction has there; the scan is still
+    normalised as a whole); the outputs then hold them in that order, each post-processed on
+    its own.
     """
     from .data import pad_to, prepare_volume
 
@@ -202,9 +206,14 @@ def predict_scan(
         vol, offsets = pad_to(vol, patch)
         if prepared is not None:
             prepared[key] = (vol, smap, offsets)
+    if slices is not None:
+        zs = [int(i) for i in slices]
+        if any(not 0 <= i < a.shape[0] for i in zs):
+            raise IndexError(f"slices {zs} outside a scan of {a.shape[0]} slices")
+        vol = vol[zs]
     if isinstance(nets, torch.nn.Module):
         nets = [nets]
-    z, (h, w) = a.shape[0], smap.native
+    z, (h, w) = (a.shape[0] if slices is None else len(vol)), smap.native
     (ph, pw), (top, left) = smap.planned, offsets
     probs: np.ndarray | None = None
     for net in nets:
@@ -232,6 +241,8 @@ def predict_scan(
         labels[z0 : z0 + 16] = probs[:, z0 : z0 + 16].argmax(0)
     from . import postprocess as pp
 
+    if slices is not None:  # slices that need not touch: each on its own
+        return np.stack([pp.apply(lab[None], postprocess)[0] for lab in labels]), probs
     return pp.apply(labels, postprocess), probs
 
 
