@@ -80,7 +80,10 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
     seen: dict[str, float] = {}  # event type -> seconds after the last click, first time seen
 
     def on_event(ev: dict) -> None:
-        seen.setdefault(str(ev.get("type", "?")), round(time.perf_counter() - t_click["at"], 2))
+        at = round(time.perf_counter() - t_click["at"], 2)
+        seen.setdefault(str(ev.get("type", "?")), at)
+        if ev.get("type") == "status" and ev.get("total"):  # the preparation, counted
+            seen.setdefault("status counted", at)
 
     jobs.job_event.connect(on_event)
 

@@ -55,6 +55,8 @@ class Status(Event):
 
     type: ClassVar[str] = "status"
     message: str = ""
+    done: int | None = None  # how far the preparation is, of ``total`` (None: not counted)
+    total: int | None = None
 
 
 @dataclass

@@ -101,6 +101,23 @@ def test_progress_events_shape(trained):
     assert {e["stage"] for e in prog} >= {"baseline", "stage1", "all_joint", "stage2"}
 
 
+def _counted(events: list[dict]) -> list[tuple[int, int]]:
+    return [(e["done"], e["total"]) for e in events if e["type"] == "status" and e.get("total")]
+
+
+def test_preparation_says_where_it_stands(trained):
+    """Before the first step, the run's preparation is counted (records, timing, each scan,
+    the budget), so the dock's bar moves from the start rather than after the planning."""
+    ws, _, _, events = trained
+    first_step = next(i for i, e in enumerate(events) if e["type"] == "progress")
+    counted = _counted(events[:first_step])
+    total = counted[0][1]
+    assert total == len(ws.scan_ids("train")) + len(ws.scan_ids("val")) + 3
+    assert [d for d, _ in counted] == sorted(d for d, _ in counted) and counted[-1][0] == total - 1
+    scans = [e["message"] for e in events if "preparing scan" in e.get("message", "")]
+    assert scans and scans[0].endswith("scan 1 of " + scans[0].rsplit(" ", 1)[-1])
+
+
 def test_checkpoint_sidecar_and_loading(trained):
     ws, _, report, _ = trained
     path = ws.run(report["run"]).model_path("student")

@@ -265,9 +265,11 @@ class StudyData:
         val_fraction: float = 0.2,
         seed: int = 0,
         cache: bool = True,
+        progress: Callable[[int, int], None] | None = None,
     ) -> StudyData:
         """Scans by split, labels and per-slice labelled mask from the workspace label store;
-        preprocessed volumes cached in ``<workspace>/cache/preprocessed``."""
+        preprocessed volumes cached in ``<workspace>/cache/preprocessed``. ``progress(i, n)``
+        before each scan is prepared."""
         sources = []
         for split in ("train", "val"):
             for sid in ws.scan_ids(split):
@@ -300,6 +302,7 @@ class StudyData:
             val_fraction=val_fraction,
             seed=seed,
             cache=VolumeCache(folder),
+            progress=progress,
         )
 
     @classmethod
@@ -314,6 +317,7 @@ class StudyData:
         val_fraction: float = 0.2,
         seed: int = 0,
         cache: VolumeCache | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> StudyData:
         cache = cache or VolumeCache(None)
         num_classes = max(2, int(num_classes))
@@ -323,6 +327,8 @@ class StudyData:
             label_names.setdefault(c, f"class {c}")
         scans: list[ScanData] = []
         for i, src in enumerate(sources):
+            if progress is not None:
+                progress(i, len(sources))
             scans.append(_prepare(src, prep, patch, num_classes, cache, key=seed * 7919 + i))
         train = [s for s in scans if s.split == "train"]
         val = [s for s in scans if s.split == "val" and s.labels is not None]

@@ -970,7 +970,7 @@ def reusable_pretext(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str, want
     return got if path.is_file() and got >= 0.5 * want else 0
 
 
-def _open_resumed(ws: Any, resume: str, what: str):
+def _open_resumed(ws: Any, resume: str, what: str, status: StatusFn):
     """(run, config, plan, study, state) of a stopped or interrupted run, as it was planned."""
     run = ws.run(resume)
     if run.kind != what:
@@ -987,7 +987,14 @@ def _open_resumed(ws: Any, resume: str, what: str):
     the_plan = read_plan(run)
     cfg = ExperimentConfig.from_dict(run.config)
     device = resolve_device(cfg.device)
-    study = open_study(ws, the_plan, cfg, device, cfg.num_threads or the_plan.threads)
+    study = open_study(
+        ws,
+        the_plan,
+        cfg,
+        device,
+        cfg.num_threads or the_plan.threads,
+        lambda i, n: status(f"resuming: reading scan {i + 1} of {n}", i, n),
+    )
     run.set_status("running")
     return run, cfg, the_plan, study, state
 
@@ -1022,7 +1029,14 @@ def read_plan(run: Any) -> Plan:
     return Plan.from_dict(pd)
 
 
-def open_study(ws: Any, the_plan: Plan, cfg: ExperimentConfig, device: Any, threads: int):
+def open_study(
+    ws: Any,
+    the_plan: Plan,
+    cfg: ExperimentConfig,
+    device: Any,
+    threads: int,
+    progress: Callable[[int, int], None] | None = None,
+):
     """The training data of a run in its plan's shape, with the plan's CPU threads set."""
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -1033,7 +1047,43 @@ def open_study(ws: Any, the_plan: Plan, cfg: ExperimentConfig, device: Any, thre
         val_fraction=cfg.data.val_fraction,
         seed=cfg.seed,
         cache=cfg.data.cache,
+        progress=progress,
     )
+
+
+StatusFn = Callable[[str, int, int], None]
+
+
+def _with_status(fn: Callable[..., Any], *args: Any) -> Generator[dict, None, Any]:
+    """Run ``fn(*args, status)`` in a thread and yield the status events it reports as they
+    come (``status(message, done, total)``); return its result or raise its error. A run's
+    preparation (reading the scans, timing steps) takes seconds to minutes: the viewer and
+    the terminal show where it stands meanwhile, not one still line."""
+    import queue
+    import threading
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    out: dict[str, Any] = {}
+
+    def status(message: str, done: int, total: int) -> None:
+        events.put(ev.Status(message, done=int(done), total=int(total)).to_dict())
+
+    def work() -> None:
+        try:
+            out["result"] = fn(*args, status)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=work, name="mtssl-prepare", daemon=True)
+    thread.start()
+    while (item := events.get()) is not None:
+        yield item
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def _start_new(
@@ -1043,9 +1093,13 @@ def _start_new(
     plan: Plan | dict | None,
     interactive: bool,
     t_start: float,
+    status: StatusFn,
 ):
     """Plan a new run (fingerprint, shape, data preparation, steps in the budget), create its
-    folder and save its plan; returns (run, config, plan, study, state)."""
+    folder and save its plan; returns (run, config, plan, study, state). ``status(message,
+    done, total)`` says where it stands: the records, the timing, each scan, the budget."""
+    total = len(ws.scan_ids("train")) + len(ws.scan_ids("val")) + 3
+    status("planning: reading the study's records", 0, total)
     cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
     device = resolve_device(cfg.device)
     if what in ("stage1", "all"):  # from the records alone, before any scan is read
@@ -1067,6 +1121,7 @@ def _start_new(
         cfg.model.depth = fixed.depth
     if plan is not None and fixed is None:
         fixed = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+    status("planning: timing a few training steps on this machine", 1, total)
     the_plan = make_plan(
         fp,
         cfg,
@@ -1078,7 +1133,15 @@ def _start_new(
         allocate_steps=False,
     )
     shaped = the_plan.apply(cfg)
-    study = open_study(ws, the_plan, shaped, device, shaped.num_threads)
+    study = open_study(
+        ws,
+        the_plan,
+        shaped,
+        device,
+        shaped.num_threads,
+        lambda i, n: status(f"planning: reading and preparing scan {i + 1} of {n}", 2 + i, total),
+    )
+    status("planning: dividing the budget between the models", total - 1, total)
     if not study.labelled_slices():
         raise ValueError(no_labelled_data_message())
     if what in ("stage1", "all"):
@@ -1165,11 +1228,12 @@ def run_training(
         else "planning: reading the data and timing a few steps on this machine"
     ).to_dict()
     if resume:
-        run, cfg, the_plan, study, state = _open_resumed(workspace, resume, what)
+        opened = yield from _with_status(_open_resumed, workspace, resume, what)
     else:
-        run, cfg, the_plan, study, state = _start_new(
-            workspace, config, what, plan, interactive, t_start
+        opened = yield from _with_status(
+            _start_new, workspace, config, what, plan, interactive, t_start
         )
+    run, cfg, the_plan, study, state = opened
     # The budget counts from the call: planning and preparing the data are part of the run.
     state["elapsed_s"] = float(state.get("elapsed_s", 0.0)) + time.monotonic() - t_start
     device = resolve_device(cfg.device)

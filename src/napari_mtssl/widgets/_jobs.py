@@ -438,6 +438,9 @@ class JobProgressPanel(QWidget):
         if isinstance(e, ev.Progress) and e.total:
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.step, e.total))
+        elif isinstance(e, ev.Status) and e.total:  # the run's preparation, counted
+            self.bar.setRange(0, e.total)
+            self.bar.setValue(min(e.done or 0, e.total))
         self.status.setText(describe_event(event))
 
     def _on_finished(self, result: object) -> None:
