@@ -1301,6 +1301,8 @@ def run_training_job(
     from napari_mtssl.workspace import Workspace
 
     _yield_to_the_viewer()
+    # at once: opening a large study's workspace takes a moment on a busy machine
+    yield ev.Status("starting: opening the workspace").to_dict()
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
     report = yield from run_training(
