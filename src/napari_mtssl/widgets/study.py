@@ -360,7 +360,6 @@ class StudyWidget(QWidget):
         ids = list(ws.scan_ids())
         for scan_id in ids if limit is None else ids[:limit]:
             self.show_workspace_scan(scan_id, hide_others=False)
-        self.refresh_table()
 
     def show_workspace_scan(self, scan_id: str, hide_others: bool = True) -> Any:
         """Show one workspace scan with its labels (loading it if needed); hide the others."""
@@ -559,11 +558,15 @@ class StudyWidget(QWidget):
 
         def on_done(ws: Any) -> None:
             pbar.close()
-            ended["done"] = True
-            self.session.set_workspace(ws)
-            if widget_alive(self.ws_label):
-                self.refresh()  # the import's progress line gives way to the workspace's
-                self.show_workspace_scans()
+            ended["imported"] = True  # no more progress lines
+            self.session.set_workspace(ws)  # the docks refresh (the import's line gives way)
+
+            def show_first() -> None:  # at the next turn: one stall split in two shorter ones
+                if widget_alive(self.ws_label) and self.session.workspace is ws:
+                    self.show_workspace_scans()
+                ended["done"] = True
+
+            QTimer.singleShot(0, show_first)
 
         def on_error(exc: BaseException) -> None:
             from napari.utils.notifications import show_error
@@ -584,7 +587,7 @@ class StudyWidget(QWidget):
 
             from qtpy.QtCore import QCoreApplication
 
-            while not ended:  # until the worker's result (a queued signal) has been handled
+            while "done" not in ended:  # until the result (a queued signal) has been shown
                 QCoreApplication.processEvents()
                 time.sleep(0.02)
             return self.session.workspace
