@@ -114,13 +114,13 @@ def test_tables_targets_and_plot(summ, tmp_path):
     assert "| mean ± sd | 0.870 ± 0.014 |" in text
     assert "+0.060" in text and "+0.040" in text  # student - alone, paired by seed
     lines = {ln.split("**")[1]: ln for ln in text.splitlines() if ln.startswith("* **")}
-    # semi: 0.87 >= 0.85, +0.05 >= 0.03, 0.87 > 0.81 > 0.755, walls 90 %: met; paper: missed
-    assert "student (semi, older default): **met**" in lines["L = 3, 60 min"]
+    # semi: 0.87 >= 0.85, +0.05 >= 0.03, 0.87 > 0.81 > 0.755, walls 90 %: reached; paper: not reached
+    assert "student (semi, older default): **reached**" in lines["L = 3, 60 min"]
     assert "student (the default): not measured" in lines["L = 3, 60 min"]
-    assert "student (paper): **missed**" in lines["L = 3, 60 min"]
+    assert "student (paper): **not reached**" in lines["L = 3, 60 min"]
     assert lines["L = 7, 60 min"].endswith("not measured.")
-    assert "**missed**" in lines["L = 3, 20 min"] and "wall ≤ 105 %" in lines["L = 3, 20 min"]
-    assert "**missed**" in lines["Every method run within 105 % of its budget"]
+    assert "**not reached**" in lines["L = 3, 20 min"] and "wall ≤ 105 %" in lines["L = 3, 20 min"]
+    assert "**not reached**" in lines["Every method run within 105 % of its budget"]
 
 
 def test_missing_keys_and_no_results(summ, tmp_path):
@@ -169,11 +169,11 @@ def test_the_current_default_measured_as_a_variant_is_judged_first(summ):
     line = next(ln for ln in text.splitlines() if ln.startswith("* **L = 3, 60 min"))
     assert "student (the default): not measured" in line
     assert line.index("student (the default)") < line.index(
-        "student (lead, earlier default): **met**"
+        "student (lead, earlier default): **reached**"
     )
     assert line.index("earlier default") < line.index("older default")
     line = next(ln for ln in text.splitlines() if ln.startswith("* **L = 3, 20 min"))
-    assert line.index("student (the default): **met**") < line.index("confidence 0.9"), line
+    assert line.index("student (the default): **reached**") < line.index("confidence 0.9"), line
     assert "| conf07 |" in text.split("**Variants of the method side**")[1]
 
 
