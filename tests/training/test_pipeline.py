@@ -118,6 +118,24 @@ def test_preparation_says_where_it_stands(trained):
     assert scans and scans[0].endswith("scan 1 of " + scans[0].rsplit(" ", 1)[-1])
 
 
+def test_the_plans_threads_hold_where_the_run_trains(tmp_path):
+    """The preparation runs in a thread beside the event stream; torch's CPU threads are a
+    per-thread setting, so the plan's must be set again where the units train."""
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    try:
+        torch.set_num_threads(2)
+        cfg = api.make_config("tiny", device="cpu", num_threads=1)
+        _drive(
+            run_training(ws, cfg, "baseline"),
+            lambda e: seen.append(torch.get_num_threads()) if e["type"] == "progress" else None,
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+
+
 def test_checkpoint_sidecar_and_loading(trained):
     ws, _, report, _ = trained
     path = ws.run(report["run"]).model_path("student")

@@ -1071,6 +1071,7 @@ def _with_status(fn: Callable[..., Any], *args: Any) -> Generator[dict, None, An
     def work() -> None:
         try:
             out["result"] = fn(*args, status)
+            out["threads"] = torch.get_num_threads()
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
             out["error"] = exc
         finally:
@@ -1083,6 +1084,9 @@ def _with_status(fn: Callable[..., Any], *args: Any) -> Generator[dict, None, An
     thread.join()
     if "error" in out:
         raise out["error"]
+    # torch's CPU threads are a setting of the thread that sets them (OpenMP): the plan's
+    # threads, set while the data were prepared, must hold where the run trains too
+    torch.set_num_threads(out["threads"])
     return out["result"]
 
 
