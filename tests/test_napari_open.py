@@ -126,6 +126,7 @@ def test_dicom_folder_and_nifti_open_the_same_way(make_napari_viewer, tmp_path):
     if out:  # docs figure: what the two files look like, side by side
         import imageio.v3 as iio
 
+        Path(out).mkdir(parents=True, exist_ok=True)
         gap = np.full((shots[0].shape[0], 8, 4), 255, np.uint8)
         iio.imwrite(Path(out) / "readers.png", np.concatenate([shots[0], gap, shots[1]], axis=1))
 
