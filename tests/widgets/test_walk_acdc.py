@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ACDC
-from tests.widgets.test_e2e_acdc import shot, wait_job
+from tests.widgets.test_e2e_acdc import shot
 
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
@@ -23,6 +23,14 @@ if not (ACDC / "dataset.json").is_file():
 
 STEPS = 2500  # one thread, 128 px patches: about 10 minutes on a free 2-core machine
 JOB_MS = 3 * 3600_000  # a very busy machine is slow, not wrong
+
+
+def wait_job(qtbot, jobs) -> dict:
+    if jobs.is_running:
+        with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
+            pass
+    assert jobs.last_state == "done", f"job ended {jobs.last_state}: {jobs.last_error}"
+    return jobs.last_result
 
 
 def test_a_first_session_on_the_whole_study(make_napari_viewer, qtbot, tmp_path):
