@@ -65,9 +65,9 @@ def shot(viewer, name: str, tab=None) -> None:
         viewer.screenshot(str(Path(folder) / f"{name}.png"), canvas_only=False, flash=False)
 
 
-def wait_job(qtbot, jobs):
+def wait_job(qtbot, jobs, timeout_ms: int = JOB_MS):
     if jobs.is_running:
-        with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
+        with qtbot.waitSignal(jobs.job_finished, timeout=timeout_ms):
             pass
     assert jobs.last_state == "done", f"job ended {jobs.last_state}: {jobs.last_error}"
     return jobs.last_result

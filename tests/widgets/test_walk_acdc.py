@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ACDC
-from tests.widgets.test_e2e_acdc import shot
+from tests.widgets.test_e2e_acdc import shot, wait_job
 
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
@@ -26,14 +26,6 @@ STEPS = 3000  # one thread, the shape a 10-minute budget plans: about 12 minutes
 # choose a larger one, hours at this step count)
 SHAPE = dict(data__patch_size=128, data__batch_size=8, model__width=16, model__depth=4)
 JOB_MS = 3 * 3600_000  # a very busy machine is slow, not wrong
-
-
-def wait_job(qtbot, jobs) -> dict:
-    if jobs.is_running:
-        with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
-            pass
-    assert jobs.last_state == "done", f"job ended {jobs.last_state}: {jobs.last_error}"
-    return jobs.last_result
 
 
 def test_a_first_session_on_the_whole_study(make_napari_viewer, qtbot, tmp_path):
@@ -59,7 +51,7 @@ def test_a_first_session_on_the_whole_study(make_napari_viewer, qtbot, tmp_path)
     training.device.setCurrentText("cpu")
     cfg = api.make_config("quick", device="cpu", budget_s=0, baseline__steps=STEPS, seed=0, **SHAPE)
     training._start("baseline", cfg)
-    result = wait_job(qtbot, training.jobs)
+    result = wait_job(qtbot, training.jobs, JOB_MS)
     base = result["models"]["baseline"]
     assert base["steps"] == STEPS
     assert base["mean_dice"] >= 0.7, base  # the anatomy learnt, on patients it never saw
