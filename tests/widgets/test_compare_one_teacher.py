@@ -29,7 +29,13 @@ def _comparison(shape, teachers):
     )
 
 
-def test_one_teacher_explains_instead_of_ranking_zeros(sample_docks):
+def _show(qtbot, dock, sid, comparison):
+    """Show a comparison and wait until its last layer is in (it is added over several turns)."""
+    with qtbot.waitSignal(dock.comparison_ready, timeout=30_000):
+        dock.show_comparison(sid, comparison)
+
+
+def test_one_teacher_explains_instead_of_ranking_zeros(sample_docks, qtbot):
     from napari_mtssl.widgets._state import find_layer, model_layer_name
 
     d = sample_docks
@@ -39,13 +45,13 @@ def test_one_teacher_explains_instead_of_ranking_zeros(sample_docks):
     v = d.viewer
     dis_name = model_layer_name(sid, "disagreement")
 
-    d.compare.show_comparison(sid, _comparison(shape, ["teacher:sdm", "teacher:inpaint"]))
+    _show(qtbot, d.compare, sid, _comparison(shape, ["teacher:sdm", "teacher:inpaint"]))
     assert find_layer(v, dis_name) is not None
     assert d.compare.ranked.count() == shape[0]
     assert "slice   2" in d.compare.ranked.item(0).text()
 
     # Compared again with one teacher: the stale map goes, one note replaces the zeros
-    d.compare.show_comparison(sid, _comparison(shape, ["teacher:sdm"]))
+    _show(qtbot, d.compare, sid, _comparison(shape, ["teacher:sdm"]))
     assert find_layer(v, dis_name) is None
     assert d.compare.ranked.count() == 1
     note = d.compare.ranked.item(0)

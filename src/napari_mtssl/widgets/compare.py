@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 from napari_mtssl import ids
 from napari_mtssl.colours import PALETTE as _PALETTE
 from napari_mtssl.colours import palette_rgb255
-from napari_mtssl.widgets._jobs import run_in_thread
+from napari_mtssl.widgets._jobs import run_in_thread, widget_alive
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
     ROLE_KEY,
@@ -43,6 +43,7 @@ from napari_mtssl.widgets._state import (
     show_only_scan,
     show_scan,
 )
+from napari_mtssl.widgets._turns import run_in_turns
 from napari_mtssl.widgets.study import report_errors
 
 MAX_RANKED = 50  # slices listed by disagreement
@@ -210,6 +211,7 @@ class CompareWidget(QWidget):
         self.comparison: Any | None = None
         self.scan_id: str | None = None
         self.worker: Any | None = None
+        self._shown: object | None = None  # the comparison being shown, step by step
 
         self.scan = QComboBox()
         self.compare_button = QPushButton("Compare models")
@@ -325,7 +327,8 @@ class CompareWidget(QWidget):
 
     @report_errors("Could not compare the models")
     def compare(self, scan_id: str | None = None) -> Any:
-        """Start ``api.compare`` for the scan in a thread; ``comparison_ready`` fires when shown."""
+        """Start ``api.compare`` for the scan in a thread; ``comparison_ready`` fires when shown.
+        The scan itself is read in that thread too when the viewer does not show it yet."""
         from napari_mtssl import api
 
         ws = self.session.require_workspace()
@@ -337,45 +340,88 @@ class CompareWidget(QWidget):
         models = self.models_to_compare()  # may refuse: before the dock says it is busy
         self.status.setText(f"comparing the models on {scan_id}…")
         self.compare_button.setEnabled(False)
+        read_scan = find_layer(self.viewer, scan_layer_name(scan_id)) is None
 
-        def done(comparison: Any) -> None:
+        def work() -> tuple[Any, Any]:
+            comparison = api.compare(ws, scan_id, models)
+            return comparison, (ws.load_scan(scan_id) if read_scan else None)
+
+        def done(result: tuple[Any, Any]) -> None:
             self.compare_button.setEnabled(True)
-            self.show_comparison(scan_id, comparison)
+            comparison, scan = result
+            self.show_comparison(scan_id, comparison, scan)
 
         self.worker = run_in_thread(
-            api.compare,
-            ws,
-            scan_id,
-            models,
-            on_result=done,
-            action=f"Could not compare models on {scan_id}",
+            work, on_result=done, action=f"Could not compare models on {scan_id}"
         )
         self.worker.errored.connect(lambda _e: self.compare_button.setEnabled(True))
         self.worker.errored.connect(lambda e: self.status.setText(f"comparison failed: {e}"))
         return self.worker
 
-    def show_comparison(self, scan_id: str, comparison: Comparison) -> None:
-        """Layers per model + disagreement map, then the grid, Dice table and ranking."""
+    def show_comparison(self, scan_id: str, comparison: Comparison, scan: Any = None) -> None:
+        """The scan, the student's layer, the grid, Dice table and ranking first; then one layer
+        per other model and the disagreement map, each at its own turn of the event loop (the
+        viewer answers between them); ``comparison_ready`` fires once all are in the viewer.
+        ``scan``: the scan, read off the GUI thread, when the viewer does not show it yet."""
         ws = self.session.require_workspace()
         self.comparison, self.scan_id = comparison, scan_id
-        image_layer = find_layer(self.viewer, scan_layer_name(scan_id))
-        if image_layer is None:
-            image_layer = show_scan(self.viewer, ws.load_scan(scan_id), scan_id)
-        scale = tuple(image_layer.scale)
-        # Only this scan shows: the previous scan's image and comparison layers are hidden.
-        show_only_scan(self.viewer, scan_id)
+        self._shown = shown = object()  # a newer comparison drops this one's steps left
         labels: dict[str, np.ndarray] = dict(comparison.labels)
         names = model_order(list(labels))
-        for name in names:
+        first = "student" if "student" in names else names[0]
+        layers: dict[str, Any] = {}
+
+        def scan_layer() -> None:
+            layer = find_layer(self.viewer, scan_layer_name(scan_id))
+            if layer is None:
+                layer = show_scan(
+                    self.viewer, scan if scan is not None else ws.load_scan(scan_id), scan_id
+                )
+            layers["image"] = layer
+            # Only this scan shows: the previous scan's image and comparison layers are hidden.
+            show_only_scan(self.viewer, scan_id)
+
+        def model_layer(name: str) -> None:
             show_labels(
                 self.viewer,
                 np.asarray(labels[name]),
                 model_layer_name(scan_id, name),
                 scan_id,
-                scale,
+                tuple(layers["image"].scale),
                 role=f"model:{name}",
                 visible=name == "student",
             )
+
+        def tables() -> None:
+            image_layer = layers["image"]
+            self.grid.palette = _layer_palette(self.viewer, model_layer_name(scan_id, first))
+            self.grid.set_models(
+                np.asarray(image_layer.data), {n: np.asarray(labels[n]) for n in names}
+            )
+            self.grid.show_slice(current_slice(self.viewer, image_layer))
+            self._fill_dice(comparison.dice, names, comparison.class_dice)
+            self._fill_ranking(comparison.slice_scores, comparison.teachers)
+            self.status.setText(f"{scan_id}: {len(names)} models compared")
+
+        def finished() -> None:
+            self.comparison_ready.emit(comparison)
+
+        steps = [scan_layer, lambda: model_layer(first), tables]
+        steps += [lambda n=n: model_layer(n) for n in names if n != first]
+        steps += [lambda: self._show_disagreement(scan_id, comparison, layers["image"]), finished]
+
+        def failed(exc: BaseException) -> None:
+            from napari.utils.notifications import show_error
+
+            self.status.setText(f"could not show the comparison: {exc}")
+            show_error(f"Could not show the comparison on {scan_id}: {exc}")
+
+        run_in_turns(
+            steps, alive=lambda: widget_alive(self) and self._shown is shown, on_error=failed
+        )
+
+    def _show_disagreement(self, scan_id: str, comparison: Comparison, image_layer: Any) -> None:
+        """The teachers' disagreement map as a layer; none with fewer than two teachers."""
         disagreement = comparison.disagreement
         name = model_layer_name(scan_id, "disagreement")
         layer = find_layer(self.viewer, name)
@@ -383,39 +429,28 @@ class CompareWidget(QWidget):
             # one teacher (or none) cannot disagree with itself: no map of zeros
             if layer is not None:
                 self.viewer.layers.remove(layer)
-        elif disagreement is not None:
-            data = np.asarray(disagreement, dtype=np.float32)
-            if layer is None:
-                self.viewer.add_image(
-                    data,
-                    name=name,
-                    scale=scale,
-                    colormap="magma",
-                    blending="additive",
-                    opacity=0.7,
-                    contrast_limits=(0.0, max(float(data.max()), 1e-6)),
-                    metadata={
-                        SCAN_ID_KEY: scan_id,
-                        ROLE_KEY: "disagreement",
-                        WORKSPACE_KEY: str(self.session.require_workspace().root),
-                    },
-                )
-            else:
-                layer.data = data
-                layer.contrast_limits = (0.0, max(float(data.max()), 1e-6))
-        self.grid.palette = _layer_palette(self.viewer, model_layer_name(scan_id, names[0]))
-        self.grid.set_models(
-            np.asarray(image_layer.data), {n: np.asarray(labels[n]) for n in names}
+            return
+        if disagreement is None:
+            return
+        data = np.asarray(disagreement, dtype=np.float32)
+        if layer is not None:
+            layer.data = data
+            layer.contrast_limits = (0.0, max(float(data.max()), 1e-6))
+            return
+        self.viewer.add_image(
+            data,
+            name=name,
+            scale=tuple(image_layer.scale),
+            colormap="magma",
+            blending="additive",
+            opacity=0.7,
+            contrast_limits=(0.0, max(float(data.max()), 1e-6)),
+            metadata={
+                SCAN_ID_KEY: scan_id,
+                ROLE_KEY: "disagreement",
+                WORKSPACE_KEY: str(self.session.require_workspace().root),
+            },
         )
-        self.grid.show_slice(current_slice(self.viewer, image_layer))
-        self._fill_dice(
-            comparison.dice,
-            names,
-            comparison.class_dice,
-        )
-        self._fill_ranking(comparison.slice_scores, comparison.teachers)
-        self.status.setText(f"{scan_id}: {len(names)} models compared")
-        self.comparison_ready.emit(comparison)
 
     def _fill_dice(
         self, dice: dict[str, Any], names: list[str], per_class: dict | None = None
