@@ -55,6 +55,9 @@ class Session(QObject):
 
             layers.events.inserted.connect(on_inserted)
             keep_slider_fitted(viewer)  # the slice slider spans the scan on screen
+            from napari_mtssl.widgets._warm import warm_in_background
+
+            warm_in_background()  # the first layer's one-time costs, off the GUI thread
 
     @property
     def viewer(self) -> Any | None:

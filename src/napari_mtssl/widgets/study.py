@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_mtssl.widgets._jobs import widget_alive
+from napari_mtssl.widgets._jobs import run_in_thread, widget_alive
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
     ROLE_KEY,
@@ -42,6 +42,7 @@ from napari_mtssl.widgets._state import (
     show_only_scan,
     show_scan,
 )
+from napari_mtssl.widgets._turns import run_in_turns
 from napari_mtssl.workspace.core import SPLITS  # train, val, test, unused
 
 STATUS_COLOURS = {
@@ -109,6 +110,20 @@ def report_errors(action: str) -> Callable[[Callable[..., Any]], Callable[..., A
     return wrap
 
 
+def read_for_view(ws: Any, scan_id: str) -> tuple[Any, np.ndarray | None]:
+    """What showing a scan reads from the workspace (any thread): the scan, and its labels
+    when any slice has some (None otherwise)."""
+    scan = ws.load_scan(scan_id)
+    labelled = any(s != "unlabelled" for s in ws.slice_status(scan_id))
+    return scan, (np.asarray(ws.labels(scan_id)) if labelled else None)
+
+
+def _show_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
 STRIP_ROLE = Qt.ItemDataRole.UserRole + 1  # a row's per-slice statuses, for the strip
 
 
@@ -166,6 +181,7 @@ class StudyWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
+        self._showing: object | None = None  # the scan a table click is showing
 
         self.ws_label = QLabel("No workspace open")
         self.ws_label.setWordWrap(True)
@@ -362,26 +378,70 @@ class StudyWidget(QWidget):
             self.show_workspace_scan(scan_id, hide_others=False)
 
     def show_workspace_scan(self, scan_id: str, hide_others: bool = True) -> Any:
-        """Show one workspace scan with its labels (loading it if needed); hide the others."""
+        """Show one workspace scan with its labels (loading it if needed); hide the others.
+        Everything on the calling thread (scripts, tests); a click in the table reads the scan
+        in a thread and adds its layers a turn of the event loop apart
+        (:meth:`show_workspace_scan_soon`)."""
+        ws = self.session.require_workspace()
+        read = None if scan_id in self.viewer.layers else read_for_view(ws, scan_id)
+        steps, shown = self._view_steps(scan_id, read, hide_others)
+        for step in steps:
+            step()
+        return shown["layer"]
+
+    def show_workspace_scan_soon(self, scan_id: str) -> Any:
+        """Like :meth:`show_workspace_scan` without holding the viewer: the scan and its labels
+        are read in a thread, then its layers are added one per turn. Returns the worker (None
+        when the scan is already in the viewer)."""
+        ws = self.session.require_workspace()
+        if scan_id in self.viewer.layers:
+            self.show_workspace_scan(scan_id)
+            return None
+        self._showing = token = object()  # a later click wins
+
+        def put(read: Any) -> None:
+            if self.session.workspace is not ws or self._showing is not token:
+                return
+            steps, _ = self._view_steps(scan_id, read, hide_others=True)
+            run_in_turns(
+                steps,
+                alive=lambda: widget_alive(self) and self.session.workspace is ws,
+                on_error=lambda e: _show_error(f"Could not show {scan_id}: {e}"),
+            )
+
+        return run_in_thread(
+            read_for_view, ws, scan_id, on_result=put, action=f"Could not show {scan_id}"
+        )
+
+    def _view_steps(
+        self, scan_id: str, read: tuple[Any, np.ndarray | None] | None, hide_others: bool
+    ) -> tuple[list[Callable[[], None]], dict[str, Any]]:
+        """The GUI-thread steps that show a scan already read (``read_for_view``; None when its
+        layer exists): its image layer, its labels layer, then the others hidden. The second
+        value gets ``"layer"``, the scan's image layer, once the first step ran."""
         ws = self.session.require_workspace()
         root = str(ws.root)
-        name = scan_id
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-        else:
-            scan = ws.load_scan(scan_id)
-            layer = show_scan(self.viewer, scan, scan_id)
-            statuses = ws.slice_status(scan_id)
-            if any(s != "unlabelled" for s in statuses):
+        shown: dict[str, Any] = {}
+
+        def image() -> None:
+            if scan_id in self.viewer.layers or read is None:
+                shown["layer"] = self.viewer.layers[scan_id]
+                return
+            shown["layer"] = show_scan(self.viewer, read[0], scan_id)
+            shown["new"] = True
+
+        def labels() -> None:
+            if shown.get("new") and read is not None and read[1] is not None:
                 show_labels(
                     self.viewer,
-                    np.asarray(ws.labels(scan_id)),
+                    read[1],
                     labels_layer_name(scan_id),
                     scan_id,
-                    tuple(layer.scale),
+                    tuple(shown["layer"].scale),
                     role="labels",
                 )
-        if hide_others:  # every other scan's layers hidden, a person's attached masks too
+
+        def focus() -> None:  # every other scan's layers hidden, a person's attached masks too
             mine = tuple(
                 ly.name
                 for ly in self.viewer.layers
@@ -389,9 +449,10 @@ class StudyWidget(QWidget):
                 and ly.metadata.get(WORKSPACE_KEY) == root
             )
             show_only_scan(self.viewer, scan_id, keep=mine)
-            self.viewer.layers.selection.active = layer
+            self.viewer.layers.selection.active = shown["layer"]
             self.viewer.reset_view()
-        return layer
+
+        return [image, labels, *([focus] if hide_others else [])], shown
 
     def clear_workspace_layers(self) -> int:
         """Before another workspace opens: remove the layers the docks showed for the current
@@ -539,7 +600,9 @@ class StudyWidget(QWidget):
                     yield box["last"]
             if "error" in box:
                 raise box["error"]
-            return box["ws"]
+            ws = box["ws"]
+            ids = ws.scan_ids()  # the first scan is read here too, off the GUI thread
+            return ws, ((ids[0], read_for_view(ws, ids[0])) if ids else None)
 
         self.clear_workspace_layers()
         pbar = napari_progress(total=0, desc=f"importing {Path(folder).name}")
@@ -556,17 +619,30 @@ class StudyWidget(QWidget):
             if not ended and widget_alive(self.ws_label):  # the dock may have been closed
                 self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
 
-        def on_done(ws: Any) -> None:
+        def on_done(result: tuple[Any, Any]) -> None:
+            ws, first = result
             pbar.close()
             ended["imported"] = True  # no more progress lines
             self.session.set_workspace(ws)  # the docks refresh (the import's line gives way)
 
-            def show_first() -> None:  # at the next turn: one stall split in two shorter ones
+            def wanted() -> bool:  # not once the dock closed or another workspace opened
                 if widget_alive(self.ws_label) and self.session.workspace is ws:
-                    self.show_workspace_scans()
+                    return True
+                ended["done"] = True
+                return False
+
+            def all_shown() -> None:
                 ended["done"] = True
 
-            QTimer.singleShot(0, show_first)
+            def failed(exc: BaseException) -> None:
+                ended["done"] = True
+                _show_error(f"Could not show the first scan: {exc}")
+
+            # the first scan's image, then its labels, each at its own turn of the event loop
+            steps = self._view_steps(*first, hide_others=False)[0] if first else []
+            QTimer.singleShot(
+                0, lambda: run_in_turns([*steps, all_shown], alive=wanted, on_error=failed)
+            )
 
         def on_error(exc: BaseException) -> None:
             from napari.utils.notifications import show_error
@@ -582,6 +658,9 @@ class StudyWidget(QWidget):
         worker.errored.connect(on_error)
         self._import_worker = worker
         worker.start()
+        # training follows an import: a worker process imports the engine meanwhile, so that
+        # the first Train click starts at once rather than after a new process's seconds
+        self.session.jobs.prepare()
         if wait:
             import time
 
@@ -789,7 +868,7 @@ class StudyWidget(QWidget):
     def _show_scan_row(self, row: int, _col: int) -> None:
         item = self.table.item(row, 0)
         if item is not None and self.session.workspace is not None:
-            self.show_workspace_scan(item.text())
+            self.show_workspace_scan_soon(item.text())
 
     def _refresh_layer_choices(self, *_: Any) -> None:
         from napari.layers import Image, Labels

@@ -1,0 +1,39 @@
+"""The first layer's unit registry, built off the GUI thread and installed only while untouched.
+
+Run in a fresh interpreter: in the test process, earlier tests' layers have built pint's
+registry already."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("napari")
+
+CODE = r"""
+import threading
+import numpy as np
+import pint
+from napari.layers import Image
+from napari_mtssl.widgets import _warm
+
+assert _warm._lazy_registry() is not None, "pint's application registry starts lazy"
+box = {}
+t = threading.Thread(target=lambda: box.update(reg=_warm.build_unit_registry()))
+t.start(); t.join()
+assert _warm.install_unit_registry(box["reg"])
+assert pint.get_application_registry().get() is box["reg"]
+layer = Image(np.zeros((2, 8, 8), np.float32), scale=(3.0, 1.5, 1.5))
+assert layer.units[0] == box["reg"].pixel
+assert _warm.build_unit_registry() is None, "nothing to build once installed"
+assert not _warm.install_unit_registry(box["reg"]), "never replaced once in use"
+print("ok")
+"""
+
+
+def test_registry_built_in_a_thread_serves_napari_layers():
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
