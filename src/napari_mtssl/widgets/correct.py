@@ -507,23 +507,29 @@ class CorrectWidget(QWidget):
         if not scan_id:
             raise ValueError("choose a scan")
         self.edit_status.setText(f"predicting {scan_id} with the student…")
+        read_scan = find_layer(self.viewer, scan_layer_name(scan_id)) is None
+
+        def work() -> tuple[Any, Any]:  # the scan is read here too when it is not shown yet
+            prediction = api.predict(ws, scan_id, model="student")
+            return prediction, (ws.load_scan(scan_id) if read_scan else None)
+
         self.worker = run_in_thread(
-            api.predict,
-            ws,
-            scan_id,
-            model="student",
-            on_result=lambda pred: self._show_edit(scan_id, pred),
+            work,
+            on_result=lambda out: self._show_edit(scan_id, *out),
             action=f"Could not predict {scan_id} with the student",
         )
         self.worker.errored.connect(lambda e: self.edit_status.setText(f"prediction failed: {e}"))
         return self.worker
 
-    def _show_edit(self, scan_id: str, prediction: Any) -> None:
+    def _show_edit(self, scan_id: str, prediction: Any, scan: Any = None) -> None:
+        """The student's prediction as an editable layer over its scan (``scan``: read off the
+        GUI thread when the viewer did not show it)."""
         ws = self.session.require_workspace()
         labels = np.asarray(getattr(prediction, "labels", prediction))
         image_layer = find_layer(self.viewer, scan_layer_name(scan_id))
         if image_layer is None:
-            image_layer = show_scan(self.viewer, ws.load_scan(scan_id), scan_id)
+            scan = scan if scan is not None else ws.load_scan(scan_id)
+            image_layer = show_scan(self.viewer, scan, scan_id)
         name = edit_layer_name(scan_id)
         old = find_layer(self.viewer, name)
         if old is not None:
