@@ -194,3 +194,31 @@ def _umask() -> int:
     m = os.umask(0o022)
     os.umask(m)
     return m
+
+
+def test_a_baseline_reads_only_labelled_training_scans_and_draws_the_same_batches(tmp_path):
+    """``labelled_only`` (a baseline run) skips the unlabelled training scans; the labelled ones
+    keep their random keys, so the seg batches (labels, foreground windows) are the same."""
+    from napari_mtssl import api
+
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    prep = Preprocessing(spacing=(2.0, 2.0))
+    full = StudyData.from_workspace(ws, prep, 32, cache=False)
+    lean_progress: list[tuple[int, int]] = []
+    lean = StudyData.from_workspace(
+        ws,
+        prep,
+        32,
+        cache=False,
+        labelled_only=True,
+        progress=lambda i, n: lean_progress.append((i, n)),
+    )
+    unlabelled = [s.name for s in full.train if s.labels is None]
+    assert unlabelled, "the sample study has unlabelled training scans"
+    assert [s.name for s in lean.train] == [s.name for s in full.train if s.labels is not None]
+    assert [s.name for s in lean.val] == [s.name for s in full.val]
+    assert lean_progress[-1][1] == len(lean.train) + len(lean.val)  # the count it reads
+    assert any("without labels not read" in note for note in lean.notes)
+    a = full.seg_batch(full.labelled_slices(), 6, np.random.default_rng(3), fg_fraction=0.5)
+    b = lean.seg_batch(lean.labelled_slices(), 6, np.random.default_rng(3), fg_fraction=0.5)
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])

@@ -266,10 +266,12 @@ class StudyData:
         seed: int = 0,
         cache: bool = True,
         progress: Callable[[int, int], None] | None = None,
+        labelled_only: bool = False,
     ) -> StudyData:
         """Scans by split, labels and per-slice labelled mask from the workspace label store;
         preprocessed volumes cached in ``<workspace>/cache/preprocessed``. ``progress(i, n)``
-        before each scan is prepared."""
+        before each scan is prepared. ``labelled_only``: training scans without a labelled
+        slice are not read (a baseline learns from labelled slices only)."""
         sources = []
         for split in ("train", "val"):
             for sid in ws.scan_ids(split):
@@ -303,6 +305,7 @@ class StudyData:
             seed=seed,
             cache=VolumeCache(folder),
             progress=progress,
+            labelled_only=labelled_only,
         )
 
     @classmethod
@@ -318,21 +321,35 @@ class StudyData:
         seed: int = 0,
         cache: VolumeCache | None = None,
         progress: Callable[[int, int], None] | None = None,
+        labelled_only: bool = False,
     ) -> StudyData:
+        """The study from ``sources``, each prepared in the plan's shape. ``labelled_only``:
+        training sources without labels are left out, the others keep the random keys they
+        have with them (the same batches, the same model)."""
         cache = cache or VolumeCache(None)
         num_classes = max(2, int(num_classes))
         label_names = dict(label_names or {})
         label_names.setdefault(0, "background")
         for c in range(1, num_classes):
             label_names.setdefault(c, f"class {c}")
+        todo = [
+            (i, src)
+            for i, src in enumerate(sources)
+            if not (labelled_only and src.split == "train" and src.labels is None)
+        ]
         scans: list[ScanData] = []
-        for i, src in enumerate(sources):
+        for n, (i, src) in enumerate(todo):
             if progress is not None:
-                progress(i, len(sources))
+                progress(n, len(todo))
             scans.append(_prepare(src, prep, patch, num_classes, cache, key=seed * 7919 + i))
         train = [s for s in scans if s.split == "train"]
         val = [s for s in scans if s.split == "val" and s.labels is not None]
         study = cls(train, val, num_classes, label_names, int(patch), prep)
+        if len(todo) < len(sources):
+            study.notes.append(
+                f"{len(sources) - len(todo)} training scan(s) without labels not read: "
+                "this run learns from labelled slices only"
+            )
         study.cache_hits, study.cache_misses = cache.hits, cache.misses
         if not val:
             study._hold_out(val_fraction, seed)

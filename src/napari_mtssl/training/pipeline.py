@@ -994,6 +994,7 @@ def _open_resumed(ws: Any, resume: str, what: str, status: StatusFn):
         device,
         cfg.num_threads or the_plan.threads,
         lambda i, n: status(f"resuming: reading scan {i + 1} of {n}", i, n),
+        what=run.kind,
     )
     run.set_status("running")
     return run, cfg, the_plan, study, state
@@ -1036,8 +1037,10 @@ def open_study(
     device: Any,
     threads: int,
     progress: Callable[[int, int], None] | None = None,
+    what: str = "all",
 ):
-    """The training data of a run in its plan's shape, with the plan's CPU threads set."""
+    """The training data of a run in its plan's shape, with the plan's CPU threads set. A
+    baseline run (``what``) does not read the training scans that have no labels."""
     if device.type == "cpu":
         torch.set_num_threads(threads)
     return StudyData.from_workspace(
@@ -1048,6 +1051,7 @@ def open_study(
         seed=cfg.seed,
         cache=cfg.data.cache,
         progress=progress,
+        labelled_only=what == "baseline",
     )
 
 
@@ -1137,14 +1141,14 @@ def _start_new(
         allocate_steps=False,
     )
     shaped = the_plan.apply(cfg)
-    study = open_study(
-        ws,
-        the_plan,
-        shaped,
-        device,
-        shaped.num_threads,
-        lambda i, n: status(f"planning: reading and preparing scan {i + 1} of {n}", 2 + i, total),
-    )
+    counted = {"total": total}  # the scans read: fewer for a baseline (labelled ones only)
+
+    def prepared(i: int, n: int) -> None:
+        counted["total"] = n + 3
+        status(f"planning: reading and preparing scan {i + 1} of {n}", 2 + i, n + 3)
+
+    study = open_study(ws, the_plan, shaped, device, shaped.num_threads, prepared, what=what)
+    total = counted["total"]
     status("planning: dividing the budget between the models", total - 1, total)
     if not study.labelled_slices():
         raise ValueError(no_labelled_data_message())

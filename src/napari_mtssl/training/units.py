@@ -337,7 +337,7 @@ def _context(workspace: str, run: str, threads: int) -> UnitContext:
         cfg = ExperimentConfig.from_dict(r.config)
         plan = read_plan(r)
         device = resolve_device(cfg.device)
-        study = open_study(ws, plan, cfg, device, threads)
+        study = open_study(ws, plan, cfg, device, threads, what=r.kind)
         ctx = UnitContext(ws, r, cfg, plan, study, device)
         _OPENED.clear()  # one run at a time: the data of an earlier one is let go
         _OPENED[key] = ctx
