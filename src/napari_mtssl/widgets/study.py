@@ -155,22 +155,25 @@ class SliceStripDelegate(QStyledItemDelegate):
         return QSize(max(60, 4 * len(index.data(STRIP_ROLE) or [])), 14)
 
 
+def _counts(statuses: list[str]) -> tuple[int, int, int]:
+    """(slices, annotated, corrected) of a per-slice status list."""
+    return (
+        len(statuses),
+        sum(s == "annotated" for s in statuses),
+        sum(s == "corrected" for s in statuses),
+    )
+
+
 def status_summary(statuses: list[str]) -> str:
     """``"5 of 12 slices annotated, 1 corrected"`` for a per-slice status list."""
-    n = len(statuses)
-    annotated = sum(s == "annotated" for s in statuses)
-    corrected = sum(s == "corrected" for s in statuses)
+    n, annotated, corrected = _counts(statuses)
     text = f"{annotated} of {n} slices annotated"
-    if corrected:
-        text += f", {corrected} corrected"
-    return text
+    return text + (f", {corrected} corrected" if corrected else "")
 
 
 def status_short(statuses: list[str]) -> str:
     """``"5/12 +1"``: slices annotated / all slices, + corrected ones (the table's column)."""
-    n = len(statuses)
-    annotated = sum(s == "annotated" for s in statuses)
-    corrected = sum(s == "corrected" for s in statuses)
+    n, annotated, corrected = _counts(statuses)
     return f"{annotated}/{n}" + (f" +{corrected}" if corrected else "")
 
 
