@@ -3,7 +3,8 @@
 napari at 1366 x 768 with the plugin's dock; ``load`` CPU-bound processes run beside it the whole
 time (other work on the machine). The walk, with the dock's own methods (what its buttons call):
 
-1. **import** the ACDC dataset folder with 3 labelled patients (the Study tab's import);
+1. **import** the ACDC dataset folder with 3 labelled patients (the Study tab's import), then
+   **open a scan** by a click in the Study table;
 2. **train** the baseline with the Tasks tab's budget (default 10 min): the time the click holds
    the event loop, and from the click to the job's first event and first progress line;
 3. **stop** it after ``stop_after_s`` of training: from the click to the job's end;
@@ -107,6 +108,23 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
         )
         ws = study.session.workspace
         phases[-1]["scans"] = len(ws.scan_ids()) if ws is not None else 0
+        spin(5.0)  # the first scan's layers, added a turn apart after the import's end
+        # 1b. a click on another scan in the Study table
+        other = ws.scan_ids("train")[-1]
+        row = next(
+            r for r in range(study.table.rowCount()) if study.table.item(r, 0).text() == other
+        )
+        phases.append(
+            _phase(
+                "open a scan from the table",
+                lambda: study._show_scan_row(row, 0),
+                lambda: (
+                    other in viewer.layers
+                    and viewer.layers.selection.active is viewer.layers[other]
+                ),
+                120,
+            )
+        )
         # 2. train the baseline with the budget (a short budget's first useful model)
         training.budget.setCurrentText(budget)
         training.device.setCurrentText("cpu")
