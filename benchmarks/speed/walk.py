@@ -58,6 +58,18 @@ def _phase(
     return out
 
 
+def _first_scan_shown(viewer: Any, ws: Any) -> bool:
+    """The import's end: the workspace open and its first scan's layers (image, labels if any)
+    in the viewer (they are added at the turns after the workspace opens)."""
+    if ws is None:
+        return False
+    sid = ws.scan_ids()[0]
+    if sid not in viewer.layers:
+        return False
+    labelled = any(s != "unlabelled" for s in ws.slice_status(sid))
+    return not labelled or f"{sid}_labels" in viewer.layers
+
+
 def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
     import napari
 
@@ -102,13 +114,12 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
             _phase(
                 "import",
                 lambda: study.open_dataset_folder(str(ACDC), f"{tmp}/ws", labelled=3),
-                lambda: study.session.workspace is not None,
+                lambda: _first_scan_shown(viewer, study.session.workspace),
                 1800,
             )
         )
         ws = study.session.workspace
         phases[-1]["scans"] = len(ws.scan_ids()) if ws is not None else 0
-        spin(5.0)  # the first scan's layers, added a turn apart after the import's end
         # 1b. a click on another scan in the Study table
         other = ws.scan_ids("train")[-1]
         row = next(
