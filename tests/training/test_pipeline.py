@@ -292,7 +292,7 @@ def few_steps(monkeypatch):
     # timing itself ate a 25 s budget and the planner refused the run ("about 0 training
     # steps"). The units still re-time themselves against the real clock while they train
     # (training/pace.py), which these tests allow for.
-    def priced(p, cfg, fp):
+    def priced(p, cfg, fp, what="all"):
         t = {"seg": 0.02, "fwd": 0.004, "soft": 0.2, "eval": 0.5}
         t.update({f"task:{name}": 0.03 for name in cfg.stage1.tasks})
         t["student"] = plan.student_step_s(t, cfg)
@@ -351,8 +351,8 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
     monkeypatch.setattr(plan_mod, "SIDE_MIN_BUDGET_S", 0.0)
     real, memo = plan_mod._time_steps, {}
 
-    def once(plan, cfg, fp):  # one measurement for both prices: no timing noise between them
-        memo.setdefault("t", real(plan, cfg, fp))
+    def once(plan, cfg, fp, what="all"):  # one measurement for both prices: no timing noise
+        memo.setdefault("t", real(plan, cfg, fp, what))
         return dict(memo["t"])
 
     timed: list[int] = []
@@ -444,7 +444,7 @@ def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
     monkeypatch.setattr(
         plan_mod,
         "_time_steps",
-        lambda plan, cfg, fp: {
+        lambda plan, cfg, fp, what="all": {
             **plan_mod._guess(plan, cfg),
             "seg": 0.05,
             "student": 0.1,

@@ -434,3 +434,22 @@ def test_a_process_that_cannot_start_beside_the_timing_is_reported_at_once():
         )
     assert got.lanes == 1 and "could not be timed side by side (no room)" in got.lanes_why
     assert "- one unit at a time: the steps could not be timed" in "\n".join(got.describe())
+
+
+def test_a_baseline_plan_times_no_auxiliary_task(monkeypatch):
+    """A baseline's click waits only for the steps it prices: no task is built or timed."""
+    from napari_mtssl import tasks
+
+    built: list[str] = []
+    real = tasks.build_task
+    monkeypatch.setattr(
+        tasks, "build_task", lambda name, *a, **k: built.append(name) or real(name, *a, **k)
+    )
+    f = fp((64, 64), (1.0, 1.0), slices=(4, 4, 4), n_val=1, num_classes=3)
+    cfg = profile("tiny", budget_s=0, device="cpu", stage1__tasks=["sdm", "inpaint"])
+    p = make_plan(f, cfg, "baseline", probe=False)
+    t = P._time_steps(p, cfg, f, "baseline")
+    assert built == [] and not any(k.startswith("task:") for k in t)
+    assert t["seg"] > 0 and t["eval"] > 0
+    t = P._time_steps(p, cfg, f, "all")
+    assert built == ["sdm", "inpaint"] and {"task:sdm", "task:inpaint"} <= set(t)

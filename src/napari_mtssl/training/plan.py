@@ -993,7 +993,11 @@ def _allocate(
             plan, cfg, what, fp, probe=probe, spent_s=spent_s,
             cached_pretext=cached_pretext, timings=timings, lanes=lanes,
         )  # fmt: skip
-    t = timings or plan.timings or (_time_steps(plan, cfg, fp) if probe else _guess(plan, cfg))
+    t = (
+        timings
+        or plan.timings
+        or (_time_steps(plan, cfg, fp, what) if probe else _guess(plan, cfg))
+    )
     failed = ""
     if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S and not cfg.units_at_once:
         lanes = 1  # timing steps side by side would cost a share of so small a budget
@@ -1265,9 +1269,12 @@ def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Cal
     return net, x, step
 
 
-def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str, float]:
+def _time_steps(
+    plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, what: str = "all"
+) -> dict[str, float]:
     """Seconds per step of each kind of model, timed on the plan's device with random data of
-    the plan's shape (a few steps each, after a warm-up step)."""
+    the plan's shape (a few steps each, after a warm-up step). The auxiliary tasks' steps only
+    for a run that trains teachers (``what``): a baseline's click waits for no task's timing."""
     import torch
 
     from napari_mtssl.tasks import build_task, task_config
@@ -1320,7 +1327,7 @@ def _time_steps(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str,
     )
     tb = cfg.data.task_batch_size or b
     shaped = task_shape_overrides(cfg.stage1.tasks, cfg.stage1.task_overrides, p, plan.depth)
-    for name in cfg.stage1.tasks:
+    for name in cfg.stage1.tasks if what in ("stage1", "all") else ():
         try:
             task = build_task(
                 name,
