@@ -154,7 +154,10 @@ def _fixed_plan(ws: Any, what: str) -> Plan | None:
 
 def import_engine() -> None:
     """What the viewer's spare worker process does while it waits for a job: importing this
-    module has imported the engine and torch, the seconds a new process would spend on them."""
+    module has imported the engine and torch, the seconds a new process would spend on them.
+    The first optimiser of a process also imports ``torch._dynamo`` (3 s measured on a busy
+    core, during the plan's timing of a step): one is made here, so the job does not wait."""
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
 def plan_job(
