@@ -346,9 +346,10 @@ FAIR_KINDS = ("fair-method", "fair-paper", FAIR_BASELINE)
 # "fair-mix0" (stage2.mix = 0 with every teacher trained to the end), "fair-method" (the
 # default before it).
 # The default from 6 December: a teacher must lead by 0.1 at its rung ("fair-lead10", measured
-# on seed 0 of each L at one hour); where it was not measured, the runs of the earlier default
-# ("fair-conf07", lead 0.03) stand for it: on those seeds, and at 20 minutes (no teachers
-# trained), the two take the same decisions. The docs say which runs are which.
+# at one hour on seeds 0, 1 and 2 at L = 3 and on seed 0 at L = 7); where it was not measured,
+# the runs of the earlier default ("fair-conf07", lead 0.03) stand for it: on those seeds, and
+# at 20 minutes (no teachers trained), the two take the same decisions. The docs say which
+# runs are which.
 DEFAULT_VARIANT = (("fair-lead10", "fair-conf07"), "the default")
 # column key -> (result kinds, the first one measured counts; label); the table, the targets
 # and the plot show them in this order
