@@ -1,4 +1,5 @@
-"""The first layer's unit registry, built off the GUI thread and installed only while untouched.
+"""The first layer's unit registry, built off the GUI thread and installed only while untouched;
+vispy's dash patterns computed off it too.
 
 Run in a fresh interpreter: in the test process, earlier tests' layers have built pint's
 registry already."""
@@ -29,6 +30,11 @@ layer = Image(np.zeros((2, 8, 8), np.float32), scale=(3.0, 1.5, 1.5))
 assert layer.units[0] == box["reg"].pixel
 assert _warm.build_unit_registry() is None, "nothing to build once installed"
 assert not _warm.install_unit_registry(box["reg"]), "never replaced once in use"
+from vispy.visuals.line import dash_atlas
+assert dash_atlas._make_pattern.cache_info().currsize == 0
+t = threading.Thread(target=_warm.warm_dash_patterns)
+t.start(); t.join()
+assert dash_atlas._make_pattern.cache_info().currsize > 0, "the patterns a labels layer needs"
 print("ok")
 """
 
