@@ -59,3 +59,22 @@ def test_one_teacher_explains_instead_of_ranking_zeros(sample_docks, qtbot):
     assert "0.000" not in note.text()
     d.compare.ranked.itemClicked.emit(note)  # a note is not a slice: clicking it does nothing
     assert d.compare.status.text().startswith(sid)
+
+
+def test_before_any_student_the_first_model_is_the_one_shown(sample_docks, qtbot):
+    from napari_mtssl.api import Comparison
+    from napari_mtssl.widgets._state import find_layer, model_layer_name
+
+    d = sample_docks
+    sid = d.session.workspace.scan_ids()[0]
+    shape = d.session.workspace.record(sid).shape
+    only = Comparison(
+        labels={"baseline": np.zeros(shape, np.uint8)},
+        teacher_mean=None,
+        disagreement=None,
+        slice_scores=None,
+        dice={"baseline": None},
+        teachers=[],
+    )
+    _show(qtbot, d.compare, sid, only)
+    assert find_layer(d.viewer, model_layer_name(sid, "baseline")).visible

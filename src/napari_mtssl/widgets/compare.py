@@ -359,10 +359,11 @@ class CompareWidget(QWidget):
         return self.worker
 
     def show_comparison(self, scan_id: str, comparison: Comparison, scan: Any = None) -> None:
-        """The scan, the student's layer, the grid, Dice table and ranking first; then one layer
-        per other model and the disagreement map, each at its own turn of the event loop (the
-        viewer answers between them); ``comparison_ready`` fires once all are in the viewer.
-        ``scan``: the scan, read off the GUI thread, when the viewer does not show it yet."""
+        """The scan, the shown model's layer (the student, or the first model before one
+        exists), the grid, Dice table and ranking first; then one layer per other model and the
+        disagreement map, each at its own turn of the event loop (the viewer answers between
+        them); ``comparison_ready`` fires once all are in the viewer. ``scan``: the scan, read
+        off the GUI thread, when the viewer does not show it yet."""
         ws = self.session.require_workspace()
         self.comparison, self.scan_id = comparison, scan_id
         self._shown = shown = object()  # a newer comparison drops this one's steps left
@@ -389,7 +390,7 @@ class CompareWidget(QWidget):
                 scan_id,
                 tuple(layers["image"].scale),
                 role=f"model:{name}",
-                visible=name == "student",
+                visible=name == first,  # the student, or the first model before one exists
             )
 
         def tables() -> None:
