@@ -104,3 +104,16 @@ def test_rounds_read_new_and_old_entries():
     old = Round.from_dict({"trained": "all", "dice": {"student": 0.8}}, index=0)
     assert old.round == 1 and old.metrics == {} and old.corrections.slices == 0
     assert Round.from_dict(r.to_dict()) == r
+
+
+def test_what_a_run_trains_is_one_type():
+    from napari_mtssl.ids import What
+
+    assert What.parse("all") == "all" and f"{What.ALL}" == "all"
+    assert json.dumps({"what": What.ALL}) == '{"what": "all"}'
+    assert [w for w in What if w.trains_teachers] == [What.STAGE1, What.ALL]
+    assert [w for w in What if w.trains_baseline] == [What.BASELINE, What.ALL]
+    assert [w.value for w in What if w.keeps_shape] == ["stage2", "retrain-quick", "retrain-stage2"]
+    assert not What.RETRAIN_QUICK.trains_student and What.RETRAIN_STAGE2.trains_student
+    with pytest.raises(ValueError, match="what must be one of baseline, stage1"):
+        What.parse("stage3")

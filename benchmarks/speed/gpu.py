@@ -122,7 +122,8 @@ def bench(
 
     from napari_mtssl import api
     from napari_mtssl.training.lanes import ALLOC_SLACK, CUDA_CONTEXT_MB, gpu_lanes
-    from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.plan import fingerprint
+    from napari_mtssl.training.planner import make_plan
 
     from .common import acdc_workspace
 

@@ -45,7 +45,8 @@ def bench(reps: int = 3, threads: int = 2) -> dict[str, Any]:
     from napari_mtssl.models import build_unet
     from napari_mtssl.training.data import pad_to, prepare_volume
     from napari_mtssl.training.inference import autocast, predict_scan, resolve_precision
-    from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.plan import fingerprint
+    from napari_mtssl.training.planner import make_plan
 
     from .common import acdc_workspace, spread
 

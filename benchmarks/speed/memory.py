@@ -117,7 +117,8 @@ def child_ct(folder: str) -> dict[str, Any]:
     from napari_mtssl.training import stages
     from napari_mtssl.training.data import StudyData
     from napari_mtssl.training.inference import predict_scan
-    from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.plan import fingerprint
+    from napari_mtssl.training.planner import make_plan
     from napari_mtssl.training.terms import build_term
     from napari_mtssl.training.trainer import UnitSpec, train_unit
 

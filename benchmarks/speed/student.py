@@ -51,7 +51,8 @@ def bench(steps: int = 60, warmup: int = 10, reps: int = 3, threads: int = 1) ->
     from napari_mtssl import api
     from napari_mtssl.training import soft_labels, stages
     from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.plan import fingerprint
+    from napari_mtssl.training.planner import make_plan
 
     from .common import acdc_workspace, spread
 

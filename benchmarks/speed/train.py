@@ -88,7 +88,8 @@ def bench(
 ) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.plan import fingerprint
+    from napari_mtssl.training.planner import make_plan
 
     from .common import acdc_workspace, spread
 

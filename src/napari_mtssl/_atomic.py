@@ -50,12 +50,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
+    with _replacing(target, tmp):
         os.fchmod(fd, file_mode(target))
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(target: Path, tmp: str) -> Iterator[None]:
+    """The block writes ``tmp``; then it replaces ``target`` (the folder synced). Where the
+    block fails, ``tmp`` is removed, ``target`` is untouched and the error names it."""
+    try:
+        yield
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -118,18 +126,11 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) ->
     suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
-    try:
+    with _replacing(target, tmp):
         write(Path(tmp))
         os.chmod(tmp, file_mode(target))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        _name_the_file(exc, target)
-        raise
-    _fsync_dir(target.parent)
 
 
 def _json_default(obj: Any) -> Any:

@@ -54,10 +54,10 @@ def candidates(ws: Any, scans: Sequence[str] | None = None) -> dict[str, list[in
 
 
 def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
-    from napari_mtssl import api
+    from napari_mtssl.training import saved
 
     need = NEEDS[strategy]
-    have = api.list_models(ws)
+    have = saved.list_models(ws)
     out: dict[str, list[Any]] = {}
     if "teachers" in need:
         names = teachers(have)
@@ -66,12 +66,12 @@ def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
                 f"{strategy} needs at least two trained teachers; this workspace has "
                 f"{len(names)} (train stage 1 with two or more tasks)"
             )
-        out["teachers"] = [api._load(ws, m, device) for m in names]
+        out["teachers"] = [saved.load(ws, m, device) for m in names]
     if "student" in need:  # the baseline stands in until a student is trained
         model = next((m for m in ("student", "baseline") if m in have), None)
         if model is None:
             raise ValueError(f"{strategy} needs a trained student (or baseline): train first")
-        out["student"] = [api._load(ws, model, device)]
+        out["student"] = [saved.load(ws, model, device)]
     return out
 
 

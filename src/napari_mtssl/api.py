@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_mtssl import ids
+from napari_mtssl.training import saved
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_mtssl.io.scan import Scan
@@ -130,37 +131,11 @@ def create_workspace(
     if source is None:
         return Workspace.create(folder)
     if str(source) == "sample":
-        from napari_mtssl.sample import make_sample_study
-
-        study = make_sample_study(n_scans=5, n_labelled=3)
-        ws = Workspace.create(folder, label_names=dict(study.label_names))
-        n = len(study.scans)
-        kept = 0
-        for i, (scan, lab, has) in enumerate(zip(study.scans, study.labels, study.labelled)):
-            split = "val" if i == n - 1 else "train"
-            sid = ws.add_scan(scan, split=split)
-            keep = split == "val" or (has and (labelled is None or kept < int(labelled)))
-            if split == "train" and keep:
-                kept += 1
-            if keep and lab is not None:
-                ws.set_labels(sid, lab, slices=range(lab.shape[0]), status="annotated")
-        return ws
+        return _sample_workspace(folder, labelled)
     from napari_mtssl.io import open_dataset
 
     ds = open_dataset(source)
-    names = {c.name for c in ds.cases if not c.test}
-    for split in ("train", "val"):
-        missing = [c for c in ds.splits.get(split, []) if c not in names]
-        if missing:
-            raise ValueError(
-                f"{Path(source) / 'dataset.json'}: its {split!r} split names "
-                f"{len(missing)} case(s) that are not in the dataset folder "
-                f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
-            )
-    train = [c for c in ds.splits.get("train", []) if c in names]
-    val = [c for c in ds.splits.get("val", []) if c in names]
-    if not train:
-        train = [c.name for c in ds.cases if not c.test and c.name not in set(val)]
+    train, val = _dataset_splits(ds, Path(source))
     keep_patients: list[str] = []
     for c in train:
         p = patient_of(c)
@@ -168,19 +143,8 @@ def create_workspace(
             keep_patients.append(p)
     if labelled is not None:
         keep_patients = keep_patients[: int(labelled)]
-    label_names = dict(ds.label_names)
-    if not label_names:  # no dataset.json labels: name the classes of the first label file
-        first = next((c for c in ds.cases if c.label is not None), None)
-        top = int(ds.load(first)[1].max()) if first is not None else 1
-        label_names = {0: "background", **{c: f"class {c}" for c in range(1, max(top, 1) + 1)}}
+    label_names = _dataset_label_names(ds, Path(source))
     existed = Path(folder).exists()
-    from napari_mtssl.workspace import WorkspaceError
-    from napari_mtssl.workspace.core import _check_label_names
-
-    try:
-        _check_label_names(label_names, Path(source) / "dataset.json")
-    except WorkspaceError as exc:
-        raise ValueError(str(exc)) from None
     ws = Workspace.create(folder, label_names=label_names)
     total, done = len(train) + len(val), 0
     try:
@@ -199,6 +163,66 @@ def create_workspace(
             shutil.rmtree(ws.root, ignore_errors=True)
         raise
     return ws
+
+
+def _sample_workspace(folder: str | os.PathLike, labelled: int | None) -> Workspace:
+    """The built-in synthetic study in a new workspace: its last scan for validation, the
+    labels of the first ``labelled`` labelled training scans (all where None)."""
+    from napari_mtssl.sample import make_sample_study
+    from napari_mtssl.workspace import Workspace
+
+    study = make_sample_study(n_scans=5, n_labelled=3)
+    ws = Workspace.create(folder, label_names=dict(study.label_names))
+    n = len(study.scans)
+    kept = 0
+    for i, (scan, lab, has) in enumerate(zip(study.scans, study.labels, study.labelled)):
+        split = "val" if i == n - 1 else "train"
+        sid = ws.add_scan(scan, split=split)
+        keep = split == "val" or (has and (labelled is None or kept < int(labelled)))
+        if split == "train" and keep:
+            kept += 1
+        if keep and lab is not None:
+            ws.set_labels(sid, lab, slices=range(lab.shape[0]), status="annotated")
+    return ws
+
+
+def _dataset_splits(ds: Any, source: Path) -> tuple[list[str], list[str]]:
+    """The dataset's training and validation case names (every case that is not a test case
+    trains where ``dataset.json`` names no training split), or ValueError naming the cases a
+    split names that the folder lacks."""
+    names = {c.name for c in ds.cases if not c.test}
+    for split in ("train", "val"):
+        missing = [c for c in ds.splits.get(split, []) if c not in names]
+        if missing:
+            raise ValueError(
+                f"{source / 'dataset.json'}: its {split!r} split names "
+                f"{len(missing)} case(s) that are not in the dataset folder "
+                f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
+            )
+    train = [c for c in ds.splits.get("train", []) if c in names]
+    val = [c for c in ds.splits.get("val", []) if c in names]
+    if not train:
+        train = [c.name for c in ds.cases if not c.test and c.name not in set(val)]
+    return train, val
+
+
+def _dataset_label_names(ds: Any, source: Path) -> dict[int, str]:
+    """The dataset's class names (``dataset.json``; without them, the classes of its first
+    label file, "class N"), checked: ValueError naming ``dataset.json`` when they are not
+    usable."""
+    from napari_mtssl.workspace import WorkspaceError
+    from napari_mtssl.workspace.core import _check_label_names
+
+    label_names = dict(ds.label_names)
+    if not label_names:  # no dataset.json labels: name the classes of the first label file
+        first = next((c for c in ds.cases if c.label is not None), None)
+        top = int(ds.load(first)[1].max()) if first is not None else 1
+        label_names = {0: "background", **{c: f"class {c}" for c in range(1, max(top, 1) + 1)}}
+    try:
+        _check_label_names(label_names, source / "dataset.json")
+    except WorkspaceError as exc:
+        raise ValueError(str(exc)) from None
+    return label_names
 
 
 def list_tasks() -> list[TaskInfo]:
@@ -264,7 +288,8 @@ def plan(
     patch, network, precision, the steps of every model and the time estimate. Raises
     ``PlanError`` (a ValueError) with what fits when the budget is too small."""
     from napari_mtssl.training.pipeline import _fixed_plan
-    from napari_mtssl.training.plan import fingerprint, make_plan
+    from napari_mtssl.training.plan import fingerprint
+    from napari_mtssl.training.planner import make_plan
 
     ws = _ws(workspace)
     return make_plan(
@@ -355,24 +380,14 @@ def _job(target: str, kwargs: dict, inline: bool, worker: JobWorker | None) -> J
     return JobHandle(target, kwargs, inline=inline)
 
 
-MODEL_ORDER = ("student", "baseline", "all_joint")
-
-
-def _model_key(name: str) -> tuple:
-    if name in MODEL_ORDER:
-        return (MODEL_ORDER.index(name), name)
-    if ids.ModelId.is_valid(name) and ids.ModelId.parse(name).is_teacher:
-        return (3, name)
-    return (4, name)
+MODEL_ORDER = saved.MODEL_ORDER
+_model_key = saved.model_key
 
 
 def list_models(workspace: Workspace | str) -> list[str]:
     """Models users can predict with: every model a run finished, including the finished
     models of a run that was stopped (the newest run holding a name provides its weights)."""
-    names: set[str] = set()
-    for r in _ws(workspace).runs():
-        names.update(r.finished_models())
-    return sorted(names, key=_model_key)
+    return saved.list_models(_ws(workspace))
 
 
 def _scan_and_truth(ws: Workspace, scan: Scan | str):
@@ -382,78 +397,6 @@ def _scan_and_truth(ws: Workspace, scan: Scan | str):
         truth = ws.labels(scan) if labelled else None
         return s, truth, labelled
     return scan, None, []
-
-
-@dataclass(frozen=True)
-class _Model:
-    """A trained network with what prediction needs to see scans as it was trained to."""
-
-    net: Any
-    prep: Any  # training.preprocess.Preprocessing
-    patch: int
-    overlap: float
-    run: str
-    postprocess: str = "none"
-
-    def predict(
-        self,
-        scan: Scan,
-        device: Any,
-        prepared: dict | None = None,
-        slices: Sequence[int] | None = None,
-    ):
-        from napari_mtssl.training.inference import predict_scan, resolve_precision
-
-        return predict_scan(
-            self.net,
-            scan.array,
-            scan.spacing,
-            self.prep,
-            self.patch,
-            device,
-            modality=scan.modality,
-            overlap=self.overlap,
-            precision=resolve_precision(device, "auto"),
-            prepared=prepared,
-            postprocess=self.postprocess,
-            slices=slices,
-        )
-
-
-def _model_run(ws: Workspace, model: str, error: type[Exception]) -> Any:
-    """The run holding ``model`` (its newest), or ``error`` naming the models there are."""
-    from napari_mtssl.training.pipeline import find_model
-
-    r = find_model(ws, model)
-    if r is None:
-        avail = list_models(ws)
-        raise error(
-            f"no trained model {model!r} in this workspace; available: "
-            f"{', '.join(avail) if avail else 'none (train first)'}"
-        )
-    return r
-
-
-def _load(ws: Workspace, model: str, device: Any) -> _Model:
-    from napari_mtssl.training import checkpoints
-    from napari_mtssl.training.preprocess import Preprocessing
-
-    r = _model_run(ws, model, ValueError)
-    path = r.model_path(model)
-    net, meta = checkpoints.load_model(path, device)
-    if "preprocessing" not in meta or "patch" not in meta:
-        raise ValueError(
-            f"{path}: model {model!r} was trained by an older napari-mtssl (whole slices "
-            "squashed to a square); train it again to predict with it"
-        )
-    return _Model(
-        net,
-        Preprocessing.from_dict(meta["preprocessing"]),
-        int(meta["patch"]),
-        float(meta.get("overlap", 0.5)),
-        r.id,
-        str(meta.get("postprocess", "none")),
-    )
 
 
 def predict(
@@ -466,7 +409,7 @@ def predict(
     ws = _ws(workspace)
     s, _, _ = _scan_and_truth(ws, scan)
     dev = resolve_device(device)
-    m = _load(ws, model, dev)
+    m = saved.load(ws, model, dev)
     labels, probs = m.predict(s, dev)
     return Prediction(labels=labels, probs=probs, model=model, run=m.run)
 
@@ -497,7 +440,7 @@ def compare(
     probs: dict[str, np.ndarray] = {}
     prepared: dict = {}  # one preprocessed volume for all models that share the plan
     for m in todo:
-        labels[m], probs[m] = _load(ws, m, dev).predict(s, dev, prepared)
+        labels[m], probs[m] = saved.load(ws, m, dev).predict(s, dev, prepared)
     t_probs = [probs[t] for t in teachers]
     if t_probs:
         mean = ensemble_mean(t_probs)
@@ -601,7 +544,7 @@ def export_model(
     if fmt not in ("onnx", "bioimageio"):
         raise ExportError(f"format must be onnx or bioimageio, got {fmt!r}")
     dest = check_output(out, force=force)
-    r = _model_run(ws, model, ExportError)
+    r = saved.model_run(ws, model, ExportError)
     net, meta = checkpoints.load_model(r.model_path(model))
     extra = {"workspace": ws.root.name, "round": r.round, "run": r.id, "name": model}
     if fmt == "onnx":

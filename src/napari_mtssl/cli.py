@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_mtssl import api, events
+from napari_mtssl import api, events, ids
 
 __all__ = [
     "EXIT_STATUS",
@@ -213,7 +213,33 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
         pngs = _overlays(ws, report, out / "report", overlays)
     except Exception as exc:  # noqa: BLE001 - pictures are a bonus; the numbers are the report
         print(f"note: could not draw overlays ({exc})", file=sys.stderr)
-    sel = report.get("selected", {})
+    md = _report_head(report)
+    md += _selection_md(report.get("selected", {}))
+    md += _postprocess_md(report.get("models", {}))
+    sav = report.get("savings") or {}
+    if any(sav.values()):
+        md += [
+            f"Saved by successive halving: about {sav.get('halving_s', 0):.0f} s; by reusing "
+            f"cached pre-training: about {sav.get('pretext_cache_s', 0):.0f} s.",
+            "",
+        ]
+    md += _plan_md(report.get("plan"))
+    notes = report.get("data", {}).get("notes", [])
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if pngs:
+        md += ["## Validation slices", ""]
+        md += [f"![{p.stem}](report/{p.name})" for p in pngs]
+        md.append("")
+    atomic_write_text(out / "report.md", "\n".join(md))
+
+
+def _sentence(text: str) -> str:
+    return f"{text[0].upper()}{text[1:]}."
+
+
+def _report_head(report: dict[str, Any]) -> list[str]:
+    """The report's title, what ran, the scores and the one-line findings."""
     budget = report.get("budget", {})
     spent = f"{report.get('seconds', 0):.0f} s"
     if budget.get("budget_s"):
@@ -232,70 +258,68 @@ def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) 
     ]
     comp = report.get("comparison") or {}
     if comp.get("line"):
-        md += [f"**{comp['line'][0].upper()}{comp['line'][1:]}.**", ""]
+        md += [f"**{_sentence(comp['line'])}**", ""]
     skipped = (report.get("plan") or {}).get("teachers_skipped") or {}
     if skipped.get("why"):
-        md += [f"{skipped['why'][0].upper()}{skipped['why'][1:]}.", ""]
-    if sel:
-        md += ["## Teacher selection (validation mean foreground Dice)", ""]
-        md += ["| task | joint | pretrain | kept | steps (joint / pretrain) |"]
-        md += ["|---|---|---|---|---|"]
-        for t, s in sel.items():
-            st = s.get("steps", {})
-            md.append(
-                f"| {t} | {_fmt(s.get('joint'))} | {_fmt(s.get('pretrain'))} | {s['mode']} | "
-                f"{_fmt(st.get('joint'))} / {_fmt(st.get('pretrain'))} |"
-            )
-        md.append("")
-        halv = {t: s["halving"] for t, s in sel.items() if s.get("halving")}
-        if halv:
-            md += [
-                "The rung: each task's modes trained the first "
-                f"{next(iter(halv.values()))['at_steps']} steps, then only those that lead went "
-                "on (a mode trailing the other, or the baseline at the same step, stopped); "
-                + "; ".join(_rung_line(t, h) for t, h in halv.items()),
-                "",
-            ]
-    post = {
-        k: v
-        for k, v in report.get("models", {}).items()
-        if v.get("postprocess") not in (None, "none")
-    }
-    if post:
-        md += [
-            "Post-processing: keeping only the largest connected foreground component raised the "
-            "validation Dice of "
-            + ", ".join(
-                f"{k} ({_fmt(v.get('raw_mean_dice'))} → {_fmt(v.get('mean_dice'))})"
-                for k, v in sorted(post.items(), key=lambda kv: api._model_key(kv[0]))
-            )
-            + "; their predictions apply it (nnU-Net's rule, decided on the validation scans).",
-            "",
-        ]
-    sav = report.get("savings") or {}
-    if any(sav.values()):
-        md += [
-            f"Saved by successive halving: about {sav.get('halving_s', 0):.0f} s; by reusing "
-            f"cached pre-training: about {sav.get('pretext_cache_s', 0):.0f} s.",
-            "",
-        ]
-    plan = report.get("plan")
-    if plan:
-        from napari_mtssl.training.plan import Plan
+        md += [_sentence(skipped["why"]), ""]
+    return md
 
-        p = Plan.from_dict(plan)
-        md += ["## The plan", "", *p.describe(), ""]
-        md += ["| model | steps | estimated |", "|---|---|---|"]
-        md += [f"| {m} | {n} | {t} |" for m, n, t in p.step_table()]
-        md.append("")
-    notes = report.get("data", {}).get("notes", [])
-    if notes:
-        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    if pngs:
-        md += ["## Validation slices", ""]
-        md += [f"![{p.stem}](report/{p.name})" for p in pngs]
-        md.append("")
-    atomic_write_text(out / "report.md", "\n".join(md))
+
+def _selection_md(sel: dict[str, Any]) -> list[str]:
+    """The teachers' selection table and the halving's rung, where stage 1 selected."""
+    if not sel:
+        return []
+    md = ["## Teacher selection (validation mean foreground Dice)", ""]
+    md += ["| task | joint | pretrain | kept | steps (joint / pretrain) |"]
+    md += ["|---|---|---|---|---|"]
+    for t, s in sel.items():
+        st = s.get("steps", {})
+        md.append(
+            f"| {t} | {_fmt(s.get('joint'))} | {_fmt(s.get('pretrain'))} | {s['mode']} | "
+            f"{_fmt(st.get('joint'))} / {_fmt(st.get('pretrain'))} |"
+        )
+    md.append("")
+    halv = {t: s["halving"] for t, s in sel.items() if s.get("halving")}
+    if halv:
+        md += [
+            "The rung: each task's modes trained the first "
+            f"{next(iter(halv.values()))['at_steps']} steps, then only those that lead went "
+            "on (a mode trailing the other, or the baseline at the same step, stopped); "
+            + "; ".join(_rung_line(t, h) for t, h in halv.items()),
+            "",
+        ]
+    return md
+
+
+def _postprocess_md(models: dict[str, Any]) -> list[str]:
+    """What keeping the largest component did to each model that keeps it."""
+    post = {k: v for k, v in models.items() if v.get("postprocess") not in (None, "none")}
+    if not post:
+        return []
+    return [
+        "Post-processing: keeping only the largest connected foreground component raised the "
+        "validation Dice of "
+        + ", ".join(
+            f"{k} ({_fmt(v.get('raw_mean_dice'))} → {_fmt(v.get('mean_dice'))})"
+            for k, v in sorted(post.items(), key=lambda kv: api._model_key(kv[0]))
+        )
+        + "; their predictions apply it (nnU-Net's rule, decided on the validation scans).",
+        "",
+    ]
+
+
+def _plan_md(plan: dict[str, Any] | None) -> list[str]:
+    """The plan's choices with their reasons, and the steps and estimate of each model."""
+    if not plan:
+        return []
+    from napari_mtssl.training.plan import Plan
+
+    p = Plan.from_dict(plan)
+    md = ["## The plan", "", *p.describe(), ""]
+    md += ["| model | steps | estimated |", "|---|---|---|"]
+    md += [f"| {m} | {n} | {t} |" for m, n, t in p.step_table()]
+    md.append("")
+    return md
 
 
 def _crop(*masks: Any) -> tuple[slice, slice]:
@@ -742,9 +766,8 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
 
     Returns (sources, unreadable (path, why), ignored files that are not images). A dataset's
     label folders are left out: they hold masks, not scans."""
-    from napari_mtssl.io._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, stem_of
+    from napari_mtssl.io._common import stem_of
     from napari_mtssl.io._common import suffix_of as sfx
-    from napari_mtssl.io.dicom import dicom_headers
 
     if root.is_file():
         return [_Source(root, "file", Path(stem_of(root)), (root,))], [], []
@@ -763,29 +786,46 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
             key=lambda x: _natural(Path(x)),
         )
         files = sorted((d / n for n in names if not n.startswith(".")), key=_natural)
-        rel = d.relative_to(root)
-        niftis = [f for f in files if sfx(f) in NIFTI_SUFFIXES]
-        images = [f for f in files if sfx(f) in IMAGE_SUFFIXES]
-        rest = [f for f in files if f not in niftis and f not in images]
-        stacks = [f for f in images if sfx(f) in TIFF_SUFFIXES and _tiff_pages(f) > 1]
-        planes = [f for f in images if f not in stacks]
-        for f in [*niftis, *stacks]:
-            sources.append(_Source(f, "file", rel / stem_of(f), (f,)))
-        if len(planes) == 1:
-            sources.append(_Source(planes[0], "file", rel / stem_of(planes[0]), (planes[0],)))
-        elif planes:
-            sources.append(_Source(d, "images", _folder_name(root, d), tuple(planes)))
-        headers = dicom_headers(rest)
-        if headers:
-            found = {p for p, _ in headers}
-            sources.append(_Source(d, "dicom", _folder_name(root, d), tuple(found), tuple(headers)))
-            rest = [f for f in rest if f not in found]
-        for f in rest:
+        rest = _folder_sources(root, d, files, sources)
+        for f in _dicom_sources(root, d, rest, sources):
             if sfx(f) in (".dcm", ".ima", ".dicom") and not _has_dicom_preamble(f):
                 bad.append((f, "not a readable DICOM image file"))
             elif f.name != "dataset.json":
                 ignored.append(f)  # notes, DICOMDIR, DICOM-SEG or reports: not scans
     return sources, bad, ignored
+
+
+def _folder_sources(root: Path, d: Path, files: list[Path], sources: list[_Source]) -> list[Path]:
+    """Add the NIfTI files, TIFF stacks and 2D images of folder ``d`` to ``sources`` (its
+    2D images as one stack, or one file); returns the other files."""
+    from napari_mtssl.io._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, stem_of
+    from napari_mtssl.io._common import suffix_of as sfx
+
+    rel = d.relative_to(root)
+    niftis = [f for f in files if sfx(f) in NIFTI_SUFFIXES]
+    images = [f for f in files if sfx(f) in IMAGE_SUFFIXES]
+    stacks = [f for f in images if sfx(f) in TIFF_SUFFIXES and _tiff_pages(f) > 1]
+    planes = [f for f in images if f not in stacks]
+    for f in [*niftis, *stacks]:
+        sources.append(_Source(f, "file", rel / stem_of(f), (f,)))
+    if len(planes) == 1:
+        sources.append(_Source(planes[0], "file", rel / stem_of(planes[0]), (planes[0],)))
+    elif planes:
+        sources.append(_Source(d, "images", _folder_name(root, d), tuple(planes)))
+    return [f for f in files if f not in niftis and f not in images]
+
+
+def _dicom_sources(root: Path, d: Path, files: list[Path], sources: list[_Source]) -> list[Path]:
+    """Add the DICOM images among ``files`` (of folder ``d``) to ``sources`` as one source;
+    returns the files that are not DICOM images."""
+    from napari_mtssl.io.dicom import dicom_headers
+
+    headers = dicom_headers(files)
+    if not headers:
+        return files
+    found = {p for p, _ in headers}
+    sources.append(_Source(d, "dicom", _folder_name(root, d), tuple(found), tuple(headers)))
+    return [f for f in files if f not in found]
 
 
 def _folder_name(root: Path, d: Path) -> Path:
@@ -858,26 +898,9 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
     input's sub-folders: ``case.nii.gz`` gives ``OUT/case.nii.gz``, a DICOM series folder
     ``series/`` gives ``OUT/series.nii.gz``, a TIFF or PNG stack a ``.tif``. A scan that cannot
     be read or segmented is named in one line and skipped; the others go on."""
-    from napari_mtssl.io import LabelError, ScanReadError, is_dataset_folder
+    from napari_mtssl.io import LabelError, ScanReadError
 
-    if src.is_dir() and is_dataset_folder(src):
-        raise CliError(
-            f"{args.input}: is a dataset folder; give the folder of the scans to segment "
-            f"(e.g. {Path(args.input) / 'imagesTs'})"
-        )
-    out = Path(args.out).expanduser()
-    _check_placement(out, args.out, (src,), ws)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{args.out}: is a file; give a folder for the masks of several scans")
-    avail = api.list_models(ws)
-    if args.model not in avail:
-        raise CliError(
-            f"{args.workspace}: no trained model {args.model!r}; available: "
-            f"{', '.join(avail) if avail else 'none (train first)'}"
-        )
-    from napari_mtssl.training.inference import resolve_device
-
-    resolve_device(args.device)  # a device that is not here: said once, not once per scan
+    out = _check_folder_prediction(args, ws, src)
     sources, bad, ignored = _scan_sources(src)
     if not sources and not bad:
         raise CliError(
@@ -899,23 +922,10 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
         for source in sources:
             try:
                 for scan, name in _read_source(source):
-                    target = _target(out, name, scan, args.format, used)
-                    mask_of = f"the mask of {source.path}"
-                    if target.resolve() in inputs:
-                        raise CliError(f"{target} ({mask_of}): is an input; never replaced")
-                    if target.exists() and not args.force:
-                        raise CliError(f"{target} ({mask_of}): exists; add --force to replace it")
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target = _mask_target(args, out, name, scan, used, inputs, source)
                     fmt = args.format or ("tiff" if target.suffix == ".tif" else "nifti")
-                    _segment(
-                        args,
-                        ws,
-                        scan,
-                        target,
-                        as_seg=fmt == "dicom-seg",
-                        nifti=fmt == "nifti",
-                        name=str(source.path),
-                    )
+                    _segment(args, ws, scan, target, as_seg=fmt == "dicom-seg",
+                             nifti=fmt == "nifti", name=str(source.path))  # fmt: skip
                     written.append(target)
                     steps.wrote(f"{source.path} -> {target}")
             except (CliError, ScanReadError, LabelError, ValueError) as exc:
@@ -938,6 +948,53 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
         line += f"; {len(failed)} input(s) could not be segmented (named above)"
     print(line)
     return EXIT_INPUT if failed else EXIT_OK
+
+
+def _check_folder_prediction(args: argparse.Namespace, ws: Any, src: Path) -> Path:
+    """The output folder of a folder's prediction, after the checks that fail it as a whole
+    (a dataset folder given, ``--out`` a file or among the inputs, no such model, no such
+    device), each a CliError."""
+    from napari_mtssl.io import is_dataset_folder
+    from napari_mtssl.training.inference import resolve_device
+
+    if src.is_dir() and is_dataset_folder(src):
+        raise CliError(
+            f"{args.input}: is a dataset folder; give the folder of the scans to segment "
+            f"(e.g. {Path(args.input) / 'imagesTs'})"
+        )
+    out = Path(args.out).expanduser()
+    _check_placement(out, args.out, (src,), ws)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{args.out}: is a file; give a folder for the masks of several scans")
+    avail = api.list_models(ws)
+    if args.model not in avail:
+        raise CliError(
+            f"{args.workspace}: no trained model {args.model!r}; available: "
+            f"{', '.join(avail) if avail else 'none (train first)'}"
+        )
+    resolve_device(args.device)  # a device that is not here: said once, not once per scan
+    return out
+
+
+def _mask_target(
+    args: argparse.Namespace,
+    out: Path,
+    name: Path,
+    scan: Any,
+    used: set[str],
+    inputs: set[Path],
+    source: _Source,
+) -> Path:
+    """Where the mask of ``scan`` goes (its folder created), or CliError where that is an
+    input or a mask that exists without ``--force``."""
+    target = _target(out, name, scan, args.format, used)
+    mask_of = f"the mask of {source.path}"
+    if target.resolve() in inputs:
+        raise CliError(f"{target} ({mask_of}): is an input; never replaced")
+    if target.exists() and not args.force:
+        raise CliError(f"{target} ({mask_of}): exists; add --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def _target(out: Path, name: Path, scan: Any, fmt: str | None, used: set[str]) -> Path:
@@ -1207,7 +1264,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"napari-mtssl {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init(sub)
+    _add_train(sub)
+    _add_resume(sub)
+    _add_predict(sub)
+    _add_export(sub)
+    _add_import(sub)
+    _add_evaluate(sub)
+    _add_simulate(sub)
+    _add_demo(sub)
+    return p
 
+
+def _add_init(sub: Any) -> None:
     it = _command(
         sub,
         "init",
@@ -1225,6 +1294,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     it.set_defaults(func=cmd_init)
 
+
+def _add_train(sub: Any) -> None:
     t = _command(sub, "train", "train baseline, teachers and student; write a report")
     t.add_argument(
         "data",
@@ -1260,7 +1331,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--what",
         default="all",
-        choices=["baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2"],
+        choices=[w.value for w in ids.What],
         help=_WHAT_HELP,
     )
     t.add_argument(
@@ -1300,6 +1371,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress on stderr")
     t.set_defaults(func=cmd_train)
 
+
+def _add_resume(sub: Any) -> None:
     rs = _command(
         sub, "resume", "go on with a stopped or interrupted run (its plan, its remaining budget)"
     )
@@ -1321,6 +1394,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--quiet", action="store_true", help="no progress on stderr")
     rs.set_defaults(func=cmd_resume)
 
+
+def _add_predict(sub: Any) -> None:
     pr = _command(
         sub,
         "predict",
@@ -1370,6 +1445,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress on stderr")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_export(sub: Any) -> None:
     ex = _command(sub, "export", "a trained model as ONNX or a bioimage.io package")
     ex.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
     ex.add_argument(
@@ -1389,6 +1466,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     ex.set_defaults(func=cmd_export)
 
+
+def _add_import(sub: Any) -> None:
     im = _command(
         sub,
         "import",
@@ -1408,6 +1487,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     im.set_defaults(func=cmd_import)
 
+
+def _add_evaluate(sub: Any) -> None:
     ev = _command(sub, "evaluate", "score the trained models on a labelled dataset")
     ev.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
     ev.add_argument(
@@ -1432,6 +1513,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="store_true", help="replace --out if it exists")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_simulate(sub: Any) -> None:
     sm = _command(
         sub,
         "simulate",
@@ -1500,6 +1583,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sm.set_defaults(func=cmd_simulate)
 
+
+def _add_demo(sub: Any) -> None:
     d = _command(sub, "demo", "the whole pipeline on the built-in sample, in a budget")
     d.add_argument("--gui", action="store_true", help="open napari with the sample and the docks")
     d.add_argument(
@@ -1512,7 +1597,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="random seed")
     d.add_argument("--budget", default="5m", help="time for the whole run (default 5m)")
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 # -- the reference in docs/cli.md ------------------------------------------------------------

@@ -11,8 +11,63 @@ No torch, no Qt: the widgets use it too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
-__all__ = ["ModelId", "BASELINE", "STUDENT", "ALL_JOINT", "MODES", "teacher", "teachers", "trained"]
+__all__ = [
+    "ModelId",
+    "What",
+    "BASELINE",
+    "STUDENT",
+    "ALL_JOINT",
+    "MODES",
+    "teacher",
+    "teachers",
+    "trained",
+]
+
+
+class What(str, Enum):
+    """What a run trains (``napari-mtssl train --what``). A string too, so the value a user
+    typed, stored in a run's record or sent between processes compares equal to it."""
+
+    BASELINE = "baseline"
+    STAGE1 = "stage1"
+    STAGE2 = "stage2"
+    ALL = "all"
+    RETRAIN_QUICK = "retrain-quick"
+    RETRAIN_STAGE2 = "retrain-stage2"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, what: str | What) -> What:
+        """``what`` as a What, or ValueError naming the choices."""
+        try:
+            return cls(what)
+        except ValueError:
+            choices = ", ".join(w.value for w in cls)
+            raise ValueError(f"what must be one of {choices}; got {what!r}") from None
+
+    @property
+    def trains_baseline(self) -> bool:
+        return self in (What.BASELINE, What.ALL)
+
+    @property
+    def trains_teachers(self) -> bool:
+        """Stage 1: the auxiliary tasks' models and the teachers selected from them."""
+        return self in (What.STAGE1, What.ALL)
+
+    @property
+    def trains_student(self) -> bool:
+        """A student learning from an ensemble (a quick retrain fine-tunes one instead)."""
+        return self in (What.STAGE2, What.ALL, What.RETRAIN_STAGE2)
+
+    @property
+    def keeps_shape(self) -> bool:
+        """Runs on trained models, which keep their data shape (spacing, patch, network)."""
+        return self in (What.STAGE2, What.RETRAIN_QUICK, What.RETRAIN_STAGE2)
+
 
 MODES = ("joint", "pretrain")
 _PLAIN = ("baseline", "student", "all_joint")

@@ -283,9 +283,10 @@ def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
 def few_steps(monkeypatch):
     """Budgets of seconds: the planner's floor of steps per model lowered, so that tests of
     the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
-    from napari_mtssl.training import pipeline, plan
+    from napari_mtssl.training import pipeline, plan, planner
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
+    monkeypatch.setattr(planner, "MIN_STEPS", 30)
     monkeypatch.setattr(pipeline, "MIN_STEPS", 30)
 
     # The plan's step timing, fixed instead of measured: on a machine busy that minute the
@@ -298,7 +299,7 @@ def few_steps(monkeypatch):
         t["student"] = plan.student_step_s(t, cfg)
         return t
 
-    monkeypatch.setattr(plan, "_time_steps", priced)
+    monkeypatch.setattr(planner, "_time_steps", priced)
 
 
 @pytest.mark.slow
@@ -346,10 +347,10 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
     this machine's speed) make the plan say two at once, the local executor trains both modes
     side by side, and the run ends within its budget."""
     from napari_mtssl.training import lanes as lanes_mod
-    from napari_mtssl.training import plan as plan_mod
+    from napari_mtssl.training import planner
 
-    monkeypatch.setattr(plan_mod, "SIDE_MIN_BUDGET_S", 0.0)
-    real, memo = plan_mod._time_steps, {}
+    monkeypatch.setattr(planner, "SIDE_MIN_BUDGET_S", 0.0)
+    real, memo = planner._time_steps, {}
 
     def once(plan, cfg, fp, what="all"):  # one measurement for both prices: no timing noise
         memo.setdefault("t", real(plan, cfg, fp, what))
@@ -361,7 +362,7 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
         timed.append(lanes)
         return once(plan, cfg, fp)
 
-    monkeypatch.setattr(plan_mod, "_time_steps", once)
+    monkeypatch.setattr(planner, "_time_steps", once)
 
     monkeypatch.setattr(lanes_mod, "time_side_by_side", side)
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
@@ -439,10 +440,11 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
 
 def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
     from napari_mtssl.training import plan as plan_mod
+    from napari_mtssl.training import planner
     from napari_mtssl.training.plan import PlanError
 
     monkeypatch.setattr(
-        plan_mod,
+        planner,
         "_time_steps",
         lambda plan, cfg, fp, what="all": {
             **plan_mod._guess(plan, cfg),

@@ -8,8 +8,10 @@ import pytest
 from napari_mtssl import api
 from napari_mtssl.training import lanes as L
 from napari_mtssl.training import plan as P
+from napari_mtssl.training import planner
 from napari_mtssl.training.config import parse_budget, profile
-from napari_mtssl.training.plan import Fingerprint, Plan, PlanError, make_plan
+from napari_mtssl.training.plan import Fingerprint, Plan, PlanError
+from napari_mtssl.training.planner import make_plan
 
 
 def fp(size, spacing, slices=(10, 10, 10), slice_spacing=5.0, n_val=2, mods=None, **kw):
@@ -207,7 +209,7 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     per_model = [r for r in p.reasons if "steps per model" in r]
     assert per_model and all(f"about {p.steps['seg']} steps per model" in r for r in per_model)
     again = Plan.from_dict(p.to_dict())
-    P._restate_steps_per_model(again, 7)
+    planner._restate_steps_per_model(again, 7)
     assert [r.count("no teacher: see below") for r in again.reasons if "per model" in r] == [
         1 for _ in per_model
     ]
@@ -323,7 +325,7 @@ def test_units_on_one_gpu_are_as_many_as_its_free_memory_holds(
 def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
     """The correction dock's 3 minutes on one slow thread: a retrain of the trained student is
     accepted where a model from scratch would be refused."""
-    from napari_mtssl.training.plan import allocate
+    from napari_mtssl.training.planner import allocate
 
     f = fp((256, 216), (1.5, 1.5))
     p = plan(f, "1h")
@@ -359,7 +361,7 @@ def test_a_budget_trains_side_by_side_only_where_that_gives_more_steps(slowdown,
     """Steps timed beside another unit at 1.45x the time alone (this 2-core machine): two at
     once give each model more steps, and the plan says so. At 2.3x they would not: one at a
     time."""
-    from napari_mtssl.training.plan import allocate
+    from napari_mtssl.training.planner import allocate
 
     f = fp((256, 216), (1.5, 1.5))
     p = plan(f, "1h", what="stage1")
@@ -411,7 +413,7 @@ def test_a_process_that_cannot_start_beside_the_timing_is_reported_at_once():
     within seconds, not a two-minute wait; the budget is then priced one unit at a time."""
     import time
 
-    from napari_mtssl.training.plan import allocate
+    from napari_mtssl.training.planner import allocate
 
     f = fp((64, 64), (1.0, 1.0), slices=(4, 4, 4), n_val=1)
     p = plan(f, "1h", data__patch_size=32, model__width=8, model__depth=2, data__batch_size=2)

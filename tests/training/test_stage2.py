@@ -12,7 +12,8 @@ from napari_mtssl.training import soft_labels, stages
 from napari_mtssl.training.config import DataConfig
 from napari_mtssl.training.data import StudyData, augment, augment_with_soft
 from napari_mtssl.training.pipeline import comparison
-from napari_mtssl.training.plan import fingerprint, make_plan
+from napari_mtssl.training.plan import fingerprint
+from napari_mtssl.training.planner import make_plan
 from napari_mtssl.training.terms import build_term
 from napari_mtssl.training.terms.semi import (
     CopyPasteSelfTraining,

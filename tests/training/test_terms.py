@@ -8,7 +8,8 @@ import torch
 from napari_mtssl import api
 from napari_mtssl.training import stages, terms
 from napari_mtssl.training.data import StudyData
-from napari_mtssl.training.plan import fingerprint, make_plan
+from napari_mtssl.training.plan import fingerprint
+from napari_mtssl.training.planner import make_plan
 from napari_mtssl.training.terms import TERMS, Term, build_term
 from napari_mtssl.training.trainer import UnitSpec, train_unit
 

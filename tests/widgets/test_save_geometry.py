@@ -129,7 +129,7 @@ def test_prediction_layers_save_in_the_source_geometry(sample_docks, qtbot, tmp_
     sid = ws.scan_ids()[0]
     mask = np.zeros(ws.record(sid).shape, np.uint8)
     mask[2, 10:20, 30:40] = 1
-    layer = show_labels(d.viewer, mask, f"{sid}_test", sid, (1.0, 1.0, 1.0), "prediction")
+    layer = show_labels(d.viewer, mask, f"{sid}_test", sid, (1.0, 1.0, 1.0), "prediction", ws=ws)
     assert layer.metadata[SCAN_META_KEY] == scan_geometry(d.viewer, sid)
     out = tmp_path / "pred.nii.gz"
     layer.save(str(out), plugin="napari-mtssl")

@@ -189,34 +189,10 @@ def write_dicom_seg(
     ``DEFAULT_CODES`` by name, else the generic "Tissue".
     """
     hd = require("highdicom", "Writing DICOM-SEG")
-    import pydicom
-    from pydicom.sr.codedict import codes as dcm_codes
-    from pydicom.sr.coding import Code
-
     why = can_write_dicom_seg(scan_meta)
     if why:
         raise ExportError(f"{path}: {why}")
-    frames = [(Path(p), f) for p, f in scan_meta["frames"]]
-    missing = [str(p) for p, _ in frames if not p.is_file()]
-    if missing:
-        raise ExportError(f"{missing[0]}: a source file of the series is missing (moved?)")
-    stack = from_canonical(np.asarray(labels), scan_meta["dicom_transform"])  # (k, row, col)
-    if stack.shape[0] != len(frames):
-        raise ExportError(
-            f"{path}: the mask has {stack.shape[0]} slices but the series {len(frames)} images"
-        )
-    files = list(dict.fromkeys(p for p, _ in frames))
-    datasets = {p: _with_type2(pydicom.dcmread(p, stop_before_pixels=True)) for p in files}
-    if len(files) == 1 and frames[0][1] is not None:  # one multi-frame file
-        ds = datasets[files[0]]
-        n = int(ds.NumberOfFrames)
-        pixel = np.zeros((n, *stack.shape[1:]), np.uint16)
-        for k, (_, f) in enumerate(frames):
-            pixel[f] = stack[k]
-        sources = [ds]
-    else:
-        sources = [datasets[p] for p, _ in frames]
-        pixel = stack
+    sources, pixel = _sources_and_frames(labels, scan_meta, path)
     present = sorted(int(c) for c in np.unique(pixel) if c > 0)
     if not present:
         raise ExportError(f"{path}: the mask is empty; there is no segment to write")
@@ -227,37 +203,10 @@ def write_dicom_seg(
         coded = segment_codes(label_names, codes)
     except ExportError as exc:
         raise ExportError(f"{path}: {exc}") from None
-    algo_id = None
-    if algorithm is not None:
-        from napari_mtssl import __version__
-
-        params = {k: str(v) for k, v in algorithm.items() if v is not None}
-        algo_id = hd.AlgorithmIdentificationSequence(
-            name="napari-mtssl",
-            version=__version__,
-            family=dcm_codes.cid7162.ArtificialIntelligence,
-            parameters=params or None,
-        )
-    descriptions = []
+    descriptions = _segment_descriptions(hd, present, label_names, coded, algorithm)
     remap = np.zeros(int(pixel.max()) + 1, np.uint16)
     for number, c in enumerate(present, start=1):
         remap[c] = number
-        category, kind = coded[c]
-        description = hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=str(label_names[c])[:64],
-            segmented_property_category=Code(*category),
-            segmented_property_type=Code(*kind),
-            algorithm_type=(
-                hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-                if algo_id is not None
-                else hd.seg.SegmentAlgorithmTypeValues.MANUAL
-            ),
-            algorithm_identification=algo_id,
-        )
-        # the class's colour on the canvas (set directly: older highdicom has no argument)
-        description.RecommendedDisplayCIELabValue = list(class_dicom_cielab(c))
-        descriptions.append(description)
     ref = sources[0]
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -283,6 +232,77 @@ def write_dicom_seg(
     out = Path(path)
     atomic_write_with(out, lambda tmp: seg.save_as(tmp, enforce_file_format=True))
     return out
+
+
+def _sources_and_frames(
+    labels: np.ndarray, scan_meta: dict[str, Any], path: str | Path
+) -> tuple[list[Any], np.ndarray]:
+    """The source images' headers (read again from the series' files) and the mask as frames
+    in their order: one per image, or one per frame of a multi-frame file."""
+    import pydicom
+
+    frames = [(Path(p), f) for p, f in scan_meta["frames"]]
+    missing = [str(p) for p, _ in frames if not p.is_file()]
+    if missing:
+        raise ExportError(f"{missing[0]}: a source file of the series is missing (moved?)")
+    stack = from_canonical(np.asarray(labels), scan_meta["dicom_transform"])  # (k, row, col)
+    if stack.shape[0] != len(frames):
+        raise ExportError(
+            f"{path}: the mask has {stack.shape[0]} slices but the series {len(frames)} images"
+        )
+    files = list(dict.fromkeys(p for p, _ in frames))
+    datasets = {p: _with_type2(pydicom.dcmread(p, stop_before_pixels=True)) for p in files}
+    if len(files) == 1 and frames[0][1] is not None:  # one multi-frame file
+        ds = datasets[files[0]]
+        pixel = np.zeros((int(ds.NumberOfFrames), *stack.shape[1:]), np.uint16)
+        for k, (_, f) in enumerate(frames):
+            pixel[f] = stack[k]
+        return [ds], pixel
+    return [datasets[p] for p, _ in frames], stack
+
+
+def _segment_descriptions(
+    hd: Any,
+    present: list[int],
+    label_names: dict[int, str],
+    coded: dict[int, Any],
+    algorithm: dict[str, Any] | None,
+) -> list[Any]:
+    """One segment per class present (numbered from 1 in class order), with its name, codes,
+    the colour the layers show it in, and the algorithm that made it (None: drawn by hand)."""
+    from pydicom.sr.codedict import codes as dcm_codes
+    from pydicom.sr.coding import Code
+
+    algo_id = None
+    if algorithm is not None:
+        from napari_mtssl import __version__
+
+        params = {k: str(v) for k, v in algorithm.items() if v is not None}
+        algo_id = hd.AlgorithmIdentificationSequence(
+            name="napari-mtssl",
+            version=__version__,
+            family=dcm_codes.cid7162.ArtificialIntelligence,
+            parameters=params or None,
+        )
+    descriptions = []
+    for number, c in enumerate(present, start=1):
+        category, kind = coded[c]
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=str(label_names[c])[:64],
+            segmented_property_category=Code(*category),
+            segmented_property_type=Code(*kind),
+            algorithm_type=(
+                hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+                if algo_id is not None
+                else hd.seg.SegmentAlgorithmTypeValues.MANUAL
+            ),
+            algorithm_identification=algo_id,
+        )
+        # the class's colour on the canvas (set directly: older highdicom has no argument)
+        description.RecommendedDisplayCIELabValue = list(class_dicom_cielab(c))
+        descriptions.append(description)
+    return descriptions
 
 
 # Patient and study attributes a DICOM-SEG copies from its source; DICOM requires them to be

@@ -23,6 +23,7 @@ import io
 import json
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,113 +168,12 @@ def export_bioimageio(
     """A bioimage.io model package (zip) at ``out``; ``test_image`` is one normalised slice
     ``(h, w)`` at the planned grid, at least one patch large (its window is the test input)."""
     spec = require("bioimageio.spec", "bioimage.io export")
-    import torch
-
-    patch = int(meta["patch"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         export_onnx(net, meta, folder / "model.onnx")
-        h, w = test_image.shape
-        y0, x0 = max(0, (h - patch) // 2), max(0, (w - patch) // 2)
-        window = np.zeros((patch, patch), np.float32)
-        crop = test_image[y0 : y0 + patch, x0 : x0 + patch]
-        window[: crop.shape[0], : crop.shape[1]] = crop
-        test_in = window[None, None].astype(np.float32)
-        with torch.no_grad():
-            logits = net.cpu().eval()(torch.from_numpy(test_in))
-        binary = logits.shape[1] == 1
-        probs = torch.sigmoid(logits) if binary else torch.softmax(logits, dim=1)
-        np.save(folder / "test_input.npy", test_in)
-        np.save(folder / "test_output.npy", probs.numpy().astype(np.float32))
-        _cover(window, probs.numpy()[0], folder / "cover.png")
+        binary = _test_tensors(net, int(meta["patch"]), test_image, folder)
         (folder / "README.md").write_text(_readme(meta, plan, data_description))
-        names = meta.get("label_names") or {}
-        channels = (
-            [str(names.get("1", "foreground"))]
-            if binary
-            else [str(names.get(str(c), f"class {c}")) for c in range(int(meta["out_channels"]))]
-        )
-        m = 2 ** int(meta.get("depth", 4))
-        sp = (meta.get("preprocessing") or {}).get("spacing") or [1.0, 1.0]
-        rdf = {
-            "type": "model",
-            "format_version": "0.5.4",
-            "name": f"napari-mtssl {meta.get('name', 'model')}"[:128],
-            "description": (
-                "2D U-Net segmentation model trained with two-stage multi-task "
-                "self-supervised learning (napari-mtssl) from few labels"
-            ),
-            "authors": [{"name": a} for a in (authors or ["napari-mtssl user"])],
-            "cite": [
-                {
-                    "text": "Hu & Qin 2024, two-stage multi-task self-supervised learning for "
-                    "medical image segmentation",
-                    "url": "https://arxiv.org/abs/2402.07119",
-                }
-            ],
-            "license": license,
-            "documentation": "README.md",
-            "covers": ["cover.png"],
-            "tags": ["segmentation", "2d", "unet", "medical-imaging", "napari-mtssl"],
-            "inputs": [
-                {
-                    "id": "image",
-                    "description": "one normalised slice at the planned spacing (README)",
-                    "axes": [
-                        {"type": "batch"},
-                        {"type": "channel", "channel_names": ["image"]},
-                        {
-                            "type": "space",
-                            "id": "y",
-                            "size": {"min": m, "step": m},
-                            "unit": "millimeter",
-                            "scale": float(sp[0]),
-                        },
-                        {
-                            "type": "space",
-                            "id": "x",
-                            "size": {"min": m, "step": m},
-                            "unit": "millimeter",
-                            "scale": float(sp[1]),
-                        },
-                    ],
-                    "test_tensor": {"source": "test_input.npy"},
-                    "data": {"type": "float32"},
-                }
-            ],
-            "outputs": [
-                {
-                    "id": "probabilities",
-                    "axes": [
-                        {"type": "batch"},
-                        {"type": "channel", "channel_names": channels},
-                        {
-                            "type": "space",
-                            "id": "y",
-                            "size": {"tensor_id": "image", "axis_id": "y"},
-                            "unit": "millimeter",
-                            "scale": float(sp[0]),
-                        },
-                        {
-                            "type": "space",
-                            "id": "x",
-                            "size": {"tensor_id": "image", "axis_id": "x"},
-                            "unit": "millimeter",
-                            "scale": float(sp[1]),
-                        },
-                    ],
-                    "test_tensor": {"source": "test_output.npy"},
-                    "data": {"type": "float32"},
-                    "postprocessing": [
-                        {"id": "sigmoid"}
-                        if binary
-                        else {"id": "softmax", "kwargs": {"axis": "channel"}}
-                    ],
-                }
-            ],
-            "weights": {"onnx": {"source": "model.onnx", "opset_version": OPSET}},
-            "config": {META_KEY: {**_model_meta(meta, {}), "plan": plan or {}}},
-        }
+        rdf = _rdf(meta, plan, binary, license, authors)
         import yaml
 
         (folder / "bioimageio.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
@@ -289,6 +189,103 @@ def export_bioimageio(
                 zf.write(f, f.name)
         atomic_write_bytes(out, buf.getvalue())
     return out
+
+
+def _test_tensors(net: Any, patch: int, test_image: np.ndarray, folder: Path) -> bool:
+    """The package's test input (the centre window of ``test_image``), the network's
+    probabilities for it and the cover picture, in ``folder``; whether the network has one
+    sigmoid channel."""
+    import torch
+
+    h, w = test_image.shape
+    y0, x0 = max(0, (h - patch) // 2), max(0, (w - patch) // 2)
+    window = np.zeros((patch, patch), np.float32)
+    crop = test_image[y0 : y0 + patch, x0 : x0 + patch]
+    window[: crop.shape[0], : crop.shape[1]] = crop
+    test_in = window[None, None].astype(np.float32)
+    with torch.no_grad():
+        logits = net.cpu().eval()(torch.from_numpy(test_in))
+    binary = logits.shape[1] == 1
+    probs = torch.sigmoid(logits) if binary else torch.softmax(logits, dim=1)
+    np.save(folder / "test_input.npy", test_in)
+    np.save(folder / "test_output.npy", probs.numpy().astype(np.float32))
+    _cover(window, probs.numpy()[0], folder / "cover.png")
+    return binary
+
+
+def _space_axes(sp: Sequence[float], size_of: Callable[[str], dict]) -> list[dict]:
+    return [
+        {"type": "space", "id": a, "size": size_of(a), "unit": "millimeter", "scale": float(s)}
+        for a, s in zip(("y", "x"), sp)
+    ]
+
+
+def _rdf(
+    meta: dict[str, Any],
+    plan: dict[str, Any] | None,
+    binary: bool,
+    license: str,
+    authors: list[str] | None,
+) -> dict[str, Any]:
+    """The package's description (bioimage.io spec 0.5): one normalised slice in, the class
+    probabilities out, ONNX weights, the model's sidecar and plan in ``config``."""
+    names = meta.get("label_names") or {}
+    channels = (
+        [str(names.get("1", "foreground"))]
+        if binary
+        else [str(names.get(str(c), f"class {c}")) for c in range(int(meta["out_channels"]))]
+    )
+    m = 2 ** int(meta.get("depth", 4))
+    sp = (meta.get("preprocessing") or {}).get("spacing") or [1.0, 1.0]
+    image = {
+        "id": "image",
+        "description": "one normalised slice at the planned spacing (README)",
+        "axes": [
+            {"type": "batch"},
+            {"type": "channel", "channel_names": ["image"]},
+            *_space_axes(sp, lambda a: {"min": m, "step": m}),
+        ],
+        "test_tensor": {"source": "test_input.npy"},
+        "data": {"type": "float32"},
+    }
+    probabilities = {
+        "id": "probabilities",
+        "axes": [
+            {"type": "batch"},
+            {"type": "channel", "channel_names": channels},
+            *_space_axes(sp, lambda a: {"tensor_id": "image", "axis_id": a}),
+        ],
+        "test_tensor": {"source": "test_output.npy"},
+        "data": {"type": "float32"},
+        "postprocessing": [
+            {"id": "sigmoid"} if binary else {"id": "softmax", "kwargs": {"axis": "channel"}}
+        ],
+    }
+    return {
+        "type": "model",
+        "format_version": "0.5.4",
+        "name": f"napari-mtssl {meta.get('name', 'model')}"[:128],
+        "description": (
+            "2D U-Net segmentation model trained with two-stage multi-task "
+            "self-supervised learning (napari-mtssl) from few labels"
+        ),
+        "authors": [{"name": a} for a in (authors or ["napari-mtssl user"])],
+        "cite": [
+            {
+                "text": "Hu & Qin 2024, two-stage multi-task self-supervised learning for "
+                "medical image segmentation",
+                "url": "https://arxiv.org/abs/2402.07119",
+            }
+        ],
+        "license": license,
+        "documentation": "README.md",
+        "covers": ["cover.png"],
+        "tags": ["segmentation", "2d", "unet", "medical-imaging", "napari-mtssl"],
+        "inputs": [image],
+        "outputs": [probabilities],
+        "weights": {"onnx": {"source": "model.onnx", "opset_version": OPSET}},
+        "config": {META_KEY: {**_model_meta(meta, {}), "plan": plan or {}}},
+    }
 
 
 def _first_error(descr: Any) -> str:

@@ -108,18 +108,7 @@ def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[S
         )
     if headers:
         scans = read_dicom(folder, allow_nan=allow_nan, headers=headers)
-        others = [*niftis, *images]
-        if others:  # exports from a PACS often hold thumbnails or a viewer: read, but say so
-            from ._common import add_warning
-
-            for scan in scans:
-                add_warning(
-                    scan.meta,
-                    f"{len(others)} non-DICOM image file(s) in the folder were not read "
-                    f"(e.g. {others[0].name})",
-                    folder,
-                    emit=scan is scans[0],
-                )
+        _say_left_out(scans, [*niftis, *images], folder)
         return scans
     if images:
         tiffs = [p for p in images if suffix_of(p) in TIFF_SUFFIXES]
@@ -131,6 +120,23 @@ def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[S
 
         return [read_nifti(p, volume=volume, allow_nan=allow_nan) for p in niftis]
     raise ScanReadError(folder, "no DICOM files, NIfTI files or numbered images in the folder")
+
+
+def _say_left_out(scans: list[Scan], others: list[Path], folder: Path) -> None:
+    """Exports from a PACS often hold thumbnails or a viewer beside the DICOM files: they are
+    not read, and the scans say so (one warning emitted)."""
+    if not others:
+        return
+    from ._common import add_warning
+
+    for scan in scans:
+        add_warning(
+            scan.meta,
+            f"{len(others)} non-DICOM image file(s) in the folder were not read "
+            f"(e.g. {others[0].name})",
+            folder,
+            emit=scan is scans[0],
+        )
 
 
 def _all_files(folder: Path) -> list[Path]:

@@ -324,88 +324,22 @@ def _stack(
     frames: list[_Frame], source: Path, meta: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Order the frames and build the (k, row, col) array and its LPS affine."""
-    have_geometry = all(f.ipp is not None and f.iop is not None for f in frames)
     first = frames[0]
     row_sp, col_sp = first.pixel_spacing or (1.0, 1.0)
     if first.pixel_spacing is None:
         add_warning(meta, "no PixelSpacing: in-plane spacing set to 1 mm", source)
-    derived = None if have_geometry else _axes_from_positions(frames)
-    if derived is not None:
-        row_dir, col_dir, plane = derived
+    thick = first.between or first.thickness or 1.0  # one slice: its own thickness
+    axes = _in_plane_axes(frames, source, meta)
+    if axes is not None:
+        row_dir, col_dir = axes
         normal = np.cross(row_dir, col_dir)
-        have_geometry = True
-        meta["orientation_assumed"] = (
-            f"{plane}: the slice direction from the images' positions, the in-plane axes "
-            f"assumed ({_axis_words(row_dir)} along a row, {_axis_words(col_dir)} down a column)"
-        )
-        add_warning(
-            meta,
-            f"no ImageOrientationPatient in series {meta.get('series_description') or '?'}: "
-            f"the slices are stacked along the direction of their ImagePositionPatient "
-            f"({plane}); the in-plane axes are assumed to be the usual {plane} ones "
-            f"({_axis_words(row_dir)} along a row, {_axis_words(col_dir)} down a column): "
-            "check the left-right and front-back of the image before trusting positions",
-            source,
-        )
-    if have_geometry:
-        if derived is None:
-            row_dir = first.iop[:3] / np.linalg.norm(first.iop[:3])  # type: ignore[index]
-            col_dir = first.iop[3:] / np.linalg.norm(first.iop[3:])  # type: ignore[index]
-            normal = np.cross(row_dir, col_dir)
-        key = [float(f.ipp @ normal) for f in frames]  # type: ignore[operator]
-        order = np.lexsort((np.array([f.instance for f in frames]), np.round(key, 3)))
-        frames = [frames[i] for i in order]
-        dist = np.round(np.array([key[i] for i in order]), 3)
-        keep = np.r_[True, np.diff(dist) > 0]
-        if not keep.all():
-            add_warning(
-                meta,
-                f"{int((~keep).sum())} images share a slice position with another (several "
-                "time points or echoes?); the first at each position is shown",
-                source,
-            )
-            frames = [f for f, k in zip(frames, keep) if k]
+        frames = _by_position(frames, normal, source, meta)
+        origin, zvec = _slice_vector(frames, normal, thick, source, meta)
     else:
         row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
         normal = np.cross(row_dir, col_dir)
-        frames = sorted(frames, key=lambda f: f.instance)
-        if len(frames) > 1:
-            missing = [
-                t
-                for t, attr in (("ImagePositionPatient", "ipp"), ("ImageOrientationPatient", "iop"))
-                if all(getattr(f, attr) is None for f in frames)
-            ]
-            add_warning(
-                meta,
-                f"no {' and no '.join(missing)} in any image of series "
-                f"{meta.get('series_description') or '?'}: slices ordered by InstanceNumber "
-                "on a grid at the origin (where they lie in the patient is unknown)",
-                source,
-            )
-            meta["geometry_unknown"] = True
-    n = len(frames)
-    if have_geometry and n > 1:
-        origin = frames[0].ipp
-        span = frames[-1].ipp - origin  # type: ignore[operator]
-        unit = span / np.linalg.norm(span)
-        steps = np.diff(np.array([f.ipp for f in frames]) @ unit)
-        step = float(np.median(steps))
-        if steps.max() - steps.min() > 0.01 * step + 1e-3:
-            meta["irregular_spacing"] = [float(steps.min()), float(steps.max())]
-            add_warning(
-                meta,
-                f"irregular slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); the volume "
-                f"is shown with the median {step:.3g} mm",
-                source,
-            )
-        tilt = float(np.degrees(np.arccos(min(1.0, abs(float(unit @ normal))))))
-        if tilt > 0.5:
-            meta["gantry_tilt_deg"] = tilt
-        zvec = unit * step
-    else:
-        origin = frames[0].ipp if have_geometry else np.zeros(3)
-        thick = first.between or first.thickness or 1.0
-        zvec = normal * thick
+        frames = _by_instance(frames, source, meta)
+        origin, zvec = np.zeros(3), normal * thick
     affine = np.eye(4)
     affine[:3, 0] = zvec
     affine[:3, 1] = col_dir * row_sp  # down the rows: along the column direction
@@ -418,6 +352,106 @@ def _stack(
     # DICOM-SEG needs to reference each segmentation frame's source image.
     meta["frames"] = [[str(f.path), f.frame] for f in frames]
     return _load_pixels(frames, meta), affine
+
+
+def _in_plane_axes(
+    frames: list[_Frame], source: Path, meta: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The row and column directions: the first image's ImageOrientationPatient where every
+    image has a position and an orientation, else derived from the positions (said in
+    ``meta``); None where the series has no geometry."""
+    first = frames[0]
+    if all(f.ipp is not None and f.iop is not None for f in frames):
+        row_dir = first.iop[:3] / np.linalg.norm(first.iop[:3])  # type: ignore[index]
+        col_dir = first.iop[3:] / np.linalg.norm(first.iop[3:])  # type: ignore[index]
+        return row_dir, col_dir
+    derived = _axes_from_positions(frames)
+    if derived is None:
+        return None
+    row_dir, col_dir, plane = derived
+    meta["orientation_assumed"] = (
+        f"{plane}: the slice direction from the images' positions, the in-plane axes "
+        f"assumed ({_axis_words(row_dir)} along a row, {_axis_words(col_dir)} down a column)"
+    )
+    add_warning(
+        meta,
+        f"no ImageOrientationPatient in series {meta.get('series_description') or '?'}: "
+        f"the slices are stacked along the direction of their ImagePositionPatient "
+        f"({plane}); the in-plane axes are assumed to be the usual {plane} ones "
+        f"({_axis_words(row_dir)} along a row, {_axis_words(col_dir)} down a column): "
+        "check the left-right and front-back of the image before trusting positions",
+        source,
+    )
+    return row_dir, col_dir
+
+
+def _by_position(
+    frames: list[_Frame], normal: np.ndarray, source: Path, meta: dict[str, Any]
+) -> list[_Frame]:
+    """The frames ordered along ``normal`` (then by InstanceNumber), the first at each
+    position kept (several at one position: a warning)."""
+    key = [float(f.ipp @ normal) for f in frames]  # type: ignore[operator]
+    order = np.lexsort((np.array([f.instance for f in frames]), np.round(key, 3)))
+    frames = [frames[i] for i in order]
+    dist = np.round(np.array([key[i] for i in order]), 3)
+    keep = np.r_[True, np.diff(dist) > 0]
+    if keep.all():
+        return frames
+    add_warning(
+        meta,
+        f"{int((~keep).sum())} images share a slice position with another (several "
+        "time points or echoes?); the first at each position is shown",
+        source,
+    )
+    return [f for f, k in zip(frames, keep) if k]
+
+
+def _by_instance(frames: list[_Frame], source: Path, meta: dict[str, Any]) -> list[_Frame]:
+    """The frames of a series without geometry, ordered by InstanceNumber (said in ``meta``:
+    where they lie in the patient is unknown)."""
+    frames = sorted(frames, key=lambda f: f.instance)
+    if len(frames) > 1:
+        missing = [
+            t
+            for t, attr in (("ImagePositionPatient", "ipp"), ("ImageOrientationPatient", "iop"))
+            if all(getattr(f, attr) is None for f in frames)
+        ]
+        add_warning(
+            meta,
+            f"no {' and no '.join(missing)} in any image of series "
+            f"{meta.get('series_description') or '?'}: slices ordered by InstanceNumber "
+            "on a grid at the origin (where they lie in the patient is unknown)",
+            source,
+        )
+        meta["geometry_unknown"] = True
+    return frames
+
+
+def _slice_vector(
+    frames: list[_Frame], normal: np.ndarray, thick: float, source: Path, meta: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first slice's position and the step from one slice to the next (the median
+    spacing along the line through the positions; irregular spacing and gantry tilt recorded
+    in ``meta``). One slice: ``thick`` along ``normal``."""
+    if len(frames) < 2:
+        return frames[0].ipp, normal * thick
+    origin = frames[0].ipp
+    span = frames[-1].ipp - origin  # type: ignore[operator]
+    unit = span / np.linalg.norm(span)
+    steps = np.diff(np.array([f.ipp for f in frames]) @ unit)
+    step = float(np.median(steps))
+    if steps.max() - steps.min() > 0.01 * step + 1e-3:
+        meta["irregular_spacing"] = [float(steps.min()), float(steps.max())]
+        add_warning(
+            meta,
+            f"irregular slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); the volume "
+            f"is shown with the median {step:.3g} mm",
+            source,
+        )
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(float(unit @ normal))))))
+    if tilt > 0.5:
+        meta["gantry_tilt_deg"] = tilt
+    return origin, unit * step
 
 
 def _series_scans(

@@ -347,6 +347,21 @@ def _geometry_key(geometry: dict[str, Any], dicom: bool) -> Any:
     return (affine, repr(geometry.get("frames")))
 
 
+def _scans_under(viewer: Any, shape: tuple, scale: Any, translate: Any) -> list[tuple[str, dict]]:
+    """(name, geometry) of the viewer's image layers opened through the plugin on which a
+    labels layer of ``shape``, ``scale`` and ``translate`` (None: not set) lies."""
+    found = []
+    for layer in viewer.layers:
+        geometry = layer.metadata.get(SCAN_KEY) if hasattr(layer, "metadata") else None
+        if getattr(layer, "_type_string", "") != "image" or not geometry:
+            continue
+        if not _same_grid(shape, tuple(np.shape(layer.data))):
+            continue
+        if _agrees(scale, layer.scale) and _agrees(translate, layer.translate):
+            found.append((layer.name, geometry))
+    return found
+
+
 def _scan_of_layer(data: Any, attributes: dict[str, Any], *, dicom: bool = False) -> dict | None:
     """The scan geometry (``SCAN_KEY`` metadata) a labels layer is saved in.
 
@@ -367,15 +382,7 @@ def _scan_of_layer(data: Any, attributes: dict[str, Any], *, dicom: bool = False
     shape = tuple(np.shape(data))
     scale = _set(attributes.get("scale"), 1.0)
     translate = _set(attributes.get("translate"), 0.0)
-    found = []
-    for layer in viewer.layers:
-        geometry = layer.metadata.get(SCAN_KEY) if hasattr(layer, "metadata") else None
-        if getattr(layer, "_type_string", "") != "image" or not geometry:
-            continue
-        if not _same_grid(shape, tuple(np.shape(layer.data))):
-            continue
-        if _agrees(scale, layer.scale) and _agrees(translate, layer.translate):
-            found.append((layer.name, geometry))
+    found = _scans_under(viewer, shape, scale, translate)
     if dicom:
         found = [f for f in found if f[1].get("format") == "dicom"] or found
     name = attributes.get("name") or "the labels layer"

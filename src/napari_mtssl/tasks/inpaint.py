@@ -54,7 +54,6 @@ class InpaintTask(AuxTask):
         "Pathak et al. 2016, Context Encoders (CVPR); masked-square setting from Hu & Qin's code"
     )
     level: ClassVar[str] = "dense"
-    needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = InpaintConfig
 
     def __init__(self, net: UNet2D, cfg: InpaintConfig | None = None, num_classes: int = 2):

@@ -110,7 +110,6 @@ class MoCoTask(AuxTask):
         "settings from Hu & Qin 2024, arXiv:2402.07119"
     )
     level: ClassVar[str] = "encoder"
-    needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = MoCoConfig
 
     def __init__(self, net: UNet2D, cfg: MoCoConfig | None = None, num_classes: int = 2):

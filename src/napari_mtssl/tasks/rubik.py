@@ -99,7 +99,6 @@ class RubikTask(AuxTask):
         "Rubik's Cube (MICCAI); 2D setting from Hu & Qin 2024, arXiv:2402.07119"
     )
     level: ClassVar[str] = "encoder"
-    needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = RubikConfig
 
     def __init__(self, net: UNet2D, cfg: RubikConfig | None = None, num_classes: int = 2):

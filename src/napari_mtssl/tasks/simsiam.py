@@ -78,7 +78,6 @@ class SimSiamTask(AuxTask):
         "Images; Chen & He 2021, Exploring Simple Siamese Representation Learning (CVPR)"
     )
     level: ClassVar[str] = "encoder"
-    needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = SimSiamConfig
 
     def __init__(self, net: UNet2D, cfg: SimSiamConfig | None = None, num_classes: int = 2):

@@ -63,7 +63,6 @@ class SlicesTask(AuxTask):
         "Medical Images (adjacent-slice prediction)"
     )
     level: ClassVar[str] = "dense"
-    needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = SlicesConfig
 
     def __init__(self, net: UNet2D, cfg: SlicesConfig | None = None, num_classes: int = 2):

@@ -99,7 +99,6 @@ class VICRegTask(AuxTask):
         "Self-Supervised Learning (ICLR)"
     )
     level: ClassVar[str] = "encoder"
-    needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = VICRegConfig
 
     def __init__(self, net: UNet2D, cfg: VICRegConfig | None = None, num_classes: int = 2):

@@ -704,66 +704,88 @@ def augment_with_soft(
     edges repeated as the image's are). Same random draws as
     :func:`augment`, so adding ``soft`` changes nothing else."""
     b, dev = image.shape[0], image.device
-    sm = soft
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen).to(dev)
 
-    x, y = image, label
+    x, y, sm = image, label, soft
     if cfg.flip:
-        for dim, m in ((-1, rand(b) < 0.5), (-2, rand(b) < 0.5)):
-            x = torch.where(m[:, None, None, None], x.flip(dim), x)
-            if sm is not None:
-                sm = torch.where(m[:, None, None, None], sm.flip(dim), sm)
-            if y is not None:
-                y = torch.where(m[:, None, None], y.flip(dim), y)
+        x, y, sm = _flips(x, y, sm, rand)
     if cfg.rotate90 and x.shape[-1] == x.shape[-2]:
         k = torch.randint(0, 4, (b,), generator=gen).to(dev)
-        xs, ys = x.clone(), None if y is None else y.clone()
-        ss = None if sm is None else sm.clone()
-        for r in (1, 2, 3):
-            sel = k == r
-            if sel.any():
-                xs[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
-                if ys is not None:
-                    ys[sel] = torch.rot90(y[sel], r, dims=(-2, -1))
-                if ss is not None:
-                    ss[sel] = torch.rot90(sm[sel], r, dims=(-2, -1))
-        x, y, sm = xs, ys, ss
+        x, y, sm = _rot90s(x, y, sm, k)
     if cfg.affine_prob > 0:
-        sel = rand(b) < cfg.affine_prob
-        ang = (rand(b) * 2 - 1) * np.deg2rad(cfg.affine_degrees)
-        sc = 1 + (rand(b) * 2 - 1) * cfg.affine_scale
+        x, y, sm = _affine(x, y, sm, cfg, rand)
+    x = _intensity(x, cfg, rand)
+    return (
+        x.contiguous(),
+        None if y is None else y.contiguous(),
+        None if sm is None else sm.contiguous(),
+    )
+
+
+_Views = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def _flips(x: torch.Tensor, y, sm, rand: Callable) -> _Views:
+    """Each sample flipped left-right and up-down, each with probability 0.5."""
+    b = x.shape[0]
+    for dim, m in ((-1, rand(b) < 0.5), (-2, rand(b) < 0.5)):
+        x = torch.where(m[:, None, None, None], x.flip(dim), x)
+        if sm is not None:
+            sm = torch.where(m[:, None, None, None], sm.flip(dim), sm)
+        if y is not None:
+            y = torch.where(m[:, None, None], y.flip(dim), y)
+    return x, y, sm
+
+
+def _rot90s(x: torch.Tensor, y, sm, k: torch.Tensor) -> _Views:
+    """Each sample rotated by ``k`` quarter turns."""
+    xs, ys = x.clone(), None if y is None else y.clone()
+    ss = None if sm is None else sm.clone()
+    for r in (1, 2, 3):
+        sel = k == r
         if sel.any():
-            ang = torch.where(sel, ang, torch.zeros_like(ang))
-            sc = torch.where(sel, sc, torch.ones_like(sc))
-            cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-            zeros = torch.zeros_like(cos)
-            theta = torch.stack(
-                [torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1
-            )
-            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            if sm is not None:
-                sm = F.grid_sample(
-                    sm,
-                    grid.to(sm.dtype),
-                    mode="bilinear",
-                    padding_mode="border",
-                    align_corners=False,
-                )
-            if y is not None:
-                y = (
-                    F.grid_sample(
-                        y[:, None].float(),
-                        grid,
-                        mode="nearest",
-                        padding_mode="zeros",
-                        align_corners=False,
-                    )[:, 0]
-                    .round()
-                    .long()
-                )
+            xs[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
+            if ys is not None:
+                ys[sel] = torch.rot90(y[sel], r, dims=(-2, -1))
+            if ss is not None:
+                ss[sel] = torch.rot90(sm[sel], r, dims=(-2, -1))
+    return xs, ys, ss
+
+
+def _affine(x: torch.Tensor, y, sm, cfg: DataConfig, rand: Callable) -> _Views:
+    """A random rotation and scaling of a share ``affine_prob`` of the samples: the image and
+    the class probabilities bilinear (edges repeated), the labels nearest (zeros outside)."""
+    b = x.shape[0]
+    sel = rand(b) < cfg.affine_prob
+    ang = (rand(b) * 2 - 1) * np.deg2rad(cfg.affine_degrees)
+    sc = 1 + (rand(b) * 2 - 1) * cfg.affine_scale
+    if not sel.any():
+        return x, y, sm
+    ang = torch.where(sel, ang, torch.zeros_like(ang))
+    sc = torch.where(sel, sc, torch.ones_like(sc))
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if sm is not None:
+        sm = F.grid_sample(
+            sm, grid.to(sm.dtype), mode="bilinear", padding_mode="border", align_corners=False
+        )
+    if y is not None:
+        y = F.grid_sample(
+            y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )
+        y = y[:, 0].round().long()
+    return x, y, sm
+
+
+def _intensity(x: torch.Tensor, cfg: DataConfig, rand: Callable) -> torch.Tensor:
+    """Random contrast and brightness (``intensity_prob``), then a random gamma
+    (``gamma_prob``) within each sample's own range."""
+    b = x.shape[0]
     if cfg.intensity_prob > 0:
         sel = (rand(b) < cfg.intensity_prob)[:, None, None, None]
         scale = 1 + (rand(b) * 2 - 1)[:, None, None, None] * cfg.intensity_scale
@@ -778,8 +800,4 @@ def augment_with_soft(
         rng_ = (hi - lo).clamp_min(1e-6)
         g = ((x - lo) / rng_).clamp(0, 1) ** gamma * rng_ + lo
         x = torch.where(sel, g, x)
-    return (
-        x.contiguous(),
-        None if y is None else y.contiguous(),
-        None if sm is None else sm.contiguous(),
-    )
+    return x

@@ -38,11 +38,11 @@ import torch
 
 from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
-from napari_mtssl.ids import ModelId, teacher, teachers, trained
+from napari_mtssl.ids import ModelId, What, teacher, teachers, trained
 
 from . import checkpoints, stages
 from .config import ExperimentConfig
-from .data import StudyData, no_labelled_data_message
+from .data import no_labelled_data_message
 from .errors import UnitsFailed
 from .executors import Executor, make_executor
 from .inference import resolve_device
@@ -51,15 +51,14 @@ from .plan import (
     MIN_STEPS,
     Plan,
     PlanError,
-    allocate,
     fingerprint,
-    make_plan,
     model_units,
     unit_step_s,
     usable_cpus,
 )
+from .planner import allocate, make_plan
 from .preprocess import VolumeCache, content_hash
-from .units import Unit, UnitContext
+from .units import Unit, UnitContext, open_study, read_plan
 
 __all__ = [
     "WHATS",
@@ -71,7 +70,7 @@ __all__ = [
     "UnitsFailed",
 ]
 
-WHATS = ("baseline", "stage1", "stage2", "all", "retrain-quick", "retrain-stage2")
+WHATS = tuple(w.value for w in What)
 # Units aim to end within the budget; a unit that would still be training at budget x
 # DEADLINE_SLACK, less its final validation (as last timed) and SAVE_S, ends where it is.
 # The most the student's steps grow when the earlier models ran faster than timed.
@@ -138,7 +137,7 @@ def _read_json(path: Path, default: Any) -> Any:
 
 def _fixed_plan(ws: Any, what: str) -> Plan | None:
     """Stage 2 and retraining keep the teachers' data shape (same patches, same network)."""
-    if what not in ("stage2", "retrain-quick", "retrain-stage2"):
+    if not What.parse(what).keeps_shape:
         return None
     run = _teachers_run(ws)
     if run is None:
@@ -411,7 +410,7 @@ class _Run:
         units: list[Unit] = []
         if "baseline" in names and "baseline" not in self.models:
             units.append(Unit("baseline", "baseline", "baseline", 0, probe_at=self._probe_at()))
-        if self.what in ("stage1", "all"):
+        if What.parse(self.what).trains_teachers:
             for task in self.cfg.stage1.tasks:
                 units += self._task_units(task)
             if "all_joint" in names and "all_joint" not in self.models:
@@ -609,45 +608,68 @@ class _Run:
                 if unit is None:
                     break
                 pending.remove(unit)
-                if unit.deps and unit.kind == "mode" and unit.pause_at is None:
-                    yield from self._decide(unit.task)  # (made already, unless interrupted)
-                    if unit.mode not in self.state["halving"][unit.task]["continue"]:
-                        yield from self._halted(unit.task, unit.mode)
-                        yield from self._maybe_select(unit.task)
-                        continue
-                busy = {u.model for u in running.values()}
-                yield from self.rebudget(
-                    [u for u in self.plan.models if u not in self.models and u not in busy]
-                )
-                yield from self._prepare(unit)
-                wall = (
-                    None
-                    if self.deadline is None
-                    else time.time() + self.deadline - time.monotonic()
-                )
-                alone = not running and not pending  # the last unit (the student): every thread
-                if wall is not None:
-                    unit = dataclasses.replace(unit, aim_s=self.aim_s)
-                if alone and wall is not None:  # it takes what the machine's pace allows
-                    unit = dataclasses.replace(
-                        unit, grow=UNIT_GROWTH, threads_max=int(self.plan.threads_max)
-                    )
-                executor.start(unit, wall, int(self.plan.threads) if alone else None)
-                running[unit.id] = unit
+                started = yield from self._start(executor, unit, running, last=not pending)
+                if started is not None:
+                    running[started.id] = started
             if not running:
                 break
             for _uid, event in executor.poll(0.5):
                 yield self.log(event)
-            for uid, result, error in executor.ended():
-                unit = running.pop(uid)
-                self._note_pretext(unit)
-                if error is not None:
-                    failed[uid] = error
-                    yield self.log(ev.Note(f"{unit.model} failed: {error}"))
-                elif result.get("stopped"):
-                    stopped.append(result)
-                else:
-                    yield from self.complete(unit, result)
+            yield from self._collect(executor, running, failed, stopped)
+        yield from self._end_schedule(failed, stopped, pending)
+
+    def _start(
+        self, executor: Executor, unit: Unit, running: dict[str, Unit], last: bool
+    ) -> Generator[dict, None, Unit | None]:
+        """Start ``unit`` beside ``running`` and return it as started (with its aims), or None
+        for a mode the halving stopped (recorded so). The last unit (``last`` with nothing
+        running: the student) gets every thread and takes what the machine's pace allows."""
+        if unit.deps and unit.kind == "mode" and unit.pause_at is None:
+            yield from self._decide(unit.task)  # (made already, unless interrupted)
+            if unit.mode not in self.state["halving"][unit.task]["continue"]:
+                yield from self._halted(unit.task, unit.mode)
+                yield from self._maybe_select(unit.task)
+                return None
+        busy = {u.model for u in running.values()}
+        yield from self.rebudget(
+            [u for u in self.plan.models if u not in self.models and u not in busy]
+        )
+        yield from self._prepare(unit)
+        wall = None if self.deadline is None else time.time() + self.deadline - time.monotonic()
+        alone = last and not running
+        if wall is not None:
+            unit = dataclasses.replace(unit, aim_s=self.aim_s)
+        if alone and wall is not None:
+            unit = dataclasses.replace(
+                unit, grow=UNIT_GROWTH, threads_max=int(self.plan.threads_max)
+            )
+        executor.start(unit, wall, int(self.plan.threads) if alone else None)
+        return unit
+
+    def _collect(
+        self,
+        executor: Executor,
+        running: dict[str, Unit],
+        failed: dict[str, Any],
+        stopped: list[dict],
+    ) -> Generator[dict, None, None]:
+        """Take the units that ended off ``running``: each failed, stopped or completed."""
+        for uid, result, error in executor.ended():
+            unit = running.pop(uid)
+            self._note_pretext(unit)
+            if error is not None:
+                failed[uid] = error
+                yield self.log(ev.Note(f"{unit.model} failed: {error}"))
+            elif result.get("stopped"):
+                stopped.append(result)
+            else:
+                yield from self.complete(unit, result)
+
+    def _end_schedule(
+        self, failed: dict[str, Any], stopped: list[dict], pending: list[Unit]
+    ) -> Generator[dict, None, None]:
+        """After the schedule: raise a unit's failure (its own error when it is the only one),
+        or the stop (the stopped unit's result, or the next unit's name between two units)."""
         if failed:
             self.save_state()
             errors = list(failed.values())
@@ -1025,39 +1047,6 @@ def _run_state(run: Any) -> dict:
     return state
 
 
-def read_plan(run: Any) -> Plan:
-    """The plan a run was trained with (``plan.json``)."""
-    pd = _read_json(run.path / "plan.json", None)
-    if not isinstance(pd, dict):
-        raise ValueError(f"run {run.id} has no plan.json; it cannot be resumed")
-    return Plan.from_dict(pd)
-
-
-def open_study(
-    ws: Any,
-    the_plan: Plan,
-    cfg: ExperimentConfig,
-    device: Any,
-    threads: int,
-    progress: Callable[[int, int], None] | None = None,
-    what: str = "all",
-):
-    """The training data of a run in its plan's shape, with the plan's CPU threads set. A
-    baseline run (``what``) does not read the training scans that have no labels."""
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    return StudyData.from_workspace(
-        ws,
-        the_plan.preprocessing(),
-        cfg.data.patch_size,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
-        cache=cfg.data.cache,
-        progress=progress,
-        labelled_only=what == "baseline",
-    )
-
-
 StatusFn = Callable[[str, int, int], None]
 
 
@@ -1113,7 +1102,7 @@ def _start_new(
     status("planning: reading the study's records", 0, total)
     cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
     device = resolve_device(cfg.device)
-    if what in ("stage1", "all"):  # from the records alone, before any scan is read
+    if What.parse(what).trains_teachers:  # from the records alone, before any scan is read
         if not cfg.stage1.tasks:
             raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
         from napari_mtssl.task_needs import workspace_summary
@@ -1155,7 +1144,7 @@ def _start_new(
     status("planning: dividing the budget between the models", total - 1, total)
     if not study.labelled_slices():
         raise ValueError(no_labelled_data_message())
-    if what in ("stage1", "all"):
+    if What.parse(what).trains_teachers:
         stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
     state = {}
     spent = time.monotonic() - t_start
@@ -1163,7 +1152,7 @@ def _start_new(
     if cfg.budget_s > 0:
         allocate(the_plan, shaped, what, fp, spent_s=spent, lanes=lanes)
     reuse = {}
-    if what in ("stage1", "all") and cfg.stage1.modes != "joint":
+    if What.parse(what).trains_teachers and cfg.stage1.modes != "joint":
         want = the_plan.apply(cfg).stage1.pretrain_steps
         for t in cfg.stage1.tasks:
             got = reusable_pretext(ws, shaped, the_plan, t, want)
@@ -1182,7 +1171,7 @@ def _start_new(
 def _previous_runs(ws: Any, what: str, cfg: ExperimentConfig) -> tuple[Any, Any]:
     """(teachers' run, student's run) a run of ``what`` builds on; a clear error if missing."""
     teacher_run = student_run = None
-    if what in ("stage2", "retrain-quick", "retrain-stage2"):
+    if What.parse(what).keeps_shape:
         teacher_run = _teachers_run(ws)
         if teacher_run is None:
             raise ValueError(f"{what} needs the teachers of a finished stage 1; run stage 1 first")
@@ -1222,8 +1211,7 @@ def run_training(
     a viewer (thread policy). ``resume``: a stopped run's id; it goes on with its own plan and
     what is left of its budget.
     """
-    if what not in WHATS:
-        raise ValueError(f"what must be one of {', '.join(WHATS)}; got {what!r}")
+    What.parse(what)  # ValueError naming the choices
     t_start = time.monotonic()
     teacher_run, student_run = _previous_runs(workspace, what, config)
     if config.executor == "ray" and not resume:  # an unreachable cluster: say so before training

@@ -7,12 +7,12 @@ memory. Three steps, each saved with the run (``plan.json``) and shown before tr
    modalities with the intensity statistics CT normalisation needs, class frequencies, labelled
    and unlabelled slice counts. Read from the workspace records and labels; CT scans with labels
    are read once and their statistics cached.
-2. **Shape** (:func:`make_plan`): target in-plane spacing (the median), patch size, network
+2. **Shape** (:func:`shape_plan`): target in-plane spacing (the median), patch size, network
    width and depth, batch size, normalisation per modality, precision and threads. A candidate
    ladder is priced with the network's FLOPs and the device's measured speed: the planner keeps
    the finest resolution whose patch covers most of a slice and gives every model enough steps,
    then spends what is left on a wider network. Every choice has its reason in ``reasons``.
-3. **Budget** (:func:`allocate`): a few real steps of each kind of model are timed on the
+3. **Budget** (:func:`.planner.allocate`, with :func:`.planner.make_plan` the entry point): a few real steps of each kind of model are timed on the
    device (segmentation, each task, a forward pass for distillation and validation), and the
    budget is shared so that every model of the run (baseline, each task in each mode, the
    student) gets the same number of segmentation steps, with successive halving and cached
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mtssl.ids import ModelId, trained
+from napari_mtssl.ids import ModelId, What, trained
 
 from .config import ExperimentConfig, format_budget
 from .preprocess import NormSpec, Preprocessing
@@ -44,8 +43,8 @@ __all__ = [
     "Plan",
     "PlanError",
     "fingerprint",
-    "make_plan",
-    "allocate",
+    "shape_plan",
+    "explicit_steps",
     "model_units",
     "MIN_STEPS",
     "GOOD_STEPS",
@@ -163,18 +162,7 @@ def fingerprint(ws: Any, *, stats_cache: bool = True) -> Fingerprint:
             "every scan has 1 mm voxels: the files probably record no spacing, so sizes are "
             "in pixels"
         )
-    intensity = {}
-    if ct_samples and sum(len(c) for c in ct_samples):
-        v = np.concatenate(ct_samples)
-        lo, hi = np.percentile(v, [0.5, 99.5])
-        c = np.clip(v, lo, hi)
-        intensity["CT"] = {
-            "p0.5": float(lo),
-            "p99.5": float(hi),
-            "mean": float(c.mean()),
-            "std": float(c.std()),
-            "n": int(v.size),
-        }
+    intensity = _ct_intensity(ct_samples)
     total = max(1, int(counts.sum()))
     return Fingerprint(
         n_train=len(train),
@@ -196,6 +184,25 @@ def fingerprint(ws: Any, *, stats_cache: bool = True) -> Fingerprint:
         spacing_known=known,
         notes=notes,
     )
+
+
+def _ct_intensity(samples: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """CT's foreground intensity statistics (nnU-Net's: percentiles 0.5 and 99.5, and the mean
+    and standard deviation within them), where there are CT samples."""
+    if not samples or not sum(len(c) for c in samples):
+        return {}
+    v = np.concatenate(samples)
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    c = np.clip(v, lo, hi)
+    return {
+        "CT": {
+            "p0.5": float(lo),
+            "p99.5": float(hi),
+            "mean": float(c.mean()),
+            "std": float(c.std()),
+            "n": int(v.size),
+        }
+    }
 
 
 def _ct_foreground(ws, sid, lab, zs, rng, use_cache: bool) -> np.ndarray:
@@ -296,6 +303,14 @@ class Plan:
             gone = set(self.teachers_skipped.get("tasks", []))
             c.stage1.tasks = [t for t in c.stage1.tasks if t not in gone]
             c.stage1.lambda_ = {t: v for t, v in c.stage1.lambda_.items() if t not in gone}
+        self._apply_steps(c)
+        c.stage1.task_overrides = task_shape_overrides(
+            c.stage1.tasks, c.stage1.task_overrides, c.data.patch_size, c.model.depth
+        )
+        return c.validate()
+
+    def _apply_steps(self, c: ExperimentConfig) -> None:
+        """Fill ``c``'s step counts from the plan's (in place; counts the user set stay)."""
         st = self.steps
         if "seg" in st:
             c.baseline.steps = c.baseline.steps or st["seg"]
@@ -309,10 +324,6 @@ class Plan:
             c.stage2.steps = c.stage2.steps or st["student"]
         if "retrain" in st:
             c.stage2.retrain_steps = c.stage2.retrain_steps or st["retrain"]
-        c.stage1.task_overrides = task_shape_overrides(
-            c.stage1.tasks, c.stage1.task_overrides, c.data.patch_size, c.model.depth
-        )
-        return c.validate()
 
     def describe(self) -> list[str]:
         """Markdown lines: the choices, the reasons and the per-model steps."""
@@ -396,9 +407,10 @@ def _mode_of(unit: str) -> str | None:
 def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
     """The models a run of ``what`` trains, in order (also the budget's shares)."""
     units: list[str] = []
-    if what in ("baseline", "all"):
+    w = What.parse(what)
+    if w.trains_baseline:
         units.append("baseline")
-    if what in ("stage1", "all"):
+    if w.trains_teachers:
         for t in cfg.stage1.tasks:
             if cfg.stage1.modes in ("joint", "both", "auto"):
                 units.append(str(trained(t, "joint")))
@@ -406,9 +418,9 @@ def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
                 units.append(str(trained(t, "pretrain")))
         if cfg.all_joint and len(cfg.stage1.tasks) > 1:
             units.append("all_joint")
-    if what in ("stage2", "all", "retrain-stage2"):
+    if w.trains_student:
         units.append("student")
-    if what == "retrain-quick":
+    if w == What.RETRAIN_QUICK:
         units.append("student (retrain)")
     return units
 
@@ -497,7 +509,7 @@ def _norms(fp: Fingerprint, cfg: ExperimentConfig) -> tuple[dict[str, dict], lis
     return out, reasons
 
 
-def make_plan(
+def shape_plan(
     fp: Fingerprint,
     cfg: ExperimentConfig,
     what: str = "all",
@@ -506,9 +518,10 @@ def make_plan(
     probe: bool = True,
     interactive: bool = False,
     fixed: Plan | None = None,
-    allocate_steps: bool = True,
 ) -> Plan:
-    """Shape the run for ``fp`` on ``device`` within ``cfg.budget_s`` (or ``cfg``'s steps).
+    """Shape the run for ``fp`` on ``device``: spacing, patch, network, batch, precision and
+    threads, each with its reason; the steps only where ``cfg`` gives them (no budget).
+    :func:`.planner.make_plan` then shares a budget across the models.
 
     ``interactive``: the job shares the machine with a viewer, so one core is left free.
     ``fixed``: a plan whose data shape must be kept (stage 2 and retraining reuse the teachers'
@@ -565,9 +578,7 @@ def make_plan(
     plan.models = model_units(what, cfg)
     plan.threads_max = _threads_max(dev, interactive) if not cfg.num_threads else 0
     if cfg.budget_s <= 0:
-        plan.steps = _explicit_steps(cfg, what)
-    elif allocate_steps:
-        allocate(plan, cfg, what, fp, probe=probe)
+        plan.steps = explicit_steps(cfg, what)
     return plan
 
 
@@ -687,21 +698,7 @@ def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe
     batch = d.batch_size or (16 if gpu else 8)
     widths = [m.width] if m.width else list(GPU_WIDTHS if gpu else CPU_WIDTHS)
     pmax = GPU_PATCH_MAX if gpu else CPU_PATCH_MAX
-    if d.target_spacing > 0:
-        sp = float(d.target_spacing)
-        why_sp = "data.target_spacing"
-    elif d.target_spacing < 0:
-        sp = 0.0  # each scan keeps its own spacing
-        why_sp = "data.target_spacing = -1"
-    else:
-        sp = base
-        why_sp = "the median in-plane spacing of the training scans"
-        if not d.patch_size and COVERAGE * side > pmax:
-            sp = base * min(MAX_COARSEN, COVERAGE * side / pmax)
-            why_sp = (
-                f"{sp / base:.2g}x the median {base:.3g} mm, so that a {pmax} px patch (the "
-                f"largest this device trains fast enough) covers {COVERAGE:.0%} of a slice"
-            )
+    sp, why_sp = _target_spacing(d, base, side, pmax)
     s_side = side if sp == 0 else side * base / sp
     if d.patch_size:
         patches = [int(d.patch_size)]
@@ -734,25 +731,9 @@ def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe
             )
         patch = _ceil_to(patch, 2**depth)
     n_est = steps(patch, width)
-    if sp == 0:
-        reasons.insert(0, f"in-plane spacing: each scan's own ({why_sp})")
-    else:
-        h2, w2 = (round(x * base / sp) for x in fp.size)
-        reasons.insert(
-            0,
-            f"{sp:.3g} mm in-plane ({why_sp}): the median slice of {fp.size[0]} x {fp.size[1]} "
-            f"voxels is {h2} x {w2} at that spacing",
-        )
+    reasons.insert(0, _spacing_reason(sp, why_sp, fp.size, base))
     cover = min(1.0, patch / max(1.0, s_side))
-    if cfg.budget_s <= 0:
-        why_w = "step counts given, no budget"
-    elif good:
-        why_w = f"the widest that leaves every model about {GOOD_STEPS} steps or more"
-    else:
-        why_w = (
-            f"the narrowest; the budget leaves about {int(n_est)} steps per model, fewer than "
-            f"the {GOOD_STEPS} the planner aims for"
-        )
+    why_w = _width_reason(cfg.budget_s > 0, bool(good), n_est)
     reasons.insert(
         1,
         f"{patch} x {patch} patches cover {cover:.0%} of the longer side"
@@ -771,6 +752,44 @@ def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe
         norms=norms,
         budget_s=cfg.budget_s,
         reasons=reasons,
+    )
+
+
+def _target_spacing(d: Any, base: float, side: int, pmax: int) -> tuple[float, str]:
+    """The in-plane spacing to train at (0: each scan's own) and why: the user's, else the
+    median ``base``, coarser only where a ``pmax`` patch could not cover ``COVERAGE`` of the
+    median slice's longer ``side`` (voxels)."""
+    if d.target_spacing > 0:
+        return float(d.target_spacing), "data.target_spacing"
+    if d.target_spacing < 0:
+        return 0.0, "data.target_spacing = -1"  # each scan keeps its own spacing
+    if d.patch_size or COVERAGE * side <= pmax:
+        return base, "the median in-plane spacing of the training scans"
+    sp = base * min(MAX_COARSEN, COVERAGE * side / pmax)
+    return sp, (
+        f"{sp / base:.2g}x the median {base:.3g} mm, so that a {pmax} px patch (the "
+        f"largest this device trains fast enough) covers {COVERAGE:.0%} of a slice"
+    )
+
+
+def _spacing_reason(sp: float, why: str, size: tuple[int, int], base: float) -> str:
+    if sp == 0:
+        return f"in-plane spacing: each scan's own ({why})"
+    h2, w2 = (round(x * base / sp) for x in size)
+    return (
+        f"{sp:.3g} mm in-plane ({why}): the median slice of {size[0]} x {size[1]} "
+        f"voxels is {h2} x {w2} at that spacing"
+    )
+
+
+def _width_reason(budgeted: bool, good: bool, n_est: float) -> str:
+    if not budgeted:
+        return "step counts given, no budget"
+    if good:
+        return f"the widest that leaves every model about {GOOD_STEPS} steps or more"
+    return (
+        f"the narrowest; the budget leaves about {int(n_est)} steps per model, fewer than "
+        f"the {GOOD_STEPS} the planner aims for"
     )
 
 
@@ -848,7 +867,7 @@ def _sync(dev: Any) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _explicit_steps(cfg: ExperimentConfig, what: str) -> dict[str, int]:
+def explicit_steps(cfg: ExperimentConfig, what: str) -> dict[str, int]:
     """Steps as the config gives them (no budget): every count must be set."""
     s1 = cfg.stage1
     n = int(cfg.baseline.steps or s1.joint_steps)
@@ -900,216 +919,6 @@ def unit_step_s(
     return t["student"], 0.0
 
 
-def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw: Any) -> Plan:
-    """Share ``cfg.budget_s - spent_s`` across the run's models (in place; returns ``plan``):
-    :func:`_allocate`, less the teachers where the budget is too short for them to pay
-    (``stage1.min_teacher_steps``: the plan then says so in ``teachers_skipped``)."""
-    plan.teachers_skipped = {}
-    if not _may_skip_teachers(cfg, what):
-        return _allocate(plan, cfg, what, fp, **kw)
-    try:
-        _allocate(plan, cfg, what, fp, **kw)
-        n = int(plan.steps["seg"])
-    except PlanError:  # too short for every model: without the teachers it may fit
-        n = 0
-    want = int(cfg.stage1.min_teacher_steps)
-    if n >= want:
-        return plan
-    kw["timings"] = kw.get("timings") or plan.timings or None
-    lean = ExperimentConfig.from_dict(cfg.to_dict())
-    lean.stage1.tasks, lean.stage1.lambda_ = [], {}
-    lean.stage1.modes = "pretrain"  # one mode: no halving, one validation per model
-    _allocate(plan, lean, what, fp, **kw)  # too short even so: its own message says what fits
-    _restate_steps_per_model(plan, int(plan.steps["seg"]))
-    tasks = list(cfg.stage1.tasks)
-    about = f"about {n}" if n else "too few"
-    more = format_budget(math.ceil(cfg.budget_s * want / max(n, 1) / 300) * 300) if n else ""
-    plan.teachers_skipped = {
-        "tasks": tasks,
-        "steps": n,
-        "why": (
-            f"no teacher trained: a {format_budget(cfg.budget_s)} budget gives each teacher "
-            f"{about} segmentation steps on this machine, fewer than "
-            f"stage1.min_teacher_steps ({want}; below that, teachers did not lead the "
-            "baseline on the ACDC benchmark); the baseline and the student share the time, "
-            "and the student learns from the baseline and the unlabelled scans"
-            + (
-                f". Teachers ({', '.join(tasks)}) train from a budget of about {more}"
-                if more
-                else ""
-            )
-        ),
-    }
-    return plan
-
-
-def _restate_steps_per_model(plan: Plan, n: int) -> None:
-    """The network's reason (:func:`_shape`, which priced every model of the run, teachers
-    included) gives the steps each model gets; without the teachers that is ``n``."""
-    said = re.compile(r"the budget leaves about \d+ steps per model( \(no teacher: see below\))?")
-    now = f"the budget leaves about {n} steps per model (no teacher: see below)"
-    plan.reasons = [said.sub(now, r) for r in plan.reasons]
-
-
-def _may_skip_teachers(cfg: ExperimentConfig, what: str) -> bool:
-    """Whether a budget may leave the teachers out: a budgeted run of everything whose
-    semi-supervised student can learn from the run's baseline instead, no steps set by hand."""
-    s1 = cfg.stage1
-    return bool(
-        what == "all"
-        and cfg.budget_s > 0
-        and s1.tasks
-        and s1.min_teacher_steps > 0
-        and cfg.stage2.method == "semi"
-        and cfg.stage2.with_baseline
-        and not (s1.joint_steps or s1.finetune_steps or cfg.baseline.steps)
-    )
-
-
-def _allocate(
-    plan: Plan,
-    cfg: ExperimentConfig,
-    what: str,
-    fp: Fingerprint,
-    *,
-    probe: bool = True,
-    spent_s: float = 0.0,
-    cached_pretext: Sequence[str] = (),
-    timings: dict[str, float] | None = None,
-    lanes: int = 1,
-) -> Plan:
-    """Share ``cfg.budget_s - spent_s`` across the models of ``cfg``'s run.
-
-    Every model gets the same number N of segmentation steps (the comparison the method is
-    judged by is at equal training); pre-training gets ``pretrain_ratio * N`` steps (nothing
-    for a task whose pre-training is cached); successive halving trains the losing mode for a
-    share ``halving`` of N only. Validation passes and a safety margin of 5 % are counted.
-    ``lanes`` > 1: the run may train that many units at once; the steps are also priced side
-    by side (:func:`.lanes.price_side_by_side`) and the way that gives more steps is kept
-    (``plan.lanes``), or side by side whatever it gives when ``units_at_once`` asks for it.
-    """
-    if cfg.stage1.modes == "auto" and what in ("stage1", "all"):
-        return _allocate_auto(
-            plan, cfg, what, fp, probe=probe, spent_s=spent_s,
-            cached_pretext=cached_pretext, timings=timings, lanes=lanes,
-        )  # fmt: skip
-    t = (
-        timings
-        or plan.timings
-        or (_time_steps(plan, cfg, fp, what) if probe else _guess(plan, cfg))
-    )
-    failed = ""
-    if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S and not cfg.units_at_once:
-        lanes = 1  # timing steps side by side would cost a share of so small a budget
-    if lanes > 1 and probe and not any(k.startswith("side:") for k in t):
-        from .lanes import time_side_by_side
-
-        t0 = time.perf_counter()
-        try:
-            side = time_side_by_side(plan, cfg, fp, lanes)
-            t = {**t, **{f"side:{k}": v for k, v in side.items()}}
-        except (OSError, RuntimeError) as exc:  # one at a time, as priced without it
-            lanes, failed = 1, f"the steps could not be timed side by side ({exc})"
-        spent_s += time.perf_counter() - t0  # the timing is paid from the budget
-    plan.timings = {k: round(float(v), 5) for k, v in t.items()}
-    s1 = cfg.stage1
-    units = model_units(what, cfg)
-    budget = max(0.0, cfg.budget_s - spent_s)
-    t_eval = t["eval"]
-    both = s1.modes == "both" and s1.halving > 0
-    # Validation passes per model: halfway (the halving's decision) and at the end; one at the
-    # end when nothing is decided halfway (Plan.apply sets stage1.eval_every so)
-    evals = EVALS if both or s1.eval_every else 1
-    h = s1.halving if both else 1.0
-
-    def per_step(u: str) -> tuple[float, float]:
-        return unit_step_s(u, t, cfg, cached_pretext)
-
-    # The student's share of the time (semi, after stage 1 in the same run): it trains
-    # `student_steps`, the other models share the rest; plus the teachers' predictions it
-    # computes once, priced as fixed time.
-    s_share = student_share(cfg, what)
-    members = _members_guess(cfg, what)
-    soft_scans = soft_scan_count(cfg, fp, t, members, budget, s_share)
-    fixed_student = 0.0
-    stores = what in ("all", "stage2", "retrain-stage2") and not _student_online(cfg, what)
-    if "student" in units and stores:
-        per_scan = t.get("soft", 0.0) / max(1, fp.n_train)
-        fixed_student = members * per_scan * soft_scans
-        fixed_student += (members if members > 1 else 0) * t_eval * SOFT_EVAL
-    # Seconds per unit of N, summed over models; halving discounts the expected loser.
-    cost_n = 0.0
-    fixed = fixed_student
-    for u in units:
-        if u == "student" and s_share:
-            fixed += EVALS * t_eval
-            continue
-        seg, pre = per_step(u)
-        share = 1.0
-        if both and _mode_of(u):
-            other = str(ModelId.parse(u).other_mode())
-            oseg, _ = per_step(other)
-            # the leader is not known yet: assume the dearer mode goes on (a safe estimate)
-            share = 1.0 if seg >= oseg else h
-        cost_n += seg * share + pre
-        fixed += evals * t_eval
-    fixed += OVERHEAD_S + OVERHEAD_PER_MODEL_S * len(units)
-    usable = budget * 0.95 - fixed
-    student_s = s_share * usable
-    usable -= student_s
-    n = int(usable / cost_n) if cost_n > 0 else 0
-    plan.lanes, plan.lanes_why, side = 1, failed, None
-    if lanes > 1:
-        from .lanes import SIDE_GAIN, price_side_by_side
-
-        room = budget * 0.95 - OVERHEAD_S - OVERHEAD_PER_MODEL_S * len(units)
-        if s_share:
-            room -= student_s + fixed_student + EVALS * t_eval
-        side = price_side_by_side(cfg, what, t, lanes, room, cached_pretext, not s_share)
-        # side by side where it gives more steps, or where the user asked for it
-        chosen = side is not None and (bool(cfg.units_at_once) or side.steps > n * SIDE_GAIN)
-        if side is not None:
-            plan.lanes_why = side.why(n, chosen)
-        if chosen:
-            plan.lanes, n = lanes, side.steps
-    floor = min_steps(what)
-    if n < floor:
-        # the student's share is taken from the training time before the others' steps
-        need = (floor * cost_n / (1 - s_share) + fixed) / 0.95 + spent_s
-        raise PlanError(_too_small(plan, cfg, what, fp, t, spent_s, n, need))
-    if s1.joint_steps or cfg.baseline.steps:
-        n = int(cfg.baseline.steps or s1.joint_steps)
-    plan.steps = {
-        "seg": n,
-        "pretext": int(s1.pretrain_steps or max(1, round(s1.pretrain_ratio * n))),
-        "student": int(
-            cfg.stage2.steps or (int(student_s / max(t["student"], 1e-6)) if s_share else n)
-        ),
-        "soft_scans": int(soft_scans),
-        "retrain": int(cfg.stage2.retrain_steps or n),
-        "halving_at": int(round(h * n)) if both else 0,
-        "eval_every": max(1, n // evals),
-    }
-    est: dict[str, float] = {}
-    for u in units:
-        seg, pre = per_step(u)
-        steps_u = plan.steps["student"] if u == "student" else n
-        est[u] = round(steps_u * seg + n * pre + evals * t_eval, 1)
-        if both and _mode_of(u):
-            other = str(ModelId.parse(u).other_mode())
-            if seg < per_step(other)[0]:
-                est[u] = round(h * n * seg + n * pre + 2 * t_eval, 1)
-    if "student" in est:
-        est["student"] = round(est["student"] + fixed_student, 1)
-    est["total"] = round(sum(est.values()) + fixed - len(units) * evals * t_eval, 1)
-    if plan.lanes > 1 and side is not None:
-        est.update(side.estimate(n))
-    plan.estimate_s = est
-    plan.budget_s = cfg.budget_s
-    plan.models = units
-    return plan
-
-
 # The stored ensemble maps are predicted without window overlap (SOFT_OVERLAP; the confident
 # pixels the student learns from are the same, at 2.25x fewer windows for a patch of half the
 # slice), on at most as many unlabelled scans as SOFT_SHARE of the student's time pays for
@@ -1119,113 +928,6 @@ SOFT_OVERLAP = 0.5
 SOFT_SHARE = 0.15
 SOFT_MIN_SCANS = 8
 SOFT_EVAL = 0.5
-
-
-def soft_scan_count(
-    cfg: ExperimentConfig,
-    fp: Fingerprint,
-    t: dict[str, float],
-    members: int,
-    budget_s: float,
-    share: float,
-) -> int:
-    """Training scans whose ensemble maps the student's run stores: every one, unless that
-    would cost more than SOFT_SHARE of the student's time."""
-    n = max(1, int(fp.n_train))
-    per_scan = members * t.get("soft", 0.0) / n
-    if per_scan <= 0 or cfg.stage2.method != "semi":
-        return n  # the paper's student distils on every slice, labelled ones too
-    student_s = budget_s * (share or 0.5)
-    return int(min(n, max(SOFT_MIN_SCANS, SOFT_SHARE * student_s / per_scan)))
-
-
-def student_share(cfg: ExperimentConfig, what: str) -> float:
-    """The share of a budgeted run's training time its student gets (semi, in a run that also
-    trains stage 1); 0: the same steps as every other model."""
-    s2 = cfg.stage2
-    if what != "all" or s2.method != "semi" or s2.steps:
-        return 0.0
-    return float(s2.share)
-
-
-def _student_online(cfg: ExperimentConfig, what: str) -> bool:
-    """Whether the student's ensemble will be the model it starts from (a run of everything
-    with no teacher: the run's baseline), so that no map is stored and its moving average
-    labels the unlabelled slices (``units._own_start_online`` decides it when it starts)."""
-    s2 = cfg.stage2
-    return bool(
-        what == "all"
-        and not cfg.stage1.tasks
-        and s2.with_baseline
-        and s2.learns_online()
-        and s2.resolved_init() == "best"
-    )
-
-
-def _members_guess(cfg: ExperimentConfig, what: str) -> int:
-    """Models in the student's ensemble before stage 1 has scored them (the most it can be)."""
-    n = len(cfg.stage1.tasks)
-    if cfg.stage2.method == "semi" and cfg.stage2.with_baseline and what == "all":
-        n += 1
-    return max(1, n)
-
-
-def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw) -> Plan:
-    """``stage1.modes = "auto"``: both modes where the budget gives every model
-    JOINT_PAYS_STEPS (joint training needs many steps to pay, and its step is the dearer),
-    else the pre-training mode only (its pre-training is also cached across runs)."""
-    both = ExperimentConfig.from_dict(cfg.to_dict())
-    both.stage1.modes = "both"
-    try:
-        _allocate(plan, both, what, fp, **kw)
-        enough = plan.steps["seg"] >= JOINT_PAYS_STEPS
-    except PlanError:
-        enough = False
-    if enough:
-        plan.modes = "both"
-        return plan
-    kw["timings"] = kw.get("timings") or plan.timings or None
-    pre = ExperimentConfig.from_dict(cfg.to_dict())
-    pre.stage1.modes = "pretrain"
-    _allocate(plan, pre, what, fp, **kw)
-    plan.modes = "pretrain"
-    return plan
-
-
-def min_steps(what: str) -> int:
-    """The fewest steps per model a budget must give a run of ``what``."""
-    return MIN_RETRAIN_STEPS if what == "retrain-quick" else MIN_STEPS
-
-
-def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:
-    """The message for a budget that gives fewer than MIN_STEPS: what fits instead."""
-    tasks = list(cfg.stage1.tasks)
-    fits = None
-    if what in ("all", "stage1") and len(tasks) > 1:
-        for k in range(len(tasks) - 1, 0, -1):
-            c = ExperimentConfig.from_dict(cfg.to_dict())
-            c.stage1.tasks = tasks[:k]
-            c.stage1.lambda_ = {x: v for x, v in c.stage1.lambda_.items() if x in tasks[:k]}
-            try:
-                allocate(dataclasses.replace(plan), c, what, fp, timings=t, spent_s=spent_s)
-            except PlanError:
-                continue
-            fits = k
-            break
-    budget = format_budget(cfg.budget_s)
-    msg = (
-        f"a {budget} budget gives each of the {len(model_units(what, cfg))} model(s) of this "
-        f"run about {max(0, n)} training steps on this machine; it needs at least "
-        f"{min_steps(what)}"
-    )
-    if fits:
-        msg += f". {budget} allows baseline + {fits} task{'s' if fits > 1 else ''}"
-        msg += f" ({', '.join(tasks[:fits])})"
-    what_text = ", ".join(tasks) if what in ("all", "stage1") and tasks else "this run"
-    msg += (
-        f"; give {what_text} a budget of at least {format_budget(math.ceil(need * 1.05 / 60) * 60)}"
-    )
-    return msg
 
 
 def _guess(plan: Plan, cfg: ExperimentConfig) -> dict[str, float]:
@@ -1277,46 +979,79 @@ def _time_steps(
     for a run that trains teachers (``what``): a baseline's click waits for no task's timing."""
     import torch
 
-    from napari_mtssl.tasks import build_task, task_config
-
     from .inference import autocast
 
     dev = torch.device(plan.device)
-    b, p = plan.batch_size, plan.patch
+    b = plan.batch_size
     out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
     net, x, seg_step = probe_step(plan, out_ch, fp.num_classes)
-
-    def timed(fn, n: int = 3) -> float:
-        fn()
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        _sync(dev)
-        return (time.perf_counter() - t0) / n
+    timer = _StepTimer(dev)
 
     @torch.no_grad()
     def fwd() -> None:
         with autocast(dev, plan.precision):
             net(x)
 
-    peaks: list[float] = []
+    t: dict[str, float] = {"seg": timer.peak(seg_step), "fwd": timer.timed(fwd)}
+    if What.parse(what).trains_teachers:
+        t.update(_time_task_steps(plan, cfg, fp, net, timer, t["seg"]))
+    t["student"] = student_step_s(t, cfg)
+    t["soft"] = train_windows(plan, fp, SOFT_OVERLAP) * t["fwd"] / b * 1.2
+    t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2
+    t["eval"] += 0.05 * len(fp.val_shapes)
+    if timer.peaks:
+        # A joint step holds the segmentation batch's and the task batch's activations at
+        # once: their peaks added (the weights and optimiser state counted twice: a margin).
+        t["peak_mb"] = timer.peaks[0] + max(timer.peaks[1:], default=0.0)
+    return t
 
-    def peak(fn, n: int = 3) -> float:
-        """``timed(fn)``, recording the step's peak GPU memory (MiB) on a GPU."""
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        s = timed(fn, n)
-        if dev.type == "cuda":
-            peaks.append(torch.cuda.max_memory_allocated(dev) / 2**20)
+
+class _StepTimer:
+    """Seconds per call of a step on ``dev`` (after a warm-up call), with the peak GPU memory
+    (MiB) of the steps timed by :meth:`peak` on a GPU."""
+
+    def __init__(self, dev: Any):
+        self.dev = dev
+        self.peaks: list[float] = []
+
+    def timed(self, fn: Callable[[], None], n: int = 3) -> float:
+        fn()
+        _sync(self.dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(self.dev)
+        return (time.perf_counter() - t0) / n
+
+    def peak(self, fn: Callable[[], None], n: int = 3) -> float:
+        """:meth:`timed`, recording the step's peak GPU memory on a GPU."""
+        import torch
+
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        s = self.timed(fn, n)
+        if self.dev.type == "cuda":
+            self.peaks.append(torch.cuda.max_memory_allocated(self.dev) / 2**20)
         return s
 
-    t: dict[str, float] = {"seg": peak(seg_step), "fwd": timed(fwd)}
+
+def _time_task_steps(
+    plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, net: Any, timer: _StepTimer, seg_s: float
+) -> dict[str, float]:
+    """Seconds per joint step of each of the run's tasks (``task:<name>``), on random
+    volumes of the plan's shape; a task that cannot run on them is priced as a segmentation
+    step (``seg_s``: the run's own check explains why it cannot run)."""
+    import torch
+
+    from napari_mtssl.tasks import build_task, task_config
+    from napari_mtssl.tasks.base import SliceContext
+
+    from .inference import autocast
+
+    dev, p = timer.dev, plan.patch
     rng = np.random.default_rng(0)
     vol = rng.standard_normal((max(8, fp.slices[1]), p, p)).astype(np.float32)
     lab = (rng.random(vol.shape) > 0.7).astype(np.int64) * min(1, fp.num_classes - 1)
-    from napari_mtssl.tasks.base import SliceContext
-
     ctx = SliceContext(
         volume=vol,
         z=vol.shape[0] // 2,
@@ -1325,19 +1060,17 @@ def _time_steps(
         num_classes=max(2, fp.num_classes),
         spacing=(fp.slice_spacing, 1.0, 1.0),
     )
-    tb = cfg.data.task_batch_size or b
+    tb = cfg.data.task_batch_size or plan.batch_size
     shaped = task_shape_overrides(cfg.stage1.tasks, cfg.stage1.task_overrides, p, plan.depth)
-    for name in cfg.stage1.tasks if what in ("stage1", "all") else ():
+    t: dict[str, float] = {}
+    for name in cfg.stage1.tasks:
         try:
             task = build_task(
-                name,
-                net,
-                task_config(name, **shaped.get(name, {})),
-                max(2, fp.num_classes),
+                name, net, task_config(name, **shaped.get(name, {})), max(2, fp.num_classes)
             ).to(dev)
             samples = [task.make_sample(ctx, rng) for _ in range(tb)]
         except (ValueError, TypeError):
-            t[f"task:{name}"] = t["seg"]  # the run's own check explains why it cannot run
+            t[f"task:{name}"] = seg_s
             continue
         batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])).to(dev) for k in samples[0]}
         topt = torch.optim.AdamW([*net.parameters(), *task.parameters()], 1e-3)
@@ -1349,15 +1082,7 @@ def _time_steps(
             loss.backward()
             topt.step()
 
-        t[f"task:{name}"] = peak(task_step, 2)
-    t["student"] = student_step_s(t, cfg)
-    t["soft"] = train_windows(plan, fp, SOFT_OVERLAP) * t["fwd"] / b * 1.2
-    t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2
-    t["eval"] += 0.05 * len(fp.val_shapes)
-    if peaks:
-        # A joint step holds the segmentation batch's and the task batch's activations at
-        # once: their peaks added (the weights and optimiser state counted twice: a margin).
-        t["peak_mb"] = peaks[0] + max(peaks[1:], default=0.0)
+        t[f"task:{name}"] = timer.peak(task_step, 2)
     return t
 
 

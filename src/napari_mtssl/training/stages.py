@@ -141,16 +141,7 @@ def pretrain(
     pre_file = pretext_file or own
     net = new_net(cfg, study.num_classes)
     level = task_class(task).level
-    seconds, steps, pre_net = 0.0, int(cfg.stage1.pretrain_steps), None
-    loadable = pre_file is not None and pre_file.is_file() and (reuse or pre_file == own)
-    if loadable:
-        try:
-            pre_net, meta = checkpoints.load_model(pre_file)
-            seconds = float(meta.get("seconds", 0.0))
-            steps = int(meta.get("pretext_steps", steps))
-        except (OSError, ValueError, KeyError, RuntimeError):
-            pre_file.unlink(missing_ok=True)  # a damaged entry is trained again
-            pre_net = None
+    pre_net, seconds, steps = _load_pretext(pre_file, own, reuse, int(cfg.stage1.pretrain_steps))
     loaded = pre_net is not None
     if pre_net is None:
         t = new_task(task, net, cfg, study.num_classes)
@@ -169,11 +160,8 @@ def pretrain(
             return {**res, "net": net}
         pre_net, seconds = net, res["seconds"]
         if pre_file is not None:
-            checkpoints.save_model(
-                pre_net,
-                pre_file,
-                {**_arch(cfg, study), "seconds": seconds, "pretext_steps": steps, "task": task},
-            )
+            meta = {**_arch(cfg, study), "seconds": seconds, "pretext_steps": steps, "task": task}
+            checkpoints.save_model(pre_net, pre_file, meta)
     fine = new_net(cfg, study.num_classes)  # fresh head and non-shared parts
     fine.load_shared(pre_net.shared_state_dict(level), level)
     spec = UnitSpec(
@@ -199,6 +187,22 @@ def pretrain(
         "pretext_loaded": loaded,
         "seconds": res.get("seconds", 0.0) + (0.0 if loaded else seconds),
     }
+
+
+def _load_pretext(
+    pre_file: Path | None, own: Path | None, reuse: bool, steps: int
+) -> tuple[Any, float, int]:
+    """The pre-trained network kept in ``pre_file`` (the run's own, or a cache entry where
+    ``reuse``), with the seconds and steps its pre-training cost; (None, 0, ``steps``) where
+    there is none (a damaged entry is removed, to be trained again)."""
+    if pre_file is None or not pre_file.is_file() or not (reuse or pre_file == own):
+        return None, 0.0, steps
+    try:
+        pre_net, meta = checkpoints.load_model(pre_file)
+        return pre_net, float(meta.get("seconds", 0.0)), int(meta.get("pretext_steps", steps))
+    except (OSError, ValueError, KeyError, RuntimeError):
+        pre_file.unlink(missing_ok=True)
+        return None, 0.0, steps
 
 
 def select_mode(scores: dict[str, float | None]) -> str:

@@ -458,70 +458,162 @@ def train_unit(
         yield Resumed(spec.model or spec.name, start).to_dict()
     check = _Validation(spec, avg.model, study, cfg, device, o.precision)
     t0 = time.perf_counter()
+
+    def seconds() -> float:  # training time of the unit, earlier sessions included
+        return elapsed0 + time.perf_counter() - t0
+
+    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max)
+    streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
+
+    def progress(step: int, ema: dict, lr: float, val: float | None) -> dict:
+        return _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s,
+                         pace.total)  # fmt: skip
+
+    parts = _Parts(o, avg, ckpt, check, pace, streams, seconds, progress)
+    pace.start(start)
+    try:
+        result = yield from _loop(spec, net, cfg, device, parts, start, val, stop=stop,
+                                  pause_at=pause_at, deadline=deadline, probe_at=probe_at)  # fmt: skip
+    finally:
+        streams.close()
+    if result.get("stopped") or result.get("paused"):
+        return result  # resumable from its checkpoint
+    avg.into(net)
+    ckpt.remove()
+    net.eval()
+    return result
+
+
+@dataclass
+class _Parts:
+    """What a unit's loop works with (:func:`train_unit` makes them)."""
+
+    o: _Optimiser
+    avg: _Average
+    ckpt: _Checkpoint
+    check: _Validation
+    pace: Pace
+    streams: _Streams
+    seconds: Callable[[], float]  # the unit's training time, earlier sessions included
+    progress: Callable[..., dict]  # (step, losses, lr, val) -> the Progress event
+
+
+def _loop(
+    spec: UnitSpec,
+    net: torch.nn.Module,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    p: _Parts,
+    start: int,
+    val: float | None,
+    *,
+    stop: StopFn | None,
+    pause_at: int | None,
+    deadline: float | None,
+    probe_at: int | None,
+) -> Generator[dict, None, dict]:
+    """The steps of a unit from ``start`` (see :func:`train_unit`); returns its result:
+    stopped (saved, resumable), paused at ``pause_at``, or finished (maybe ended early by
+    ``deadline``)."""
+    ema: dict[str, float] = {}
+    final, step, ended_early, probe = None, start, False, None
+    stopped = {"stopped": True, "name": spec.name}
+    while step < p.pace.total:
+        elapsed = p.seconds()
+        if stop is not None and stop():
+            p.ckpt.save(step, elapsed, val)
+            return {**stopped, "step": step}
+        if pause_at is not None and step >= pause_at:
+            return _paused(p.check, p.ckpt, step, p.seconds, val, ema)
+        if deadline is not None and step > start and _too_late(p.pace, deadline):
+            ended_early = True
+            break
+        if step > start and p.ckpt.due():
+            p.ckpt.save(step, elapsed, val)
+        vals, lr = _step(spec, net, p.streams, p.o, cfg, device, step, p.avg.copy, p.pace.total)
+        p.avg.update()
+        step += 1
+        _smooth(ema, vals)
+        note = p.pace.tick(step)
+        if note:
+            yield Note(f"{spec.model or spec.name}: {note}").to_dict()
+        if _validation_due(p.check, step, p.pace.total, probe_at):
+            got = _validate(p.check, p.pace, step, stop)
+            if got is None:  # stopped mid-validation: saved at this step, resumable
+                p.ckpt.save(step, p.seconds(), val)
+                return {**stopped, "step": step}
+            val, final = got["mean_dice"], got if step == p.pace.total else final
+            if step == probe_at:
+                probe = {"step": step, "dice": val}
+        yield p.progress(step, ema, lr, val)
+    if ended_early and p.check.on:
+        final = p.check.scores(hd95=True)
+        val = final["mean_dice"]
+    return {"stopped": False, "ended_early": ended_early, "steps": step, "val_dice": val,
+            "seconds": p.seconds(), "losses": ema, "metrics": final,
+            "data_wait_s": p.streams.wait_s, "probe": probe}  # fmt: skip
+
+
+def _pace(
+    spec: UnitSpec,
+    device: torch.device,
+    pause_at: int | None,
+    deadline: float | None,
+    aim_s: float,
+    grow: float,
+    threads_max: int,
+) -> Pace:
+    """The unit's step count, kept so that it ends by ``deadline + aim_s`` where it has one;
+    adaptive (more steps when the machine speeds up, threads fitted to the free cores) on a
+    CPU, for a unit that does not pause at a rung."""
     adaptive = pause_at is None and device.type == "cpu"
-    pace = Pace(
+    return Pace(
         spec.steps,
         deadline + aim_s if pause_at is None and deadline is not None else None,
         grow=grow if adaptive else 1.0,
         threads_max=threads_max if adaptive else 0,
     )
-    streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
-    ema: dict[str, float] = {}
-    final, step, ended_early, probe = None, start, False, None
-    pace.start(step)
+
+
+def _validation_due(check: _Validation, step: int, total: int, probe_at: int | None) -> bool:
+    """Validate after ``step``: every ``eval_every`` steps and at the last one (with HD95: the
+    report), and at ``probe_at`` (the baseline at the teachers' rung)."""
+    return check.due(step, total) or (check.on and step == probe_at and step < total)
+
+
+def _too_late(pace: Pace, deadline: float) -> bool:
+    """Whether a step now would leave too little time before ``deadline`` for the final
+    validation (as last timed)."""
+    now = time.monotonic()
+    return now > deadline - pace.reserve_s(now)
+
+
+def _smooth(ema: dict[str, float], vals: dict[str, float]) -> None:
+    """The losses' moving average (0.9), in place."""
+    for k, v in vals.items():
+        ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
+
+
+def _paused(check, ckpt, step: int, seconds: Callable[[], float], val, ema) -> dict:
+    """Pause at ``step`` (successive halving's rung): validate, save a resumable checkpoint,
+    and return the scores."""
+    m = check.scores(hd95=True) if check.on else None
+    ckpt.save(step, seconds(), val)
+    v = None if m is None else m["mean_dice"]
+    return {"stopped": False, "paused": True, "steps": step, "metrics": m,
+            "seconds": seconds(), "val_dice": v, "losses": ema}  # fmt: skip
+
+
+def _validate(check, pace: Pace, step: int, stop: StopFn | None) -> dict[str, Any] | None:
+    """The validation scores at ``step`` (with HD95 at the last step; the time it took is
+    told to ``pace``), or None where a stop request interrupted it."""
+    tv = time.perf_counter()
     try:
-        while step < pace.total:
-            elapsed = elapsed0 + time.perf_counter() - t0
-            if stop is not None and stop():
-                ckpt.save(step, elapsed, val)
-                return {"stopped": True, "step": step, "name": spec.name}
-            if pause_at is not None and step >= pause_at:
-                m = check.scores(hd95=True) if check.on else None
-                ckpt.save(step, elapsed0 + time.perf_counter() - t0, val)
-                v = None if m is None else m["mean_dice"]
-                seconds = elapsed0 + time.perf_counter() - t0
-                return {"stopped": False, "paused": True, "steps": step, "metrics": m,
-                        "seconds": seconds, "val_dice": v, "losses": ema}  # fmt: skip
-            now = time.monotonic()
-            if deadline is not None and step > start and now > deadline - pace.reserve_s(now):
-                ended_early = True
-                break
-            if step > start and ckpt.due():
-                ckpt.save(step, elapsed, val)
-            vals, lr = _step(spec, net, streams, o, cfg, device, step, avg.copy, pace.total)
-            avg.update()
-            step += 1
-            for k, v in vals.items():
-                ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
-            note = pace.tick(step)
-            if note:
-                yield Note(f"{spec.model or spec.name}: {note}").to_dict()
-            probing = check.on and step == probe_at and step < pace.total
-            if check.due(step, pace.total) or probing:  # the last one (HD95): the report
-                tv = time.perf_counter()
-                try:
-                    got = check.scores(hd95=step == pace.total, stop=stop)
-                except Interrupted:  # stopped mid-validation: saved at this step, resumable
-                    ckpt.save(step, elapsed0 + time.perf_counter() - t0, val)
-                    return {"stopped": True, "step": step, "name": spec.name}
-                pace.validated(time.perf_counter() - tv)
-                val, final = got["mean_dice"], got if step == pace.total else final
-                if step == probe_at:
-                    probe = {"step": step, "dice": val}
-            yield _progress(spec, step, start, ema, lr, val, elapsed0, t0, streams.wait_s,
-                            pace.total)  # fmt: skip
-        if ended_early and check.on:
-            final = check.scores(hd95=True)
-            val = final["mean_dice"]
-        result = {"stopped": False, "ended_early": ended_early, "steps": step, "val_dice": val,
-                  "seconds": elapsed0 + time.perf_counter() - t0, "losses": ema,
-                  "metrics": final, "data_wait_s": streams.wait_s, "probe": probe}  # fmt: skip
-    finally:
-        streams.close()
-    avg.into(net)
-    ckpt.remove()
-    net.eval()
-    return result
+        got = check.scores(hd95=step == pace.total, stop=stop)
+    except Interrupted:
+        return None
+    pace.validated(time.perf_counter() - tv)
+    return got
 
 
 def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s, total=None) -> dict:

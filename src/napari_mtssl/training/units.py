@@ -17,6 +17,7 @@ scheduler does itself.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from napari_mtssl.ids import ModelId
 
 from . import checkpoints, stages
 from .config import ExperimentConfig
-from .plan import SOFT_OVERLAP
+from .data import StudyData
+from .plan import SOFT_OVERLAP, Plan
 from .trainer import evaluate
 
 __all__ = ["Unit", "UnitContext", "train", "unit_job", "warm_up"]
@@ -150,27 +152,7 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
             "average labels the unlabelled slices from the first step, nothing to store"
         ).to_dict()
     elif s2.method == "semi" or (s2.stored and s2.temperature == 1.0):
-        src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
-        digests = [soft_labels.file_digest(src[r].model_path(m)) for r, m in unit.teachers]
-        folder = ctx.ws.root / "cache" / "soft" if cfg.data.cache else None
-        paper = s2.method == "paper"
-        batch = cfg.data.batch_size if paper else max(1, cfg.data.batch_size // 2)
-        count = min(
-            int(ctx.plan.steps.get("soft_scans") or len(ctx.study.train)),
-            soft_labels.scans_needed(ctx.study, unit.steps, batch),
-        )
-        scans = soft_labels.choose_scans(ctx.study, count, paper, cfg.seed)
-        got = yield from soft_labels.attach(
-            ctx.study,
-            teachers,
-            digests,
-            ctx.device,
-            folder,
-            overlap=SOFT_OVERLAP,
-            precision=ctx.plan.precision,
-            scans=scans,
-            stop=stop,
-        )
+        got = yield from _store_maps(ctx, unit, cfg, teachers, stop)
         if got.get("stopped"):
             return {"stopped": True, "step": 0, "name": unit.id}
         ensemble["stored"] = got
@@ -200,6 +182,37 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
     if init is not None and unit.stage == "stage2" and not res.get("stopped"):
         res = _keep_the_better(ctx, unit, init, res)
     return {**res, "ensemble": ensemble}
+
+
+def _store_maps(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, teachers: list, stop):
+    """The ensemble's predictions on the training scans the student's steps will draw
+    (stored once, reused while the members do not change): :func:`.soft_labels.attach`'s
+    result, ``stopped`` where a stop request came first."""
+    from . import soft_labels
+
+    s2 = cfg.stage2
+    src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
+    digests = [soft_labels.file_digest(src[r].model_path(m)) for r, m in unit.teachers]
+    folder = ctx.ws.root / "cache" / "soft" if cfg.data.cache else None
+    paper = s2.method == "paper"
+    batch = cfg.data.batch_size if paper else max(1, cfg.data.batch_size // 2)
+    count = min(
+        int(ctx.plan.steps.get("soft_scans") or len(ctx.study.train)),
+        soft_labels.scans_needed(ctx.study, unit.steps, batch),
+    )
+    scans = soft_labels.choose_scans(ctx.study, count, paper, cfg.seed)
+    got = yield from soft_labels.attach(
+        ctx.study,
+        teachers,
+        digests,
+        ctx.device,
+        folder,
+        overlap=SOFT_OVERLAP,
+        precision=ctx.plan.precision,
+        scans=scans,
+        stop=stop,
+    )
+    return got
 
 
 def _own_start_online(unit: Unit, cfg: ExperimentConfig) -> bool:
@@ -317,6 +330,45 @@ def _save(ctx: UnitContext, unit: Unit, res: dict) -> dict:
     return entry
 
 
+def read_plan(run: Any) -> Plan:
+    """The plan a run was trained with (``plan.json``)."""
+    path = run.path / "plan.json"
+    try:
+        pd = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pd = None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(pd, dict):
+        raise ValueError(f"run {run.id} has no plan.json; it cannot be resumed")
+    return Plan.from_dict(pd)
+
+
+def open_study(
+    ws: Any,
+    the_plan: Plan,
+    cfg: ExperimentConfig,
+    device: Any,
+    threads: int,
+    progress: Callable[[int, int], None] | None = None,
+    what: str = "all",
+):
+    """The training data of a run in its plan's shape, with the plan's CPU threads set. A
+    baseline run (``what``) does not read the training scans that have no labels."""
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    return StudyData.from_workspace(
+        ws,
+        the_plan.preprocessing(),
+        cfg.data.patch_size,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        cache=cfg.data.cache,
+        progress=progress,
+        labelled_only=what == "baseline",
+    )
+
+
 # The last run a worker process opened: (workspace folder, run id) -> its UnitContext. A
 # worker of the local executor (or a Ray worker) trains several units of one run; they share
 # the opened data, as the units of the inline executor do.
@@ -327,7 +379,6 @@ def _context(workspace: str, run: str, threads: int) -> UnitContext:
     from napari_mtssl.workspace import Workspace
 
     from .inference import resolve_device
-    from .pipeline import open_study, read_plan
 
     key = (str(Path(workspace).resolve()), run)
     ctx = _OPENED.get(key)

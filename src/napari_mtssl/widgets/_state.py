@@ -174,14 +174,12 @@ def model_layer_name(scan_id: str, model: str) -> str:
     return f"{scan_id}_{model.replace(':', '-')}"
 
 
-def show_scan(viewer: Any, scan: Scan, scan_id: str) -> Any:
-    """Add (or refresh) the image layer of a workspace scan; returns the layer."""
+def show_scan(viewer: Any, scan: Scan, scan_id: str, ws: Any = None) -> Any:
+    """Add (or refresh) the image layer of scan ``scan_id`` of workspace ``ws``; returns the
+    layer."""
     kwargs = scan.layer_kwargs()
     kwargs["name"] = scan_layer_name(scan_id)
     kwargs["metadata"][SCAN_ID_KEY] = scan_id
-    from napari_mtssl.widgets._session import session_for
-
-    ws = session_for(viewer).workspace
     if ws is not None:  # cleared with the workspace's other layers
         kwargs["metadata"][WORKSPACE_KEY] = str(ws.root)
     layer = find_layer(viewer, kwargs["name"])
@@ -201,17 +199,16 @@ def show_labels(
     scale: tuple[float, ...],
     role: str,
     visible: bool = True,
+    ws: Any = None,
 ) -> Any:
-    """Add or update a labels layer over a scan (same scale, so it lines up). It carries the
-    scan's geometry (the metadata of the scan's image layer), so napari's File > Save writes it
-    in the scan's own orientation and affine, voxel for voxel on the source file."""
+    """Add or update a labels layer over a scan of workspace ``ws`` (same scale, so it lines
+    up). It carries the scan's geometry (the metadata of the scan's image layer), so napari's
+    File > Save writes it in the scan's own orientation and affine, voxel for voxel on the
+    source file, and the workspace's class names."""
     meta: dict[str, Any] = {SCAN_ID_KEY: scan_id, ROLE_KEY: role}
     geometry = scan_geometry(viewer, scan_id)
     if geometry is not None:
         meta[SCAN_META_KEY] = geometry
-    from napari_mtssl.widgets._session import session_for
-
-    ws = session_for(viewer).workspace
     names = dict(ws.label_names) if ws is not None else {}
     if ws is not None:  # segment names for a DICOM-SEG saved from this layer
         meta[NAMES_KEY] = {str(k): v for k, v in names.items()}

@@ -376,7 +376,7 @@ class CompareWidget(QWidget):
             layer = find_layer(self.viewer, scan_layer_name(scan_id))
             if layer is None:
                 layer = show_scan(
-                    self.viewer, scan if scan is not None else ws.load_scan(scan_id), scan_id
+                    self.viewer, scan if scan is not None else ws.load_scan(scan_id), scan_id, ws
                 )
             layers["image"] = layer
             # Only this scan shows: the previous scan's image and comparison layers are hidden.
@@ -391,6 +391,7 @@ class CompareWidget(QWidget):
                 tuple(layers["image"].scale),
                 role=f"model:{name}",
                 visible=name == first,  # the student, or the first model before one exists
+                ws=ws,
             )
 
         def tables() -> None:

@@ -529,13 +529,13 @@ class CorrectWidget(QWidget):
         image_layer = find_layer(self.viewer, scan_layer_name(scan_id))
         if image_layer is None:
             scan = scan if scan is not None else ws.load_scan(scan_id)
-            image_layer = show_scan(self.viewer, scan, scan_id)
+            image_layer = show_scan(self.viewer, scan, scan_id, ws)
         name = edit_layer_name(scan_id)
         old = find_layer(self.viewer, name)
         if old is not None:
             self.viewer.layers.remove(old)
         layer = show_labels(
-            self.viewer, labels.copy(), name, scan_id, tuple(image_layer.scale), role="edit"
+            self.viewer, labels.copy(), name, scan_id, tuple(image_layer.scale), "edit", ws=ws
         )
         show_only_scan(self.viewer, scan_id, keep=(name,))
         self._original[scan_id] = labels.copy()

@@ -177,6 +177,41 @@ def status_short(statuses: list[str]) -> str:
     return f"{annotated}/{n}" + (f" +{corrected}" if corrected else "")
 
 
+def _import_dataset(folder: str, workspace_folder: str, labelled: int | None):
+    """A dataset folder imported into a new workspace in a thread of its own, its progress
+    ``(done, total, case)`` yielded every 0.2 s (a generator worker: napari relays the yields
+    to the GUI thread); returns the workspace and its first scan, read here too (off the GUI
+    thread): ``(ws, (scan id, read_for_view's scan) or None)``."""
+    import threading
+
+    from napari_mtssl import api
+
+    box: dict[str, Any] = {}
+
+    def tick(done: int, total: int, case: str) -> None:
+        box["last"] = (done, total, case)
+
+    def run() -> None:
+        try:
+            box["ws"] = api.create_workspace(
+                workspace_folder, source=folder, labelled=labelled, progress=tick
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        if "last" in box:
+            yield box["last"]
+    if "error" in box:
+        raise box["error"]
+    ws = box["ws"]
+    ids = ws.scan_ids()
+    return ws, ((ids[0], read_for_view(ws, ids[0])) if ids else None)
+
+
 class StudyWidget(QWidget):
     """Open scans, DICOM series, dataset folders or workspaces; attach labels; set splits."""
 
@@ -430,7 +465,7 @@ class StudyWidget(QWidget):
             if scan_id in self.viewer.layers or read is None:
                 shown["layer"] = self.viewer.layers[scan_id]
                 return
-            shown["layer"] = show_scan(self.viewer, read[0], scan_id)
+            shown["layer"] = show_scan(self.viewer, read[0], scan_id, ws)
             shown["new"] = True
 
         def labels() -> None:
@@ -442,6 +477,7 @@ class StudyWidget(QWidget):
                     scan_id,
                     tuple(shown["layer"].scale),
                     role="labels",
+                    ws=ws,
                 )
 
         def focus() -> None:  # every other scan's layers hidden, a person's attached masks too
@@ -528,7 +564,7 @@ class StudyWidget(QWidget):
             layer = self.viewer.add_image(scan.array, colormap="gray", **scan.layer_kwargs())
             return str(layer.name)
         scan_id = ws.add_scan(scan)
-        show_scan(self.viewer, scan, scan_id)
+        show_scan(self.viewer, scan, scan_id, ws)
         return str(scan_id)
 
     def ask_labelled(self, patients: int) -> int | None:
@@ -577,39 +613,11 @@ class StudyWidget(QWidget):
         if not workspace_folder:
             return None
 
-        def work():
-            """Import in a thread of its own; yield its progress every 0.2 s (a generator
-            worker, so napari relays the yields to the GUI thread)."""
-            import threading
-
-            box: dict[str, Any] = {}
-
-            def tick(done: int, total: int, case: str) -> None:
-                box["last"] = (done, total, case)
-
-            def run() -> None:
-                try:
-                    box["ws"] = api.create_workspace(
-                        workspace_folder, source=folder, labelled=labelled or None, progress=tick
-                    )
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
-                    box["error"] = exc
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            while thread.is_alive():
-                thread.join(0.2)
-                if "last" in box:
-                    yield box["last"]
-            if "error" in box:
-                raise box["error"]
-            ws = box["ws"]
-            ids = ws.scan_ids()  # the first scan is read here too, off the GUI thread
-            return ws, ((ids[0], read_for_view(ws, ids[0])) if ids else None)
-
         self.clear_workspace_layers()
         pbar = napari_progress(total=0, desc=f"importing {Path(folder).name}")
-        worker = create_worker(work, _start_thread=False)
+        worker = create_worker(
+            _import_dataset, folder, workspace_folder, labelled or None, _start_thread=False
+        )
 
         ended: dict[str, bool] = {}
 
@@ -623,29 +631,9 @@ class StudyWidget(QWidget):
                 self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
 
         def on_done(result: tuple[Any, Any]) -> None:
-            ws, first = result
             pbar.close()
             ended["imported"] = True  # no more progress lines
-            self.session.set_workspace(ws)  # the docks refresh (the import's line gives way)
-
-            def wanted() -> bool:  # not once the dock closed or another workspace opened
-                if widget_alive(self.ws_label) and self.session.workspace is ws:
-                    return True
-                ended["done"] = True
-                return False
-
-            def all_shown() -> None:
-                ended["done"] = True
-
-            def failed(exc: BaseException) -> None:
-                ended["done"] = True
-                _show_error(f"Could not show the first scan: {exc}")
-
-            # the first scan's image, then its labels, each at its own turn of the event loop
-            steps = self._view_steps(*first, hide_others=False)[0] if first else []
-            QTimer.singleShot(
-                0, lambda: run_in_turns([*steps, all_shown], alive=wanted, on_error=failed)
-            )
+            self._show_imported(*result, ended)
 
         def on_error(exc: BaseException) -> None:
             from napari.utils.notifications import show_error
@@ -674,6 +662,30 @@ class StudyWidget(QWidget):
                 time.sleep(0.02)
             return self.session.workspace
         return worker
+
+    def _show_imported(self, ws: Any, first: tuple | None, ended: dict[str, bool]) -> None:
+        """The imported workspace opened in the docks, then its first scan's image and labels,
+        each at its own turn of the event loop; ``ended["done"]`` once all is shown (or
+        given up: the dock closed or another workspace opened)."""
+        self.session.set_workspace(ws)  # the docks refresh (the import's line gives way)
+
+        def wanted() -> bool:
+            if widget_alive(self.ws_label) and self.session.workspace is ws:
+                return True
+            ended["done"] = True
+            return False
+
+        def all_shown() -> None:
+            ended["done"] = True
+
+        def failed(exc: BaseException) -> None:
+            ended["done"] = True
+            _show_error(f"Could not show the first scan: {exc}")
+
+        steps = self._view_steps(*first, hide_others=False)[0] if first else []
+        QTimer.singleShot(
+            0, lambda: run_in_turns([*steps, all_shown], alive=wanted, on_error=failed)
+        )
 
     @report_errors("Could not add the image layers")
     def add_selected_layers(self) -> list[str]:

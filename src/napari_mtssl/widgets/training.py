@@ -780,7 +780,7 @@ class TrainingWidget(QWidget):
         ws = self.session.require_workspace()
         tasks = self.selected_tasks()
         config = self.build_config()
-        uses_tasks = what in ("stage1", "all")
+        uses_tasks = ids.What.parse(what).trains_teachers
         if uses_tasks and not tasks:
             raise ValueError("tick at least one auxiliary task")
 
@@ -827,7 +827,7 @@ class TrainingWidget(QWidget):
             f"<b>{budget} is too short for {whole}</b>: it would give {each} about "
             f"{refusal.steps} training steps, and a model needs a few hundred to learn."
         )
-        tasks_run = what in ("stage1", "all")
+        tasks_run = ids.What.parse(what).trains_teachers
         offers = {
             "baseline": (
                 what != "baseline",
@@ -1021,6 +1021,10 @@ class TrainingWidget(QWidget):
         i = self.student.findData((cfg.get("stage2") or {}).get("method"))
         if i >= 0:
             self.student.setCurrentIndex(i)
+        self._restore_budget(cfg)
+
+    def _restore_budget(self, cfg: dict) -> None:
+        """The budget box shows the last run's budget (a smoke test's: only where offered)."""
         budget = cfg.get("budget_s") or 0
         if cfg.get("profile") == SMOKE:
             # a smoke test is no budget to suggest again, unless to a developer
@@ -1150,17 +1154,7 @@ class TrainingWidget(QWidget):
         elif jobs.last_state == "stopped":
             self._set_now(f"{title} stopped; the last checkpoint is kept (Resume goes on).")
         if what == "plan":
-            if isinstance(result, dict) and result.get("patch"):
-                self.show_plan(result)
-                total = (result.get("estimate_s") or {}).get("total")
-                self._set_now(
-                    "The plan is shown above"
-                    + (f": about {_minutes(total)} in all." if total is not None else ".")
-                )
-                if self._own_job:
-                    self._reveal_later(self.plan_label)
-            else:
-                self.show_plan(None, message=jobs.last_error or "planning stopped")
+            self._on_plan_finished(result)
             return
         self._draw_curves()
         if isinstance(result, dict) and result.get("models"):
@@ -1175,6 +1169,19 @@ class TrainingWidget(QWidget):
             self.show_plan(None, message=jobs.last_error)
         elif jobs.last_state == "done":
             self._set_now(f"{title} finished.")
+
+    def _on_plan_finished(self, result: object) -> None:
+        if isinstance(result, dict) and result.get("patch"):
+            self.show_plan(result)
+            total = (result.get("estimate_s") or {}).get("total")
+            self._set_now(
+                "The plan is shown above"
+                + (f": about {_minutes(total)} in all." if total is not None else ".")
+            )
+            if self._own_job:
+                self._reveal_later(self.plan_label)
+        else:
+            self.show_plan(None, message=self.jobs.last_error or "planning stopped")
 
     def _show_last_results(self) -> None:
         ws = self.session.workspace
