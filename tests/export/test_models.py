@@ -37,7 +37,7 @@ def test_onnx_gives_the_engines_masks(trained, tmp_path):
     assert meta["run"] and meta["name"] == "student"
     import torch
 
-    from napari_mtssl.api import _load
+    from napari_mtssl.training.saved import load as _load
 
     sid = trained.scan_ids("val")[0]
     scan = trained.load_scan(sid)
