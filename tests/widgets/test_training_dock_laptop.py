@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.gui
 
 SCREEN = (1366, 768)
-# What the planner says when 10 minutes cannot train the whole method (plan._too_small).
+# What the planner says when 10 minutes cannot train the whole method (planner._too_small).
 REFUSED = (
     "a 10 min budget gives each of the 8 model(s) of this run about 0 training steps on this "
     "machine; it needs at least 300; give sdm, vicreg, inpaint a budget of at least 35 min"

@@ -178,7 +178,7 @@ def not_learnt(report: dict, name: str) -> bool:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A budget the planner refused, read from its message (``plan._too_small``): the budget,
+    """A budget the planner refused, read from its message (``planner._too_small``): the budget,
     how many models it was to share, the steps each would get, the budget the whole selection
     needs, and the most tasks that fit in it beside the baseline (none: not even one)."""
 
