@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from napari_mtssl import api
 from napari_mtssl.training import lanes as L
 from napari_mtssl.training import plan as P
 from napari_mtssl.training import planner
-from napari_mtssl.training.config import parse_budget, profile
+from napari_mtssl.training.config import format_budget, parse_budget, profile
 from napari_mtssl.training.plan import Fingerprint, Plan, PlanError
 from napari_mtssl.training.planner import make_plan
 
@@ -180,8 +182,6 @@ def test_tiny_budget_is_refused_with_what_fits():
         plan(f, "10m", what="all", stage1__tasks=["sdm", "vicreg", "inpaint"], **keep)
     assert "give sdm, vicreg, inpaint a budget of at least" in str(e.value)
     # the budget it asks for is more than the one it refused, and is accepted
-    import re
-
     asked = re.search(r"a budget of at least (.+)$", str(e.value)).group(1)
     assert parse_budget(asked.replace(" ", "")) > 600
     fits = plan(
@@ -209,6 +209,12 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     # the network's reason gives the steps each model gets without the teachers
     per_model = [r for r in p.reasons if "steps per model" in r]
     assert per_model and all(f"about {p.steps['seg']} steps per model" in r for r in per_model)
+    # ... and never calls those steps fewer than the planner aims for (they are more here)
+    assert not any(f"about {p.steps['seg']} steps per model, fewer" in r for r in per_model)
+    priced = [r for r in with_teachers.reasons if "steps per model, fewer" in r]
+    assert [r.split("; width ")[0] for r in per_model] == [r.split("; width ")[0] for r in priced]
+    said = re.search(r"about (\d+) steps per model", priced[0]).group(1)
+    assert f"would leave about {said} steps per model with the teachers" in per_model[0]
     again = Plan.from_dict(p.to_dict())
     planner._restate_steps_per_model(again, 7)
     assert [r.count("no teacher: see below") for r in again.reasons if "per model" in r] == [
@@ -220,8 +226,6 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     assert cfg.stage1.tasks == [] and cfg.stage1.lambda_ == {}
     assert Plan.from_dict(p.to_dict()) == p
     # the budget it names for teachers gives them their steps
-    import re
-
     more = re.search(r"train from a budget of about (.+)$", skip["why"]).group(1)
     big = plan(f, more.replace(" ", ""), what="all", stage1__tasks=tasks)
     assert not big.teachers_skipped and big.steps["seg"] >= 1000
@@ -337,6 +341,19 @@ def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
         allocate(Plan.from_dict(p.to_dict()), cfg, "stage2", f, timings=slow)
     got = allocate(Plan.from_dict(p.to_dict()), cfg, "retrain-quick", f, timings=slow)
     assert P.MIN_RETRAIN_STEPS <= got.steps["retrain"] < P.MIN_STEPS
+    # the retrain is the student's stage, not another model: its row counts the retrain steps
+    assert got.models == ["student"] and got.what == "retrain-quick"
+    assert got.step_table()[0][:2] == ("student", str(got.steps["retrain"]))
+    # a plan written before (its unit named "student (retrain)") reads the same way
+    old = got.to_dict()
+    old.pop("what")
+    old["models"] = ["student (retrain)"]
+    old["estimate_s"] = {"student (retrain)": 99.0, "total": 99.0}
+    back = Plan.from_dict(old)
+    assert back.models == ["student"] and back.what == "retrain-quick"
+    assert back.estimate_s == {"student": 99.0, "total": 99.0} and back.step_table() == [
+        ("student", str(got.steps["retrain"]), format_budget(99.0))
+    ]
 
 
 def test_the_lanes_run_jobs_as_the_scheduler_does():

@@ -116,8 +116,6 @@ def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
     shared by (:func:`.plan.model_units`), with each task's selected teacher after its modes."""
     names: list[str] = []
     for unit in model_units(what, cfg):
-        if unit == "student (retrain)":
-            unit = "student"
         names.append(unit)
         last_mode = "pretrain" if cfg.stage1.modes in ("pretrain", "both", "auto") else "joint"
         mid = ModelId.parse(unit)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mtssl.ids import ModelId, What, trained
+from napari_mtssl.ids import STUDENT, ModelId, What, trained
 
 from .config import ExperimentConfig, format_budget
 from .preprocess import NormSpec, Preprocessing
@@ -270,6 +270,7 @@ class Plan:
     # {"tasks", "steps", "why"}: the budget was too short for teachers (allocate), so the run
     # trains the baseline and the student only; empty: the tasks train as configured
     teachers_skipped: dict[str, Any] = field(default_factory=dict)
+    what: str = ""  # what the run trains (ids.What): a quick retrain's student steps "retrain"
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(
@@ -285,6 +286,12 @@ class Plan:
         d = dict(d)
         if d.get("spacing") is not None:
             d["spacing"] = tuple(d["spacing"])
+        if _OLD_RETRAIN in d.get("models", ()):  # written before a retrain was a stage
+            d["models"] = ["student" if m == _OLD_RETRAIN else m for m in d["models"]]
+            d["estimate_s"] = {
+                "student" if k == _OLD_RETRAIN else k: v for k, v in d["estimate_s"].items()
+            }
+            d["what"] = str(What.RETRAIN_QUICK)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -353,7 +360,7 @@ class Plan:
         """(model, steps, estimated time) rows for the dock and the report."""
         rows = []
         for m in self.models:
-            n = self.steps.get(_step_key(m), 0)
+            n = self.steps.get(_step_key(m, self.what), 0)
             extra = ""
             if _mode_of(m) == "pretrain":
                 extra = f" + {self.steps.get('pretext', 0)} pre-training"
@@ -386,12 +393,14 @@ def task_shape_overrides(
     return out
 
 
-def _step_key(model: str) -> str:
-    if model == "student":
-        return "student"
-    if model == "student (retrain)":
-        return "retrain"
-    return "seg"
+_OLD_RETRAIN = "student (retrain)"  # a quick retrain's unit in plans of earlier versions
+
+
+def _step_key(model: str, what: str) -> str:
+    """The key of :attr:`Plan.steps` that counts ``model``'s steps in a run of ``what``."""
+    if model != "student":
+        return "seg"
+    return "retrain" if what == What.RETRAIN_QUICK else "student"
 
 
 # -- shaping -----------------------------------------------------------------------------------
@@ -399,13 +408,12 @@ def _step_key(model: str) -> str:
 
 def _mode_of(unit: str) -> str | None:
     """The mode of a task's model (``joint`` / ``pretrain``); None for the other units."""
-    if not ModelId.is_valid(unit):
-        return None  # "student (retrain)"
     return ModelId.parse(unit).mode
 
 
 def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
-    """The models a run of ``what`` trains, in order (also the budget's shares)."""
+    """The models a run of ``what`` trains, in order (also the budget's shares); a quick
+    retrain's one model is the student (its stage, not its name, says it is a retrain)."""
     units: list[str] = []
     w = What.parse(what)
     if w.trains_baseline:
@@ -421,7 +429,7 @@ def model_units(what: str, cfg: ExperimentConfig) -> list[str]:
     if w.trains_student:
         units.append("student")
     if w == What.RETRAIN_QUICK:
-        units.append("student (retrain)")
+        units.append(str(STUDENT))
     return units
 
 
@@ -576,6 +584,7 @@ def shape_plan(
         plan.warnings = warnings + plan.warnings
         plan.fingerprint = fp.to_dict()
     plan.models = model_units(what, cfg)
+    plan.what = str(What.parse(what))
     plan.threads_max = _threads_max(dev, interactive) if not cfg.num_threads else 0
     if cfg.budget_s <= 0:
         plan.steps = explicit_steps(cfg, what)

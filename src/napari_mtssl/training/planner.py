@@ -109,9 +109,20 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw
 
 def _restate_steps_per_model(plan: Plan, n: int) -> None:
     """The network's reason (:func:`_shape`, which priced every model of the run, teachers
-    included) gives the steps each model gets; without the teachers that is ``n``."""
-    said = re.compile(r"the budget leaves about \d+ steps per model( \(no teacher: see below\))?")
-    now = f"the budget leaves about {n} steps per model (no teacher: see below)"
+    included) says what the budget left each model with the teachers; without them, ``n``.
+    The shape stays the one chosen with the teachers (the one the benchmarks measured)."""
+    said = re.compile(
+        r"the budget (?:leaves|would leave) about (\d+) steps per model(?: with the teachers)?"
+        r"(, fewer than the \d+ the planner aims for)?(?:; without them .*)?$"
+    )
+
+    def now(m: re.Match) -> str:
+        return (
+            f"the budget would leave about {m.group(1)} steps per model with the teachers"
+            f"{m.group(2) or ''}; without them (no teacher: see below) it leaves about {n} "
+            "steps per model"
+        )
+
     plan.reasons = [said.sub(now, r) for r in plan.reasons]
 
 
@@ -184,7 +195,7 @@ def _allocate(
     if plan.lanes > 1 and side is not None:
         plan.estimate_s.update(side.estimate(n))
     plan.budget_s = cfg.budget_s
-    plan.models = c.units
+    plan.models, plan.what = c.units, str(What.parse(what))
     return plan
 
 
