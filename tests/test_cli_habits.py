@@ -234,6 +234,7 @@ def _stopped_run(ws_folder: Path, **config):
     w = Workspace.open(ws_folder)
     cfg = api.make_config("tiny", **config)
     run = w.new_run("all", cfg.to_dict())
+    (run.path / "plan.json").write_text("{}")  # it planned before it stopped
     run.set_status("stopped")
     return w, run
 

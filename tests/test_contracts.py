@@ -7,6 +7,7 @@ import json
 import pytest
 
 from napari_mtssl import events as ev
+from napari_mtssl import ids
 from napari_mtssl.ids import ModelId, teacher, teachers, trained
 from napari_mtssl.workspace import Round
 
@@ -44,6 +45,16 @@ def test_model_id_helpers():
     ]
     with pytest.raises(ValueError):
         ModelId("task", "sdm", "finetune")
+
+
+def test_one_order_of_models_everywhere():
+    """The report, the CLI, list_models and the Compare dock share ids.in_order."""
+    from napari_mtssl.training import saved
+
+    names = ["sdm:joint", "teacher:sdm", "baseline", "zz", "student", "teacher:inpaint"]
+    want = ["student", "baseline", "teacher:inpaint", "teacher:sdm", "sdm:joint", "zz"]
+    assert ids.in_order(names) == want
+    assert sorted(names, key=saved.model_key) == want and saved.MODEL_ORDER == ids.FIRST
 
 
 EXAMPLES = [

@@ -189,7 +189,7 @@ def report_table(report: dict[str, Any]) -> str:
                 classes.append(c)
     head = ["model", *classes, "mean Dice", "HD95 (mm)", "mode", "steps", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in sorted(models, key=api._model_key):
+    for name in sorted(models, key=ids.model_key):
         m = models[name]
         row = [name, *(_fmt(m.get("dice", {}).get(c)) for c in classes)]
         row += [
@@ -301,7 +301,7 @@ def _postprocess_md(models: dict[str, Any]) -> list[str]:
         "validation Dice of "
         + ", ".join(
             f"{k} ({_fmt(v.get('raw_mean_dice'))} → {_fmt(v.get('mean_dice'))})"
-            for k, v in sorted(post.items(), key=lambda kv: api._model_key(kv[0]))
+            for k, v in sorted(post.items(), key=lambda kv: ids.model_key(kv[0]))
         )
         + "; their predictions apply it (nnU-Net's rule, decided on the validation scans).",
         "",
@@ -353,7 +353,7 @@ def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
 def _overlay_models(report: dict[str, Any]) -> dict[str, str]:
     """The models the overlays show, in the report's order, each with its panel title: a teacher
     is the model of its selected mode, so the two share one panel ("teacher:sdm = sdm:pretrain")."""
-    models = sorted(report.get("models", {}), key=api._model_key)
+    models = sorted(report.get("models", {}), key=ids.model_key)
     shown: dict[str, str] = {}
     same: set[str] = set()
     for name in models:
@@ -593,14 +593,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from napari_mtssl.workspace.runs import RESUMABLE
 
     ws = _open_workspace(args.workspace)
-    runs = ws.runs()
-    if args.run:
-        run = ws.run(args.run)
-    else:
-        open_runs = [r for r in runs if r.status in RESUMABLE]
-        if not open_runs:
-            raise CliError(f"{args.workspace}: no stopped or interrupted run to resume")
-        run = open_runs[-1]
+    run = ws.run(args.run) if args.run else ws.resumable_run()
+    if run is None:
+        raise CliError(
+            f"{args.workspace}: no stopped or interrupted run to resume (an unfinished run "
+            "older than the last finished one is resumed only by name: --run ID)"
+        )
     saved = run.config
     over: dict[str, Any] = {}
     if args.device is not None:

@@ -22,6 +22,8 @@ __all__ = [
     "MODES",
     "teacher",
     "teachers",
+    "model_key",
+    "in_order",
     "trained",
 ]
 
@@ -157,3 +159,21 @@ def trained(task: str, mode: str) -> ModelId:
 def teachers(names) -> list[str]:
     """The teachers among model names, in their order."""
     return [n for n in names if ModelId.is_valid(n) and ModelId.parse(n).is_teacher]
+
+
+FIRST = tuple(str(m) for m in (STUDENT, BASELINE, ALL_JOINT))  # first in every list
+
+
+def model_key(name: str) -> tuple:
+    """The one order of models (reports, the CLI, the docks): the student, the baseline, all
+    tasks jointly, the teachers, then the rest (stage-1 candidates), each group by name."""
+    if name in FIRST:
+        return (FIRST.index(name), name)
+    if ModelId.is_valid(name) and ModelId.parse(name).is_teacher:
+        return (len(FIRST), name)
+    return (len(FIRST) + 1, name)
+
+
+def in_order(names) -> list[str]:
+    """``names`` in :func:`model_key`'s order."""
+    return sorted(names, key=model_key)

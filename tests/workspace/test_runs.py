@@ -92,6 +92,22 @@ def test_runs_order_and_latest(ws: Workspace) -> None:
     assert ws.new_run("stage2", {}).round == 1
 
 
+def test_the_one_resume_rule(ws: Workspace) -> None:
+    """The CLI's resume and the Training dock's Resume go on with the same run: the newest
+    unfinished run that planned, unless a run finished after it."""
+    a, b, c = (ws.new_run("all", {}) for _ in range(3))
+    for run in (a, b, c):
+        (run.path / "plan.json").write_text("{}")
+    a.set_status("stopped")
+    b.set_status("interrupted")
+    c.set_status("failed")
+    assert ws.resumable_run() == c
+    (c.path / "plan.json").unlink()  # stopped while planning: nothing to go on from
+    assert ws.resumable_run() == b
+    c.set_status("done")  # a run finished since: the unfinished ones are history
+    assert ws.resumable_run() is None
+
+
 def test_incomplete_and_missing_runs(ws: Workspace) -> None:
     (ws.root / "runs" / "half-created").mkdir(parents=True)  # killed before run.json
     assert ws.runs() == []

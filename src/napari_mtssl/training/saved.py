@@ -20,16 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MODEL_ORDER", "TrainedModel", "list_models", "load", "model_key", "model_run"]
 
-MODEL_ORDER = ("student", "baseline", "all_joint")
-
-
-def model_key(name: str) -> tuple:
-    """Sort key: the student, the baseline, all tasks jointly, the teachers, then the rest."""
-    if name in MODEL_ORDER:
-        return (MODEL_ORDER.index(name), name)
-    if ids.ModelId.is_valid(name) and ids.ModelId.parse(name).is_teacher:
-        return (3, name)
-    return (4, name)
+MODEL_ORDER = ids.FIRST
+model_key = ids.model_key  # the one order of models (kept here for callers of the engine)
 
 
 def list_models(ws: Workspace) -> list[str]:
@@ -38,7 +30,7 @@ def list_models(ws: Workspace) -> list[str]:
     names: set[str] = set()
     for r in ws.runs():
         names.update(r.finished_models())
-    return sorted(names, key=model_key)
+    return ids.in_order(names)
 
 
 @dataclass(frozen=True)

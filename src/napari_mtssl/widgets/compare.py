@@ -50,14 +50,6 @@ MAX_RANKED = 50  # slices listed by disagreement
 COMPARED = ("student", "baseline", "all_joint")  # besides the teachers
 
 
-def model_order(names: list[str]) -> list[str]:
-    """Teachers first (sorted), then the student, the baseline and the rest."""
-    teachers = sorted(ids.teachers(names))
-    head = [n for n in ("student", "baseline") if n in names]
-    rest = sorted(n for n in names if n not in teachers and n not in head)
-    return teachers + head + rest
-
-
 # Label colours of the grid (row c: class c) when no canvas layer gives them: the shared palette.
 PALETTE = palette_rgb255(len(_PALETTE) + 1).astype(np.float32)
 
@@ -323,7 +315,7 @@ class CompareWidget(QWidget):
         if not available:
             raise ValueError("no trained models in this workspace yet: train first")
         keep = [m for m in available if m in ids.teachers(available) or m in COMPARED]
-        return model_order(keep or available)
+        return ids.in_order(keep or available)
 
     @report_errors("Could not compare the models")
     def compare(self, scan_id: str | None = None) -> Any:
@@ -368,7 +360,7 @@ class CompareWidget(QWidget):
         self.comparison, self.scan_id = comparison, scan_id
         self._shown = shown = object()  # a newer comparison drops this one's steps left
         labels: dict[str, np.ndarray] = dict(comparison.labels)
-        names = model_order(list(labels))
+        names = ids.in_order(labels)
         first = "student" if "student" in names else names[0]
         layers: dict[str, Any] = {}
 

@@ -36,7 +36,7 @@ from ._errors import WorkspaceError
 from ._lock import FileLock, LockTimeout
 from ._nifti import load_scan_nifti, save_scan_nifti
 from .labels import LabelStore
-from .runs import Run, utc_now
+from .runs import RESUMABLE, Run, utc_now
 
 FORMAT_NAME = "napari-mtssl-workspace"
 FORMAT_VERSION = 1
@@ -659,6 +659,17 @@ class Workspace:
             if p.is_dir() and (p / "run.json").is_file():
                 out.append(Run(p))
         return sorted(out, key=lambda r: (r.created, r.id))
+
+    def resumable_run(self) -> Run | None:
+        """The run a "resume" goes on with (the one rule of the CLI and the Training dock): the
+        newest run that stopped, was interrupted or failed after it planned, unless a run
+        finished after it (an older unfinished run is then history: name it to resume it)."""
+        for run in reversed(self.runs()):
+            if run.status == "done":
+                return None
+            if run.status in RESUMABLE and (run.path / "plan.json").is_file():
+                return run
+        return None
 
     def run(self, run_id: str) -> Run:
         path = self.runs_dir / run_id
