@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl.events import Cancelled
 from napari_mtssl.ids import teachers
 from napari_mtssl.training.ranking import NEEDS, Candidate, check_strategy, rank
 
@@ -37,10 +38,6 @@ RECOMMENDED_WHY = (
     "Dice over five rounds of 10 slices, three seeds: 0.760 against 0.747 and 0.734; plain "
     "random slices 0.756, within the noise: no ranking beat random slices; docs/benchmarks.md)"
 )
-
-
-class Cancelled(Exception):
-    """Raised by a ``progress`` callback to stop the ranking between scans."""
 
 
 def candidates(ws: Any, scans: Sequence[str] | None = None) -> dict[str, list[int]]:

@@ -7,8 +7,6 @@ that need them, so napari can import the widgets' modules without paying for tor
 from __future__ import annotations
 
 import os
-import re
-import shutil
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,9 @@ __all__ = [
     "history",
     "export_model",
     "import_model",
+    "recommended_strategy",
+    "run_config",
+    "save_labels",
     "patient_of",
     "MODEL_ORDER",
 ]
@@ -101,12 +102,6 @@ def open_workspace(folder: str | os.PathLike) -> Workspace:
     return Workspace.open(folder)
 
 
-def patient_of(case: str) -> str:
-    """Patient of a dataset case: the name before ``_frame`` (ACDC), else the case itself."""
-    m = re.match(r"^(.*?)_frame", case)
-    return m.group(1) if m else case
-
-
 def create_workspace(
     folder: str | os.PathLike,
     source: str | os.PathLike | None = None,
@@ -123,106 +118,26 @@ def create_workspace(
     ``"sample"`` for the built-in synthetic study, or None (empty). ``labelled=N`` keeps the
     labels of the first N training patients (patient: case name before ``_frame``, else the
     case) and leaves the other training scans unlabelled; validation labels are always kept.
+    The import itself is :mod:`napari_mtssl.workspace.importing`.
     """
-    from napari_mtssl.workspace import Workspace
+    from napari_mtssl.workspace import Workspace, importing
 
     if labelled is not None and int(labelled) < 0:
         raise ValueError(f"labelled must be >= 0, got {labelled}")
     if source is None:
         return Workspace.create(folder)
     if str(source) == "sample":
-        return _sample_workspace(folder, labelled)
-    from napari_mtssl.io import open_dataset
+        from napari_mtssl.sample import make_sample_study
 
-    ds = open_dataset(source)
-    train, val = _dataset_splits(ds, Path(source))
-    keep_patients: list[str] = []
-    for c in train:
-        p = patient_of(c)
-        if p not in keep_patients and ds.case(c).label is not None:
-            keep_patients.append(p)
-    if labelled is not None:
-        keep_patients = keep_patients[: int(labelled)]
-    label_names = _dataset_label_names(ds, Path(source))
-    existed = Path(folder).exists()
-    ws = Workspace.create(folder, label_names=label_names)
-    total, done = len(train) + len(val), 0
-    try:
-        for split, cases in (("train", train), ("val", val)):
-            for name in cases:
-                if progress is not None:
-                    progress(done, total, name)
-                done += 1
-                scan, lab = ds.load(name)
-                sid = ws.add_scan(scan, split=split)
-                if lab is not None and (split == "val" or patient_of(name) in keep_patients):
-                    ws.set_labels(sid, lab, slices=range(lab.shape[0]), status="annotated")
-    except BaseException:
-        # A half-imported workspace would be mistaken for a complete one next time.
-        if not existed:
-            shutil.rmtree(ws.root, ignore_errors=True)
-        raise
-    return ws
+        return importing.import_study(folder, make_sample_study(n_scans=5, n_labelled=3), labelled)
+    return importing.import_dataset(folder, source, labelled, progress)
 
 
-def _sample_workspace(folder: str | os.PathLike, labelled: int | None) -> Workspace:
-    """The built-in synthetic study in a new workspace: its last scan for validation, the
-    labels of the first ``labelled`` labelled training scans (all where None)."""
-    from napari_mtssl.sample import make_sample_study
-    from napari_mtssl.workspace import Workspace
+def patient_of(case: str) -> str:
+    """Patient of a dataset case: the name before ``_frame`` (ACDC), else the case itself."""
+    from napari_mtssl.workspace.importing import patient_of as of
 
-    study = make_sample_study(n_scans=5, n_labelled=3)
-    ws = Workspace.create(folder, label_names=dict(study.label_names))
-    n = len(study.scans)
-    kept = 0
-    for i, (scan, lab, has) in enumerate(zip(study.scans, study.labels, study.labelled)):
-        split = "val" if i == n - 1 else "train"
-        sid = ws.add_scan(scan, split=split)
-        keep = split == "val" or (has and (labelled is None or kept < int(labelled)))
-        if split == "train" and keep:
-            kept += 1
-        if keep and lab is not None:
-            ws.set_labels(sid, lab, slices=range(lab.shape[0]), status="annotated")
-    return ws
-
-
-def _dataset_splits(ds: Any, source: Path) -> tuple[list[str], list[str]]:
-    """The dataset's training and validation case names (every case that is not a test case
-    trains where ``dataset.json`` names no training split), or ValueError naming the cases a
-    split names that the folder lacks."""
-    names = {c.name for c in ds.cases if not c.test}
-    for split in ("train", "val"):
-        missing = [c for c in ds.splits.get(split, []) if c not in names]
-        if missing:
-            raise ValueError(
-                f"{source / 'dataset.json'}: its {split!r} split names "
-                f"{len(missing)} case(s) that are not in the dataset folder "
-                f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
-            )
-    train = [c for c in ds.splits.get("train", []) if c in names]
-    val = [c for c in ds.splits.get("val", []) if c in names]
-    if not train:
-        train = [c.name for c in ds.cases if not c.test and c.name not in set(val)]
-    return train, val
-
-
-def _dataset_label_names(ds: Any, source: Path) -> dict[int, str]:
-    """The dataset's class names (``dataset.json``; without them, the classes of its first
-    label file, "class N"), checked: ValueError naming ``dataset.json`` when they are not
-    usable."""
-    from napari_mtssl.workspace import WorkspaceError
-    from napari_mtssl.workspace.core import _check_label_names
-
-    label_names = dict(ds.label_names)
-    if not label_names:  # no dataset.json labels: name the classes of the first label file
-        first = next((c for c in ds.cases if c.label is not None), None)
-        top = int(ds.load(first)[1].max()) if first is not None else 1
-        label_names = {0: "background", **{c: f"class {c}" for c in range(1, max(top, 1) + 1)}}
-    try:
-        _check_label_names(label_names, source / "dataset.json")
-    except WorkspaceError as exc:
-        raise ValueError(str(exc)) from None
-    return label_names
+    return of(case)
 
 
 def list_tasks() -> list[TaskInfo]:
@@ -381,7 +296,6 @@ def _job(target: str, kwargs: dict, inline: bool, worker: JobWorker | None) -> J
 
 
 MODEL_ORDER = saved.MODEL_ORDER
-_model_key = saved.model_key
 
 
 def list_models(workspace: Workspace | str) -> list[str]:
@@ -510,7 +424,8 @@ def propose_slices(
     fg_random (default: the one the simulated annotator measured best, ``active.RECOMMENDED``).
     Predicts the candidate scans with the student (the baseline until there is one; the
     teachers for disagreement): every one, or at most ``max_scans`` drawn at random.
-    ``progress(i, n, scan)`` may raise ``active.Cancelled`` to stop the ranking."""
+    ``progress(i, n, scan)`` may raise :class:`napari_mtssl.events.Cancelled` to stop the
+    ranking."""
     from napari_mtssl import active
 
     return active.propose(
@@ -523,6 +438,46 @@ def propose_slices(
         progress=progress,
         max_scans=max_scans,
     )
+
+
+def recommended_strategy() -> tuple[str, str]:
+    """The slice-proposal strategy the simulated annotator measured best, and why."""
+    from napari_mtssl import active
+
+    return active.RECOMMENDED, active.RECOMMENDED_WHY
+
+
+def save_labels(workspace: Workspace | str, folder: str | os.PathLike) -> list[str]:
+    """Every labelled scan's stored labels into ``folder``: ``<scan>_labels.dcm`` (DICOM-SEG)
+    for DICOM scans, ``<scan>_labels.nii.gz`` in the scan's geometry for the others. An
+    existing file is never replaced (ValueError naming it). Returns the paths written."""
+    from napari_mtssl.export import check_output
+    from napari_mtssl.io import write_labels
+
+    ws = _ws(workspace)
+    written = []
+    for sid in ws.scan_ids():
+        if not ws.labelled_slices(sid):
+            continue
+        scan = ws.load_scan(sid)
+        labels = np.asarray(ws.labels(sid))
+        if scan.meta.get("format") == "dicom":
+            from napari_mtssl.export.dicomseg import write_dicom_seg
+
+            out = check_output(Path(folder) / f"{sid}_labels.dcm")
+            write_dicom_seg(labels, scan.meta, out, label_names=dict(ws.label_names))
+        else:
+            out = check_output(Path(folder) / f"{sid}_labels.nii.gz")
+            write_labels(labels, out, like=scan)
+        written.append(str(out))
+    return written
+
+
+def run_config(run: Any) -> ExperimentConfig:
+    """The configuration ``run`` (a workspace's run) was started with."""
+    from napari_mtssl.training.config import ExperimentConfig
+
+    return ExperimentConfig.from_dict(run.config)
 
 
 def export_model(

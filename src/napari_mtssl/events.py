@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "Cancelled",
     "Event",
     "Status",
     "Start",
@@ -33,6 +34,11 @@ __all__ = [
 
 
 @dataclass
+class Cancelled(Exception):
+    """Raised by a ``progress`` callback to stop long work (ranking slices for correction)
+    between two items; the work then ends without a result."""
+
+
 class Event:
     type: ClassVar[str] = ""
 

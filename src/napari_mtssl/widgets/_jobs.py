@@ -364,9 +364,7 @@ class JobController(QObject):
 
     def _finish(self, result: dict | None, error: str | None) -> None:
         self.last_result, self.last_error = result, error
-        from napari_mtssl.training.jobs import JobWorker
-
-        if isinstance(self.handle, JobWorker):
+        if self.handle is not None:
             self.handle.shutdown()  # a spare worker serves one job, then ends (memory back)
         if self._progress is not None:
             self._progress.close()

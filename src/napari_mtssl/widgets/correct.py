@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_mtssl import ids
+from napari_mtssl.events import Cancelled
 from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
@@ -217,7 +218,9 @@ class CorrectWidget(QWidget):
 
     # -- which slices next ------------------------------------------------------------------------
     def _build_next_box(self) -> QGroupBox:
-        from napari_mtssl.active import RECOMMENDED, RECOMMENDED_WHY
+        from napari_mtssl import api
+
+        RECOMMENDED, RECOMMENDED_WHY = api.recommended_strategy()
 
         box = QGroupBox("Next slices to correct")
         lay = QVBoxLayout(box)
@@ -275,7 +278,7 @@ class CorrectWidget(QWidget):
         pressed again while it ranks, it cancels (between two scans: a second or so)."""
         import threading
 
-        from napari_mtssl import active, api
+        from napari_mtssl import api
 
         if self._cancel_propose is not None:
             self._cancel_propose.set()
@@ -298,7 +301,7 @@ class CorrectWidget(QWidget):
 
         def progress(i: int, n: int, scan_id: str) -> None:  # in the ranking thread
             if cancel.is_set():
-                raise active.Cancelled
+                raise Cancelled
             self._ranked.emit(i, n, scan_id)  # queued to the GUI thread
 
         def rank() -> list | None:
@@ -306,7 +309,7 @@ class CorrectWidget(QWidget):
                 return api.propose_slices(
                     ws, PROPOSED, strategy, progress=progress, max_scans=PROPOSE_SCANS
                 )
-            except active.Cancelled:
+            except Cancelled:
                 return None
 
         def done(found: list | None) -> None:

@@ -755,28 +755,13 @@ class StudyWidget(QWidget):
         file is never replaced."""
         from napari.utils.notifications import show_info
 
-        from napari_mtssl.export import check_output
-        from napari_mtssl.io import write_labels
+        from napari_mtssl import api
 
         ws = self.session.require_workspace()
         folder = folder or self.ask_folder("Folder for the labels of every labelled scan")
         if not folder:
             return []
-        written = []
-        for sid in ws.scan_ids():
-            if not ws.labelled_slices(sid):
-                continue
-            scan = ws.load_scan(sid)
-            labels = np.asarray(ws.labels(sid))
-            if scan.meta.get("format") == "dicom":
-                from napari_mtssl.export.dicomseg import write_dicom_seg
-
-                out = check_output(Path(folder) / f"{sid}_labels.dcm")
-                write_dicom_seg(labels, scan.meta, out, label_names=dict(ws.label_names))
-            else:
-                out = check_output(Path(folder) / f"{sid}_labels.nii.gz")
-                write_labels(labels, out, like=scan)
-            written.append(str(out))
+        written = api.save_labels(ws, folder)
         show_info(f"Saved the labels of {len(written)} scan(s) in {folder}")
         return written
 

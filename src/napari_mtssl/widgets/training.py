@@ -946,22 +946,14 @@ class TrainingWidget(QWidget):
         self.plan_label.setVisible(True)
 
     def resumable_run(self) -> Any | None:
-        """The newest run of this workspace that stopped or was interrupted before its end."""
+        """The run Resume goes on with (``Workspace.resumable_run``, the CLI's rule too)."""
         ws = self.session.workspace
         if ws is None:
             return None
-        from napari_mtssl.workspace.runs import RESUMABLE
-
         try:
-            runs = ws.runs()
+            return ws.resumable_run()
         except Exception:  # noqa: BLE001 - a damaged run folder only hides the button
             return None
-        for run in reversed(runs):
-            if run.status == "done":
-                return None  # something finished since: an older unfinished run is history
-            if run.status in RESUMABLE and (run.path / "plan.json").is_file():
-                return run
-        return None
 
     def _update_resume(self) -> None:
         run = self.resumable_run()
@@ -973,13 +965,13 @@ class TrainingWidget(QWidget):
     @report_errors("Could not resume training")
     def resume(self) -> Any:
         """Resume the newest stopped or interrupted run, with its own config and plan."""
-        from napari_mtssl.training.config import ExperimentConfig
+        from napari_mtssl import api
 
         self.session.require_workspace()
         run = self.resumable_run()
         if run is None:
             raise ValueError("there is no stopped or interrupted run to resume")
-        config = ExperimentConfig.from_dict(run.config)
+        config = api.run_config(run)
         return self._start(run.kind, config, resume=run.id)
 
     def stop(self) -> None:
