@@ -81,6 +81,21 @@ def test_events_round_trip_through_json(event):
     assert ev.parse(d) == event
 
 
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.type)
+def test_one_wording_of_events_for_the_cli_and_the_docks(event):
+    """events.describe is the line the CLI logs and the docks show, whatever form arrives."""
+    import io
+
+    from napari_mtssl.cli import Progress
+
+    line = ev.describe(event)
+    assert line and line == ev.describe(json.loads(json.dumps(event.to_dict())))
+    if isinstance(event, ev.ModelDone | ev.Halving | ev.Selected | ev.Start):
+        out = io.StringIO()
+        Progress(stream=out)(event.to_dict())
+        assert out.getvalue().strip() == line
+
+
 def test_event_json_form_is_what_runs_log():
     h = ev.Halving("sdm", 30, {"joint": 0.5}, ["joint"], "r").to_dict()
     assert h["continue"] == ["joint"] and "continue_" not in h

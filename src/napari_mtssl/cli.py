@@ -63,6 +63,9 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
 # -- progress --------------------------------------------------------------------------------
 
 
+_LOGGED = (events.ModelDone, events.Selected, events.Halving, events.Start, events.Resumed)
+
+
 class Progress:
     """A one-line progress display on stderr (redrawn with ``\\r`` on a terminal, else every
     few seconds as plain lines), so no progress-bar dependency is needed."""
@@ -117,27 +120,15 @@ class Progress:
 
     @staticmethod
     def _line(e: events.Event) -> str:
-        if isinstance(e, events.ModelDone):
-            md = "n/a" if e.mean_dice is None else f"{e.mean_dice:.3f}"
-            return f"done {e.model}: mean Dice {md} ({e.seconds:.0f}s)"
-        if isinstance(e, events.Selected):
-            return f"teacher for {e.task}: {e.mode} mode"
-        if isinstance(e, events.Halving):
-            scores = ", ".join(f"{m} {_fmt(v)}" for m, v in e.dice.items())
-            return f"{e.task} after {e.at_steps} steps: {scores}; {e.reason}"
+        """The log's line for ``e`` (:func:`events.describe`); the plan in full."""
         if isinstance(e, events.PlanMade):
             return (
                 "plan:\n" + "\n".join(f"  {x}" for x in e.describe) + "\n" + plan_steps_text(e.plan)
             )
         if isinstance(e, events.Note):
-            return f"note: {e.message}"
-        if isinstance(e, events.Start):
-            d = e.data
-            return (
-                f"run {e.run} on {e.device}: {len(d.get('train_scans', []))} training "
-                f"scans ({d.get('labelled_slices', 0)} labelled slices), "
-                f"{len(d.get('val_scans', []))} validation scans; models: {', '.join(e.plan)}"
-            )
+            return "note: " + events.describe(e)
+        if isinstance(e, _LOGGED):
+            return events.describe(e)
         return ""
 
     def _newline(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "describe",
     "Cancelled",
     "Event",
     "Status",
@@ -242,3 +243,71 @@ def parse(d: dict[str, Any] | Event) -> Event:
     if cls is Halving and "continue" in d:
         kw["continue_"] = d["continue"]
     return cls(**kw)
+
+
+def _dice(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _start_line(e: Start) -> str:
+    d = e.data
+    return (
+        f"run {e.run} on {e.device}: {len(d.get('train_scans', []))} training scans "
+        f"({d.get('labelled_slices', 0)} labelled slices), {len(d.get('val_scans', []))} "
+        f"validation scans; models: {', '.join(e.plan)}"
+    )
+
+
+def _halving_line(e: Halving) -> str:
+    scores = ", ".join(f"{m} {_dice(v)}" for m, v in e.dice.items())
+    went = ", ".join(e.continue_) or "none"
+    return f"{e.task} after {e.at_steps} steps: {scores}; goes on: {went}" + (
+        f" ({e.reason})" if e.reason else ""
+    )
+
+
+def _plan_line(e: PlanMade) -> str:
+    plan = e.plan
+    return (
+        f"plan: {plan.get('patch')} px patches, width {plan.get('width')}, "
+        f"{len(plan.get('models', []))} model(s)"
+    )
+
+
+# One line per kind of event, the same in the CLI's log and the docks' status lines
+_LINES: dict[type, Any] = {
+    Status: lambda e: e.message,
+    Note: lambda e: e.message,
+    Start: _start_line,
+    PlanMade: _plan_line,
+    ModelDone: lambda e: (
+        f"{e.model} done: validation Dice {_dice(e.mean_dice)} ({e.steps} steps, {e.seconds:.0f} s)"
+    ),
+    Halving: _halving_line,
+    Selected: lambda e: f"teacher for {e.task}: {e.mode} mode",
+    Resumed: lambda e: f"resumed {e.model} at step {e.step}",
+    Stopped: lambda e: f"stopped at step {e.step} of {e.unit}; the checkpoint is kept",
+    Done: lambda e: f"finished: run {e.run or ''}, round {e.round or ''}",
+}
+
+
+def describe(event: dict[str, Any] | Event) -> str:
+    """One line for an event (its progress, for a step), e.g.
+    ``stage1 sdm:joint 40/200  loss 0.310``: the one wording the CLI and the docks share."""
+    e = parse(event)
+    line = _LINES.get(type(e))
+    if line is not None:
+        return line(e)
+    if not isinstance(e, Progress):
+        d = event if isinstance(event, dict) else e.to_dict()
+        return str(d.get("message") or d.get("type") or "")
+    parts = [e.stage or "", e.model, f"{e.step}/{e.total}"]
+    if e.loss is not None:
+        parts.append(f"loss {e.loss:.3f}")
+    if e.val_dice is not None:
+        parts.append(f"val Dice {e.val_dice:.3f}")
+    if e.run_budget_s:
+        parts.append(f"run {(e.run_elapsed_s or 0) / 60:.1f} of {e.run_budget_s / 60:.0f} min")
+    elif e.eta_s is not None:
+        parts.append(f"ETA {e.eta_s:.0f}s")
+    return "  ".join(p for p in parts if p)

@@ -57,57 +57,8 @@ def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[dict], N
 
 
 def describe_event(event: dict) -> str:
-    """One status line for an event, e.g. ``stage1 sdm:joint 40/200  loss 0.31``."""
-    e = ev.parse(event)
-    line = _LINES.get(type(e))
-    if line is not None:
-        return line(e)
-    if not isinstance(e, ev.Progress):
-        return str(event.get("message") or event.get("type") or "")
-    parts = [e.stage or "", e.model, f"{e.step}/{e.total}"]
-    if e.loss is not None:
-        parts.append(f"loss {e.loss:.3f}")
-    if e.val_dice is not None:
-        parts.append(f"val Dice {e.val_dice:.3f}")
-    if e.run_budget_s:
-        parts.append(f"run {(e.run_elapsed_s or 0) / 60:.1f} of {e.run_budget_s / 60:.0f} min")
-    elif e.eta_s is not None:
-        parts.append(f"ETA {e.eta_s:.0f}s")
-    return "  ".join(p for p in parts if p)
-
-
-def _plan_line(e: ev.PlanMade) -> str:
-    plan = e.plan
-    return (
-        f"plan: {plan.get('patch')} px patches, width {plan.get('width')}, "
-        f"{len(plan.get('models', []))} model(s)"
-    )
-
-
-def _halving_line(e: ev.Halving) -> str:
-    if not e.continue_:
-        return f"{e.task}: stopped at step {e.at_steps}, not ahead of the baseline"
-    return f"{e.task}: {', '.join(e.continue_)} goes on"
-
-
-def _model_done_line(e: ev.ModelDone) -> str:
-    md = e.mean_dice
-    return f"{e.model} done" + (f": validation Dice {md:.3f}" if md is not None else "")
-
-
-# The status line of each kind of event but progress (by the event's class)
-_LINES: dict[type, Callable[[Any], str]] = {
-    ev.Done: lambda e: f"finished: run {e.run or ''}, round {e.round or ''}",
-    ev.Stopped: lambda e: f"stopped at step {e.step} of {e.unit}; the checkpoint is kept",
-    ev.PlanMade: _plan_line,
-    ev.ModelDone: _model_done_line,
-    ev.Halving: _halving_line,
-    ev.Resumed: lambda e: f"resumed {e.model} at step {e.step}",
-    ev.Selected: lambda e: f"teacher for {e.task}: {e.mode} mode",
-    ev.Start: lambda e: f"run {e.run} started",
-    ev.Note: lambda e: e.message,
-    ev.Status: lambda e: e.message,
-}
+    """One status line for an event (:func:`napari_mtssl.events.describe`, the CLI's too)."""
+    return ev.describe(event)
 
 
 _STARTING = object()  # the spare worker's place while a thread starts its process
