@@ -1367,7 +1367,10 @@ def _add_resume(sub: Any) -> None:
     )
     rs.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
     rs.add_argument(
-        "run", nargs="?", metavar="RUN", help="the run id (default: the latest unfinished run)"
+        "run",
+        nargs="?",
+        metavar="RUN",
+        help="the run id (default: the newest unfinished run, unless a run finished after it)",
     )
     rs.add_argument(
         "--device",
