@@ -56,11 +56,6 @@ def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[dict], N
     return str(handle.state)
 
 
-def describe_event(event: dict) -> str:
-    """One status line for an event (:func:`napari_mtssl.events.describe`, the CLI's too)."""
-    return ev.describe(event)
-
-
 _STARTING = object()  # the spare worker's place while a thread starts its process
 
 
@@ -402,7 +397,7 @@ class JobProgressPanel(QWidget):
         elif isinstance(e, ev.Status) and e.total:  # the run's preparation, counted
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.done or 0, e.total))
-        self.status.setText(describe_event(event))
+        self.status.setText(ev.describe(event))  # the CLI's wording too
 
     def _on_finished(self, result: object) -> None:
         c = self.controller
