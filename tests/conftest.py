@@ -17,9 +17,9 @@ def tiny_study(tmp_path_factory):
     """The built-in sample (2 labelled scans) prepared for training at the tiny profile's plan:
     (StudyData, shaped config), for tests that drive ``train_unit`` directly."""
     from napari_mtssl import api
-    from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.data.slices import StudyData
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
 
     ws = api.create_workspace(tmp_path_factory.mktemp("tiny") / "ws", source="sample", labelled=2)
     cfg = api.make_config("tiny", device="cpu")

@@ -49,7 +49,7 @@ def test_model_id_helpers():
 
 def test_one_order_of_models_everywhere():
     """The report, the CLI, list_models and the Compare dock share ids.in_order."""
-    from napari_mtssl.training import saved
+    from napari_mtssl.training.running import saved
 
     names = ["sdm:joint", "teacher:sdm", "baseline", "zz", "student", "teacher:inpaint"]
     want = ["student", "baseline", "teacher:inpaint", "teacher:sdm", "sdm:joint", "zz"]

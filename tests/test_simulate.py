@@ -10,7 +10,7 @@ import pytest
 from napari_mtssl import active, api
 from napari_mtssl.cli import main
 from napari_mtssl.simulate import Settings, _Simulation, annotator_name, simulate
-from napari_mtssl.training import ranking
+from napari_mtssl.training.prediction import ranking
 from tests.test_api import make_dataset
 
 CASES = tuple(f"patient00{i}_frame01" for i in range(1, 7))

@@ -245,7 +245,7 @@ def run_fair_side(
     from napari_mtssl import api
     from napari_mtssl.cli import write_report
     from napari_mtssl.training.config import parse_budget
-    from napari_mtssl.training.pipeline import comparison
+    from napari_mtssl.training.running.pipeline import comparison
 
     tag = f"{kind}_L{labelled}_{budget}_s{seed}"
     machine = _machine()

@@ -1,6 +1,6 @@
 """Which shape a time budget should buy: a baseline at fixed steps, patch size and width.
 
-The planner's constants (``training/plan.py``: ``COVERAGE``, ``GOOD_STEPS``) come from these
+The planner's constants (``training/planning/plan.py``: ``COVERAGE``, ``GOOD_STEPS``) come from these
 runs: the same baseline on ACDC at L labelled patients, native resolution (1 mm, the data's
 spacing), one torch thread, bf16, with a patch size, network width and step count chosen so
 that each run takes about the same time (20 minutes of one core, two runs side by side).
@@ -29,10 +29,10 @@ def main(argv: list[str]) -> int:
     import torch
 
     from napari_mtssl import api
-    from napari_mtssl.training import stages
     from napari_mtssl.training.config import profile
-    from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.preprocess import Preprocessing
+    from napari_mtssl.training.data.preprocess import Preprocessing
+    from napari_mtssl.training.data.slices import StudyData
+    from napari_mtssl.training.loop import stages
     from napari_mtssl.workspace import Workspace
 
     name, labelled, steps, patch, width, batch, threads = argv[:7]

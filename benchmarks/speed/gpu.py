@@ -6,7 +6,7 @@
 The plan is made once on the GPU (the planner's probe: step timings and the peak memory of the
 dearest step), then its steps are fixed, and stage 1 (two tasks x two modes, successive halving
 as in the product) trains with ``units_at_once`` = 1, 2 and 4, then 0 (the planner's own choice,
-:func:`napari_mtssl.training.lanes.gpu_lanes`). A thread samples the card's free memory every
+:func:`napari_mtssl.training.planning.lanes.gpu_lanes`). A thread samples the card's free memory every
 0.2 s: the most each run took is set beside what ``gpu_lanes`` counts per unit. The CUDA context
 of a fresh process (what a worker costs before its tensors) is measured first. Reported: wall
 times, their ratios to one at a time, selections and validation Dice per model. Nothing here
@@ -83,7 +83,7 @@ class _Sampler:
 
 def _run(ws, cfg, lanes: int, gpu: bool) -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training.pipeline import run_training
+    from napari_mtssl.training.running.pipeline import run_training
 
     c = type(cfg).from_dict(cfg.to_dict())
     c.units_at_once = lanes
@@ -121,9 +121,9 @@ def bench(
     import torch
 
     from napari_mtssl import api
-    from napari_mtssl.training.lanes import ALLOC_SLACK, CUDA_CONTEXT_MB, gpu_lanes
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.planning.lanes import ALLOC_SLACK, CUDA_CONTEXT_MB, gpu_lanes
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace
 

@@ -1,13 +1,13 @@
 """Benchmark 3: whole-volume prediction with sliding windows against a bare batched forward.
 
-Engine: ``training.inference.predict_scan`` on each of the 20 ACDC validation volumes, as
+Engine: ``training.prediction.inference.predict_scan`` on each of the 20 ACDC validation volumes, as
 ``api.predict`` runs it for the student: normalise and resample to the plan's grid, pad,
 sweep ``patch x patch`` windows (overlap 0.5) in batches of 16 through the network under the
 plan's precision, blend the windows' logits with a Gaussian weight (MONAI's
 ``sliding_window_inference``), softmax, un-pad, resample the probabilities to the scan's own
 grid and take the argmax. Bare: the very same windows, cut out beforehand, through the same
 network in batches of 16 under ``torch.no_grad`` and the same precision, nothing else. The
-network has the default plan's shape for ACDC (read from ``training.plan``); trained and
+network has the default plan's shape for ACDC (read from ``training.planning.plan``); trained and
 untrained weights cost the same. ABAB repetitions; ratio = bare time / engine time.
 """
 
@@ -43,10 +43,10 @@ def _windows(vol: np.ndarray, patch: int, overlap: float) -> np.ndarray:
 def bench(reps: int = 3, threads: int = 2) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.models import build_unet
-    from napari_mtssl.training.data import pad_to, prepare_volume
-    from napari_mtssl.training.inference import autocast, predict_scan, resolve_precision
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.data.slices import pad_to, prepare_volume
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
+    from napari_mtssl.training.prediction.inference import autocast, predict_scan, resolve_precision
 
     from .common import acdc_workspace, spread
 

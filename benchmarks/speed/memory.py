@@ -114,13 +114,13 @@ def child_ct(folder: str) -> dict[str, Any]:
 
     from napari_mtssl import api
     from napari_mtssl.io.scan import Scan, grid_affine
-    from napari_mtssl.training import stages
-    from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.inference import predict_scan
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
-    from napari_mtssl.training.terms import build_term
-    from napari_mtssl.training.trainer import UnitSpec, train_unit
+    from napari_mtssl.training.data.slices import StudyData
+    from napari_mtssl.training.loop import stages
+    from napari_mtssl.training.loop.terms import build_term
+    from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
+    from napari_mtssl.training.prediction.inference import predict_scan
 
     before = _rss_mb()
     stages_mb: dict[str, float] = {}

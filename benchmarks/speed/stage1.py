@@ -17,7 +17,7 @@ from typing import Any
 
 def _run(ws, cfg, lanes: int) -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training.pipeline import run_training
+    from napari_mtssl.training.running.pipeline import run_training
 
     c = type(cfg).from_dict(cfg.to_dict())
     c.units_at_once = lanes
@@ -50,8 +50,8 @@ def _run(ws, cfg, lanes: int) -> dict[str, Any]:
 
 def bench(reps: int = 2, steps: int = 0, tasks: str = "sdm,inpaint") -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace, spread
 
@@ -95,7 +95,7 @@ def bench_budget(budget: str = "10m", tasks: str = "sdm,inpaint") -> dict[str, A
     keeping what gives more steps. Reported per run: the lanes chosen and why, the steps per
     model, the wall time against the budget, the selections and every model's Dice."""
     from napari_mtssl import api
-    from napari_mtssl.training.pipeline import run_training
+    from napari_mtssl.training.running.pipeline import run_training
 
     from .common import acdc_workspace
 

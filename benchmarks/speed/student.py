@@ -23,10 +23,10 @@ import torch
 
 
 def _unit(study, cfg, kind: str, teachers, steps: int, warmup: int) -> float:
-    from napari_mtssl.training import stages
     from napari_mtssl.training.config import ExperimentConfig
-    from napari_mtssl.training.terms import build_term
-    from napari_mtssl.training.trainer import UnitSpec, train_unit
+    from napari_mtssl.training.loop import stages
+    from napari_mtssl.training.loop.terms import build_term
+    from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
 
     c = ExperimentConfig.from_dict(cfg.to_dict())
     net = stages.new_net(c, study.num_classes)
@@ -49,10 +49,10 @@ def _unit(study, cfg, kind: str, teachers, steps: int, warmup: int) -> float:
 
 def bench(steps: int = 60, warmup: int = 10, reps: int = 3, threads: int = 1) -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training import soft_labels, stages
-    from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.data.slices import StudyData
+    from napari_mtssl.training.loop import soft_labels, stages
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace, spread
 

@@ -21,9 +21,9 @@ import torch
 
 
 def _engine(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, float]:
-    from napari_mtssl.training import stages
-    from napari_mtssl.training.terms import build_term
-    from napari_mtssl.training.trainer import UnitSpec, train_unit
+    from napari_mtssl.training.loop import stages
+    from napari_mtssl.training.loop.terms import build_term
+    from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
 
     net = stages.new_net(cfg, study.num_classes)
     task = stages.new_task(task_name, net, cfg, study.num_classes)
@@ -38,11 +38,11 @@ def _engine(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, fl
 
 
 def _bare(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, float]:
-    from napari_mtssl.training import stages
-    from napari_mtssl.training.data import augment
-    from napari_mtssl.training.inference import autocast
-    from napari_mtssl.training.losses import SegLoss
-    from napari_mtssl.training.trainer import step_seed
+    from napari_mtssl.training.data.slices import augment
+    from napari_mtssl.training.loop import stages
+    from napari_mtssl.training.loop.losses import SegLoss
+    from napari_mtssl.training.loop.trainer import step_seed
+    from napari_mtssl.training.prediction.inference import autocast
 
     dc, seed = cfg.data, cfg.seed
     net = stages.new_net(cfg, study.num_classes)
@@ -87,9 +87,9 @@ def bench(
     tasks: list[str], steps: int = 60, warmup: int = 10, reps: int = 3, threads: int = 1
 ) -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.data.slices import StudyData
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace, spread
 

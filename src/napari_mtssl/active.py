@@ -1,7 +1,7 @@
 """Slices to correct next, over a workspace: candidates, per-slice scores, proposals.
 
 The candidates are the slices of training scans that nobody annotated or corrected. A strategy
-(:mod:`napari_mtssl.training.ranking`) scores them from the trained models' predictions (the
+(:mod:`napari_mtssl.training.prediction.ranking`) scores them from the trained models' predictions (the
 student, the teachers) or, in a simulation, from the reference masks. Used by
 :func:`napari_mtssl.api.propose_slices` (the correction dock) and by the simulated annotator
 (:mod:`napari_mtssl.simulate`).
@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_mtssl.events import Cancelled
 from napari_mtssl.ids import teachers
-from napari_mtssl.training.ranking import NEEDS, Candidate, check_strategy, rank
+from napari_mtssl.training.prediction.ranking import NEEDS, Candidate, check_strategy, rank
 
 __all__ = [
     "candidates",
@@ -51,7 +51,7 @@ def candidates(ws: Any, scans: Sequence[str] | None = None) -> dict[str, list[in
 
 
 def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
-    from napari_mtssl.training import saved
+    from napari_mtssl.training.running import saved
 
     need = NEEDS[strategy]
     have = saved.list_models(ws)
@@ -90,8 +90,8 @@ def slice_scores(
     student's mask for the foreground and ``oracle`` cannot be used. ``progress(i, n, scan)``
     before each scan; it may raise :class:`Cancelled` to stop.
     """
-    from napari_mtssl.training import ranking
-    from napari_mtssl.training.inference import resolve_device
+    from napari_mtssl.training.prediction import ranking
+    from napari_mtssl.training.prediction.inference import resolve_device
 
     check_strategy(strategy)
     if strategy == "oracle" and truth is None:
@@ -196,7 +196,7 @@ def _drawn_showing_structures(
     walk = [(sid, z) for sid, z in order if sid in chosen]
     if truth is not None:
         return _drawn_from_truth(ws, cands, k, allowed, walk, truth, progress)
-    from napari_mtssl.training.inference import resolve_device
+    from napari_mtssl.training.prediction.inference import resolve_device
 
     dev = resolve_device(device)
     model = _models(ws, "fg_random", dev)["student"][0]

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_mtssl import ids
-from napari_mtssl.training import saved
+from napari_mtssl.training.running import saved
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_mtssl.io.scan import Scan
     from napari_mtssl.training.config import ExperimentConfig
-    from napari_mtssl.training.jobs import JobHandle, JobWorker
-    from napari_mtssl.training.plan import Plan
+    from napari_mtssl.training.planning.plan import Plan
+    from napari_mtssl.training.running.jobs import JobHandle, JobWorker
     from napari_mtssl.workspace import Round, Workspace
 
 __all__ = [
@@ -54,9 +54,9 @@ __all__ = [
     "MODEL_ORDER",
 ]
 
-JOB_TARGET = "napari_mtssl.training.pipeline:run_training_job"
-PLAN_TARGET = "napari_mtssl.training.pipeline:plan_job"
-WARM_ENGINE = "napari_mtssl.training.pipeline:import_engine"
+JOB_TARGET = "napari_mtssl.training.running.pipeline:run_training_job"
+PLAN_TARGET = "napari_mtssl.training.running.pipeline:plan_job"
+WARM_ENGINE = "napari_mtssl.training.running.pipeline:import_engine"
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def check_tasks(
     if config is None or not config.stage1.task_overrides:
         tbsz = 0 if config is None else config.data.task_batch_size or config.data.batch_size
         return task_needs.check_names(summary, list(tasks), tbsz)
-    from napari_mtssl.training.stages import check_tasks as _check
+    from napari_mtssl.training.loop.stages import check_tasks as _check
 
     return _check(summary, list(tasks), config)
 
@@ -202,9 +202,9 @@ def plan(
     """The plan a training run would make now (times a few steps on the device): resolution,
     patch, network, precision, the steps of every model and the time estimate. Raises
     ``PlanError`` (a ValueError) with what fits when the budget is too small."""
-    from napari_mtssl.training.pipeline import _fixed_plan
-    from napari_mtssl.training.plan import fingerprint
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.planner import make_plan
+    from napari_mtssl.training.running.pipeline import _fixed_plan
 
     ws = _ws(workspace)
     return make_plan(
@@ -224,7 +224,7 @@ def train(
     """The training generator: yields progress events (dicts), returns the run's report.
     ``plan``: from :func:`plan`, to keep the shape the user saw (steps are planned again
     once the data are prepared)."""
-    from napari_mtssl.training.pipeline import run_training
+    from napari_mtssl.training.running.pipeline import run_training
 
     return run_training(_ws(workspace), config, what, stop=stop, resume=resume, plan=plan)
 
@@ -281,13 +281,13 @@ def spare_worker() -> JobWorker:
     """A worker process started ahead of a job: it imports the engine (seconds) while it waits,
     so that a job given to it (``start_job(..., worker=...)``) starts in a fraction of a second.
     It serves one job; ``close()`` it when it is not used."""
-    from napari_mtssl.training.jobs import JobWorker
+    from napari_mtssl.training.running.jobs import JobWorker
 
     return JobWorker(warm=(WARM_ENGINE, {}))
 
 
 def _job(target: str, kwargs: dict, inline: bool, worker: JobWorker | None) -> JobHandle:
-    from napari_mtssl.training.jobs import JobHandle
+    from napari_mtssl.training.running.jobs import JobHandle
 
     if worker is not None and not inline:
         worker.submit(target, kwargs)
@@ -318,7 +318,7 @@ def predict(
 ) -> Prediction:
     """Segment a whole scan (a Scan or a scan id) with a trained model, in its own geometry:
     sliding windows at the model's planned resolution, mapped back onto the scan's grid."""
-    from napari_mtssl.training.inference import resolve_device
+    from napari_mtssl.training.prediction.inference import resolve_device
 
     ws = _ws(workspace)
     s, _, _ = _scan_and_truth(ws, scan)
@@ -335,13 +335,13 @@ def compare(
     device: str = "auto",
 ) -> Comparison:
     """Every model's labels for a scan, the teachers' mean and where the teachers disagree."""
-    from napari_mtssl.training.inference import (
+    from napari_mtssl.training.loop.metrics import dice_per_class
+    from napari_mtssl.training.prediction.inference import (
         disagreement,
         ensemble_mean,
         resolve_device,
         slice_scores,
     )
-    from napari_mtssl.training.metrics import dice_per_class
 
     ws = _ws(workspace)
     s, truth, labelled = _scan_and_truth(ws, scan)
@@ -493,7 +493,7 @@ def export_model(
     ``bioimageio`` model package (zip, validated by bioimageio.spec)."""
     from napari_mtssl.export import ExportError, check_output
     from napari_mtssl.export.model_files import export_bioimageio, export_onnx
-    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.loop import checkpoints
 
     ws = _ws(workspace)
     if fmt not in ("onnx", "bioimageio"):
@@ -530,8 +530,8 @@ def export_model(
 
 def _test_slice(ws: Workspace, meta: dict) -> np.ndarray:
     """A normalised middle slice of a labelled scan at the model's planned grid."""
-    from napari_mtssl.training.data import prepare_volume
-    from napari_mtssl.training.preprocess import Preprocessing
+    from napari_mtssl.training.data.preprocess import Preprocessing
+    from napari_mtssl.training.data.slices import prepare_volume
 
     ids = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)] or ws.scan_ids()
     scan = ws.load_scan(ids[0])

@@ -142,7 +142,7 @@ class Progress:
 
 def plan_steps_text(plan: dict[str, Any]) -> str:
     """The per-model steps and time estimates of a plan, as indented lines."""
-    from napari_mtssl.training.plan import Plan
+    from napari_mtssl.training.planning.plan import Plan
 
     if not plan:
         return ""
@@ -303,7 +303,7 @@ def _plan_md(plan: dict[str, Any] | None) -> list[str]:
     """The plan's choices with their reasons, and the steps and estimate of each model."""
     if not plan:
         return []
-    from napari_mtssl.training.plan import Plan
+    from napari_mtssl.training.planning.plan import Plan
 
     p = Plan.from_dict(plan)
     md = ["## The plan", "", *p.describe(), ""]
@@ -334,7 +334,7 @@ def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
     """Mean Dice over the foreground classes present in either mask of one slice."""
     import numpy as np
 
-    from napari_mtssl.training.metrics import dice_per_class
+    from napari_mtssl.training.loop.metrics import dice_per_class
 
     present = [c for c in range(1, num_classes) if (truth == c).any() or (pred == c).any()]
     scores = dice_per_class(pred, truth, num_classes)
@@ -944,7 +944,7 @@ def _check_folder_prediction(args: argparse.Namespace, ws: Any, src: Path) -> Pa
     (a dataset folder given, ``--out`` a file or among the inputs, no such model, no such
     device), each a CliError."""
     from napari_mtssl.io import is_dataset_folder
-    from napari_mtssl.training.inference import resolve_device
+    from napari_mtssl.training.prediction.inference import resolve_device
 
     if src.is_dir() and is_dataset_folder(src):
         raise CliError(
@@ -1026,7 +1026,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_mtssl.io import open_dataset
-    from napari_mtssl.training.metrics import summarise, volume_scores
+    from napari_mtssl.training.loop.metrics import summarise, volume_scores
 
     ws = _open_workspace(args.workspace)
     out = None

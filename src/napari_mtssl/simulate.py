@@ -2,7 +2,7 @@
 
 A *simulated annotator* works on a labelled dataset. It starts, like a user, from ``L``
 labelled training patients and the models trained on them (``initial/``: baseline, teachers,
-student). Each round, a strategy (:mod:`napari_mtssl.training.ranking`) picks ``k`` slices
+student). Each round, a strategy (:mod:`napari_mtssl.training.prediction.ranking`) picks ``k`` slices
 among the training slices nobody labelled; the annotator replaces the student's mask there by
 the dataset's reference mask, through :func:`napari_mtssl.api.accept_correction`, as a person's
 correction (status ``corrected``, provenance "simulated annotator, round r"); then the student
@@ -36,7 +36,7 @@ import numpy as np
 
 from napari_mtssl import api, events
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
-from napari_mtssl.training.ranking import STRATEGIES, check_strategy, describe, rank
+from napari_mtssl.training.prediction.ranking import STRATEGIES, check_strategy, describe, rank
 
 __all__ = ["Settings", "simulate", "write_report", "annotator_name", "CHOICES", "CONTROL"]
 

@@ -37,14 +37,14 @@ def test_onnx_gives_the_engines_masks(trained, tmp_path):
     assert meta["run"] and meta["name"] == "student"
     import torch
 
-    from napari_mtssl.training.saved import load as _load
+    from napari_mtssl.training.running.saved import load as _load
 
     sid = trained.scan_ids("val")[0]
     scan = trained.load_scan(sid)
     labels, probs = predict_onnx(out, scan.array, scan.spacing, scan.modality)
     # the engine at the ONNX model's precision (fp32): the same network, so the same numbers
     m = _load(trained, "student", torch.device("cpu"))
-    from napari_mtssl.training.inference import predict_scan
+    from napari_mtssl.training.prediction.inference import predict_scan
 
     ref_labels, ref_probs = predict_scan(
         m.net,
@@ -93,7 +93,7 @@ def test_bioimageio_package_validates_and_runs(trained, tmp_path):
 def test_import_brings_the_same_network_back(trained, tmp_path):
     import torch
 
-    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.loop import checkpoints
 
     onnx_file = api.export_model(trained, "student", "onnx", tmp_path / "s.onnx")
     other = api.create_workspace(tmp_path / "other", source="sample", labelled=1)

@@ -11,10 +11,10 @@ import time
 import types
 
 from napari_mtssl import api
-from napari_mtssl.training import trainer
-from napari_mtssl.training.pace import Pace
-from napari_mtssl.training.terms import build_term
-from napari_mtssl.training.trainer import UnitSpec, train_unit
+from napari_mtssl.training.loop import trainer
+from napari_mtssl.training.loop.pace import Pace
+from napari_mtssl.training.loop.terms import build_term
+from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
 
 
 def _scripted(monkeypatch, seconds_per_step):
@@ -36,7 +36,7 @@ def _scripted(monkeypatch, seconds_per_step):
 
 def _train(study, cfg, steps, deadline, **kw):
     spec = UnitSpec("baseline", "baseline", steps, [build_term("seg")], model="baseline")
-    from napari_mtssl.training import stages
+    from napari_mtssl.training.loop import stages
 
     net = stages.new_net(cfg, study.num_classes)
     gen = train_unit(spec, net, study, cfg, __import__("torch").device("cpu"), deadline=deadline,

@@ -77,7 +77,7 @@ def test_kill_during_checkpoint_and_report_writes(tmp_path, trial, recorder):
         import torch
         from napari_mtssl._atomic import atomic_write_json
         from napari_mtssl.models import build_unet
-        from napari_mtssl.training import checkpoints
+        from napari_mtssl.training.loop import checkpoints
         net = build_unet(1, 3, 8)
         opt = torch.optim.AdamW(net.parameters())
         for k in range(1, 10000):
@@ -92,7 +92,7 @@ def test_kill_during_checkpoint_and_report_writes(tmp_path, trial, recorder):
     import torch
 
     from napari_mtssl.models import build_unet
-    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.loop import checkpoints
 
     net = build_unet(1, 3, 8)
     opt = torch.optim.AdamW(net.parameters())

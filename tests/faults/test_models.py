@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_mtssl import api
-from napari_mtssl.training import checkpoints
+from napari_mtssl.training.loop import checkpoints
 from tests.faults.conftest import classify
 
 

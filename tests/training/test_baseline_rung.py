@@ -8,8 +8,8 @@ import json
 import pytest
 
 from napari_mtssl import api
-from napari_mtssl.training import pipeline
-from napari_mtssl.training.pipeline import run_training
+from napari_mtssl.training.running import pipeline
+from napari_mtssl.training.running.pipeline import run_training
 
 
 def _train(tmp_path, monkeypatch, bar):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from napari_mtssl.training.config import DataConfig
-from napari_mtssl.training.data import BatchStream, StudyData, augment, pad_to
-from napari_mtssl.training.preprocess import Preprocessing
+from napari_mtssl.training.data.preprocess import Preprocessing
+from napari_mtssl.training.data.slices import BatchStream, StudyData, augment, pad_to
 
 
 def _study(n_train_labelled=3, val=False, seed=0, size=(5, 32, 32), patch=32):

@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from napari_mtssl import api
-from napari_mtssl.training import stages
-from napari_mtssl.training.pipeline import UnitsFailed, run_training
+from napari_mtssl.training.loop import stages
+from napari_mtssl.training.running.pipeline import UnitsFailed, run_training
 
 
 def _digest(run, model: str) -> str:
@@ -40,7 +40,7 @@ def inline(tmp_path_factory):
 def test_local_executor_trains_units_side_by_side_with_the_same_results(
     inline, tmp_path, monkeypatch
 ):
-    from napari_mtssl.training import jobs
+    from napari_mtssl.training.running import jobs
 
     workers: list[int] = []
     start = jobs.JobWorker.__init__
@@ -143,7 +143,7 @@ def test_a_killed_worker_loses_only_its_unit_since_its_checkpoint(tmp_path):
         stage1__eval_every=400,
         checkpoint_every_s=0.2,
     )
-    from napari_mtssl.training import jobs
+    from napari_mtssl.training.running import jobs
 
     seen: dict[str, int] = {}
     killed: list[int] = []

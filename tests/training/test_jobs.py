@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from napari_mtssl.training.jobs import JobHandle, JobWorker, resolve_target
+from napari_mtssl.training.running.jobs import JobHandle, JobWorker, resolve_target
 
 
 def counting(n: int, delay: float = 0.0, stop=None):
@@ -139,7 +139,7 @@ def test_bad_targets_are_refused_with_the_name():
     with pytest.raises(ValueError, match="no module named 'napari_mtssl.nowhere'"):
         JobHandle("napari_mtssl.nowhere:run")
     # A missing function is found by the worker, which imports the module, and reported.
-    job = JobHandle("napari_mtssl.training.jobs:nope")
+    job = JobHandle("napari_mtssl.training.running.jobs:nope")
     job.join(timeout=60)
     assert job.state == "failed" and "has no 'nope'" in job.error
 
@@ -148,11 +148,11 @@ def test_starting_a_job_does_not_import_the_engine_here():
     """Importing torch in the viewer's process holds the GIL for seconds: the worker does it."""
     code = (
         "import sys\n"
-        "from napari_mtssl.training.jobs import JobHandle\n"
-        "job = JobHandle('napari_mtssl.training.pipeline:run_training_job', {'workspace': '/nonexistent'})\n"
+        "from napari_mtssl.training.running.jobs import JobHandle\n"
+        "job = JobHandle('napari_mtssl.training.running.pipeline:run_training_job', {'workspace': '/nonexistent'})\n"
         "job.join()\n"  # however slow a busy machine makes the worker's imports
         "assert job.state == 'failed', job.state\n"
-        "print('torch' in sys.modules, 'napari_mtssl.training.pipeline' in sys.modules)\n"
+        "print('torch' in sys.modules, 'napari_mtssl.training.running.pipeline' in sys.modules)\n"
     )
     import subprocess
     import sys
@@ -163,7 +163,7 @@ def test_starting_a_job_does_not_import_the_engine_here():
 
 
 def test_a_job_leaves_a_core_to_the_viewer():
-    from napari_mtssl.training.pipeline import job_threads
+    from napari_mtssl.training.running.pipeline import job_threads
 
     assert job_threads(1) == 1
     assert job_threads(2) == 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mtssl.training.losses import (
+from napari_mtssl.training.loop.losses import (
     SegLoss,
     class_probs,
     kd_loss,

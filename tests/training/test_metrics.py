@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_mtssl.training.metrics import dice_per_class, hd95_per_class, summarise, volume_scores
+from napari_mtssl.training.loop.metrics import (
+    dice_per_class,
+    hd95_per_class,
+    summarise,
+    volume_scores,
+)
 
 
 def test_dice_values_and_empty_conventions():

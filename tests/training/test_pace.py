@@ -1,4 +1,4 @@
-"""A unit's pace (training/pace.py): its step count re-timed against its deadline, its threads
+"""A unit's pace (training/loop/pace.py): its step count re-timed against its deadline, its threads
 fitted to the free cores. A fake clock and a fake core count: nothing here depends on how fast
 this machine is."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_mtssl.training.pace import CoreWatch, Pace
+from napari_mtssl.training.loop.pace import CoreWatch, Pace
 
 
 class Clock:

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from napari_mtssl import api
-from napari_mtssl.training import checkpoints
-from napari_mtssl.training.pipeline import UNIT_GROWTH, run_training
-from napari_mtssl.training.stages import select_mode
+from napari_mtssl.training.loop import checkpoints
+from napari_mtssl.training.loop.stages import select_mode
+from napari_mtssl.training.running.pipeline import UNIT_GROWTH, run_training
 
 
 def _drive(gen, on_event=None):
@@ -283,7 +283,8 @@ def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
 def few_steps(monkeypatch):
     """Budgets of seconds: the planner's floor of steps per model lowered, so that tests of
     the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
-    from napari_mtssl.training import pipeline, plan, planner
+    from napari_mtssl.training.planning import plan, planner
+    from napari_mtssl.training.running import pipeline
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
     monkeypatch.setattr(planner, "MIN_STEPS", 30)
@@ -292,7 +293,7 @@ def few_steps(monkeypatch):
     # The plan's step timing, fixed instead of measured: on a machine busy that minute the
     # timing itself ate a 25 s budget and the planner refused the run ("about 0 training
     # steps"). The units still re-time themselves against the real clock while they train
-    # (training/pace.py), which these tests allow for.
+    # (training/loop/pace.py), which these tests allow for.
     def priced(p, cfg, fp, what="all"):
         t = {"seg": 0.02, "fwd": 0.004, "soft": 0.2, "eval": 0.5}
         t.update({f"task:{name}": 0.03 for name in cfg.stage1.tasks})
@@ -320,7 +321,7 @@ def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
     n = plan["steps"]["seg"]
     assert n >= 30
     # each model trains its planned steps, unless the machine's pace changed while it trained:
-    # then a note says how many instead (training/pace.py: at most UNIT_GROWTH x the plan, for
+    # then a note says how many instead (training/loop/pace.py: at most UNIT_GROWTH x the plan, for
     # the last unit), or the deadline ended it early (the report says so). How fast this machine is
     # that minute is not asserted (the busy-machine benchmark measures it).
     recounted = [e for e in events if e["type"] == "note" and "steps instead of" in e["message"]]
@@ -346,8 +347,8 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
     the same as alone, as if each unit had a core of its own, so that two lanes win whatever
     this machine's speed) make the plan say two at once, the local executor trains both modes
     side by side, and the run ends within its budget."""
-    from napari_mtssl.training import lanes as lanes_mod
-    from napari_mtssl.training import planner
+    from napari_mtssl.training.planning import lanes as lanes_mod
+    from napari_mtssl.training.planning import planner
 
     monkeypatch.setattr(planner, "SIDE_MIN_BUDGET_S", 0.0)
     real, memo = planner._time_steps, {}
@@ -439,9 +440,9 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
 
 
 def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
-    from napari_mtssl.training import plan as plan_mod
-    from napari_mtssl.training import planner
-    from napari_mtssl.training.plan import PlanError
+    from napari_mtssl.training.planning import plan as plan_mod
+    from napari_mtssl.training.planning import planner
+    from napari_mtssl.training.planning.plan import PlanError
 
     monkeypatch.setattr(
         planner,
@@ -488,8 +489,8 @@ def test_pretext_cache_is_reused_by_a_later_run(tmp_path):
         second["models"]["inpaint:pretrain"]["dice"] == first["models"]["inpaint:pretrain"]["dice"]
     )
     # a label-using task's entry depends on the labels: a correction means a new entry
-    from napari_mtssl.training.pipeline import pretext_key
-    from napari_mtssl.training.plan import Plan
+    from napari_mtssl.training.planning.plan import Plan
+    from napari_mtssl.training.running.pipeline import pretext_key
 
     plan = Plan.from_dict(json.loads((ws.run(first["run"]).path / "plan.json").read_text()))
     k_inpaint, k_sdm = pretext_key(ws, cfg, plan, "inpaint"), pretext_key(ws, cfg, plan, "sdm")

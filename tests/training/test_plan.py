@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from napari_mtssl import api
-from napari_mtssl.training import lanes as L
-from napari_mtssl.training import plan as P
-from napari_mtssl.training import planner
 from napari_mtssl.training.config import format_budget, parse_budget, profile
-from napari_mtssl.training.plan import Fingerprint, Plan, PlanError
-from napari_mtssl.training.planner import make_plan
+from napari_mtssl.training.planning import lanes as L
+from napari_mtssl.training.planning import plan as P
+from napari_mtssl.training.planning import planner
+from napari_mtssl.training.planning.plan import Fingerprint, Plan, PlanError
+from napari_mtssl.training.planning.planner import make_plan
 
 
 def fp(size, spacing, slices=(10, 10, 10), slice_spacing=5.0, n_val=2, mods=None, **kw):
@@ -284,7 +284,7 @@ def test_a_gpu_plan_is_larger(monkeypatch):
     budget buys the whole slice and a wider network, bf16, and threads only to feed it."""
     import torch
 
-    from napari_mtssl.training import inference
+    from napari_mtssl.training.prediction import inference
 
     monkeypatch.setattr(inference, "resolve_precision", lambda dev, req="auto": "bf16")
     cfg = profile("quick", budget_s=parse_budget("15m"), device="cpu")
@@ -330,7 +330,7 @@ def test_units_on_one_gpu_are_as_many_as_its_free_memory_holds(
 def test_a_quick_retrain_fine_tunes_with_fewer_steps_than_a_new_model():
     """The correction dock's 3 minutes on one slow thread: a retrain of the trained student is
     accepted where a model from scratch would be refused."""
-    from napari_mtssl.training.planner import allocate
+    from napari_mtssl.training.planning.planner import allocate
 
     f = fp((256, 216), (1.5, 1.5))
     p = plan(f, "1h")
@@ -379,7 +379,7 @@ def test_a_budget_trains_side_by_side_only_where_that_gives_more_steps(slowdown,
     """Steps timed beside another unit at 1.45x the time alone (this 2-core machine): two at
     once give each model more steps, and the plan says so. At 2.3x they would not: one at a
     time."""
-    from napari_mtssl.training.planner import allocate
+    from napari_mtssl.training.planning.planner import allocate
 
     f = fp((256, 216), (1.5, 1.5))
     p = plan(f, "1h", what="stage1")
@@ -431,7 +431,7 @@ def test_a_process_that_cannot_start_beside_the_timing_is_reported_at_once():
     within seconds, not a two-minute wait; the budget is then priced one unit at a time."""
     import time
 
-    from napari_mtssl.training.planner import allocate
+    from napari_mtssl.training.planning.planner import allocate
 
     f = fp((64, 64), (1.0, 1.0), slices=(4, 4, 4), n_val=1)
     p = plan(f, "1h", data__patch_size=32, model__width=8, model__depth=2, data__batch_size=2)

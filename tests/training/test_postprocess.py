@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_mtssl.training import postprocess
+from napari_mtssl.training.prediction import postprocess
 
 
 def test_largest_component_keeps_every_class_of_the_organ():
@@ -26,9 +26,9 @@ def test_largest_component_keeps_every_class_of_the_organ():
 def test_evaluate_keeps_the_post_processing_only_when_it_helps():
     import torch
 
-    from napari_mtssl.training.data import StudyData
-    from napari_mtssl.training.preprocess import Preprocessing
-    from napari_mtssl.training.trainer import evaluate
+    from napari_mtssl.training.data.preprocess import Preprocessing
+    from napari_mtssl.training.data.slices import StudyData
+    from napari_mtssl.training.loop.trainer import evaluate
 
     truth = np.zeros((2, 32, 32), np.uint8)
     truth[:, 8:16, 8:16] = 1

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_mtssl.models.unet import build_unet
-from napari_mtssl.training import postprocess
-from napari_mtssl.training.inference import predict_scan
-from napari_mtssl.training.preprocess import Preprocessing
+from napari_mtssl.training.data.preprocess import Preprocessing
+from napari_mtssl.training.prediction import postprocess
+from napari_mtssl.training.prediction.inference import predict_scan
 
 
 def _predict(net, vol, **kw):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mtssl.training.preprocess import (
+from napari_mtssl.training.data.preprocess import (
     NormSpec,
     Preprocessing,
     SliceMap,

@@ -23,7 +23,7 @@ def tiny_run_weights(folder: Path) -> dict[str, dict[str, list[float]]]:
     from safetensors.torch import load_file
 
     from napari_mtssl import api
-    from napari_mtssl.training.pipeline import run_training
+    from napari_mtssl.training.running.pipeline import run_training
 
     ws = api.create_workspace(folder / "ws", source="sample", labelled=2)
     cfg = api.make_config("tiny", device="cpu", num_threads=1)

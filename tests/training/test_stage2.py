@@ -8,20 +8,20 @@ import pytest
 import torch
 
 from napari_mtssl import api
-from napari_mtssl.training import soft_labels, stages
 from napari_mtssl.training.config import DataConfig
-from napari_mtssl.training.data import StudyData, augment, augment_with_soft
-from napari_mtssl.training.pipeline import comparison
-from napari_mtssl.training.plan import fingerprint
-from napari_mtssl.training.planner import make_plan
-from napari_mtssl.training.terms import build_term
-from napari_mtssl.training.terms.semi import (
+from napari_mtssl.training.data.slices import StudyData, augment, augment_with_soft
+from napari_mtssl.training.loop import soft_labels, stages
+from napari_mtssl.training.loop.terms import build_term
+from napari_mtssl.training.loop.terms.semi import (
     CopyPasteSelfTraining,
     _boxes,
     masked_seg_loss,
     own_probs,
 )
-from napari_mtssl.training.trainer import UnitSpec, train_unit
+from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
+from napari_mtssl.training.planning.plan import fingerprint
+from napari_mtssl.training.planning.planner import make_plan
+from napari_mtssl.training.running.pipeline import comparison
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _drive(gen):
 @pytest.fixture
 def seen(monkeypatch):
     """What the semi term's last loss was computed against (``target``, ``weight``)."""
-    from napari_mtssl.training.terms import semi
+    from napari_mtssl.training.loop.terms import semi
 
     out = {}
     real = semi.masked_seg_loss
@@ -241,8 +241,8 @@ def test_maps_are_stored_for_as_many_scans_as_the_student_can_use(study_cfg):
     _, study, _ = study_cfg
     unl = [i for i, s in enumerate(study.train) if (~s.labelled).any()]
     lab = [i for i, s in enumerate(study.train) if s.labelled.any()]
-    assert soft_labels.scans_needed(study, 1, 1) == soft_labels.SOFT_MIN_SCANS
-    assert soft_labels.scans_needed(study, 10_000, 4) > len(study.train)
+    assert soft_labels.scans_needed(study, 1, 1, 8) == 8
+    assert soft_labels.scans_needed(study, 10_000, 4, 8) > len(study.train)
     one = soft_labels.choose_scans(study, 1, False, 0)
     assert len(one) == 1 and one[0] in unl
     assert one == soft_labels.choose_scans(study, 1, False, 0)  # the same for a seed: reused
@@ -256,7 +256,7 @@ def test_the_papers_distillation_reads_the_stored_maps_as_it_would_the_teachers(
 ):
     """Stored maps (uint8) give the same distillation loss as running the teachers, to the
     maps' resolution, on the same windows."""
-    from napari_mtssl.training.terms.base import SegForward
+    from napari_mtssl.training.loop.terms.base import SegForward
 
     _, study, cfg = study_cfg
     teachers = _teachers(cfg)
@@ -288,7 +288,7 @@ def _run_stub(spent: float, est: dict, done: dict, student_steps: int, budget: f
     """The parts of a running pipeline that re-budgeting reads, without training anything."""
     from types import SimpleNamespace
 
-    from napari_mtssl.training.pipeline import _Run
+    from napari_mtssl.training.running.pipeline import _Run
 
     r = SimpleNamespace(
         cfg=SimpleNamespace(budget_s=budget),
@@ -332,7 +332,7 @@ def test_the_student_takes_the_time_the_earlier_models_left():
 
 
 def test_pseudo_labels_keep_each_windows_largest_component():
-    from napari_mtssl.training.terms.semi import largest_component_2d
+    from napari_mtssl.training.loop.terms.semi import largest_component_2d
 
     lab = torch.zeros(2, 16, 16, dtype=torch.int64)
     lab[0, 2:8, 2:8] = 1  # the anatomy
@@ -393,7 +393,7 @@ def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_
 def test_a_warm_started_student_restarts_below_the_peak_learning_rate(study_cfg, monkeypatch):
     """``stage2.lr_scale`` lowers the schedule of a student that starts from a trained model,
     not a fresh student's nor a retrain's; the schedule keeps its shape at the lower peak."""
-    from napari_mtssl.training import trainer
+    from napari_mtssl.training.loop import trainer
 
     _, study, cfg = study_cfg
     monkeypatch.setattr(cfg.stage2, "lr_scale", 0.3)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from napari_mtssl import api
-from napari_mtssl.training import stages
-from napari_mtssl.training.terms import build_term
-from napari_mtssl.training.trainer import UnitSpec, train_unit
+from napari_mtssl.training.loop import stages
+from napari_mtssl.training.loop.terms import build_term
+from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
 
 
 def test_a_stop_during_validation_ends_the_unit_there_and_it_resumes(tiny_study, tmp_path):

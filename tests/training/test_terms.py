@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from napari_mtssl import api
-from napari_mtssl.training import stages, terms
-from napari_mtssl.training.data import StudyData
-from napari_mtssl.training.plan import fingerprint
-from napari_mtssl.training.planner import make_plan
-from napari_mtssl.training.terms import TERMS, Term, build_term
-from napari_mtssl.training.trainer import UnitSpec, train_unit
+from napari_mtssl.training.data.slices import StudyData
+from napari_mtssl.training.loop import stages, terms
+from napari_mtssl.training.loop.terms import TERMS, Term, build_term
+from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
+from napari_mtssl.training.planning.plan import fingerprint
+from napari_mtssl.training.planning.planner import make_plan
 
 
 @pytest.fixture(scope="module")

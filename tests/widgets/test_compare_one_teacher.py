@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 
 def _comparison(shape, teachers):
     from napari_mtssl.api import Comparison
-    from napari_mtssl.training.inference import slice_scores
+    from napari_mtssl.training.prediction.inference import slice_scores
 
     masks = {name: np.zeros(shape, np.uint8) for name in ["student", *teachers]}
     dis = np.zeros(shape, np.float32)

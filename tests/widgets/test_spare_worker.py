@@ -13,7 +13,7 @@ JOB_MS = 240_000
 
 
 def test_a_spare_worker_serves_the_next_job_and_ends_with_the_viewer(sample_docks, qtbot):
-    from napari_mtssl.training.jobs import JobWorker
+    from napari_mtssl.training.running.jobs import JobWorker
 
     jobs = sample_docks.session.jobs
     # opening the workspace made one, idle and alive

@@ -126,7 +126,7 @@ def tiny_report(steps: int = 4, profile: str = "tiny") -> dict:
 
 def fingerprint() -> Any:
     """A study like ACDC's (10 training scans, 3 labelled) as the planner sees it."""
-    from napari_mtssl.training.plan import Fingerprint
+    from napari_mtssl.training.planning.plan import Fingerprint
 
     z, size = 10, (256, 216)
     return Fingerprint(
@@ -296,8 +296,8 @@ def test_a_failure_that_is_no_budget_shows_no_offer(sample_docks, monkeypatch):
 def test_the_planners_own_messages_are_understood():
     """The dock reads the message the planner writes (no guessing at a format)."""
     from napari_mtssl.training.config import parse_budget, profile
-    from napari_mtssl.training.plan import PlanError
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.planning.plan import PlanError
+    from napari_mtssl.training.planning.planner import make_plan
     from napari_mtssl.widgets.training import budget_refusal
 
     fp = fingerprint()
@@ -382,7 +382,7 @@ def test_a_finished_smoke_run_shows_its_results_labelled(laptop, qtbot, monkeypa
 
 def test_the_plan_fits_the_dock_width(laptop, qtbot, tmp_path):
     from napari_mtssl.training.config import parse_budget, profile
-    from napari_mtssl.training.planner import make_plan
+    from napari_mtssl.training.planning.planner import make_plan
 
     viewer, training = laptop
     cfg = profile("quick", budget_s=parse_budget("2h"), device="cpu")

@@ -126,8 +126,8 @@ def predict_onnx(
     model with onnxruntime: the engine's preprocessing and sliding windows, ONNX for the net."""
     import torch
 
-    from napari_mtssl.training.inference import predict_scan
-    from napari_mtssl.training.preprocess import Preprocessing
+    from napari_mtssl.training.data.preprocess import Preprocessing
+    from napari_mtssl.training.prediction.inference import predict_scan
 
     meta = read_onnx_meta(source)
     sess = _session(source)
@@ -385,7 +385,7 @@ def import_model(workspace: Any, path: str | Path, name: str = "student") -> str
     import torch
 
     from napari_mtssl.models import build_unet
-    from napari_mtssl.training import checkpoints
+    from napari_mtssl.training.loop import checkpoints
 
     onnx = require("onnx", "Importing an ONNX model")
     from onnx import numpy_helper

@@ -1,7 +1,13 @@
-"""The training engine: config, slice data, losses, metrics, the step loop, the stages of the
-method (baseline, stage 1 joint / pretrain + selection, all tasks jointly, stage 2 distillation),
-inference, checkpoints, the pipeline over a workspace and the job runner.
+"""The training engine, in rooms by purpose, each importing only the rooms below it:
 
-Nothing is imported here on purpose: ``napari_mtssl.training.jobs`` is imported by the widgets
-and must not pull in torch; import the submodules you need.
+* ``running``: the pipeline over a workspace, its units, executors and jobs, the saved models;
+* ``planning``: the plan (shape, steps, budget) and how many units train at once;
+* ``loop``: the step loop (trainer, the method's stages and loss terms, losses, metrics,
+  checkpoints, pace) and stage 2's stored ensemble;
+* ``prediction``: sliding-window inference, post-processing, ranking of slices to correct;
+* ``data``: preprocessing and the slices, patches and batches models train on;
+* ``config`` and ``errors``: what every room shares.
+
+Nothing is imported here on purpose: the api reaches ``running.jobs`` and ``running.saved``
+from the viewer and must not pull in torch; import the modules you need.
 """

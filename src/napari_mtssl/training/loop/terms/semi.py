@@ -38,9 +38,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import augment_with_soft
-from ..losses import class_probs
-from .base import StepInputs, Term
+from napari_mtssl.training.data.slices import augment_with_soft
+from napari_mtssl.training.loop.terms.base import StepInputs, Term
+from napari_mtssl.training.prediction.inference import class_probs
 
 
 def _boxes(b: int, side: int, frac: float, gen: torch.Generator) -> torch.Tensor:
@@ -98,7 +98,7 @@ def largest_component_2d(labels: torch.Tensor) -> torch.Tensor:
     """(B, H, W) label maps with the foreground outside each image's largest connected
     component set to background: the evaluation's post-processing, applied to pseudo-labels
     (a stray blob of the pseudo-labeller is taught as background, not as anatomy)."""
-    from ..postprocess import largest_component
+    from napari_mtssl.training.prediction.postprocess import largest_component
 
     arr = labels.cpu().numpy()
     out = np.stack([largest_component(a) for a in arr])
@@ -150,7 +150,7 @@ class CopyPasteSelfTraining(Term):
         self.box = float(box)
 
     def streams(self, study, batch_size, use_unlabelled):
-        from napari_mtssl.training.data import no_labelled_data_message
+        from napari_mtssl.training.data.slices import no_labelled_data_message
 
         lab = study.labelled_slices()
         if not lab:

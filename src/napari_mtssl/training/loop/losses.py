@@ -1,7 +1,7 @@
 """Segmentation and distillation losses (the terms of :mod:`.terms` combine them).
 
 One code path for binary and multi-class segmentation: a network with one output channel is
-binary (sigmoid), more channels is multi-class (softmax). :func:`class_probs` turns either into
+binary (sigmoid), more channels is multi-class (softmax). :func:`~napari_mtssl.training.prediction.inference.class_probs` turns either into
 class probabilities ``(B, C, H, W)`` with ``C = num_classes`` (binary: ``[1 - p, p]``), so the
 distillation target, the ensemble and the metrics never need to know which head produced them.
 """
@@ -12,16 +12,9 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from napari_mtssl.training.prediction.inference import class_probs
+
 _EPS = 1e-7
-
-
-def class_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Class probabilities ``(B, C, H, W)`` from logits ``(B, K, H, W)``; K == 1 means binary."""
-    z = logits.float() / temperature
-    if z.shape[1] == 1:
-        p = torch.sigmoid(z)
-        return torch.cat([1 - p, p], dim=1)
-    return torch.softmax(z, dim=1)
 
 
 class SegLoss(torch.nn.Module):

@@ -26,12 +26,11 @@ from napari_mtssl.ids import trained
 from napari_mtssl.models import build_unet
 from napari_mtssl.tasks import build_task, task_class, task_config
 from napari_mtssl.tasks.base import DataSummary
-
-from . import checkpoints
-from .config import ExperimentConfig
-from .data import StudyData
-from .terms import build_term
-from .trainer import UnitSpec, train_unit
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.data.slices import StudyData
+from napari_mtssl.training.loop import checkpoints
+from napari_mtssl.training.loop.terms import build_term
+from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
 
 StopFn = Callable[[], bool] | None
 Result = Generator[dict, None, dict]

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import EXECUTORS
-from .units import Unit, UnitContext, train
+from napari_mtssl.training.config import EXECUTORS
+from napari_mtssl.training.running.units import Unit, UnitContext, train
 
 __all__ = [
     "EXECUTORS",
@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 Ended = tuple[str, dict | None, Any]
-UNIT_TARGET = "napari_mtssl.training.units:unit_job"
-WARM_TARGET = "napari_mtssl.training.units:warm_up"
+UNIT_TARGET = "napari_mtssl.training.running.units:unit_job"
+WARM_TARGET = "napari_mtssl.training.running.units:warm_up"
 
 
 class Executor:
@@ -112,7 +112,7 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, workspace: str, run: str, lanes: int, threads: int):
-        from .jobs import JobWorker
+        from napari_mtssl.training.running.jobs import JobWorker
 
         self.workspace, self.run = workspace, run
         self.lanes, self.threads = max(1, lanes), max(1, threads)
@@ -123,7 +123,7 @@ class LocalExecutor(Executor):
         self._jobs: dict[str, Any] = {}
 
     def _worker(self):
-        from .jobs import JobWorker
+        from napari_mtssl.training.running.jobs import JobWorker
 
         while self._idle:
             worker = self._idle.pop(0)
@@ -279,8 +279,8 @@ def _remote_unit():
 
         @ray.remote(max_retries=0)
         def ray_unit(workspace, run, unit, threads, deadline, queue, flag):
-            from .jobs import drive
-            from .units import unit_job
+            from napari_mtssl.training.running.jobs import drive
+            from napari_mtssl.training.running.units import unit_job
 
             uid = unit["id"]
             checked = {"t": 0.0, "stop": False}

@@ -28,12 +28,11 @@ import torch
 
 from napari_mtssl.events import Note
 from napari_mtssl.ids import ModelId
-
-from . import checkpoints, stages
-from .config import ExperimentConfig
-from .data import StudyData
-from .plan import SOFT_OVERLAP, Plan
-from .trainer import evaluate
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.data.slices import StudyData
+from napari_mtssl.training.loop import checkpoints, stages
+from napari_mtssl.training.loop.trainer import evaluate
+from napari_mtssl.training.planning.plan import SOFT_MIN_SCANS, SOFT_OVERLAP, Plan
 
 __all__ = ["Unit", "UnitContext", "train", "unit_job", "warm_up"]
 
@@ -65,7 +64,7 @@ class Unit:
     stage: str = "stage2"  # the student's: stage2 | retrain
     # the last unit of a budgeted run, alone on the machine: up to `grow` x its steps when the
     # machine runs faster than planned, threads fitted to the free cores up to `threads_max`
-    # (training/pace.py)
+    # (training/loop/pace.py)
     grow: float = 1.0
     threads_max: int = 0
     # where the unit aims to end, in seconds after the deadline it is given (<= 0: the run's
@@ -138,7 +137,7 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
     """The student: its ensemble's predictions attached to the data (stored once, reused while
     the members do not change), the ensemble's own validation scores (a new student only), then
     stage 2. The result carries ``ensemble``: members and scores."""
-    from . import soft_labels
+    from napari_mtssl.training.loop import soft_labels
 
     online = _own_start_online(unit, cfg)
     init = ctx.load(*unit.init) if unit.init else None
@@ -188,7 +187,7 @@ def _store_maps(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, teachers: l
     """The ensemble's predictions on the training scans the student's steps will draw
     (stored once, reused while the members do not change): :func:`.soft_labels.attach`'s
     result, ``stopped`` where a stop request came first."""
-    from . import soft_labels
+    from napari_mtssl.training.loop import soft_labels
 
     s2 = cfg.stage2
     src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
@@ -198,7 +197,7 @@ def _store_maps(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, teachers: l
     batch = cfg.data.batch_size if paper else max(1, cfg.data.batch_size // 2)
     count = min(
         int(ctx.plan.steps.get("soft_scans") or len(ctx.study.train)),
-        soft_labels.scans_needed(ctx.study, unit.steps, batch),
+        soft_labels.scans_needed(ctx.study, unit.steps, batch, SOFT_MIN_SCANS),
     )
     scans = soft_labels.choose_scans(ctx.study, count, paper, cfg.seed)
     got = yield from soft_labels.attach(
@@ -376,9 +375,8 @@ _OPENED: dict[tuple[str, str], UnitContext] = {}
 
 
 def _context(workspace: str, run: str, threads: int) -> UnitContext:
+    from napari_mtssl.training.prediction.inference import resolve_device
     from napari_mtssl.workspace import Workspace
-
-    from .inference import resolve_device
 
     key = (str(Path(workspace).resolve()), run)
     ctx = _OPENED.get(key)

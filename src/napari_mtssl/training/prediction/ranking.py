@@ -92,7 +92,7 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
 
 def disagreement_scores(teacher_probs: Sequence[np.ndarray]) -> np.ndarray:
     """Per-slice mean mutual information between the teachers (nats); zeros for one teacher."""
-    from .inference import disagreement
+    from napari_mtssl.training.prediction.inference import disagreement
 
     if len(teacher_probs) < 2:
         return np.zeros(np.asarray(teacher_probs[0]).shape[1], np.float64)

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..losses import class_probs, kd_loss
-from .base import StepInputs, Term
+from napari_mtssl.training.loop.losses import kd_loss
+from napari_mtssl.training.loop.terms.base import StepInputs, Term
+from napari_mtssl.training.prediction.inference import class_probs
 
 
 def freeze(teachers: Sequence[torch.nn.Module], device: torch.device) -> None:

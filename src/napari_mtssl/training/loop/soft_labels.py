@@ -26,12 +26,10 @@ import numpy as np
 import torch
 
 from napari_mtssl.events import Note
-
-from .data import ScanData, StudyData
-from .inference import sliding_window_probs
-from .plan import SOFT_MIN_SCANS
-from .preprocess import VolumeCache, content_hash
-from .trainer import score_predictions
+from napari_mtssl.training.data.preprocess import VolumeCache, content_hash
+from napari_mtssl.training.data.slices import ScanData, StudyData
+from napari_mtssl.training.loop.trainer import score_predictions
+from napari_mtssl.training.prediction.inference import sliding_window_probs
 
 __all__ = ["file_digest", "attach", "ensemble_scores", "choose_scans", "scans_needed", "FG_SAMPLE"]
 
@@ -156,14 +154,14 @@ def choose_scans(study: StudyData, count: int, labelled_too: bool, seed: int) ->
     return sorted(set(holders))
 
 
-def scans_needed(study: StudyData, steps: int, windows_per_step: int) -> int:
+def scans_needed(study: StudyData, steps: int, windows_per_step: int, at_least: int) -> int:
     """Scans with unlabelled slices enough for the student to see each stored slice about
-    once (at least SOFT_MIN_SCANS): more maps than windows buy nothing."""
+    once (``at_least``: the plan's minimum): more maps than windows buy nothing."""
     holders = [int((~s.labelled).sum()) for s in study.train if (~s.labelled).any()]
     if not holders:
         return 0
     per_scan = max(1.0, float(np.mean(holders)))
-    return max(SOFT_MIN_SCANS, int(np.ceil(steps * windows_per_step / per_scan)))
+    return max(at_least, int(np.ceil(steps * windows_per_step / per_scan)))
 
 
 @torch.no_grad()

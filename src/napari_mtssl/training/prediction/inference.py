@@ -26,8 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .losses import class_probs
-from .preprocess import Preprocessing
+from napari_mtssl.training.data.preprocess import Preprocessing
 
 __all__ = [
     "resolve_device",
@@ -39,6 +38,15 @@ __all__ = [
     "disagreement",
     "slice_scores",
 ]
+
+
+def class_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities ``(B, C, H, W)`` from logits ``(B, K, H, W)``; K == 1 means binary."""
+    z = logits.float() / temperature
+    if z.shape[1] == 1:
+        p = torch.sigmoid(z)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(z, dim=1)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -193,7 +201,7 @@ def predict_scan(
     normalised as a whole); the outputs then hold them in that order, each post-processed on
     its own.
     """
-    from .data import pad_to, prepare_volume
+    from napari_mtssl.training.data.slices import pad_to, prepare_volume
 
     a = np.asarray(array)
     if a.ndim == 2:
@@ -239,7 +247,7 @@ def predict_scan(
     labels = np.empty(probs.shape[1:], np.uint8)
     for z0 in range(0, z, 16):
         labels[z0 : z0 + 16] = probs[:, z0 : z0 + 16].argmax(0)
-    from . import postprocess as pp
+    from napari_mtssl.training.prediction import postprocess as pp
 
     if slices is not None:  # slices that need not touch: each on its own
         return np.stack([pp.apply(lab[None], postprocess)[0] for lab in labels]), probs

@@ -28,9 +28,8 @@ import torch.nn.functional as F
 
 from napari_mtssl.task_needs import DataSummary
 from napari_mtssl.tasks.base import SliceContext
-
-from .config import DataConfig
-from .preprocess import (
+from napari_mtssl.training.config import DataConfig
+from napari_mtssl.training.data.preprocess import (
     Preprocessing,
     SliceMap,
     VolumeCache,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import SegLoss
-from .base import StepInputs, Term
+from napari_mtssl.training.loop.losses import SegLoss
+from napari_mtssl.training.loop.terms.base import StepInputs, Term
 
 
 class Segmentation(Term):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import StepInputs, Term
+from napari_mtssl.training.loop.terms.base import StepInputs, Term
 
 
 class AuxiliaryTask(Term):

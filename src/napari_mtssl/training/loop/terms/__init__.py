@@ -9,12 +9,12 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .base import SegForward, StepInputs, Term
-from .distil import EnsembleDistillation
-from .feature import FeatureDistillation
-from .seg import Segmentation
-from .semi import CopyPasteSelfTraining
-from .task import AuxiliaryTask
+from napari_mtssl.training.loop.terms.base import SegForward, StepInputs, Term
+from napari_mtssl.training.loop.terms.distil import EnsembleDistillation
+from napari_mtssl.training.loop.terms.feature import FeatureDistillation
+from napari_mtssl.training.loop.terms.seg import Segmentation
+from napari_mtssl.training.loop.terms.semi import CopyPasteSelfTraining
+from napari_mtssl.training.loop.terms.task import AuxiliaryTask
 
 __all__ = ["TERMS", "Term", "SegForward", "StepInputs", "build_term"]
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..losses import feature_nce_loss
-from .base import StepInputs, Term
-from .distil import distillation_inputs, freeze
+from napari_mtssl.training.loop.losses import feature_nce_loss
+from napari_mtssl.training.loop.terms.base import StepInputs, Term
+from napari_mtssl.training.loop.terms.distil import distillation_inputs, freeze
 
 
 class FeatureDistillation(Term):

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari_mtssl.ids import ModelId, What
-
-from .config import ExperimentConfig, format_budget
-from .plan import (
+from napari_mtssl.training.config import ExperimentConfig, format_budget
+from napari_mtssl.training.planning.plan import (
     EVALS,
     JOINT_PAYS_STEPS,
     MIN_RETRAIN_STEPS,
@@ -213,7 +212,7 @@ def _with_side_timings(
     failed, and ``spent_s`` with the timing's cost (it is paid from the budget)."""
     if lanes <= 1 or not probe or any(k.startswith("side:") for k in t):
         return t, lanes, "", spent_s
-    from .lanes import time_side_by_side
+    from napari_mtssl.training.planning.lanes import time_side_by_side
 
     t0 = time.perf_counter()
     failed = ""
@@ -232,7 +231,7 @@ def _side_by_side(
     at a time (or where the user asked for it: ``units_at_once``), and the pricing
     (:func:`.lanes.price_side_by_side`; None where it could not price them). Sets
     ``plan.lanes`` and ``plan.lanes_why``."""
-    from .lanes import SIDE_GAIN, price_side_by_side
+    from napari_mtssl.training.planning.lanes import SIDE_GAIN, price_side_by_side
 
     room = c.budget_s * 0.95 - OVERHEAD_S - OVERHEAD_PER_MODEL_S * len(c.units)
     if c.s_share:

@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 
 from napari_mtssl.ids import STUDENT, ModelId, What, trained
-
-from .config import ExperimentConfig, format_budget
-from .preprocess import NormSpec, Preprocessing
+from napari_mtssl.training.config import ExperimentConfig, format_budget
+from napari_mtssl.training.data.preprocess import NormSpec, Preprocessing
 
 __all__ = [
     "Fingerprint",
@@ -211,8 +210,7 @@ def _ct_foreground(ws, sid, lab, zs, rng, use_cache: bool) -> np.ndarray:
     import json
 
     from napari_mtssl._atomic import atomic_write_json
-
-    from .preprocess import content_hash
+    from napari_mtssl.training.data.preprocess import content_hash
 
     key = f"{ws.record(sid).sha256[:24]}_{content_hash(lab)[:16]}"
     path = ws.root / "cache" / "fingerprint" / f"{key}.json"
@@ -443,16 +441,6 @@ def _depth_for(patch: int) -> int:
     return int(np.clip(math.floor(math.log2(max(patch, 16) / 8)), 3, 6))
 
 
-@dataclass
-class _Candidate:
-    spacing: float
-    patch: int
-    depth: int
-    width: int
-    flops: float  # per sample, forward
-    coverage: float
-
-
 def _flops_per_sample(width: int, depth: int, patch: int, out_channels: int) -> float:
     """Forward FLOPs of the U-Net for one ``patch`` x ``patch`` sample (counted once per
     width and depth at a small size, then scaled by area: every layer is convolutional)."""
@@ -526,6 +514,7 @@ def shape_plan(
     probe: bool = True,
     interactive: bool = False,
     fixed: Plan | None = None,
+    planner: type[ShapePlanner] | None = None,
 ) -> Plan:
     """Shape the run for ``fp`` on ``device``: spacing, patch, network, batch, precision and
     threads, each with its reason; the steps only where ``cfg`` gives them (no budget).
@@ -534,10 +523,11 @@ def shape_plan(
     ``interactive``: the job shares the machine with a viewer, so one core is left free.
     ``fixed``: a plan whose data shape must be kept (stage 2 and retraining reuse the teachers'
     spacing, patch and network); only the steps are planned again.
+    ``planner``: a :class:`ShapePlanner` subclass whose steps decide the shape differently.
     """
     import torch
 
-    from .inference import resolve_device, resolve_precision
+    from napari_mtssl.training.prediction.inference import resolve_device, resolve_precision
 
     dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
     m = cfg.model
@@ -551,7 +541,7 @@ def shape_plan(
             reasons.append(_threads_reason(threads, interactive))
     precision = resolve_precision(dev, cfg.optim.precision)
     if cfg.optim.precision == "auto" and dev.type == "cpu":
-        from .inference import cpu_bf16_speedup
+        from napari_mtssl.training.prediction.inference import cpu_bf16_speedup
 
         sp = cpu_bf16_speedup()
         reasons.append(
@@ -579,7 +569,8 @@ def shape_plan(
             teachers_skipped={},  # decided again for this run (allocate)
         )
     else:
-        plan = _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe)
+        shaper = (planner or ShapePlanner)(fp, cfg, what, dev, precision, out_ch, probe=probe)
+        plan = shaper.plan(threads, precision, norms, reasons)
         plan.overridden = overridden
         plan.warnings = warnings + plan.warnings
         plan.fingerprint = fp.to_dict()
@@ -690,8 +681,12 @@ def _threads_max(dev: Any, interactive: bool) -> int:
     return max(1, cpus - 1) if interactive else cpus
 
 
-def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe) -> Plan:
-    """Spacing, patch, depth, width and batch (see the module docstring).
+class ShapePlanner:
+    """The shape of a run in small steps, each overridable (the shape of nnU-Net's experiment
+    planner): :meth:`batch`, :meth:`spacing`, :meth:`patches`, :meth:`widths`, :meth:`depth`,
+    then :meth:`network` picks the patch and width from them and :meth:`plan` writes the
+    :class:`Plan` with a reason for each choice. The steps each model gets within a budget are
+    not planned here: :func:`.planner.allocate` shares the budget once the shape is known.
 
     The median spacing is kept (coarser only when a patch the device can afford could not
     cover enough of the median slice); the patch is the smallest that covers ``COVERAGE`` of
@@ -700,68 +695,109 @@ def _shape(fp, cfg, what, dev, threads, precision, norms, out_ch, reasons, probe
     The budget never buys speed with resolution: a budget too small for the narrowest network
     is refused by :func:`allocate` with what fits instead.
     """
-    d, m = cfg.data, cfg.model
-    gpu = dev.type == "cuda"
-    base = float(np.median(fp.spacing))
-    side = max(fp.size)  # the longer in-plane side of the median scan, voxels at `base`
-    batch = d.batch_size or (16 if gpu else 8)
-    widths = [m.width] if m.width else list(GPU_WIDTHS if gpu else CPU_WIDTHS)
-    pmax = GPU_PATCH_MAX if gpu else CPU_PATCH_MAX
-    sp, why_sp = _target_spacing(d, base, side, pmax)
-    s_side = side if sp == 0 else side * base / sp
-    if d.patch_size:
-        patches = [int(d.patch_size)]
-    else:
+
+    def __init__(
+        self,
+        fp: Fingerprint,
+        cfg: ExperimentConfig,
+        what: str,
+        dev: Any,
+        precision: str,
+        out_ch: int,
+        *,
+        probe: bool = True,
+    ):
+        self.fp, self.cfg, self.dev, self.out_ch = fp, cfg, dev, out_ch
+        self.gpu = dev.type == "cuda"
+        self.base = float(np.median(fp.spacing))  # mm
+        self.side = max(fp.size)  # the longer in-plane side of the median scan, voxels at base
+        self._cost = _step_cost(dev, precision, self.batch(), out_ch) if probe else _nominal_cost
+        self._weight = _unit_weight(model_units(what, cfg), cfg)
+
+    def batch(self) -> int:
+        return self.cfg.data.batch_size or (16 if self.gpu else 8)
+
+    def patch_max(self) -> int:
+        """The largest patch this device trains fast enough."""
+        return GPU_PATCH_MAX if self.gpu else CPU_PATCH_MAX
+
+    def spacing(self) -> tuple[float, str]:
+        """The in-plane spacing to train at (0: each scan's own) and why."""
+        return _target_spacing(self.cfg.data, self.base, self.side, self.patch_max())
+
+    def patches(self, s_side: float) -> list[int]:
+        """Candidate patch sides for a slice ``s_side`` voxels long at the planned spacing: the
+        smallest that covers ``COVERAGE`` of it, and the whole slice when that is larger."""
+        if self.cfg.data.patch_size:
+            return [int(self.cfg.data.patch_size)]
+        pmax = self.patch_max()
         least = max(32, _ceil_to(min(COVERAGE * s_side, pmax), 16))
         full = max(least, _ceil_to(min(s_side, pmax), 16))
-        patches = [least] if full == least else [least, full]
-    cost = _step_cost(dev, precision, batch, out_ch) if probe else _nominal_cost
-    units = model_units(what, cfg)
-    weight = _unit_weight(units, cfg)
+        return [least] if full == least else [least, full]
 
-    def steps(p: int, w: int) -> float:
-        if cfg.budget_s <= 0:
+    def widths(self) -> list[int]:
+        """Candidate widths, narrowest first."""
+        m = self.cfg.model
+        return [m.width] if m.width else list(GPU_WIDTHS if self.gpu else CPU_WIDTHS)
+
+    def depth(self, patch: int) -> int:
+        return self.cfg.model.depth or _depth_for(patch)
+
+    def steps(self, patch: int, width: int) -> float:
+        """The steps a budget leaves every model at this patch and width (about: 80 % of the
+        budget at the timed cost of a step); infinite without a budget."""
+        if self.cfg.budget_s <= 0:
             return float("inf")
-        depth = m.depth or _depth_for(p)
-        t = cost(_flops_per_sample(w, depth, p, out_ch) * batch)
-        return 0.8 * cfg.budget_s / max(1e-9, t * weight)
+        flops = _flops_per_sample(width, self.depth(patch), patch, self.out_ch) * self.batch()
+        return 0.8 * self.cfg.budget_s / max(1e-9, self._cost(flops) * self._weight)
 
-    # The patch: the whole slice when affordable at the narrowest width, else the smallest
-    # that covers enough; then the widest network that still gets GOOD_STEPS.
-    patch = patches[-1] if steps(patches[-1], widths[0]) >= GOOD_STEPS else patches[0]
-    good = [w for w in widths if steps(patch, w) >= GOOD_STEPS]
-    width = good[-1] if good else widths[0]
-    depth = m.depth or _depth_for(patch)
-    if patch % 2**depth:
-        if d.patch_size:
-            raise PlanError(
-                f"data.patch_size {patch} is not a multiple of 2**depth = {2**depth}; use "
-                f"{_ceil_to(patch, 2**depth)} or set model.depth lower"
-            )
-        patch = _ceil_to(patch, 2**depth)
-    n_est = steps(patch, width)
-    reasons.insert(0, _spacing_reason(sp, why_sp, fp.size, base))
-    cover = min(1.0, patch / max(1.0, s_side))
-    why_w = _width_reason(cfg.budget_s > 0, bool(good), n_est)
-    reasons.insert(
-        1,
-        f"{patch} x {patch} patches cover {cover:.0%} of the longer side"
-        + (" (the whole slice)" if cover >= 1 else f" (at least {COVERAGE:.0%} wanted)")
-        + f"; depth {depth} leaves a {patch // 2**depth} px bottleneck; width {width}: {why_w}",
-    )
-    return Plan(
-        device=str(dev),
-        threads=threads,
-        precision=precision,
-        spacing=None if sp == 0 else (float(sp), float(sp)),
-        patch=int(patch),
-        width=int(width),
-        depth=int(depth),
-        batch_size=int(batch),
-        norms=norms,
-        budget_s=cfg.budget_s,
-        reasons=reasons,
-    )
+    def network(self, patches: list[int]) -> tuple[int, int, int, bool]:
+        """The patch (the whole slice when affordable at the narrowest width, else the smallest
+        that covers enough), then the widest network that still gets ``GOOD_STEPS``; its depth,
+        and whether that width gets them."""
+        widths = self.widths()
+        patch = patches[-1] if self.steps(patches[-1], widths[0]) >= GOOD_STEPS else patches[0]
+        good = [w for w in widths if self.steps(patch, w) >= GOOD_STEPS]
+        width = good[-1] if good else widths[0]
+        depth = self.depth(patch)
+        if patch % 2**depth:
+            if self.cfg.data.patch_size:
+                raise PlanError(
+                    f"data.patch_size {patch} is not a multiple of 2**depth = {2**depth}; use "
+                    f"{_ceil_to(patch, 2**depth)} or set model.depth lower"
+                )
+            patch = _ceil_to(patch, 2**depth)
+        return patch, width, depth, bool(good)
+
+    def plan(self, threads: int, precision: str, norms: dict, reasons: list[str]) -> Plan:
+        """The shape as a :class:`Plan` (no steps yet), its reasons first in ``reasons``."""
+        sp, why_sp = self.spacing()
+        s_side = self.side if sp == 0 else self.side * self.base / sp
+        patch, width, depth, good = self.network(self.patches(s_side))
+        n_est = self.steps(patch, width)
+        reasons.insert(0, _spacing_reason(sp, why_sp, self.fp.size, self.base))
+        cover = min(1.0, patch / max(1.0, s_side))
+        why_w = _width_reason(self.cfg.budget_s > 0, good, n_est)
+        reasons.insert(
+            1,
+            f"{patch} x {patch} patches cover {cover:.0%} of the longer side"
+            + (" (the whole slice)" if cover >= 1 else f" (at least {COVERAGE:.0%} wanted)")
+            + f"; depth {depth} leaves a {patch // 2**depth} px bottleneck; width {width}: "
+            + why_w,
+        )
+        return Plan(
+            device=str(self.dev),
+            threads=threads,
+            precision=precision,
+            spacing=None if sp == 0 else (float(sp), float(sp)),
+            patch=int(patch),
+            width=int(width),
+            depth=int(depth),
+            batch_size=int(self.batch()),
+            norms=norms,
+            budget_s=self.cfg.budget_s,
+            reasons=reasons,
+        )
 
 
 def _target_spacing(d: Any, base: float, side: int, pmax: int) -> tuple[float, str]:
@@ -835,8 +871,7 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
     key = (str(dev), precision, torch.get_num_threads(), batch, out_ch)
     if key not in _COST_CACHE:
         from napari_mtssl.models import build_unet
-
-        from .inference import autocast
+        from napari_mtssl.training.prediction.inference import autocast
 
         torch.manual_seed(0)
         net = build_unet(1, out_ch, 16, depth=4).to(dev)
@@ -957,9 +992,8 @@ def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Cal
     import torch
 
     from napari_mtssl.models import build_unet
-
-    from .inference import autocast
-    from .losses import SegLoss
+    from napari_mtssl.training.loop.losses import SegLoss
+    from napari_mtssl.training.prediction.inference import autocast
 
     dev = torch.device(plan.device)
     b, p = plan.batch_size, plan.patch
@@ -988,7 +1022,7 @@ def _time_steps(
     for a run that trains teachers (``what``): a baseline's click waits for no task's timing."""
     import torch
 
-    from .inference import autocast
+    from napari_mtssl.training.prediction.inference import autocast
 
     dev = torch.device(plan.device)
     b = plan.batch_size
@@ -1054,8 +1088,7 @@ def _time_task_steps(
 
     from napari_mtssl.tasks import build_task, task_config
     from napari_mtssl.tasks.base import SliceContext
-
-    from .inference import autocast
+    from napari_mtssl.training.prediction.inference import autocast
 
     dev, p = timer.dev, plan.patch
     rng = np.random.default_rng(0)

@@ -38,7 +38,7 @@ class TrainedModel:
     """A trained network with what prediction needs to see scans as it was trained to."""
 
     net: Any
-    prep: Any  # training.preprocess.Preprocessing
+    prep: Any  # training.data.preprocess.Preprocessing
     patch: int
     overlap: float
     run: str
@@ -51,7 +51,7 @@ class TrainedModel:
         prepared: dict | None = None,
         slices: Sequence[int] | None = None,
     ):
-        from napari_mtssl.training.inference import predict_scan, resolve_precision
+        from napari_mtssl.training.prediction.inference import predict_scan, resolve_precision
 
         return predict_scan(
             self.net,
@@ -71,7 +71,7 @@ class TrainedModel:
 
 def model_run(ws: Workspace, model: str, error: type[Exception]) -> Any:
     """The run holding ``model`` (its newest), or ``error`` naming the models there are."""
-    from napari_mtssl.training.pipeline import find_model
+    from napari_mtssl.training.running.pipeline import find_model
 
     r = find_model(ws, model)
     if r is None:
@@ -85,8 +85,8 @@ def model_run(ws: Workspace, model: str, error: type[Exception]) -> Any:
 
 def load(ws: Workspace, model: str, device: Any) -> TrainedModel:
     """``model`` of ``ws`` (its newest run's weights) on ``device``, ready to predict."""
-    from napari_mtssl.training import checkpoints
-    from napari_mtssl.training.preprocess import Preprocessing
+    from napari_mtssl.training.data.preprocess import Preprocessing
+    from napari_mtssl.training.loop import checkpoints
 
     r = model_run(ws, model, ValueError)
     path = r.model_path(model)

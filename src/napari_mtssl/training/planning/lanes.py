@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari_mtssl.ids import ModelId
-
-from .config import ExperimentConfig
-from .plan import (
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.planning.plan import (
     EVALS,
     Fingerprint,
     Plan,
@@ -32,7 +31,7 @@ from .plan import (
     unit_step_s,
     usable_cpus,
 )
-from .plan import _time_steps as time_steps
+from napari_mtssl.training.planning.plan import _time_steps as time_steps
 
 __all__ = ["gpu_lanes", "lanes_for", "start_width", "price_side_by_side", "makespan", "SIDE_GAIN"]
 

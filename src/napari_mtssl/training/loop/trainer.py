@@ -33,14 +33,18 @@ import numpy as np
 import torch
 
 from napari_mtssl.events import Note, Progress, Resumed
-
-from . import checkpoints, postprocess
-from .config import ExperimentConfig
-from .data import BatchStream, ScanData, StudyData, augment_with_soft
-from .inference import autocast, resolve_precision, sliding_window_probs
-from .metrics import summarise, volume_scores
-from .pace import Pace
-from .terms import SegForward, Term
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.data.slices import BatchStream, ScanData, StudyData, augment_with_soft
+from napari_mtssl.training.loop import checkpoints
+from napari_mtssl.training.loop.metrics import summarise, volume_scores
+from napari_mtssl.training.loop.pace import Pace
+from napari_mtssl.training.loop.terms import SegForward, Term
+from napari_mtssl.training.prediction import postprocess
+from napari_mtssl.training.prediction.inference import (
+    autocast,
+    resolve_precision,
+    sliding_window_probs,
+)
 
 __all__ = ["UnitSpec", "train_unit", "evaluate", "score_predictions", "step_seed"]
 

@@ -1,6 +1,6 @@
 """One training run of the method over a workspace, as a generator (METHOD.md end to end).
 
-A run first makes its plan (:mod:`.plan`: fingerprint of the data, the shape of the data and
+A run first makes its plan (:mod:`..planning.plan`: fingerprint of the data, the shape of the data and
 network, the steps each model gets in the budget), saves it as ``plan.json``, prepares the scans
 (cached), then trains. It writes everything into a workspace Run: ``config.json`` (the config
 with every planned field filled in), ``plan.json``, ``events.jsonl``, ``metrics.json`` (the
@@ -39,15 +39,13 @@ import torch
 from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
 from napari_mtssl.ids import ModelId, What, teacher, teachers, trained
-
-from . import checkpoints, stages
-from .config import ExperimentConfig
-from .data import no_labelled_data_message
-from .errors import UnitsFailed
-from .executors import Executor, make_executor
-from .inference import resolve_device
-from .lanes import lanes_for, start_width
-from .plan import (
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.data.preprocess import VolumeCache, content_hash
+from napari_mtssl.training.data.slices import no_labelled_data_message
+from napari_mtssl.training.errors import UnitsFailed
+from napari_mtssl.training.loop import checkpoints, stages
+from napari_mtssl.training.planning.lanes import lanes_for, start_width
+from napari_mtssl.training.planning.plan import (
     MIN_STEPS,
     Plan,
     PlanError,
@@ -56,9 +54,10 @@ from .plan import (
     unit_step_s,
     usable_cpus,
 )
-from .planner import allocate, make_plan
-from .preprocess import VolumeCache, content_hash
-from .units import Unit, UnitContext, open_study, read_plan
+from napari_mtssl.training.planning.planner import allocate, make_plan
+from napari_mtssl.training.prediction.inference import resolve_device
+from napari_mtssl.training.running.executors import Executor, make_executor
+from napari_mtssl.training.running.units import Unit, UnitContext, open_study, read_plan
 
 __all__ = [
     "WHATS",
@@ -75,7 +74,7 @@ WHATS = tuple(w.value for w in What)
 # DEADLINE_SLACK, less its final validation (as last timed) and SAVE_S, ends where it is.
 # The most the student's steps grow when the earlier models ran faster than timed.
 STUDENT_GROWTH = 2.0
-# The last unit of a budgeted run re-times itself while it trains (training/pace.py) and may
+# The last unit of a budgeted run re-times itself while it trains (training/loop/pace.py) and may
 # take up to this many times its steps when the machine runs faster than planned (a plan
 # timed beside a job that then ended: 4.3x measured, benchmarks/busy).
 UNIT_GROWTH = 5.0
@@ -231,7 +230,7 @@ class _Run:
         budget = float(cfg.budget_s)
         # The hard end: every unit's final validation and saving are done by then. A unit
         # aims at the budget itself (``aim_s`` before the hard end) and re-times its steps
-        # to end there with the validation it measured (training/pace.py).
+        # to end there with the validation it measured (training/loop/pace.py).
         self.deadline = (
             self.t0 + max(0.0, budget * DEADLINE_SLACK - self.elapsed0 - SAVE_S)
             if budget > 0
@@ -1213,7 +1212,7 @@ def run_training(
     t_start = time.monotonic()
     teacher_run, student_run = _previous_runs(workspace, what, config)
     if config.executor == "ray" and not resume:  # an unreachable cluster: say so before training
-        from .executors import connect
+        from napari_mtssl.training.running.executors import connect
 
         connect(config.ray_address)
     # The first event comes at once (the docks and the CLI show activity while the data are
