@@ -427,7 +427,9 @@ def _read_as_folder(path: Path) -> Path | None:
     parent = path.parent
     if parent.name in _DATASET_PARTS or (parent / "dataset.json").is_file():
         return parent
-    if path.suffix.lower() in (".dcm", ".ima") or path.suffix == "":
+    from napari_mtssl.io import formats  # the readers load only when a command needs them
+
+    if formats.DICOM.owns(path) or path.suffix == "":
         return parent  # a DICOM slice: its folder is the series
     return None
 
@@ -755,8 +757,8 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
 
     Returns (sources, unreadable (path, why), ignored files that are not images). A dataset's
     label folders are left out: they hold masks, not scans."""
+    from napari_mtssl.io import formats
     from napari_mtssl.io._common import stem_of
-    from napari_mtssl.io._common import suffix_of as sfx
 
     if root.is_file():
         return [_Source(root, "file", Path(stem_of(root)), (root,))], [], []
@@ -777,7 +779,7 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
         files = sorted((d / n for n in names if not n.startswith(".")), key=_natural)
         rest = _folder_sources(root, d, files, sources)
         for f in _dicom_sources(root, d, rest, sources):
-            if sfx(f) in (".dcm", ".ima", ".dicom") and not _has_dicom_preamble(f):
+            if formats.DICOM.owns(f) and not _has_dicom_preamble(f):
                 bad.append((f, "not a readable DICOM image file"))
             elif f.name != "dataset.json":
                 ignored.append(f)  # notes, DICOMDIR, DICOM-SEG or reports: not scans
@@ -787,13 +789,13 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
 def _folder_sources(root: Path, d: Path, files: list[Path], sources: list[_Source]) -> list[Path]:
     """Add the NIfTI files, TIFF stacks and 2D images of folder ``d`` to ``sources`` (its
     2D images as one stack, or one file); returns the other files."""
-    from napari_mtssl.io._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, stem_of
-    from napari_mtssl.io._common import suffix_of as sfx
+    from napari_mtssl.io import formats
+    from napari_mtssl.io._common import stem_of
 
     rel = d.relative_to(root)
-    niftis = [f for f in files if sfx(f) in NIFTI_SUFFIXES]
-    images = [f for f in files if sfx(f) in IMAGE_SUFFIXES]
-    stacks = [f for f in images if sfx(f) in TIFF_SUFFIXES and _tiff_pages(f) > 1]
+    niftis = [f for f in files if formats.NIFTI.owns(f)]
+    images = [f for f in files if formats.TIFF.owns(f) or formats.PICTURE.owns(f)]
+    stacks = [f for f in images if formats.TIFF.owns(f) and _tiff_pages(f) > 1]
     planes = [f for f in images if f not in stacks]
     for f in [*niftis, *stacks]:
         sources.append(_Source(f, "file", rel / stem_of(f), (f,)))

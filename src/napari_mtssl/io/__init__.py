@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, suffix_of
+from . import formats
 from ._orient import grid_affine
 from .dataset import Dataset, DatasetCase, is_dataset_folder, open_dataset
 from .dicom import dicom_headers, is_dicom_file, read_dicom
@@ -31,9 +31,8 @@ __all__ = [
     "read_scans",
     "validate_labels",
     "write_labels",
+    "formats",
 ]
-
-_DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 
 
 def read_scans(
@@ -60,28 +59,14 @@ def read_scans(
         raise ScanReadError(p, "no such file or folder")
     if p.is_dir():
         return _read_folder(p, volume=volume, allow_nan=allow_nan)
-    suffix = suffix_of(p)
-    if suffix in NIFTI_SUFFIXES:
-        from .nifti import read_nifti
-
-        return [read_nifti(p, volume=volume, allow_nan=allow_nan)]
-    if volume is not None:
+    fmt = formats.format_of(p)
+    if fmt not in formats.SCAN_FORMATS:
+        raise ScanReadError(
+            p, f"unsupported file type; expected {formats.titles(formats.SCAN_FORMATS)}"
+        )
+    if volume is not None and not fmt.volumes:
         raise ScanReadError(p, "volume= applies to 4D NIfTI files only")
-    if suffix in TIFF_SUFFIXES:
-        from .stack import read_tiff
-
-        return [read_tiff(p, allow_nan=allow_nan)]
-    if suffix in IMAGE_SUFFIXES:
-        from .stack import read_image
-
-        return [read_image(p, allow_nan=allow_nan)]
-    if is_dicom_file(p):
-        return read_dicom(p, allow_nan=allow_nan)
-    if suffix in _DICOM_SUFFIXES:
-        raise ScanReadError(p, "not a readable DICOM image file")
-    raise ScanReadError(
-        p, "unsupported file type; expected NIfTI (.nii, .nii.gz), DICOM, TIFF or PNG"
-    )
+    return fmt.read(p, volume=volume, allow_nan=allow_nan)
 
 
 def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[Scan]:
@@ -98,7 +83,7 @@ def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[S
         raise ScanReadError(folder, "the folder is empty")
     headers = dicom_headers(_all_files(folder))
     images = image_files(folder)
-    niftis = sorted(e for e in entries if e.is_file() and suffix_of(e) in NIFTI_SUFFIXES)
+    niftis = sorted(e for e in entries if e.is_file() and formats.NIFTI.owns(e))
     if niftis and images:
         raise ScanReadError(
             folder,
@@ -111,7 +96,7 @@ def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[S
         _say_left_out(scans, [*niftis, *images], folder)
         return scans
     if images:
-        tiffs = [p for p in images if suffix_of(p) in TIFF_SUFFIXES]
+        tiffs = [p for p in images if formats.TIFF.owns(p)]
         if tiffs and _n_pages(tiffs[0]) > 1:  # a folder of TIFF stacks: one scan each
             return [read_tiff(p, allow_nan=allow_nan) for p in tiffs]
         return [read_image_folder(folder, images, allow_nan=allow_nan)]
@@ -166,22 +151,12 @@ def read_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
     p = Path(path)
     if not p.exists():
         raise LabelError(p, "no such file")
-    suffix = suffix_of(p)
-    if suffix in NIFTI_SUFFIXES:
-        from .nifti import read_nifti_labels
-
-        data = read_nifti_labels(p, like)
-    elif suffix in IMAGE_SUFFIXES:
-        from .stack import read_stack_labels
-
-        data = read_stack_labels(p)
-    elif suffix == ".npy":
-        try:
-            data = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise LabelError(p, f"not a readable .npy array ({exc})") from exc
-    else:
-        raise LabelError(p, "unsupported label file type; expected .nii, .nii.gz, .tif, .png, .npy")
+    fmt = formats.format_of(p)
+    if fmt is None or not fmt.reads_labels:
+        raise LabelError(
+            p, f"unsupported label file type; expected {formats.titles(formats.label_formats())}"
+        )
+    data = fmt.read_labels(p, like)
     shape = like.shape if like is not None else (data.shape if data.ndim == 3 else (1, *data.shape))
     return validate_labels(data, shape, p)
 
@@ -194,15 +169,8 @@ def write_labels(labels: np.ndarray, path: str | os.PathLike, like: Scan) -> Non
     stack in ``(z, y, x)`` order with the spacing in mm.
     """
     p = Path(path)
-    suffix = suffix_of(p)
-    if suffix not in (*NIFTI_SUFFIXES, *TIFF_SUFFIXES):
-        raise LabelError(p, "cannot write labels in this format; use .nii, .nii.gz, .tif or .tiff")
-    mask = validate_labels(labels, like.shape, p)
-    if suffix in NIFTI_SUFFIXES:
-        from .nifti import write_nifti_labels
-
-        write_nifti_labels(mask, p, like)
-    else:
-        from .stack import write_tiff_labels
-
-        write_tiff_labels(mask, p, like.spacing)
+    fmt = formats.format_of(p)
+    if fmt is None or not fmt.writes_labels:
+        kinds = formats.titles(formats.label_formats(write=True))
+        raise LabelError(p, f"cannot write labels in this format; use {kinds}")
+    fmt.write_labels(validate_labels(labels, like.shape, p), p, like)

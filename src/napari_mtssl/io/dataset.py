@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, natural_key, stem_of, suffix_of
+from . import formats
+from ._common import natural_key, stem_of, suffix_of
 from .scan import Scan, ScanReadError
 
-_READABLE = (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".dcm")
+_READABLE = formats.suffixes()  # the files a dataset folder's cases may be
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from napari_mtssl.colours import labels_colour_dict
 
-from ._common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, natural_key, suffix_of
+from . import formats
+from ._common import natural_key, suffix_of
 from ._orient import grid_affine
 from .scan import LabelError, Scan
 
@@ -155,27 +156,9 @@ def _is_colour(data: np.ndarray) -> bool:
     )
 
 
-def _tiff_is_a_scan(path: Path) -> bool:
-    """A grey TIFF with more than one slice, or a single slice carrying a physical spacing (as
-    the plugin's own TIFF masks do). Reads the header only."""
-    import tifffile
-
-    from .stack import _tiff_spacing
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        axes, shape = series.axes, series.shape
-        if "S" in axes and shape[axes.index("S")] in (3, 4):
-            return False
-        planes = int(np.prod([n for a, n in zip(axes, shape) if a not in "YX"], dtype=np.int64))
-        if planes > 1:
-            return True
-        return _tiff_spacing(tif)[1] is not None
-
-
 def _first_slice_is_grey(path: Path) -> bool:
     """Whether the first image of a folder of slices is grey (one file read)."""
-    if suffix_of(path) in TIFF_SUFFIXES:
+    if formats.TIFF.owns(path):
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
@@ -199,35 +182,29 @@ def _folder_is_ours(folder: Path) -> bool:
             for e in it
             if not e.name.startswith(".") and e.is_file(follow_symlinks=True)
         ]
-    if any(suffix_of(p) in NIFTI_SUFFIXES for p in files):
+    if any(formats.NIFTI.owns(p) for p in files):
         return True
     if any(is_dicom_file(p) for p in _walk(folder, limit=PROBE_FILES)):
         return True
     images = sorted(
-        (p for p in files if suffix_of(p) in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name)
+        (p for p in files if formats.TIFF.owns(p) or formats.PICTURE.owns(p)),
+        key=lambda p: natural_key(p.name),
     )
     if not images:
         return False
     first = images[0]
-    if suffix_of(first) in TIFF_SUFFIXES and _tiff_is_a_scan(first):
+    if formats.TIFF.owns(first) and formats.TIFF.is_scan(first):
         return True  # a folder of TIFF stacks
     return len(images) > 1 and _first_slice_is_grey(first)
 
 
 def _handles(path: Path) -> bool:
     """Cheap check whether ``path`` is ours; may raise (get_reader turns that into None)."""
-    from . import is_dicom_file
     from .dataset import is_dataset_folder
 
     if path.is_file():
-        suffix = suffix_of(path)
-        if suffix in NIFTI_SUFFIXES:
-            return True
-        if suffix in TIFF_SUFFIXES:
-            return _tiff_is_a_scan(path)
-        if suffix in IMAGE_SUFFIXES:
-            return False  # one 2D picture: napari's own reader shows it
-        return is_dicom_file(path)
+        fmt = formats.format_of(path)
+        return fmt in formats.SCAN_FORMATS and fmt.is_scan(path)
     if not path.is_dir():
         return False
     return is_dataset_folder(path) or _folder_is_ours(path)
@@ -429,7 +406,7 @@ def write_labels_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list
     :func:`_scan_of_layer`). Refuses, rather than invent an affine, when that scan is unknown."""
     from . import write_labels
 
-    target = path if suffix_of(Path(path)) in NIFTI_SUFFIXES else f"{path}.nii.gz"
+    target = path if formats.NIFTI.owns(Path(path)) else f"{path}.nii.gz"
     geometry = _scan_of_layer(data, attributes)
     try:
         write_labels(np.asarray(data), target, _like(data, geometry, attributes))
@@ -443,7 +420,7 @@ def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[
     the scan they lie on when it is known, else the layer's scale)."""
     from . import write_labels
 
-    target = path if suffix_of(Path(path)) in TIFF_SUFFIXES else f"{path}.tif"
+    target = path if formats.TIFF.owns(Path(path)) else f"{path}.tif"
     try:
         geometry = _scan_of_layer(data, attributes)
     except SaveRefusedError:  # a TIFF holds no patient frame: the layer's own scale will do

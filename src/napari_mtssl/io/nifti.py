@@ -233,3 +233,31 @@ def write_nifti_labels(labels: np.ndarray, path: Path, like: Scan) -> None:
         img.header["qform_code"] = int(meta["qform_code"])
         img.header["sform_code"] = int(meta["sform_code"])
     atomic_write_with(path, lambda tmp: nib.save(img, str(tmp)))
+
+
+def write_nifti_scan(scan: Scan, path: str | Path) -> None:
+    """A scan's voxels (float32) on its canonical grid, both qform and sform set so every
+    reader (ITK, 3D Slicer, nibabel) agrees on where they lie: the workspace's stored copy of a
+    scan that has no file of its own. Not atomic by itself: callers wrap it in
+    :func:`napari_mtssl._atomic.atomic_write_with`."""
+    data = np.ascontiguousarray(np.asarray(scan.array, dtype=np.float32).transpose(2, 1, 0))
+    affine = RAS_TO_LPS @ np.asarray(scan.affine, dtype=float)[:, [2, 1, 0, 3]]
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def read_nifti_copy(path: str | Path, *, name: str, modality: str) -> Scan:
+    """A scan written by :func:`write_nifti_scan`, as it was: its voxels and grid, the name and
+    modality the workspace recorded, none of the reader's notes about the file."""
+    s = read_nifti(Path(path))
+    return Scan(
+        array=s.array,
+        spacing=s.spacing,
+        affine=s.affine,
+        name=name,
+        source=str(path),
+        modality=modality,
+    )

@@ -65,6 +65,22 @@ def _tiff_spacing(tif: tifffile.TiffFile) -> tuple[tuple[float, float, float], s
     return (z, per_pixel("YResolution"), per_pixel("XResolution")), unit or "cm"
 
 
+def tiff_is_a_scan(path: Path) -> bool:
+    """A grey TIFF with more than one slice, or a single slice carrying a physical spacing (as
+    the plugin's own TIFF masks do). Reads the header only."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shape = series.axes, series.shape
+        if "S" in axes and shape[axes.index("S")] in (3, 4):
+            return False
+        planes = int(np.prod([n for a, n in zip(axes, shape) if a not in "YX"], dtype=np.int64))
+        if planes > 1:
+            return True
+        return _tiff_spacing(tif)[1] is not None
+
+
 def _to_stack(data: np.ndarray, axes: str, path: Path, meta: dict[str, Any]) -> np.ndarray:
     """Bring a tifffile series (axes like 'ZYX', 'YXS', 'TZCYX') to (z, y, x)."""
     if "S" in axes and data.shape[axes.index("S")] in (3, 4):

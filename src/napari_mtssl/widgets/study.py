@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mtssl.io import formats
 from napari_mtssl.widgets._jobs import run_in_thread, widget_alive
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
@@ -333,7 +334,7 @@ class StudyWidget(QWidget):
             self,
             title,
             "",
-            "Scans (*.nii *.nii.gz *.dcm *.ima *.tif *.tiff *.png);;All files (*)",
+            formats.dialog_filter(),
         )
         return list(files)
 

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from napari_mtssl._atomic import atomic_write_json, atomic_write_with
+from napari_mtssl.io import formats, read_scans
+from napari_mtssl.io.nifti import read_nifti_copy, write_nifti_scan
 from napari_mtssl.io.scan import Scan
 
 from ._errors import WorkspaceError
 from ._lock import FileLock, LockTimeout
-from ._nifti import load_scan_nifti, save_scan_nifti
 from .labels import LabelStore
 from .runs import RESUMABLE, Run, utc_now
 
@@ -108,10 +109,7 @@ def _stat_signature(path: Path) -> tuple:
 
 
 def _slug(name: str) -> str:
-    base = name.strip()
-    for ext in (".nii.gz", ".nii", ".dcm", ".tiff", ".tif", ".png"):
-        if base.lower().endswith(ext):
-            base = base[: -len(ext)]
+    base = formats.strip_suffix(name.strip())
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
     slug = re.sub(r"[-.]{2,}", "-", slug).strip("-._")
     return slug[:40].rstrip("-._") or "scan"
@@ -386,7 +384,7 @@ class Workspace:
             rel_path: str
             if store:
                 dest = self.root / "scans" / f"{sid}.nii.gz"
-                atomic_write_with(dest, lambda tmp: save_scan_nifti(scan, tmp))
+                atomic_write_with(dest, lambda tmp: write_nifti_scan(scan, tmp))
                 sha = self._checksum_cached(dest)
                 rel_path = f"scans/{sid}.nii.gz"
             else:
@@ -477,7 +475,7 @@ class Workspace:
                 )
         if rec.stored:
             try:
-                scan = load_scan_nifti(rec.path, name=rec.name, modality=rec.modality)
+                scan = read_nifti_copy(rec.path, name=rec.name, modality=rec.modality)
             except Exception as exc:  # nibabel raises many types for a damaged file
                 raise WorkspaceError(rec.path, f"cannot read the stored scan ({exc})") from None
             scan.source = rec.source
@@ -491,17 +489,7 @@ class Workspace:
         return scan
 
     def _read_source(self, rec: ScanRecord) -> Scan:
-        try:
-            from napari_mtssl.io import read_scans  # lazy: io may not be importable yet
-        except ImportError:
-            read_scans = None
-        if read_scans is None:
-            if rec.path.name.endswith((".nii", ".nii.gz")):
-                scans = [load_scan_nifti(rec.path, name=rec.name, modality=rec.modality)]
-            else:
-                raise WorkspaceError(rec.path, "no reader available (napari_mtssl.io is missing)")
-        else:
-            scans = read_scans(rec.path)
+        scans = read_scans(rec.path)
         if not 0 <= rec.source_index < len(scans):
             raise WorkspaceError(
                 rec.path,
@@ -524,7 +512,7 @@ class Workspace:
             raise WorkspaceError(new, "file not found")
         candidate = replace(rec, path=new)
         if rec.stored:
-            scan = load_scan_nifti(new, name=rec.name, modality=rec.modality)
+            scan = read_nifti_copy(new, name=rec.name, modality=rec.modality)
         else:
             scan = self._read_source(candidate)
         if tuple(scan.shape) != rec.shape:
