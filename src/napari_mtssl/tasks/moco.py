@@ -27,14 +27,7 @@ from napari_mtssl.tasks.augment import (
     random_flip,
     shifted_box,
 )
-from napari_mtssl.tasks.base import (
-    AuxTask,
-    SliceContext,
-    TaskConfig,
-    config_error,
-    gap,
-    mlp,
-)
+from napari_mtssl.tasks.base import AuxTask, SliceContext, TaskConfig, config_error, gap, mlp
 
 __all__ = ["MoCoTask", "MoCoConfig", "info_nce", "check_crop"]
 

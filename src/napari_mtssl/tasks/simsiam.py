@@ -18,15 +18,8 @@ from torch import Tensor
 
 from napari_mtssl.models.unet import UNet2D
 from napari_mtssl.tasks.augment import intensity_jitter, random_flip
-from napari_mtssl.tasks.base import (
-    AuxTask,
-    SliceContext,
-    TaskConfig,
-    config_error,
-    gap,
-    mlp,
-)
-from napari_mtssl.tasks.slices import MIN_SLICES, auto_slice_step
+from napari_mtssl.tasks.base import AuxTask, SliceContext, TaskConfig, config_error, gap, mlp
+from napari_mtssl.tasks.slices import NeighbourSlices
 
 __all__ = ["SimSiamTask", "SimSiamConfig", "pair_candidates", "neg_cosine"]
 
@@ -66,7 +59,7 @@ def neg_cosine(p: Tensor, z: Tensor) -> Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
 
 
-class SimSiamTask(AuxTask):
+class SimSiamTask(NeighbourSlices, AuxTask):
     """Same-scan slice pairs through a Siamese encoder with a stop-gradient."""
 
     name: ClassVar[str] = "simsiam"
@@ -85,14 +78,6 @@ class SimSiamTask(AuxTask):
         c, d = net.encoder_channels[-1], self.cfg.proj_dim
         self.projector = mlp([c, d, d, d], bn=True, last_bn=True)
         self.predictor = mlp([d, self.cfg.pred_hidden, d], bn=True)
-
-    def slice_ok(self, ctx: SliceContext) -> bool:
-        return ctx.n_slices >= MIN_SLICES
-
-    def step_for(self, ctx: SliceContext) -> int:
-        if self.cfg.t is not None:
-            return int(self.cfg.t)
-        return auto_slice_step(ctx.spacing[0], ctx.n_slices)
 
     def _view(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.cfg.jitter > 0:

@@ -8,7 +8,7 @@ Indices past the volume's ends are clipped to the first / last slice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch.nn.functional as F
@@ -53,7 +53,23 @@ class SlicesConfig(TaskConfig):
             raise config_error("SlicesConfig", "jitter", f"must be >= 0; got {self.jitter}")
 
 
-class SlicesTask(AuxTask):
+class NeighbourSlices:
+    """What a task that pairs a slice with its neighbours shares: it needs scans of
+    ``MIN_SLICES`` or more, and takes its neighbours ``t`` slices away (``cfg.t``, else from the
+    slice spacing: :func:`auto_slice_step`)."""
+
+    cfg: Any
+
+    def slice_ok(self, ctx: SliceContext) -> bool:
+        return ctx.n_slices >= MIN_SLICES
+
+    def step_for(self, ctx: SliceContext) -> int:
+        if self.cfg.t is not None:
+            return int(self.cfg.t)
+        return auto_slice_step(ctx.spacing[0], ctx.n_slices)
+
+
+class SlicesTask(NeighbourSlices, AuxTask):
     """Adjacent-slice prediction with two 1x1 heads on the shared U-Net."""
 
     name: ClassVar[str] = "slices"
@@ -69,14 +85,6 @@ class SlicesTask(AuxTask):
         super().__init__(net, cfg, num_classes)
         self.head_prev = nn.Conv2d(net.decoder_channels, 1, kernel_size=1)
         self.head_next = nn.Conv2d(net.decoder_channels, 1, kernel_size=1)
-
-    def slice_ok(self, ctx: SliceContext) -> bool:
-        return ctx.n_slices >= MIN_SLICES
-
-    def step_for(self, ctx: SliceContext) -> int:
-        if self.cfg.t is not None:
-            return int(self.cfg.t)
-        return auto_slice_step(ctx.spacing[0], ctx.n_slices)
 
     def make_sample(self, ctx: SliceContext, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``image`` (1, H, W) slice j; ``target`` (2, H, W): slices j - t and j + t (clipped)."""

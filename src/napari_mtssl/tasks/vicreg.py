@@ -17,14 +17,7 @@ from torch import Tensor
 
 from napari_mtssl.models.unet import UNet2D
 from napari_mtssl.tasks.augment import crop_resize, intensity_jitter, random_box, random_flip
-from napari_mtssl.tasks.base import (
-    AuxTask,
-    SliceContext,
-    TaskConfig,
-    config_error,
-    gap,
-    mlp,
-)
+from napari_mtssl.tasks.base import AuxTask, SliceContext, TaskConfig, config_error, gap, mlp
 from napari_mtssl.tasks.moco import check_crop
 
 __all__ = ["VICRegTask", "VICRegConfig", "vicreg_loss"]

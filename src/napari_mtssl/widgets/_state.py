@@ -290,3 +290,14 @@ def show_only_scan(viewer: Any, scan_id: str, keep: tuple[str, ...] = ()) -> Non
         elif layer.name == scan_layer_name(scan_id) or layer.name in keep:
             layer.visible = True
     fit_slider_to_shown(viewer)  # the slice slider spans this scan, not the hidden ones
+
+
+def refill_scan_choice(combo: Any, ws: Any) -> None:
+    """Fill a scan combo box with the workspace's scans (none without one), keeping the scan
+    chosen before when it is still there."""
+    current = combo.currentText()
+    combo.clear()
+    if ws is not None:
+        combo.addItems(list(ws.scan_ids()))
+    if current:
+        combo.setCurrentText(current)

@@ -28,21 +28,10 @@ if TYPE_CHECKING:
 from napari_mtssl import ids
 from napari_mtssl.colours import PALETTE as _PALETTE
 from napari_mtssl.colours import palette_rgb255
+from napari_mtssl.widgets import _state
 from napari_mtssl.widgets._jobs import run_in_thread, widget_alive
 from napari_mtssl.widgets._session import session_for
-from napari_mtssl.widgets._state import (
-    ROLE_KEY,
-    SCAN_ID_KEY,
-    WORKSPACE_KEY,
-    current_slice,
-    find_layer,
-    go_to_slice,
-    model_layer_name,
-    scan_layer_name,
-    show_labels,
-    show_only_scan,
-    show_scan,
-)
+from napari_mtssl.widgets._state import ROLE_KEY, SCAN_ID_KEY, WORKSPACE_KEY
 from napari_mtssl.widgets._turns import run_in_turns
 from napari_mtssl.widgets.study import report_errors
 
@@ -98,7 +87,7 @@ def _note_item(text: str) -> QListWidgetItem:
 
 def _layer_palette(viewer: Any, name: str, n: int = 32) -> np.ndarray | None:
     """The RGB (0-255) colours a labels layer on the canvas gives classes 0..n-1."""
-    layer = find_layer(viewer, name)
+    layer = _state.find_layer(viewer, name)
     if layer is None:
         return None
     try:
@@ -256,12 +245,7 @@ class CompareWidget(QWidget):
 
     def refresh_scans(self) -> None:
         ws = self.session.workspace
-        current = self.scan.currentText()
-        self.scan.clear()
-        if ws is not None:
-            self.scan.addItems(list(ws.scan_ids()))
-        if current:
-            self.scan.setCurrentText(current)
+        _state.refill_scan_choice(self.scan, ws)
         self.compare_button.setEnabled(ws is not None and self.scan.count() > 0)
 
     def ask_export_path(self) -> str | None:
@@ -332,7 +316,7 @@ class CompareWidget(QWidget):
         models = self.models_to_compare()  # may refuse: before the dock says it is busy
         self.status.setText(f"comparing the models on {scan_id}…")
         self.compare_button.setEnabled(False)
-        read_scan = find_layer(self.viewer, scan_layer_name(scan_id)) is None
+        read_scan = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id)) is None
 
         def work() -> tuple[Any, Any]:
             comparison = api.compare(ws, scan_id, models)
@@ -365,20 +349,20 @@ class CompareWidget(QWidget):
         layers: dict[str, Any] = {}
 
         def scan_layer() -> None:
-            layer = find_layer(self.viewer, scan_layer_name(scan_id))
+            layer = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id))
             if layer is None:
-                layer = show_scan(
+                layer = _state.show_scan(
                     self.viewer, scan if scan is not None else ws.load_scan(scan_id), scan_id, ws
                 )
             layers["image"] = layer
             # Only this scan shows: the previous scan's image and comparison layers are hidden.
-            show_only_scan(self.viewer, scan_id)
+            _state.show_only_scan(self.viewer, scan_id)
 
         def model_layer(name: str) -> None:
-            show_labels(
+            _state.show_labels(
                 self.viewer,
                 np.asarray(labels[name]),
-                model_layer_name(scan_id, name),
+                _state.model_layer_name(scan_id, name),
                 scan_id,
                 tuple(layers["image"].scale),
                 role=f"model:{name}",
@@ -388,11 +372,11 @@ class CompareWidget(QWidget):
 
         def tables() -> None:
             image_layer = layers["image"]
-            self.grid.palette = _layer_palette(self.viewer, model_layer_name(scan_id, first))
+            self.grid.palette = _layer_palette(self.viewer, _state.model_layer_name(scan_id, first))
             self.grid.set_models(
                 np.asarray(image_layer.data), {n: np.asarray(labels[n]) for n in names}
             )
-            self.grid.show_slice(current_slice(self.viewer, image_layer))
+            self.grid.show_slice(_state.current_slice(self.viewer, image_layer))
             self._fill_dice(comparison.dice, names, comparison.class_dice)
             self._fill_ranking(comparison.slice_scores, comparison.teachers)
             self.status.setText(f"{scan_id}: {len(names)} models compared")
@@ -417,8 +401,8 @@ class CompareWidget(QWidget):
     def _show_disagreement(self, scan_id: str, comparison: Comparison, image_layer: Any) -> None:
         """The teachers' disagreement map as a layer; none with fewer than two teachers."""
         disagreement = comparison.disagreement
-        name = model_layer_name(scan_id, "disagreement")
-        layer = find_layer(self.viewer, name)
+        name = _state.model_layer_name(scan_id, "disagreement")
+        layer = _state.find_layer(self.viewer, name)
         if len(comparison.teachers) < 2:
             # one teacher (or none) cannot disagree with itself: no map of zeros
             if layer is not None:
@@ -486,12 +470,16 @@ class CompareWidget(QWidget):
             self.go_to_slice(int(z))
 
     def _scan_layer(self) -> Any | None:
-        return find_layer(self.viewer, scan_layer_name(self.scan_id)) if self.scan_id else None
+        return (
+            _state.find_layer(self.viewer, _state.scan_layer_name(self.scan_id))
+            if self.scan_id
+            else None
+        )
 
     def go_to_slice(self, z: int) -> None:
         """Move the viewer to slice ``z`` of the compared scan."""
-        go_to_slice(self.viewer, z, self._scan_layer())
+        _state.go_to_slice(self.viewer, z, self._scan_layer())
 
     def _on_step(self, _event: Any = None) -> None:
         if self.comparison is not None:
-            self.grid.show_slice(current_slice(self.viewer, self._scan_layer()))
+            self.grid.show_slice(_state.current_slice(self.viewer, self._scan_layer()))

@@ -26,19 +26,10 @@ from qtpy.QtWidgets import (
 
 from napari_mtssl import ids
 from napari_mtssl.events import Cancelled
+from napari_mtssl.widgets import _state
 from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
 from napari_mtssl.widgets._session import session_for
-from napari_mtssl.widgets._state import (
-    LayerLabels,
-    current_slice,
-    find_layer,
-    go_to_slice,
-    model_layer_name,
-    scan_layer_name,
-    show_labels,
-    show_only_scan,
-    show_scan,
-)
+from napari_mtssl.widgets._state import LayerLabels
 from napari_mtssl.widgets.study import report_errors
 from napari_mtssl.workspace import Round
 
@@ -96,7 +87,7 @@ def shortcut_help() -> str:
 
 
 def edit_layer_name(scan_id: str) -> str:
-    return model_layer_name(scan_id, "edit")
+    return _state.model_layer_name(scan_id, "edit")
 
 
 def edited_slices(data: np.ndarray, original: np.ndarray) -> list[int]:
@@ -359,9 +350,9 @@ class CorrectWidget(QWidget):
         if not where:
             return None
         scan_id, z = where
-        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        layer = _state.find_layer(self.viewer, edit_layer_name(scan_id))
         if layer is not None:
-            go_to_slice(self.viewer, z, layer)
+            _state.go_to_slice(self.viewer, z, layer)
             return None
         worker = self.edit_prediction(scan_id)
         if worker is not None:
@@ -373,7 +364,9 @@ class CorrectWidget(QWidget):
             if ready != scan_id:
                 return
             self.edit_ready.disconnect(go)
-            go_to_slice(self.viewer, z, find_layer(self.viewer, edit_layer_name(scan_id)))
+            _state.go_to_slice(
+                self.viewer, z, _state.find_layer(self.viewer, edit_layer_name(scan_id))
+            )
             self._note_shown(scan_id)
 
         return go
@@ -411,7 +404,7 @@ class CorrectWidget(QWidget):
         self.proposals.setCurrentRow(row)
         worker = self._open_proposal(item)
         scan_id, _z = item.data(Qt.ItemDataRole.UserRole)
-        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        layer = _state.find_layer(self.viewer, edit_layer_name(scan_id))
         if layer is not None:  # painting goes to the corrections, not to what was selected
             self.viewer.layers.selection.active = layer
             self._note_shown(scan_id)
@@ -510,7 +503,7 @@ class CorrectWidget(QWidget):
         if not scan_id:
             raise ValueError("choose a scan")
         self.edit_status.setText(f"predicting {scan_id} with the student…")
-        read_scan = find_layer(self.viewer, scan_layer_name(scan_id)) is None
+        read_scan = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id)) is None
 
         def work() -> tuple[Any, Any]:  # the scan is read here too when it is not shown yet
             prediction = api.predict(ws, scan_id, model="student")
@@ -529,18 +522,18 @@ class CorrectWidget(QWidget):
         GUI thread when the viewer did not show it)."""
         ws = self.session.require_workspace()
         labels = np.asarray(getattr(prediction, "labels", prediction))
-        image_layer = find_layer(self.viewer, scan_layer_name(scan_id))
+        image_layer = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id))
         if image_layer is None:
             scan = scan if scan is not None else ws.load_scan(scan_id)
-            image_layer = show_scan(self.viewer, scan, scan_id, ws)
+            image_layer = _state.show_scan(self.viewer, scan, scan_id, ws)
         name = edit_layer_name(scan_id)
-        old = find_layer(self.viewer, name)
+        old = _state.find_layer(self.viewer, name)
         if old is not None:
             self.viewer.layers.remove(old)
-        layer = show_labels(
+        layer = _state.show_labels(
             self.viewer, labels.copy(), name, scan_id, tuple(image_layer.scale), "edit", ws=ws
         )
-        show_only_scan(self.viewer, scan_id, keep=(name,))
+        _state.show_only_scan(self.viewer, scan_id, keep=(name,))
         self._original[scan_id] = labels.copy()
         self._painted[scan_id] = set()
         self.scan.setCurrentText(scan_id)
@@ -563,10 +556,10 @@ class CorrectWidget(QWidget):
         scan_id = scan_id or next(iter(self._seen_at), None)
         if scan_id is None or scan_id not in self._seen_at:
             return
-        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        layer = _state.find_layer(self.viewer, edit_layer_name(scan_id))
         if layer is None or not layer.visible:
             return
-        z = current_slice(self.viewer, layer)
+        z = _state.current_slice(self.viewer, layer)
         self._seen_at[scan_id].setdefault(int(z), time.monotonic())
 
     def _note_all_shown(self) -> None:
@@ -592,7 +585,7 @@ class CorrectWidget(QWidget):
 
     def pending_slices(self, scan_id: str) -> list[int]:
         """Slices edited but not yet accepted (data compared with the starting prediction)."""
-        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        layer = _state.find_layer(self.viewer, edit_layer_name(scan_id))
         if layer is None or scan_id not in self._original:
             return []
         data = LayerLabels.from_layer(layer).data
@@ -612,7 +605,7 @@ class CorrectWidget(QWidget):
     def accept_current_slice(self, scan_id: str | None = None) -> list[int]:
         scan_id = scan_id or self._editing_scan()
         layer = self._edit_layer(scan_id)
-        return self._accept(scan_id, [current_slice(self.viewer, layer)])
+        return self._accept(scan_id, [_state.current_slice(self.viewer, layer)])
 
     @report_errors("Could not accept the edited slices")
     def accept_edited(self, scan_id: str | None = None) -> list[int]:
@@ -648,15 +641,15 @@ class CorrectWidget(QWidget):
 
     def _editing_scan(self) -> str:
         scan_id = self.scan.currentText()
-        if scan_id and find_layer(self.viewer, edit_layer_name(scan_id)) is not None:
+        if scan_id and _state.find_layer(self.viewer, edit_layer_name(scan_id)) is not None:
             return scan_id
         for sid in self._original:
-            if find_layer(self.viewer, edit_layer_name(sid)) is not None:
+            if _state.find_layer(self.viewer, edit_layer_name(sid)) is not None:
                 return sid
         raise ValueError("no edit layer: press 'Edit student prediction' first")
 
     def _edit_layer(self, scan_id: str) -> Any:
-        layer = find_layer(self.viewer, edit_layer_name(scan_id))
+        layer = _state.find_layer(self.viewer, edit_layer_name(scan_id))
         if layer is None:
             raise ValueError(f"no edit layer for {scan_id}: press 'Edit student prediction' first")
         return layer
@@ -681,12 +674,7 @@ class CorrectWidget(QWidget):
     # -- refresh / history ----------------------------------------------------------------------
     def refresh(self) -> None:
         ws = self.session.workspace
-        current = self.scan.currentText()
-        self.scan.clear()
-        if ws is not None:
-            self.scan.addItems(list(ws.scan_ids()))
-        if current:
-            self.scan.setCurrentText(current)
+        _state.refill_scan_choice(self.scan, ws)
         for btn in (
             self.edit_button,
             self.accept_slice_button,
