@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from napari_mtssl._atomic import atomic_write_with
+from napari_mtssl.io.nifti import write_nifti_scan
 from napari_mtssl.io.scan import Scan
 from napari_mtssl.workspace import Workspace
-from napari_mtssl.workspace._nifti import save_scan_nifti
 
 
 def make_scan(shape=(4, 6, 5), spacing=(3.0, 0.8, 0.7), name="patient001", seed=0) -> Scan:
@@ -35,7 +35,7 @@ def make_scan(shape=(4, 6, 5), spacing=(3.0, 0.8, 0.7), name="patient001", seed=
 
 def write_nifti(scan: Scan, path: Path) -> Scan:
     """Save ``scan`` as NIfTI and return it with ``source`` pointing at the file."""
-    atomic_write_with(path, lambda tmp: save_scan_nifti(scan, tmp))
+    atomic_write_with(path, lambda tmp: write_nifti_scan(scan, tmp))
     scan.source = str(path)
     return scan
 

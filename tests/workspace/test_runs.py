@@ -147,7 +147,7 @@ def test_a_run_whose_process_is_gone_is_recorded_interrupted(ws: Workspace) -> N
     run.set_status("running")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    info = {**run.status_info(), "pid": int(gone.stdout), "pid_start": None}
+    info = {**run.status_info(), "pid": int(gone.stdout), "pid_created": None}
     (run.path / "status.json").write_text(json.dumps(info))
     assert run.status == "interrupted"
     on_disk = json.loads((run.path / "status.json").read_text())

@@ -30,25 +30,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 
-def _pid_alive(pid: int) -> bool | None:
-    """True/False when it can be told, None when not (other platform without psutil)."""
-    try:
-        import psutil
 
-        return bool(psutil.pid_exists(pid))
-    except ImportError:
-        pass
-    if os.name != "posix":
-        # os.kill(pid, 0) on Windows sends CTRL_C_EVENT; never use it there.
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists (psutil: on Windows too, where
+    ``os.kill(pid, 0)`` would send CTRL_C_EVENT)."""
+    return bool(psutil.pid_exists(pid))
 
 
 class LockTimeout(TimeoutError):

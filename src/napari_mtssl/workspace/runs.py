@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import psutil
+
 from napari_mtssl._atomic import _json_default, atomic_write_json
 
 from ._errors import WorkspaceError
@@ -35,23 +37,23 @@ RESUMABLE = ("stopped", "interrupted", "failed")
 RUN_FORMAT_VERSION = 1
 
 
-def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot, Linux), so a recycled pid is told apart."""
+def _created(pid: int) -> float | None:
+    """When a process started (seconds since the epoch), so a recycled pid is told apart."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
         return None
 
 
 def _owner() -> dict[str, Any]:
     import socket
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _start_time(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_created": _created(os.getpid())}
 
 
 def _owner_gone(info: dict[str, Any]) -> bool:
-    """Whether the process that marked a run running has ended (only knowable on its host)."""
+    """Whether the process that marked a run running has ended (only knowable on its host).
+    Records of earlier versions (``pid_start``, clock ticks) are judged by the pid alone."""
     import socket
 
     pid = info.get("pid")
@@ -63,8 +65,11 @@ def _owner_gone(info: dict[str, Any]) -> bool:
         return True
     except PermissionError:
         pass  # alive, someone else's
-    started = info.get("pid_start")
-    return started is not None and _start_time(pid) not in (None, started)
+    started = info.get("pid_created")
+    if not isinstance(started, int | float):
+        return False
+    now = _created(pid)
+    return now is not None and abs(now - started) > 0.5
 
 
 def utc_now() -> str:
@@ -175,7 +180,7 @@ class Run:
             with self._status_lock():
                 if self.status_info() != seen:
                     return
-                owner = {k: seen.get(k) for k in ("pid", "host", "pid_start") if k in seen}
+                owner = {k: seen.get(k) for k in ("pid", "host", "pid_created") if k in seen}
                 rest = {k: v for k, v in seen.items() if k not in owner}
                 atomic_write_json(
                     self.path / "status.json",

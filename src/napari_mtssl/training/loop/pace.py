@@ -13,8 +13,8 @@ ends keeps the few steps it planned. So, every ``every_s`` seconds, :class:`Pace
   faster. The learning-rate schedule follows the new count, so a shortened unit still anneals
   instead of stopping at a high learning rate;
 * with ``threads_max`` > 0 (the plan chose the threads, the user did not), counts the cores
-  other programs keep busy (``/proc/stat`` less this process's own time; niced work does not
-  count) and moves torch's threads to the free cores, up to ``threads_max``, after two windows
+  other programs keep busy (the machine's CPU time less this process's own, from psutil; niced
+  work does not count) and moves torch's threads to the free cores, up to ``threads_max``, after two windows
   in a row agree.
 
 Only the unit that runs alone at the end of a budgeted run (the baseline of a baseline run,
@@ -29,29 +29,27 @@ import os
 import time
 from collections.abc import Callable
 
+import psutil
+
 __all__ = ["CoreWatch", "Pace"]
 
 
 class CoreWatch:
-    """Cores kept busy by other processes between two calls of :meth:`others` (Linux only)."""
+    """Cores kept busy by other processes between two calls of :meth:`others` (psutil's CPU
+    times of the machine less this process's own; None where the platform gives none)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
-        self._tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        self._me = psutil.Process()
         self._last = self._snap()
 
     def _snap(self) -> tuple[float, float, float] | None:
         try:
-            with open("/proc/stat") as f:
-                v = [float(x) for x in f.readline().split()[1:]]
-            with open("/proc/self/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            own = float(fields[11]) + float(fields[12])  # utime + stime of every thread
-        except (OSError, ValueError, IndexError):
+            busy = machine_busy_s()
+            mine = self._me.cpu_times()
+        except (OSError, psutil.Error):
             return None
-        # user, nice, system, idle, iowait, irq, softirq, steal: niced work yields the CPU to
-        # a normal-priority job, so it is not counted as busy
-        busy = sum(v) - v[3] - (v[4] if len(v) > 4 else 0.0) - v[1]
+        own = mine.user + mine.system  # every thread's
         if _niceness() > 0:
             own = 0.0  # this process's own time is in the nice column, already left out
         return busy, own, self._clock()
@@ -62,8 +60,18 @@ class CoreWatch:
         last, self._last = self._last, now
         if now is None or last is None or now[2] <= last[2]:
             return None
-        jiffies = (now[2] - last[2]) * self._tick
-        return max(0.0, ((now[0] - last[0]) - (now[1] - last[1])) / jiffies)
+        seconds = now[2] - last[2]
+        return max(0.0, ((now[0] - last[0]) - (now[1] - last[1])) / seconds)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the machine has spent busy since boot, every core summed: all but idle and
+    I/O wait, and but niced work, which yields the CPU to a normal-priority job."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0) + getattr(t, "nice", 0.0)
+    # guest time is already counted in user (and guest_nice in nice) on Linux
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return total - idle
 
 
 def _niceness() -> int:

@@ -36,6 +36,7 @@ import numpy as np
 from napari_mtssl.ids import STUDENT, ModelId, What, trained
 from napari_mtssl.training.config import ExperimentConfig, format_budget
 from napari_mtssl.training.data.preprocess import NormSpec, Preprocessing
+from napari_mtssl.training.loop.pace import machine_busy_s
 
 __all__ = [
     "Fingerprint",
@@ -613,31 +614,21 @@ _BUSY: list[float] = []
 
 def _busy_cores(window_s: float = 0.5) -> float:
     """Cores kept busy by other processes right now: the machine's CPU time over a short
-    window while this process sleeps (Linux ``/proc/stat``; work at lowered priority, which
-    yields to this job, does not count); elsewhere the one-minute load average. Measured once
-    per process (the plan and its reason use the same figure)."""
+    window while this process sleeps (:func:`~napari_mtssl.training.loop.pace.machine_busy_s`:
+    work at lowered priority, which yields to this job, does not count); where the platform
+    gives no CPU times, the one-minute load average. Measured once per process (the plan and
+    its reason use the same figure)."""
     if _BUSY:
         return _BUSY[0]
 
-    def snap() -> tuple[float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                v = [float(x) for x in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user, nice, system, idle, iowait, irq, softirq, steal: niced work (column 2) yields
-        # the CPU to a normal-priority job, so it does not count as busy.
-        idle = v[3] + (v[4] if len(v) > 4 else 0.0) + v[1]
-        return sum(v) - idle, sum(v)
-
     def window() -> float | None:
-        a = snap()
-        if a is None:
+        try:
+            a, ta = machine_busy_s(), time.monotonic()
+            time.sleep(window_s)
+            b, tb = machine_busy_s(), time.monotonic()
+        except OSError:
             return None
-        time.sleep(window_s)
-        b = snap()
-        total = b[1] - a[1] if b else 0.0
-        return (b[0] - a[0]) / total * (os.cpu_count() or 1) if b and total > 0 else 0.0
+        return (b - a) / (tb - ta) if tb > ta else 0.0
 
     # Two windows a little apart, and the quieter one: a burst (a program starting, a file
     # being written) is not the sustained load that would slow the run down.
