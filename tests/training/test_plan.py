@@ -473,3 +473,25 @@ def test_a_baseline_plan_times_no_auxiliary_task(monkeypatch):
     assert t["seg"] > 0 and t["eval"] > 0
     t = P._time_steps(p, cfg, f, "all")
     assert built == ["sdm", "inpaint"] and {"task:sdm", "task:inpaint"} <= set(t)
+
+
+def test_a_planner_step_can_be_overridden():
+    """The shape is decided in small steps a subclass may replace (nnU-Net's planner shape);
+    the rest of the plan, and the budget shared afterwards, follow the replaced step."""
+
+    class WideNarrowPatches(P.ShapePlanner):
+        def widths(self) -> list[int]:
+            return [48]
+
+        def patches(self, s_side: float) -> list[int]:
+            return [64]
+
+    f = fp((256, 216), (1.5, 1.5))
+    cfg = profile("quick", budget_s=parse_budget("1h"), device="cpu")
+    default = make_plan(f, cfg, "baseline", probe=False)
+    custom = make_plan(f, cfg, "baseline", probe=False, planner=WideNarrowPatches)
+    assert (default.width, default.patch) != (48, 64)
+    assert (custom.width, custom.patch, custom.depth) == (48, 64, P._depth_for(64))
+    assert custom.spacing == default.spacing  # the steps not replaced decide as before
+    assert "64 x 64 patches" in custom.reasons[1] and "width 48" in custom.reasons[1]
+    assert custom.steps and custom.estimate_s  # the budget is shared for the replaced shape

@@ -170,8 +170,6 @@ def test_source_index_and_folder_source(
     ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scan from a folder of several series is re-read with io.read_scans(folder)[index]."""
-    import napari_mtssl.io as io_pkg
-
     folder = tmp_path / "dicom"
     folder.mkdir()
     (folder / "1.dcm").write_bytes(b"x")
@@ -179,10 +177,9 @@ def test_source_index_and_folder_source(
     for s in scans:
         s.source = str(folder)
     monkeypatch.setattr(
-        io_pkg,
+        core,
         "read_scans",
         lambda p: [make_scan(name="s0", seed=0), make_scan(name="s1", seed=1, shape=(3, 6, 5))],
-        raising=False,
     )
     sid = ws.add_scan(scans[1], source_index=1)
     rec = ws.record(sid)

@@ -54,7 +54,7 @@ def make_plan(
     **shape: Any,
 ) -> Plan:
     """The run's plan: its shape for ``fp`` (:func:`.plan.shape_plan`, whose keywords
-    ``shape`` takes: ``device``, ``probe``, ``interactive``, ``fixed``), then, within
+    ``shape`` takes: ``device``, ``probe``, ``interactive``, ``fixed``, ``planner``), then, within
     ``cfg.budget_s``, the steps of every model (:func:`allocate`; ``allocate_steps=False``:
     later, by the caller). Without a budget the steps are ``cfg``'s."""
     plan = shape_plan(fp, cfg, what, **shape)
