@@ -40,6 +40,9 @@ def test_dicom_without_a_suffix_is_found_inside(tmp_path, factories):
     assert formats.format_of(plain) is formats.DICOM
     (tmp_path / "notes").write_text("not an image")
     assert formats.format_of(tmp_path / "notes") is None
+    (tmp_path / "fake.dcm").write_text("not DICOM")
+    with pytest.raises(ScanReadError, match="fake.dcm: not a DICOM image file"):
+        read_scans(tmp_path / "fake.dcm")
 
 
 def test_what_each_format_does():
@@ -48,7 +51,6 @@ def test_what_each_format_does():
     assert writable == {"nifti", "tiff"}
     assert {f.name for f in formats.label_formats()} == {"nifti", "tiff", "image", "npy"}
     assert ".npy" not in formats.suffixes()  # a mask format, not a scan format
-    assert formats.by_name("dicom") is formats.DICOM
 
 
 def test_the_dialog_and_the_ids_ask_the_registry():

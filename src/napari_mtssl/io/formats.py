@@ -127,11 +127,8 @@ class _Dicom(Format):
 
     def read(self, path, *, volume=None, allow_nan=True):
         from .dicom import read_dicom
-        from .scan import ScanReadError
 
-        if not self.can_read(path):
-            raise ScanReadError(path, "not a readable DICOM image file")
-        return read_dicom(path, allow_nan=allow_nan)
+        return read_dicom(path, allow_nan=allow_nan)  # refuses a file that is not DICOM
 
 
 class _Npy(Format):
@@ -155,13 +152,6 @@ NPY = _Npy("npy", "NumPy", (".npy",), True)
 # In the order a file is matched; DICOM files often have no suffix (``can_read`` looks inside).
 FORMATS: tuple[Format, ...] = (NIFTI, TIFF, PICTURE, DICOM, NPY)
 SCAN_FORMATS: tuple[Format, ...] = (NIFTI, DICOM, TIFF, PICTURE)
-
-
-def by_name(name: str) -> Format:
-    for f in FORMATS:
-        if f.name == name:
-            return f
-    raise KeyError(name)
 
 
 def format_of(path: str | os.PathLike) -> Format | None:
