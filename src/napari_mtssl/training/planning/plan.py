@@ -535,11 +535,14 @@ def shape_plan(
     overridden = _overridden(cfg)
     reasons: list[str] = []
     warnings = list(fp.notes)
-    threads = cfg.num_threads or _thread_policy(dev, interactive)
+    # Measured for each plan: a process that plans again later (a script's second run, a
+    # retrain) must see the machine as it is then, not as it was at its first plan.
+    busy = _busy_cores() if dev.type == "cpu" and not cfg.num_threads else 0.0
+    threads = cfg.num_threads or _thread_policy(dev, interactive, busy)
     if dev.type == "cpu":
         torch.set_num_threads(threads)
         if not cfg.num_threads:
-            reasons.append(_threads_reason(threads, interactive))
+            reasons.append(_threads_reason(threads, interactive, busy))
     precision = resolve_precision(dev, cfg.optim.precision)
     if cfg.optim.precision == "auto" and dev.type == "cpu":
         from napari_mtssl.training.prediction.inference import cpu_bf16_speedup
@@ -600,26 +603,21 @@ def _overridden(cfg: ExperimentConfig) -> list[str]:
     return out
 
 
-def _threads_reason(threads: int, interactive: bool) -> str:
+def _threads_reason(threads: int, interactive: bool, busy: float) -> str:
     cpus = os.cpu_count() or 1
     why = "one core left to the viewer" if interactive else "the cores other work leaves free"
     return (
         f"{threads} of {cpus} CPU thread{'s' if cpus > 1 else ''} ({why}; other processes kept "
-        f"{_busy_cores():.1f} core(s) busy)"
+        f"{busy:.1f} core(s) busy)"
     )
-
-
-_BUSY: list[float] = []
 
 
 def _busy_cores(window_s: float = 0.5) -> float:
     """Cores kept busy by other processes right now: the machine's CPU time over a short
     window while this process sleeps (:func:`~napari_mtssl.training.loop.pace.machine_busy_s`:
     work at lowered priority, which yields to this job, does not count); where the platform
-    gives no CPU times, the one-minute load average. Measured once per process (the plan and
-    its reason use the same figure)."""
-    if _BUSY:
-        return _BUSY[0]
+    gives no CPU times, the one-minute load average. Measured anew at each call (once per
+    plan: the plan's threads and its reason use the same figure)."""
 
     def window() -> float | None:
         try:
@@ -641,8 +639,7 @@ def _busy_cores(window_s: float = 0.5) -> float:
     else:
         time.sleep(0.3)
         busy = min(first, window() or 0.0)
-    _BUSY.append(max(0.0, busy))
-    return _BUSY[0]
+    return max(0.0, busy)
 
 
 def usable_cpus() -> int:
@@ -651,7 +648,7 @@ def usable_cpus() -> int:
     return int(cpus or 1)
 
 
-def _thread_policy(dev: Any, interactive: bool) -> int:
+def _thread_policy(dev: Any, interactive: bool, busy: float) -> int:
     """Every free core for a headless run; one left to the viewer for a job started from napari.
 
     torch's OpenMP threads busy-wait for each other, so a job with more threads than free cores
@@ -661,7 +658,7 @@ def _thread_policy(dev: Any, interactive: bool) -> int:
     if dev.type != "cpu":
         return max(1, min(4, cpus - 1))  # the GPU does the work; threads feed it
     want = max(1, cpus - 1) if interactive else cpus
-    return int(max(1, min(want, round(cpus - _busy_cores() + 0.25))))
+    return int(max(1, min(want, round(cpus - busy + 0.25))))
 
 
 def _threads_max(dev: Any, interactive: bool) -> int:
