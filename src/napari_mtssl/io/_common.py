@@ -94,3 +94,8 @@ def available_memory() -> int | None:
         return int(psutil.virtual_memory().available)
     except (OSError, RuntimeError):
         return None
+
+
+def is_dataset_folder(folder: Path) -> bool:
+    """A folder in the nnU-Net / Medical Segmentation Decathlon layout (``imagesTr/``)."""
+    return folder.is_dir() and (folder / "imagesTr").is_dir()

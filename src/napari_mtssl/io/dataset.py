@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import formats
-from ._common import natural_key, stem_of, suffix_of
+from ._common import is_dataset_folder, natural_key, stem_of, suffix_of
+from .files import read_labels, read_scans
 from .scan import Scan, ScanReadError
 
 _READABLE = formats.suffixes()  # the files a dataset folder's cases may be
@@ -56,8 +57,6 @@ class Dataset:
 
     def load(self, case_or_name: DatasetCase | str) -> tuple[Scan, np.ndarray | None]:
         """The case's image and (if it has one) its label mask, in the canonical orientation."""
-        from . import read_labels, read_scans
-
         case = self.case(case_or_name) if isinstance(case_or_name, str) else case_or_name
         scans = read_scans(case.image)
         if len(scans) != 1:
@@ -70,10 +69,6 @@ class Dataset:
     @property
     def labelled(self) -> list[DatasetCase]:
         return [c for c in self.cases if c.label is not None]
-
-
-def is_dataset_folder(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "imagesTr").is_dir()
 
 
 def _label_names(raw: Any, root: Path) -> dict[int, str]:
