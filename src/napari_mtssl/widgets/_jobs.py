@@ -2,7 +2,7 @@
 
 ``api.start_job`` starts training in its own process (no shared GIL, memory returned at the end,
 a crash cannot take napari down). A napari ``thread_worker`` polls the job's event queue and
-yields batches of plain event dicts; Qt delivers them to the GUI thread, where
+yields batches of events (their types, :mod:`napari_mtssl.events`); Qt delivers them to the GUI thread, where
 :class:`JobController` updates napari's progress display and re-emits each event for the docks.
 The training and correction docks share one controller per viewer (see ``_session``), so there is
 one job at a time and one close-guard for the window.
@@ -43,7 +43,7 @@ def widget_alive(widget: Any) -> bool:
     return True
 
 
-def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[dict], None, str]:
+def relay_events(handle: Any, poll_s: float = POLL_S) -> Generator[list[ev.Event], None, str]:
     """Yield batches of the job's events until it ends; return its final state.
 
     Runs in a napari thread worker: ``handle.poll`` blocks up to ``poll_s`` seconds off the GUI
@@ -68,7 +68,7 @@ class JobController(QObject):
     """
 
     job_started = Signal(str)
-    job_event = Signal(dict)
+    job_event = Signal(object)  # an events.Event
     job_finished = Signal(object)
     job_failed = Signal(str)
     running_changed = Signal(bool)
@@ -248,7 +248,7 @@ class JobController(QObject):
         return True
 
     # -- relay callbacks (GUI thread) -----------------------------------------------------------
-    def _on_events(self, events: list[dict]) -> None:
+    def _on_events(self, events: list[ev.Event]) -> None:
         # Updating napari's progress bar can process pending Qt events, which may deliver the
         # next batch while this one is half done. Queue it instead, so every listener sees the
         # events in the order the job produced them (out of order, curves jump backwards).
@@ -264,11 +264,10 @@ class JobController(QObject):
         finally:
             self._dispatching = False
 
-    def _update_progress(self, event: dict) -> None:
+    def _update_progress(self, e: ev.Event) -> None:
         """napari's activity panel follows the whole run (seconds of its budget) when it has
         one, the model in training otherwise; the dock's own bar shows the model."""
         pbar = self._progress
-        e = ev.parse(event)
         if pbar is None or not isinstance(e, ev.Progress) or not e.total:
             return
         if e.run_budget_s:
@@ -389,15 +388,14 @@ class JobProgressPanel(QWidget):
         self.bar.setRange(0, 0)  # busy until the first event says how many steps
         self.status.setText(f"{what}: starting the worker process…")
 
-    def _on_event(self, event: dict) -> None:
-        e = ev.parse(event)
+    def _on_event(self, e: ev.Event) -> None:
         if isinstance(e, ev.Progress) and e.total:
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.step, e.total))
         elif isinstance(e, ev.Status) and e.total:  # the run's preparation, counted
             self.bar.setRange(0, e.total)
             self.bar.setValue(min(e.done or 0, e.total))
-        self.status.setText(ev.describe(event))  # the CLI's wording too
+        self.status.setText(ev.describe(e))  # the CLI's wording too
 
     def _on_finished(self, result: object) -> None:
         c = self.controller
@@ -411,17 +409,32 @@ class JobProgressPanel(QWidget):
             self.status.setText(f"{c.what} finished")
 
 
-def run_in_thread(func: Any, *args: Any, on_result: Any, action: str, **kwargs: Any) -> Any:
-    """Run a short engine call (inference, comparison) off the GUI thread; returns the worker.
+def run_in_thread(
+    func: Any,
+    *args: Any,
+    on_result: Any,
+    action: str,
+    on_yielded: Any = None,
+    on_error: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Run engine work (inference, a comparison, an import) off the GUI thread; returns the
+    started worker. One of the docks' three ways to keep the viewer free, with the
+    :class:`JobController` (training in a worker process) and :func:`._turns.run_in_turns`
+    (GUI-thread work split over turns of the event loop).
 
-    ``on_result(value)`` runs in the GUI thread; a failure becomes one napari error message
-    starting with ``action`` (engine errors already name the file and the problem).
+    ``on_result(value)`` runs in the GUI thread; ``on_yielded(item)`` too, for each item a
+    generator ``func`` yields (its progress). A failure goes to ``on_error(exc)``, or else
+    becomes one napari error message starting with ``action`` (engine errors already name the
+    file and the problem).
     """
     from napari.qt.threading import create_worker
     from napari.utils.notifications import show_error
 
     worker = create_worker(func, *args, _start_thread=False, **kwargs)
+    if on_yielded is not None:
+        worker.yielded.connect(on_yielded)
     worker.returned.connect(on_result)
-    worker.errored.connect(lambda exc: show_error(f"{action}: {exc}"))
+    worker.errored.connect(on_error or (lambda exc: show_error(f"{action}: {exc}")))
     worker.start()
     return worker

@@ -72,19 +72,21 @@ def warm_in_background() -> None:
     if _started:
         return
     _started = True
+
+    def work() -> Any | None:
+        import importlib
+
+        for name in FIRST_LAYER_IMPORTS:
+            importlib.import_module(name)
+        warm_dash_patterns()
+        return build_unit_registry()
+
+    def ignore(exc: BaseException) -> None:
+        """An optimisation only: what failed is built lazily when it is first needed."""
+
     try:
-        from napari.qt.threading import create_worker
+        from napari_mtssl.widgets._jobs import run_in_thread
 
-        def work() -> Any | None:
-            import importlib
-
-            for name in FIRST_LAYER_IMPORTS:
-                importlib.import_module(name)
-            warm_dash_patterns()
-            return build_unit_registry()
-
-        worker = create_worker(work, _start_thread=False)
-        worker.returned.connect(install_unit_registry)
-        worker.start()
+        run_in_thread(work, on_result=install_unit_registry, action="warming", on_error=ignore)
     except Exception:  # noqa: BLE001 - an optimisation only: pint stays lazy
         return

@@ -593,7 +593,6 @@ class StudyWidget(QWidget):
         """A Decathlon / nnU-Net folder becomes a new workspace (its splits kept), imported in
         the background with progress; ``labelled`` patients keep their labels (0: all).
         Returns the import worker (``wait``: the workspace, for scripts and tests)."""
-        from napari.qt.threading import create_worker
         from napari.utils import progress as napari_progress
 
         from napari_mtssl import api
@@ -616,10 +615,6 @@ class StudyWidget(QWidget):
 
         self.clear_workspace_layers()
         pbar = napari_progress(total=0, desc=f"importing {Path(folder).name}")
-        worker = create_worker(
-            _import_dataset, folder, workspace_folder, labelled or None, _start_thread=False
-        )
-
         ended: dict[str, bool] = {}
 
         def on_tick(t: tuple) -> None:
@@ -645,11 +640,17 @@ class StudyWidget(QWidget):
                 self.refresh()
             show_error(f"Could not open the dataset: {exc}")
 
-        worker.yielded.connect(on_tick)
-        worker.returned.connect(on_done)
-        worker.errored.connect(on_error)
+        worker = run_in_thread(
+            _import_dataset,
+            folder,
+            workspace_folder,
+            labelled or None,
+            on_result=on_done,
+            action="Could not open the dataset",
+            on_yielded=on_tick,
+            on_error=on_error,
+        )
         self._import_worker = worker
-        worker.start()
         # training follows an import: a worker process imports the engine meanwhile, so that
         # the first Train click starts at once rather than after a new process's seconds
         self.session.jobs.prepare()
