@@ -92,7 +92,7 @@ def test_one_wording_of_events_for_the_cli_and_the_docks(event):
     assert line and line == ev.describe(json.loads(json.dumps(event.to_dict())))
     if isinstance(event, ev.ModelDone | ev.Halving | ev.Selected | ev.Start):
         out = io.StringIO()
-        Progress(stream=out)(event.to_dict())
+        Progress(stream=out)(event)
         assert out.getvalue().strip() == line
 
 
@@ -143,3 +143,34 @@ def test_what_a_run_trains_is_one_type():
     assert not What.RETRAIN_QUICK.trains_student and What.RETRAIN_STAGE2.trains_student
     with pytest.raises(ValueError, match="what must be one of baseline, stage1"):
         What.parse("stage3")
+
+
+def test_the_cli_draws_a_tqdm_bar_on_a_terminal_and_plain_lines_in_a_log():
+    import io
+
+    from napari_mtssl.cli import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    steps = [
+        ev.Progress(model="baseline", step=i, total=4, losses={"total": 0.5}, val_dice=0.7,
+                    run_elapsed_s=90.0, run_budget_s=600.0)
+        for i in range(1, 5)
+    ]  # fmt: skip
+    done = ev.ModelDone(model="baseline", mean_dice=0.7, steps=4, seconds=2.0)
+    term, log = Terminal(), io.StringIO()
+    for out in (term, log):
+        show = Progress(stream=out)
+        for e in [*steps[:2], ev.Note("hello"), *steps[2:], done]:
+            show(e)
+        show._newline()
+    drawn = term.getvalue()
+    assert "baseline: 100%" in drawn and "4/4" in drawn  # tqdm's bar, to the last step
+    assert "loss 0.500, val Dice 0.700, run 1.5/10 min" in drawn
+    assert "\nnote: hello\n" in drawn.replace("\r", "\n") and ev.describe(done) in drawn
+    plain = log.getvalue()
+    assert "\r" not in plain and "%|" not in plain  # a log file gets lines, not a bar
+    assert "note: hello" in plain and ev.describe(done) in plain
+    assert "baseline" in plain and "4/4" in plain

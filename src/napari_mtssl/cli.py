@@ -67,34 +67,68 @@ _LOGGED = (events.ModelDone, events.Selected, events.Halving, events.Start, even
 
 
 class Progress:
-    """A one-line progress display on stderr (redrawn with ``\\r`` on a terminal, else every
-    few seconds as plain lines), so no progress-bar dependency is needed."""
+    """Training's progress on stderr. On a terminal: a tqdm bar for the model in training (its
+    steps, rate and time left, with its loss, validation Dice and the run's minutes beside
+    it), the log's lines printed above it. Elsewhere (a log file, a cluster's output): a plain
+    line every few seconds, no control characters."""
 
     def __init__(self, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.quiet = quiet
         self._last = 0.0
-        self._open = False
+        self._open = False  # a transient status line is on the terminal
+        self._bar: Any = None  # the tqdm bar of the model in training (a terminal only)
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, e: events.Event) -> None:
         if self.quiet:
             return
-        e = events.parse(event)
         if isinstance(e, events.Progress):
+            if self.tty and self._tqdm(e):
+                return
             self._progress(e)
             return
         if isinstance(e, events.Status):  # transient: redrawn on a terminal, left out of logs
-            if self.tty:
+            if self.tty and self._bar is None:
                 self.stream.write("\r" + e.message[:110].ljust(110))
                 self._open = True
                 self.stream.flush()
             return
-        self._newline()
         line = self._line(e)
-        if line:
+        if not line:
+            return
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)  # above the bar, which is drawn again
+        else:
+            self._newline()
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _tqdm(self, e: events.Progress) -> bool:
+        """Draw ``e`` on the model's tqdm bar (a new bar for a new model); False without tqdm."""
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return False
+        bar = self._bar
+        if bar is None or bar.desc != e.model or bar.total != e.total:
+            self._newline()
+            bar = self._bar = tqdm(
+                total=e.total, initial=max(0, e.step - 1), desc=e.model, unit="step",
+                file=self.stream, dynamic_ncols=True, mininterval=0.2,
+            )  # fmt: skip
+        extra = []
+        if e.loss is not None:
+            extra.append(f"loss {e.loss:.3f}")
+        if e.val_dice is not None:
+            extra.append(f"val Dice {e.val_dice:.3f}")
+        if e.run_budget_s:
+            extra.append(f"run {(e.run_elapsed_s or 0) / 60:.1f}/{e.run_budget_s / 60:.0f} min")
+        bar.set_postfix_str(", ".join(extra), refresh=False)
+        bar.update(max(0, e.step - bar.n))
+        if e.step >= e.total:
+            self._newline()
+        return True
 
     def _progress(self, e: events.Progress) -> None:
         now = time.monotonic()
@@ -132,6 +166,11 @@ class Progress:
         return ""
 
     def _newline(self) -> None:
+        """End what is drawn on the current line (a model's bar, a status) before other
+        output."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._open:
             self.stream.write("\n")
             self._open = False
@@ -1107,8 +1146,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise CliError(f"{args.data}: not a dataset folder (imagesTr/, labelsTr/, dataset.json)")
     progress = Progress(quiet=args.quiet)
 
-    def show(event: dict[str, Any]) -> None:
-        e = events.parse(event)
+    def show(e: events.Event) -> None:
         if isinstance(e, events.SimulateRound):
             progress._newline()
             s2 = "" if e.stage2_dice is None else f" (full stage 2: {e.stage2_dice:.3f})"
@@ -1123,7 +1161,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         elif isinstance(e, events.Done) and e.out:
             progress._newline()
         elif not isinstance(e, events.Done):
-            progress(event)
+            progress(e)
 
     results = api.run(simulate(settings), show)
     if results is None or not results.get("finished"):
