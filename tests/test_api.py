@@ -160,7 +160,7 @@ def test_start_job_inline(trained):
     job.join()
     assert job.error is None, job.error
     assert "baseline" in job.result["models"]
-    assert any(e.get("type") == "progress" for e in events + job.poll(0))
+    assert any(e.type == "progress" for e in events + job.poll(0))
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_start_job_process_stop_and_resume(tmp_path):
     deadline = time.monotonic() + 300
     steps = 0
     while job.is_alive() and steps < 3 and time.monotonic() < deadline:
-        steps += sum(e.get("type") == "progress" for e in job.poll(0.5))
+        steps += sum(e.type == "progress" for e in job.poll(0.5))
     job.stop()
     job.join()
     assert job.error is None, job.error
@@ -182,8 +182,8 @@ def test_start_job_process_stop_and_resume(tmp_path):
     first = None
     while job2.is_alive() and time.monotonic() < deadline:
         for e in job2.poll(0.5):
-            if e.get("type") == "progress" and first is None:
-                first = e["step"]
+            if e.type == "progress" and first is None:
+                first = e.step
     job2.join()
     assert job2.error is None, job2.error
     assert first is not None and first > 1

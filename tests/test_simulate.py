@@ -165,7 +165,7 @@ def test_more_slices_than_there_are_takes_them_all_and_says_so(tmp_path):
     )
     events = []
     res = api.run(simulate(s), events.append)
-    notes = [e["message"] for e in events if e["type"] == "simulate_note"]
+    notes = [e.message for e in events if e.type == "simulate_note"]
     assert any("100 slices asked for, only 24" in n for n in notes), notes
     assert res["strategies"]["random"]["rounds"][-1]["corrected"] == 24
 
@@ -180,7 +180,7 @@ def test_a_stopped_simulation_resumes_at_its_last_finished_round(tmp_path):
         return seen["retrains"] >= 2
 
     def count(ev):
-        if ev.get("type") == "start" and ev.get("what") == "retrain-quick":
+        if ev.type == "start" and ev.what == "retrain-quick":
             seen["retrains"] += 1
 
     stopped = api.run(simulate(Settings(**kw), stop=stop), count)

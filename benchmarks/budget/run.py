@@ -97,12 +97,12 @@ def _train(ws, cfg, what: str, log: str) -> tuple[dict, float]:
 
     t0 = time.perf_counter()
 
-    def on_event(ev: dict) -> None:
-        if ev.get("type") in ("model_done", "selected", "halving", "note"):
-            keep = {k: v for k, v in ev.items() if k not in ("dice",)}
+    def on_event(ev) -> None:
+        if ev.type in ("model_done", "selected", "halving", "note"):
+            keep = {k: v for k, v in ev.to_dict().items() if k not in ("dice",)}
             print(f"[{log}] {json.dumps(keep, default=str)}", flush=True)
-        elif ev.get("type") == "plan":
-            print(f"[{log}] plan: " + " | ".join(ev.get("describe", [])), flush=True)
+        elif ev.type == "plan":
+            print(f"[{log}] plan: " + " | ".join(ev.describe), flush=True)
 
     report = api.run(api.train(ws, cfg, what), on_event)
     return report, round(time.perf_counter() - t0, 1)

@@ -99,16 +99,16 @@ def run(scenario: str, budget: str, labelled: int, seed: int) -> dict:
     elif scenario == "joined":
         threading.Timer(20.0, load.start).start()
 
-    def on_event(ev: dict) -> None:
-        if ev.get("type") == "progress" and not first_step:
+    def on_event(ev) -> None:
+        if ev.type == "progress" and not first_step:
             first_step.append(time.time())
             if scenario == "left":
                 threading.Timer(60.0, load.end).start()
-        elif ev.get("type") == "note":
-            notes.append({"t": round(time.time() - t0, 1), "message": ev.get("message")})
-            print(f"[{scenario}] {ev.get('message')}", flush=True)
-        elif ev.get("type") == "plan":
-            print(f"[{scenario}] plan: " + " | ".join(ev.get("describe", [])[:2]), flush=True)
+        elif ev.type == "note":
+            notes.append({"t": round(time.time() - t0, 1), "message": ev.message})
+            print(f"[{scenario}] {ev.message}", flush=True)
+        elif ev.type == "plan":
+            print(f"[{scenario}] plan: " + " | ".join(ev.describe[:2]), flush=True)
 
     cfg = api.make_config("quick", budget=budget, seed=seed)
     try:

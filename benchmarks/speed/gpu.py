@@ -90,8 +90,8 @@ def _run(ws, cfg, lanes: int, gpu: bool) -> dict[str, Any]:
     notes: list[str] = []
 
     def on(e: dict) -> None:
-        if e["type"] == "note" and "at once" in e.get("message", ""):
-            notes.append(e["message"])
+        if e.type == "note" and "at once" in e.message:
+            notes.append(e.message)
 
     sampler = _Sampler() if gpu else None
     t0 = time.perf_counter()

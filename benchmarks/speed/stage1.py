@@ -26,10 +26,10 @@ def _run(ws, cfg, lanes: int) -> dict[str, Any]:
     first: list[float] = []
 
     def on(e: dict) -> None:
-        if e["type"] == "progress" and not first:
+        if e.type == "progress" and not first:
             first.append(time.perf_counter() - t0)
-        if e["type"] == "model_done":
-            trained[e["model"]] = time.perf_counter() - t0
+        if e.type == "model_done":
+            trained[e.model] = time.perf_counter() - t0
 
     report = api.run(run_training(ws, c, "stage1"), on)
     wall = time.perf_counter() - t0
@@ -108,11 +108,11 @@ def bench_budget(budget: str = "10m", tasks: str = "sdm,inpaint") -> dict[str, A
         notes = []
 
         def on(e: dict, why=why, notes=notes) -> None:
-            if e["type"] == "plan":
-                why.append(e["plan"].get("lanes_why", ""))
-                why.append(str(e["plan"].get("lanes", 1)))
-            if e["type"] == "note":
-                notes.append(e["message"])
+            if e.type == "plan":
+                why.append(e.plan.get("lanes_why", ""))
+                why.append(str(e.plan.get("lanes", 1)))
+            if e.type == "note":
+                notes.append(e.message)
 
         c = type(cfg).from_dict(cfg.to_dict())
         c.units_at_once = lanes

@@ -43,7 +43,7 @@ def _unit(study, cfg, kind: str, teachers, steps: int, warmup: int) -> float:
     spec = UnitSpec(f"bench-{kind}", "stage2", steps, terms, evaluate=False, ema=ema)
     marks: dict[int, float] = {}
     for ev in train_unit(spec, net, study, c, torch.device("cpu")):
-        marks[ev["step"]] = time.perf_counter()
+        marks[ev.step] = time.perf_counter()
     return (marks[steps] - marks[warmup]) / (steps - warmup)
 
 

@@ -31,7 +31,7 @@ def _engine(study, cfg, task_name: str, steps: int, warmup: int) -> dict[str, fl
     spec = UnitSpec("bench", "stage1", steps, terms, evaluate=False)
     marks: dict[int, tuple[float, float]] = {}
     for ev in train_unit(spec, net, study, cfg, torch.device("cpu")):
-        marks[ev["step"]] = (time.perf_counter(), ev["data_wait_s"])
+        marks[ev.step] = (time.perf_counter(), ev.data_wait_s)
     (t0, w0), (t1, w1) = marks[warmup], marks[steps]
     n = steps - warmup
     return {"step_s": (t1 - t0) / n, "wait_s": (w1 - w0) / n}

@@ -95,7 +95,7 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
     def on_event(ev: dict) -> None:
         at = round(time.perf_counter() - t_click["at"], 2)
         seen.setdefault(str(ev.get("type", "?")), at)
-        if ev.get("type") == "status" and ev.get("total"):  # the preparation, counted
+        if ev.type == "status" and ev.total:  # the preparation, counted
             seen.setdefault("status counted", at)
 
     jobs.job_event.connect(on_event)

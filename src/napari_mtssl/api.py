@@ -7,7 +7,7 @@ that need them, so napari can import the widgets' modules without paying for tor
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_mtssl import ids
+from napari_mtssl.events import Event, Events
 from napari_mtssl.training.running import saved
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -220,8 +221,10 @@ def train(
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
     plan: Plan | None = None,
-) -> Generator[dict, None, dict]:
-    """The training generator: yields progress events (dicts), returns the run's report.
+) -> Events[dict]:
+    """The training generator: yields events (:mod:`napari_mtssl.events` types: read
+    ``e.type``, ``e.model``, ``e.step``...; ``events.describe(e)`` gives the line the CLI
+    prints), returns the run's report.
     ``plan``: from :func:`plan`, to keep the shape the user saw (steps are planned again
     once the data are prepared)."""
     from napari_mtssl.training.running.pipeline import run_training
@@ -229,8 +232,9 @@ def train(
     return run_training(_ws(workspace), config, what, stop=stop, resume=resume, plan=plan)
 
 
-def run(generator: Generator[dict, None, Any], on_event: Callable[[dict], None] | None = None):
-    """Synchronous driver: run ``generator`` to the end, passing each event to ``on_event``."""
+def run(generator: Events[Any], on_event: Callable[[Event], None] | None = None):
+    """Synchronous driver: run ``generator`` to the end, passing each event (an
+    :class:`~napari_mtssl.events.Event`) to ``on_event``."""
     while True:
         try:
             ev = next(generator)

@@ -1,19 +1,23 @@
 """The events a training job reports, as types, with their JSON form.
 
-Jobs yield these as dicts (``to_dict``): that form crosses the job's process queue and is kept
-in each run's ``events.jsonl``. Readers (the docks, the CLI) call :func:`parse` and read fields;
-nobody guesses a key. An event of a type this version does not know parses as :class:`Other`.
-No torch, no Qt.
+Jobs yield these types (:data:`Events`), and readers (the docks, the CLI, a script's
+``on_event``) read their fields: nobody guesses a key. The JSON form (:func:`wire`, a dict with
+``type``) exists only where an event leaves the process: a job's or a unit's queue, Ray's queue,
+and each run's ``events.jsonl``; :func:`parse` turns it back into the type. An event of a type
+this version does not know parses as :class:`Other`. No torch, no Qt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "describe",
+    "Events",
+    "wire",
     "Cancelled",
     "Event",
     "Status",
@@ -224,6 +228,11 @@ class Other(Event):
         return dict(self.data)
 
 
+R = TypeVar("R")
+#: A job's body: a generator of events whose return value is the job's result.
+Events = Generator[Event, None, R]
+
+
 EVENTS: dict[str, type[Event]] = {
     c.type: c
     for c in (Status, Start, PlanMade, Note, Progress, Resumed, ModelDone, Halving, Selected)
@@ -243,6 +252,11 @@ def parse(d: dict[str, Any] | Event) -> Event:
     if cls is Halving and "continue" in d:
         kw["continue_"] = d["continue"]
     return cls(**kw)
+
+
+def wire(event: Event | dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of an event, for a queue between processes or a log file."""
+    return event.to_dict() if isinstance(event, Event) else dict(event)
 
 
 def _dice(v: float | None) -> str:

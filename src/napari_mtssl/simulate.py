@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import numpy as np
 
 from napari_mtssl import api, events
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
+from napari_mtssl.events import Events
 from napari_mtssl.training.prediction.ranking import STRATEGIES, check_strategy, describe, rank
 
 __all__ = ["Settings", "simulate", "write_report", "annotator_name", "CHOICES", "CONTROL"]
@@ -97,9 +98,6 @@ class Settings:
         return d
 
 
-Events = Generator[dict, None, Any]
-
-
 def _config(s: Settings, budget: str, **extra: Any):
     kw: dict[str, Any] = {"seed": s.seed, "tasks": s.tasks, **extra}
     if s.threads:
@@ -114,25 +112,17 @@ def _train(
     cfg: Any,
     what: str,
     stop: Callable[[], bool] | None,
-    tag: str,
     resume: str | None = None,
-) -> Events:
-    """Run training to its end, relaying its events tagged with ``tag``; the run's report, or
-    None when it was stopped."""
-    gen = api.train(ws, cfg, what, stop=stop, resume=resume)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            report = done.value
-            break
-        yield {**ev, "simulate": tag}
+) -> Events[Any]:
+    """Run training to its end, relaying its events; the run's report, or None when it was
+    stopped."""
+    report = yield from api.train(ws, cfg, what, stop=stop, resume=resume)
     if not report or report.get("stopped"):
         return None
     return report
 
 
-def _finished_or_train(ws: Any, what: str, cfg: Any, sim: _Simulation) -> Events:
+def _finished_or_train(ws: Any, what: str, cfg: Any, sim: _Simulation) -> Events[Any]:
     """The report of the workspace's finished ``what`` run; else an unfinished one resumed;
     else a new one."""
     done = ws.latest_run(what)
@@ -140,7 +130,7 @@ def _finished_or_train(ws: Any, what: str, cfg: Any, sim: _Simulation) -> Events
         return done.metrics()
     unfinished = ws.latest_run(what, status=None)
     resume = unfinished.id if unfinished is not None else None
-    return (yield from _train(ws, cfg, what, sim.stop, sim.tag(ws), resume=resume))
+    return (yield from _train(ws, cfg, what, sim.stop, resume=resume))
 
 
 def _score(report: dict, model: str = "student") -> dict[str, Any]:
@@ -164,9 +154,9 @@ def _copy_workspace(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def _note(message: str, simulate: str | None = None) -> dict:
+def _note(message: str, simulate: str | None = None) -> events.SimulateNote:
     """A line from the simulator itself (training's own notes are relayed as they are)."""
-    return events.SimulateNote(message, simulate).to_dict()
+    return events.SimulateNote(message, simulate)
 
 
 class _Simulation:
@@ -177,9 +167,6 @@ class _Simulation:
         # The teachers do not change while the student is retrained: their disagreement is
         # computed once per process.
         self._teacher_scores: dict[str, np.ndarray] | None = None
-
-    def tag(self, ws: Any) -> str:
-        return Path(ws.root).name
 
     def stopped(self) -> bool:
         return bool(self.stop and self.stop())
@@ -203,7 +190,7 @@ class _Simulation:
         atomic_write_json(file, {"key": self.s.key(), "settings": asdict(self.s)})
 
     # -- the initial models and the reference ------------------------------------------------
-    def initial(self) -> Events:
+    def initial(self) -> Events[Any]:
         folder = self.out / "initial"
         if self.s.initial and not (folder / "workspace.json").is_file():
             src = api.open_workspace(self.s.initial)
@@ -217,7 +204,7 @@ class _Simulation:
         report = yield from _finished_or_train(ws, "all", _config(self.s, self.s.budget), self)
         return report
 
-    def reference(self, initial: dict) -> Events:
+    def reference(self, initial: dict) -> Events[Any]:
         """The baseline with ``reference`` labelled patients, trained exactly like the initial
         baseline (its steps, patch, batch and network): the two differ only by their labels."""
         steps = (initial["models"].get("baseline") or {}).get("steps")
@@ -261,7 +248,7 @@ class _Simulation:
         return self._truth
 
     # -- one strategy -------------------------------------------------------------------------
-    def strategy(self, strategy: str, initial: dict) -> Events:
+    def strategy(self, strategy: str, initial: dict) -> Events[Any]:
         folder = self.out / strategy
         ws_dir = folder / "workspace"
         state_file = folder / "state.json"
@@ -316,7 +303,7 @@ class _Simulation:
                 entry["corrected"],
                 entry["mean_dice"],
                 (entry.get("stage2") or {}).get("mean_dice"),
-            ).to_dict()
+            )
         return state
 
     def pick(self, ws: Any, strategy: str, truth: dict, rng: Any, rnd: int):
@@ -361,23 +348,23 @@ class _Simulation:
                 written += len(free)
         return written
 
-    def retrain(self, ws: Any, strategy: str, rnd: int) -> Events:
+    def retrain(self, ws: Any, strategy: str, rnd: int) -> Events[Any]:
         cfg = _config(self.s, self.s.retrain_budget)
-        report = yield from _train(ws, cfg, "retrain-quick", self.stop, strategy)
+        report = yield from _train(ws, cfg, "retrain-quick", self.stop)
         if report is None:
             return None
         entry = _score(report)
         last = rnd == self.s.rounds
         if self.s.stage2 == "every" or (self.s.stage2 == "last" and last):
             cfg2 = _config(self.s, self.s.stage2_budget)
-            rep2 = yield from _train(ws, cfg2, "retrain-stage2", self.stop, strategy)
+            rep2 = yield from _train(ws, cfg2, "retrain-stage2", self.stop)
             if rep2 is None:
                 return None
             entry["stage2"] = _score(rep2)
         return entry
 
     # -- the whole -----------------------------------------------------------------------------
-    def run(self) -> Events:
+    def run(self) -> Events[Any]:
         self.check_settings()
         if self.s.threads:
             import torch
@@ -407,11 +394,11 @@ class _Simulation:
                 results["strategies"][name] = json.loads(file.read_text())
         atomic_write_json(self.out / "results.json", results)
         write_report(self.out, results)
-        yield events.Done(out=str(self.out)).to_dict()
+        yield events.Done(out=str(self.out))
         return results
 
 
-def simulate(settings: Settings, stop: Callable[[], bool] | None = None) -> Events:
+def simulate(settings: Settings, stop: Callable[[], bool] | None = None) -> Events[Any]:
     """The simulation as a generator of events (training progress tagged ``simulate``, notes,
     ``simulate_round``); returns the results (also ``out/results.json``)."""
     settings.check()

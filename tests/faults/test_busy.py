@@ -56,8 +56,8 @@ def test_a_unit_on_a_machine_that_slows_down_ends_annealed_within_its_deadline(
     clock = _scripted(monkeypatch, lambda i: 0.2 if i < 20 else 0.8)
     deadline = clock() + 30.0
     res, events = _train(study, cfg, 120, deadline)
-    last_lr = [e["lr"] for e in events if e.get("type") == "progress"][-1]
-    notes = [e["message"] for e in events if e.get("type") == "note"]
+    last_lr = [e.lr for e in events if e.type == "progress"][-1]
+    notes = [e.message for e in events if e.type == "note"]
     ok = (not res["ended_early"] and res["steps"] < 120 and clock() <= deadline
           and last_lr < 0.1 * cfg.optim.lr and any("slower" in n for n in notes))  # fmt: skip
     recorder.record("machine slows down while a unit trains",

@@ -122,8 +122,8 @@ def test_killed_run_is_interrupted_and_resumes_from_the_cli(tmp_path, recorder):
         cfg = api.make_config("tiny", device="cpu", baseline__steps=400,
                               checkpoint_every_s=0.3, num_threads=1)
         for ev in api.train({str(ws.root)!r}, cfg, "baseline"):
-            if ev["type"] == "progress" and ev["step"] % 10 == 0:
-                print(ev["step"], flush=True)
+            if ev.type == "progress" and ev.step % 10 == 0:
+                print(ev.step, flush=True)
         """
     )
     lines = _kill_after_lines(proc, 6)

@@ -65,7 +65,7 @@ def test_damaged_pipeline_state_on_resume(tmp_path, recorder):
     seen = {"n": 0}
 
     def count(ev):
-        seen["n"] += ev["type"] == "progress"
+        seen["n"] += ev.type == "progress"
 
     rep = api.run(api.train(ws, cfg, "baseline", stop=lambda: seen["n"] >= 2), count)
     run = ws.run(rep["run"])
@@ -85,7 +85,7 @@ def test_torn_checkpoint_restarts_the_unit(tmp_path, recorder):
     seen = {"n": 0}
 
     def count(ev):
-        seen["n"] += ev["type"] == "progress"
+        seen["n"] += ev.type == "progress"
 
     rep = api.run(api.train(ws, cfg, "baseline", stop=lambda: seen["n"] >= 3), count)
     run = ws.run(rep["run"])
@@ -98,7 +98,7 @@ def test_torn_checkpoint_restarts_the_unit(tmp_path, recorder):
         expect_error=False,
         check=lambda r: r["models"]["baseline"]["steps"] == 6,
     )
-    notes = [e["message"] for e in events if e["type"] == "note"]
+    notes = [e.message for e in events if e.type == "note"]
     recorder.record("torn checkpoint on resume", outcome, detail)
     assert outcome == "read correctly", detail
     assert any("starts again" in n and state.name in n for n in notes), notes

@@ -54,10 +54,10 @@ def test_local_executor_trains_units_side_by_side_with_the_same_results(
     ws_b, rep_b, events = _stage1(tmp_path, "ws", executor="local", units_at_once=2)
     # every unit ran in one of the two lanes' workers (started once, kept for the run)
     assert len(workers) == 2
-    notes = [e["message"] for e in events if e["type"] == "note"]
+    notes = [e.message for e in events if e.type == "note"]
     assert any("2 units at once (local executor" in n for n in notes), notes
     # every unit's progress reaches the one event stream
-    models = {e["model"] for e in events if e["type"] == "progress"}
+    models = {e.model for e in events if e.type == "progress"}
     assert models == {"sdm:joint", "sdm:pretrain", "rubik:joint", "rubik:pretrain"}
     assert rep_b["selected"] == rep_a["selected"]
     for m, entry in rep_a["models"].items():  # one thread per unit in both: the same numbers
@@ -88,8 +88,8 @@ def test_a_failed_unit_leaves_the_others_and_resume_trains_only_it(tmp_path, mon
     monkeypatch.setattr(stages, "joint", joint)
     events: list[dict] = []
     report = api.run(run_training(ws, cfg, "stage1", resume=run.id), events.append)
-    assert [e["model"] for e in events if e["type"] == "model_done"] == ["rubik:joint"]
-    assert [e["task"] for e in events if e["type"] == "selected"] == ["rubik"]
+    assert [e.model for e in events if e.type == "model_done"] == ["rubik:joint"]
+    assert [e.task for e in events if e.type == "selected"] == ["rubik"]
     assert run.model_path("teacher:sdm").stat().st_mtime_ns == before
     assert set(report["selected"]) == {"sdm", "rubik"}
 
@@ -121,7 +121,7 @@ def test_ray_executor_trains_the_same_teachers(inline, tmp_path):
     assert rep_b["selected"] == rep_a["selected"]
     run_a, run_b = ws_a.run(rep_a["run"]), ws_b.run(rep_b["run"])
     assert all(_digest(run_a, t) == _digest(run_b, t) for t in TEACHERS)
-    assert {e["model"] for e in events if e["type"] == "progress"} >= {"sdm:joint", "rubik:joint"}
+    assert {e.model for e in events if e.type == "progress"} >= {"sdm:joint", "rubik:joint"}
 
 
 @pytest.mark.slow
@@ -149,8 +149,8 @@ def test_a_killed_worker_loses_only_its_unit_since_its_checkpoint(tmp_path):
     killed: list[int] = []
 
     def on(e: dict) -> None:
-        if e["type"] == "progress":
-            seen[e["model"]] = e["step"]
+        if e.type == "progress":
+            seen[e.model] = e.step
         if not killed and seen.get("sdm:joint", 0) >= 100:
             pids = [j._process.pid for j in list(jobs._LIVE) if j._process.is_alive()]
             for pid in pids:  # one of the two units' processes
@@ -169,7 +169,7 @@ def test_a_killed_worker_loses_only_its_unit_since_its_checkpoint(tmp_path):
     first: list[int] = []
     api.run(
         run_training(ws, cfg, "stage1", resume=run.id),
-        lambda e: first.append(e["step"]) if e["type"] == "progress" and not first else None,
+        lambda e: first.append(e.step) if e.type == "progress" and not first else None,
     )
     assert first[0] > 1  # went on from its checkpoint, not from the start
     assert set(ws.run(run.id).finished_models()) >= {"teacher:sdm", "teacher:rubik"}
@@ -181,8 +181,8 @@ def test_a_stop_between_two_units_stops_the_run(tmp_path):
     done: list[str] = []
 
     def on(e: dict) -> None:
-        if e["type"] == "model_done":
-            done.append(e["model"])
+        if e.type == "model_done":
+            done.append(e.model)
 
     res = api.run(run_training(ws, cfg, "stage1", stop=lambda: bool(done)), on)
     assert res["stopped"] is True and done == ["sdm:joint"]

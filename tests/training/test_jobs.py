@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from napari_mtssl import events as ev
 from napari_mtssl.training.running.jobs import JobHandle, JobWorker, resolve_target
 
 
@@ -15,13 +16,13 @@ def counting(n: int, delay: float = 0.0, stop=None):
     for i in range(n):
         if stop is not None and stop():
             return {"stopped": True, "reached": i}
-        yield {"type": "progress", "step": i + 1, "total": n, "pid": os.getpid()}
+        yield ev.Progress(model=str(os.getpid()), step=i + 1, total=n)  # model: the pid
         time.sleep(delay)
     return {"stopped": False, "reached": n}
 
 
 def failing(stop=None):
-    yield {"type": "progress", "step": 1}
+    yield ev.Progress(step=1)
     raise ValueError("/data/scan.nii.gz: the file is truncated")
 
 
@@ -34,12 +35,12 @@ def warm(value: int) -> None:
 
 def remembers(stop=None):
     """What the worker's warm-up left in this process."""
-    yield {"type": "progress", "step": 1, "pid": os.getpid()}
+    yield ev.Progress(model=str(os.getpid()), step=1)  # model: the pid
     return {"stopped": False, "warmed": list(WARMED)}
 
 
 def dying(stop=None):
-    yield {"type": "progress", "step": 1}
+    yield ev.Progress(step=1)
     os._exit(3)
 
 
@@ -51,9 +52,9 @@ def test_job_relays_every_event_and_the_result(inline):
     job = JobHandle(TARGET, {"n": 5}, inline=inline)
     events: list[dict] = []
     assert job.join(timeout=60, on_event=events.append)
-    assert [e["step"] for e in events] == [1, 2, 3, 4, 5]
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]
     assert job.state == "done" and job.result == {"stopped": False, "reached": 5}
-    worker_pids = {e["pid"] for e in events}
+    worker_pids = {int(e.model) for e in events}
     assert (worker_pids == {os.getpid()}) == inline  # a process job runs elsewhere
 
 
@@ -96,9 +97,9 @@ def test_a_worker_runs_jobs_one_after_another_in_one_process():
                 worker.submit(TARGET, {"n": 1})
             events: list[dict] = []
             assert worker.join(timeout=60, on_event=events.append)
-            assert [e["step"] for e in events] == list(range(1, n + 1))
+            assert [e.step for e in events] == list(range(1, n + 1))
             assert worker.result == {"stopped": False, "reached": n}
-            pids |= {e["pid"] for e in events}
+            pids |= {int(e.model) for e in events}
         # a failed job leaves the worker usable; the warm-up ran once, before the first job
         worker.submit(f"{__name__}:failing")
         worker.join(timeout=60)
@@ -107,7 +108,7 @@ def test_a_worker_runs_jobs_one_after_another_in_one_process():
         events = []
         worker.join(timeout=60, on_event=events.append)
         assert worker.result["warmed"] == [7]
-        pids |= {e["pid"] for e in events}
+        pids |= {int(e.model) for e in events}
         assert len(pids) == 1 and os.getpid() not in pids
         # a stop ends the running job only; the worker takes the next
         worker.submit(TARGET, {"n": 10_000, "delay": 0.01})

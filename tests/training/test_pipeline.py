@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from napari_mtssl import api
+from napari_mtssl import events as ev
 from napari_mtssl.training.loop import checkpoints
 from napari_mtssl.training.loop.stages import select_mode
 from napari_mtssl.training.running.pipeline import UNIT_GROWTH, run_training
@@ -79,7 +80,8 @@ def test_select_mode_picks_higher():
 
 def test_progress_events_shape(trained):
     _, _, _, events = trained
-    prog = [e for e in events if e["type"] == "progress"]
+    assert all(isinstance(e, ev.Event) for e in events)  # types, not dicts, reach the caller
+    prog = [e for e in events if e.type == "progress"]
     assert prog
     keys = {
         "stage",
@@ -96,25 +98,25 @@ def test_progress_events_shape(trained):
     }
     # a task's model says its task and mode; every model's events have the rest (which model
     # reports first depends on which of the units started side by side is quicker)
-    assert keys <= set(next(e for e in prog if e["stage"] == "stage1"))
-    assert all(keys - {"task", "mode"} <= set(e) for e in prog)
-    assert {e["stage"] for e in prog} >= {"baseline", "stage1", "all_joint", "stage2"}
+    assert keys <= set(next(e for e in prog if e.stage == "stage1").to_dict())
+    assert all(keys - {"task", "mode"} <= set(e.to_dict()) for e in prog)
+    assert {e.stage for e in prog} >= {"baseline", "stage1", "all_joint", "stage2"}
 
 
 def _counted(events: list[dict]) -> list[tuple[int, int]]:
-    return [(e["done"], e["total"]) for e in events if e["type"] == "status" and e.get("total")]
+    return [(e.done, e.total) for e in events if e.type == "status" and e.total]
 
 
 def test_preparation_says_where_it_stands(trained):
     """Before the first step, the run's preparation is counted (records, timing, each scan,
     the budget), so the dock's bar moves from the start rather than after the planning."""
     ws, _, _, events = trained
-    first_step = next(i for i, e in enumerate(events) if e["type"] == "progress")
+    first_step = next(i for i, e in enumerate(events) if e.type == "progress")
     counted = _counted(events[:first_step])
     total = counted[0][1]
     assert total == len(ws.scan_ids("train")) + len(ws.scan_ids("val")) + 3
     assert [d for d, _ in counted] == sorted(d for d, _ in counted) and counted[-1][0] == total - 1
-    scans = [e["message"] for e in events if "preparing scan" in e.get("message", "")]
+    scans = [e.message for e in events if "preparing scan" in getattr(e, "message", "")]
     assert scans and scans[0].endswith("scan 1 of " + scans[0].rsplit(" ", 1)[-1])
 
 
@@ -129,7 +131,7 @@ def test_the_plans_threads_hold_where_the_run_trains(tmp_path):
         cfg = api.make_config("tiny", device="cpu", num_threads=1)
         _drive(
             run_training(ws, cfg, "baseline"),
-            lambda e: seen.append(torch.get_num_threads()) if e["type"] == "progress" else None,
+            lambda e: seen.append(torch.get_num_threads()) if e.type == "progress" else None,
         )
     finally:
         torch.set_num_threads(before)
@@ -175,7 +177,7 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path):
     seen = {"n": 0}
 
     def count(ev):
-        if ev["type"] == "progress":
+        if ev.type == "progress":
             seen["n"] += 1
 
     stopped = _drive(run_training(ws_b, cfg, "baseline", stop=lambda: seen["n"] >= 3), count)
@@ -186,7 +188,7 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path):
     steps = []
     resumed = _drive(
         run_training(ws_b, cfg, "baseline", resume=run.id),
-        lambda e: steps.append(e["step"]) if e["type"] == "progress" else None,
+        lambda e: steps.append(e.step) if e.type == "progress" else None,
     )
     assert steps[0] == 4 and steps[-1] == 6  # continued from step 3
     assert resumed["run"] == run.id and run.status == "done"
@@ -252,7 +254,7 @@ def test_stage2_options_and_retrain_stage2(trained):
     events: list[dict] = []
     rep = _drive(run_training(ws, cfg, "retrain-stage2"), events.append)
     assert rep["models"]["student"]["steps"] == cfg.stage2.steps
-    losses = [e["losses"] for e in events if e["type"] == "progress"]
+    losses = [e.losses for e in events if e.type == "progress"]
     assert {"seg", "kd", "feat", "total"} <= set(losses[-1])
 
 
@@ -324,21 +326,21 @@ def test_budget_plans_steps_and_ends_in_time(tmp_path, few_steps):
     # then a note says how many instead (training/loop/pace.py: at most UNIT_GROWTH x the plan, for
     # the last unit), or the deadline ended it early (the report says so). How fast this machine is
     # that minute is not asserted (the busy-machine benchmark measures it).
-    recounted = [e for e in events if e["type"] == "note" and "steps instead of" in e["message"]]
+    recounted = [e for e in events if e.type == "note" and "steps instead of" in e.message]
     for m in ("inpaint:joint", "inpaint:pretrain"):
         got = rep["models"][m]
         planned = got["steps"] in (n, plan["steps"]["halving_at"])
         assert planned or recounted or got.get("ended_early"), (got, recounted)
         assert got["steps"] <= UNIT_GROWTH * n
     assert plan["models"] == ["inpaint:joint", "inpaint:pretrain"]
-    ev = [e for e in events if e["type"] == "plan"]
-    assert ev and ev[0]["describe"][0].startswith("- **")
+    plans = [e for e in events if isinstance(e, ev.PlanMade)]
+    assert plans and plans[0].describe[0].startswith("- **")
     # successive halving: both modes to the halving point, then the leader (or both)
     sel = rep["selected"]["inpaint"]
     assert sel["halving"]["at_steps"] == plan["steps"]["halving_at"] > 0
     steps = sel["steps"]
     assert min(steps.values()) <= plan["steps"]["halving_at"] or min(steps.values()) == n
-    assert [e for e in events if e["type"] == "halving"]
+    assert [e for e in events if e.type == "halving"]
 
 
 @pytest.mark.slow
@@ -382,7 +384,7 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
     plan = rep["plan"]
     assert timed == [2] and plan["lanes"] == 2, plan["lanes_why"]
     assert "one at a time" in plan["lanes_why"]
-    notes = [e["message"] for e in events if e["type"] == "note"]
+    notes = [e.message for e in events if e.type == "note"]
     assert any(n.startswith("2 units at once (local executor") for n in notes), notes
     assert set(rep["models"]) >= {"inpaint:joint", "inpaint:pretrain", "teacher:inpaint"}
     # (the wall time against the budget is measured by the benchmarks, not asserted here: it
@@ -408,7 +410,7 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
     rep = _drive(run_training(ws, cfg, "all"), events.append)
     skip = rep["plan"]["teachers_skipped"]
     assert skip["tasks"] == ["inpaint"] and "no teacher trained" in skip["why"]
-    notes = [e["message"] for e in events if e["type"] == "note"]
+    notes = [e.message for e in events if e.type == "note"]
     assert skip["why"] in notes
     assert set(rep["models"]) == {"baseline", "student"}
     assert rep["plan"]["models"] == ["baseline", "student"]
@@ -509,7 +511,7 @@ def test_resume_keeps_plan_and_remaining_budget(tmp_path, few_steps):
     seen = {"n": 0}
 
     def count(ev):
-        seen["n"] += ev["type"] == "progress"
+        seen["n"] += ev.type == "progress"
 
     stopped = _drive(run_training(ws, cfg, "baseline", stop=lambda: seen["n"] >= 2), count)
     run = ws.run(stopped["run"])
@@ -524,6 +526,6 @@ def test_resume_keeps_plan_and_remaining_budget(tmp_path, few_steps):
     got = rep["models"]["baseline"]
     # the steps it started with, unless the machine's pace changed them while it trained (a
     # note says so; at most UNIT_GROWTH x as many) or the budget's deadline ended it (the report says so)
-    recounted = [e for e in events if e["type"] == "note" and "steps instead of" in e["message"]]
+    recounted = [e for e in events if e.type == "note" and "steps instead of" in e.message]
     assert got["steps"] == want or recounted or got.get("ended_early") == "budget"
     assert got["steps"] <= UNIT_GROWTH * want

@@ -299,7 +299,7 @@ def _run_stub(spent: float, est: dict, done: dict, student_steps: int, budget: f
         state={},
         spent=lambda: spent,
         save_state=lambda: None,
-        log=lambda e: e.to_dict(),
+        log=lambda e: e,
     )
     r._steps = lambda unit: r.state.get("unit_steps", {}).get(unit.model, student_steps)
     for name in ("rebudget", "_student_takes_the_rest", "_student_steps"):
@@ -317,7 +317,7 @@ def test_the_student_takes_the_time_the_earlier_models_left():
     notes = list(r.rebudget(["student"]))
     new = r.state["unit_steps"]["student"]
     # left 2400 s: (2400 x 0.95 - 300 x 0.8) / (0.3 x 0.8) = 8500 steps
-    assert new == 8500 and "8500 steps instead of 5000" in notes[0]["message"]
+    assert new == 8500 and "8500 steps instead of 5000" in notes[0].message
     used = 300 * 0.8 + new * 0.3 * 0.8
     assert used <= 0.95 * 2400 + 1
     r = _run_stub(spent=300.0, est=est, done={"baseline": 100.0, "teacher": 200.0},
@@ -328,7 +328,7 @@ def test_the_student_takes_the_time_the_earlier_models_left():
                   student_steps=5000)  # fmt: skip
     notes = list(r.rebudget(["student"]))
     # slower than timed: 1200 s left for an 1800 s estimate -> fewer steps, never below the floor
-    assert r.state["unit_steps"]["student"] < 5000 and "slower than timed" in notes[0]["message"]
+    assert r.state["unit_steps"]["student"] < 5000 and "slower than timed" in notes[0].message
 
 
 def test_pseudo_labels_keep_each_windows_largest_component():

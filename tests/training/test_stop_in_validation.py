@@ -29,7 +29,7 @@ def test_a_stop_during_validation_ends_the_unit_there_and_it_resumes(tiny_study,
     assert res == {"stopped": True, "step": 2, "name": "baseline"}
     # it ended inside the validation of step 2: no progress event for step 2 came (a stop seen
     # only at the next step would have come after the whole pass and step 2's event)
-    assert [e["step"] for e in events if e["type"] == "progress"] == [1]
+    assert [e.step for e in events if e.type == "progress"] == [1]
     assert list(tmp_path.glob("baseline*"))  # its resumable checkpoint
 
     net2 = stages.new_net(cfg, study.num_classes)

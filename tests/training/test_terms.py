@@ -76,8 +76,8 @@ def test_a_new_term_is_one_class_and_one_registry_line(study_cfg, monkeypatch):
     spec = UnitSpec("u", "baseline", 4, [build_term("seg"), build_term("l2", weight=1e-3)])
     events = []
     res = api.run(train_unit(spec, net, study, cfg, torch.device("cpu")), events.append)
-    losses = [e["losses"] for e in events if e["type"] == "progress"]
-    assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3, 4]
+    losses = [e.losses for e in events if e.type == "progress"]
+    assert [e.step for e in events if e.type == "progress"] == [1, 2, 3, 4]
     assert set(losses[-1]) == {"seg", "l2", "total"}
     assert losses[-1]["l2"] < losses[0]["l2"]  # the term trains
     assert res["steps"] == 4 and res["val_dice"] is not None

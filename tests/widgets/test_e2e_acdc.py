@@ -163,7 +163,7 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     with qtbot.waitSignal(
         jobs.job_event,
         timeout=JOB_MS,
-        check_params_cb=lambda e: e.get("type") == "progress" and e.get("step", 0) >= 3,
+        check_params_cb=lambda e: e.type == "progress" and e.step >= 3,
     ):
         jobs.start(ws, cfg, "baseline")
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
@@ -184,7 +184,7 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     assert not viewer.layers[mask_layer.name].visible
     assert not training.resume_button.isHidden()
     with qtbot.waitSignal(
-        jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.get("type") == "resumed"
+        jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.type == "resumed"
     ) as resumed:
         training.resume_button.click()
     assert resumed.args[0]["step"] >= 3

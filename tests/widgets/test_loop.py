@@ -165,7 +165,7 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     with qtbot.waitSignal(
         jobs.job_event,
         timeout=JOB_TIMEOUT_MS,
-        check_params_cb=lambda e: e.get("type") == "progress" and e.get("step", 0) >= 3,
+        check_params_cb=lambda e: e.type == "progress" and e.step >= 3,
     ):
         jobs.start(ws, config, "stage1")
     assert d.training.stop_button.isEnabled()
@@ -187,7 +187,7 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     with qtbot.waitSignal(
         jobs.job_event,
         timeout=JOB_TIMEOUT_MS,
-        check_params_cb=lambda e: e.get("type") == "resumed",
+        check_params_cb=lambda e: e.type == "resumed",
     ) as blocker:
         d.training.resume_button.click()
     assert blocker.args[0]["step"] > 0
@@ -256,7 +256,7 @@ def test_a_killed_worker_is_reported_and_loses_no_labels(sample_docks, qtbot, mo
     with qtbot.waitSignal(
         jobs.job_event,
         timeout=JOB_TIMEOUT_MS,
-        check_params_cb=lambda e: e.get("type") == "progress",  # the run exists and trains
+        check_params_cb=lambda e: e.type == "progress",  # the run exists and trains
     ):
         jobs.start(ws, config, "stage1")
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_mtssl import events as ev
 from napari_mtssl.io.scan import LabelError, ScanReadError
 from napari_mtssl.widgets._probe import StallProbe
 from napari_mtssl.widgets._state import SCAN_ID_KEY, LayerScan, ViewerState
@@ -188,32 +189,18 @@ def test_events_reach_the_docks_in_order_even_when_delivered_nested(docks):
     jobs = docks.session.jobs
     seen: list[tuple[str, int]] = []
     nested = [
-        {
-            "type": "progress",
-            "model": "sdm:pretrain",
-            "mode": "finetune",
-            "step": s,
-            "total": 5,
-            "losses": {"total": 1.0},
-        }
+        ev.Progress(model="sdm:pretrain", mode="finetune", step=s, total=5, losses={"total": 1.0})
         for s in (1, 2)
     ]
 
     def listener(event):
-        seen.append((event["mode"], event["step"]))
-        if event["step"] == 4 and event["mode"] == "pretrain":
+        seen.append((event.mode, event.step))
+        if event.step == 4 and event.mode == "pretrain":
             jobs._on_events(nested)  # delivered in the middle of the first batch
 
     jobs.job_event.connect(listener)
     first = [
-        {
-            "type": "progress",
-            "model": "sdm:pretrain",
-            "mode": "pretrain",
-            "step": s,
-            "total": 5,
-            "losses": {"total": 2.0},
-        }
+        ev.Progress(model="sdm:pretrain", mode="pretrain", step=s, total=5, losses={"total": 2.0})
         for s in (3, 4, 5)
     ]
     jobs._on_events(first)

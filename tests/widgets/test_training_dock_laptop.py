@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from napari_mtssl import events as ev
+
 pytestmark = pytest.mark.gui
 
 SCREEN = (1366, 768)
@@ -94,22 +96,21 @@ def pretend_running(training: Any) -> None:
     jobs.job_started.emit("all")
     jobs.running_changed.emit(True)
     models = ["baseline", "sdm:pretrain", "inpaint:pretrain", "student"]
-    jobs.job_event.emit({"type": "start", "run": "r1", "what": "all", "plan": models})
-    jobs.job_event.emit({"type": "model_done", "model": "baseline", "mean_dice": 0.61})
+    jobs.job_event.emit(ev.Start(run="r1", what="all", plan=models))
+    jobs.job_event.emit(ev.ModelDone(model="baseline", mean_dice=0.61))
     for step in range(10, 410, 10):
         jobs.job_event.emit(
-            {
-                "type": "progress",
-                "model": "sdm:pretrain",
-                "mode": "finetune",
-                "stage": "stage1",
-                "step": step,
-                "total": 1200,
-                "losses": {"total": 0.9 * 0.996**step},
-                "val_dice": 0.3 + 0.3 * step / 400 if step % 100 == 0 else None,
-                "run_elapsed_s": 900.0 + step,
-                "run_budget_s": 3600.0,
-            }
+            ev.Progress(
+                model="sdm:pretrain",
+                mode="finetune",
+                stage="stage1",
+                step=step,
+                total=1200,
+                losses={"total": 0.9 * 0.996**step},
+                val_dice=0.3 + 0.3 * step / 400 if step % 100 == 0 else None,
+                run_elapsed_s=900.0 + step,
+                run_budget_s=3600.0,
+            )
         )
 
 

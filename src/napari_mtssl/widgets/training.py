@@ -1069,8 +1069,7 @@ class TrainingWidget(QWidget):
         self.dice_plot.clear()
         self._curves.clear()
 
-    def _on_event(self, event: dict) -> None:
-        e = ev.parse(event)
+    def _on_event(self, e: ev.Event) -> None:
         self.status_strip.setToolTip(self.progress_panel.status.text())
         if isinstance(e, ev.PlanMade):
             self.show_plan(e.plan)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_mtssl.events import Note
+from napari_mtssl.events import Events, Note
 from napari_mtssl.training.data.preprocess import VolumeCache, content_hash
 from napari_mtssl.training.data.slices import ScanData, StudyData
 from napari_mtssl.training.loop.trainer import score_predictions
@@ -93,7 +93,7 @@ def attach(
     precision: str,
     scans: Sequence[int] | None = None,
     stop=None,
-) -> Generator[dict, None, dict[str, Any]]:
+) -> Events[dict[str, Any]]:
     """Give the training scans ``scans`` of ``study`` (default: all) their ensemble map
     (``scan.soft``) and foreground sample (``scan.soft_fg``), from the cache in ``folder`` or
     computed now. Yields notes; returns ``{"computed": n, "reused": n, "seconds": s,
@@ -109,7 +109,7 @@ def attach(
     yield Note(
         f"stage 2: the ensemble's predictions ({len(teachers)} model(s)) for {todo} training "
         "scan(s) (computed once, kept in the workspace cache)"
-    ).to_dict()
+    )
     nbytes = 0
     for k in chosen:
         s = study.train[k]
@@ -136,7 +136,7 @@ def attach(
     yield Note(
         f"stage 2: the ensemble's predictions ready ({cache.hits} scan(s) reused, {cache.misses} "
         f"computed, {nbytes / 2**20:.0f} MiB, {took:.0f} s)"
-    ).to_dict()
+    )
     return out
 
 

@@ -15,13 +15,14 @@ Each returns ``{"net": module, "steps": int, "seconds": float, "stopped": bool}`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from napari_mtssl import task_needs
+from napari_mtssl.events import Events
 from napari_mtssl.ids import trained
 from napari_mtssl.models import build_unet
 from napari_mtssl.tasks import build_task, task_class, task_config
@@ -33,7 +34,7 @@ from napari_mtssl.training.loop.terms import build_term
 from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
 
 StopFn = Callable[[], bool] | None
-Result = Generator[dict, None, dict]
+Result = Events[dict]
 
 
 def out_channels(cfg: ExperimentConfig, num_classes: int) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_mtssl.events import Note, Progress, Resumed
+from napari_mtssl.events import Events, Note, Progress, Resumed
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import BatchStream, ScanData, StudyData, augment_with_soft
 from napari_mtssl.training.loop import checkpoints
@@ -439,7 +439,7 @@ def train_unit(
     threads_max: int = 0,
     aim_s: float = 0.0,
     probe_at: int | None = None,
-) -> Generator[dict, None, dict]:
+) -> Events[dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
     ``pause_at``: stop at that step with a resumable checkpoint and the validation scores
@@ -459,7 +459,7 @@ def train_unit(
     ckpt = _Checkpoint(ckpt_dir, spec.name, kept, o.opt, o.scaler, cfg.checkpoint_every_s)
     start, elapsed0, val = ckpt.restore()
     if start:
-        yield Resumed(spec.model or spec.name, start).to_dict()
+        yield Resumed(spec.model or spec.name, start)
     check = _Validation(spec, avg.model, study, cfg, device, o.precision)
     t0 = time.perf_counter()
 
@@ -515,7 +515,7 @@ def _loop(
     pause_at: int | None,
     deadline: float | None,
     probe_at: int | None,
-) -> Generator[dict, None, dict]:
+) -> Events[dict]:
     """The steps of a unit from ``start`` (see :func:`train_unit`); returns its result:
     stopped (saved, resumable), paused at ``pause_at``, or finished (maybe ended early by
     ``deadline``)."""
@@ -540,7 +540,7 @@ def _loop(
         _smooth(ema, vals)
         note = p.pace.tick(step)
         if note:
-            yield Note(f"{spec.model or spec.name}: {note}").to_dict()
+            yield Note(f"{spec.model or spec.name}: {note}")
         if _validation_due(p.check, step, p.pace.total, probe_at):
             got = _validate(p.check, p.pace, step, stop)
             if got is None:  # stopped mid-validation: saved at this step, resumable
@@ -620,7 +620,7 @@ def _validate(check, pace: Pace, step: int, stop: StopFn | None) -> dict[str, An
     return got
 
 
-def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s, total=None) -> dict:
+def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s, total=None) -> Progress:
     took = time.perf_counter() - t0
     total = total or spec.steps
     return Progress(
@@ -636,4 +636,4 @@ def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s, total=None)
         eta_s=took / max(1, step - start) * (total - step),
         elapsed_s=elapsed0 + took,
         data_wait_s=wait_s,
-    ).to_dict()
+    )

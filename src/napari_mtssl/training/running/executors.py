@@ -17,7 +17,8 @@ results; an executor never decides what to train. Three of them:
   workspace must be on storage every node sees. Events come back through a Ray queue; stop
   sets a flag every unit polls.
 
-Each returns ``(unit id, result, error)`` for the units that ended: ``result`` is the unit's
+``poll`` gives each unit's events as their types (:mod:`napari_mtssl.events`), whichever way
+they travelled. Each returns ``(unit id, result, error)`` for the units that ended: ``result`` is the unit's
 JSON result (:func:`.units.train`), ``error`` a message (or the exception, inline) when it
 failed. A failed unit does not stop the others.
 """
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from napari_mtssl import events as ev
 from napari_mtssl.training.config import EXECUTORS
 from napari_mtssl.training.running.units import Unit, UnitContext, train
 
@@ -58,7 +60,7 @@ class Executor:
         that runs alone gets them all)."""
         raise NotImplementedError
 
-    def poll(self, timeout: float) -> list[tuple[str, dict]]:
+    def poll(self, timeout: float) -> list[tuple[str, ev.Event]]:
         """Events of the running units, waiting up to ``timeout`` seconds for the first."""
         raise NotImplementedError
 
@@ -86,7 +88,7 @@ class InlineExecutor(Executor):
         self._unit = unit
         self._gen = train(self.ctx, unit, self._stop, deadline)
 
-    def poll(self, timeout: float) -> list[tuple[str, dict]]:
+    def poll(self, timeout: float) -> list[tuple[str, ev.Event]]:
         if self._gen is None:
             return []
         uid = self._unit.id
@@ -144,8 +146,8 @@ class LocalExecutor(Executor):
         worker.submit(UNIT_TARGET, kwargs)
         self._jobs[unit.id] = worker
 
-    def poll(self, timeout: float) -> list[tuple[str, dict]]:
-        out: list[tuple[str, dict]] = []
+    def poll(self, timeout: float) -> list[tuple[str, ev.Event]]:
+        out: list[tuple[str, ev.Event]] = []
         end = time.monotonic() + timeout
         for uid, job in list(self._jobs.items()):
             wait = max(0.0, end - time.monotonic()) if not out else 0.0
@@ -207,16 +209,16 @@ class RayExecutor(Executor):
             self._flag,
         )
 
-    def poll(self, timeout: float) -> list[tuple[str, dict]]:
+    def poll(self, timeout: float) -> list[tuple[str, ev.Event]]:
         import ray.util.queue
 
-        out: list[tuple[str, dict]] = []
+        out: list[tuple[str, dict]] = []  # as they travelled
         try:
             out.append(self._queue.get(timeout=timeout))
             out += self._queue.get_nowait_batch(self._queue.qsize())
         except (ray.util.queue.Empty, ValueError):
             pass
-        return [tuple(e) for e in out]
+        return [(uid, ev.parse(e)) for uid, e in out]
 
     def ended(self) -> list[Ended]:
         if not self._refs:
@@ -293,7 +295,7 @@ def _remote_unit():
                 return checked["stop"]
 
             gen = unit_job(workspace, run, unit, threads, deadline, stop)
-            return drive(gen, lambda e: queue.put((uid, e)))
+            return drive(gen, lambda e: queue.put((uid, ev.wire(e))))
 
         _REMOTE["unit"] = ray_unit
     return _REMOTE["unit"]

@@ -25,8 +25,10 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
+
+from napari_mtssl import events as ev
 
 __all__ = ["JobHandle", "JobWorker", "check_target", "resolve_target", "drive"]
 
@@ -55,7 +57,7 @@ def _stop_live_jobs() -> None:
 atexit.register(_stop_live_jobs)
 
 
-def resolve_target(target: str) -> Callable[..., Generator[dict, None, dict]]:
+def resolve_target(target: str) -> Callable[..., ev.Events[dict]]:
     """Import ``"module:function"``; a clear ValueError for a malformed or unknown target."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -80,10 +82,7 @@ def check_target(target: str) -> None:
         raise ValueError(f"job target {target!r}: no module named {module_name!r}")
 
 
-def drive(
-    generator: Generator[dict, None, Any],
-    emit: Callable[[dict], None],
-) -> Any:
+def drive(generator: ev.Events[Any], emit: Callable[[ev.Event], None]) -> Any:
     """Run ``generator`` to completion, handing each event to ``emit``; return its result."""
     while True:
         try:
@@ -108,7 +107,7 @@ def _run(target: str, kwargs: dict, put: Callable[[dict], None], stop: Callable[
     """Body shared by the process and the thread: events, then one terminal message."""
     try:
         func = resolve_target(target)
-        result = drive(func(**kwargs, stop=stop), put)
+        result = drive(func(**kwargs, stop=stop), lambda e: put(ev.wire(e)))
         put({"type": _DONE, "result": result})
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the viewer as a message
         put({"type": _FAILED, "error": _describe(exc), "traceback": traceback.format_exc()})
@@ -224,13 +223,13 @@ class JobHandle:
         return self.state != "running"
 
     # -- events ------------------------------------------------------------------------------
-    def poll(self, timeout: float = 0.1) -> list[dict]:
+    def poll(self, timeout: float = 0.1) -> list[ev.Event]:
         """Events that arrived, waiting up to ``timeout`` seconds for the first one.
 
         Terminal messages are consumed here (they set ``state``, ``result`` and ``error``), so
-        the caller only ever sees the generator's own events.
+        the caller only ever sees the generator's own events, as their types again.
         """
-        out: list[dict] = []
+        out: list[ev.Event] = []
         if self.state != "running":
             return out
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -245,13 +244,13 @@ class JobHandle:
                 break
             if self._handle_terminal(msg):
                 break
-            out.append(msg)
+            out.append(ev.parse(msg))
         if self.state == "running" and not out:
             self._check_crash()
         return out
 
     def join(
-        self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None
+        self, timeout: float | None = None, on_event: Callable[[ev.Event], None] | None = None
     ) -> bool:
         """Wait for the end (draining events, so the worker never blocks on a full queue)."""
         deadline = None if timeout is None else time.monotonic() + timeout

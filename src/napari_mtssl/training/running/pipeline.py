@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,13 +161,13 @@ def plan_job(
     config: dict,
     what: str = "all",
     stop: Callable[[], bool] | None = None,
-) -> Generator[dict, None, dict]:
+) -> ev.Events[dict]:
     """JSON-able entry point for a job that only plans (the training dock's estimate)."""
     from napari_mtssl.workspace import Workspace
 
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
-    yield ev.Note("timing a few training steps on this machine").to_dict()
+    yield ev.Note("timing a few training steps on this machine")
     fp = fingerprint(ws)
     plan = make_plan(fp, cfg, what, interactive=True, fixed=_fixed_plan(ws, what))
     return plan.to_dict()
@@ -248,17 +248,15 @@ class _Run:
         self.state["elapsed_s"] = round(self.spent(), 2)
         atomic_write_json(self.run.path / "pipeline.json", self.state)
 
-    def log(self, event: dict | ev.Event) -> dict:
-        """The event's JSON form, kept in the run's events.jsonl (progress: every 5 %)."""
-        if isinstance(event, ev.Event):
-            event = event.to_dict()
-        if event.get("type") == "progress":
-            event["run_elapsed_s"] = round(self.spent(), 1)
-            if self.cfg.budget_s:
-                event["run_budget_s"] = self.cfg.budget_s
+    def log(self, event: ev.Event) -> ev.Event:
+        """The event, its JSON form kept in the run's events.jsonl (progress: every 5 %, with
+        the run's time)."""
+        if isinstance(event, ev.Progress):
+            event.run_elapsed_s = round(self.spent(), 1)
+            event.run_budget_s = self.cfg.budget_s or None
             if not _log_step(event):
                 return event
-        self.run.append_event(event)
+        self.run.append_event(ev.wire(event))
         return event
 
     def stopped(self, res: dict) -> ev.Stopped:
@@ -281,7 +279,7 @@ class _Run:
             return c.stage1.finetune_steps
         return c.stage1.joint_steps
 
-    def rebudget(self, remaining: list[str]) -> Generator[dict, None, None]:
+    def rebudget(self, remaining: list[str]) -> ev.Events[None]:
         """If the machine runs slower than timed, give the models still to train fewer steps
         so the run ends within its budget (each keeps at least MIN_STEPS / 2); the student,
         last, takes the time the earlier models left (:meth:`_student_takes_the_rest`)."""
@@ -325,7 +323,7 @@ class _Run:
     def _student_steps(self) -> int:
         return self._steps(Unit("student", "student", "student", 0))
 
-    def _student_takes_the_rest(self, left: float) -> Generator[dict, None, None]:
+    def _student_takes_the_rest(self, left: float) -> ev.Events[None]:
         """The student is the last unit, so the time the earlier models left is its own: at the
         pace they ran (their seconds against their estimates), it gets the steps that fill the
         time left (up to ``STUDENT_GROWTH`` x its planned steps; never fewer than planned
@@ -439,7 +437,7 @@ class _Run:
         ]
         return out
 
-    def _prepare(self, unit: Unit) -> Generator[dict, None, None]:
+    def _prepare(self, unit: Unit) -> ev.Events[None]:
         """Fill in what a unit needs to know at its start: its steps, its pre-training cache,
         the student's teachers and starting point."""
         unit.steps = self._steps(unit)
@@ -555,7 +553,7 @@ class _Run:
             address=self.cfg.ray_address,
         )
 
-    def train(self, resumed: bool) -> Generator[dict, None, None]:
+    def train(self, resumed: bool) -> ev.Events[None]:
         yield self.log(
             ev.Start(
                 self.run.id,
@@ -586,7 +584,7 @@ class _Run:
         finally:
             executor.close()
 
-    def schedule(self, executor: Executor, units: list[Unit]) -> Generator[dict, None, None]:
+    def schedule(self, executor: Executor, units: list[Unit]) -> ev.Events[None]:
         """Train the plan's units on ``executor``, as many at once as it has lanes, each when
         the units it depends on are done. A failed unit does not stop the others (only those
         that depend on it); a stop request stops them all, each saving its checkpoint."""
@@ -617,7 +615,7 @@ class _Run:
 
     def _start(
         self, executor: Executor, unit: Unit, running: dict[str, Unit], last: bool
-    ) -> Generator[dict, None, Unit | None]:
+    ) -> ev.Events[Unit | None]:
         """Start ``unit`` beside ``running`` and return it as started (with its aims), or None
         for a mode the halving stopped (recorded so). The last unit (``last`` with nothing
         running: the student) gets every thread and takes what the machine's pace allows."""
@@ -649,7 +647,7 @@ class _Run:
         running: dict[str, Unit],
         failed: dict[str, Any],
         stopped: list[dict],
-    ) -> Generator[dict, None, None]:
+    ) -> ev.Events[None]:
         """Take the units that ended off ``running``: each failed, stopped or completed."""
         for uid, result, error in executor.ended():
             unit = running.pop(uid)
@@ -664,7 +662,7 @@ class _Run:
 
     def _end_schedule(
         self, failed: dict[str, Any], stopped: list[dict], pending: list[Unit]
-    ) -> Generator[dict, None, None]:
+    ) -> ev.Events[None]:
         """After the schedule: raise a unit's failure (its own error when it is the only one),
         or the stop (the stopped unit's result, or the next unit's name between two units)."""
         if failed:
@@ -706,7 +704,7 @@ class _Run:
         return self._cost_s(unit) + max(after, default=0.0)
 
     # -- what the units' results mean ----------------------------------------------------------
-    def complete(self, unit: Unit, result: dict) -> Generator[dict, None, None]:
+    def complete(self, unit: Unit, result: dict) -> ev.Events[None]:
         entry = dict(result["entry"])
         if "ensemble" in entry:
             self.state["ensemble"] = entry.pop("ensemble")
@@ -735,7 +733,7 @@ class _Run:
         if unit.kind == "mode":
             yield from self._maybe_select(unit.task)
 
-    def _decide(self, task: str) -> Generator[dict, None, None]:
+    def _decide(self, task: str) -> ev.Events[None]:
         """At the rung: of two modes only the leader goes on, unless the two are close; a
         mode whose Dice does not lead the run's baseline at the same step by at least
         ``stage1.baseline_lead`` stops there (its time goes to the student)."""
@@ -774,7 +772,7 @@ class _Run:
         self.save_state()
         yield self.log(ev.Halving(task, at, d, go, "; ".join(why)))
 
-    def _halted(self, task: str, mode: str) -> Generator[dict, None, None]:
+    def _halted(self, task: str, mode: str) -> ev.Events[None]:
         """The losing mode keeps the model and scores it had at the halving point."""
         name = str(trained(task, mode))
         meta = checkpoints.read_model_meta(self.run.model_path(name))
@@ -798,13 +796,13 @@ class _Run:
             )
         )
 
-    def _maybe_select(self, task: str) -> Generator[dict, None, None]:
+    def _maybe_select(self, task: str) -> ev.Events[None]:
         modes = self._modes()
         done = all(str(trained(task, m)) in self.models for m in modes)
         if done and str(teacher(task)) not in self.models:
             yield from self.select(task, modes)
 
-    def select(self, task: str, modes: list[str]) -> Generator[dict, None, None]:
+    def select(self, task: str, modes: list[str]) -> ev.Events[None]:
         scores = {m: self.models[str(trained(task, m))]["mean_dice"] for m in modes}
         mode = stages.select_mode(scores)
         src = str(trained(task, mode))
@@ -845,7 +843,7 @@ class _Run:
         self.save_state()
         yield self.log(ev.Selected(task=task, **self.selected[task]))
 
-    def report(self) -> Generator[dict, None, dict]:
+    def report(self) -> ev.Events[dict]:
         """The run's report (``metrics.json``) and its round in the workspace history."""
         report = {
             "run": self.run.id,
@@ -1047,7 +1045,7 @@ def _run_state(run: Any) -> dict:
 StatusFn = Callable[[str, int, int], None]
 
 
-def _with_status(fn: Callable[..., Any], *args: Any) -> Generator[dict, None, Any]:
+def _with_status(fn: Callable[..., Any], *args: Any) -> ev.Events[Any]:
     """Run ``fn(*args, status)`` in a thread and yield the status events it reports as they
     come (``status(message, done, total)``); return its result or raise its error. A run's
     preparation (reading the scans, timing steps) takes seconds to minutes: the viewer and
@@ -1059,7 +1057,7 @@ def _with_status(fn: Callable[..., Any], *args: Any) -> Generator[dict, None, An
     out: dict[str, Any] = {}
 
     def status(message: str, done: int, total: int) -> None:
-        events.put(ev.Status(message, done=int(done), total=int(total)).to_dict())
+        events.put(ev.Status(message, done=int(done), total=int(total)))
 
     def work() -> None:
         try:
@@ -1200,7 +1198,7 @@ def run_training(
     resume: str | None = None,
     plan: Plan | dict | None = None,
     interactive: bool = False,
-) -> Generator[dict, None, dict]:
+) -> ev.Events[dict]:
     """Train ``what`` on the workspace's current labels; yields events, returns the report.
 
     ``plan``: a plan made beforehand (the dock's estimate) whose shape is kept; its steps are
@@ -1222,7 +1220,7 @@ def run_training(
         "resuming: reading the data"
         if resume
         else "planning: reading the data and timing a few steps on this machine"
-    ).to_dict()
+    )
     if resume:
         opened = yield from _with_status(_open_resumed, workspace, resume, what)
     else:
@@ -1248,9 +1246,8 @@ def run_training(
     return (yield from r.report())
 
 
-def _log_step(event: dict) -> bool:
-    total = int(event.get("total") or 1)
-    step = int(event.get("step") or 0)
+def _log_step(event: ev.Progress) -> bool:
+    total, step = max(1, event.total), event.step
     return step == total or step % max(1, total // 20) == 0
 
 
@@ -1291,14 +1288,14 @@ def run_training_job(
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
     plan: dict | None = None,
-) -> Generator[dict, None, dict]:
+) -> ev.Events[dict]:
     """JSON-able entry point for the job process (``JobHandle`` target): a job started from
     napari leaves one core to the viewer."""
     from napari_mtssl.workspace import Workspace
 
     _yield_to_the_viewer()
     # at once: opening a large study's workspace takes a moment on a busy machine
-    yield ev.Status("starting: opening the workspace").to_dict()
+    yield ev.Status("starting: opening the workspace")
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
     report = yield from run_training(

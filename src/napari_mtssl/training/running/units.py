@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from napari_mtssl.events import Note
+from napari_mtssl.events import Events, Note
 from napari_mtssl.ids import ModelId
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import StudyData
@@ -104,7 +104,7 @@ def _unit_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
     return c
 
 
-def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Generator[dict, None, dict]:
+def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
     """The stage that trains ``unit`` (a generator returning its result with the network)."""
     cfg = _unit_cfg(ctx.cfg, unit.steps)
     ckpt = ctx.run.checkpoint_dir
@@ -149,7 +149,7 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
         yield Note(
             f"stage 2: the ensemble is the student's own start ({unit.init[1]}): its moving "
             "average labels the unlabelled slices from the first step, nothing to store"
-        ).to_dict()
+        )
     elif s2.method == "semi" or (s2.stored and s2.temperature == 1.0):
         got = yield from _store_maps(ctx, unit, cfg, teachers, stop)
         if got.get("stopped"):
@@ -244,7 +244,7 @@ def _keep_the_better(ctx: UnitContext, unit: Unit, init, res: dict) -> dict:
 
 def train(
     ctx: UnitContext, unit: Unit, stop: Callable[[], bool], deadline: float | None = None
-) -> Generator[dict, None, dict]:
+) -> Events[dict]:
     """Train one unit, save its model with its scores; yields events, returns a JSON result.
 
     ``deadline``: wall-clock time (``time.time()``, comparable across processes and, with
@@ -261,7 +261,7 @@ def train(
             raise
         for f in (bad.with_suffix(".json"), bad.with_suffix(".safetensors")):
             f.unlink(missing_ok=True)
-        yield {"type": "note", "message": f"{exc}; {unit.model} starts again"}
+        yield Note(f"{exc}; {unit.model} starts again")
         res = yield from _generator(ctx, unit, stop, mono)
     if res["stopped"]:
         return {"stopped": True, "step": res.get("step"), "name": res.get("name")}
@@ -407,7 +407,7 @@ def unit_job(
     threads: int = 1,
     deadline: float | None = None,
     stop: Callable[[], bool] | None = None,
-) -> Generator[dict, None, dict]:
+) -> Events[dict]:
     """JSON-able entry point of a unit in a worker process (local and Ray executors): the
     workspace, the run's config and plan and the prepared data (opened once per process and
     run), then :func:`train`."""
