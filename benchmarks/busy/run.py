@@ -10,7 +10,9 @@ starts it (``api.make_config("quick", budget=B)``: the plan chooses the threads)
 * ``left``: that process already runs while the run plans, and ends 60 s after the run's first
   training step.
 
-Each writes ``benchmarks/results/busy/<scenario>.json``: the steps, the wall time and its share
+Each scenario runs in a process of its own, as a user's run would: nothing a process measures
+once (the busy cores, bf16's speed-up) carries from one scenario to the next. Each writes
+``benchmarks/results/busy/<scenario>.json``: the steps, the wall time and its share
 of the budget, the validation Dice, the plan's threads and steps, and the notes the run gave
 (the pace's re-counts and thread moves). Targets (docs/benchmarks.md): ``joined`` ends within
 105 % of its budget with at least 45 % of ``alone``'s steps; ``left`` uses at least 90 % of its
@@ -27,6 +29,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -145,17 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     p.add_argument("--L", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one scenario
     a = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if a.one:
+        (s,) = a.scenarios
+        result = run(s, a.budget, a.L, a.seed)
+        path = OUT / f"{s}_{a.budget}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
+        return 0
     shutil.rmtree(WORK / "ws", ignore_errors=True)
     results = {}
     for s in a.scenarios:
         print(time.strftime("%H:%M:%S"), "start", s, flush=True)
-        results[s] = run(s, a.budget, a.L, a.seed)
-        path = OUT / f"{s}_{a.budget}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results[s], indent=1))
-        os.replace(tmp, path)
+        cmd = [sys.executable, __file__, "--one", "--scenarios", s, "--budget", a.budget,
+               "--L", str(a.L), "--seed", str(a.seed)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        results[s] = json.loads((OUT / f"{s}_{a.budget}.json").read_text())
         r = results[s]
         print(time.strftime("%H:%M:%S"), s, f"steps {r['steps']} wall {r['share_of_budget']:.0%}"
               f" Dice {r['mean_dice']:.3f}", flush=True)  # fmt: skip
