@@ -89,7 +89,7 @@ def _run(ws, cfg, lanes: int, gpu: bool) -> dict[str, Any]:
     c.units_at_once = lanes
     notes: list[str] = []
 
-    def on(e: dict) -> None:
+    def on(e) -> None:
         if e.type == "note" and "at once" in e.message:
             notes.append(e.message)
 

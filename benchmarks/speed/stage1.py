@@ -25,7 +25,7 @@ def _run(ws, cfg, lanes: int) -> dict[str, Any]:
     trained: dict[str, float] = {}
     first: list[float] = []
 
-    def on(e: dict) -> None:
+    def on(e) -> None:
         if e.type == "progress" and not first:
             first.append(time.perf_counter() - t0)
         if e.type == "model_done":
@@ -107,7 +107,7 @@ def bench_budget(budget: str = "10m", tasks: str = "sdm,inpaint") -> dict[str, A
         why: list[str] = []
         notes = []
 
-        def on(e: dict, why=why, notes=notes) -> None:
+        def on(e, why=why, notes=notes) -> None:
             if e.type == "plan":
                 why.append(e.plan.get("lanes_why", ""))
                 why.append(str(e.plan.get("lanes", 1)))

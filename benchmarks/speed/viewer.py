@@ -132,7 +132,7 @@ def _bench(idle_s: float, steps: int, load: int) -> dict[str, Any]:
     ctl.start(ws, cfg, "baseline")
     first: dict[str, float] = {}
     ctl.job_event.connect(
-        lambda ev: first.setdefault(ev.get("type", "?"), round(time.perf_counter() - t0, 1))
+        lambda ev: first.setdefault(ev.type or "?", round(time.perf_counter() - t0, 1))
     )
     spin(600.0, until=lambda: done["state"] is not None)
     busy.stop()

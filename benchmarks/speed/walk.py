@@ -92,9 +92,9 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
     t_click = {"at": 0.0}
     seen: dict[str, float] = {}  # event type -> seconds after the last click, first time seen
 
-    def on_event(ev: dict) -> None:
+    def on_event(ev: Any) -> None:  # an events.Event
         at = round(time.perf_counter() - t_click["at"], 2)
-        seen.setdefault(str(ev.get("type", "?")), at)
+        seen.setdefault(ev.type or "?", at)
         if ev.type == "status" and ev.total:  # the preparation, counted
             seen.setdefault("status counted", at)
 

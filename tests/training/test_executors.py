@@ -148,7 +148,7 @@ def test_a_killed_worker_loses_only_its_unit_since_its_checkpoint(tmp_path):
     seen: dict[str, int] = {}
     killed: list[int] = []
 
-    def on(e: dict) -> None:
+    def on(e) -> None:
         if e.type == "progress":
             seen[e.model] = e.step
         if not killed and seen.get("sdm:joint", 0) >= 100:
@@ -180,7 +180,7 @@ def test_a_stop_between_two_units_stops_the_run(tmp_path):
     cfg = api.make_config("tiny", device="cpu", executor="inline")
     done: list[str] = []
 
-    def on(e: dict) -> None:
+    def on(e) -> None:
         if e.type == "model_done":
             done.append(e.model)
 
