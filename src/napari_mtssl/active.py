@@ -16,7 +16,9 @@ import numpy as np
 
 from napari_mtssl.events import Cancelled
 from napari_mtssl.ids import teachers
+from napari_mtssl.training.prediction import ranking
 from napari_mtssl.training.prediction.ranking import NEEDS, Candidate, check_strategy, rank
+from napari_mtssl.training.running import saved
 
 __all__ = [
     "candidates",
@@ -51,8 +53,6 @@ def candidates(ws: Any, scans: Sequence[str] | None = None) -> dict[str, list[in
 
 
 def _models(ws: Any, strategy: str, device: Any) -> dict[str, list[Any]]:
-    from napari_mtssl.training.running import saved
-
     need = NEEDS[strategy]
     have = saved.list_models(ws)
     out: dict[str, list[Any]] = {}
@@ -90,7 +90,7 @@ def slice_scores(
     student's mask for the foreground and ``oracle`` cannot be used. ``progress(i, n, scan)``
     before each scan; it may raise :class:`Cancelled` to stop.
     """
-    from napari_mtssl.training.prediction import ranking
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.prediction.inference import resolve_device
 
     check_strategy(strategy)
@@ -196,6 +196,7 @@ def _drawn_showing_structures(
     walk = [(sid, z) for sid, z in order if sid in chosen]
     if truth is not None:
         return _drawn_from_truth(ws, cands, k, allowed, walk, truth, progress)
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.prediction.inference import resolve_device
 
     dev = resolve_device(device)

@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_mtssl import ids
+from napari_mtssl import active, ids, task_needs
 from napari_mtssl.events import Event, Events
+from napari_mtssl.export import ExportError, check_output
+from napari_mtssl.export.model_files import export_bioimageio, export_onnx
+from napari_mtssl.export.model_files import import_model as _import
+from napari_mtssl.training.config import ExperimentConfig, parse_budget
+from napari_mtssl.training.config import profile as _profile
+from napari_mtssl.training.loop.metrics import dice_per_class
 from napari_mtssl.training.running import saved
+from napari_mtssl.training.running.jobs import JobHandle, JobWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_mtssl.io.scan import Scan
@@ -92,12 +99,14 @@ class Comparison:
 
 
 def _ws(workspace: Workspace | str | os.PathLike) -> Workspace:
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     return workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
 
 
 def open_workspace(folder: str | os.PathLike) -> Workspace:
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     return Workspace.open(folder)
@@ -121,6 +130,7 @@ def create_workspace(
     case) and leaves the other training scans unlabelled; validation labels are always kept.
     The import itself is :mod:`napari_mtssl.workspace.importing`.
     """
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace, importing
 
     if labelled is not None and int(labelled) < 0:
@@ -128,6 +138,7 @@ def create_workspace(
     if source is None:
         return Workspace.create(folder)
     if str(source) == "sample":
+        # imported here, when needed: it loads the scan readers, scipy
         from napari_mtssl.sample import make_sample_study
 
         return importing.import_study(folder, make_sample_study(n_scans=5, n_labelled=3), labelled)
@@ -136,12 +147,14 @@ def create_workspace(
 
 def patient_of(case: str) -> str:
     """Patient of a dataset case: the name before ``_frame`` (ACDC), else the case itself."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace.importing import patient_of as of
 
     return of(case)
 
 
 def list_tasks() -> list[TaskInfo]:
+    # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.tasks import task_info
 
     return [
@@ -164,12 +177,11 @@ def check_tasks(
 
     Without task settings in ``config`` nothing here imports torch: the training dock asks
     this in the viewer's process each time a task is ticked."""
-    from napari_mtssl import task_needs
-
     summary = task_needs.workspace_summary(_ws(workspace))
     if config is None or not config.stage1.task_overrides:
         tbsz = 0 if config is None else config.data.task_batch_size or config.data.batch_size
         return task_needs.check_names(summary, list(tasks), tbsz)
+    # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.loop.stages import check_tasks as _check
 
     return _check(summary, list(tasks), config)
@@ -182,9 +194,6 @@ def make_config(
     "standard" 1 h, "overnight" 8 h) and "tiny" (a few steps, for tests); ``budget`` replaces
     the profile's ("20m", "1h30m", minutes as a number). Overrides: ``seed=1``,
     ``stage2__alpha=0.3``, ``tasks=["sdm", "rubik"]`` (shortcut for ``stage1__tasks``)."""
-    from napari_mtssl.training.config import parse_budget
-    from napari_mtssl.training.config import profile as _profile
-
     if "tasks" in overrides:
         tasks = overrides.pop("tasks")
         overrides["stage1__tasks"] = tasks.split(",") if isinstance(tasks, str) else list(tasks)
@@ -203,6 +212,7 @@ def plan(
     """The plan a training run would make now (times a few steps on the device): resolution,
     patch, network, precision, the steps of every model and the time estimate. Raises
     ``PlanError`` (a ValueError) with what fits when the budget is too small."""
+    # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.planning.plan import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
     from napari_mtssl.training.running.pipeline import _fixed_plan
@@ -227,6 +237,7 @@ def train(
     prints), returns the run's report.
     ``plan``: from :func:`plan`, to keep the shape the user saw (steps are planned again
     once the data are prepared)."""
+    # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.running.pipeline import run_training
 
     return run_training(_ws(workspace), config, what, stop=stop, resume=resume, plan=plan)
@@ -285,14 +296,10 @@ def spare_worker() -> JobWorker:
     """A worker process started ahead of a job: it imports the engine (seconds) while it waits,
     so that a job given to it (``start_job(..., worker=...)``) starts in a fraction of a second.
     It serves one job; ``close()`` it when it is not used."""
-    from napari_mtssl.training.running.jobs import JobWorker
-
     return JobWorker(warm=(WARM_ENGINE, {}))
 
 
 def _job(target: str, kwargs: dict, inline: bool, worker: JobWorker | None) -> JobHandle:
-    from napari_mtssl.training.running.jobs import JobHandle
-
     if worker is not None and not inline:
         worker.submit(target, kwargs)
         return worker
@@ -322,6 +329,7 @@ def predict(
 ) -> Prediction:
     """Segment a whole scan (a Scan or a scan id) with a trained model, in its own geometry:
     sliding windows at the model's planned resolution, mapped back onto the scan's grid."""
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.prediction.inference import resolve_device
 
     ws = _ws(workspace)
@@ -339,7 +347,7 @@ def compare(
     device: str = "auto",
 ) -> Comparison:
     """Every model's labels for a scan, the teachers' mean and where the teachers disagree."""
-    from napari_mtssl.training.loop.metrics import dice_per_class
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.prediction.inference import (
         disagreement,
         ensemble_mean,
@@ -430,8 +438,6 @@ def propose_slices(
     teachers for disagreement): every one, or at most ``max_scans`` drawn at random.
     ``progress(i, n, scan)`` may raise :class:`napari_mtssl.events.Cancelled` to stop the
     ranking."""
-    from napari_mtssl import active
-
     return active.propose(
         _ws(workspace),
         k,
@@ -446,8 +452,6 @@ def propose_slices(
 
 def recommended_strategy() -> tuple[str, str]:
     """The slice-proposal strategy the simulated annotator measured best, and why."""
-    from napari_mtssl import active
-
     return active.RECOMMENDED, active.RECOMMENDED_WHY
 
 
@@ -455,7 +459,7 @@ def save_labels(workspace: Workspace | str, folder: str | os.PathLike) -> list[s
     """Every labelled scan's stored labels into ``folder``: ``<scan>_labels.dcm`` (DICOM-SEG)
     for DICOM scans, ``<scan>_labels.nii.gz`` in the scan's geometry for the others. An
     existing file is never replaced (ValueError naming it). Returns the paths written."""
-    from napari_mtssl.export import check_output
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import write_labels
 
     ws = _ws(workspace)
@@ -466,6 +470,7 @@ def save_labels(workspace: Workspace | str, folder: str | os.PathLike) -> list[s
         scan = ws.load_scan(sid)
         labels = np.asarray(ws.labels(sid))
         if scan.meta.get("format") == "dicom":
+            # imported here, when needed: it loads the scan readers
             from napari_mtssl.export.dicomseg import write_dicom_seg
 
             out = check_output(Path(folder) / f"{sid}_labels.dcm")
@@ -479,8 +484,6 @@ def save_labels(workspace: Workspace | str, folder: str | os.PathLike) -> list[s
 
 def run_config(run: Any) -> ExperimentConfig:
     """The configuration ``run`` (a workspace's run) was started with."""
-    from napari_mtssl.training.config import ExperimentConfig
-
     return ExperimentConfig.from_dict(run.config)
 
 
@@ -495,8 +498,7 @@ def export_model(
 ) -> Path:
     """A trained model as ``onnx`` (metadata: preprocessing, patch, classes, provenance) or a
     ``bioimageio`` model package (zip, validated by bioimageio.spec)."""
-    from napari_mtssl.export import ExportError, check_output
-    from napari_mtssl.export.model_files import export_bioimageio, export_onnx
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.loop import checkpoints
 
     ws = _ws(workspace)
@@ -534,6 +536,7 @@ def export_model(
 
 def _test_slice(ws: Workspace, meta: dict) -> np.ndarray:
     """A normalised middle slice of a labelled scan at the model's planned grid."""
+    # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.data.preprocess import Preprocessing
     from napari_mtssl.training.data.slices import prepare_volume
 
@@ -548,8 +551,6 @@ def _test_slice(ws: Workspace, meta: dict) -> np.ndarray:
 def import_model(workspace: Workspace | str, path: str | os.PathLike, name: str = "student") -> str:
     """An ONNX model or bioimage.io package exported by napari-mtssl becomes model ``name``
     (``student``, ``teacher:<task>``, ...) of a new run of the workspace; returns the run id."""
-    from napari_mtssl.export.model_files import import_model as _import
-
     mid = ids.ModelId.parse(name) if ids.ModelId.is_valid(name) else None
     if mid is None or not (mid in (ids.STUDENT, ids.BASELINE) or mid.is_teacher):
         raise ValueError(
@@ -561,6 +562,7 @@ def import_model(workspace: Workspace | str, path: str | os.PathLike, name: str 
 def history(workspace: Workspace | str) -> list[Round]:
     """Rounds, oldest first: what was trained, when, on which corrections, and each model's
     scores (:class:`~napari_mtssl.workspace.Round`)."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Round
 
     return [

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_mtssl import api, events, ids
+from napari_mtssl import __version__, api, events, ids
+from napari_mtssl import simulate as sim
+from napari_mtssl._atomic import atomic_write_json, atomic_write_text
+from napari_mtssl.colours import palette_rgb
+from napari_mtssl.export import check_output
+from napari_mtssl.ids import ModelId
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.errors import UnitsFailed
+from napari_mtssl.training.loop.metrics import dice_per_class, summarise, volume_scores
 
 __all__ = [
     "EXIT_STATUS",
@@ -181,6 +189,7 @@ class Progress:
 
 def plan_steps_text(plan: dict[str, Any]) -> str:
     """The per-model steps and time estimates of a plan, as indented lines."""
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.planning.plan import Plan
 
     if not plan:
@@ -235,8 +244,6 @@ def report_table(report: dict[str, Any]) -> str:
 
 def write_report(ws: Any, report: dict[str, Any], out: Path, overlays: int = 3) -> None:
     """``out/report.json``, ``out/report.md`` and PNG overlays in ``out/report/``."""
-    from napari_mtssl._atomic import atomic_write_json, atomic_write_text
-
     atomic_write_json(out / "report.json", report)
     pngs = []
     try:
@@ -342,6 +349,7 @@ def _plan_md(plan: dict[str, Any] | None) -> list[str]:
     """The plan's choices with their reasons, and the steps and estimate of each model."""
     if not plan:
         return []
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.planning.plan import Plan
 
     p = Plan.from_dict(plan)
@@ -372,8 +380,6 @@ def _crop(*masks: Any) -> tuple[slice, slice]:
 def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
     """Mean Dice over the foreground classes present in either mask of one slice."""
     import numpy as np
-
-    from napari_mtssl.training.loop.metrics import dice_per_class
 
     present = [c for c in range(1, num_classes) if (truth == c).any() or (pred == c).any()]
     scores = dice_per_class(pred, truth, num_classes)
@@ -406,8 +412,6 @@ def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Pat
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import ListedColormap
-
-    from napari_mtssl.colours import palette_rgb
 
     models = _overlay_models(report)
     val = [s for s in ws.scan_ids("val") if ws.labelled_slices(s)]
@@ -466,6 +470,7 @@ def _read_as_folder(path: Path) -> Path | None:
     parent = path.parent
     if parent.name in _DATASET_PARTS or (parent / "dataset.json").is_file():
         return parent
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import formats  # the readers load only when a command needs them
 
     if formats.DICOM.owns(path) or path.suffix == "":
@@ -508,7 +513,6 @@ def output_path(
     folder or the workspace, never an existing file unless ``force``."""
     p = Path(out).expanduser()
     _check_placement(p, out, inputs, workspace)
-    from napari_mtssl.export import check_output  # no optional dependency is imported
 
     return check_output(p, force=force)
 
@@ -526,6 +530,7 @@ def _open_workspace(folder: str):
 
 
 def _open_or_create(data: str, out: str | None, labelled: int | None):
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     data_p = Path(data)
@@ -583,6 +588,7 @@ def _stopped(command: str, workspace: Path | str) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """An empty workspace: scans come in through napari (the Study dock) or the Python API,
     trained models through ``napari-mtssl import``."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     names = {0: "background"}
@@ -621,7 +627,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Go on with a stopped, interrupted (killed) or failed run: its own plan and config, what
     is left of its budget; finished models are kept, the unit in progress continues from its
     last checkpoint. ``--device`` and ``--threads`` replace the run's own."""
-    from napari_mtssl.training.config import ExperimentConfig
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace.runs import RESUMABLE
 
     ws = _open_workspace(args.workspace)
@@ -643,7 +649,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
             # The run reads its settings from its config.json when it goes on, and so do the
             # processes its models train in: the new device and threads are written there,
             # which also records what the rest of the run trained with.
-            from napari_mtssl._atomic import atomic_write_json
 
             atomic_write_json(run.path / "config.json", {**saved, **over})
         threads = f", {cfg.num_threads} threads" if cfg.num_threads else ""
@@ -679,6 +684,7 @@ def _segment(
     """Predict ``scan`` and write its mask to ``out`` on the scan's own grid (NIfTI and TIFF
     through ``write_labels``, DICOM-SEG referencing the series); ``name`` is the input as the
     messages call it."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import write_labels
 
     if scan.meta.get("geometry_unknown") and (as_seg or nifti) and not args.accept_unknown_geometry:
@@ -689,6 +695,7 @@ def _segment(
             "on a grid at the origin"
         )
     if as_seg:
+        # imported here, when needed: it loads the scan readers
         from napari_mtssl.export.dicomseg import can_write_dicom_seg
 
         why = can_write_dicom_seg(scan.meta)
@@ -696,6 +703,7 @@ def _segment(
             raise CliError(f"{out}: {why}")
     pred = api.predict(ws, scan, model=args.model, device=args.device)
     if as_seg:
+        # imported here, when needed: it loads the scan readers
         from napari_mtssl.export.dicomseg import write_dicom_seg
 
         write_dicom_seg(
@@ -718,6 +726,7 @@ def _wants_folder(out: str) -> bool:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import read_scans
 
     ws = _open_workspace(args.workspace)
@@ -765,6 +774,7 @@ class _Source:
 
 
 def _natural(p: Path) -> list:
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io._common import natural_key
 
     return natural_key(p.name)
@@ -796,6 +806,7 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
 
     Returns (sources, unreadable (path, why), ignored files that are not images). A dataset's
     label folders are left out: they hold masks, not scans."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import formats
     from napari_mtssl.io._common import stem_of
 
@@ -828,6 +839,7 @@ def _scan_sources(root: Path) -> tuple[list[_Source], list[tuple[Path, str]], li
 def _folder_sources(root: Path, d: Path, files: list[Path], sources: list[_Source]) -> list[Path]:
     """Add the NIfTI files, TIFF stacks and 2D images of folder ``d`` to ``sources`` (its
     2D images as one stack, or one file); returns the other files."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import formats
     from napari_mtssl.io._common import stem_of
 
@@ -848,6 +860,7 @@ def _folder_sources(root: Path, d: Path, files: list[Path], sources: list[_Sourc
 def _dicom_sources(root: Path, d: Path, files: list[Path], sources: list[_Source]) -> list[Path]:
     """Add the DICOM images among ``files`` (of folder ``d``) to ``sources`` as one source;
     returns the files that are not DICOM images."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io.dicom import dicom_headers
 
     headers = dicom_headers(files)
@@ -867,6 +880,7 @@ def _folder_name(root: Path, d: Path) -> Path:
 def _read_source(src: _Source) -> list[tuple[Any, Path]]:
     """The scans of one source, each with its mask name (a DICOM folder of several series:
     one name per series, after its description)."""
+    # imported here, when needed: it loads the scan readers, tifffile
     from napari_mtssl.io import read_scans
     from napari_mtssl.io.dicom import read_dicom
     from napari_mtssl.io.stack import read_image_folder
@@ -928,6 +942,7 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
     input's sub-folders: ``case.nii.gz`` gives ``OUT/case.nii.gz``, a DICOM series folder
     ``series/`` gives ``OUT/series.nii.gz``, a TIFF or PNG stack a ``.tif``. A scan that cannot
     be read or segmented is named in one line and skipped; the others go on."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import LabelError, ScanReadError
 
     out = _check_folder_prediction(args, ws, src)
@@ -984,6 +999,7 @@ def _check_folder_prediction(args: argparse.Namespace, ws: Any, src: Path) -> Pa
     """The output folder of a folder's prediction, after the checks that fail it as a whole
     (a dataset folder given, ``--out`` a file or among the inputs, no such model, no such
     device), each a CliError."""
+    # imported here, when needed: it loads the scan readers, torch
     from napari_mtssl.io import is_dataset_folder
     from napari_mtssl.training.prediction.inference import resolve_device
 
@@ -1066,8 +1082,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score every trained model on a dataset's labelled cases (its val split when it has one)."""
     import numpy as np
 
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import open_dataset
-    from napari_mtssl.training.loop.metrics import summarise, volume_scores
 
     ws = _open_workspace(args.workspace)
     out = None
@@ -1094,8 +1110,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
     print(report_table({"models": scores["models"]}))
     if out is not None:
-        from napari_mtssl._atomic import atomic_write_json
-
         atomic_write_json(out, scores)
         print(f"\nscores: {out}")
     return EXIT_OK
@@ -1103,6 +1117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.gui:
+        # imported here, when needed: it loads napari and Qt, for `demo --gui` only
         from napari_mtssl.widgets import launch_demo
 
         launch_demo()
@@ -1111,6 +1126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The settings first: a typo in --budget is reported before a workspace is made.
     cfg = api.make_config("quick", budget=args.budget, device=args.device, seed=args.seed)
     if (out / "workspace.json").is_file():
+        # imported here, when needed: it loads the scan readers
         from napari_mtssl.workspace import Workspace
 
         ws = Workspace.open(out)
@@ -1129,17 +1145,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """The correction loop with a simulated annotator, one strategy after another."""
-    from napari_mtssl.simulate import CHOICES, Settings, simulate
 
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if strategies == ["all"]:
-        strategies = list(CHOICES)
+        strategies = list(sim.CHOICES)
     from dataclasses import fields
 
-    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    settings = Settings(
+    given = {f.name: getattr(args, f.name) for f in fields(sim.Settings) if hasattr(args, f.name)}
+    settings = sim.Settings(
         **{**given, "data": str(args.data), "out": str(args.out)}, strategies=strategies
     )
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import is_dataset_folder
 
     if not is_dataset_folder(Path(args.data)):
@@ -1163,7 +1179,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         elif not isinstance(e, events.Done):
             progress(e)
 
-    results = api.run(simulate(settings), show)
+    results = api.run(sim.simulate(settings), show)
     if results is None or not results.get("finished"):
         print(f"stopped; run the same command again to go on ({args.out})")
         return EXIT_STOPPED
@@ -1175,8 +1191,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from napari_mtssl import __version__
-
     return __version__
 
 
@@ -1234,8 +1248,6 @@ class _Formatter(argparse.HelpFormatter):
 
 def _model_name(text: str) -> str:
     """``--model``: a model id (``student``, ``teacher:sdm``, ...), checked before any work."""
-    from napari_mtssl.ids import ModelId
-
     try:
         return str(ModelId.parse(text))
     except ValueError as exc:
@@ -1815,8 +1827,8 @@ def _known(args: argparse.Namespace, exc: BaseException) -> str | None:
     """The one line for an error users can cause or fix (exit status 2), else None."""
     import errno
 
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.io.scan import LabelError, ScanReadError
-    from napari_mtssl.training.errors import UnitsFailed
     from napari_mtssl.workspace import WorkspaceError
 
     if isinstance(exc, (CliError, ScanReadError, LabelError, WorkspaceError)):

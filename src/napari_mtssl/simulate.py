@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mtssl import api, events
+from napari_mtssl import active, api, events
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
 from napari_mtssl.events import Events
 from napari_mtssl.training.prediction.ranking import STRATEGIES, check_strategy, describe, rank
@@ -231,6 +231,7 @@ class _Simulation:
     def truth(self, ws: Any) -> dict[str, np.ndarray]:
         """The dataset's mask of every training scan of the workspace, by scan id."""
         if self._truth is None:
+            # imported here, when needed: it loads the scan readers
             from napari_mtssl.io import open_dataset
 
             ds = open_dataset(self.s.data)
@@ -307,8 +308,6 @@ class _Simulation:
         return state
 
     def pick(self, ws: Any, strategy: str, truth: dict, rng: Any, rnd: int):
-        from napari_mtssl import active
-
         if strategy == CONTROL:
             return [], None
         cands = {

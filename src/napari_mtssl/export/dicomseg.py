@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl import __version__
 from napari_mtssl._atomic import atomic_write_with
 from napari_mtssl.colours import class_dicom_cielab
 from napari_mtssl.io._orient import from_canonical
@@ -275,8 +276,6 @@ def _segment_descriptions(
 
     algo_id = None
     if algorithm is not None:
-        from napari_mtssl import __version__
-
         params = {k: str(v) for k, v in algorithm.items() if v is not None}
         algo_id = hd.AlgorithmIdentificationSequence(
             name="napari-mtssl",
@@ -329,6 +328,4 @@ def _with_type2(ds: Any) -> Any:
 
 
 def _version() -> str:
-    from napari_mtssl import __version__
-
     return str(__version__)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mtssl._atomic import atomic_write_bytes
+from napari_mtssl._atomic import atomic_write_bytes, atomic_write_json
 
 from . import ExportError, require
 
@@ -126,6 +126,7 @@ def predict_onnx(
     model with onnxruntime: the engine's preprocessing and sliding windows, ONNX for the net."""
     import torch
 
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.data.preprocess import Preprocessing
     from napari_mtssl.training.prediction.inference import predict_scan
 
@@ -384,6 +385,7 @@ def import_model(workspace: Any, path: str | Path, name: str = "student") -> str
     model whose classes differ from the workspace's is refused."""
     import torch
 
+    # imported here, when needed: it loads torch, MONAI
     from napari_mtssl.models import build_unet
     from napari_mtssl.training.loop import checkpoints
 
@@ -426,7 +428,6 @@ def import_model(workspace: Any, path: str | Path, name: str = "student") -> str
         },
     }
     checkpoints.save_model(net, run.model_path(name), out_meta)
-    from napari_mtssl._atomic import atomic_write_json
 
     atomic_write_json(run.path / "pipeline.json", {"models": {name: meta.get("metrics") or {}}})
     atomic_write_json(run.path / "plan.json", _plan_of(meta))  # retraining keeps its shape

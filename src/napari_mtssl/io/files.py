@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import formats
-from ._common import is_dataset_folder
-from .dicom import dicom_headers, read_dicom
+from ._common import add_warning, is_dataset_folder
+from .dicom import _walk, dicom_headers, read_dicom
+from .nifti import read_nifti
 from .scan import LabelError, Scan, ScanReadError, validate_labels
 
 __all__ = ["read_labels", "read_scans", "write_labels"]
@@ -54,6 +55,7 @@ def read_scans(
 
 
 def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[Scan]:
+    # imported here, when needed: it loads tifffile
     from .stack import image_files, read_image_folder, read_tiff
 
     if is_dataset_folder(folder):
@@ -85,8 +87,6 @@ def _read_folder(folder: Path, *, volume: int | None, allow_nan: bool) -> list[S
             return [read_tiff(p, allow_nan=allow_nan) for p in tiffs]
         return [read_image_folder(folder, images, allow_nan=allow_nan)]
     if niftis:
-        from .nifti import read_nifti
-
         return [read_nifti(p, volume=volume, allow_nan=allow_nan) for p in niftis]
     raise ScanReadError(folder, "no DICOM files, NIfTI files or numbered images in the folder")
 
@@ -96,7 +96,6 @@ def _say_left_out(scans: list[Scan], others: list[Path], folder: Path) -> None:
     not read, and the scans say so (one warning emitted)."""
     if not others:
         return
-    from ._common import add_warning
 
     for scan in scans:
         add_warning(
@@ -109,8 +108,6 @@ def _say_left_out(scans: list[Scan], others: list[Path], folder: Path) -> None:
 
 
 def _all_files(folder: Path) -> list[Path]:
-    from .dicom import _walk
-
     return _walk(folder)
 
 

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._common import NIFTI_SUFFIXES, TIFF_SUFFIXES, suffix_of
+from .dicom import is_dicom_file, read_dicom
+from .nifti import read_nifti, read_nifti_labels, write_nifti_labels
+from .scan import LabelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -67,38 +70,36 @@ class Format:
 
 class _Nifti(Format):
     def read(self, path, *, volume=None, allow_nan=True):
-        from .nifti import read_nifti
-
         return [read_nifti(path, volume=volume, allow_nan=allow_nan)]
 
     def read_labels(self, path, like):
-        from .nifti import read_nifti_labels
-
         return read_nifti_labels(path, like)
 
     def write_labels(self, labels, path, like):
-        from .nifti import write_nifti_labels
-
         write_nifti_labels(labels, path, like)
 
 
 class _Tiff(Format):
     def is_scan(self, path):
+        # imported here, when needed: it loads tifffile
         from .stack import tiff_is_a_scan
 
         return tiff_is_a_scan(path)
 
     def read(self, path, *, volume=None, allow_nan=True):
+        # imported here, when needed: it loads tifffile
         from .stack import read_tiff
 
         return [read_tiff(path, allow_nan=allow_nan)]
 
     def read_labels(self, path, like):
+        # imported here, when needed: it loads tifffile
         from .stack import read_stack_labels
 
         return read_stack_labels(path)
 
     def write_labels(self, labels, path, like):
+        # imported here, when needed: it loads tifffile
         from .stack import write_tiff_labels
 
         write_tiff_labels(labels, path, like.spacing)
@@ -109,11 +110,13 @@ class _Picture(Format):
         return False  # one 2D picture: napari's own reader shows it
 
     def read(self, path, *, volume=None, allow_nan=True):
+        # imported here, when needed: it loads tifffile
         from .stack import read_image
 
         return [read_image(path, allow_nan=allow_nan)]
 
     def read_labels(self, path, like):
+        # imported here, when needed: it loads tifffile
         from .stack import read_stack_labels
 
         return read_stack_labels(path)
@@ -121,21 +124,15 @@ class _Picture(Format):
 
 class _Dicom(Format):
     def can_read(self, path):
-        from .dicom import is_dicom_file
-
         return is_dicom_file(path)
 
     def read(self, path, *, volume=None, allow_nan=True):
-        from .dicom import read_dicom
-
         return read_dicom(path, allow_nan=allow_nan)  # refuses a file that is not DICOM
 
 
 class _Npy(Format):
     def read_labels(self, path, like):
         import numpy as np
-
-        from .scan import LabelError
 
         try:
             return np.load(path, allow_pickle=False)

@@ -21,10 +21,14 @@ from typing import Any
 import numpy as np
 
 from napari_mtssl.colours import labels_colour_dict
+from napari_mtssl.export import ExportError
+from napari_mtssl.export.dicomseg import write_dicom_seg
 
-from . import formats
+from . import formats, is_dicom_file, read_scans, write_labels
 from ._common import natural_key, suffix_of
 from ._orient import grid_affine
+from .dataset import is_dataset_folder, label_names_near, open_dataset
+from .dicom import _walk
 from .scan import LabelError, Scan
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -173,9 +177,6 @@ def _folder_is_ours(folder: Path) -> bool:
     """A folder of NIfTI files, of DICOM files (the first ``PROBE_FILES`` files, in name order,
     are looked at), or of grey 2D slices / TIFF stacks. Lists names; opens at most
     ``PROBE_FILES`` DICOM headers and one image."""
-    from . import is_dicom_file
-    from .dicom import _walk
-
     with os.scandir(folder) as it:
         files = [
             Path(e.path)
@@ -200,8 +201,6 @@ def _folder_is_ours(folder: Path) -> bool:
 
 def _handles(path: Path) -> bool:
     """Cheap check whether ``path`` is ours; may raise (get_reader turns that into None)."""
-    from .dataset import is_dataset_folder
-
     if path.is_file():
         fmt = formats.format_of(path)
         return fmt in formats.SCAN_FORMATS and fmt.is_scan(path)
@@ -229,9 +228,6 @@ def reader(path: PathLike, max_cases: int = MAX_DATASET_CASES) -> list[LayerData
     (:func:`mask_reason`) opens as labels; when only its values say so, a warning (a napari
     notification) tells why.
     """
-    from . import read_scans
-    from .dataset import is_dataset_folder, label_names_near, open_dataset
-
     paths = [path] if isinstance(path, str | Path) else list(path)
     layers: list[LayerDataTuple] = []
     for p in map(Path, paths):
@@ -404,8 +400,6 @@ def write_labels_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list
     """npe2 single-layer writer: labels as NIfTI in the geometry of the scan they were drawn on
     (the layer's own, or the one scan of its shape opened through the plugin; see
     :func:`_scan_of_layer`). Refuses, rather than invent an affine, when that scan is unknown."""
-    from . import write_labels
-
     target = path if formats.NIFTI.owns(Path(path)) else f"{path}.nii.gz"
     geometry = _scan_of_layer(data, attributes)
     try:
@@ -418,8 +412,6 @@ def write_labels_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list
 def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer: labels as an ImageJ TIFF stack with the spacing in mm (that of
     the scan they lie on when it is known, else the layer's scale)."""
-    from . import write_labels
-
     target = path if formats.TIFF.owns(Path(path)) else f"{path}.tif"
     try:
         geometry = _scan_of_layer(data, attributes)
@@ -436,9 +428,6 @@ def write_labels_dicom_seg(path: str, data: Any, attributes: dict[str, Any]) -> 
     """npe2 single-layer writer: labels of a scan read from DICOM as a DICOM-SEG referencing
     that series (the layer's own scan, or the one DICOM scan of its shape opened through the
     plugin; a mask of any other scan is refused, with NIfTI offered instead)."""
-    from napari_mtssl.export import ExportError
-    from napari_mtssl.export.dicomseg import write_dicom_seg
-
     target = path if suffix_of(Path(path)) == ".dcm" else f"{path}.dcm"
     meta = _scan_of_layer(data, attributes, dicom=True) or {}
     names = {

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mtssl import api
 from napari_mtssl import events as ev
 
 POLL_S = 0.1  # how long the relay thread waits for events before checking the job's state
@@ -111,8 +112,6 @@ class JobController(QObject):
         threading.Thread(target=self._make_spare, name="mtssl-spare", daemon=True).start()
 
     def _make_spare(self) -> None:
-        from napari_mtssl import api
-
         try:
             worker = api.spare_worker()
         except Exception:  # noqa: BLE001 - no spare: the next job starts its own process
@@ -169,8 +168,6 @@ class JobController(QObject):
         RuntimeError if a job is already running (one GPU, one job).
         """
         from napari.qt.threading import create_worker
-
-        from napari_mtssl import api
 
         if self._running:
             raise RuntimeError("a job is already running; stop it or wait for it to finish")

@@ -14,8 +14,10 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
+from napari_mtssl import api
 from napari_mtssl.widgets._jobs import JobController
 from napari_mtssl.widgets._slider import keep_slider_fitted
+from napari_mtssl.widgets._warm import warm_in_background
 
 _ATTR = "_napari_mtssl_session"
 _HEADLESS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
@@ -44,6 +46,7 @@ class Session(QObject):
         self.jobs.job_finished.connect(lambda _result: self.models_changed.emit())
         layers = getattr(viewer, "layers", None)
         if layers is not None:  # labels painted over a scan save in that scan's geometry
+            # imported here, when needed: it loads the scan readers
             from napari_mtssl.widgets._state import adopt_geometry
 
             ref = weakref.ref(viewer)
@@ -55,7 +58,6 @@ class Session(QObject):
 
             layers.events.inserted.connect(on_inserted)
             keep_slider_fitted(viewer)  # the slice slider spans the scan on screen
-            from napari_mtssl.widgets._warm import warm_in_background
 
             warm_in_background()  # the first layer's one-time costs, off the GUI thread
 
@@ -80,7 +82,6 @@ class Session(QObject):
     def make_config(self) -> Any:
         if self.config_provider is not None:
             return self.config_provider()
-        from napari_mtssl import api
 
         return api.make_config(profile="quick")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl.colours import labels_colour_dict
 from napari_mtssl.io.napari_io import NAMES_KEY, class_features
 from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
 from napari_mtssl.widgets._slider import fit_slider_to_shown
@@ -222,7 +223,6 @@ def show_labels(
         if features is not None:
             layer.features = features
         return layer
-    from napari_mtssl.colours import labels_colour_dict
 
     # class k has the same colour in every layer, the comparison grid, the report and a DICOM-SEG
     return viewer.add_labels(

@@ -85,6 +85,7 @@ def warm_in_background() -> None:
         """An optimisation only: what failed is built lazily when it is first needed."""
 
     try:
+        # imported here, when needed: it loads Qt
         from napari_mtssl.widgets._jobs import run_in_thread
 
         run_in_thread(work, on_result=install_unit_registry, action="warming", on_error=ignore)

@@ -63,6 +63,7 @@ class AllStepsWidget(QWidget):
     """The four docks of napari-mtssl as tabs of one dock; ``widgets[name]`` reaches each."""
 
     def __init__(self, napari_viewer: Any) -> None:
+        # imported here, when needed: it loads the scan readers
         from napari_mtssl.widgets.compare import CompareWidget
         from napari_mtssl.widgets.correct import CorrectWidget
         from napari_mtssl.widgets.study import StudyWidget

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 if TYPE_CHECKING:
     from napari_mtssl.api import Comparison
 
-from napari_mtssl import ids
+from napari_mtssl import api, ids
 from napari_mtssl.colours import PALETTE as _PALETTE
 from napari_mtssl.colours import palette_rgb255
 from napari_mtssl.widgets import _state
@@ -263,8 +263,6 @@ class CompareWidget(QWidget):
     def export_student(self, path: str | None = None, model: str = "student") -> Any:
         """Export ``model`` as ONNX (``.onnx``) or a bioimage.io package (``.zip``), in a
         thread; a path that exists is refused (napari's dialog asked before)."""
-        from napari_mtssl import api
-
         ws = self.session.require_workspace()
         path = path or self.ask_export_path()
         if not path:
@@ -293,8 +291,6 @@ class CompareWidget(QWidget):
 
     def models_to_compare(self) -> list[str]:
         """Teachers, student, baseline and all-tasks-jointly (not every stage-1 candidate)."""
-        from napari_mtssl import api
-
         available = api.list_models(self.session.require_workspace())
         if not available:
             raise ValueError("no trained models in this workspace yet: train first")
@@ -305,8 +301,6 @@ class CompareWidget(QWidget):
     def compare(self, scan_id: str | None = None) -> Any:
         """Start ``api.compare`` for the scan in a thread; ``comparison_ready`` fires when shown.
         The scan itself is read in that thread too when the viewer does not show it yet."""
-        from napari_mtssl import api
-
         ws = self.session.require_workspace()
         scan_id = scan_id or self.scan.currentText()
         if not scan_id:

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_mtssl import ids
+from napari_mtssl import api, ids
 from napari_mtssl.events import Cancelled
 from napari_mtssl.widgets import _state
 from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
@@ -209,8 +209,6 @@ class CorrectWidget(QWidget):
 
     # -- which slices next ------------------------------------------------------------------------
     def _build_next_box(self) -> QGroupBox:
-        from napari_mtssl import api
-
         RECOMMENDED, RECOMMENDED_WHY = api.recommended_strategy()
 
         box = QGroupBox("Next slices to correct")
@@ -268,8 +266,6 @@ class CorrectWidget(QWidget):
         """Rank the unlabelled training slices (in a thread) and list the next ones to correct;
         pressed again while it ranks, it cancels (between two scans: a second or so)."""
         import threading
-
-        from napari_mtssl import api
 
         if self._cancel_propose is not None:
             self._cancel_propose.set()
@@ -496,8 +492,6 @@ class CorrectWidget(QWidget):
     @report_errors("Could not predict with the student")
     def edit_prediction(self, scan_id: str | None = None) -> Any:
         """Predict with the student (in a thread) and show it as an editable labels layer."""
-        from napari_mtssl import api
-
         ws = self.session.require_workspace()
         scan_id = scan_id or self.scan.currentText()
         if not scan_id:
@@ -622,8 +616,6 @@ class CorrectWidget(QWidget):
         """Write ``slices`` of the edit layer as corrected labels (by user, current round)."""
         from napari.utils.notifications import show_info
 
-        from napari_mtssl import api
-
         ws = self.session.require_workspace()
         data = LayerLabels.from_layer(self._edit_layer(scan_id)).data
         api.accept_correction(
@@ -686,8 +678,6 @@ class CorrectWidget(QWidget):
 
     def refresh_history(self) -> None:
         """One row per round: what ran, when, on how many labelled slices, Dice per model."""
-        from napari_mtssl import api
-
         ws = self.session.workspace
         entries: list[Round] = []
         if ws is not None:

@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mtssl import api
+from napari_mtssl import io as mio
 from napari_mtssl.io import formats
 from napari_mtssl.widgets._jobs import run_in_thread, widget_alive
 from napari_mtssl.widgets._session import session_for
@@ -185,8 +187,6 @@ def _import_dataset(folder: str, workspace_folder: str, labelled: int | None):
     thread): ``(ws, (scan id, read_for_view's scan) or None)``."""
     import threading
 
-    from napari_mtssl import api
-
     box: dict[str, Any] = {}
 
     def tick(done: int, total: int, case: str) -> None:
@@ -341,8 +341,6 @@ class StudyWidget(QWidget):
     # -- workspace -------------------------------------------------------------------------------
     @report_errors("Could not create the workspace")
     def new_workspace(self, folder: str | None = None) -> Any:
-        from napari_mtssl import api
-
         folder = folder or self.ask_folder("Choose an empty folder for the new workspace")
         if not folder:
             return None
@@ -352,8 +350,6 @@ class StudyWidget(QWidget):
 
     @report_errors("Could not open the workspace")
     def open_workspace(self, folder: str | None = None) -> Any:
-        from napari_mtssl import api
-
         folder = folder or self.ask_folder("Open a napari-mtssl workspace folder")
         if not folder:
             return None
@@ -371,8 +367,6 @@ class StudyWidget(QWidget):
         button works in one click; use "New workspace" + a dataset to keep results.
         """
         from napari.utils.notifications import show_info
-
-        from napari_mtssl import api
 
         if folder is None:
             folder = tempfile.mkdtemp(prefix="napari-mtssl-sample-")
@@ -542,8 +536,6 @@ class StudyWidget(QWidget):
         """Read each path with ``io.read_scans``; a bad file is reported by name, others load."""
         from napari.utils.notifications import show_error, show_info
 
-        from napari_mtssl import io as mio
-
         added: list[str] = []
         for path in paths:
             try:
@@ -594,9 +586,6 @@ class StudyWidget(QWidget):
         the background with progress; ``labelled`` patients keep their labels (0: all).
         Returns the import worker (``wait``: the workspace, for scripts and tests)."""
         from napari.utils import progress as napari_progress
-
-        from napari_mtssl import api
-        from napari_mtssl import io as mio
 
         folder = folder or self.ask_folder("Open a dataset folder (Decathlon / nnU-Net layout)")
         if not folder:
@@ -756,8 +745,6 @@ class StudyWidget(QWidget):
         (DICOM-SEG) for DICOM scans, ``<scan>_labels.nii.gz`` for the others; an existing
         file is never replaced."""
         from napari.utils.notifications import show_info
-
-        from napari_mtssl import api
 
         ws = self.session.require_workspace()
         folder = folder or self.ask_folder("Folder for the labels of every labelled scan")

@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
 if TYPE_CHECKING:
     from napari_mtssl.api import TaskInfo
 
+from napari_mtssl import api, ids
 from napari_mtssl import events as ev
-from napari_mtssl import ids
 from napari_mtssl.ids import teacher, trained
 from napari_mtssl.widgets._jobs import JobProgressPanel
 from napari_mtssl.widgets._session import session_for
@@ -534,8 +534,6 @@ class TrainingWidget(QWidget):
 
     def _tasks_part(self) -> Section:
         """The auxiliary tasks, one row each, in a folding section."""
-        from napari_mtssl import api
-
         infos = list(api.list_tasks())
         default_tasks = set(self._default_tasks())
         self.task_rows: dict[str, TaskRow] = {}
@@ -677,8 +675,6 @@ class TrainingWidget(QWidget):
 
     @staticmethod
     def _default_tasks() -> list[str]:
-        from napari_mtssl import api
-
         try:
             return list(api.make_config(profile="quick").stage1.tasks)
         except Exception:  # noqa: BLE001 - only a default ticking of boxes
@@ -689,8 +685,6 @@ class TrainingWidget(QWidget):
 
     def build_config(self) -> Any:
         """The ExperimentConfig the fields describe (``api.make_config`` with overrides)."""
-        from napari_mtssl import api
-
         overrides: dict[str, Any] = {
             "device": self.device.currentText(),
             "stage1__tasks": self.selected_tasks(),
@@ -711,8 +705,6 @@ class TrainingWidget(QWidget):
 
     def check_tasks(self) -> dict[str, str | None]:
         """Show, per ticked task, why it cannot run on this workspace (api.check_tasks)."""
-        from napari_mtssl import api
-
         ws = self.session.workspace
         reasons: dict[str, str | None] = {}
         if ws is not None and self.selected_tasks():
@@ -775,8 +767,6 @@ class TrainingWidget(QWidget):
         The task check (it reads the data) runs with the start, off the GUI thread; a task that
         cannot run stops the start with a message naming it, before any training.
         """
-        from napari_mtssl import api
-
         ws = self.session.require_workspace()
         tasks = self.selected_tasks()
         config = self.build_config()
@@ -965,8 +955,6 @@ class TrainingWidget(QWidget):
     @report_errors("Could not resume training")
     def resume(self) -> Any:
         """Resume the newest stopped or interrupted run, with its own config and plan."""
-        from napari_mtssl import api
-
         self.session.require_workspace()
         run = self.resumable_run()
         if run is None:
@@ -1180,7 +1168,6 @@ class TrainingWidget(QWidget):
             self.results.setRowCount(0)
             self._fit_results_height()
             return
-        from napari_mtssl import api
 
         try:
             rounds = api.history(ws)

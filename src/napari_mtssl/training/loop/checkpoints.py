@@ -75,6 +75,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
 
 def _checked(meta: dict[str, Any], side: Path) -> dict[str, Any]:
     """The architecture fields of a sidecar, type- and range-checked before anything is built."""
+    # imported here, when needed: it loads MONAI
     from napari_mtssl.models import NORMS
 
     out: dict[str, Any] = {}
@@ -104,6 +105,7 @@ def load_model(
     a network of terabytes), and a weights file that is truncated, not safetensors, or does not
     match the sidecar is a :class:`ModelFileError` naming the file.
     """
+    # imported here, when needed: it loads MONAI
     from napari_mtssl.models import build_unet
 
     path = Path(path)

@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_mtssl._atomic import atomic_write_json
 from napari_mtssl.ids import STUDENT, ModelId, What, trained
 from napari_mtssl.training.config import ExperimentConfig, format_budget
-from napari_mtssl.training.data.preprocess import NormSpec, Preprocessing
+from napari_mtssl.training.data.preprocess import NormSpec, Preprocessing, content_hash
 from napari_mtssl.training.loop.pace import machine_busy_s
+from napari_mtssl.training.prediction import inference
 
 __all__ = [
     "Fingerprint",
@@ -210,9 +212,6 @@ def _ct_foreground(ws, sid, lab, zs, rng, use_cache: bool) -> np.ndarray:
     label content: reading a large CT is the slow part of fingerprinting)."""
     import json
 
-    from napari_mtssl._atomic import atomic_write_json
-    from napari_mtssl.training.data.preprocess import content_hash
-
     key = f"{ws.record(sid).sha256[:24]}_{content_hash(lab)[:16]}"
     path = ws.root / "cache" / "fingerprint" / f"{key}.json"
     if use_cache and path.is_file():
@@ -373,6 +372,7 @@ def task_shape_overrides(
     """Task crop sizes that fit the plan: no larger than the patch the crops are cut from, and
     a multiple of what the network's depth needs (Rubik's quarters each go through the
     encoder). A crop size the user set is kept."""
+    # imported here, when needed: it loads MONAI, scipy
     from napari_mtssl.tasks import task_class
 
     out = {k: dict(v) for k, v in overrides.items()}
@@ -457,6 +457,7 @@ def _flops_small(width: int, depth: int, out_channels: int) -> float:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
+        # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
 
         net = build_unet(1, out_channels, width, depth=depth)
@@ -528,9 +529,11 @@ def shape_plan(
     """
     import torch
 
-    from napari_mtssl.training.prediction.inference import resolve_device, resolve_precision
-
-    dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
+    dev = (
+        device
+        if isinstance(device, torch.device)
+        else inference.resolve_device(device or cfg.device)
+    )
     m = cfg.model
     overridden = _overridden(cfg)
     reasons: list[str] = []
@@ -543,11 +546,9 @@ def shape_plan(
         torch.set_num_threads(threads)
         if not cfg.num_threads:
             reasons.append(_threads_reason(threads, interactive, busy))
-    precision = resolve_precision(dev, cfg.optim.precision)
+    precision = inference.resolve_precision(dev, cfg.optim.precision)
     if cfg.optim.precision == "auto" and dev.type == "cpu":
-        from napari_mtssl.training.prediction.inference import cpu_bf16_speedup
-
-        sp = cpu_bf16_speedup()
+        sp = inference.cpu_bf16_speedup()
         reasons.append(
             f"{precision}: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 "
             "on this CPU" + ("" if precision == "bf16" else " (not faster, so fp32)")
@@ -858,8 +859,8 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
 
     key = (str(dev), precision, torch.get_num_threads(), batch, out_ch)
     if key not in _COST_CACHE:
+        # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
-        from napari_mtssl.training.prediction.inference import autocast
 
         torch.manual_seed(0)
         net = build_unet(1, out_ch, 16, depth=4).to(dev)
@@ -869,7 +870,7 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
             x = torch.randn(batch, 1, p, p, device=dev)
 
             def step(x=x) -> None:
-                with autocast(dev, precision):
+                with inference.autocast(dev, precision):
                     loss = net(x).float().square().mean()
                 opt.zero_grad()
                 loss.backward()
@@ -979,9 +980,9 @@ def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Cal
     by side)."""
     import torch
 
+    # imported here, when needed: it loads MONAI
     from napari_mtssl.models import build_unet
     from napari_mtssl.training.loop.losses import SegLoss
-    from napari_mtssl.training.prediction.inference import autocast
 
     dev = torch.device(plan.device)
     b, p = plan.batch_size, plan.patch
@@ -993,7 +994,7 @@ def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Cal
     y = torch.randint(0, num_classes, (b, p, p), device=dev)
 
     def step() -> None:
-        with autocast(dev, plan.precision):
+        with inference.autocast(dev, plan.precision):
             loss = loss_fn(net(x), y)
         opt.zero_grad()
         loss.backward()
@@ -1010,8 +1011,6 @@ def _time_steps(
     for a run that trains teachers (``what``): a baseline's click waits for no task's timing."""
     import torch
 
-    from napari_mtssl.training.prediction.inference import autocast
-
     dev = torch.device(plan.device)
     b = plan.batch_size
     out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
@@ -1020,7 +1019,7 @@ def _time_steps(
 
     @torch.no_grad()
     def fwd() -> None:
-        with autocast(dev, plan.precision):
+        with inference.autocast(dev, plan.precision):
             net(x)
 
     t: dict[str, float] = {"seg": timer.peak(seg_step), "fwd": timer.timed(fwd)}
@@ -1074,9 +1073,9 @@ def _time_task_steps(
     step (``seg_s``: the run's own check explains why it cannot run)."""
     import torch
 
+    # imported here, when needed: it loads MONAI, scipy
     from napari_mtssl.tasks import build_task, task_config
     from napari_mtssl.tasks.base import SliceContext
-    from napari_mtssl.training.prediction.inference import autocast
 
     dev, p = timer.dev, plan.patch
     rng = np.random.default_rng(0)
@@ -1106,7 +1105,7 @@ def _time_task_steps(
         topt = torch.optim.AdamW([*net.parameters(), *task.parameters()], 1e-3)
 
         def task_step(task=task, batch=batch, topt=topt) -> None:
-            with autocast(dev, plan.precision):
+            with inference.autocast(dev, plan.precision):
                 loss = task(net, batch)["loss"].float()
             topt.zero_grad()
             loss.backward()

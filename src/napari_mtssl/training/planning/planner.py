@@ -20,6 +20,7 @@ from typing import Any
 
 from napari_mtssl.ids import ModelId, What
 from napari_mtssl.training.config import ExperimentConfig, format_budget
+from napari_mtssl.training.planning import lanes as _lanes  # (``lanes`` is a count here)
 from napari_mtssl.training.planning.plan import (
     EVALS,
     JOINT_PAYS_STEPS,
@@ -212,12 +213,10 @@ def _with_side_timings(
     failed, and ``spent_s`` with the timing's cost (it is paid from the budget)."""
     if lanes <= 1 or not probe or any(k.startswith("side:") for k in t):
         return t, lanes, "", spent_s
-    from napari_mtssl.training.planning.lanes import time_side_by_side
-
     t0 = time.perf_counter()
     failed = ""
     try:
-        side = time_side_by_side(plan, cfg, fp, lanes)
+        side = _lanes.time_side_by_side(plan, cfg, fp, lanes)
         t = {**t, **{f"side:{k}": v for k, v in side.items()}}
     except (OSError, RuntimeError) as exc:  # one at a time, as priced without it
         lanes, failed = 1, f"the steps could not be timed side by side ({exc})"
@@ -231,15 +230,13 @@ def _side_by_side(
     at a time (or where the user asked for it: ``units_at_once``), and the pricing
     (:func:`.lanes.price_side_by_side`; None where it could not price them). Sets
     ``plan.lanes`` and ``plan.lanes_why``."""
-    from napari_mtssl.training.planning.lanes import SIDE_GAIN, price_side_by_side
-
     room = c.budget_s * 0.95 - OVERHEAD_S - OVERHEAD_PER_MODEL_S * len(c.units)
     if c.s_share:
         room -= c.student_s + c.fixed_student + EVALS * c.t_eval
-    side = price_side_by_side(cfg, what, c.t, lanes, room, c.cached_pretext, not c.s_share)
+    side = _lanes.price_side_by_side(cfg, what, c.t, lanes, room, c.cached_pretext, not c.s_share)
     if side is None:
         return n, None
-    chosen = bool(cfg.units_at_once) or side.steps > n * SIDE_GAIN
+    chosen = bool(cfg.units_at_once) or side.steps > n * _lanes.SIDE_GAIN
     plan.lanes_why = side.why(n, chosen)
     if chosen:
         plan.lanes, n = lanes, side.steps

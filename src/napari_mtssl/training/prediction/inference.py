@@ -201,6 +201,7 @@ def predict_scan(
     normalised as a whole); the outputs then hold them in that order, each post-processed on
     its own.
     """
+    # imported here, when needed: it loads MONAI, scipy
     from napari_mtssl.training.data.slices import pad_to, prepare_volume
 
     a = np.asarray(array)
@@ -247,6 +248,7 @@ def predict_scan(
     labels = np.empty(probs.shape[1:], np.uint8)
     for z0 in range(0, z, 16):
         labels[z0 : z0 + 16] = probs[:, z0 : z0 + 16].argmax(0)
+    # imported here, when needed: it loads scipy
     from napari_mtssl.training.prediction import postprocess as pp
 
     if slices is not None:  # slices that need not touch: each on its own

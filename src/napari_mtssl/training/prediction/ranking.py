@@ -92,6 +92,7 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
 
 def disagreement_scores(teacher_probs: Sequence[np.ndarray]) -> np.ndarray:
     """Per-slice mean mutual information between the teachers (nats); zeros for one teacher."""
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.prediction.inference import disagreement
 
     if len(teacher_probs) < 2:

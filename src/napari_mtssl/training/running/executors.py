@@ -31,7 +31,8 @@ from typing import Any
 
 from napari_mtssl import events as ev
 from napari_mtssl.training.config import EXECUTORS
-from napari_mtssl.training.running.units import Unit, UnitContext, train
+from napari_mtssl.training.running.jobs import JobWorker, drive
+from napari_mtssl.training.running.units import Unit, UnitContext, train, unit_job
 
 __all__ = [
     "EXECUTORS",
@@ -114,8 +115,6 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, workspace: str, run: str, lanes: int, threads: int):
-        from napari_mtssl.training.running.jobs import JobWorker
-
         self.workspace, self.run = workspace, run
         self.lanes, self.threads = max(1, lanes), max(1, threads)
         # One worker per lane, started now: each imports the engine and opens the run's data
@@ -125,8 +124,6 @@ class LocalExecutor(Executor):
         self._jobs: dict[str, Any] = {}
 
     def _worker(self):
-        from napari_mtssl.training.running.jobs import JobWorker
-
         while self._idle:
             worker = self._idle.pop(0)
             if worker.usable:
@@ -281,9 +278,6 @@ def _remote_unit():
 
         @ray.remote(max_retries=0)
         def ray_unit(workspace, run, unit, threads, deadline, queue, flag):
-            from napari_mtssl.training.running.jobs import drive
-            from napari_mtssl.training.running.units import unit_job
-
             uid = unit["id"]
             checked = {"t": 0.0, "stop": False}
 

@@ -39,6 +39,8 @@ import torch
 from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
 from napari_mtssl.ids import ModelId, What, teacher, teachers, trained
+from napari_mtssl.task_needs import workspace_summary
+from napari_mtssl.tasks import task_class
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.preprocess import VolumeCache, content_hash
 from napari_mtssl.training.data.slices import no_labelled_data_message
@@ -56,7 +58,7 @@ from napari_mtssl.training.planning.plan import (
 )
 from napari_mtssl.training.planning.planner import allocate, make_plan
 from napari_mtssl.training.prediction.inference import resolve_device
-from napari_mtssl.training.running.executors import Executor, make_executor
+from napari_mtssl.training.running.executors import Executor, connect, make_executor
 from napari_mtssl.training.running.units import Unit, UnitContext, open_study, read_plan
 
 __all__ = [
@@ -163,6 +165,7 @@ def plan_job(
     stop: Callable[[], bool] | None = None,
 ) -> ev.Events[dict]:
     """JSON-able entry point for a job that only plans (the training dock's estimate)."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     ws = Workspace.open(workspace)
@@ -938,8 +941,6 @@ def pretext_key(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str) -> str:
     data and the network, and the optimiser settings. Not the number of steps: an entry records
     its own, and a run reuses it only when it has at least half the steps the run would train
     (:func:`reusable_pretext`)."""
-    from napari_mtssl.tasks import task_class
-
     sids = ws.scan_ids("train")
     scans = sorted(ws.record(s).sha256 for s in sids)
     labels = None
@@ -1100,7 +1101,6 @@ def _start_new(
     if What.parse(what).trains_teachers:  # from the records alone, before any scan is read
         if not cfg.stage1.tasks:
             raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
-        from napari_mtssl.task_needs import workspace_summary
 
         summary = workspace_summary(ws)
         if summary.n_labelled_slices == 0:  # the first thing to fix, whatever the tasks
@@ -1210,8 +1210,6 @@ def run_training(
     t_start = time.monotonic()
     teacher_run, student_run = _previous_runs(workspace, what, config)
     if config.executor == "ray" and not resume:  # an unreachable cluster: say so before training
-        from napari_mtssl.training.running.executors import connect
-
         connect(config.ray_address)
     # The first event comes at once (the docks and the CLI show activity while the data are
     # read, the plan is made and a few steps are timed: seconds, longer on a first run); a
@@ -1291,6 +1289,7 @@ def run_training_job(
 ) -> ev.Events[dict]:
     """JSON-able entry point for the job process (``JobHandle`` target): a job started from
     napari leaves one core to the viewer."""
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     _yield_to_the_viewer()

@@ -51,6 +51,7 @@ class TrainedModel:
         prepared: dict | None = None,
         slices: Sequence[int] | None = None,
     ):
+        # imported here, when needed: it loads torch
         from napari_mtssl.training.prediction.inference import predict_scan, resolve_precision
 
         return predict_scan(
@@ -71,6 +72,7 @@ class TrainedModel:
 
 def model_run(ws: Workspace, model: str, error: type[Exception]) -> Any:
     """The run holding ``model`` (its newest), or ``error`` naming the models there are."""
+    # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.running.pipeline import find_model
 
     r = find_model(ws, model)
@@ -85,6 +87,7 @@ def model_run(ws: Workspace, model: str, error: type[Exception]) -> Any:
 
 def load(ws: Workspace, model: str, device: Any) -> TrainedModel:
     """``model`` of ``ws`` (its newest run's weights) on ``device``, ready to predict."""
+    # imported here, when needed: it loads torch
     from napari_mtssl.training.data.preprocess import Preprocessing
     from napari_mtssl.training.loop import checkpoints
 

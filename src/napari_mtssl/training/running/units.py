@@ -30,9 +30,10 @@ from napari_mtssl.events import Events, Note
 from napari_mtssl.ids import ModelId
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import StudyData
-from napari_mtssl.training.loop import checkpoints, stages
+from napari_mtssl.training.loop import checkpoints, soft_labels, stages
 from napari_mtssl.training.loop.trainer import evaluate
 from napari_mtssl.training.planning.plan import SOFT_MIN_SCANS, SOFT_OVERLAP, Plan
+from napari_mtssl.training.prediction.inference import resolve_device
 
 __all__ = ["Unit", "UnitContext", "train", "unit_job", "warm_up"]
 
@@ -137,8 +138,6 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
     """The student: its ensemble's predictions attached to the data (stored once, reused while
     the members do not change), the ensemble's own validation scores (a new student only), then
     stage 2. The result carries ``ensemble``: members and scores."""
-    from napari_mtssl.training.loop import soft_labels
-
     online = _own_start_online(unit, cfg)
     init = ctx.load(*unit.init) if unit.init else None
     teachers = [init] if online else [ctx.load(r, m) for r, m in unit.teachers]  # one load
@@ -187,8 +186,6 @@ def _store_maps(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, teachers: l
     """The ensemble's predictions on the training scans the student's steps will draw
     (stored once, reused while the members do not change): :func:`.soft_labels.attach`'s
     result, ``stopped`` where a stop request came first."""
-    from napari_mtssl.training.loop import soft_labels
-
     s2 = cfg.stage2
     src = {r: (ctx.run if r == ctx.run.id else ctx.ws.run(r)) for r, _ in unit.teachers}
     digests = [soft_labels.file_digest(src[r].model_path(m)) for r, m in unit.teachers]
@@ -375,7 +372,7 @@ _OPENED: dict[tuple[str, str], UnitContext] = {}
 
 
 def _context(workspace: str, run: str, threads: int) -> UnitContext:
-    from napari_mtssl.training.prediction.inference import resolve_device
+    # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
     key = (str(Path(workspace).resolve()), run)

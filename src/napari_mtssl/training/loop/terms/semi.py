@@ -38,9 +38,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_mtssl.training.data.slices import augment_with_soft
+from napari_mtssl.training.data.slices import augment_with_soft, no_labelled_data_message
 from napari_mtssl.training.loop.terms.base import StepInputs, Term
 from napari_mtssl.training.prediction.inference import class_probs
+from napari_mtssl.training.prediction.postprocess import largest_component
 
 
 def _boxes(b: int, side: int, frac: float, gen: torch.Generator) -> torch.Tensor:
@@ -98,8 +99,6 @@ def largest_component_2d(labels: torch.Tensor) -> torch.Tensor:
     """(B, H, W) label maps with the foreground outside each image's largest connected
     component set to background: the evaluation's post-processing, applied to pseudo-labels
     (a stray blob of the pseudo-labeller is taught as background, not as anatomy)."""
-    from napari_mtssl.training.prediction.postprocess import largest_component
-
     arr = labels.cpu().numpy()
     out = np.stack([largest_component(a) for a in arr])
     return torch.from_numpy(out).to(labels.device)
@@ -150,8 +149,6 @@ class CopyPasteSelfTraining(Term):
         self.box = float(box)
 
     def streams(self, study, batch_size, use_unlabelled):
-        from napari_mtssl.training.data.slices import no_labelled_data_message
-
         lab = study.labelled_slices()
         if not lab:
             raise ValueError(no_labelled_data_message())
