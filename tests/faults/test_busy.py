@@ -111,3 +111,29 @@ def test_past_the_hard_end_less_the_final_validation_no_step_is_taken(tiny_study
     t0 = clock()
     res, _ = _train(study, cfg, 60, t0 + 20.0)
     assert res["ended_early"] and clock() - t0 <= 20.0 + 5.0, (res, clock() - t0)
+
+
+def test_a_second_plan_in_one_process_sees_the_machine_as_it_is_then(monkeypatch, recorder):
+    """A script that plans twice in one Python session (a run on a quiet machine, then one
+    beside other work) gets the threads for the machine as it is at each plan. Before: the
+    first figure was kept for the process's life, and the busy benchmark's ``left`` planned 2
+    threads beside a program that kept a core busy (they fought it for 38 s)."""
+    import torch
+
+    from napari_mtssl.training.planning import plan as P
+
+    rate = [0.0]  # cores kept busy by other programs
+    monkeypatch.setattr(P, "machine_busy_s", lambda: rate[0] * time.monotonic())
+    monkeypatch.setattr(P, "usable_cpus", lambda: 2)
+    cpu = torch.device("cpu")
+    quiet = P._busy_cores(window_s=0.05)
+    rate[0] = 1.0
+    busy = P._busy_cores(window_s=0.05)
+    threads = (P._thread_policy(cpu, False, quiet), P._thread_policy(cpu, False, busy))
+    ok = abs(quiet) < 0.05 and abs(busy - 1.0) < 0.05 and threads == (2, 1)
+    recorder.record("a second plan in one process measures the busy cores again",
+                    "read correctly" if ok else "silently wrong",
+                    f"busy {quiet:.2f} then {busy:.2f} cores: {threads[0]} then {threads[1]} "
+                    "thread(s) on 2 cores")  # fmt: skip
+    assert ok, (quiet, busy, threads)
+    assert "1.0 core(s) busy" in P._threads_reason(1, False, busy)

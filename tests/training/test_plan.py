@@ -495,23 +495,3 @@ def test_a_planner_step_can_be_overridden():
     assert custom.spacing == default.spacing  # the steps not replaced decide as before
     assert "64 x 64 patches" in custom.reasons[1] and "width 48" in custom.reasons[1]
     assert custom.steps and custom.estimate_s  # the budget is shared for the replaced shape
-
-
-def test_busy_cores_are_measured_at_each_plan_not_once_per_process(monkeypatch):
-    """A script that plans twice (a run on a quiet machine, then one beside other work) gets
-    threads for the machine as it is at each plan: the first figure is not kept for the
-    process's life."""
-    import time
-
-    rate = [0.0]  # cores kept busy by "other programs"
-    monkeypatch.setattr(P, "machine_busy_s", lambda: rate[0] * time.monotonic())
-    cpu = __import__("torch").device("cpu")
-    quiet = P._busy_cores(window_s=0.05)
-    rate[0] = 1.0
-    busy = P._busy_cores(window_s=0.05)
-    assert quiet == pytest.approx(0.0, abs=0.05)
-    assert busy == pytest.approx(1.0, abs=0.05)
-    monkeypatch.setattr(P, "usable_cpus", lambda: 2)
-    assert P._thread_policy(cpu, False, quiet) == 2
-    assert P._thread_policy(cpu, False, busy) == 1
-    assert "1.0 core(s) busy" in P._threads_reason(1, False, busy)
