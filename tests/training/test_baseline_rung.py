@@ -47,7 +47,7 @@ def test_a_teacher_not_ahead_of_the_baseline_stops_at_its_rung(tmp_path, monkeyp
     assert rep["models"]["sdm:pretrain"]["steps"] == rung
     assert rep["models"]["sdm:pretrain"]["halted_by"] == "not ahead of the baseline"
     (halving,) = [e for e in events if e.type == "halving"]
-    assert halving["continue"] == [] and "not ahead of the baseline" in halving["reason"]
+    assert halving.continue_ == [] and "not ahead of the baseline" in halving.reason
     assert rep["selected"]["sdm"]["halving"]["baseline"] == 1.0
     assert rep["selected"]["sdm"]["halving"]["at_steps"] == rung
     assert rep["teachers"]["models"] == ["baseline"]
@@ -62,7 +62,7 @@ def test_a_teacher_ahead_of_the_baseline_trains_to_the_end(tmp_path, monkeypatch
     assert rep["models"]["sdm:pretrain"]["steps"] == cfg.stage1.finetune_steps
     assert "halted_by" not in rep["models"]["sdm:pretrain"]
     (halving,) = [e for e in events if e.type == "halving"]
-    assert halving["continue"] == ["pretrain"]
+    assert halving.continue_ == ["pretrain"]
     assert "teacher:sdm" in rep["teachers"]["models"]
 
 

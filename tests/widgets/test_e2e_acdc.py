@@ -187,7 +187,7 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
         jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.type == "resumed"
     ) as resumed:
         training.resume_button.click()
-    assert resumed.args[0]["step"] >= 3
+    assert resumed.args[0].step >= 3
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
         training.stop_button.click()
     shot(viewer, "e2e_5_resumed", tab=training)

@@ -190,7 +190,7 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
         check_params_cb=lambda e: e.type == "resumed",
     ) as blocker:
         d.training.resume_button.click()
-    assert blocker.args[0]["step"] > 0
+    assert blocker.args[0].step > 0
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
         d.training.stop_button.click()
     assert [r.id for r in ws.runs()] == [run_id]
