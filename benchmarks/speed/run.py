@@ -12,7 +12,9 @@ on ACDC one unit at a time vs two side by side on the local executor, the same p
 (stage 1 on one GPU at 1, 2, 4 units at once and the planner's choice; the card's memory per
 unit), ``student`` (a student step, default and paper's with stored maps or live teachers, over a
 baseline step), ``walk`` (a user's clicks through the docks at 1366 x 768: import, train, stop,
-resume, compare, propose, each with its stalls; needs a display and ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+resume, compare, propose, each with its stalls; needs a display and ACDC), ``gil`` (how long
+a Compare in a thread of the viewer's process holds that process, first and second of a
+session, beside busy processes; needs ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -37,6 +39,7 @@ NAMES = (
     "gpu",
     "student",
     "walk",
+    "gil",
 )
 
 
@@ -105,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import viewer
 
             res = viewer.bench(load=a.load)
+        elif name == "gil":
+            from speed import gil
+
+            res = gil.bench(load=a.load or 2)
         elif name == "walk":
             from speed import walk
 
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         res["command"] = "benchmarks/speed/run.py " + " ".join(argv)
         key = f"viewer_load{a.load}" if name == "viewer" and a.load else name
         key = f"walk_load{a.load}" if name == "walk" else key
+        key = f"gil_load{a.load or 2}" if name == "gil" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 

@@ -1,0 +1,75 @@
+"""Benchmark: how long the viewer's process is held while Compare runs in one of its threads.
+
+The Compare dock runs ``api.compare`` in a thread of napari's process. Whatever that thread
+does while holding Python's interpreter lock (an import's module initialisation in C, a long
+numpy or scipy call) holds the GUI thread too. Here, without a viewer: the main thread ticks
+every 10 ms (as the stall probe's timer does), ``api.compare`` runs in a thread, ``load``
+CPU-bound processes run beside it; each gap over 50 ms is kept with the frame the worker
+thread was in right after it. Two cases, each in a fresh process: ``cold`` (the first Compare
+of a session: torch and MONAI not yet imported) and ``warm`` (a second Compare). Nothing is
+asserted. Needs ACDC (``MTSSL_ACDC``); the workspace (3 labelled patients, a baseline trained a
+few steps) is made once under ``benchmarks``' work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from .common import ACDC, WORK
+from .viewer import busy_processes
+
+_CHILD = r"""
+import json, sys, threading, time, traceback
+from napari_mtssl import api
+from napari_mtssl.workspace import Workspace
+ws = Workspace.open(sys.argv[1])
+val = ws.scan_ids("val")[0]
+out = {"torch_before": "torch" in sys.modules}
+if sys.argv[2] == "warm":
+    api.compare(ws, val, None)
+done = threading.Event()
+def work():
+    t = time.perf_counter(); api.compare(ws, val, None)
+    out["compare_s"] = round(time.perf_counter() - t, 2); done.set()
+th = threading.Thread(target=work, daemon=True)
+gaps = []; last = time.perf_counter(); th.start()
+while not done.is_set():
+    time.sleep(0.01); now = time.perf_counter(); g = now - last - 0.01
+    if g > 0.05:
+        f = sys._current_frames().get(th.ident)
+        where = traceback.extract_stack(f)[-1] if f else None
+        gaps.append({"ms": round(g * 1000), "after": f"{where.filename}:{where.lineno}" if where else ""})
+    last = now
+out["gaps_over_50ms"] = sorted(gaps, key=lambda x: -x["ms"])[:10]
+out["max_gap_ms"] = max([x["ms"] for x in gaps], default=0)
+print(json.dumps(out))
+"""
+
+
+def _workspace() -> str:
+    from napari_mtssl import api
+
+    folder = WORK / "gil_ws"
+    if not (folder / "workspace.json").is_file():
+        ws = api.create_workspace(folder, source=ACDC, labelled=3)
+        api.run(api.train(ws, api.make_config("tiny", seed=0), "baseline"))
+    return str(folder)
+
+
+def bench(load: int = 2) -> dict[str, Any]:
+    folder = _workspace()
+    hogs = busy_processes(load)
+    try:
+        out: dict[str, Any] = {"load_processes": load}
+        for case in ("cold", "warm"):
+            r = subprocess.run([sys.executable, "-c", _CHILD, folder, case],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+            out[case] = json.loads(r.stdout.strip().splitlines()[-1])
+            print(case, out[case]["max_gap_ms"], "ms max;", out[case]["compare_s"], "s", flush=True)
+        return out
+    finally:
+        for p in hogs:
+            p.kill()
