@@ -168,7 +168,7 @@ def test_the_cli_draws_a_tqdm_bar_on_a_terminal_and_plain_lines_in_a_log():
         show._newline()
     drawn = term.getvalue()
     assert "baseline: 100%" in drawn and "4/4" in drawn  # tqdm's bar, to the last step
-    assert "loss 0.500, val Dice 0.700, run 1.5/10 min" in drawn
+    assert "loss 0.500, val Dice 0.700, run 1.5 of 10 min" in drawn
     assert "\nnote: hello\n" in drawn.replace("\r", "\n") and ev.describe(done) in drawn
     plain = log.getvalue()
     assert "\r" not in plain and "%|" not in plain  # a log file gets lines, not a bar

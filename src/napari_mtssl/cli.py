@@ -125,14 +125,7 @@ class Progress:
                 total=e.total, initial=max(0, e.step - 1), desc=e.model, unit="step",
                 file=self.stream, dynamic_ncols=True, mininterval=0.2,
             )  # fmt: skip
-        extra = []
-        if e.loss is not None:
-            extra.append(f"loss {e.loss:.3f}")
-        if e.val_dice is not None:
-            extra.append(f"val Dice {e.val_dice:.3f}")
-        if e.run_budget_s:
-            extra.append(f"run {(e.run_elapsed_s or 0) / 60:.1f}/{e.run_budget_s / 60:.0f} min")
-        bar.set_postfix_str(", ".join(extra), refresh=False)
+        bar.set_postfix_str(", ".join(events.progress_parts(e, eta=False)), refresh=False)
         bar.update(max(0, e.step - bar.n))
         if e.step >= e.total:
             self._newline()
@@ -145,14 +138,7 @@ class Progress:
         self._last = now
         frac = e.step / max(1, e.total)
         bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-        line = f"{e.model:<16} [{bar}] {e.step}/{e.total}"
-        if e.run_budget_s:
-            line += f"  run {(e.run_elapsed_s or 0) / 60:.1f}/{e.run_budget_s / 60:.0f} min"
-        if e.loss is not None:
-            line += f"  loss {e.loss:.3f}"
-        if e.val_dice is not None:
-            line += f"  val dice {e.val_dice:.3f}"
-        line += f"  eta {e.eta_s or 0:.0f}s"
+        line = "  ".join([f"{e.model:<16} [{bar}] {e.step}/{e.total}", *events.progress_parts(e)])
         if self.tty:
             self.stream.write("\r" + line[:110].ljust(110))
             self._open = True

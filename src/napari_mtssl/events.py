@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "describe",
+    "progress_parts",
     "Events",
     "wire",
     "Cancelled",
@@ -315,13 +316,20 @@ def describe(event: dict[str, Any] | Event) -> str:
     if not isinstance(e, Progress):
         d = event if isinstance(event, dict) else e.to_dict()
         return str(d.get("message") or d.get("type") or "")
-    parts = [e.stage or "", e.model, f"{e.step}/{e.total}"]
+    parts = [e.stage or "", e.model, f"{e.step}/{e.total}", *progress_parts(e)]
+    return "  ".join(p for p in parts if p)
+
+
+def progress_parts(e: Progress, eta: bool = True) -> list[str]:
+    """A step's figures as words (``loss 0.310``, ``val Dice 0.700``, ``run 1.5 of 10 min``
+    or, without a budget, ``ETA 12s``): :func:`describe`'s and the CLI's bar's."""
+    parts = []
     if e.loss is not None:
         parts.append(f"loss {e.loss:.3f}")
     if e.val_dice is not None:
         parts.append(f"val Dice {e.val_dice:.3f}")
     if e.run_budget_s:
         parts.append(f"run {(e.run_elapsed_s or 0) / 60:.1f} of {e.run_budget_s / 60:.0f} min")
-    elif e.eta_s is not None:
+    elif eta and e.eta_s is not None:
         parts.append(f"ETA {e.eta_s:.0f}s")
-    return "  ".join(p for p in parts if p)
+    return parts
