@@ -5,9 +5,12 @@ does while holding Python's interpreter lock (an import's module initialisation 
 numpy or scipy call) holds the GUI thread too. Here, without a viewer: the main thread ticks
 every 10 ms (as the stall probe's timer does), ``api.compare`` runs in a thread, ``load``
 CPU-bound processes run beside it; each gap over 50 ms is kept with the frame the worker
-thread was in right after it. Two cases, each in a fresh process: ``cold`` (the first Compare
-of a session: torch and MONAI not yet imported) and ``warm`` (a second Compare). Nothing is
-asserted. Needs ACDC (``MTSSL_ACDC``); the workspace (3 labelled patients, a baseline trained a
+thread was in right after it. Cases, each in a fresh process: ``cold`` (the first Compare
+of a session: torch and MONAI not yet imported) and ``warm`` (a second Compare), both in the
+process as the dock once ran it; then the docks' way now, the session's engine worker
+process (``napari_mtssl.service``): ``engine-cold`` (the worker started by the click),
+``engine-prepared`` (started 20 s ahead, as opening a workspace with models does) and
+``engine-warm`` (a second Compare). Nothing is asserted. Needs ACDC (``MTSSL_ACDC``); the workspace (3 labelled patients, a baseline trained a
 few steps) is made once under ``benchmarks``' work folder.
 """
 
@@ -27,12 +30,20 @@ from napari_mtssl import api
 from napari_mtssl.workspace import Workspace
 ws = Workspace.open(sys.argv[1])
 val = ws.scan_ids("val")[0]
+case = sys.argv[2]
 out = {"torch_before": "torch" in sys.modules}
-if sys.argv[2] == "warm":
-    api.compare(ws, val, None)
+compare = lambda: api.compare(ws, val, None)
+if case.startswith("engine"):  # the docks' way: a worker process kept for the session
+    from napari_mtssl.service import EngineService
+    service = EngineService()
+    compare = lambda: service.run("compare", workspace=ws, scan=val)
+    if case == "engine-prepared":  # started ahead (a workspace with models was opened)
+        service._ready(); time.sleep(20)
+if case in ("warm", "engine-warm"):
+    compare()
 done = threading.Event()
 def work():
-    t = time.perf_counter(); api.compare(ws, val, None)
+    t = time.perf_counter(); compare()
     out["compare_s"] = round(time.perf_counter() - t, 2); done.set()
 th = threading.Thread(target=work, daemon=True)
 gaps = []; last = time.perf_counter(); th.start()
@@ -45,6 +56,9 @@ while not done.is_set():
     last = now
 out["gaps_over_50ms"] = sorted(gaps, key=lambda x: -x["ms"])[:10]
 out["max_gap_ms"] = max([x["ms"] for x in gaps], default=0)
+out["torch_after"] = "torch" in sys.modules
+if case.startswith("engine"):
+    service.close()
 print(json.dumps(out))
 """
 
@@ -64,7 +78,7 @@ def bench(load: int = 2) -> dict[str, Any]:
     hogs = busy_processes(load)
     try:
         out: dict[str, Any] = {"load_processes": load}
-        for case in ("cold", "warm"):
+        for case in ("cold", "warm", "engine-cold", "engine-prepared", "engine-warm"):
             r = subprocess.run([sys.executable, "-c", _CHILD, folder, case],
                                capture_output=True, text=True, check=True)  # fmt: skip
             out[case] = json.loads(r.stdout.strip().splitlines()[-1])

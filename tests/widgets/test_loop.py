@@ -87,6 +87,9 @@ def test_whole_loop(sample_docks, qtbot):
     z_clicked = int(item.text().split()[1])
     assert d.viewer.dims.current_step[0] == z_clicked
     assert d.compare.grid.z == z_clicked
+    # the models ran in the session's engine process, which ends with the viewer (below)
+    engine = d.session.engine._worker
+    assert engine is not None and engine.usable
 
     # -- the next slices to correct: the measured strategy first, each with its reason ----------
     from napari_mtssl.active import RECOMMENDED, candidates
@@ -116,6 +119,7 @@ def test_whole_loop(sample_docks, qtbot):
         d.correct.proposals.itemClicked.emit(items[0])
     qtbot.waitUntil(lambda: d.viewer.dims.current_step[0] == z_p, timeout=5_000)
     assert f"{scan_p}_edit" in [ly.name for ly in d.viewer.layers]
+    assert d.session.engine._worker is engine  # one process served Compare, Propose and Edit
 
     # -- edit a slice of the student's prediction and accept it -----------------------------------
     target = ws.scan_ids()[-1]
@@ -154,6 +158,8 @@ def test_whole_loop(sample_docks, qtbot):
     row = d.correct.history.rowCount() - 1
     assert d.correct.history.item(row, 5).text() == "1"
     assert d.correct.history.item(row, 6).text().endswith("min")
+    d.session.jobs.release()  # what closing the viewer does: the engine's process ends
+    assert not engine._process.is_alive() and d.session.engine._worker is None
 
 
 def test_stop_keeps_a_checkpoint(sample_docks, qtbot):

@@ -73,6 +73,7 @@ class JobController(QObject):
     job_finished = Signal(object)
     job_failed = Signal(str)
     running_changed = Signal(bool)
+    released = Signal()  # the viewer is closing: workers kept for it end
 
     def __init__(self, viewer: Any) -> None:
         super().__init__()
@@ -142,6 +143,7 @@ class JobController(QObject):
             worker, self._spare = self._spare, None
         if worker is not None and worker is not _STARTING:
             worker.shutdown()
+        self.released.emit()
 
     # -- starting and stopping ----------------------------------------------------------------
     @property

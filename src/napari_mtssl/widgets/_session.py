@@ -15,6 +15,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from napari_mtssl import api
+from napari_mtssl.service import EngineService
 from napari_mtssl.widgets._jobs import JobController
 from napari_mtssl.widgets._slider import keep_slider_fitted
 from napari_mtssl.widgets._warm import warm_in_background
@@ -40,6 +41,11 @@ class Session(QObject):
         self._viewer_ref = weakref.ref(viewer)
         self.workspace: Any | None = None
         self.jobs = JobController(viewer)
+        # Compare, Propose, the student's mask to correct and Export run in a worker process
+        # kept for the session: the viewer's process never imports torch for them.
+        self.engine = EngineService()
+        self.jobs.released.connect(self.engine.close)
+        self.jobs.job_finished.connect(lambda _result: self.engine.prepare())
         # The training dock registers how it builds a config so that the correction dock's
         # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
         self.config_provider: Callable[[], Any] | None = None
@@ -69,6 +75,8 @@ class Session(QObject):
         self.workspace = workspace
         if workspace is not None:  # training is near: a worker process gets ready for it
             self.jobs.prepare()
+            # and one for comparing and correcting, where there are models to do it with
+            self.engine.prepare(when=lambda: bool(api.list_models(workspace)))
         self.workspace_changed.emit(workspace)
 
     def require_workspace(self) -> Any:

@@ -277,13 +277,14 @@ class CompareWidget(QWidget):
             show_info(f"Exported {model} to {out}")
 
         self.worker = run_in_thread(
-            api.export_model,
-            ws,
-            model,
-            fmt,
-            path,
+            self.session.engine.run,
+            "export",
             on_result=done,
             action=f"Could not export {model}",
+            workspace=ws,
+            model=model,
+            fmt=fmt,
+            out=path,
             force=True,
         )
         self.worker.errored.connect(lambda e: self.status.setText(f"export failed: {e}"))
@@ -312,8 +313,10 @@ class CompareWidget(QWidget):
         self.compare_button.setEnabled(False)
         read_scan = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id)) is None
 
-        def work() -> tuple[Any, Any]:
-            comparison = api.compare(ws, scan_id, models)
+        def work() -> tuple[Any, Any]:  # in a thread; the models run in the engine's process
+            comparison = self.session.engine.run(
+                "compare", workspace=ws, scan=scan_id, models=models
+            )
             return comparison, (ws.load_scan(scan_id) if read_scan else None)
 
         def done(result: tuple[Any, Any]) -> None:

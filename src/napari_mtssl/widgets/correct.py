@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_mtssl import api, ids
-from napari_mtssl.events import Cancelled
+from napari_mtssl import events as ev
 from napari_mtssl.widgets import _state
 from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
 from napari_mtssl.widgets._session import session_for
@@ -286,18 +286,20 @@ class CorrectWidget(QWidget):
         self.proposals.clear()
         self.proposals.addItem("ranking the unlabelled slices…")
 
-        def progress(i: int, n: int, scan_id: str) -> None:  # in the ranking thread
-            if cancel.is_set():
-                raise Cancelled
-            self._ranked.emit(i, n, scan_id)  # queued to the GUI thread
+        def progress(e: ev.Event) -> None:  # in the thread below: the ranking's progress
+            if isinstance(e, ev.Status) and e.total:
+                self._ranked.emit(e.done or 0, e.total, e.message)  # queued to the GUI thread
 
-        def rank() -> list | None:
-            try:
-                return api.propose_slices(
-                    ws, PROPOSED, strategy, progress=progress, max_scans=PROPOSE_SCANS
-                )
-            except Cancelled:
-                return None
+        def rank() -> list | None:  # the engine's process ranks; None once cancelled
+            return self.session.engine.run(
+                "propose",
+                cancel=cancel,
+                on_event=progress,
+                workspace=ws,
+                k=PROPOSED,
+                strategy=strategy,
+                max_scans=PROPOSE_SCANS,
+            )
 
         def done(found: list | None) -> None:
             self._end_propose()
@@ -500,8 +502,10 @@ class CorrectWidget(QWidget):
         read_scan = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id)) is None
 
         def work() -> tuple[Any, Any]:  # the scan is read here too when it is not shown yet
-            prediction = api.predict(ws, scan_id, model="student")
-            return prediction, (ws.load_scan(scan_id) if read_scan else None)
+            labels = self.session.engine.run(
+                "predict_labels", workspace=ws, scan=scan_id, model="student"
+            )
+            return labels, (ws.load_scan(scan_id) if read_scan else None)
 
         self.worker = run_in_thread(
             work,

@@ -1,0 +1,210 @@
+"""The engine's answers for an interactive front end, from a worker process kept for a session.
+
+The docks ask the engine for short things between two clicks: a comparison of the models on a
+scan, the student's mask of a scan to correct, the slices worth correcting next, an exported
+model. Computed in the viewer's own process (a thread of it), the first of them imported torch
+and MONAI there: each import step holds the interpreter while a module initialises (holds of
+50-194 ms beside two busy processes, measured in ``docs/benchmarks.md``), and napari's event loop
+froze for as long. :class:`EngineService` runs them in one worker process instead, started ahead
+and kept until the session ends, so the viewer's process never imports torch for them and what
+the first call imported serves the next.
+
+Only the calls named in :data:`CALLS` run there, with plain arguments (a workspace's folder, not
+the object: the worker reads what is on disk, where every write lands at once). A call is
+blocking: the docks make it from a thread of theirs. A long one reports progress
+(:class:`~napari_mtssl.events.Status`) and can be cancelled between two of its items.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from napari_mtssl import api
+from napari_mtssl import events as ev
+from napari_mtssl.training.running.jobs import JobWorker
+
+__all__ = ["CALLS", "EngineError", "EngineService", "call"]
+
+CALL_TARGET = "napari_mtssl.service:call"
+WARM_TARGET = "napari_mtssl.service:warm"
+
+
+class EngineError(RuntimeError):
+    """A call failed in the worker; the message names the file and the problem as the engine's
+    own errors do."""
+
+
+# -- what runs in the worker -------------------------------------------------------------------
+def _compare(workspace: str, scan: str, models: list[str] | None = None) -> api.Comparison:
+    comparison = api.compare(workspace, scan, models)
+    comparison.teacher_mean = None  # (C, z, y, x) floats no dock shows: not sent back
+    return comparison
+
+
+def _predict_labels(workspace: str, scan: str, model: str = "student") -> Any:
+    return api.predict(workspace, scan, model=model).labels  # the class probabilities stay
+
+
+def _propose(workspace: str, progress: Callable[[int, int, str], None], **kwargs: Any) -> list:
+    return api.propose_slices(workspace, progress=progress, **kwargs)
+
+
+def _export(workspace: str, model: str, fmt: str, out: str, **kwargs: Any) -> str:
+    return str(api.export_model(workspace, model, fmt, out, **kwargs))
+
+
+#: name -> (function, whether it takes a ``progress(i, n, item)`` callback)
+CALLS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "compare": (_compare, False),
+    "predict_labels": (_predict_labels, False),
+    "propose": (_propose, True),
+    "export": (_export, False),
+}
+
+
+def warm() -> None:
+    """Run once by a new worker before its first call: the imports every call needs."""
+    # imported here, when needed: it loads torch and MONAI (in the worker, not the viewer)
+    import napari_mtssl.training.prediction.inference  # noqa: F401
+
+
+def call(function: str, kwargs: dict, *, stop: Callable[[], bool]) -> ev.Events[dict]:
+    """The job a worker runs for :meth:`EngineService.run`: ``CALLS[function](**kwargs)``;
+    its progress as events; ``{"value": result}``, or ``{"stopped": True}`` once cancelled."""
+    func, takes_progress = CALLS[function]
+    if not takes_progress:
+        return {"value": func(**kwargs)}
+    events: queue_mod.Queue = queue_mod.Queue()
+    out: dict[str, Any] = {}
+
+    def progress(i: int, n: int, item: str) -> None:  # in the thread below
+        if stop():
+            raise ev.Cancelled
+        events.put(ev.Status(message=str(item), done=int(i), total=int(n)))
+
+    def body() -> None:
+        try:
+            out["value"] = func(progress=progress, **kwargs)
+        except ev.Cancelled:
+            out["stopped"] = True
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the job
+            out["error"] = exc
+        finally:
+            events.put(None)
+
+    # A thread, so that the callback's progress leaves as events while the call goes on.
+    worker = threading.Thread(target=body, name=f"mtssl-{function}", daemon=True)
+    worker.start()
+    while (event := events.get()) is not None:
+        yield event
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return {"stopped": True} if out.get("stopped") else {"value": out.get("value")}
+
+
+# -- the viewer's side ---------------------------------------------------------------------------
+class EngineService:
+    """One worker process for a session's engine calls, made on first need and kept.
+
+    :meth:`run` is blocking and thread-safe: calls from two threads run one after the other.
+    A worker the operating system ended (out of memory) is replaced at the next call.
+    """
+
+    def __init__(self) -> None:
+        self._worker: JobWorker | None = None
+        self._calls = threading.Lock()  # one call at a time in the worker
+        self._making = threading.Lock()  # one worker made at a time
+        self._closed = False
+
+    # -- the worker ------------------------------------------------------------------------------
+    def prepare(self, when: Callable[[], bool] | None = None) -> None:
+        """Start the worker in the background now (it imports the engine while it waits), if
+        ``when()`` says a call is near (a workspace with trained models)."""
+
+        def make() -> None:
+            try:
+                if when is None or when():
+                    self._ready()
+            except Exception:  # noqa: BLE001, S110 - the next call makes one, or says why not
+                pass
+
+        threading.Thread(target=make, name="mtssl-engine-start", daemon=True).start()
+
+    def _ready(self) -> JobWorker:
+        with self._making:
+            if self._closed:
+                raise EngineError("the session has ended")
+            worker = self._worker
+            if worker is None or not worker.usable:
+                if worker is not None:
+                    worker.close(1)
+                worker = self._worker = JobWorker(warm=(WARM_TARGET, {}))
+            return worker
+
+    @property
+    def started(self) -> bool:
+        """Whether a worker process is up (tests, and a dock's status)."""
+        worker = self._worker
+        return worker is not None and worker._process.is_alive()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the worker (the session ends); a call after this raises EngineError."""
+        with self._making:
+            self._closed = True
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close(timeout)
+
+    # -- calls -----------------------------------------------------------------------------------
+    def run(
+        self,
+        function: str,
+        *,
+        cancel: threading.Event | None = None,
+        on_event: Callable[[ev.Event], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``CALLS[function](**kwargs)`` in the worker; its result, or None once ``cancel`` was
+        set (checked while the call waits and between its items). A Workspace argument travels
+        as its folder. Raises EngineError with the engine's message when the call fails."""
+        if function not in CALLS:
+            raise ValueError(f"no engine call named {function!r}; known: {', '.join(CALLS)}")
+        kwargs = {k: _plain(v) for k, v in kwargs.items()}
+        with self._calls:
+            if cancel is not None and cancel.is_set():
+                return None
+            worker = self._ready()
+            worker.submit(CALL_TARGET, {"function": function, "kwargs": kwargs})
+            while worker.state == "running":
+                if cancel is not None and cancel.is_set():
+                    worker.stop()
+                for event in worker.poll(0.1):
+                    if on_event is not None:
+                        on_event(event)
+            if worker.state == "failed":
+                if not worker.usable:  # the process is gone: the next call makes another
+                    code = worker._process.exitcode
+                    raise EngineError(
+                        f"the engine's worker process ended unexpectedly (exit code {code}); "
+                        "the next try starts a new one"
+                    )
+                raise EngineError(worker.error or f"{function} failed")
+            if worker.state == "stopped":
+                return None
+            return (worker.result or {}).get("value")
+
+
+def _plain(value: Any) -> Any:
+    """What crosses to the worker: a workspace as its folder, paths as text."""
+    root = getattr(value, "root", None)
+    if isinstance(root, Path) and hasattr(value, "scan_ids"):
+        return str(root)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

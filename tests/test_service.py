@@ -1,0 +1,134 @@
+"""The docks' engine calls (Compare, Propose, the student's mask, Export) answered by a worker
+process kept for the session: the same answers as the engine in process, progress and cancel
+for the long one, the engine's own messages for failures, a new worker after a crash, and a
+caller whose process never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from napari_mtssl import api
+from napari_mtssl import events as ev
+from napari_mtssl.service import EngineError, EngineService, call
+from napari_mtssl.training.running.jobs import drive
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ws = api.create_workspace(tmp_path_factory.mktemp("svc") / "ws", source="sample", labelled=2)
+    api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def engine():
+    service = EngineService()
+    yield service
+    service.close()
+
+
+def test_compare_and_predict_match_the_engine_in_process(trained, engine):
+    ws = trained
+    sid = ws.scan_ids("val")[0]
+    got = engine.run("compare", workspace=ws, scan=sid)
+    want = api.compare(ws, sid)
+    assert set(got.labels) == set(want.labels) == {"baseline"}
+    for m in want.labels:
+        assert np.array_equal(got.labels[m], want.labels[m])
+    assert got.dice == pytest.approx(want.dice)
+    assert got.teacher_mean is None  # not sent back: no dock shows it
+    labels = engine.run("predict_labels", workspace=ws, scan=sid, model="baseline")
+    assert np.array_equal(labels, api.predict(ws, sid, model="baseline").labels)
+
+
+def test_propose_reports_progress_and_cancels(trained, engine):
+    ws = trained
+    seen: list[ev.Event] = []
+    found = engine.run(
+        "propose", on_event=seen.append, workspace=ws, k=3, strategy="entropy", max_scans=3
+    )
+    assert 1 <= len(found) <= 3 and all(ws.record(c.scan) for c in found)
+    counted = [e for e in seen if isinstance(e, ev.Status)]
+    assert counted and 1 <= counted[-1].total <= 3  # scan by scan, at most the 3 asked for
+    assert [e.done for e in counted] == list(range(counted[-1].total + 1))
+    assert {e.message for e in counted[:-1]} <= set(ws.scan_ids("train"))
+
+    # cancelled after the first scan: the worker's stop flag, read before each scan
+    asked = iter([False])  # False once, then True (StopIteration's default)
+    job = call(
+        "propose",
+        {"workspace": str(ws.root), "k": 3, "strategy": "entropy"},
+        stop=lambda: next(asked, True),
+    )
+    seen = []
+    assert drive(job, seen.append) == {"stopped": True}
+    assert [type(e) for e in seen] == [ev.Status]
+    cancel_before = threading.Event()
+    cancel_before.set()  # cancelled while it waited for its turn: never runs
+    assert engine.run("propose", cancel=cancel_before, workspace=ws, k=3) is None
+
+
+def test_failures_name_the_problem_and_a_killed_worker_is_replaced(trained, engine):
+    ws = trained
+    with pytest.raises(EngineError, match="no_such_scan"):
+        engine.run("compare", workspace=ws, scan="no_such_scan")
+    with pytest.raises(EngineError, match="teacher:moco"):
+        engine.run("predict_labels", workspace=ws, scan=ws.scan_ids("val")[0], model="teacher:moco")
+    with pytest.raises(ValueError, match="no engine call named"):
+        engine.run("train", workspace=ws)
+    # the operating system ends the worker (out of memory, say): the next call gets a new one
+    old = engine._worker
+    assert old is not None and old.usable
+    os.kill(old._process.pid, signal.SIGKILL)
+    old._process.join(10)
+    labels = engine.run(
+        "predict_labels", workspace=ws, scan=ws.scan_ids("val")[0], model="baseline"
+    )
+    assert labels.dtype == np.uint8 and engine._worker is not old
+
+
+def test_export_writes_where_asked_and_refuses_to_replace(trained, engine, tmp_path):
+    out = tmp_path / "baseline.onnx"
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package (the export extra)")
+    written = engine.run("export", workspace=trained, model="baseline", fmt="onnx", out=out)
+    assert written == str(out) and out.stat().st_size > 1000
+    with pytest.raises(EngineError, match="baseline.onnx"):
+        engine.run("export", workspace=trained, model="baseline", fmt="onnx", out=out)
+
+
+def test_a_closed_service_refuses_calls(trained):
+    service = EngineService()
+    service.close()
+    with pytest.raises(EngineError, match="ended"):
+        service.run("compare", workspace=trained, scan=trained.scan_ids("val")[0])
+
+
+def test_the_callers_process_never_imports_torch(trained):
+    """What the viewer gains: the comparison arrives and torch stays out of its process."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from napari_mtssl.service import EngineService
+        service = EngineService()
+        comparison = service.run("compare", workspace={str(trained.root)!r},
+                                 scan={trained.scan_ids("val")[0]!r})
+        found = service.run("propose", workspace={str(trained.root)!r}, k=2, max_scans=2)
+        service.close()
+        print(json.dumps({{"models": sorted(comparison.labels), "found": len(found),
+                          "torch": "torch" in sys.modules, "monai": "monai" in sys.modules}}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"models": ["baseline"], "found": 2, "torch": False, "monai": False}
