@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -103,6 +104,23 @@ def test_export_writes_where_asked_and_refuses_to_replace(trained, engine, tmp_p
     assert written == str(out) and out.stat().st_size > 1000
     with pytest.raises(EngineError, match="baseline.onnx"):
         engine.run("export", workspace=trained, model="baseline", fmt="onnx", out=out)
+
+
+def test_a_service_prepared_for_a_workspace_answers(trained):
+    """Prepared when a workspace with models opens: the worker predicts one scan while it
+    waits, then answers as one made at the call does."""
+    service = EngineService()
+    try:
+        service.prepare(trained, when=lambda: bool(api.list_models(trained)))
+        deadline = time.monotonic() + 120
+        while not service.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.started
+        sid = trained.scan_ids("val")[0]
+        labels = service.run("predict_labels", workspace=trained, scan=sid, model="baseline")
+        assert np.array_equal(labels, api.predict(trained, sid, model="baseline").labels)
+    finally:
+        service.close()
 
 
 def test_a_closed_service_refuses_calls(trained):

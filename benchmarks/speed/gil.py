@@ -38,7 +38,7 @@ if case.startswith("engine"):  # the docks' way: a worker process kept for the s
     service = EngineService()
     compare = lambda: service.run("compare", workspace=ws, scan=val)
     if case == "engine-prepared":  # started ahead (a workspace with models was opened)
-        service._ready(); time.sleep(20)
+        service._ready(ws); time.sleep(20)
 if case in ("warm", "engine-warm"):
     compare()
 done = threading.Event()

@@ -45,7 +45,7 @@ class Session(QObject):
         # kept for the session: the viewer's process never imports torch for them.
         self.engine = EngineService()
         self.jobs.released.connect(self.engine.close)
-        self.jobs.job_finished.connect(lambda _result: self.engine.prepare())
+        self.jobs.job_finished.connect(lambda _result: self.engine.prepare(self.workspace))
         # The training dock registers how it builds a config so that the correction dock's
         # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
         self.config_provider: Callable[[], Any] | None = None
@@ -76,7 +76,7 @@ class Session(QObject):
         if workspace is not None:  # training is near: a worker process gets ready for it
             self.jobs.prepare()
             # and one for comparing and correcting, where there are models to do it with
-            self.engine.prepare(when=lambda: bool(api.list_models(workspace)))
+            self.engine.prepare(workspace, when=lambda: bool(api.list_models(workspace)))
         self.workspace_changed.emit(workspace)
 
     def require_workspace(self) -> Any:
