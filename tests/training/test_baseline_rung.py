@@ -8,7 +8,7 @@ import json
 import pytest
 
 from napari_mtssl import api
-from napari_mtssl.training.running import pipeline
+from napari_mtssl.training.running.halving import Stage1Decisions
 from napari_mtssl.training.running.pipeline import run_training
 
 
@@ -22,14 +22,14 @@ def _train(tmp_path, monkeypatch, bar):
         stage1__baseline_rung=0.5,
     )
     seen = {}
-    real = pipeline._Run._bar
+    real = Stage1Decisions.bar
 
     def bar_at(self, at):
         seen["real"] = real(self, at)  # what the baseline's probe measured at the rung
         seen["at"] = at
         return bar if bar is not None else seen["real"]
 
-    monkeypatch.setattr(pipeline._Run, "_bar", bar_at)
+    monkeypatch.setattr(Stage1Decisions, "bar", bar_at)
     events: list[dict] = []
     rep = api.run(run_training(ws, cfg, "all"), events.append)
     state = json.loads((ws.run(rep["run"]).path / "pipeline.json").read_text())

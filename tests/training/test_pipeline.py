@@ -286,11 +286,11 @@ def few_steps(monkeypatch):
     """Budgets of seconds: the planner's floor of steps per model lowered, so that tests of
     the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
     from napari_mtssl.training.planning import plan, planner
-    from napari_mtssl.training.running import pipeline
+    from napari_mtssl.training.running import budget
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
     monkeypatch.setattr(planner, "MIN_STEPS", 30)
-    monkeypatch.setattr(pipeline, "MIN_STEPS", 30)
+    monkeypatch.setattr(budget, "MIN_STEPS", 30)
 
     # The plan's step timing, fixed instead of measured: on a machine busy that minute the
     # timing itself ate a 25 s budget and the planner refused the run ("about 0 training

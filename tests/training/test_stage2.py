@@ -285,25 +285,25 @@ def test_the_papers_distillation_reads_the_stored_maps_as_it_would_the_teachers(
 
 
 def _run_stub(spent: float, est: dict, done: dict, student_steps: int, budget: float = 3600):
-    """The parts of a running pipeline that re-budgeting reads, without training anything."""
+    """A run's step budget as re-budgeting reads it, without training anything."""
     from types import SimpleNamespace
 
-    from napari_mtssl.training.running.pipeline import _Run
+    from napari_mtssl.training.running.budget import StepBudget
 
-    r = SimpleNamespace(
+    record = SimpleNamespace(
         cfg=SimpleNamespace(budget_s=budget),
-        plan=SimpleNamespace(
-            estimate_s=dict(est), timings={"student": 0.3}, steps={"seg": 1000}, lanes=1
-        ),
         models={k: {"seconds": v} for k, v in done.items()},
         state={},
         spent=lambda: spent,
         save_state=lambda: None,
         log=lambda e: e,
     )
-    r._steps = lambda unit: r.state.get("unit_steps", {}).get(unit.model, student_steps)
-    for name in ("rebudget", "_student_takes_the_rest", "_student_steps"):
-        setattr(r, name, getattr(_Run, name).__get__(r))
+    plan = SimpleNamespace(
+        estimate_s=dict(est), timings={"student": 0.3}, steps={"seg": 1000}, lanes=1
+    )
+    r = StepBudget(record, plan, "all")
+    r.steps = lambda unit: record.state.get("unit_steps", {}).get(unit.model, student_steps)
+    r.state = record.state
     return r
 
 

@@ -38,7 +38,7 @@ import torch
 
 from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
-from napari_mtssl.ids import ModelId, What, teacher, teachers, trained
+from napari_mtssl.ids import What, teacher, teachers, trained
 from napari_mtssl.task_needs import workspace_summary
 from napari_mtssl.tasks import task_class
 from napari_mtssl.training.config import ExperimentConfig
@@ -48,17 +48,18 @@ from napari_mtssl.training.errors import UnitsFailed
 from napari_mtssl.training.loop import checkpoints, stages
 from napari_mtssl.training.planning.lanes import lanes_for, start_width
 from napari_mtssl.training.planning.plan import (
-    MIN_STEPS,
     Plan,
     PlanError,
     fingerprint,
-    model_units,
     unit_step_s,
     usable_cpus,
 )
 from napari_mtssl.training.planning.planner import allocate, make_plan
 from napari_mtssl.training.prediction.inference import resolve_device
+from napari_mtssl.training.running.budget import StepBudget
 from napari_mtssl.training.running.executors import Executor, connect, make_executor
+from napari_mtssl.training.running.halving import Stage1Decisions
+from napari_mtssl.training.running.record import RunRecord, plan_for
 from napari_mtssl.training.running.units import Unit, UnitContext, open_study, read_plan
 
 __all__ = [
@@ -74,8 +75,6 @@ __all__ = [
 WHATS = tuple(w.value for w in What)
 # Units aim to end within the budget; a unit that would still be training at budget x
 # DEADLINE_SLACK, less its final validation (as last timed) and SAVE_S, ends where it is.
-# The most the student's steps grow when the earlier models ran faster than timed.
-STUDENT_GROWTH = 2.0
 # The last unit of a budgeted run re-times itself while it trains (training/loop/pace.py) and may
 # take up to this many times its steps when the machine runs faster than planned (a plan
 # timed beside a job that then ended: 4.3x measured, benchmarks/busy).
@@ -110,19 +109,6 @@ def _skipped_teachers(run: Any) -> bool:
     except ValueError:  # a damaged plan: not a run to learn from
         return False
     return isinstance(d, dict) and bool(d.get("teachers_skipped"))
-
-
-def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
-    """The model names a run of ``what`` produces, in training order: the models the budget is
-    shared by (:func:`.plan.model_units`), with each task's selected teacher after its modes."""
-    names: list[str] = []
-    for unit in model_units(what, cfg):
-        names.append(unit)
-        last_mode = "pretrain" if cfg.stage1.modes in ("pretrain", "both", "auto") else "joint"
-        mid = ModelId.parse(unit)
-        if mid.mode == last_mode:
-            names.append(str(teacher(mid.task)))
-    return names
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -214,206 +200,46 @@ def check_free_space(root: Any, need: int) -> None:
 
 
 class _Run:
-    """The state of one run while it trains (one instance per ``run_training`` call): the plan
-    of units, their scheduling on an executor, and what their results mean for the run
-    (halving decisions, teacher selection, the report)."""
+    """One run while it trains (one instance per ``run_training`` call): the plan of units and
+    their scheduling on an executor, with the run's record (:mod:`.record`), the steps of its
+    units (:mod:`.budget`) and stage 1's decisions (:mod:`.halving`) as parts of their own."""
 
     def __init__(self, ws, run, cfg, plan, study, device, stop, state, what):
         self.ws, self.run, self.cfg, self.plan = ws, run, cfg, plan
         self.study, self.device, self.stop, self.what = study, device, stop, what
-        self.state = state
-        self.models: dict[str, dict] = state.setdefault("models", {})
-        self.selected: dict[str, dict] = state.setdefault("selected", {})
-        self.savings: dict[str, float] = state.setdefault(
-            "savings", {"halving_s": 0.0, "pretext_cache_s": 0.0}
-        )
-        self.t0 = time.monotonic()
-        self.elapsed0 = float(state.get("elapsed_s", 0.0))
+        self.record = rec = RunRecord(run, cfg, state)
         self.arch = stages.arch_meta(cfg, study)
         budget = float(cfg.budget_s)
         # The hard end: every unit's final validation and saving are done by then. A unit
         # aims at the budget itself (``aim_s`` before the hard end) and re-times its steps
         # to end there with the validation it measured (training/loop/pace.py).
         self.deadline = (
-            self.t0 + max(0.0, budget * DEADLINE_SLACK - self.elapsed0 - SAVE_S)
+            rec.t0 + max(0.0, budget * DEADLINE_SLACK - rec.elapsed0 - SAVE_S)
             if budget > 0
             else None
         )
         self.aim_s = -budget * (DEADLINE_SLACK - 1.0)
         self.teacher_run = self.student_run = None
         self.ctx = UnitContext(ws, run, cfg, plan, study, device)  # what inline units train with
-
-    # -- bookkeeping -----------------------------------------------------------------------
-    def spent(self) -> float:
-        return self.elapsed0 + time.monotonic() - self.t0
-
-    def save_state(self) -> None:
-        self.state["elapsed_s"] = round(self.spent(), 2)
-        atomic_write_json(self.run.path / "pipeline.json", self.state)
-
-    def log(self, event: ev.Event) -> ev.Event:
-        """The event, its JSON form kept in the run's events.jsonl (progress: every 5 %, with
-        the run's time)."""
-        if isinstance(event, ev.Progress):
-            event.run_elapsed_s = round(self.spent(), 1)
-            event.run_budget_s = self.cfg.budget_s or None
-            if not _log_step(event):
-                return event
-        self.run.append_event(ev.wire(event))
-        return event
-
-    def stopped(self, res: dict) -> ev.Stopped:
-        self.save_state()
-        self.run.set_status("stopped", step=res.get("step"), unit=res.get("name"))
-        return ev.Stopped(self.run.id, res.get("name"), res.get("step"))
-
-    def _steps(self, unit: Unit) -> int:
-        """The unit's step count: remembered once it started (its learning-rate schedule
-        depends on it), re-budgeted if the machine ran slower than timed, else the config's."""
-        n = self.state.get("unit_steps", {}).get(unit.model)
-        if n is not None:
-            return int(n)
-        c = self.cfg
-        if unit.kind == "baseline":
-            return c.baseline_steps
-        if unit.kind == "student":
-            return c.stage2.retrain_steps if self.what == "retrain-quick" else c.stage2.steps
-        if unit.kind == "mode" and unit.mode == "pretrain":
-            return c.stage1.finetune_steps
-        return c.stage1.joint_steps
-
-    def rebudget(self, remaining: list[str]) -> ev.Events[None]:
-        """If the machine runs slower than timed, give the models still to train fewer steps
-        so the run ends within its budget (each keeps at least MIN_STEPS / 2); the student,
-        last, takes the time the earlier models left (:meth:`_student_takes_the_rest`)."""
-        if not self.cfg.budget_s or not remaining or self.plan.steps.get("fixed"):
-            return
-        est = self.plan.estimate_s
-        left = self.cfg.budget_s - self.spent()
-        fixed_steps = self.state.setdefault("unit_steps", {})
-        if remaining == ["student"] and "student" not in fixed_steps:
-            yield from self._student_takes_the_rest(left)
-            if "student" in fixed_steps:
-                return
-        lanes = max(1, int(self.plan.lanes or 1))  # side by side: the work shares the lanes
-        need = sum(est.get(u, 0.0) / (1 if u.startswith("student") else lanes) for u in remaining)
-        if need <= 0 or need <= left * 1.02:
-            return
-        scale = max(0.0, left * 0.95) / need
-        if scale >= 1:
-            return
-        changed = []
-        for u in remaining:
-            if u in fixed_steps:
-                continue
-            n = self._student_steps() if u == "student" else int(self.plan.steps["seg"])
-            new = max(MIN_STEPS // 2, int(n * scale))
-            if new < n:
-                fixed_steps[u] = new
-                est[u] = round(est.get(u, 0.0) * new / n, 1)
-                changed.append(f"{u} {new} instead of {n}")
-        if not changed:
-            return
-        self.save_state()
-        yield self.log(
-            ev.Note(
-                "training is running slower than timed: to end within the budget, "
-                + ", ".join(changed)
-                + " steps"
-            )
-        )
-
-    def _student_steps(self) -> int:
-        return self._steps(Unit("student", "student", "student", 0))
-
-    def _student_takes_the_rest(self, left: float) -> ev.Events[None]:
-        """The student is the last unit, so the time the earlier models left is its own: at the
-        pace they ran (their seconds against their estimates), it gets the steps that fill the
-        time left (up to ``STUDENT_GROWTH`` x its planned steps; never fewer than planned
-        unless the machine ran slower, which the deadline then handles)."""
-        est = self.plan.estimate_s
-        done = [
-            u
-            for u, m in self.models.items()
-            if u in est and u != "student" and not m.get("halted_by")  # stopped short: no pace
-        ]
-        planned = sum(float(est[u]) for u in done)
-        actual = sum(float(self.models[u].get("seconds") or 0.0) for u in done)
-        step_s = float(self.plan.timings.get("student") or 0.0)
-        n = self._student_steps()
-        if planned <= 0 or actual <= 0 or step_s <= 0 or n <= 0 or "student" not in est:
-            return
-        pace = actual / planned
-        fixed = max(0.0, float(est["student"]) - n * step_s) * pace  # maps, validations
-        new = int((left * 0.95 - fixed) / (step_s * pace))
-        new = min(new, int(STUDENT_GROWTH * n))
-        if new <= n * 1.05:
-            return
-        self.state.setdefault("unit_steps", {})["student"] = new
-        est["student"] = round(fixed / pace + new * step_s, 1)
-        self.save_state()
-        yield self.log(
-            ev.Note(
-                f"the earlier models ran at {pace:.0%} of their timed pace: the student gets "
-                f"{new} steps instead of {n}, to use the {left / 60:.0f} min left"
-            )
-        )
+        self.budget = StepBudget(rec, plan, what)
+        self.stage1 = Stage1Decisions(rec, plan, what, self.budget, self.ctx.load, self.arch)
 
     # -- the plan of units -------------------------------------------------------------------
-    def _modes(self) -> list[str]:
-        two = ["joint", "pretrain"]
-        return {"joint": ["joint"], "pretrain": ["pretrain"], "both": two, "auto": two}[
-            self.cfg.stage1.modes
-        ]
-
-    def _against_baseline(self) -> bool:
-        """Whether teachers are held against the run's baseline at their rung: a run that
-        trains both, for a semi-supervised student (the paper's keeps its teachers as they are)."""
-        c = self.cfg
-        return (
-            c.stage1.baseline_rung > 0
-            and self.what == "all"
-            and c.stage2.method == "semi"
-            and "baseline" in plan_for(self.what, c)
-        )
-
-    def _halving_at(self, task: str) -> int:
-        """The rung of ``task``: the step where its modes are validated and decided on
-        (successive halving between two modes, the run's baseline as the bar); 0: none, every
-        mode trains fully."""
-        full = self._steps(Unit("", str(trained(task, "joint")), "mode", 0, task, "joint"))
-        at = int(self.plan.steps.get("halving_at") or 0) if len(self._modes()) == 2 else 0
-        if not at and self._against_baseline():
-            at = int(round(self.cfg.stage1.baseline_rung * full))
-        return at if at and at < full else 0
-
-    def _probe_at(self) -> int | None:
-        """The step where the baseline is validated as the teachers' bar (their rung)."""
-        tasks = self.cfg.stage1.tasks
-        if not self._against_baseline() or not tasks:
-            return None
-        return self._halving_at(tasks[0]) or None  # every task's rung is the same step
-
-    def _bar(self, at: int) -> float | None:
-        """The baseline's validation Dice at step ``at`` (None: not known)."""
-        probe = self.state.get("baseline_probe") or {}
-        if not self._against_baseline() or int(probe.get("step") or -1) != at:
-            return None
-        return probe.get("dice")
-
     def plan_units(self) -> list[Unit]:
         """What is left to train, in the order one lane trains it, with the dependencies that
         let several lanes train the rest side by side."""
         names = plan_for(self.what, self.cfg)
         units: list[Unit] = []
-        if "baseline" in names and "baseline" not in self.models:
-            units.append(Unit("baseline", "baseline", "baseline", 0, probe_at=self._probe_at()))
+        if "baseline" in names and "baseline" not in self.record.models:
+            units.append(
+                Unit("baseline", "baseline", "baseline", 0, probe_at=self.stage1.probe_at())
+            )
         if What.parse(self.what).trains_teachers:
             for task in self.cfg.stage1.tasks:
                 units += self._task_units(task)
-            if "all_joint" in names and "all_joint" not in self.models:
+            if "all_joint" in names and "all_joint" not in self.record.models:
                 units.append(Unit("all_joint", "all_joint", "all_joint", 0))
-        if "student" in names and "student" not in self.models:
+        if "student" in names and "student" not in self.record.models:
             s2 = self.cfg.stage2
             member = s2.method == "semi" and s2.with_baseline  # the baseline joins the ensemble
             deps = [u.id for u in units if u.kind == "mode" or (member and u.kind == "baseline")]
@@ -422,35 +248,35 @@ class _Run:
         return units
 
     def _task_units(self, task: str) -> list[Unit]:
-        modes, at = self._modes(), self._halving_at(task)
-        rung = self.state.setdefault("halving", {}).get(task, {}).get("rung", {})
+        modes, at = self.stage1.modes(), self.stage1.halving_at(task)
+        rung = self.record.state.setdefault("halving", {}).get(task, {}).get("rung", {})
         names = {m: str(trained(task, m)) for m in modes}
         out = [
             Unit(f"{names[m]}@rung", names[m], "mode", 0, task, m, pause_at=at)
             for m in modes
-            if at and names[m] not in self.models and m not in rung
+            if at and names[m] not in self.record.models and m not in rung
         ]
         deps = [f"{names[m]}@rung" for m in modes] if at else []
-        if at and self._against_baseline() and "baseline" not in self.models:
+        if at and self.stage1.against_baseline() and "baseline" not in self.record.models:
             deps.append("baseline")  # its Dice at the rung is the bar
         out += [
             Unit(names[m], names[m], "mode", 0, task, m, deps=deps)
             for m in modes
-            if names[m] not in self.models
+            if names[m] not in self.record.models
         ]
         return out
 
     def _prepare(self, unit: Unit) -> ev.Events[None]:
         """Fill in what a unit needs to know at its start: its steps, its pre-training cache,
         the student's teachers and starting point."""
-        unit.steps = self._steps(unit)
-        self.state.setdefault("unit_steps", {}).setdefault(unit.model, int(unit.steps))
+        unit.steps = self.budget.steps(unit)
+        self.record.state.setdefault("unit_steps", {}).setdefault(unit.model, int(unit.steps))
         if unit.kind == "mode" and unit.mode == "pretrain":
             file = self._pretext_file(unit.task)
             unit.pretext_file = None if file is None else str(file)
-            unit.reuse = unit.task in self.state.get("pretext_reuse", []) + self.state.get(
-                "pretext_done", []
-            )
+            unit.reuse = unit.task in self.record.state.get(
+                "pretext_reuse", []
+            ) + self.record.state.get("pretext_done", [])
         if unit.kind != "student":
             return
         if self.what == "all":
@@ -469,10 +295,10 @@ class _Run:
         elif init == "best_teacher" and tnames:
             best = max(tnames, key=lambda n: self._score(trun, n))
             unit.init = [trun.id, best]
-        self.state["teachers"] = {"run": trun.id, "models": members, "dropped": why}
+        self.record.state["teachers"] = {"run": trun.id, "models": members, "dropped": why}
         start = f"; the student starts from {unit.init[1]}" if unit.init else ""
         dropped = "".join(f"; {n} left out ({w})" for n, w in why.items())
-        yield self.log(ev.Note(f"ensemble: {', '.join(members)}{dropped}{start}"))
+        yield self.record.log(ev.Note(f"ensemble: {', '.join(members)}{dropped}{start}"))
 
     @staticmethod
     def _score(run: Any, name: str) -> float:
@@ -503,12 +329,12 @@ class _Run:
             if n not in keep
         }
         if trun is self.run:  # teachers stopped at their rung, behind the baseline
-            for task, h in self.state.get("halving", {}).items():
+            for task, h in self.record.state.get("halving", {}).items():
                 n = str(teacher(task))
                 if n in keep and h.get("trails") and not h.get("continue"):
                     keep.remove(n)
                     why[n] = (
-                        f"stopped at step {self._halving_at(task)}, not ahead of the baseline "
+                        f"stopped at step {self.stage1.halving_at(task)}, not ahead of the baseline "
                         f"there ({h.get('bar', 0.0):.3f})"
                     )
         return keep or names, why
@@ -522,10 +348,10 @@ class _Run:
         """Once a task's pre-training exists, a resume (or a later unit) reuses it."""
         if unit.kind != "mode" or unit.mode != "pretrain" or not unit.pretext_file:
             return
-        done = self.state.setdefault("pretext_done", [])
+        done = self.record.state.setdefault("pretext_done", [])
         if Path(unit.pretext_file).is_file() and unit.task not in done:
             done.append(unit.task)
-            self.save_state()
+            self.record.save_state()
 
     # -- scheduling ----------------------------------------------------------------------------
     def lanes(self, units: list[Unit]) -> tuple[int, str]:
@@ -557,7 +383,7 @@ class _Run:
         )
 
     def train(self, resumed: bool) -> ev.Events[None]:
-        yield self.log(
+        yield self.record.log(
             ev.Start(
                 self.run.id,
                 self.what,
@@ -567,16 +393,16 @@ class _Run:
                 self.study.describe(),
             )
         )
-        yield self.log(ev.PlanMade(self.plan.to_dict(), self.plan.describe()))
+        yield self.record.log(ev.PlanMade(self.plan.to_dict(), self.plan.describe()))
         if self.plan.teachers_skipped and not resumed:
-            yield self.log(ev.Note(self.plan.teachers_skipped["why"]))
+            yield self.record.log(ev.Note(self.plan.teachers_skipped["why"]))
         for note in self.study.notes:
-            yield self.log(ev.Note(note))
+            yield self.record.log(ev.Note(note))
         units = self.plan_units()
         lanes, why = self.lanes(units)
         executor = self.executor(lanes)
         if lanes > 1:
-            yield self.log(
+            yield self.record.log(
                 ev.Note(
                     f"{lanes} units at once ({executor.name} executor, "
                     f"{executor.threads} thread(s) each): {why}"
@@ -612,7 +438,7 @@ class _Run:
             if not running:
                 break
             for _uid, event in executor.poll(0.5):
-                yield self.log(event)
+                yield self.record.log(event)
             yield from self._collect(executor, running, failed, stopped)
         yield from self._end_schedule(failed, stopped, pending)
 
@@ -623,14 +449,14 @@ class _Run:
         for a mode the halving stopped (recorded so). The last unit (``last`` with nothing
         running: the student) gets every thread and takes what the machine's pace allows."""
         if unit.deps and unit.kind == "mode" and unit.pause_at is None:
-            yield from self._decide(unit.task)  # (made already, unless interrupted)
-            if unit.mode not in self.state["halving"][unit.task]["continue"]:
-                yield from self._halted(unit.task, unit.mode)
-                yield from self._maybe_select(unit.task)
+            yield from self.stage1.decide(unit.task)  # (made already, unless interrupted)
+            if unit.mode not in self.record.state["halving"][unit.task]["continue"]:
+                yield from self.stage1.halted(unit.task, unit.mode)
+                yield from self.stage1.maybe_select(unit.task)
                 return None
         busy = {u.model for u in running.values()}
-        yield from self.rebudget(
-            [u for u in self.plan.models if u not in self.models and u not in busy]
+        yield from self.budget.rebudget(
+            [u for u in self.plan.models if u not in self.record.models and u not in busy]
         )
         yield from self._prepare(unit)
         wall = None if self.deadline is None else time.time() + self.deadline - time.monotonic()
@@ -657,7 +483,7 @@ class _Run:
             self._note_pretext(unit)
             if error is not None:
                 failed[uid] = error
-                yield self.log(ev.Note(f"{unit.model} failed: {error}"))
+                yield self.record.log(ev.Note(f"{unit.model} failed: {error}"))
             elif result.get("stopped"):
                 stopped.append(result)
             else:
@@ -669,13 +495,15 @@ class _Run:
         """After the schedule: raise a unit's failure (its own error when it is the only one),
         or the stop (the stopped unit's result, or the next unit's name between two units)."""
         if failed:
-            self.save_state()
+            self.record.save_state()
             errors = list(failed.values())
             if len(errors) == 1 and isinstance(errors[0], BaseException):
                 raise errors[0]  # inline: the unit's own error, as it was raised
             raise UnitsFailed({u: str(e) for u, e in failed.items()}, self.ws.root)
         if stopped or pending:  # pending without a failure: stopped between two units
-            yield self.log(self.stopped(stopped[0] if stopped else {"name": pending[0].model}))
+            yield self.record.log(
+                self.record.stopped(stopped[0] if stopped else {"name": pending[0].model})
+            )
             raise _Stopped()
 
     def _ready(self, pending: list[Unit], running: dict, failed: dict, lanes: int) -> Unit | None:
@@ -691,11 +519,11 @@ class _Run:
     def _cost_s(self, unit: Unit) -> float:
         """Seconds a unit trains, from the plan's timed steps (an estimate for ordering)."""
         t = {"seg": 1.0, "student": 2.0, **self.plan.timings}  # runs given in steps: untimed
-        n = self._steps(unit)
+        n = self.budget.steps(unit)
         if unit.pause_at is not None:
             n = unit.pause_at
         elif unit.deps and unit.kind == "mode":
-            n = max(0, n - self._halving_at(unit.task))
+            n = max(0, n - self.stage1.halving_at(unit.task))
         seg, _ = unit_step_s(unit.model, t, self.cfg)
         if unit.kind == "mode" and unit.mode == "pretrain" and not unit.deps:
             task = float(t.get(f"task:{unit.task}", t["seg"]))
@@ -708,143 +536,22 @@ class _Run:
 
     # -- what the units' results mean ----------------------------------------------------------
     def complete(self, unit: Unit, result: dict) -> ev.Events[None]:
+        rec = self.record
         entry = dict(result["entry"])
         if "ensemble" in entry:
-            self.state["ensemble"] = entry.pop("ensemble")
+            rec.state["ensemble"] = entry.pop("ensemble")
         if unit.kind == "mode" and unit.mode == "pretrain":
-            entry["pretext_cached"] = unit.task in self.state.get("pretext_reuse", [])
-        self.models[unit.model] = entry
-        self.save_state()
-        yield self.log(ev.ModelDone(model=unit.model, **entry))
+            entry["pretext_cached"] = unit.task in rec.state.get("pretext_reuse", [])
+        rec.models[unit.model] = entry
+        rec.save_state()
+        yield rec.log(ev.ModelDone(model=unit.model, **entry))
         if result.get("probe") and unit.kind == "baseline":
-            self.state["baseline_probe"] = result["probe"]
-            self.save_state()
+            rec.state["baseline_probe"] = result["probe"]
+            rec.save_state()
         if unit.pause_at is not None:  # a halving rung: kept as it stands until decided
-            halving = self.state["halving"].setdefault(unit.task, {})
-            halving.setdefault("rung", {})[unit.mode] = {
-                "dice": result.get("val_dice"),
-                "steps": int(result["steps"]),
-                "seconds": result["seconds"],
-            }
-            self.models.pop(unit.model)
-            halving.setdefault("provisional", {})[unit.mode] = True
-            self.save_state()
-            waits = self._against_baseline() and "baseline" not in self.models
-            if len(halving["rung"]) == len(self._modes()) and not waits:
-                yield from self._decide(unit.task)
-            return
-        if unit.kind == "mode":
-            yield from self._maybe_select(unit.task)
-
-    def _decide(self, task: str) -> ev.Events[None]:
-        """At the rung: of two modes only the leader goes on, unless the two are close; a
-        mode whose Dice does not lead the run's baseline at the same step by at least
-        ``stage1.baseline_lead`` stops there (its time goes to the student)."""
-        halving, s1, modes = self.state["halving"][task], self.cfg.stage1, self._modes()
-        if "continue" in halving:
-            return
-        at = self._halving_at(task)
-        d = {m: halving["rung"][m]["dice"] or 0.0 for m in modes}
-        lead = max(modes, key=lambda m: (d[m], m == "joint"))
-        why = []
-        go = list(modes)
-        if len(modes) == 2 and self.plan.steps.get("halving_at"):
-            gap = abs(d["joint"] - d["pretrain"])
-            close = gap <= s1.halving_margin
-            go = list(modes) if close else [lead]
-            why.append(
-                f"within {s1.halving_margin:g} Dice: both go on"
-                if close
-                else f"{lead} leads by {gap:.3f}"
-            )
-        bar = self._bar(at)
-        if bar is not None:
-            trail = [m for m in go if d[m] < bar + s1.baseline_lead]
-            go = [m for m in go if m not in trail]
-            halving["bar"] = bar
-            need = f"{bar:.3f} at step {at}, {s1.baseline_lead:+g} wanted"
-            if trail:
-                halving["trails"] = trail
-                why.append(
-                    f"{', '.join(trail)} not ahead of the baseline ({need}): stopped, the "
-                    "student gets the time"
-                )
-            else:
-                why.append(f"ahead of the baseline ({need})")
-        halving["continue"] = go
-        self.save_state()
-        yield self.log(ev.Halving(task, at, d, go, "; ".join(why)))
-
-    def _halted(self, task: str, mode: str) -> ev.Events[None]:
-        """The losing mode keeps the model and scores it had at the halving point."""
-        name = str(trained(task, mode))
-        meta = checkpoints.read_model_meta(self.run.model_path(name))
-        entry = dict(meta["metrics"])
-        if mode in self.state["halving"][task].get("trails", []):
-            entry["halted_by"] = "not ahead of the baseline"
-        self.models[name] = entry
-        checkpoints.remove_state(self.run.checkpoint_dir, name)
-        n = self._steps(Unit("", name, "mode", 0, task, mode))
-        key = "seg" if mode == "pretrain" else f"task:{task}"
-        per = self.plan.timings.get("seg", 0.0) + (
-            self.plan.timings.get(key, 0.0) if mode == "joint" else 0.0
-        )
-        saved = max(0, n - int(entry["steps"])) * per
-        self.savings["halving_s"] = round(self.savings["halving_s"] + saved, 1)
-        self.save_state()
-        yield self.log(
-            ev.Note(
-                f"{name} stopped at step {entry['steps']} of {n} "
-                f"({entry.get('halted_by') or 'successive halving'}), saving about {saved:.0f} s"
-            )
-        )
-
-    def _maybe_select(self, task: str) -> ev.Events[None]:
-        modes = self._modes()
-        done = all(str(trained(task, m)) in self.models for m in modes)
-        if done and str(teacher(task)) not in self.models:
-            yield from self.select(task, modes)
-
-    def select(self, task: str, modes: list[str]) -> ev.Events[None]:
-        scores = {m: self.models[str(trained(task, m))]["mean_dice"] for m in modes}
-        mode = stages.select_mode(scores)
-        src = str(trained(task, mode))
-        checkpoints.save_model(
-            self.ctx.load(self.run.id, src),
-            self.run.model_path(str(teacher(task))),
-            {
-                **self.arch,
-                "name": str(teacher(task)),
-                "selected_from": src,
-                "metrics": self.models[src],
-                "postprocess": self.models[src].get("postprocess", "none"),
-                "run": self.run.id,
-                "seed": self.cfg.seed,
-            },
-        )
-        self.models[str(teacher(task))] = {**self.models[src], "mode": mode}
-        rung = self.state.get("halving", {}).get(task, {})
-        self.selected[task] = {
-            "mode": mode,
-            "joint": scores.get("joint"),
-            "pretrain": scores.get("pretrain"),
-            "steps": {m: self.models[str(trained(task, m))]["steps"] for m in modes},
-        }
-        if rung.get("rung"):
-            self.selected[task]["halving"] = {
-                "at_steps": self._halving_at(task),
-                "dice": {m: r["dice"] for m, r in rung["rung"].items()},
-                "continued": rung.get("continue"),
-                "baseline": rung.get("bar"),
-            }
-        pre = self.models.get(str(trained(task, "pretrain")), {})
-        if pre.get("pretext_cached"):
-            per = self.plan.timings.get(f"task:{task}", 0.0)
-            self.savings["pretext_cache_s"] = round(
-                self.savings["pretext_cache_s"] + per * int(pre.get("pretext_steps", 0)), 1
-            )
-        self.save_state()
-        yield self.log(ev.Selected(task=task, **self.selected[task]))
+            yield from self.stage1.at_rung(unit, result)
+        elif unit.kind == "mode":
+            yield from self.stage1.maybe_select(unit.task)
 
     def report(self) -> ev.Events[dict]:
         """The run's report (``metrics.json``) and its round in the workspace history."""
@@ -852,21 +559,21 @@ class _Run:
             "run": self.run.id,
             "what": self.what,
             "device": str(self.device),
-            "models": self.models,
-            "selected": self.selected,
-            "teachers": self.state.get("teachers"),
-            "ensemble": self.state.get("ensemble"),
-            "comparison": comparison(self.models, self.state.get("ensemble")),
+            "models": self.record.models,
+            "selected": self.record.selected,
+            "teachers": self.record.state.get("teachers"),
+            "ensemble": self.record.state.get("ensemble"),
+            "comparison": comparison(self.record.models, self.record.state.get("ensemble")),
             "config": self.cfg.to_dict(),
             "plan": self.plan.to_dict(),
             "budget": {
                 "budget_s": self.cfg.budget_s,
-                "spent_s": round(self.spent(), 1),
+                "spent_s": round(self.record.spent(), 1),
                 "estimate_s": self.plan.estimate_s.get("total"),
             },
-            "savings": dict(self.savings),
+            "savings": dict(self.record.savings),
             "data": self.study.describe(),
-            "seconds": round(self.spent(), 2),
+            "seconds": round(self.record.spent(), 2),
         }
         self.run.write_metrics(report)
         rnd = self.ws.add_round(
@@ -878,15 +585,15 @@ class _Run:
                 "corrections": self.ws.corrections_in_round(self.ws.current_round),
                 "metrics": {
                     k: {"mean_dice": v["mean_dice"], "hd95": v["hd95"]}
-                    for k, v in self.models.items()
+                    for k, v in self.record.models.items()
                 },
             }
         )
         report["round"] = rnd
         self.run.write_metrics(report)
-        self.save_state()
+        self.record.save_state()
         self.run.set_status("done")
-        yield self.log(ev.Done(self.run.id, rnd))
+        yield self.record.log(ev.Done(self.run.id, rnd))
         return report
 
 
@@ -1238,15 +945,10 @@ def run_training(
     except BaseException as exc:
         # GeneratorExit: the consumer dropped us (a job was killed): leave a resumable state.
         status = "stopped" if isinstance(exc, GeneratorExit) else "failed"
-        r.save_state()
+        r.record.save_state()
         run.set_status(status, error=str(exc) or type(exc).__name__)
         raise
     return (yield from r.report())
-
-
-def _log_step(event: ev.Progress) -> bool:
-    total, step = max(1, event.total), event.step
-    return step == total or step % max(1, total // 20) == 0
 
 
 def job_threads(cpus: int | None = None) -> int:
