@@ -45,6 +45,8 @@ class Session(QObject):
         # kept for the session: the viewer's process never imports torch for them.
         self.engine = EngineService()
         self.jobs.released.connect(self.engine.close)
+        # ready before the run ends (Compare is the next click), and again if it ended since
+        self.jobs.job_started.connect(lambda _what: self.engine.prepare(self.workspace))
         self.jobs.job_finished.connect(lambda _result: self.engine.prepare(self.workspace))
         # The training dock registers how it builds a config so that the correction dock's
         # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
