@@ -119,6 +119,9 @@ def test_a_service_prepared_for_a_workspace_answers(trained):
         sid = trained.scan_ids("val")[0]
         labels = service.run("predict_labels", workspace=trained, scan=sid, model="baseline")
         assert np.array_equal(labels, api.predict(trained, sid, model="baseline").labels)
+        worker = service._worker
+        service.prepare(trained, refresh=True)  # a run ended: the same worker, warmed again
+        assert service.run("warm", workspace=trained) is None and service._worker is worker
     finally:
         service.close()
 

@@ -60,15 +60,6 @@ def _export(workspace: str, model: str, fmt: str, out: str, **kwargs: Any) -> st
     return str(api.export_model(workspace, model, fmt, out, **kwargs))
 
 
-#: name -> (function, whether it takes a ``progress(i, n, item)`` callback)
-CALLS: dict[str, tuple[Callable[..., Any], bool]] = {
-    "compare": (_compare, False),
-    "predict_labels": (_predict_labels, False),
-    "propose": (_propose, True),
-    "export": (_export, False),
-}
-
-
 def warm(workspace: str | None = None) -> None:
     """Run once by a new worker before its first call: the imports every call needs, and, for
     a workspace with trained models, one prediction of its smallest scan (what a process does
@@ -85,6 +76,16 @@ def warm(workspace: str | None = None) -> None:
     if models and scans:
         smallest = min(scans, key=lambda sid: int(np.prod(ws.record(sid).shape)))
         api.predict(ws, smallest, model=models[0])
+
+
+#: name -> (function, whether it takes a ``progress(i, n, item)`` callback)
+CALLS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "compare": (_compare, False),
+    "predict_labels": (_predict_labels, False),
+    "propose": (_propose, True),
+    "export": (_export, False),
+    "warm": (warm, False),  # what a new worker does first, again (new models)
+}
 
 
 def call(function: str, kwargs: dict, *, stop: Callable[[], bool]) -> ev.Events[dict]:
@@ -137,15 +138,24 @@ class EngineService:
         self._closed = False
 
     # -- the worker ------------------------------------------------------------------------------
-    def prepare(self, workspace: Any = None, when: Callable[[], bool] | None = None) -> None:
+    def prepare(
+        self,
+        workspace: Any = None,
+        when: Callable[[], bool] | None = None,
+        refresh: bool = False,
+    ) -> None:
         """Start the worker in the background now, if ``when()`` says a call is near (a
         workspace with trained models): it imports the engine and predicts one scan of
-        ``workspace`` while it waits."""
+        ``workspace`` while it waits. ``refresh``: a worker already up predicts that scan
+        again (a run has just made new models: their first prediction costs seconds)."""
 
         def make() -> None:
             try:
                 if when is None or when():
-                    self._ready(workspace)
+                    before = self._worker
+                    worker = self._ready(workspace)
+                    if refresh and worker is before and workspace is not None:
+                        self.run("warm", workspace=workspace)
             except Exception:  # noqa: BLE001, S110 - the next call makes one, or says why not
                 pass
 

@@ -47,7 +47,9 @@ class Session(QObject):
         self.jobs.released.connect(self.engine.close)
         # ready before the run ends (Compare is the next click), and again if it ended since
         self.jobs.job_started.connect(lambda _what: self.engine.prepare(self.workspace))
-        self.jobs.job_finished.connect(lambda _result: self.engine.prepare(self.workspace))
+        self.jobs.job_finished.connect(
+            lambda _result: self.engine.prepare(self.workspace, refresh=True)
+        )
         # The training dock registers how it builds a config so that the correction dock's
         # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
         self.config_provider: Callable[[], Any] | None = None
