@@ -51,6 +51,26 @@ def test_compare_and_predict_match_the_engine_in_process(trained, engine):
     assert np.array_equal(labels, api.predict(ws, sid, model="baseline").labels)
 
 
+def test_a_scan_compared_again_is_answered_from_what_was_kept(trained):
+    """Until a model or the scan's labels change: a correction changes the Dice shown."""
+    from napari_mtssl import service
+
+    ws = trained
+    sid = next(s for s in ws.scan_ids() if ws.labelled_slices(s))
+    first = service._compare(str(ws.root), sid)
+    assert service._compare(str(ws.root), sid) is first  # kept
+    labels = np.array(ws.labels(sid))
+    z = ws.labelled_slices(sid)[0]
+    labels[z, :4, :4] = 1 - labels[z, :4, :4].clip(0, 1)
+    api.accept_correction(ws, sid, labels, [z])
+    again = service._compare(str(ws.root), sid)
+    assert again is not first and np.array_equal(again.labels["baseline"], first.labels["baseline"])
+    assert service._compare(str(ws.root), sid) is again
+    # a new model (a retrain, another run) makes it compare again
+    api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
+    assert service._compare(str(ws.root), sid) is not again
+
+
 def test_propose_reports_progress_and_cancels(trained, engine):
     ws = trained
     seen: list[ev.Event] = []

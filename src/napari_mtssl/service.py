@@ -12,14 +12,17 @@ the first call imported serves the next.
 Only the calls named in :data:`CALLS` run there, with plain arguments (a workspace's folder, not
 the object: the worker reads what is on disk, where every write lands at once). A call is
 blocking: the docks make it from a thread of theirs. A long one reports progress
-(:class:`~napari_mtssl.events.Status`) and can be cancelled between two of its items.
+(:class:`~napari_mtssl.events.Status`) and can be cancelled between two of its items. A scan
+compared again, with the same models and labels, is answered from the comparison kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue as queue_mod
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,10 +45,47 @@ class EngineError(RuntimeError):
 
 
 # -- what runs in the worker -------------------------------------------------------------------
+# Comparisons made, newest last, while their models and the scan's labels stay as they were:
+# a scan compared again (back from another) is answered at once. At most _KEEP_BYTES of them.
+_COMPARED: OrderedDict[tuple, api.Comparison] = OrderedDict()
+_KEEP_BYTES = 1 << 30
+
+
 def _compare(workspace: str, scan: str, models: list[str] | None = None) -> api.Comparison:
-    comparison = api.compare(workspace, scan, models)
+    ws = api.open_workspace(workspace)
+    key = (str(ws.root), scan, tuple(models or ()), _models_now(ws), _labels_now(ws, scan))
+    if key in _COMPARED:
+        _COMPARED.move_to_end(key)
+        return _COMPARED[key]
+    comparison = api.compare(ws, scan, models)
     comparison.teacher_mean = None  # (C, z, y, x) floats no dock shows: not sent back
+    _COMPARED[key] = comparison
+    while len(_COMPARED) > 1 and sum(map(_nbytes, _COMPARED.values())) > _KEEP_BYTES:
+        _COMPARED.popitem(last=False)
     return comparison
+
+
+def _models_now(ws: Any) -> tuple:
+    """The runs and when each last saved a model: a new model (a run, a retrain) changes it
+    (every model file is written beside its run's others and renamed into place)."""
+    out = []
+    for run in ws.runs():
+        folder = run.models_dir
+        out.append((run.id, folder.stat().st_mtime_ns if folder.is_dir() else 0))
+    return tuple(out)
+
+
+def _labels_now(ws: Any, scan: str) -> str:
+    """The scan's labels and their state: a correction changes the Dice a comparison shows."""
+    digest = hashlib.blake2b(digest_size=16)
+    if ws.labelled_slices(scan):
+        digest.update(np.ascontiguousarray(ws.labels(scan)).tobytes())
+    digest.update(repr(ws.slice_status(scan)).encode())
+    return digest.hexdigest()
+
+
+def _nbytes(c: api.Comparison) -> int:
+    return sum(a.nbytes for a in c.labels.values()) + c.disagreement.nbytes
 
 
 def _predict_labels(workspace: str, scan: str, model: str = "student") -> Any:
