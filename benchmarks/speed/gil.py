@@ -10,7 +10,8 @@ of a session: torch and MONAI not yet imported) and ``warm`` (a second Compare),
 process as the dock once ran it; then the docks' way now, the session's engine worker
 process (``napari_mtssl.service``): ``engine-cold`` (the worker started by the click),
 ``engine-prepared`` (started 20 s ahead, as opening a workspace with models does) and
-``engine-warm`` (a second Compare). Nothing is asserted. Needs ACDC (``MTSSL_ACDC``); the workspace (3 labelled patients, a baseline trained a
+``engine-warm`` (a second Compare). Each case also keeps the resident memory of the caller's
+process and of the engine's. Nothing is asserted. Needs ACDC (``MTSSL_ACDC``); the workspace (3 labelled patients, a baseline trained a
 few steps) is made once under ``benchmarks``' work folder.
 """
 
@@ -57,7 +58,10 @@ while not done.is_set():
 out["gaps_over_50ms"] = sorted(gaps, key=lambda x: -x["ms"])[:10]
 out["max_gap_ms"] = max([x["ms"] for x in gaps], default=0)
 out["torch_after"] = "torch" in sys.modules
+import psutil
+out["caller_rss_mb"] = round(psutil.Process().memory_info().rss / 2**20)
 if case.startswith("engine"):
+    out["engine_rss_mb"] = round(psutil.Process(service._worker._process.pid).memory_info().rss / 2**20)
     service.close()
 print(json.dumps(out))
 """
@@ -82,7 +86,8 @@ def bench(load: int = 2) -> dict[str, Any]:
             r = subprocess.run([sys.executable, "-c", _CHILD, folder, case],
                                capture_output=True, text=True, check=True)  # fmt: skip
             out[case] = json.loads(r.stdout.strip().splitlines()[-1])
-            print(case, out[case]["max_gap_ms"], "ms max;", out[case]["compare_s"], "s", flush=True)
+            print(case, out[case]["max_gap_ms"], "ms max;", out[case]["compare_s"], "s;",
+                  out[case]["caller_rss_mb"], out[case].get("engine_rss_mb"), "MB", flush=True)  # fmt: skip
         return out
     finally:
         for p in hogs:
