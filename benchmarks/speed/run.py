@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--walk-budget", default="10 min", help="walk: the Tasks tab's budget")
     p.add_argument("--stop-after", type=float, default=60.0, help="walk: stop after (s)")
+    p.add_argument(
+        "--look", type=float, default=0.0, help="walk: seconds between the run's end and Compare"
+    )
     p.add_argument("--device", default="cuda", help="gpu: cpu for a dry run of the script")
     p.add_argument("--budget", default="10m", help="stage1_budget: the run's time budget")
     p.add_argument("--gpu-tasks", default="sdm,inpaint", help="gpu: the stage-1 tasks")
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "walk":
             from speed import walk
 
-            res = walk.bench(load=a.load, budget=a.walk_budget, stop_after_s=a.stop_after)
+            res = walk.bench(
+                load=a.load, budget=a.walk_budget, stop_after_s=a.stop_after, look_s=a.look
+            )
         else:
             from speed import memory
 
@@ -124,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         res["machine"] = info
         res["command"] = "benchmarks/speed/run.py " + " ".join(argv)
         key = f"viewer_load{a.load}" if name == "viewer" and a.load else name
-        key = f"walk_load{a.load}" if name == "walk" else key
+        key = (
+            f"walk_load{a.load}" + (f"_look{a.look:g}" if a.look else "") if name == "walk" else key
+        )
         key = f"gil_load{a.load or 2}" if name == "gil" else key
         print("saved", common.save(key, res), flush=True)
     return 0

@@ -10,7 +10,8 @@ time (other work on the machine). The walk, with the dock's own methods (what it
 3. **stop** it after ``stop_after_s`` of training: from the click to the job's end;
 4. **resume** it and let it finish its budget: the first "resumed" event, the model's
    validation Dice;
-5. **compare** on a validation scan: from the click to the layers in the viewer;
+5. **compare** on a validation scan: from the click to the layers in the viewer (clicked the
+   moment the run ends, or ``look_s`` seconds later: a user reading the results first);
 6. **propose** the next slices to correct (the default strategy) on the imported study; then a
    second Propose cancelled 0.5 s after its click: from Cancel to the dock's answer.
 
@@ -29,10 +30,12 @@ from typing import Any
 from .viewer import busy_processes, gap_probe, spin, stats
 
 
-def bench(load: int = 2, budget: str = "10 min", stop_after_s: float = 60.0) -> dict[str, Any]:
+def bench(
+    load: int = 2, budget: str = "10 min", stop_after_s: float = 60.0, look_s: float = 0.0
+) -> dict[str, Any]:
     hogs = busy_processes(load)
     try:
-        out = _walk(budget, stop_after_s)
+        out = _walk(budget, stop_after_s, look_s)
     finally:
         for p in hogs:
             p.kill()
@@ -70,7 +73,7 @@ def _first_scan_shown(viewer: Any, ws: Any) -> bool:
     return not labelled or f"{sid}_labels" in viewer.layers
 
 
-def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
+def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, Any]:
     import napari
 
     from napari_mtssl.widgets import add_docks
@@ -168,7 +171,8 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
         base = (result.get("models") or {}).get("baseline") or {}
         phases[-1]["baseline_val_dice"] = base.get("mean_dice")
         phases[-1]["baseline_steps"] = base.get("steps")
-        # 5. compare on a validation scan
+        # 5. compare on a validation scan (after ``look_s`` of reading the run's results)
+        spin(look_s)
         got: dict[str, Any] = {}
         compare.comparison_ready.connect(lambda c: got.setdefault("comparison", c))
         val = ws.scan_ids("val")[0]
@@ -198,4 +202,4 @@ def _walk(budget: str, stop_after_s: float) -> dict[str, Any]:
             jobs.stop_and_wait(120)
         viewer.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"budget": budget, "stop_after_s": stop_after_s, "phases": phases}
+    return {"budget": budget, "stop_after_s": stop_after_s, "look_s": look_s, "phases": phases}
