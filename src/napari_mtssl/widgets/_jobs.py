@@ -417,8 +417,8 @@ def run_in_thread(
     on_error: Any = None,
     **kwargs: Any,
 ) -> Any:
-    """Run engine work (inference, a comparison, an import) off the GUI thread; returns the
-    started worker. One of the docks' three ways to keep the viewer free, with the
+    """Run work off the GUI thread (reading files, an import, waiting for the engine's
+    process to answer: ``Session.engine``); returns the started worker. One of the docks' three ways to keep the viewer free, with the
     :class:`JobController` (training in a worker process) and :func:`._turns.run_in_turns`
     (GUI-thread work split over turns of the event loop).
 
