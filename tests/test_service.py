@@ -146,6 +146,19 @@ def test_a_service_prepared_for_a_workspace_answers(trained):
         service.close()
 
 
+def test_a_worker_serving_a_call_is_never_replaced(trained, engine):
+    """A run ends while Compare is computing: the session prepares the engine again, which
+    must leave the busy worker alone (it once ended it, and the Compare with it)."""
+    worker = engine._ready()
+    worker.state = "running"  # as while a call runs
+    try:
+        assert engine._ready(trained) is worker and worker._process.is_alive()
+    finally:
+        worker.state = "idle"
+    sid = trained.scan_ids("val")[0]
+    assert engine.run("predict_labels", workspace=trained, scan=sid, model="baseline") is not None
+
+
 def test_a_closed_service_refuses_calls(trained):
     service = EngineService()
     service.close()

@@ -206,7 +206,9 @@ class EngineService:
             if self._closed:
                 raise EngineError("the session has ended")
             worker = self._worker
-            if worker is None or not worker.usable:
+            # Replaced only when its process is gone: a busy one is serving a call (a prepare
+            # from a job's end must never end the Compare it is computing).
+            if worker is None or not worker._process.is_alive():
                 if worker is not None:
                     worker.close(1)
                 warm_with = {"workspace": _plain(workspace)} if workspace is not None else {}
