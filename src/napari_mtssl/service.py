@@ -18,9 +18,7 @@ compared again, with the same models and labels, is answered from the comparison
 
 from __future__ import annotations
 
-import hashlib
 import os
-import queue as queue_mod
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,7 +29,7 @@ import numpy as np
 
 from napari_mtssl import api
 from napari_mtssl import events as ev
-from napari_mtssl.training.running.jobs import JobWorker
+from napari_mtssl.training.running.jobs import JobWorker, relay_status
 
 __all__ = ["CALLS", "EngineError", "EngineService", "call"]
 
@@ -75,13 +73,10 @@ def _models_now(ws: Any) -> tuple:
     return tuple(out)
 
 
-def _labels_now(ws: Any, scan: str) -> str:
-    """The scan's labels and their state: a correction changes the Dice a comparison shows."""
-    digest = hashlib.blake2b(digest_size=16)
-    if ws.labelled_slices(scan):
-        digest.update(np.ascontiguousarray(ws.labels(scan)).tobytes())
-    digest.update(repr(ws.slice_status(scan)).encode())
-    return digest.hexdigest()
+def _labels_now(ws: Any, scan: str) -> tuple | None:
+    """The scan's stored labels as they are now: a correction (which changes the Dice a
+    comparison shows) replaces their file."""
+    return ws.labels_signature(scan)
 
 
 def _nbytes(c: api.Comparison) -> int:
@@ -134,33 +129,14 @@ def call(function: str, kwargs: dict, *, stop: Callable[[], bool]) -> ev.Events[
     func, takes_progress = CALLS[function]
     if not takes_progress:
         return {"value": func(**kwargs)}
-    events: queue_mod.Queue = queue_mod.Queue()
-    out: dict[str, Any] = {}
 
-    def progress(i: int, n: int, item: str) -> None:  # in the thread below
-        if stop():
-            raise ev.Cancelled
-        events.put(ev.Status(message=str(item), done=int(i), total=int(n)))
+    def work(status: Callable[[str, int, int], None]) -> Any:
+        return func(progress=lambda i, n, item: status(item, i, n), **kwargs)
 
-    def body() -> None:
-        try:
-            out["value"] = func(progress=progress, **kwargs)
-        except ev.Cancelled:
-            out["stopped"] = True
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the job
-            out["error"] = exc
-        finally:
-            events.put(None)
-
-    # A thread, so that the callback's progress leaves as events while the call goes on.
-    worker = threading.Thread(target=body, name=f"mtssl-{function}", daemon=True)
-    worker.start()
-    while (event := events.get()) is not None:
-        yield event
-    worker.join()
-    if "error" in out:
-        raise out["error"]
-    return {"stopped": True} if out.get("stopped") else {"value": out.get("value")}
+    try:
+        return {"value": (yield from relay_status(work, stop))}
+    except ev.Cancelled:
+        return {"stopped": True}
 
 
 # -- the viewer's side ---------------------------------------------------------------------------
@@ -208,18 +184,18 @@ class EngineService:
             worker = self._worker
             # Replaced only when its process is gone: a busy one is serving a call (a prepare
             # from a job's end must never end the Compare it is computing).
-            if worker is None or not worker._process.is_alive():
+            if worker is None or not worker.alive:
                 if worker is not None:
                     worker.close(1)
                 warm_with = {"workspace": _plain(workspace)} if workspace is not None else {}
-                worker = self._worker = JobWorker(warm=(WARM_TARGET, warm_with))
+                worker = self._worker = JobWorker((WARM_TARGET, warm_with), role="engine's worker")
             return worker
 
     @property
     def started(self) -> bool:
-        """Whether a worker process is up (tests, and a dock's status)."""
+        """Whether a worker process is up."""
         worker = self._worker
-        return worker is not None and worker._process.is_alive()
+        return worker is not None and worker.alive
 
     def close(self, timeout: float = 5.0) -> None:
         """End the worker (the session ends); a call after this raises EngineError."""
@@ -256,13 +232,10 @@ class EngineService:
                     if on_event is not None:
                         on_event(event)
             if worker.state == "failed":
-                if not worker.usable:  # the process is gone: the next call makes another
-                    code = worker._process.exitcode
-                    raise EngineError(
-                        f"the engine's worker process ended unexpectedly (exit code {code}); "
-                        "the next try starts a new one"
-                    )
-                raise EngineError(worker.error or f"{function} failed")
+                error = worker.error or f"{function} failed"
+                if not worker.alive:  # the process is gone: the next call makes another
+                    error += "; the next try starts a new one"
+                raise EngineError(error)
             if worker.state == "stopped":
                 return None
             return (worker.result or {}).get("value")

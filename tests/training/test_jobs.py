@@ -169,3 +169,29 @@ def test_a_job_leaves_a_core_to_the_viewer():
     assert job_threads(1) == 1
     assert job_threads(2) == 1
     assert job_threads(16) == 15
+
+
+def test_relay_status_yields_a_callbacks_progress_and_its_end():
+    """A function that reports through a callback, run as a generator: its Status events in
+    order, then its result; its error raised in the caller; a stop ends it with Cancelled."""
+    from napari_mtssl import events as ev
+    from napari_mtssl.training.running.jobs import drive, relay_status
+
+    def work(status):
+        for i in range(3):
+            status(f"item {i}", i, 3)
+        return "done"
+
+    seen = []
+    assert drive(relay_status(work), seen.append) == "done"
+    assert [(e.message, e.done, e.total) for e in seen] == [(f"item {i}", i, 3) for i in range(3)]
+
+    def broken(status):
+        status("first", 0, 1)
+        raise ValueError("scan_07.nii.gz: not a NIfTI file")
+
+    with pytest.raises(ValueError, match="scan_07"):
+        drive(relay_status(broken), lambda e: None)
+    asked = iter([False])  # go on once, then stop
+    with pytest.raises(ev.Cancelled):
+        drive(relay_status(work, stop=lambda: next(asked, True)), lambda e: None)

@@ -418,9 +418,10 @@ def run_in_thread(
     **kwargs: Any,
 ) -> Any:
     """Run work off the GUI thread (reading files, an import, waiting for the engine's
-    process to answer: ``Session.engine``); returns the started worker. One of the docks' three ways to keep the viewer free, with the
-    :class:`JobController` (training in a worker process) and :func:`._turns.run_in_turns`
-    (GUI-thread work split over turns of the event loop).
+    process to answer: ``Session.engine``); returns the started worker. One of the docks'
+    three ways to keep the viewer free, with the :class:`JobController` (training in a worker
+    process) and :func:`._turns.run_in_turns` (GUI-thread work split over turns of the event
+    loop).
 
     ``on_result(value)`` runs in the GUI thread; ``on_yielded(item)`` too, for each item a
     generator ``func`` yields (its progress). A failure goes to ``on_error(exc)``, or else

@@ -515,11 +515,11 @@ class CorrectWidget(QWidget):
         self.worker.errored.connect(lambda e: self.edit_status.setText(f"prediction failed: {e}"))
         return self.worker
 
-    def _show_edit(self, scan_id: str, prediction: Any, scan: Any = None) -> None:
+    def _show_edit(self, scan_id: str, labels: Any, scan: Any = None) -> None:
         """The student's prediction as an editable layer over its scan (``scan``: read off the
         GUI thread when the viewer did not show it)."""
         ws = self.session.require_workspace()
-        labels = np.asarray(getattr(prediction, "labels", prediction))
+        labels = np.asarray(labels)
         image_layer = _state.find_layer(self.viewer, _state.scan_layer_name(scan_id))
         if image_layer is None:
             scan = scan if scan is not None else ws.load_scan(scan_id)

@@ -536,6 +536,12 @@ class Workspace:
         """The stored mask ``(z, y, x)`` (uint8 or uint16); zeros where nothing is stored."""
         return self._labels.labels(scan_id, self.record(scan_id).shape)
 
+    def labels_signature(self, scan_id: str) -> tuple[int, int, int] | None:
+        """Changes whenever the scan's stored labels change (a cache of what was computed
+        from them can tell it is stale); None while it has none."""
+        self._entry(scan_id)  # an unknown scan: the error that names it
+        return self._labels.signature(scan_id)
+
     def slice_status(self, scan_id: str) -> list[str]:
         """Per slice: "unlabelled", "annotated" (by a person) or "corrected" (a fixed prediction)."""
         return self._labels.slice_status(scan_id, self.record(scan_id).shape)

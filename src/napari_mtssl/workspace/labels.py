@@ -103,6 +103,11 @@ class LabelStore:
     def labels(self, scan_id: str, shape: tuple[int, int, int]) -> np.ndarray:
         return self._read(scan_id, shape)[0].copy()
 
+    def signature(self, scan_id: str) -> tuple[int, int, int] | None:
+        """The mask file's identity (inode, time, size), which every change replaces; None
+        while nothing is stored."""
+        return _stat_key(self.mask_path(scan_id))
+
     def status_codes(self, scan_id: str, shape: tuple[int, int, int]) -> np.ndarray:
         """Status codes only; npz members load lazily, so the mask is not decompressed."""
         path = self.mask_path(scan_id)

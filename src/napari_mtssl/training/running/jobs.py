@@ -30,7 +30,7 @@ from typing import Any
 
 from napari_mtssl import events as ev
 
-__all__ = ["JobHandle", "JobWorker", "check_target", "resolve_target", "drive"]
+__all__ = ["JobHandle", "JobWorker", "check_target", "resolve_target", "drive", "relay_status"]
 
 # Terminal messages the worker sends after the generator's own events.
 _DONE = "job-done"
@@ -90,6 +90,40 @@ def drive(generator: ev.Events[Any], emit: Callable[[ev.Event], None]) -> Any:
         except StopIteration as done:
             return done.value
         emit(event)
+
+
+def relay_status(
+    work: Callable[[Callable[[str, int, int], None]], Any],
+    stop: Callable[[], bool] | None = None,
+) -> ev.Events[Any]:
+    """Run ``work(status)`` in a thread and yield a :class:`~napari_mtssl.events.Status` for
+    each ``status(message, done, total)`` it calls, while it runs (a generator cannot yield
+    from inside a callback); return its result, or raise its exception here. With ``stop``,
+    ``status`` raises :class:`~napari_mtssl.events.Cancelled` once ``stop()`` is true."""
+    events: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+    out: dict[str, Any] = {}
+
+    def status(message: str, done: int, total: int) -> None:  # in the thread below
+        if stop is not None and stop():
+            raise ev.Cancelled
+        events.put(ev.Status(str(message), done=int(done), total=int(total)))
+
+    def body() -> None:
+        try:
+            out["result"] = work(status)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=body, name="mtssl-status", daemon=True)
+    thread.start()
+    while (item := events.get()) is not None:
+        yield item
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def _describe(exc: BaseException) -> str:
@@ -157,6 +191,8 @@ class JobHandle:
     ``state`` is "running", then "done", "stopped" (the generator returned ``{"stopped": True}``)
     or "failed" (``error`` holds the message, ``traceback`` the details).
     """
+
+    role = "training"  # what a crash message calls the process
 
     def __init__(self, target: str, kwargs: dict | None = None, *, inline: bool = False):
         self.target = target
@@ -294,7 +330,7 @@ class JobHandle:
             msg = None
         if msg is not None and self._handle_terminal(msg):
             return
-        self.error = f"the training process ended unexpectedly (exit code {proc.exitcode})"
+        self.error = f"the {self.role} process ended unexpectedly (exit code {proc.exitcode})"
         self.state = "failed"
 
 
@@ -306,7 +342,8 @@ class JobWorker(JobHandle):
     process. A job that fails leaves the worker usable; a worker the OS killed is not
     (``usable``)."""
 
-    def __init__(self, warm: tuple[str, dict] | None = None):
+    def __init__(self, warm: tuple[str, dict] | None = None, role: str = "training"):
+        self.role = role
         self.target, self.kwargs, self.inline = "", {}, False
         self.result: dict | None = None
         self.error: str | None = None
@@ -328,8 +365,13 @@ class JobWorker(JobHandle):
         _LIVE.add(self)
 
     @property
+    def alive(self) -> bool:
+        """Whether its process is up (busy or not)."""
+        return self._process.is_alive()
+
+    @property
     def usable(self) -> bool:
-        return self.state != "running" and self._process.is_alive()
+        return self.state != "running" and self.alive
 
     def submit(self, target: str, kwargs: dict | None = None) -> None:
         if self.state == "running":

@@ -59,6 +59,7 @@ from napari_mtssl.training.prediction.inference import resolve_device
 from napari_mtssl.training.running.budget import StepBudget
 from napari_mtssl.training.running.executors import Executor, connect, make_executor
 from napari_mtssl.training.running.halving import Stage1Decisions
+from napari_mtssl.training.running.jobs import relay_status
 from napari_mtssl.training.running.record import RunRecord, plan_for
 from napari_mtssl.training.running.units import Unit, UnitContext, open_study, read_plan
 
@@ -758,35 +759,18 @@ def _with_status(fn: Callable[..., Any], *args: Any) -> ev.Events[Any]:
     come (``status(message, done, total)``); return its result or raise its error. A run's
     preparation (reading the scans, timing steps) takes seconds to minutes: the viewer and
     the terminal show where it stands meanwhile, not one still line."""
-    import queue
-    import threading
+    threads: list[int] = []
 
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    out: dict[str, Any] = {}
+    def work(status: StatusFn) -> Any:
+        result = fn(*args, status)
+        threads.append(torch.get_num_threads())
+        return result
 
-    def status(message: str, done: int, total: int) -> None:
-        events.put(ev.Status(message, done=int(done), total=int(total)))
-
-    def work() -> None:
-        try:
-            out["result"] = fn(*args, status)
-            out["threads"] = torch.get_num_threads()
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            out["error"] = exc
-        finally:
-            events.put(None)
-
-    thread = threading.Thread(target=work, name="mtssl-prepare", daemon=True)
-    thread.start()
-    while (item := events.get()) is not None:
-        yield item
-    thread.join()
-    if "error" in out:
-        raise out["error"]
+    result = yield from relay_status(work)
     # torch's CPU threads are a setting of the thread that sets them (OpenMP): the plan's
     # threads, set while the data were prepared, must hold where the run trains too
-    torch.set_num_threads(out["threads"])
-    return out["result"]
+    torch.set_num_threads(threads[0])
+    return result
 
 
 def _start_new(
