@@ -188,6 +188,43 @@ def test_dicom_series_without_any_geometry_is_read_with_a_true_warning(tmp_path,
     assert outcome == "read correctly", detail
 
 
+def test_dicom_series_with_positions_but_no_orientation_lies_where_its_slices_are(
+    tmp_path, recorder
+):
+    """Every file has ImagePositionPatient and none ImageOrientationPatient: the slices are
+    stacked along their positions (once read on a grid at the origin, up to 35 mm off), the
+    in-plane assumption is stated and names the series, and the geometry is not unknown."""
+    folder = tmp_path / "series"
+    origin, step = np.array([-10.0, 5.0, 30.0]), 2.5
+    write_series(
+        folder,
+        (np.arange(4 * 6 * 5).reshape(4, 6, 5) % 100).astype(np.int16),
+        row_dir=np.array([1.0, 0, 0]),
+        col_dir=np.array([0, 1.0, 0]),
+        origin=origin,
+        slice_step=step,
+        drop=("ImageOrientationPatient",),
+    )
+
+    def check(scans):
+        scan = scans[0]
+        corner = scan.affine @ np.array([0.0, 0.0, 0.0, 1.0])
+        last = scan.affine @ np.array([3.0, 0.0, 0.0, 1.0])  # (slice, row, column, 1)
+        return (
+            np.allclose(corner[:3], origin, atol=1e-4)
+            and np.allclose(last[:3], origin + [0, 0, 3 * step], atol=1e-4)
+            and "orientation_assumed" in scan.meta
+            and not scan.meta.get("geometry_unknown")
+        )
+
+    with pytest.warns(UserWarning, match="no ImageOrientationPatient in series chest"):
+        outcome, detail = classify(
+            lambda: read_scans(folder), names=[folder], expect_error=False, check=check
+        )
+    recorder.record("IPP in every file, no IOP", outcome, detail)
+    assert outcome == "read correctly", detail
+
+
 # -- image stacks and folders ---------------------------------------------------------------
 
 

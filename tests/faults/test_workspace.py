@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +18,14 @@ import pytest
 from napari_mtssl import api
 from napari_mtssl.workspace import Workspace
 from tests.faults.conftest import classify
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.fixture
@@ -134,3 +148,56 @@ def test_damaged_run_state_is_named_on_resume(ws, content, capsys, recorder):
     recorder.record(f"pipeline.json holds {content!r}", "clear message" if ok else "traceback", err)
     assert ok, (rc, err)
     assert run.finished_models() == []
+
+
+@pytest.mark.slow
+def test_racing_breakers_of_one_stale_lock_never_both_hold_it(tmp_path: Path, recorder) -> None:
+    """Many trials: a stale lock file (its owner dead), and processes that find it at the same
+    instant and each break it and take the lock. Inside the lock each creates a marker with
+    O_EXCL: if two ever held the lock at once, one would find the other's marker."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {SRC!r})
+        from pathlib import Path
+        from napari_mtssl.workspace._lock import FileLock
+        folder, trials, me = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+        clashes = 0
+        for t in range(trials):
+            go = folder / f"go{{t}}"
+            while not go.exists():
+                time.sleep(0.0005)
+            with FileLock(folder / f"lock{{t}}", timeout=20):
+                try:
+                    fd = os.open(folder / f"inside{{t}}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    clashes += 1
+                else:
+                    os.close(fd)
+                    time.sleep(0.002)
+                    os.unlink(folder / f"inside{{t}}")
+        print(clashes, flush=True)
+        """
+    )
+    trials = 150
+    stale = {"pid": _dead_pid(), "host": socket.gethostname(), "time": time.time()}
+    for t in range(trials):
+        (tmp_path / f"lock{t}").write_text(json.dumps(stale))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), str(trials), str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    time.sleep(2.0)  # the interpreters start
+    for t in range(trials):
+        (tmp_path / f"go{t}").touch()  # all of them find the same stale lock at once
+        time.sleep(0.01)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    ok = all(p.returncode == 0 for p in procs) and [o.strip() for o in outs] == ["0"] * 3
+    outcome = "read correctly" if ok else "silently wrong"  # two holders: writes could clash
+    recorder.record(f"three breakers of one stale lock, {trials} trials", outcome, repr(outs))
+    assert ok, outs
+    assert not any(tmp_path.glob("lock*"))  # every trial's lock was released
