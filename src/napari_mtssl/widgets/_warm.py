@@ -8,8 +8,9 @@ GUI thread, only while the application registry is still the untouched lazy one 
 exists yet, so nothing can mix units of two registries). Any failure leaves pint as it was: the
 first layer then pays the cost itself, as without this module.
 
-The same thread imports the modules napari's first image layer imports on the GUI thread
-(``scipy.ndimage`` for its thumbnail: another 0.67 s measured), and computes the dash patterns
+The same thread imports the modules napari's first image and labels layers import on the GUI
+thread (``scipy.ndimage`` for an image's thumbnail: another 0.67 s measured; pandas and
+scikit-image's colour modules for a labels layer: 0.15 s), and computes the dash patterns
 vispy draws a labels layer's polygon tool with (pure numpy, cached by vispy once computed:
 0.15 s of the first labels layer).
 """
@@ -30,7 +31,19 @@ def _lazy_registry() -> Any | None:
     return current if isinstance(current, LazyRegistry) else None
 
 
-FIRST_LAYER_IMPORTS = ("scipy.ndimage",)
+# What napari's first layers import on the GUI thread (found by comparing ``sys.modules`` around
+# them): scipy.ndimage for an image's thumbnail; a labels layer's features table (pandas) and
+# colours (skimage.color, skimage.exposure), about 150 ms of the first labels layer measured
+# (napari 0.9); the image layer's histogram model. Imported here, the first layers skip it.
+FIRST_LAYER_IMPORTS = (
+    "scipy.ndimage",
+    "pandas",
+    "scipy.linalg",
+    "skimage.color.colorconv",  # scikit-image loads its submodules lazily: name the module
+    "skimage.util",
+    "skimage.exposure",
+    "napari.components.histogram",
+)
 
 
 def build_unit_registry() -> Any | None:
@@ -77,7 +90,10 @@ def warm_in_background() -> None:
         import importlib
 
         for name in FIRST_LAYER_IMPORTS:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ImportError:  # another napari: its first layer imports what it needs
+                pass
         warm_dash_patterns()
         return build_unit_registry()
 
