@@ -41,9 +41,11 @@ sysdeps:
 test: $(STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
 
-# Day-to-day: the tests not marked slow (no real data, no training beyond a few steps).
+# Day-to-day: the tests not marked slow (no real data, no training beyond a few steps), on
+# every core; a module's tests stay in one process, so its shared fixture is built once.
 test-quick: $(STAMP) sysdeps
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -m "not slow" -n auto \
+		--dist loadscope $(PYTEST_ARGS)
 
 # With a display: napari opens with the sample study and the docks. Without: the headless
 # pipeline on the built-in sample (quick profile).

@@ -233,6 +233,7 @@ def test_acdc_one_patient_tiny_budget(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_demo_headless(tmp_path, monkeypatch, capsys):
     from napari_mtssl import api
 

@@ -99,6 +99,7 @@ def simulated(tmp_path_factory):
     return rc, data, out
 
 
+@pytest.mark.slow
 def test_simulate_command_writes_rounds_report_and_plot(simulated):
     rc, _, out = simulated
     assert rc == 0
@@ -115,6 +116,7 @@ def test_simulate_command_writes_rounds_report_and_plot(simulated):
     assert (out / "dice_vs_corrected.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_simulated_corrections_are_recorded_like_a_persons(simulated):
     _, _, out = simulated
     ws = api.open_workspace(out / "disagreement" / "workspace")
@@ -150,6 +152,7 @@ def test_simulated_annotator_never_overwrites_a_persons_slice(tmp_path):
     assert (ws.labels(sid)[1] == truth[sid][1]).all()
 
 
+@pytest.mark.slow
 def test_more_slices_than_there_are_takes_them_all_and_says_so(tmp_path):
     data = _data(tmp_path / "data")
     s = Settings(
@@ -170,6 +173,7 @@ def test_more_slices_than_there_are_takes_them_all_and_says_so(tmp_path):
     assert res["strategies"]["random"]["rounds"][-1]["corrected"] == 24
 
 
+@pytest.mark.slow
 def test_a_stopped_simulation_resumes_at_its_last_finished_round(tmp_path):
     data = _data(tmp_path / "data")
     kw = dict(data=str(data), out=str(tmp_path / "out"), strategies=["entropy"], labelled=2)
@@ -195,6 +199,7 @@ def test_a_stopped_simulation_resumes_at_its_last_finished_round(tmp_path):
     assert rounds[2]["corrected"] == 6
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(simulated, capsys):
     _, data, out = simulated
     rc = main(["simulate", str(data), "--out", str(out), "--labelled", "3", "--profile", "tiny"])
@@ -211,6 +216,7 @@ def test_simulate_refuses_a_folder_that_is_not_a_dataset(tmp_path, capsys):
 # -- proposals for the correction dock ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_propose_slices_from_the_trained_models(simulated):
     _, _, out = simulated
     ws = api.open_workspace(out / "none" / "workspace")
@@ -233,6 +239,7 @@ def _ranked_scans(ws, strategy: str, **kw) -> tuple[list, list[str]]:
     return got, [sid for sid in seen if sid]  # the last call says "done" with no scan
 
 
+@pytest.mark.slow
 def test_propose_ranks_a_bounded_sample_of_scans_and_can_be_cancelled(simulated):
     _, _, out = simulated
     ws = api.open_workspace(out / "none" / "workspace")

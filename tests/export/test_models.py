@@ -16,6 +16,10 @@ from napari_mtssl.export import ExportError
 pytest.importorskip("onnxruntime")
 
 
+# Each export trains its model first (the module's fixture): in `make test`, not the quick run
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     ws = api.create_workspace(tmp_path_factory.mktemp("x") / "ws", source="sample", labelled=2)

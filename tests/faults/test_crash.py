@@ -70,6 +70,7 @@ def test_kill_during_label_saves_loses_nothing_reported(tmp_path, trial, recorde
     assert ok, f"save {last} was reported but is gone"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(4))
 def test_kill_during_checkpoint_and_report_writes(tmp_path, trial, recorder):
     proc = _spawn(

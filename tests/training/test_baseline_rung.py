@@ -36,6 +36,7 @@ def _train(tmp_path, monkeypatch, bar):
     return cfg, rep, events, state, seen
 
 
+@pytest.mark.slow
 def test_a_teacher_not_ahead_of_the_baseline_stops_at_its_rung(tmp_path, monkeypatch):
     cfg, rep, events, state, seen = _train(tmp_path, monkeypatch, bar=1.0)
     rung = round(0.5 * cfg.stage1.finetune_steps)
@@ -66,6 +67,7 @@ def test_a_teacher_ahead_of_the_baseline_trains_to_the_end(tmp_path, monkeypatch
     assert "teacher:sdm" in rep["teachers"]["models"]
 
 
+@pytest.mark.slow
 def test_the_rung_is_off_for_the_papers_student(tmp_path):
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
     cfg = api.make_config(

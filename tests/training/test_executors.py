@@ -37,6 +37,7 @@ def inline(tmp_path_factory):
     return _stage1(tmp_path_factory.mktemp("inline"), "ws", executor="inline")
 
 
+@pytest.mark.slow
 def test_local_executor_trains_units_side_by_side_with_the_same_results(
     inline, tmp_path, monkeypatch
 ):

@@ -169,7 +169,9 @@ def test_retrain_after_correction(trained):
 
 
 def test_stop_and_resume_matches_uninterrupted(tmp_path):
-    cfg = api.make_config("tiny", device="cpu", stage1__joint_steps=6)
+    # One thread: the plan's thread policy follows the machine's load, and a sum split over a
+    # different number of threads rounds differently (seen with the suite run on both cores)
+    cfg = api.make_config("tiny", device="cpu", stage1__joint_steps=6, num_threads=1)
     ws_a = api.create_workspace(tmp_path / "a", source="sample", labelled=2)
     ws_b = api.create_workspace(tmp_path / "b", source="sample", labelled=2)
     full = _drive(run_training(ws_a, cfg, "baseline"))
@@ -201,7 +203,7 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_same_seed_same_numbers(tmp_path):
-    cfg = api.make_config("tiny", device="cpu")
+    cfg = api.make_config("tiny", device="cpu", num_threads=1)  # as above: threads round
     a = api.create_workspace(tmp_path / "a", source="sample", labelled=1)
     b = api.create_workspace(tmp_path / "b", source="sample", labelled=1)
     ra = _drive(run_training(a, cfg, "baseline"))
@@ -258,6 +260,7 @@ def test_stage2_options_and_retrain_stage2(trained):
     assert {"seg", "kd", "feat", "total"} <= set(losses[-1])
 
 
+@pytest.mark.slow
 def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
     from napari_mtssl.sample import make_sample_study
     from napari_mtssl.workspace import Workspace

@@ -100,6 +100,7 @@ def test_scan_smaller_than_any_patch():
     assert p.patch >= 32 and p.patch % 2**p.depth == 0 and 3 <= p.depth
 
 
+@pytest.mark.slow
 def test_user_settings_win_and_are_listed():
     p = plan(
         fp((256, 216), (1.5, 1.5)),
@@ -151,6 +152,7 @@ def test_budget_shares_steps_equally_and_counts_halving():
     assert Plan.from_dict(p.to_dict()) == p
 
 
+@pytest.mark.slow
 def test_the_default_plan_gives_the_student_its_share_and_pre_trains_below_joint_pays():
     """Default plan: below JOINT_PAYS_STEPS per model only the pre-training mode trains, the
     semi-supervised student gets `stage2.share` of the time (more steps than any teacher, its
@@ -175,6 +177,7 @@ def test_the_default_plan_gives_the_student_its_share_and_pre_trains_below_joint
     assert "sdm:joint" in big.models
 
 
+@pytest.mark.slow
 def test_tiny_budget_is_refused_with_what_fits():
     f = fp((256, 216), (1.5, 1.5))
     keep = {"stage1__min_teacher_steps": 0}  # teachers whatever the budget
@@ -192,6 +195,7 @@ def test_tiny_budget_is_refused_with_what_fits():
         plan(f, "5s", what="baseline")
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_for_teachers_trains_the_baseline_and_the_student():
     """Below stage1.min_teacher_steps per teacher the plan trains no teacher, says why and
     from what budget they train; the baseline and the student share the time (more steps
@@ -408,6 +412,7 @@ def test_a_budget_trains_side_by_side_only_where_that_gives_more_steps(slowdown,
         assert asked.estimate_s["total"] <= 3600 * 0.96
 
 
+@pytest.mark.slow
 def test_steps_are_timed_beside_a_process_that_trains_the_same_network(monkeypatch):
     """The side-by-side timing really runs a second process, and it is gone afterwards."""
     import multiprocessing as mp
@@ -426,6 +431,7 @@ def test_steps_are_timed_beside_a_process_that_trains_the_same_network(monkeypat
     assert not mp.active_children()
 
 
+@pytest.mark.slow
 def test_a_process_that_cannot_start_beside_the_timing_is_reported_at_once():
     """A helper that dies (here: a CUDA plan on a machine without CUDA) is a RuntimeError
     within seconds, not a two-minute wait; the budget is then priced one unit at a time."""

@@ -41,6 +41,20 @@ def no_blocking_dialogs(monkeypatch: Any) -> list[str]:
     return asked
 
 
+@pytest.fixture(autouse=True)
+def spare_worker_only_where_marked(request: Any, monkeypatch: Any) -> None:
+    """The docks start a job process ahead of the next job (a torch import in a new process,
+    seconds of CPU); a test that starts no job gains nothing from it. Only tests marked
+    ``spare_worker`` (those about it, and the walks through the whole product) get one; the
+    others start their job's process when the job starts, the path a viewer takes when no
+    spare is ready."""
+    if request.node.get_closest_marker("spare_worker") is not None:
+        return
+    from napari_mtssl.widgets._jobs import JobController
+
+    monkeypatch.setattr(JobController, "prepare", lambda self: None)
+
+
 @pytest.fixture
 def docks(make_napari_viewer: Any) -> Docks:
     """All four docks opened through npe2 (the names napari.yaml gives)."""

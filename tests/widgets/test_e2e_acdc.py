@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import ACDC
 
 pytest.importorskip("napari")
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
+pytestmark = [pytest.mark.gui, pytest.mark.slow, pytest.mark.spare_worker]
 if not (ACDC / "dataset.json").is_file():
     pytest.skip(f"ACDC not found at {ACDC} (set MTSSL_ACDC)", allow_module_level=True)
 

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QMessageBox
 
 from napari_mtssl.widgets._probe import StallProbe
 
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
+pytestmark = [pytest.mark.gui, pytest.mark.slow, pytest.mark.spare_worker]
 
 JOB_TIMEOUT_MS = 240_000
 

@@ -188,6 +188,7 @@ def test_a_mask_painted_on_a_dicom_series_saves_as_dicom_seg(
         np.testing.assert_array_equal(pix[0, :, :, 0] > 0, stack[k] > 0)
 
 
+@pytest.mark.slow
 def test_export_button_and_save_all_labels(sample_docks, qtbot, tmp_path):
     from napari_mtssl import api
 

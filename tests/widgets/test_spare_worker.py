@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.spare_worker]
 
 JOB_MS = 240_000
 
 
+@pytest.mark.slow
 def test_a_spare_worker_serves_the_next_job_and_ends_with_the_viewer(sample_docks, qtbot):
     from napari_mtssl.training.running.jobs import JobWorker
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_api import make_dataset
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.spare_worker]
 
 
 def test_import_shows_the_first_scan_with_its_labels(docks, tmp_path, qtbot):

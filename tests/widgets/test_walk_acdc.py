@@ -17,7 +17,7 @@ from tests.conftest import ACDC
 from tests.widgets.test_e2e_acdc import shot, wait_job
 
 pytest.importorskip("napari")
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
+pytestmark = [pytest.mark.gui, pytest.mark.slow, pytest.mark.spare_worker]
 if not (ACDC / "dataset.json").is_file():
     pytest.skip(f"ACDC not found at {ACDC} (set MTSSL_ACDC)", allow_module_level=True)
 
