@@ -14,7 +14,8 @@ unit), ``student`` (a student step, default and paper's with stored maps or live
 baseline step), ``walk`` (a user's clicks through the docks at 1366 x 768: import, train, stop,
 resume, compare, propose, each with its stalls; needs a display and ACDC), ``gil`` (how long
 a Compare in a thread of the viewer's process holds that process, first and second of a
-session, beside busy processes; needs ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+session, beside busy processes; needs ACDC), ``warm`` (the stalls of the import and of opening a
+scan with the warm-up's imports as they are and as they were; needs a display and ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -40,6 +41,7 @@ NAMES = (
     "student",
     "walk",
     "gil",
+    "warm",
 )
 
 
@@ -48,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("_child_"):  # memory.py's measurement children
         from speed import memory
 
-        fn = {"_child_read": memory.child_read, "_child_ct": memory.child_ct}[argv[0]]
-        print(json.dumps(fn(argv[1])))
+        fn = {"_child_read": memory.child_read, "_child_ct": memory.child_ct}.get(argv[0])
+        if fn is None:  # warm.py's children: one fresh viewer each
+            from speed import warm
+
+            fn = warm.child
+        print(json.dumps(fn(argv[1]), default=str))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("names", nargs="*", default=["train", "infer", "memory"], choices=NAMES)
@@ -115,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import gil
 
             res = gil.bench(load=a.load or 2)
+        elif name == "warm":
+            from speed import warm
+
+            res = warm.bench(load=a.load or 2, reps=a.reps)
         elif name == "walk":
             from speed import walk
 
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             f"walk_load{a.load}" + (f"_look{a.look:g}" if a.look else "") if name == "walk" else key
         )
         key = f"gil_load{a.load or 2}" if name == "gil" else key
+        key = f"warm_load{a.load or 2}" if name == "warm" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 

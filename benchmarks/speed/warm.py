@@ -1,0 +1,107 @@
+"""Benchmark: the warm-up's imports and napari's first layers (run it under ``xvfb-run -a``).
+
+The docks import, off the GUI thread, what napari's first layers would import on it
+(``napari_mtssl.widgets._warm.FIRST_LAYER_IMPORTS``). This measures the event-loop stalls of
+the walk's first two phases (import the ACDC folder until its first scan's image and labels
+layers are in; open another scan from the Study table), beside ``load`` busy processes, with
+the list as it is ("now") and with only ``scipy.ndimage`` ("before": the list until 7 December),
+repetitions alternating, each in a fresh interpreter (a process imports a module once).
+Nothing is asserted: the numbers go to ``benchmarks/results/speed.json`` (``warm_load<n>``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("before", "now")
+
+
+def child(variant: str) -> dict[str, Any]:
+    """One fresh viewer: the import and open-a-scan phases (the walk's), with ``variant``'s
+    warm-up imports."""
+    from napari_mtssl.widgets import _warm
+
+    if variant == "before":
+        _warm.FIRST_LAYER_IMPORTS = ("scipy.ndimage",)
+    import napari
+
+    from napari_mtssl.widgets import add_docks
+
+    from . import walk
+    from .common import ACDC, WORK
+    from .viewer import spin
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="warm_", dir=WORK)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    study = add_docks(viewer)["Study"]
+    spin(2.0)  # as the walk: the docks open, then the user imports
+    imported = walk._phase(
+        "import",
+        lambda: study.open_dataset_folder(str(ACDC), f"{tmp}/ws", labelled=3),
+        lambda: walk._first_scan_shown(viewer, study.session.workspace),
+        600,
+    )
+    ws = study.session.workspace
+    other = ws.scan_ids("train")[-1]
+    row = next(r for r in range(study.table.rowCount()) if study.table.item(r, 0).text() == other)
+    opened = walk._phase(
+        "open a scan from the table",
+        lambda: study._show_scan_row(row, 0),
+        lambda: other in viewer.layers and viewer.layers.selection.active is viewer.layers[other],
+        60,
+    )
+    viewer.close()
+    return {"variant": variant, "import": imported, "open": opened}
+
+
+def bench(load: int = 2, reps: int = 3) -> dict[str, Any]:
+    from .viewer import busy_processes
+
+    run = Path(__file__).resolve().parent / "run.py"
+    hogs = busy_processes(load)
+    rows: list[dict[str, Any]] = []
+    try:
+        for _ in range(reps):
+            for variant in VARIANTS:
+                out = subprocess.run(
+                    [sys.executable, str(run), "_child_warm", variant],
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
+                lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+                if out.returncode != 0 or not lines:
+                    raise RuntimeError(f"the {variant} child failed: {out.stderr[-1500:]}")
+                rows.append(json.loads(lines[-1]))
+                r = rows[-1]
+                print(
+                    variant,
+                    "import max",
+                    r["import"]["max_stall_ms"],
+                    "worst",
+                    r["import"]["worst_stalls_at_s"][:2],
+                    "open max",
+                    r["open"]["max_stall_ms"],
+                    flush=True,
+                )
+    finally:
+        for p in hogs:
+            p.kill()
+    summary = {}
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        summary[variant] = {
+            "import_max_ms": [r["import"]["max_stall_ms"] for r in mine],
+            "import_second_ms": [
+                (r["import"]["worst_stalls_at_s"][1:2] or [[0, 0]])[0][1] for r in mine
+            ],
+            "open_max_ms": [r["open"]["max_stall_ms"] for r in mine],
+        }
+    return {"reps": reps, "load_processes": load, "summary": summary, "runs": rows}
