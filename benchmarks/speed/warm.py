@@ -1,7 +1,7 @@
 """Benchmark: the warm-up's imports and napari's first layers (run it under ``xvfb-run -a``).
 
 The docks import, off the GUI thread, what napari's first layers would import on it
-(``napari_mtssl.widgets._warm.FIRST_LAYER_IMPORTS``). This measures the event-loop stalls of
+(``napari_mtssl.widgets._warm``: ``FIRST_LAYER_IMPORTS``, then ``LATER_IMPORTS``). This measures the event-loop stalls of
 the walk's first two phases (import the ACDC folder until its first scan's image and labels
 layers are in; open another scan from the Study table), beside ``load`` busy processes, with
 the list as it is ("now") and with only ``scipy.ndimage`` ("before": the list until 7 December),
@@ -27,7 +27,7 @@ def child(variant: str) -> dict[str, Any]:
     from napari_mtssl.widgets import _warm
 
     if variant == "before":
-        _warm.FIRST_LAYER_IMPORTS = ("scipy.ndimage",)
+        _warm.FIRST_LAYER_IMPORTS, _warm.LATER_IMPORTS = ("scipy.ndimage",), ()
     import napari
 
     from napari_mtssl.widgets import add_docks

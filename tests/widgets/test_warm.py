@@ -53,7 +53,7 @@ from napari_mtssl.widgets import _warm
 
 heavy = ("pandas", "skimage", "scipy")
 assert not any(m.split(".")[0] == "pandas" for m in sys.modules), "pandas not loaded yet"
-for name in _warm.FIRST_LAYER_IMPORTS:
+for name in _warm.FIRST_LAYER_IMPORTS + _warm.LATER_IMPORTS:
     importlib.import_module(name)
 before = set(sys.modules)
 Image(np.zeros((2, 8, 8), np.float32))

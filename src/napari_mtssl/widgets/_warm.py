@@ -32,11 +32,13 @@ def _lazy_registry() -> Any | None:
 
 
 # What napari's first layers import on the GUI thread (found by comparing ``sys.modules`` around
-# them): scipy.ndimage for an image's thumbnail; a labels layer's features table (pandas) and
-# colours (skimage.color, skimage.exposure), about 150 ms of the first labels layer measured
-# (napari 0.9); the image layer's histogram model. Imported here, the first layers skip it.
-FIRST_LAYER_IMPORTS = (
-    "scipy.ndimage",
+# them, napari 0.9): scipy.ndimage for an image's thumbnail (0.67 s measured), imported with the
+# unit registry's build; then, once the registry is installed (a first layer made meanwhile
+# would otherwise parse pint's units itself), a labels layer's features table (pandas) and
+# colours (scikit-image, scipy.linalg) and the image layer's histogram model: about 150 ms of
+# the first labels layer on an idle core.
+FIRST_LAYER_IMPORTS = ("scipy.ndimage",)
+LATER_IMPORTS = (
     "pandas",
     "scipy.linalg",
     "skimage.color.colorconv",  # scikit-image loads its submodules lazily: name the module
@@ -44,6 +46,16 @@ FIRST_LAYER_IMPORTS = (
     "skimage.exposure",
     "napari.components.histogram",
 )
+
+
+def import_modules(names: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another napari: its first layer imports what it needs
+            pass
 
 
 def build_unit_registry() -> Any | None:
@@ -87,13 +99,7 @@ def warm_in_background() -> None:
     _started = True
 
     def work() -> Any | None:
-        import importlib
-
-        for name in FIRST_LAYER_IMPORTS:
-            try:
-                importlib.import_module(name)
-            except ImportError:  # another napari: its first layer imports what it needs
-                pass
+        import_modules(FIRST_LAYER_IMPORTS)
         warm_dash_patterns()
         return build_unit_registry()
 
@@ -104,6 +110,10 @@ def warm_in_background() -> None:
         # imported here, when needed: it loads Qt
         from napari_mtssl.widgets._jobs import run_in_thread
 
-        run_in_thread(work, on_result=install_unit_registry, action="warming", on_error=ignore)
+        def installed(registry: Any | None) -> None:
+            install_unit_registry(registry)
+            run_in_thread(lambda: import_modules(LATER_IMPORTS), action="warming", on_error=ignore)
+
+        run_in_thread(work, on_result=installed, action="warming", on_error=ignore)
     except Exception:  # noqa: BLE001 - an optimisation only: pint stays lazy
         return
