@@ -43,31 +43,3 @@ def test_registry_built_in_a_thread_serves_napari_layers():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
-
-
-FIRST_LAYERS = r"""
-import importlib, sys
-import numpy as np
-from napari.layers import Image, Labels
-from napari_mtssl.widgets import _warm
-
-heavy = ("pandas", "skimage", "scipy")
-assert not any(m.split(".")[0] == "pandas" for m in sys.modules), "pandas not loaded yet"
-for name in _warm.FIRST_LAYER_IMPORTS + _warm.LATER_IMPORTS:
-    importlib.import_module(name)
-before = set(sys.modules)
-Image(np.zeros((2, 8, 8), np.float32))
-Labels(np.zeros((2, 8, 8), np.uint8))
-late = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy)
-print("late:", late)
-"""
-
-
-def test_the_warm_imports_cover_what_the_first_layers_import():
-    """napari's first image and labels layers import pandas, scikit-image and SciPy modules
-    (on the GUI thread, in a viewer); after the warm imports they import none of them."""
-    out = subprocess.run(
-        [sys.executable, "-c", FIRST_LAYERS], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "late: []", out.stdout

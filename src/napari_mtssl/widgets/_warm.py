@@ -8,9 +8,8 @@ GUI thread, only while the application registry is still the untouched lazy one 
 exists yet, so nothing can mix units of two registries). Any failure leaves pint as it was: the
 first layer then pays the cost itself, as without this module.
 
-The same thread imports the modules napari's first image and labels layers import on the GUI
-thread (``scipy.ndimage`` for an image's thumbnail: another 0.67 s measured; pandas and
-scikit-image's colour modules for a labels layer: 0.15 s), and computes the dash patterns
+The same thread imports the modules napari's first image layer imports on the GUI thread
+(``scipy.ndimage`` for its thumbnail: another 0.67 s measured), and computes the dash patterns
 vispy draws a labels layer's polygon tool with (pure numpy, cached by vispy once computed:
 0.15 s of the first labels layer).
 """
@@ -31,31 +30,7 @@ def _lazy_registry() -> Any | None:
     return current if isinstance(current, LazyRegistry) else None
 
 
-# What napari's first layers import on the GUI thread (found by comparing ``sys.modules`` around
-# them, napari 0.9): scipy.ndimage for an image's thumbnail (0.67 s measured), imported with the
-# unit registry's build; then, once the registry is installed (a first layer made meanwhile
-# would otherwise parse pint's units itself), a labels layer's features table (pandas) and
-# colours (scikit-image, scipy.linalg) and the image layer's histogram model: about 150 ms of
-# the first labels layer on an idle core.
 FIRST_LAYER_IMPORTS = ("scipy.ndimage",)
-LATER_IMPORTS = (
-    "pandas",
-    "scipy.linalg",
-    "skimage.color.colorconv",  # scikit-image loads its submodules lazily: name the module
-    "skimage.util",
-    "skimage.exposure",
-    "napari.components.histogram",
-)
-
-
-def import_modules(names: tuple[str, ...]) -> None:
-    import importlib
-
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # another napari: its first layer imports what it needs
-            pass
 
 
 def build_unit_registry() -> Any | None:
@@ -99,7 +74,10 @@ def warm_in_background() -> None:
     _started = True
 
     def work() -> Any | None:
-        import_modules(FIRST_LAYER_IMPORTS)
+        import importlib
+
+        for name in FIRST_LAYER_IMPORTS:
+            importlib.import_module(name)
         warm_dash_patterns()
         return build_unit_registry()
 
@@ -110,10 +88,6 @@ def warm_in_background() -> None:
         # imported here, when needed: it loads Qt
         from napari_mtssl.widgets._jobs import run_in_thread
 
-        def installed(registry: Any | None) -> None:
-            install_unit_registry(registry)
-            run_in_thread(lambda: import_modules(LATER_IMPORTS), action="warming", on_error=ignore)
-
-        run_in_thread(work, on_result=installed, action="warming", on_error=ignore)
+        run_in_thread(work, on_result=install_unit_registry, action="warming", on_error=ignore)
     except Exception:  # noqa: BLE001 - an optimisation only: pint stays lazy
         return
