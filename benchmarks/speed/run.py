@@ -48,13 +48,10 @@ NAMES = (
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("_child_"):  # memory.py's measurement children
-        from speed import memory
+        from speed import memory, warm
 
-        fn = {"_child_read": memory.child_read, "_child_ct": memory.child_ct}.get(argv[0])
-        if fn is None:  # warm.py's children: one fresh viewer each
-            from speed import warm
-
-            fn = warm.child
+        children = {"_child_read": memory.child_read, "_child_ct": memory.child_ct}
+        fn = {**children, "_child_warm": warm.child}[argv[0]]  # warm: one fresh viewer each
         print(json.dumps(fn(argv[1]), default=str))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

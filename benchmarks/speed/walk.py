@@ -73,6 +73,36 @@ def _first_scan_shown(viewer: Any, ws: Any) -> bool:
     return not labelled or f"{sid}_labels" in viewer.layers
 
 
+def import_and_open(viewer: Any, study: Any, tmp: str) -> list[dict[str, Any]]:
+    """The walk's first two phases: import the ACDC folder (3 labelled patients) until its
+    first scan's layers are in, then a click on another scan in the Study table."""
+    from .common import ACDC
+
+    phases = [
+        _phase(
+            "import",
+            lambda: study.open_dataset_folder(str(ACDC), f"{tmp}/ws", labelled=3),
+            lambda: _first_scan_shown(viewer, study.session.workspace),
+            1800,
+        )
+    ]
+    ws = study.session.workspace
+    phases[-1]["scans"] = len(ws.scan_ids()) if ws is not None else 0
+    other = ws.scan_ids("train")[-1]
+    row = next(r for r in range(study.table.rowCount()) if study.table.item(r, 0).text() == other)
+    phases.append(
+        _phase(
+            "open a scan from the table",
+            lambda: study._show_scan_row(row, 0),
+            lambda: (
+                other in viewer.layers and viewer.layers.selection.active is viewer.layers[other]
+            ),
+            120,
+        )
+    )
+    return phases
+
+
 def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, Any]:
     import napari
 
@@ -112,33 +142,8 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
         return go
 
     try:
-        # 1. import
-        phases.append(
-            _phase(
-                "import",
-                lambda: study.open_dataset_folder(str(ACDC), f"{tmp}/ws", labelled=3),
-                lambda: _first_scan_shown(viewer, study.session.workspace),
-                1800,
-            )
-        )
+        phases += import_and_open(viewer, study, tmp)  # 1. import, 1b. open a scan
         ws = study.session.workspace
-        phases[-1]["scans"] = len(ws.scan_ids()) if ws is not None else 0
-        # 1b. a click on another scan in the Study table
-        other = ws.scan_ids("train")[-1]
-        row = next(
-            r for r in range(study.table.rowCount()) if study.table.item(r, 0).text() == other
-        )
-        phases.append(
-            _phase(
-                "open a scan from the table",
-                lambda: study._show_scan_row(row, 0),
-                lambda: (
-                    other in viewer.layers
-                    and viewer.layers.selection.active is viewer.layers[other]
-                ),
-                120,
-            )
-        )
         # 2. train the baseline with the budget (a short budget's first useful model)
         training.budget.setCurrentText(budget)
         training.device.setCurrentText("cpu")

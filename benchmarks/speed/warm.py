@@ -53,9 +53,9 @@ def child(variant: str) -> dict[str, Any]:
 
     from napari_mtssl.widgets import add_docks
 
-    from . import walk
-    from .common import ACDC, WORK
+    from .common import WORK
     from .viewer import spin
+    from .walk import import_and_open
 
     WORK.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="warm_", dir=WORK)
@@ -63,21 +63,7 @@ def child(variant: str) -> dict[str, Any]:
     viewer.window._qt_window.resize(1366, 768)
     study = add_docks(viewer)["Study"]
     spin(2.0)  # as the walk: the docks open, then the user imports
-    imported = walk._phase(
-        "import",
-        lambda: study.open_dataset_folder(str(ACDC), f"{tmp}/ws", labelled=3),
-        lambda: walk._first_scan_shown(viewer, study.session.workspace),
-        600,
-    )
-    ws = study.session.workspace
-    other = ws.scan_ids("train")[-1]
-    row = next(r for r in range(study.table.rowCount()) if study.table.item(r, 0).text() == other)
-    opened = walk._phase(
-        "open a scan from the table",
-        lambda: study._show_scan_row(row, 0),
-        lambda: other in viewer.layers and viewer.layers.selection.active is viewer.layers[other],
-        60,
-    )
+    imported, opened = import_and_open(viewer, study, tmp)
     viewer.close()
     return {"variant": variant, "import": imported, "open": opened}
 

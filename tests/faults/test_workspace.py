@@ -18,14 +18,7 @@ import pytest
 from napari_mtssl import api
 from napari_mtssl.workspace import Workspace
 from tests.faults.conftest import classify
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+from tests.workspace.conftest import SRC, dead_pid
 
 
 @pytest.fixture
@@ -180,7 +173,7 @@ def test_racing_breakers_of_one_stale_lock_never_both_hold_it(tmp_path: Path, re
         """
     )
     trials = 150
-    stale = {"pid": _dead_pid(), "host": socket.gethostname(), "time": time.time()}
+    stale = {"pid": dead_pid(), "host": socket.gethostname(), "time": time.time()}
     for t in range(trials):
         (tmp_path / f"lock{t}").write_text(json.dumps(stale))
     procs = [

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,15 @@ from napari_mtssl._atomic import atomic_write_with
 from napari_mtssl.io.nifti import write_nifti_scan
 from napari_mtssl.io.scan import Scan
 from napari_mtssl.workspace import Workspace
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (a stale lock's owner)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def make_scan(shape=(4, 6, 5), spacing=(3.0, 0.8, 0.7), name="patient001", seed=0) -> Scan:

@@ -15,15 +15,7 @@ import pytest
 from napari_mtssl.workspace import Workspace, WorkspaceError
 from napari_mtssl.workspace._lock import FileLock, LockTimeout
 
-from .conftest import make_scan
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+from .conftest import SRC, dead_pid, make_scan
 
 
 def test_lock_is_exclusive_and_reentrant(tmp_path: Path) -> None:
@@ -42,7 +34,7 @@ def test_lock_is_exclusive_and_reentrant(tmp_path: Path) -> None:
 
 def test_stale_lock_of_dead_process_is_broken(tmp_path: Path) -> None:
     path = tmp_path / "l"
-    info = {"pid": _dead_pid(), "host": socket.gethostname(), "time": time.time()}
+    info = {"pid": dead_pid(), "host": socket.gethostname(), "time": time.time()}
     path.write_text(json.dumps(info))
     with FileLock(path, timeout=0.5):
         assert json.loads(path.read_text())["pid"] == os.getpid()
