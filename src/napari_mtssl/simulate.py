@@ -150,7 +150,7 @@ def _copy_workspace(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.lock"))
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.lock", ".*.lock.*"))
     tmp.rename(dst)
 
 

@@ -130,3 +130,69 @@ def test_a_held_lock_names_its_owner_and_how_to_recover(tmp_path: Path) -> None:
             pass
     finally:
         proc.kill()
+
+
+LOOPER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from napari_mtssl.workspace._lock import FileLock
+    lock = FileLock(sys.argv[1], timeout=60)
+    print("ready", flush=True)
+    while True:
+        with lock:
+            pass
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "link") or sys.platform == "win32", reason="POSIX only")
+def test_an_owner_killed_at_any_moment_never_leaves_a_lock_that_makes_others_wait(
+    tmp_path: Path,
+) -> None:
+    """A process taking and releasing the lock in a loop is killed (kill -9) at arbitrary
+    moments. Whatever it was doing, the next writer gets the lock at once: the lock file
+    appears with its payload and its OS lock together, so it is never an empty file that might
+    belong to an owner still starting (which earlier versions waited for, up to 5 s)."""
+    path = tmp_path / "workspace.lock"
+    rng = np.random.default_rng(0)
+    left = []
+    for _ in range(25):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LOOPER, str(path), SRC], stdout=subprocess.PIPE
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+            time.sleep(float(rng.uniform(0.0, 0.02)))
+        finally:
+            proc.kill()
+            proc.wait()
+        left.append(path.exists())
+        with FileLock(path, timeout=0.3):  # under the 5 s grace of an empty lock file
+            pass
+        # and a private file it was creating the lock under is swept away by the next owner
+        assert list(tmp_path.iterdir()) == []
+    assert any(left), "no kill landed while the lock was held: the test did not test"
+
+
+def test_a_filesystem_without_hard_links_falls_back_to_exclusive_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT and some network shares refuse hard links: the lock is then created with O_EXCL,
+    stays exclusive, and leaves no private file behind."""
+    import errno
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(src))
+
+    monkeypatch.setattr(os, "link", no_links)
+    a = FileLock(tmp_path / "l", timeout=0.05)
+    b = FileLock(tmp_path / "l", timeout=0.05)
+    with a:
+        assert json.loads((tmp_path / "l").read_text())["pid"] == os.getpid()
+        with pytest.raises(LockTimeout, match=f"process {os.getpid()}"):
+            b.acquire()
+    assert not a._links
+    assert list(tmp_path.iterdir()) == []
+    with b:
+        pass

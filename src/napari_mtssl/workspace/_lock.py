@@ -2,21 +2,26 @@
 
 The napari viewer and a training worker process share one workspace. Writers take the lock for
 their read-modify-write; readers never take it (every file is replaced atomically, so a reader
-sees either the old or the new version). The lock file is created with ``O_EXCL`` and holds the
-owner's pid, host and time. While it holds the lock, the owner also keeps an OS lock
-(``flock``) on that file, which the operating system releases when the owner dies, however it
-dies: a lock file whose OS lock is free was left by a dead process and is broken at once, even
-when its pid has since been reused by another program. It is broken while the breaker itself
-holds that OS lock and after checking that the path still names the same file, so two
-processes that find one stale lock at the same moment never both take it (one comparing the
-file's contents and then unlinking it could delete the lock the other had just taken; measured
-by ``tests/workspace/test_lock.py``: 1-2 double holders in 150 races before). A lock of another host (a workspace on
+sees either the old or the new version). The lock file holds the owner's pid, host and time.
+While it holds the lock, the owner also keeps an OS lock (``flock``) on that file, which the
+operating system releases when the owner dies, however it dies: a lock file whose OS lock is
+free was left by a dead process and is broken at once, even when its pid has since been reused
+by another program. The file appears whole: written and OS-locked under a private name, then
+hard-linked into place, so no moment exists where a lock file is empty or unlocked while its
+owner lives (on a filesystem without hard links it is created with ``O_EXCL`` and an empty one
+is given a few seconds' grace). A stale lock is broken while the breaker itself holds that OS
+lock and after checking that the path still names the same file, so two processes that find
+one stale lock at the same moment never both take it (one comparing the file's contents and
+then unlinking it could delete the lock the other had just taken; measured by
+``tests/workspace/test_lock.py``: 1-2 double holders in 150 races before). A lock of another host (a workspace on
 a network share) cannot be checked that way and is respected until ``stale_after``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 
@@ -37,6 +42,13 @@ def _pid_alive(pid: int) -> bool:
     """Whether a process of this host with this pid exists (psutil: on Windows too, where
     ``os.kill(pid, 0)`` would send CTRL_C_EVENT)."""
     return bool(psutil.pid_exists(pid))
+
+
+class _NoHardLinks(Exception):
+    """The lock's folder is on a filesystem without hard links (FAT, some network shares)."""
+
+
+_NO_LINK_ERRNOS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 
 class LockTimeout(TimeoutError):
@@ -86,6 +98,7 @@ class FileLock:
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
+        self._links = True  # hard links work here (else _create_exclusive)
 
     @property
     def held(self) -> bool:
@@ -112,32 +125,93 @@ class FileLock:
         ).encode()
         delay = 0.005
         while True:
+            fd = self._create(payload)
+            if fd is not None:
+                self._fd = fd
+                self._sweep_private()
+                return
+            owner = self._break_if_stale()
+            if owner is None:
+                continue  # it was stale and is gone: try again at once
+            if time.monotonic() >= deadline:
+                raise LockTimeout(self.path, owner) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _create(self, payload: bytes) -> int | None:
+        """Create the lock file, holding its OS lock; None when it exists already."""
+        if fcntl is not None and self._links:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._break_if_stale()
-                if owner is None:
-                    continue  # it was stale and is gone: try again at once
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(self.path, owner) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                continue
-            try:
-                if fcntl is not None:  # before the payload: a readable payload means held
-                    # blocking: a breaker may hold it for an instant to look (and leaves a
-                    # file without a payload alone while it is young, _break_locally)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, payload)
-            except BaseException as exc:
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                if isinstance(exc, OSError) and not exc.filename:  # a full disk: say where
-                    raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
-                raise
-            self._fd = fd
+                return self._create_whole(payload)
+            except _NoHardLinks:
+                self._links = False
+        return self._create_exclusive(payload)
+
+    def _create_whole(self, payload: bytes) -> int | None:
+        """Write the payload and take the OS lock on a private file, then link it into place.
+
+        The lock file thus appears with its payload and its OS lock at once: a lock file whose
+        OS lock is free always belongs to a dead owner, however it was killed, and is broken
+        without waiting (``_create_exclusive`` leaves a moment where an empty file may be an
+        owner still starting).
+        """
+        private = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(private, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else knows this file yet: never waits
+            os.write(fd, payload)
+            os.link(private, self.path)
+        except (FileExistsError, FileNotFoundError):
+            # taken by another; or our private file was swept away before the link: retry
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _NO_LINK_ERRNOS:
+                raise _NoHardLinks from exc
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                private.unlink()
+        return fd
+
+    def _sweep_private(self) -> None:
+        """Remove private files that owners killed while creating the lock left behind.
+
+        One whose OS lock is free belongs to a dead process or to one that has not taken it
+        yet; the latter's link then fails and it simply tries again (``_create_whole``).
+        """
+        if fcntl is None or not self._links:
             return
+        for stray in self.path.parent.glob(f".{glob.escape(self.path.name)}.*"):
+            if _os_lock_free(stray):
+                with contextlib.suppress(FileNotFoundError):
+                    stray.unlink()
+
+    def _create_exclusive(self, payload: bytes) -> int | None:
+        """Create the lock file with ``O_EXCL`` (a filesystem without hard links, or no OS
+        locks here), then take its OS lock and write the payload."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        try:
+            if fcntl is not None:  # before the payload: a readable payload means held
+                # blocking: a breaker may hold it for an instant to look (and leaves a
+                # file without a payload alone while it is young, _break_locally)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, payload)
+        except BaseException as exc:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            if isinstance(exc, OSError) and not exc.filename:  # a full disk: say where
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
+            raise
+        return fd
 
     def _break_if_stale(self) -> str | None:
         """Remove the lock file if its owner is gone; return a description of a live owner."""

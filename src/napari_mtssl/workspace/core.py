@@ -152,7 +152,10 @@ class Workspace:
             raise WorkspaceError(file, "a workspace already exists here (use open())")
         if root.exists() and not root.is_dir():
             raise WorkspaceError(root, "is a file, not a folder")
-        if root.is_dir() and any(p.name != "workspace.lock" for p in root.iterdir()):
+        if root.is_dir() and any(
+            p.name != "workspace.lock" and not p.name.startswith(".workspace.lock.")
+            for p in root.iterdir()
+        ):
             raise WorkspaceError(
                 root, "folder is not empty and is not a workspace; choose an empty folder"
             )
