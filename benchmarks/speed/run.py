@@ -15,7 +15,9 @@ baseline step), ``walk`` (a user's clicks through the docks at 1366 x 768: impor
 resume, compare, propose, each with its stalls; needs a display and ACDC), ``gil`` (how long
 a Compare in a thread of the viewer's process holds that process, first and second of a
 session, beside busy processes; needs ACDC), ``warm`` (the stalls of the import and of opening a
-scan with the warm-up's imports as they are and as they were; needs a display and ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+scan with the warm-up's imports as they are and as they were; needs a display and ACDC),
+``start`` (from the Train click to the first step through the spare worker, with and without
+its load history, beside busy processes; needs ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -42,6 +44,7 @@ NAMES = (
     "walk",
     "gil",
     "warm",
+    "start",
 )
 
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import warm
 
             res = warm.bench(load=a.load or 2, reps=a.reps)
+        elif name == "start":
+            from speed import start
+
+            res = start.bench(load=a.load or 2, reps=a.reps)
         elif name == "walk":
             from speed import walk
 
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         key = f"gil_load{a.load or 2}" if name == "gil" else key
         key = f"warm_load{a.load or 2}" if name == "warm" else key
+        key = f"start_load{a.load or 2}" if name == "start" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 

@@ -37,7 +37,7 @@ from napari_mtssl._atomic import atomic_write_json
 from napari_mtssl.ids import STUDENT, ModelId, What, trained
 from napari_mtssl.training.config import ExperimentConfig, format_budget
 from napari_mtssl.training.data.preprocess import NormSpec, Preprocessing, content_hash
-from napari_mtssl.training.loop.pace import machine_busy_s
+from napari_mtssl.training.loop.pace import machine_busy_s, recent_busy_cores
 from napari_mtssl.training.prediction import inference
 
 __all__ = [
@@ -614,11 +614,16 @@ def _threads_reason(threads: int, interactive: bool, busy: float) -> str:
 
 
 def _busy_cores(window_s: float = 0.5) -> float:
-    """Cores kept busy by other processes right now: the machine's CPU time over a short
-    window while this process sleeps (:func:`~napari_mtssl.training.loop.pace.machine_busy_s`:
-    work at lowered priority, which yields to this job, does not count); where the platform
-    gives no CPU times, the one-minute load average. Measured anew at each call (once per
-    plan: the plan's threads and its reason use the same figure)."""
+    """Cores kept busy by other processes right now: in a process that keeps a load history
+    (the viewer's spare worker, :func:`~napari_mtssl.training.loop.pace.watch_load`), its last
+    windows; else the machine's CPU time over a short window while this process sleeps
+    (:func:`~napari_mtssl.training.loop.pace.machine_busy_s`: work at lowered priority, which
+    yields to this job, does not count); where the platform gives no CPU times, the one-minute
+    load average. Measured anew at each call (once per plan: the plan's threads and its reason
+    use the same figure)."""
+    recent = recent_busy_cores()
+    if recent is not None:
+        return recent
 
     def window() -> float | None:
         try:

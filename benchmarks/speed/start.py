@@ -1,0 +1,87 @@
+"""Benchmark: from the Train click to the first training step, through the viewer's spare worker.
+
+The training dock hands a job to a worker process started ahead (``api.spare_worker``), which
+imported the engine while the user looked at the data. What the job still does before its
+first step: count the cores other programs keep busy, choose the precision and the network's
+shape by timing a few steps, read the labelled scans, time the chosen network. Variants, each
+in a fresh worker that waited ``wait_s`` seconds (a user looking at the data) before the job:
+``history`` (the worker as the dock starts it: it keeps a history of the machine's load while
+it waits, which the plan reads) and ``sleeping`` (a worker without that history: the plan
+sleeps through two windows of its own to measure the load, as every plan did before).
+Beside ``load`` busy processes, repetitions alternating; a baseline with a 10-minute budget on
+the ACDC workspace with 3 labelled patients. Nothing is asserted: the numbers go to
+``benchmarks/results/speed.json`` (``start_load<n>``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+VARIANTS = ("history", "sleeping")
+
+
+def warm_without_history() -> None:
+    """The spare worker's warm-up without the load history (the ``sleeping`` variant)."""
+    import torch
+
+    import napari_mtssl.training.running.pipeline  # noqa: F401 - the engine, as the warm-up
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+
+
+def _first_step(variant: str, ws: Any, wait_s: float) -> dict[str, Any]:
+    from napari_mtssl import api
+    from napari_mtssl.training.running.jobs import JobWorker
+
+    warm = (
+        (api.WARM_ENGINE, {}) if variant == "history" else ("speed.start:warm_without_history", {})
+    )
+    worker = JobWorker(warm=warm)
+    try:
+        time.sleep(wait_s)
+        cfg = api.make_config("quick", budget="10m")
+        t0 = time.perf_counter()
+        job = api.start_job(ws, cfg, "baseline", worker=worker)
+        first_event = None
+        while True:
+            events = job.poll(0.05)
+            now = time.perf_counter() - t0
+            if events and first_event is None:
+                first_event = now
+            if any(getattr(e, "step", 0) for e in events):
+                out = {"first_event_s": round(first_event, 2), "first_step_s": round(now, 2)}
+                break
+            if job.finished:
+                raise RuntimeError(f"the job ended before its first step: {job.error}")
+            if now > 300:
+                raise RuntimeError("no first step within 300 s")
+        job.stop()
+        job.join(60)
+        return out
+    finally:
+        worker.close()
+
+
+def bench(load: int = 2, reps: int = 3, wait_s: float = 10.0) -> dict[str, Any]:
+    from .common import acdc_workspace, spread
+    from .viewer import busy_processes
+
+    ws = acdc_workspace(3)
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    hogs = busy_processes(load)
+    try:
+        for r in range(reps):
+            for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+                runs[variant].append(_first_step(variant, ws, wait_s))
+                print(variant, runs[variant][-1], flush=True)
+    finally:
+        for p in hogs:
+            p.kill()
+    return {
+        "load": load,
+        "wait_s": wait_s,
+        "runs": runs,
+        "first_step_s": {v: spread([x["first_step_s"] for x in runs[v]]) for v in VARIANTS},
+        "first_event_s": {v: spread([x["first_event_s"] for x in runs[v]]) for v in VARIANTS},
+    }
