@@ -44,13 +44,22 @@ def _first_step(variant: str, ws: Any, wait_s: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         job = api.start_job(ws, cfg, "baseline", worker=worker)
         first_event = None
+        phases: dict[str, float] = {}  # each planning message's first time (s after the click)
         while True:
             events = job.poll(0.05)
             now = time.perf_counter() - t0
             if events and first_event is None:
                 first_event = now
+            for e in events:
+                message = str(getattr(e, "message", "")).split(" of ")[0]
+                if message and message not in phases:
+                    phases[message] = round(now, 2)
             if any(getattr(e, "step", 0) for e in events):
-                out = {"first_event_s": round(first_event, 2), "first_step_s": round(now, 2)}
+                out = {
+                    "first_event_s": round(first_event, 2),
+                    "first_step_s": round(now, 2),
+                    "phases": phases,
+                }
                 break
             if job.finished:
                 raise RuntimeError(f"the job ended before its first step: {job.error}")
