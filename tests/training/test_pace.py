@@ -151,3 +151,56 @@ def test_a_program_that_gets_only_part_of_a_core_still_takes_one():
     watch.busy = 0.2  # background noise: not a core taken
     run(pace, clock, lambda s: 0.5, until=100)
     assert th["state"]["n"] == 2
+
+
+class Readings:
+    """Other programs' busy cores, one reading per window, as a test sets them."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+
+    def others(self) -> float | None:
+        return self.values.pop(0) if self.values else None
+
+
+def test_a_plan_in_a_waiting_worker_reads_the_load_history_instead_of_sleeping(monkeypatch):
+    """The viewer's spare worker samples the load while it waits; the job's plan takes the
+    quieter of the last two windows (a burst is not sustained load) and sleeps through no
+    window of its own."""
+    import time
+
+    from napari_mtssl.training.loop import pace as pace_mod
+    from napari_mtssl.training.planning import plan as plan_mod
+
+    history = pace_mod.LoadHistory(every_s=0.01, watch=Readings([1.9, 1.8, 0.9, 1.7]))
+    deadline = time.monotonic() + 30
+    while len(history.recent(within_s=60)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert history.recent(within_s=60) == [1.9, 1.8, 0.9, 1.7]
+
+    monkeypatch.setattr(pace_mod, "_HISTORY", history)
+    history.every_s = 60.0  # the windows above count as recent
+    measured = []  # the plan's own windows read the machine's CPU time at each end
+
+    def machine_busy_s() -> float:
+        measured.append(time.monotonic())
+        return 0.0
+
+    monkeypatch.setattr(plan_mod, "machine_busy_s", machine_busy_s)
+    assert plan_mod._busy_cores() == 0.9  # the quieter of 0.9 and 1.7
+    assert measured == []
+
+    monkeypatch.setattr(pace_mod, "_HISTORY", None)  # no history (the CLI): measured anew
+    assert plan_mod._busy_cores(window_s=0.01) == 0.0
+    assert len(measured) == 4  # two windows of its own
+
+
+def test_a_history_that_just_started_is_not_used():
+    from napari_mtssl.training.loop import pace as pace_mod
+
+    history = pace_mod.LoadHistory(every_s=3600.0, watch=Readings([]))
+    old, pace_mod._HISTORY = pace_mod._HISTORY, history
+    try:
+        assert pace_mod.recent_busy_cores() is None  # no window yet: the plan measures
+    finally:
+        pace_mod._HISTORY = old
