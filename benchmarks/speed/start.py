@@ -1,13 +1,14 @@
 """Benchmark: from the Train click to the first training step, through the viewer's spare worker.
 
 The training dock hands a job to a worker process started ahead (``api.spare_worker``), which
-imported the engine while the user looked at the data. What the job still does before its
-first step: count the cores other programs keep busy, choose the precision and the network's
-shape by timing a few steps, read the labelled scans, time the chosen network. Variants, each
-in a fresh worker that waited ``wait_s`` seconds (a user looking at the data) before the job:
-``history`` (the worker as the dock starts it: it keeps a history of the machine's load while
-it waits, which the plan reads) and ``sleeping`` (a worker without that history: the plan
-sleeps through two windows of its own to measure the load, as every plan did before).
+imported the engine while the user looked at the data. What the job does before its first
+step: count the cores other programs keep busy, choose the precision and the network's shape
+by timing a few steps, read the labelled scans, time the chosen network. Variants, each in a
+fresh worker that waited ``wait_s`` seconds (a user looking at the data) before the job:
+``now`` (the worker as the dock starts it: while it waits it keeps a history of the machine's
+load, which the plan reads, and times the step-cost fit the plan will ask for) and ``before``
+(a worker that only imports the engine, as until 7 December: the plan sleeps through two
+windows of its own to measure the load and times the fit at the click).
 Beside ``load`` busy processes, repetitions alternating; a baseline with a 10-minute budget on
 the ACDC workspace with 3 labelled patients. Nothing is asserted: the numbers go to
 ``benchmarks/results/speed.json`` (``start_load<n>``).
@@ -18,11 +19,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-VARIANTS = ("history", "sleeping")
+VARIANTS = ("now", "before")
 
 
-def warm_without_history() -> None:
-    """The spare worker's warm-up without the load history (the ``sleeping`` variant)."""
+def warm_as_before() -> None:
+    """The spare worker's warm-up as it was (the ``before`` variant): the engine imported and
+    an optimiser made, no load history, no step timed."""
     import torch
 
     import napari_mtssl.training.running.pipeline  # noqa: F401 - the engine, as the warm-up
@@ -34,9 +36,7 @@ def _first_step(variant: str, ws: Any, wait_s: float) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.training.running.jobs import JobWorker
 
-    warm = (
-        (api.WARM_ENGINE, {}) if variant == "history" else ("speed.start:warm_without_history", {})
-    )
+    warm = (api.WARM_ENGINE, {}) if variant == "history" else ("speed.start:warm_as_before", {})
     worker = JobWorker(warm=warm)
     try:
         time.sleep(wait_s)

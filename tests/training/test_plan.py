@@ -501,3 +501,30 @@ def test_a_planner_step_can_be_overridden():
     assert custom.spacing == default.spacing  # the steps not replaced decide as before
     assert "64 x 64 patches" in custom.reasons[1] and "width 48" in custom.reasons[1]
     assert custom.steps and custom.estimate_s  # the budget is shared for the replaced shape
+
+
+def test_a_waiting_worker_times_the_fit_its_jobs_plan_asks_for(monkeypatch):
+    """The viewer's spare worker times the step-cost fit while it waits; the job's plan, on a
+    study with four classes, at the same load, then times no network for its shape."""
+    import torch
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(P, "_COST_CACHE", {})
+    monkeypatch.setattr(P, "_busy_cores", lambda window_s=0.5: 0.0)
+    monkeypatch.setattr(P.inference, "resolve_device", lambda requested: torch.device("cpu"))
+    try:
+        P.warm_step_cost(interactive=True)
+        assert len(P._COST_CACHE) == 1
+        (key,) = P._COST_CACHE
+        assert key[0] == "cpu" and key[2] == P._thread_policy(torch.device("cpu"), True, 0.0)
+
+        def no_timing(*a, **k):
+            raise AssertionError("the plan timed a network the worker had timed")
+
+        monkeypatch.setattr(torch.optim, "AdamW", no_timing)  # a timed step needs one
+        f = fp((256, 216), (1.4, 1.4), num_classes=4)
+        cfg = profile("quick", budget_s=parse_budget("10m"), device="cpu")
+        p = P.shape_plan(f, cfg, "baseline", interactive=True)
+        assert p.threads == key[2] and p.precision == key[1] and p.batch_size == key[3]
+    finally:
+        torch.set_num_threads(threads)

@@ -709,7 +709,7 @@ class ShapePlanner:
         self._weight = _unit_weight(model_units(what, cfg), cfg)
 
     def batch(self) -> int:
-        return self.cfg.data.batch_size or (16 if self.gpu else 8)
+        return self.cfg.data.batch_size or (16 if self.gpu else 8)  # 8: see warm_step_cost
 
     def patch_max(self) -> int:
         """The largest patch this device trains fast enough."""
@@ -854,21 +854,26 @@ def _unit_weight(units: Sequence[str], cfg: ExperimentConfig) -> float:
 
 
 _COST_CACHE: dict[tuple, tuple[float, float]] = {}
+# The fit is timed with a two-class head whatever the run's classes: the head is a 1 x 1
+# convolution, under 1 % of a step's FLOPs, so one fit serves every study (and can be timed
+# ahead of the job, before its study is known: warm_step_cost).
+_TIMED_OUT_CH = 2
 
 
 def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
     """``flops -> seconds`` of one training step on ``dev``: a fixed overhead plus FLOPs at
     the device's speed, both fitted to two timed sizes of a width-16 U-Net (64 and 128 px).
-    Small steps are dominated by the overhead, large ones by the arithmetic."""
+    Small steps are dominated by the overhead, large ones by the arithmetic. ``out_ch`` is the
+    caller's (its FLOPs are counted with it); the fit is the same for every head."""
     import torch
 
-    key = (str(dev), precision, torch.get_num_threads(), batch, out_ch)
+    key = (str(dev), precision, torch.get_num_threads(), batch)
     if key not in _COST_CACHE:
         # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
 
         torch.manual_seed(0)
-        net = build_unet(1, out_ch, 16, depth=4).to(dev)
+        net = build_unet(1, _TIMED_OUT_CH, 16, depth=4).to(dev)
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
         pts = []
         for p in (64, 128):
@@ -887,15 +892,31 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
             for _ in range(3):
                 step()
             _sync(dev)
-            pts.append(
-                (3 * _flops_per_sample(16, 4, p, out_ch) * batch, (time.perf_counter() - t0) / 3)
-            )
+            flops = 3 * _flops_per_sample(16, 4, p, _TIMED_OUT_CH) * batch
+            pts.append((flops, (time.perf_counter() - t0) / 3))
         (f1, t1), (f2, t2) = pts
         per_flop = max((t2 - t1) / max(f2 - f1, 1.0), 1e-15)
         overhead = max(0.0, t1 - per_flop * f1)
         _COST_CACHE[key] = (overhead, per_flop)
     overhead, per_flop = _COST_CACHE[key]
     return lambda flops: overhead + 3 * flops * per_flop
+
+
+def warm_step_cost(interactive: bool = True) -> None:
+    """Time, ahead of a job, the step-cost fit its plan will most likely ask for: on the CPU,
+    at the precision and batch the plan picks by default and the threads its policy gives at
+    the machine's current load. A worker that waits for a job calls it
+    (:func:`~napari_mtssl.training.running.pipeline.import_engine`); a job whose plan then
+    asks for the same fit (the load has not changed) skips timing it. Not on a GPU, where the
+    fit takes a fraction of a second and a waiting worker should not hold the card."""
+    import torch
+
+    dev = inference.resolve_device("auto")
+    if dev.type != "cpu":
+        return
+    precision = inference.resolve_precision(dev, "auto")
+    torch.set_num_threads(_thread_policy(dev, interactive, _busy_cores()))
+    _step_cost(dev, precision, 8, _TIMED_OUT_CH)  # 8: ShapePlanner.batch on the CPU
 
 
 def _sync(dev: Any) -> None:

@@ -54,6 +54,7 @@ from napari_mtssl.training.planning.plan import (
     fingerprint,
     unit_step_s,
     usable_cpus,
+    warm_step_cost,
 )
 from napari_mtssl.training.planning.planner import allocate, make_plan
 from napari_mtssl.training.prediction.inference import resolve_device
@@ -144,9 +145,11 @@ def import_engine() -> None:
     The first optimiser of a process also imports ``torch._dynamo`` (3 s measured on a busy
     core, during the plan's timing of a step): one is made here, so the job does not wait.
     It also keeps a history of the machine's load, which the job's plan reads instead of
-    measuring it anew (1.3 s of the click's wait)."""
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    measuring it anew (1.3 s of the click's wait), and times the step-cost fit the job's plan
+    will most likely ask for (:func:`~napari_mtssl.training.planning.plan.warm_step_cost`)."""
     watch_load()
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    warm_step_cost(interactive=True)
 
 
 def plan_job(
