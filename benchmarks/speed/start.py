@@ -36,7 +36,7 @@ def _first_step(variant: str, ws: Any, wait_s: float) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.training.running.jobs import JobWorker
 
-    warm = (api.WARM_ENGINE, {}) if variant == "history" else ("speed.start:warm_as_before", {})
+    warm = (api.WARM_ENGINE, {}) if variant == "now" else ("speed.start:warm_as_before", {})
     worker = JobWorker(warm=warm)
     try:
         time.sleep(wait_s)
