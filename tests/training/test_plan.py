@@ -503,28 +503,63 @@ def test_a_planner_step_can_be_overridden():
     assert custom.steps and custom.estimate_s  # the budget is shared for the replaced shape
 
 
-def test_a_waiting_worker_times_the_fit_its_jobs_plan_asks_for(monkeypatch):
-    """The viewer's spare worker times the step-cost fit while it waits; the job's plan, on a
-    study with four classes, at the same load, then times no network for its shape."""
+class SettledLoad:
+    """A load history whose last windows all read ``busy`` cores."""
+
+    every_s = 0.01
+
+    def __init__(self, busy: float) -> None:
+        self.busy = busy
+
+    def recent(self, within_s: float) -> list[float]:
+        return [self.busy, self.busy]
+
+
+def test_a_waiting_worker_times_ahead_what_its_jobs_plan_asks_for(monkeypatch):
+    """The viewer's spare worker times, once the load settles, the step-cost fit and the two
+    networks behind it; the job's plan at that load (a study with four classes) then times no
+    network for its shape, nor the network it chose when that is one of them. At another load
+    it times anew; once a plan began, nothing more is timed ahead."""
     import torch
+
+    from napari_mtssl.training.loop import pace
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(P, "_COST_CACHE", {})
-    monkeypatch.setattr(P, "_busy_cores", lambda window_s=0.5: 0.0)
+    monkeypatch.setattr(P, "_TIMED_STEPS", {})
+    monkeypatch.setattr(P._Ahead, "closed", False)
+    monkeypatch.setattr(pace, "_HISTORY", SettledLoad(0.1))
     monkeypatch.setattr(P.inference, "resolve_device", lambda requested: torch.device("cpu"))
     try:
-        P.warm_step_cost(interactive=True)
-        assert len(P._COST_CACHE) == 1
+        P.time_ahead(interactive=True, most=1, every_s=0.001)
         (key,) = P._COST_CACHE
-        assert key[0] == "cpu" and key[2] == P._thread_policy(torch.device("cpu"), True, 0.0)
+        policy = P._thread_policy(torch.device("cpu"), True, 0.1)
+        assert key[0] == "cpu" and key[2:4] == (policy, 0)  # threads, load level
+        assert len(P._TIMED_STEPS) == 2  # width 16, depth 4: 64 and 128 px
 
-        def no_timing(*a, **k):
-            raise AssertionError("the plan timed a network the worker had timed")
-
-        monkeypatch.setattr(torch.optim, "AdamW", no_timing)  # a timed step needs one
+        optimisers = []  # a timed training step makes one
+        real_adamw = torch.optim.AdamW
+        monkeypatch.setattr(
+            torch.optim, "AdamW", lambda *a, **k: optimisers.append(1) or real_adamw(*a, **k)
+        )
         f = fp((256, 216), (1.4, 1.4), num_classes=4)
         cfg = profile("quick", budget_s=parse_budget("10m"), device="cpu")
         p = P.shape_plan(f, cfg, "baseline", interactive=True)
-        assert p.threads == key[2] and p.precision == key[1] and p.batch_size == key[3]
+        assert p.threads == key[2] and p.precision == key[1] and p.batch_size == key[4]
+        assert optimisers == [] and P._Ahead.closed
+        shaped = P.Plan.from_dict({**p.to_dict(), "patch": 128, "width": 16, "depth": 4})
+        t = P._time_steps(shaped, cfg, f, "baseline")
+        assert optimisers == []
+        assert (
+            t["seg"]
+            == P._TIMED_STEPS[P._timed_key(shaped.device, p.precision, 8, 16, 4, 128)]["seg"]
+        )
+
+        P.time_ahead(interactive=True, most=1, every_s=0.001)  # a plan began: returns at once
+        assert len(P._COST_CACHE) == 1
+
+        monkeypatch.setattr(pace, "_HISTORY", SettledLoad(2.0))  # two programs started since
+        P.shape_plan(f, cfg, "baseline", interactive=True)
+        assert len(optimisers) == 1 and len(P._COST_CACHE) == 2
     finally:
         torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -527,6 +528,21 @@ def shape_plan(
     spacing, patch and network); only the steps are planned again.
     ``planner``: a :class:`ShapePlanner` subclass whose steps decide the shape differently.
     """
+    with _Ahead.lock:  # a timing ahead in progress ends first; none begins after this plan
+        _Ahead.closed = True
+        return _shape_plan(fp, cfg, what, device, probe, interactive, fixed, planner)
+
+
+def _shape_plan(
+    fp: Fingerprint,
+    cfg: ExperimentConfig,
+    what: str,
+    device: Any,
+    probe: bool,
+    interactive: bool,
+    fixed: Plan | None,
+    planner: type[ShapePlanner] | None,
+) -> Plan:
     import torch
 
     dev = (
@@ -709,7 +725,7 @@ class ShapePlanner:
         self._weight = _unit_weight(model_units(what, cfg), cfg)
 
     def batch(self) -> int:
-        return self.cfg.data.batch_size or (16 if self.gpu else 8)  # 8: see warm_step_cost
+        return self.cfg.data.batch_size or (16 if self.gpu else 8)  # 8: see time_ahead
 
     def patch_max(self) -> int:
         """The largest patch this device trains fast enough."""
@@ -860,40 +876,64 @@ _COST_CACHE: dict[tuple, tuple[float, float]] = {}
 _TIMED_OUT_CH = 2
 
 
-def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
-    """``flops -> seconds`` of one training step on ``dev``: a fixed overhead plus FLOPs at
-    the device's speed, both fitted to two timed sizes of a width-16 U-Net (64 and 128 px).
-    Small steps are dominated by the overhead, large ones by the arithmetic. ``out_ch`` is the
-    caller's (its FLOPs are counted with it); the fit is the same for every head."""
+# Seconds of a training step and of a forward pass of the networks _step_cost timed, by
+# (device, precision, threads, batch, width, depth, patch): a CPU plan of one of those shapes
+# takes them instead of timing its network again (_time_steps).
+_TIMED_STEPS: dict[tuple, dict[str, float]] = {}
+
+
+def _timed_key(dev: Any, precision: str, batch: int, width: int, depth: int, patch: int):
     import torch
 
-    key = (str(dev), precision, torch.get_num_threads(), batch)
+    return (str(dev), precision, torch.get_num_threads(), _load_level(), batch, width, depth, patch)
+
+
+def _load_level() -> int:
+    """The whole cores other programs keep busy, by this process's load history (-1 where it
+    keeps none): a step's time depends on them as well as on the threads, so timings are kept
+    per level and a plan at another level times anew."""
+    busy = recent_busy_cores()
+    return -1 if busy is None else int(round(busy))
+
+
+def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
+    """``flops -> seconds`` of one training step on ``dev``: a fixed overhead plus FLOPs at
+    the device's speed, both fitted to two timed sizes of a width-16 U-Net (64 and 128 px)
+    trained as the run trains (its loss on random labels). Small steps are dominated by the
+    overhead, large ones by the arithmetic. ``out_ch`` is the caller's (its FLOPs are counted
+    with it); the fit is the same for every head."""
+    import torch
+
+    key = (str(dev), precision, torch.get_num_threads(), _load_level(), batch)
     if key not in _COST_CACHE:
         # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
+        from napari_mtssl.training.loop.losses import SegLoss
 
         torch.manual_seed(0)
         net = build_unet(1, _TIMED_OUT_CH, 16, depth=4).to(dev)
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        loss_fn, timer = SegLoss(), _StepTimer(dev)
         pts = []
         for p in (64, 128):
             x = torch.randn(batch, 1, p, p, device=dev)
+            y = torch.randint(0, _TIMED_OUT_CH, (batch, p, p), device=dev)
 
-            def step(x=x) -> None:
+            def step(x=x, y=y) -> None:
                 with inference.autocast(dev, precision):
-                    loss = net(x).float().square().mean()
+                    loss = loss_fn(net(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
 
-            step()
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(3):
-                step()
-            _sync(dev)
-            flops = 3 * _flops_per_sample(16, 4, p, _TIMED_OUT_CH) * batch
-            pts.append((flops, (time.perf_counter() - t0) / 3))
+            @torch.no_grad()
+            def fwd(x=x) -> None:
+                with inference.autocast(dev, precision):
+                    net(x)
+
+            seconds = {"seg": timer.timed(step), "fwd": timer.timed(fwd)}
+            _TIMED_STEPS[_timed_key(dev, precision, batch, 16, 4, p)] = seconds
+            pts.append((3 * _flops_per_sample(16, 4, p, _TIMED_OUT_CH) * batch, seconds["seg"]))
         (f1, t1), (f2, t2) = pts
         per_flop = max((t2 - t1) / max(f2 - f1, 1.0), 1e-15)
         overhead = max(0.0, t1 - per_flop * f1)
@@ -902,21 +942,50 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
     return lambda flops: overhead + 3 * flops * per_flop
 
 
-def warm_step_cost(interactive: bool = True) -> None:
-    """Time, ahead of a job, the step-cost fit its plan will most likely ask for: on the CPU,
-    at the precision and batch the plan picks by default and the threads its policy gives at
-    the machine's current load. A worker that waits for a job calls it
-    (:func:`~napari_mtssl.training.running.pipeline.import_engine`); a job whose plan then
-    asks for the same fit (the load has not changed) skips timing it. Not on a GPU, where the
-    fit takes a fraction of a second and a waiting worker should not hold the card."""
+class _Ahead:
+    """Timing ahead of a job, in a worker that waits for one (:func:`time_ahead`): the lock
+    that a plan's timing and the timing ahead share (both set torch's threads), and whether a
+    plan has begun (then nothing more is timed ahead: the job trains)."""
+
+    lock = threading.Lock()
+    closed = False
+
+
+def time_ahead(interactive: bool = True, most: int = 3, every_s: float = 0.5) -> None:
+    """Time, ahead of a job, the step-cost fit its plan will most likely ask for, for each
+    load level the machine settles at while the worker waits (two windows of its load history
+    in a row at the same level; at most ``most`` levels): on the CPU, at the precision and batch
+    the plan picks by default and the threads its policy gives at that load. A plan at a
+    level timed ahead takes the fit, and the timed network where its shape is one of them,
+    without timing (:func:`_step_cost`, :func:`_time_steps`). Ends when a plan begins. Not on
+    a GPU, where timing takes a fraction of a second and a waiting worker should not hold the
+    card. Runs in the caller's thread (a daemon thread of the worker's warm-up)."""
     import torch
 
     dev = inference.resolve_device("auto")
     if dev.type != "cpu":
         return
-    precision = inference.resolve_precision(dev, "auto")
-    torch.set_num_threads(_thread_policy(dev, interactive, _busy_cores()))
-    _step_cost(dev, precision, 8, _TIMED_OUT_CH)  # 8: ShapePlanner.batch on the CPU
+    timed: set[int] = set()
+    last = None
+    while len(timed) < most and not _Ahead.closed:
+        time.sleep(every_s)
+        level = _load_level()
+        steady, last = level >= 0 and level == last, level
+        if not steady or level in timed:
+            continue
+        with _Ahead.lock:
+            if _Ahead.closed:
+                return
+            before = torch.get_num_threads()
+            try:
+                busy = recent_busy_cores() or 0.0
+                torch.set_num_threads(_thread_policy(dev, interactive, busy))
+                # bf16 or fp32, timed (once per process) on a settled machine, as the plan's
+                precision = inference.resolve_precision(dev, "auto")
+                _step_cost(dev, precision, 8, _TIMED_OUT_CH)  # 8: ShapePlanner.batch on a CPU
+            finally:
+                torch.set_num_threads(before)
+        timed.add(level)
 
 
 def _sync(dev: Any) -> None:
@@ -1040,8 +1109,14 @@ def _time_steps(
     dev = torch.device(plan.device)
     b = plan.batch_size
     out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
-    net, x, seg_step = probe_step(plan, out_ch, fp.num_classes)
+    teachers = What.parse(what).trains_teachers
     timer = _StepTimer(dev)
+    known = _TIMED_STEPS.get(_timed_key(dev, plan.precision, b, plan.width, plan.depth, plan.patch))
+    if known is not None and dev.type == "cpu" and not teachers:
+        # timed already for the shape (by _step_cost: the same network, two classes, this
+        # machine, these threads); a GPU times its own, for the step's peak memory
+        return _with_derived_timings(dict(known), plan, cfg, fp, timer)
+    net, x, seg_step = probe_step(plan, out_ch, fp.num_classes)
 
     @torch.no_grad()
     def fwd() -> None:
@@ -1049,8 +1124,17 @@ def _time_steps(
             net(x)
 
     t: dict[str, float] = {"seg": timer.peak(seg_step), "fwd": timer.timed(fwd)}
-    if What.parse(what).trains_teachers:
+    if teachers:
         t.update(_time_task_steps(plan, cfg, fp, net, timer, t["seg"]))
+    return _with_derived_timings(t, plan, cfg, fp, timer)
+
+
+def _with_derived_timings(
+    t: dict[str, float], plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, timer: _StepTimer
+) -> dict[str, float]:
+    """``t`` (the timed steps) with what follows from them: the student's step, a stored
+    soft-label pass, a validation pass, and a joint step's peak GPU memory."""
+    b = plan.batch_size
     t["student"] = student_step_s(t, cfg)
     t["soft"] = train_windows(plan, fp, SOFT_OVERLAP) * t["fwd"] / b * 1.2
     t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2

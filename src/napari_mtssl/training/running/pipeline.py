@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +53,9 @@ from napari_mtssl.training.planning.plan import (
     Plan,
     PlanError,
     fingerprint,
+    time_ahead,
     unit_step_s,
     usable_cpus,
-    warm_step_cost,
 )
 from napari_mtssl.training.planning.planner import allocate, make_plan
 from napari_mtssl.training.prediction.inference import resolve_device
@@ -145,11 +146,13 @@ def import_engine() -> None:
     The first optimiser of a process also imports ``torch._dynamo`` (3 s measured on a busy
     core, during the plan's timing of a step): one is made here, so the job does not wait.
     It also keeps a history of the machine's load, which the job's plan reads instead of
-    measuring it anew (1.3 s of the click's wait), and times the step-cost fit the job's plan
-    will most likely ask for (:func:`~napari_mtssl.training.planning.plan.warm_step_cost`)."""
+    measuring it anew (1.3 s of the click's wait), and times, once the machine's load settles,
+    the steps the job's plan will most likely ask for
+    (:func:`~napari_mtssl.training.planning.plan.time_ahead`, in a thread: a job that comes
+    first is not held up)."""
     watch_load()
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-    warm_step_cost(interactive=True)
+    threading.Thread(target=time_ahead, name="time-ahead", daemon=True).start()
 
 
 def plan_job(
