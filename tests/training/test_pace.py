@@ -204,3 +204,39 @@ def test_a_history_that_just_started_is_not_used():
         assert pace_mod.recent_busy_cores() is None  # no window yet: the plan measures
     finally:
         pace_mod._HISTORY = old
+
+
+class ReadingsWithOwn:
+    """Windows of (other programs' busy cores, this process's own)."""
+
+    def __init__(self, values: list[tuple[float, float]]) -> None:
+        self.values = list(values)
+        self.own_cores = 0.0
+
+    def others(self) -> float | None:
+        if not self.values:
+            return None
+        others, self.own_cores = self.values.pop(0)
+        return others
+
+
+def test_windows_in_which_this_process_was_busy_are_not_read():
+    """On a full machine a worker's own work (timing steps ahead) crowds the other programs
+    out: they read less busy than they are. Those windows are skipped; the plan reads the
+    ones before."""
+    import time
+
+    from napari_mtssl.training.loop import pace as pace_mod
+
+    windows = [(2.0, 0.0), (1.9, 0.02), (1.1, 0.9), (1.0, 1.0)]
+    history = pace_mod.LoadHistory(every_s=0.01, watch=ReadingsWithOwn(windows))
+    deadline = time.monotonic() + 30
+    while history._watch.values and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    old, pace_mod._HISTORY = pace_mod._HISTORY, history
+    try:
+        assert history.recent(within_s=60) == [2.0, 1.9]
+        assert pace_mod.recent_busy_cores() == 1.9
+    finally:
+        pace_mod._HISTORY = old

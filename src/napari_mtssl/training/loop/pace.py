@@ -44,6 +44,7 @@ class CoreWatch:
         self._clock = clock
         self._me = psutil.Process()
         self._last = self._snap()
+        self.own_cores = 0.0  # this process's own, over the last window of others()
 
     def _snap(self) -> tuple[float, float, float] | None:
         try:
@@ -63,21 +64,31 @@ class CoreWatch:
         if now is None or last is None or now[2] <= last[2]:
             return None
         seconds = now[2] - last[2]
+        self.own_cores = max(0.0, (now[1] - last[1]) / seconds)
         return max(0.0, ((now[0] - last[0]) - (now[1] - last[1])) / seconds)
+
+
+# A window in which this process itself kept more than this many cores busy is not read: on a
+# full machine its own work crowds the other programs out, and they would read less busy than
+# they are (a worker timing steps ahead read one core where two programs ran).
+OWN_QUIET = 0.25
+# How far back the history is read for its last windows.
+HISTORY_HORIZON_S = 6.0
 
 
 class LoadHistory:
     """The cores other processes kept busy, sampled every ``every_s`` seconds by a daemon
-    thread (one :class:`CoreWatch` reading per window; the last ``keep`` kept).
+    thread (one :class:`CoreWatch` reading per window, with this process's own; the last
+    ``keep`` kept).
 
     A process that waits for a job (the viewer's spare worker) keeps one, so that the job's
     plan reads how busy the machine has been instead of sleeping through windows of its own
     to find out (1.3 s at every click)."""
 
-    def __init__(self, every_s: float = 0.5, keep: int = 8, watch: CoreWatch | None = None):
+    def __init__(self, every_s: float = 0.5, keep: int = 16, watch: CoreWatch | None = None):
         self.every_s = every_s
         self._watch = watch or CoreWatch()
-        self._samples: deque[tuple[float, float]] = deque(maxlen=keep)
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=keep)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="load-history", daemon=True)
         self._thread.start()
@@ -86,15 +97,17 @@ class LoadHistory:
         while True:
             time.sleep(self.every_s)
             cores = self._watch.others()
+            own = float(getattr(self._watch, "own_cores", 0.0))
             if cores is not None:
                 with self._lock:
-                    self._samples.append((time.monotonic(), cores))
+                    self._samples.append((time.monotonic(), cores, own))
 
     def recent(self, within_s: float) -> list[float]:
-        """The windows that ended in the last ``within_s`` seconds, oldest first."""
+        """The windows that ended in the last ``within_s`` seconds and in which this process
+        kept under ``OWN_QUIET`` of a core busy, oldest first."""
         now = time.monotonic()
         with self._lock:
-            return [c for t, c in self._samples if now - t <= within_s]
+            return [c for t, c, own in self._samples if now - t <= within_s and own < OWN_QUIET]
 
 
 _HISTORY: LoadHistory | None = None
@@ -111,13 +124,14 @@ def watch_load(every_s: float = 0.5) -> LoadHistory:
 
 
 def recent_busy_cores(windows: int = 2) -> float | None:
-    """The quieter of the last ``windows`` windows of this process's :class:`LoadHistory`
-    (a burst, such as a program starting, is not the sustained load that slows a run down);
-    None without a history, or when it has fewer recent windows (it just started)."""
+    """The quieter of the last ``windows`` windows of this process's :class:`LoadHistory` in
+    the last ``HISTORY_HORIZON_S`` (a burst, such as a program starting, is not the sustained
+    load that slows a run down); None without a history, or when it has fewer such windows
+    (it just started, or this process has been busy itself)."""
     history = _HISTORY
     if history is None:
         return None
-    recent = history.recent(within_s=(windows + 0.5) * history.every_s)
+    recent = history.recent(within_s=max(HISTORY_HORIZON_S, (windows + 0.5) * history.every_s))
     if len(recent) < windows:
         return None
     return max(0.0, min(recent[-windows:]))
