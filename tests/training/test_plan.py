@@ -519,7 +519,11 @@ def test_a_waiting_worker_times_ahead_what_its_jobs_plan_asks_for(monkeypatch):
     """The viewer's spare worker times, once the load settles, the step-cost fit and the two
     networks behind it; the job's plan at that load (a study with four classes) then times no
     network for its shape, nor the network it chose when that is one of them. At another load
-    it times anew; once a plan began, nothing more is timed ahead."""
+    it times anew; once a plan began, nothing more is timed ahead; with no core free, nothing is
+    timed ahead at all."""
+    import threading
+    import time
+
     import torch
 
     from napari_mtssl.training.loop import pace
@@ -528,9 +532,19 @@ def test_a_waiting_worker_times_ahead_what_its_jobs_plan_asks_for(monkeypatch):
     monkeypatch.setattr(P, "_COST_CACHE", {})
     monkeypatch.setattr(P, "_TIMED_STEPS", {})
     monkeypatch.setattr(P._Ahead, "closed", False)
-    monkeypatch.setattr(pace, "_HISTORY", SettledLoad(0.1))
     monkeypatch.setattr(P.inference, "resolve_device", lambda requested: torch.device("cpu"))
     try:
+        # every core busy: nothing is timed ahead (it would take the viewer's share)
+        monkeypatch.setattr(pace, "_HISTORY", SettledLoad(float(P.usable_cpus())))
+        ahead = threading.Thread(target=P.time_ahead, kwargs={"every_s": 0.001})
+        ahead.start()
+        time.sleep(0.3)
+        P._Ahead.closed = True  # as a plan does
+        ahead.join(30)
+        assert not ahead.is_alive() and P._COST_CACHE == {}
+        P._Ahead.closed = False
+
+        monkeypatch.setattr(pace, "_HISTORY", SettledLoad(0.1))
         P.time_ahead(interactive=True, most=1, every_s=0.001)
         (key,) = P._COST_CACHE
         policy = P._thread_policy(torch.device("cpu"), True, 0.1)

@@ -954,8 +954,9 @@ class _Ahead:
 def time_ahead(interactive: bool = True, most: int = 3, every_s: float = 0.5) -> None:
     """Time, ahead of a job, the step-cost fit its plan will most likely ask for, for each
     load level the machine settles at while the worker waits (two windows of its load history
-    in a row at the same level; at most ``most`` levels): on the CPU, at the precision and batch
-    the plan picks by default and the threads its policy gives at that load. A plan at a
+    in a row at the same level, with a core free; at most ``most`` levels): on the CPU, at the
+    precision and batch the plan picks by default and the threads its policy gives at that
+    load. A plan at a
     level timed ahead takes the fit, and the timed network where its shape is one of them,
     without timing (:func:`_step_cost`, :func:`_time_steps`). Ends when a plan begins. Not on
     a GPU, where timing takes a fraction of a second and a waiting worker should not hold the
@@ -971,7 +972,10 @@ def time_ahead(interactive: bool = True, most: int = 3, every_s: float = 0.5) ->
         time.sleep(every_s)
         level = _load_level()
         steady, last = level >= 0 and level == last, level
-        if not steady or level in timed:
+        if not steady or level in timed or level > usable_cpus() - 1:
+            # no core free: the timing would take its share from the viewer, whose layers
+            # then stall (the walk beside two busy processes: opening a scan 0.8-0.9 s
+            # against 0.2-0.6 s); the plan times at the click instead
             continue
         with _Ahead.lock:
             if _Ahead.closed:
