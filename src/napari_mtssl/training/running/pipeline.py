@@ -146,10 +146,10 @@ def import_engine() -> None:
     The first optimiser of a process also imports ``torch._dynamo`` (3 s measured on a busy
     core, during the plan's timing of a step): one is made here, so the job does not wait.
     It also keeps a history of the machine's load, which the job's plan reads instead of
-    measuring it anew (1.3 s of the click's wait), and times, once the machine's load settles,
-    the steps the job's plan will most likely ask for
-    (:func:`~napari_mtssl.training.planning.plan.time_ahead`, in a thread: a job that comes
-    first is not held up)."""
+    measuring it anew (1.3 s of the click's wait), and, in a thread, times the steps the job's
+    plan will most likely ask for once the load settles with a core free
+    (:func:`~napari_mtssl.training.planning.plan.time_ahead`; a job that arrives during such a
+    timing waits for it to end and uses it)."""
     watch_load()
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     threading.Thread(target=time_ahead, name="time-ahead", daemon=True).start()
