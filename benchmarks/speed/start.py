@@ -6,7 +6,8 @@ step: count the cores other programs keep busy, choose the precision and the net
 by timing a few steps, read the labelled scans, time the chosen network. Variants, each in a
 fresh worker that waited ``wait_s`` seconds (a user looking at the data) before the job:
 ``now`` (the worker as the dock starts it: while it waits it keeps a history of the machine's
-load, which the plan reads, and times the step-cost fit the plan will ask for) and ``before``
+load, which the plan reads, and, with a core free, times the step-cost fit the plan will ask
+for) and ``before``
 (a worker that only imports the engine, as until 7 December: the plan sleeps through two
 windows of its own to measure the load and times the fit at the click).
 Beside ``load`` busy processes, repetitions alternating; a baseline with a 10-minute budget on

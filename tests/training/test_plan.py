@@ -566,7 +566,7 @@ def test_a_waiting_worker_times_ahead_what_its_jobs_plan_asks_for(monkeypatch):
         assert optimisers == []
         assert (
             t["seg"]
-            == P._TIMED_STEPS[P._timed_key(shaped.device, p.precision, 8, 16, 4, 128)]["seg"]
+            == P._TIMED_STEPS[P._timed_key(shaped.device, p.precision, 0, 8, 16, 4, 128)]["seg"]
         )
 
         P.time_ahead(interactive=True, most=1, every_s=0.001)  # a plan began: returns at once

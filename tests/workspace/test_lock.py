@@ -168,7 +168,7 @@ def test_an_owner_killed_at_any_moment_never_leaves_a_lock_that_makes_others_wai
             proc.kill()
             proc.wait()
         left.append(path.exists())
-        with FileLock(path, timeout=0.3):  # under the 5 s grace of an empty lock file
+        with FileLock(path, timeout=2.0):  # under the 5 s grace of an empty lock file
             pass
         # and a private file it was creating the lock under is swept away by the next owner
         assert list(tmp_path.iterdir()) == []

@@ -99,6 +99,7 @@ class FileLock:
         self._depth = 0
         self._fd: int | None = None
         self._links = True  # hard links work here (else _create_exclusive)
+        self._swept = False  # strays of killed owners removed (once per lock object)
 
     @property
     def held(self) -> bool:
@@ -179,13 +180,16 @@ class FileLock:
         return fd
 
     def _sweep_private(self) -> None:
-        """Remove private files that owners killed while creating the lock left behind.
+        """Remove private files that owners killed while creating the lock left behind, at
+        this lock object's first acquisition (a program's start: a killed owner leaves at most
+        one, and a write need not list the folder each time).
 
         One whose OS lock is free belongs to a dead process or to one that has not taken it
         yet; the latter's link then fails and it simply tries again (``_create_whole``).
         """
-        if fcntl is None or not self._links:
+        if fcntl is None or not self._links or self._swept:
             return
+        self._swept = True
         for stray in self.path.parent.glob(f".{glob.escape(self.path.name)}.*"):
             if _os_lock_free(stray):
                 with contextlib.suppress(FileNotFoundError):

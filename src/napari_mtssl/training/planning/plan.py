@@ -872,20 +872,22 @@ def _unit_weight(units: Sequence[str], cfg: ExperimentConfig) -> float:
 _COST_CACHE: dict[tuple, tuple[float, float]] = {}
 # The fit is timed with a two-class head whatever the run's classes: the head is a 1 x 1
 # convolution, under 1 % of a step's FLOPs, so one fit serves every study (and can be timed
-# ahead of the job, before its study is known: warm_step_cost).
+# ahead of the job, before its study is known: time_ahead).
 _TIMED_OUT_CH = 2
 
 
 # Seconds of a training step and of a forward pass of the networks _step_cost timed, by
-# (device, precision, threads, batch, width, depth, patch): a CPU plan of one of those shapes
-# takes them instead of timing its network again (_time_steps).
+# (device, precision, threads, load level, batch, width, depth, patch): a CPU plan of one of
+# those shapes at that level takes them instead of timing its network again (_time_steps).
 _TIMED_STEPS: dict[tuple, dict[str, float]] = {}
 
 
-def _timed_key(dev: Any, precision: str, batch: int, width: int, depth: int, patch: int):
+def _timed_key(
+    dev: Any, precision: str, level: int, batch: int, width: int, depth: int, patch: int
+):
     import torch
 
-    return (str(dev), precision, torch.get_num_threads(), _load_level(), batch, width, depth, patch)
+    return (str(dev), precision, torch.get_num_threads(), level, batch, width, depth, patch)
 
 
 def _load_level() -> int:
@@ -904,7 +906,8 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
     with it); the fit is the same for every head."""
     import torch
 
-    key = (str(dev), precision, torch.get_num_threads(), _load_level(), batch)
+    level = _load_level()  # once: the fit and its two networks are kept at the same level
+    key = (str(dev), precision, torch.get_num_threads(), level, batch)
     if key not in _COST_CACHE:
         # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
@@ -932,7 +935,7 @@ def _step_cost(dev: Any, precision: str, batch: int, out_ch: int):
                     net(x)
 
             seconds = {"seg": timer.timed(step), "fwd": timer.timed(fwd)}
-            _TIMED_STEPS[_timed_key(dev, precision, batch, 16, 4, p)] = seconds
+            _TIMED_STEPS[_timed_key(dev, precision, level, batch, 16, 4, p)] = seconds
             pts.append((3 * _flops_per_sample(16, 4, p, _TIMED_OUT_CH) * batch, seconds["seg"]))
         (f1, t1), (f2, t2) = pts
         per_flop = max((t2 - t1) / max(f2 - f1, 1.0), 1e-15)
@@ -956,9 +959,8 @@ def time_ahead(interactive: bool = True, most: int = 3, every_s: float = 0.5) ->
     load level the machine settles at while the worker waits (two windows of its load history
     in a row at the same level, with a core free; at most ``most`` levels): on the CPU, at the
     precision and batch the plan picks by default and the threads its policy gives at that
-    load. A plan at a
-    level timed ahead takes the fit, and the timed network where its shape is one of them,
-    without timing (:func:`_step_cost`, :func:`_time_steps`). Ends when a plan begins. Not on
+    load. A plan at a level timed ahead takes the fit, and the timed network where its shape
+    is one of them, without timing (:func:`_step_cost`, :func:`_time_steps`). Ends when a plan begins. Not on
     a GPU, where timing takes a fraction of a second and a waiting worker should not hold the
     card. Runs in the caller's thread (a daemon thread of the worker's warm-up)."""
     import torch
@@ -1115,7 +1117,10 @@ def _time_steps(
     out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
     teachers = What.parse(what).trains_teachers
     timer = _StepTimer(dev)
-    known = _TIMED_STEPS.get(_timed_key(dev, plan.precision, b, plan.width, plan.depth, plan.patch))
+    level = _load_level()
+    known = _TIMED_STEPS.get(
+        _timed_key(dev, plan.precision, level, b, plan.width, plan.depth, plan.patch)
+    )
     if known is not None and dev.type == "cpu" and not teachers:
         # timed already for the shape (by _step_cost: the same network, two classes, this
         # machine, these threads); a GPU times its own, for the step's peak memory
