@@ -295,7 +295,7 @@ def start_plan_job(
 def spare_worker() -> JobWorker:
     """A worker process started ahead of a job: it imports the engine (seconds) while it waits,
     so that a job given to it (``start_job(..., worker=...)``) starts in a fraction of a second.
-    It serves one job; ``close()`` it when it is not used."""
+    It runs the jobs submitted to it one after another; ``close()`` it when it is not used."""
     return JobWorker(warm=(WARM_ENGINE, {}))
 
 

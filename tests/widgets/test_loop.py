@@ -168,6 +168,10 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     ws = d.session.workspace
     config = long_stage1_config(2000)
     jobs = d.session.jobs
+    from napari_mtssl.training.running.jobs import JobWorker
+
+    # opening the workspace made a worker ready (the job below runs in it)
+    qtbot.waitUntil(lambda: isinstance(jobs._spare, JobWorker), timeout=60_000)
     with qtbot.waitSignal(
         jobs.job_event,
         timeout=JOB_TIMEOUT_MS,
@@ -175,12 +179,15 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     ):
         jobs.start(ws, config, "stage1")
     assert d.training.stop_button.isEnabled()
+    stopped_worker = jobs.handle
     from napari.utils.notifications import notification_manager
 
     toasts = len(notification_manager.records)
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
         d.training.stop_button.click()
     assert jobs.last_state == "stopped"
+    # the stopped job's process, engine imported, waits for the resume instead of ending
+    assert jobs._spare is stopped_worker and stopped_worker.usable
     # said in the dock's line, which the next run replaces; no toast left behind
     assert "stopped" in d.training.now_label.text() + d.training.now_label.toolTip()
     assert not any("stopped" in str(n.message) for n in notification_manager.records[toasts:])
@@ -197,6 +204,7 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
     ) as blocker:
         d.training.resume_button.click()
     assert blocker.args[0].step > 0
+    assert jobs.handle is stopped_worker  # the resume ran in it
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
         d.training.stop_button.click()
     assert [r.id for r in ws.runs()] == [run_id]

@@ -1,6 +1,7 @@
 """A worker process waits, with the engine imported, for the next job of the viewer: a click on
-Train or Estimate hands the job to it instead of starting a process then. It serves one job,
-then ends (its memory goes back) and a new one gets ready; none outlives the viewer."""
+Train or Estimate hands the job to it instead of starting a process then. After a finished job
+it ends (its memory goes back) and a new one gets ready (after a Stop it is kept for the resume:
+``test_loop.test_stop_keeps_a_checkpoint``); none outlives the viewer."""
 
 from __future__ import annotations
 

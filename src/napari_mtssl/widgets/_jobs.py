@@ -136,6 +136,21 @@ class JobController(QObject):
             return None
         return worker
 
+    def _keep_as_spare(self, handle: Any) -> bool:
+        """After a Stop, the job's worker waits for the next job (usually the resume): a fresh
+        process would import the engine again, seconds on a laptop, while the user waits for the
+        run they stopped. After a finished or failed job a fresh worker is made instead, so the
+        memory of a whole run goes back and no state of a failed one is carried over."""
+        if self.last_state != "stopped" or not self._keep_spare or self._closed:
+            return False
+        if not getattr(handle, "usable", False):  # a one-job process, or one that has ended
+            return False
+        with self._spare_lock:
+            if self._spare is not None:
+                return False
+            self._spare = handle
+        return True
+
     def release(self) -> None:
         """End the spare worker (the viewer is closing); no new one is made after this."""
         self._closed = True
@@ -308,8 +323,8 @@ class JobController(QObject):
 
     def _finish(self, result: dict | None, error: str | None) -> None:
         self.last_result, self.last_error = result, error
-        if self.handle is not None:
-            self.handle.shutdown()  # a spare worker serves one job, then ends (memory back)
+        if self.handle is not None and not self._keep_as_spare(self.handle):
+            self.handle.shutdown()  # a finished job's worker ends (its memory goes back)
         if self._progress is not None:
             self._progress.close()
             self._progress = None
