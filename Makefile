@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/install_torch.py
 	@# torch first, the build this machine wants (the CPU build without an NVIDIA GPU), so the
 	@# range in pyproject.toml never pulls the CUDA build; it says which build it installed.
 	$(PY) scripts/install_torch.py
-	$(PY) -m pip install --quiet -e ".[test,export,ray]"
+	$(PY) -m pip install --quiet -e ".[napari,test,export,ray]"
 	@touch $(STAMP)
 
 # python3 -m venv needs Debian's python3-venv (ensurepip); installed here when missing.

@@ -1103,6 +1103,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.gui:
+        try:
+            import napari  # noqa: F401 - only checked here: the headless install has no napari
+        except ImportError:
+            raise CliError(
+                "demo --gui needs napari, which this installation does not have: "
+                'pip install "napari-mtssl[napari]", or run the demo without --gui'
+            ) from None
         # imported here, when needed: it loads napari and Qt, for `demo --gui` only
         from napari_mtssl.widgets import launch_demo
 
@@ -1761,7 +1768,7 @@ def reference_markdown() -> str:
 def _user_log_dir() -> Path:
     try:
         import platformdirs
-    except ImportError:  # pragma: no cover - napari brings it
+    except ImportError:  # the headless install (napari brings platformdirs)
         import tempfile
 
         return Path(tempfile.gettempdir()) / "napari-mtssl-logs"
