@@ -149,7 +149,12 @@ class Workspace:
         if file.exists():
             if exist_ok:
                 return cls.open(root)
-            raise WorkspaceError(file, "a workspace already exists here (use open())")
+            raise WorkspaceError(
+                file,
+                "a workspace already exists here; use it as it is (give this folder to the "
+                "other napari-mtssl commands, Open workspace… in napari, Workspace.open() in "
+                "Python) or choose another folder",
+            )
         if root.exists() and not root.is_dir():
             raise WorkspaceError(root, "is a file, not a folder")
         if root.is_dir() and any(
@@ -166,7 +171,12 @@ class Workspace:
         lock = FileLock(root / "workspace.lock")
         with lock:
             if file.exists():  # someone else created it while we checked
-                raise WorkspaceError(file, "a workspace already exists here (use open())")
+                raise WorkspaceError(
+                    file,
+                    "a workspace already exists here; use it as it is (give this folder to "
+                    "the other napari-mtssl commands, Open workspace… in napari, "
+                    "Workspace.open() in Python) or choose another folder",
+                )
             atomic_write_json(
                 file,
                 {
