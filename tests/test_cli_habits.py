@@ -471,3 +471,48 @@ def test_workspace_errors_give_shell_advice():
     except WorkspaceError as exc:
         line = cli._known(Namespace(command="simulate"), exc)
     assert "napari-mtssl init" in line and "Workspace.create" not in line
+
+
+# -- messages in the words of the command line -----------------------------------------------
+
+
+def test_init_on_a_workspace_says_what_a_shell_user_does(tmp_path, capsys):
+    ws = _init(tmp_path / "ws")
+    capsys.readouterr()
+    err = _fails_in_one_line(capsys, ["init", str(ws)], expect="a workspace already exists")
+    assert "choose another folder" in err and "napari-mtssl commands" in err
+    assert "(use open())" not in err
+
+
+def test_resume_names_an_older_run_with_the_real_syntax(tmp_path, capsys):
+    ws = _init(tmp_path / "ws")
+    w, older = _stopped_run(ws)
+    w.new_run("all", api.make_config("tiny").to_dict()).set_status("done")
+    capsys.readouterr()
+    err = _fails_in_one_line(capsys, ["resume", str(ws)], expect="no stopped or interrupted run")
+    assert f"napari-mtssl resume {ws} RUN" in err and "--run" not in err
+    assert older.path.parent.name == "runs" and older.path.name == older.id  # "under runs/"
+
+
+def test_import_of_a_file_that_is_no_model_names_that_file(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ws = _init(tmp_path / "ws")
+    junk = tmp_path / "passwd"
+    junk.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    capsys.readouterr()
+    err = _fails_in_one_line(capsys, ["import", str(ws), str(junk)], expect=f"{junk}: ")
+    assert "model.onnx" not in err and "not a readable ONNX model" in err
+
+
+def test_help_lists_the_task_names_and_parsing_is_unchanged(monkeypatch):
+    from napari_mtssl.tasks import TASKS
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    p = build_parser()
+    for name in ("train", "simulate"):
+        text = " ".join(_subparser(p, name).format_help().split())
+        assert f"from: {', '.join(TASKS)} (default: sdm,inpaint" in text, text
+    assert p.parse_args(["train", "d", "--tasks", "sdm,rubik"]).tasks == "sdm,rubik"
+    assert p.parse_args(["train", "d"]).tasks is None  # the profile's tasks
+    assert p.parse_args(["train", "d", "--tasks", "nope"]).tasks == "nope"  # checked by the run
+    assert p.parse_args(["simulate", "d", "--out", "o"]).tasks == "sdm,inpaint"

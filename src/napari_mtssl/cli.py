@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_mtssl import __version__, api, events, ids
+from napari_mtssl import __version__, api, events, ids, task_needs
 from napari_mtssl import simulate as sim
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
 from napari_mtssl.colours import palette_rgb
-from napari_mtssl.export import check_output
+from napari_mtssl.export import ExportError, check_output
 from napari_mtssl.ids import ModelId
-from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.config import DEFAULT_TASKS, ExperimentConfig
 from napari_mtssl.training.errors import UnitsFailed
 from napari_mtssl.training.loop.metrics import dice_per_class, summarise, volume_scores
 
@@ -621,7 +621,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if run is None:
         raise CliError(
             f"{args.workspace}: no stopped or interrupted run to resume (an unfinished run "
-            "older than the last finished one is resumed only by name: --run ID)"
+            "older than the last finished one is resumed only by its id, the name of its "
+            f"folder under runs/: napari-mtssl resume {args.workspace} RUN)"
         )
     saved = run.config
     over: dict[str, Any] = {}
@@ -1059,7 +1060,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     ws = _open_workspace(args.workspace)
     if not Path(args.file).is_file():
         raise CliError(f"{args.file}: no such file")
-    run_id = api.import_model(ws, args.file, args.as_model)
+    try:
+        run_id = api.import_model(ws, args.file, args.as_model)
+    except ExportError as exc:  # the reader may name the bytes it read, not the file given
+        msg = str(exc)
+        if args.file not in msg and str(Path(args.file)) not in msg:
+            msg = f"{args.file}: {msg.removeprefix('model.onnx: ')}"
+        raise CliError(msg) from exc
     print(f"imported {args.file} as {args.as_model} (run {run_id})")
     return EXIT_OK
 
@@ -1343,7 +1350,10 @@ def _add_train(sub: Any) -> None:
         "--labelled", type=int, metavar="N", help="keep the labels of N training patients"
     )
     t.add_argument(
-        "--tasks", metavar="TASKS", help="comma-separated auxiliary tasks (default: the profile's)"
+        "--tasks",
+        metavar="TASKS",
+        help=f"comma-separated auxiliary tasks, from: {', '.join(task_needs.NAMES)} (default: "
+        f"{','.join(DEFAULT_TASKS)}; the tiny profile's: sdm,rubik)",
     )
     t.add_argument(
         "--budget",
@@ -1598,7 +1608,12 @@ def _add_simulate(sub: Any) -> None:
         help="a full stage 2 after the last round (default), every round, or never",
     )
     sm.add_argument("--stage2-budget", default="7m", help="time of each full stage 2")
-    sm.add_argument("--tasks", default="sdm,inpaint", help="the teachers' tasks")
+    sm.add_argument(
+        "--tasks",
+        default="sdm,inpaint",
+        help=f"the teachers' tasks, comma-separated, from: {', '.join(task_needs.NAMES)} "
+        "(default: sdm,inpaint)",
+    )
     sm.add_argument("--seed", type=int, default=0, help="random seed")
     sm.add_argument(
         "--reference",
