@@ -25,3 +25,59 @@ def tiny_study(tmp_path_factory):
     cfg = api.make_config("tiny", device="cpu")
     plan = make_plan(fingerprint(ws), cfg, "baseline", allocate_steps=False)
     return StudyData.from_workspace(ws, plan.preprocessing(), plan.patch), plan.apply(cfg)
+
+
+# -- one trained workspace for the whole session ------------------------------------------------
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """What a test may not change in a shared workspace: every file's size and modification
+    time, but the caches (reading a model fills them) and the lock files."""
+    out = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and rel.parts[0] != "cache" and not p.name.endswith(".lock"):
+            st = p.stat()
+            out[str(rel)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="session")
+def _trained_once(tmp_path_factory):
+    from napari_mtssl import api
+
+    ws = api.create_workspace(
+        tmp_path_factory.mktemp("trained") / "ws", source="sample", labelled=2
+    )
+    api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
+    return ws
+
+
+@pytest.fixture
+def trained_workspace(_trained_once):
+    """The built-in sample (2 labelled scans) with the tiny profile's baseline trained on the CPU
+    (one run, the profile's seed), trained once per test session (once per pytest-xdist worker).
+
+    Shared, so read-only: a test that adds a run, a label or a correction asks for
+    ``trained_workspace_copy`` instead. A test that changes it anyway fails at its teardown."""
+    ws = _trained_once
+    before = _files(ws.root)
+    yield ws
+    changed = sorted(set(before.items()) ^ set(_files(ws.root).items()))
+    assert not changed, (
+        "this test changed the shared trained workspace (use trained_workspace_copy): "
+        f"{sorted({name for name, _ in changed})}"
+    )
+
+
+@pytest.fixture
+def trained_workspace_copy(_trained_once, tmp_path):
+    """A copy of ``trained_workspace`` under ``tmp_path``, for a test that changes it."""
+    import shutil
+
+    from napari_mtssl.workspace import Workspace
+
+    copied = shutil.copytree(
+        _trained_once.root, tmp_path / "trained", ignore=shutil.ignore_patterns("*.lock")
+    )
+    return Workspace.open(copied)

@@ -23,11 +23,11 @@ from napari_mtssl.service import EngineError, EngineService, call
 from napari_mtssl.training.running.jobs import drive
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    ws = api.create_workspace(tmp_path_factory.mktemp("svc") / "ws", source="sample", labelled=2)
-    api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
-    return ws
+@pytest.fixture
+def trained(trained_workspace):
+    """The session's trained workspace (tests/conftest.py: the sample with a tiny baseline),
+    which these tests only read; the one that adds a correction and a run takes a copy."""
+    return trained_workspace
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,11 @@ def test_compare_and_predict_match_the_engine_in_process(trained, engine):
     assert np.array_equal(labels, api.predict(ws, sid, model="baseline").labels)
 
 
-def test_a_scan_compared_again_is_answered_from_what_was_kept(trained):
+def test_a_scan_compared_again_is_answered_from_what_was_kept(trained_workspace_copy):
     """Until a model or the scan's labels change: a correction changes the Dice shown."""
     from napari_mtssl import service
 
-    ws = trained
+    ws = trained_workspace_copy
     sid = next(s for s in ws.scan_ids() if ws.labelled_slices(s))
     first = service._compare(str(ws.root), sid)
     assert service._compare(str(ws.root), sid) is first  # kept
@@ -132,7 +132,7 @@ def test_a_service_prepared_for_a_workspace_answers(trained):
     service = EngineService()
     try:
         service.prepare(trained, when=lambda: bool(api.list_models(trained)))
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a hang guard: a busy machine's imports take minutes
         while not service.started and time.monotonic() < deadline:
             time.sleep(0.1)
         assert service.started

@@ -12,11 +12,11 @@ from napari_mtssl.training.loop import checkpoints
 from tests.faults.conftest import classify
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    ws = api.create_workspace(tmp_path_factory.mktemp("m") / "ws", source="sample", labelled=2)
-    rep = api.run(api.train(ws, api.make_config("tiny", device="cpu"), "baseline"))
-    return ws, ws.run(rep["run"])
+@pytest.fixture
+def run(trained_workspace):
+    """The baseline run of the session's trained workspace (its files are copied, not changed)."""
+    (only,) = trained_workspace.runs()
+    return only
 
 
 def _copy(run, tmp_path):
@@ -48,8 +48,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_damaged_model_files(case, trained, tmp_path, recorder):
-    _, run = trained
+def test_damaged_model_files(case, run, tmp_path, recorder):
     p = _copy(run, tmp_path)
     CASES[case](p)
     outcome, detail = classify(
@@ -104,7 +103,6 @@ def test_torn_checkpoint_restarts_the_unit(tmp_path, recorder):
     assert any("starts again" in n and state.name in n for n in notes), notes
 
 
-def test_model_loads_on_cpu(trained):
-    _, run = trained
+def test_model_loads_on_cpu(run):
     net, meta = checkpoints.load_model(run.model_path("baseline"))
     assert isinstance(net, torch.nn.Module) and meta["name"] == "baseline"
