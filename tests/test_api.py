@@ -114,6 +114,10 @@ def test_make_config():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A whole run (``what="all"``, tasks sdm and inpaint, no all-joint model), not the session's
+    ``trained_workspace`` (a baseline alone): these tests read the student, the teachers and the
+    comparison of every model. The module's own, since its later tests add a correction and a
+    run to it."""
     ws = api.create_workspace(tmp_path_factory.mktemp("a") / "ws", source="sample", labelled=2)
     cfg = api.make_config("tiny", device="cpu", tasks=["sdm", "inpaint"], all_joint=False)
     report = api.run(api.train(ws, cfg, "all"))

@@ -15,6 +15,9 @@ from tests.test_api import make_dataset
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """``napari-mtssl train`` itself on a dataset folder (tasks sdm and inpaint, all-joint):
+    the command under test, so not the session's ``trained_workspace`` (a baseline trained
+    through the API on the built-in sample). Returns (exit code, data folder, workspace)."""
     root = tmp_path_factory.mktemp("cli")
     data = make_dataset(root / "data")
     out = root / "ws"

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A whole run with the inpaint task (``what="all"``): the exports are of its student, which
+    the session's ``trained_workspace`` (a baseline alone) does not have."""
     ws = api.create_workspace(tmp_path_factory.mktemp("x") / "ws", source="sample", labelled=2)
     api.run(api.train(ws, api.make_config("tiny", device="cpu", tasks=["inpaint"]), "all"))
     return ws

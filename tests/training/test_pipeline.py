@@ -22,6 +22,9 @@ def _drive(gen, on_event=None):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """Every stage of the tiny profile (``what="all"`` with the all-joint model), driven here so
+    that its events are kept: not the session's ``trained_workspace``, which trains a baseline
+    alone. The module's own, since its later tests retrain on it."""
     ws = api.create_workspace(tmp_path_factory.mktemp("w") / "ws", source="sample", labelled=2)
     cfg = api.make_config("tiny", device="cpu", all_joint=True)
     events: list[dict] = []
