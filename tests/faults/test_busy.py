@@ -137,3 +137,57 @@ def test_a_second_plan_in_one_process_sees_the_machine_as_it_is_then(monkeypatch
                     "thread(s) on 2 cores")  # fmt: skip
     assert ok, (quiet, busy, threads)
     assert "1.0 core(s) busy" in P._threads_reason(1, False, busy)
+
+
+class _Watch:
+    """Other programs' busy cores: ``busy`` until the fake clock reaches ``until``, then none."""
+
+    def __init__(self, clock, until: float, busy: float = 1.5):
+        self.clock, self.until, self.busy = clock, until, busy
+
+    def others(self) -> float:
+        return self.busy if self.clock() < self.until else 0.0
+
+
+def _precision_run(tiny_study, monkeypatch, speedup: float):
+    """A unit whose plan chose fp32 (bf16 timed no faster beside another program) on a machine
+    that turns quiet 6 s into the unit; bf16 then times ``speedup`` x fp32 (scripted)."""
+    from napari_mtssl.training.config import ExperimentConfig
+    from napari_mtssl.training.prediction import inference
+
+    study, cfg = tiny_study
+    cfg = ExperimentConfig.from_dict(cfg.to_dict())
+    cfg.optim.precision = "fp32"  # what the plan wrote after timing bf16 at 1.06x
+    clock = _scripted(monkeypatch, lambda i: 0.2)
+    t0 = clock()
+    pace = functools.partial(Pace, clock=clock, every_s=2.0, watch=_Watch(clock, t0 + 6.0),
+                             set_threads=lambda n: None, get_threads=lambda: 1)  # fmt: skip
+    monkeypatch.setattr(trainer, "Pace", pace)
+    timed: list[float] = []
+    monkeypatch.setattr(inference, "quiet_bf16_speedup", lambda: timed.append(clock()) or speedup)
+    res, events = _train(study, cfg, 60, t0 + 40.0, threads_max=1, recheck_precision=True)
+    notes = [e.message for e in events if e.type == "note"]
+    return res, notes, [t - t0 for t in timed]
+
+
+def test_a_precision_chosen_on_a_busy_machine_is_timed_again_once_it_is_quiet(
+    tiny_study, monkeypatch, recorder
+):
+    """The plan timed bf16 at 1.06x fp32 while another program kept the machine busy (2.16x on
+    a quiet one), so the run trained in fp32 at half the speed it could. Before: the choice
+    held for the whole run. Now: the first time the machine reads quiet, the unit times bf16
+    again, once, and steps in bf16 from there where it is faster."""
+    res, notes, timed = _precision_run(tiny_study, monkeypatch, speedup=2.1)
+    ok = res["precision"] == "bf16" and len(timed) == 1 and timed[0] >= 6.0
+    ok = ok and any("bf16" in n and "2.10x" in n for n in notes)
+    recorder.record("precision chosen on a busy machine, which then frees up",
+                    "read correctly" if ok else "silently wrong",
+                    f"precision {res['precision']}, timed again at {timed} s, notes {notes}")  # fmt: skip
+    assert ok, (res["precision"], timed, notes)
+    assert res["steps"] > 0 and not res["stopped"]
+
+
+def test_a_cpu_without_fast_bf16_keeps_fp32_and_is_timed_once(tiny_study, monkeypatch):
+    res, notes, timed = _precision_run(tiny_study, monkeypatch, speedup=0.9)
+    assert res["precision"] == "fp32" and len(timed) == 1, (res["precision"], timed)
+    assert not any("bf16" in n for n in notes)

@@ -15,7 +15,9 @@ ends keeps the few steps it planned. So, every ``every_s`` seconds, :class:`Pace
 * with ``threads_max`` > 0 (the plan chose the threads, the user did not), counts the cores
   other programs keep busy (the machine's CPU time less this process's own, from psutil; niced
   work does not count) and moves torch's threads to the free cores, up to ``threads_max``, after two windows
-  in a row agree.
+  in a row agree;
+* the first time the machine reads quiet, redoes once what was decided on a busy machine
+  (``recheck``: the trainer's bf16-or-fp32 choice, whose timing a busy machine distorts).
 
 Only the unit that runs alone at the end of a budgeted run (the baseline of a baseline run,
 the student) gets ``grow`` and ``threads_max``; the earlier units are re-budgeted between units
@@ -160,14 +162,19 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
+QUIET_CORES = 0.3  # other programs' use below which the machine counts as quiet
+
+
 class Pace:
     """The step count (``total``) of one unit, kept so that it ends by ``deadline``.
 
     ``planned``: the steps the plan gave; ``deadline``: ``time.monotonic()`` by which the unit's
     last step and final validation are done (None: no budget, the count stays); ``grow``: the
     most the count may rise to, as a multiple of ``planned`` (1: never more than planned);
-    ``threads_max``: 0 leaves torch's threads alone. ``clock``, ``watch`` and ``set_threads``
-    are replaceable for tests.
+    ``threads_max``: 0 leaves torch's threads alone. ``recheck``: called once, at the first
+    window in which the machine reads quiet (with ``threads_max`` only), to redo a choice
+    made on a busy machine; it returns a line for the user when it changed something.
+    ``clock``, ``watch`` and ``set_threads`` are replaceable for tests.
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class Pace:
         set_threads: Callable[[int], None] | None = None,
         get_threads: Callable[[], int] | None = None,
         cpus: int | None = None,
+        recheck: Callable[[], str | None] | None = None,
     ):
         self.planned = int(planned)
         self.total = int(planned)
@@ -199,6 +207,10 @@ class Pace:
 
             set_threads, get_threads = torch.set_num_threads, torch.get_num_threads
         self._set_threads, self._get_threads = set_threads, get_threads
+        # called once, the first time the machine reads quiet (``threads_max`` > 0 only: the
+        # watch is what reads it); a line for the user when it changed something
+        self._recheck = recheck if self._watch is not None else None
+        self._others: float | None = None  # other programs' busy cores, as last read
         self._want: int | None = None
         self._rate: float | None = None  # seconds per step, smoothed over the windows
         self._val_s: float | None = None
@@ -241,7 +253,7 @@ class Pace:
         self._rate = window if self._rate is None else 0.7 * self._rate + 0.3 * window
         notes = []
         if self.threads_max > 0:
-            note = self._fit_threads()
+            note = self._fit_threads() or self._recheck_when_quiet()
             if note:
                 self._rate = None  # a new pace: time the next window afresh
                 notes.append(note)
@@ -267,8 +279,17 @@ class Pace:
             f"instead of {before}, to end within the budget"
         )
 
+    def _recheck_when_quiet(self) -> str | None:
+        """The once-only ``recheck``, when other programs use under a third of a core (what
+        was decided on a busy machine, a precision, may be decided otherwise now)."""
+        if self._recheck is None or self._others is None or self._others >= QUIET_CORES:
+            return None
+        recheck, self._recheck = self._recheck, None
+        return recheck()
+
     def _fit_threads(self) -> str | None:
         others = self._watch.others() if self._watch is not None else None
+        self._others = others
         if others is None:
             return None
         # A CPU-bound program beside a job whose threads fill every core gets only part of a

@@ -39,8 +39,9 @@ from napari_mtssl.training.loop import checkpoints
 from napari_mtssl.training.loop.metrics import summarise, volume_scores
 from napari_mtssl.training.loop.pace import Pace
 from napari_mtssl.training.loop.terms import SegForward, Term
-from napari_mtssl.training.prediction import postprocess
+from napari_mtssl.training.prediction import inference, postprocess
 from napari_mtssl.training.prediction.inference import (
+    BF16_FASTER,
     autocast,
     resolve_precision,
     sliding_window_probs,
@@ -439,6 +440,7 @@ def train_unit(
     threads_max: int = 0,
     aim_s: float = 0.0,
     probe_at: int | None = None,
+    recheck_precision: bool = False,
 ) -> Events[dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
@@ -452,6 +454,9 @@ def train_unit(
     little time for the final validation (as last timed) before ``deadline`` is not taken: the
     unit ends where it is, as finished. ``probe_at``: validate at that step as well, the
     result's ``probe`` (``{"step", "dice"}``: the baseline at the teachers' rung).
+    ``recheck_precision``: fp32 was chosen on a CPU because bf16 did not time faster, perhaps
+    on a busy machine; once the machine is quiet (``threads_max`` > 0), bf16 is timed again
+    and taken if it is faster (the result's ``precision`` says which the unit ended with).
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -466,7 +471,8 @@ def train_unit(
     def seconds() -> float:  # training time of the unit, earlier sessions included
         return elapsed0 + time.perf_counter() - t0
 
-    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max)
+    recheck = _precision_recheck(o, check) if recheck_precision and o.precision == "fp32" else None
+    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max, recheck)
     streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
 
     def progress(step: int, ema: dict, lr: float, val: float | None) -> dict:
@@ -554,7 +560,7 @@ def _loop(
         final = p.check.scores(hd95=True)
         val = final["mean_dice"]
     return {"stopped": False, "ended_early": ended_early, "steps": step, "val_dice": val,
-            "seconds": p.seconds(), "losses": ema, "metrics": final,
+            "seconds": p.seconds(), "losses": ema, "metrics": final, "precision": p.o.precision,
             "data_wait_s": p.streams.wait_s, "probe": probe}  # fmt: skip
 
 
@@ -566,6 +572,7 @@ def _pace(
     aim_s: float,
     grow: float,
     threads_max: int,
+    recheck: Callable[[], str | None] | None = None,
 ) -> Pace:
     """The unit's step count, kept so that it ends by ``deadline + aim_s`` where it has one;
     adaptive (more steps when the machine speeds up, threads fitted to the free cores) on a
@@ -576,7 +583,26 @@ def _pace(
         deadline + aim_s if pause_at is None and deadline is not None else None,
         grow=grow if adaptive else 1.0,
         threads_max=threads_max if adaptive else 0,
+        recheck=recheck if adaptive else None,
     )
+
+
+def _precision_recheck(o: _Optimiser, check: _Validation) -> Callable[[], str | None]:
+    """Time bf16 against fp32 again (the machine is quiet now) and switch the unit's steps and
+    validation to bf16 where it is faster: autocast changes only how a step computes, the
+    weights and the optimiser stay fp32, so the switch can happen between two steps."""
+
+    def recheck() -> str | None:
+        speedup = inference.quiet_bf16_speedup()
+        if speedup <= BF16_FASTER:
+            return None
+        o.precision = check.precision = "bf16"
+        return (
+            f"the machine is quieter than when the run was planned: a bf16 step now runs "
+            f"{speedup:.2f}x the speed of fp32, so the steps use bf16 from here"
+        )
+
+    return recheck
 
 
 def _validation_due(check: _Validation, step: int, total: int, probe_at: int | None) -> bool:

@@ -105,12 +105,21 @@ def _unit_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
     return c
 
 
+def _fp32_by_timing(plan: Any) -> bool:
+    """Whether the plan chose fp32 on a CPU because bf16 timed no faster (not by the user's
+    setting): a timing that a busy machine may have distorted, which the unit re-checks."""
+    if plan is None or getattr(plan, "device", "") != "cpu":
+        return False
+    return plan.precision == "fp32" and "optim.precision" not in (plan.overridden or ())
+
+
 def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
     """The stage that trains ``unit`` (a generator returning its result with the network)."""
     cfg = _unit_cfg(ctx.cfg, unit.steps)
     ckpt = ctx.run.checkpoint_dir
     args = (ctx.study, cfg, ctx.device, ckpt, stop)
-    pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s}
+    pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s,
+            "recheck_precision": _fp32_by_timing(ctx.plan)}  # fmt: skip
     if unit.kind == "baseline":
         return stages.baseline(*args, deadline=deadline, probe_at=unit.probe_at, **pace)
     if unit.kind == "all_joint":
