@@ -12,6 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 ACDC = Path(os.environ.get("MTSSL_ACDC", ROOT.parent / "shared" / "data" / "acdc"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _alike_sample():
+    """Tests that train on the built-in sample train for seconds: they get the study whose scans
+    are alike (5 scans, 3 labelled, 1 for validation; ``make_sample_study(varied=False)``),
+    which a few steps learn, so their models answer the same in every process. The demo's
+    varied study (``api.SAMPLE_STUDY``) is tested in ``test_sample.py``, and by the tests that
+    run the command line in a process of its own."""
+    from napari_mtssl import api
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(api, "SAMPLE_STUDY", {"n_scans": 5, "n_labelled": 3, "varied": False})
+    patch.setattr(api, "SAMPLE_VAL_SCANS", 1)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """The built-in sample (2 labelled scans) prepared for training at the tiny profile's plan:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
@@ -9,9 +12,10 @@ from scipy.ndimage import binary_dilation
 from napari_mtssl.sample import make_sample_study, napari_sample_study
 
 
-def test_deterministic_for_a_seed():
-    a, b = make_sample_study(seed=3), make_sample_study(seed=3)
-    c = make_sample_study(seed=4)
+@pytest.mark.parametrize("varied", [False, True])
+def test_deterministic_for_a_seed(varied):
+    a, b = make_sample_study(seed=3, varied=varied), make_sample_study(seed=3, varied=varied)
+    c = make_sample_study(seed=4, varied=varied)
     for x, y in zip(a.scans, b.scans):
         np.testing.assert_array_equal(x.array, y.array)
     for x, y in zip(a.labels, b.labels):
@@ -39,8 +43,9 @@ def test_shapes_classes_and_labelled_count():
         make_sample_study(n_scans=2, n_labelled=3)
 
 
-def test_slices_vary_smoothly():
-    study = make_sample_study()
+@pytest.mark.parametrize("varied", [False, True])
+def test_slices_vary_smoothly(varied):
+    study = make_sample_study(varied=varied)
     for mask in study.labels:
         fg = mask > 0
         dice = [
@@ -61,3 +66,45 @@ def test_napari_sample_layers():
         assert data.ndim == 3 and tuple(kwargs["scale"]) == (8.0, 1.5, 1.5)
         if kind == "labels":
             assert kwargs["name"].endswith(" labels")
+
+
+def _organ_areas(study) -> np.ndarray:
+    return np.array([(mask > 0).sum() for mask in study.labels], dtype=float)
+
+
+def test_the_varied_study_differs_from_scan_to_scan_as_a_real_one_does():
+    """What makes one or two labelled scans too few: organs of very different sizes, and the
+    muscle wall barely darker than the tissue around it, by a different margin in each scan."""
+    alike = make_sample_study(n_scans=12, seed=0)
+    varied = make_sample_study(n_scans=12, seed=0, varied=True)
+    spread = [np.std(a) / np.mean(a) for a in (_organ_areas(alike), _organ_areas(varied))]
+    assert spread[1] > 2 * spread[0], spread
+
+    def wall_contrast(study) -> np.ndarray:
+        out = []
+        for scan, mask in zip(study.scans, study.labels):
+            near = binary_dilation(mask > 0, iterations=4) & (mask == 0)
+            out.append(scan.array[near].mean() - scan.array[mask == 2].mean())
+        return np.array(out)
+
+    low, high = wall_contrast(varied), wall_contrast(alike)
+    assert low.max() < high.min(), (low, high)  # a fainter wall in every varied scan
+    assert low.std() > 2 * high.std(), (low, high)  # and fainter by different margins
+    for mask in varied.labels:
+        assert set(np.unique(mask)) == {0, 1, 2, 3}  # every class in every scan
+
+
+def test_the_built_in_study_has_few_labels_and_many_unlabelled_scans(tmp_path):
+    """What ``source="sample"`` (the demo, ``train sample``) imports, in a process of its own
+    (the other tests train on the alike study: tests/conftest.py)."""
+    code = (
+        "from napari_mtssl import api\n"
+        "ws = api.create_workspace('ws', source='sample')\n"
+        "train = ws.scan_ids('train')\n"
+        "print(len(train), len(ws.scan_ids('val')), sum(bool(ws.labelled_slices(s)) for s in train))"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.split() == ["10", "2", "2"]

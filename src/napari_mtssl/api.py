@@ -141,8 +141,15 @@ def create_workspace(
         # imported here, when needed: it loads the scan readers, scipy
         from napari_mtssl.sample import make_sample_study
 
-        return importing.import_study(folder, make_sample_study(n_scans=5, n_labelled=3), labelled)
+        study = make_sample_study(**SAMPLE_STUDY)
+        return importing.import_study(folder, study, labelled, n_val=SAMPLE_VAL_SCANS)
     return importing.import_dataset(folder, source, labelled, progress)
+
+
+# The built-in study ``source="sample"``: 12 varied scans, 2 of the 10 training scans labelled,
+# 2 for validation: few labels, as users have them, and enough unlabelled scans for stage 1.
+SAMPLE_STUDY = {"n_scans": 12, "n_labelled": 2, "varied": True}
+SAMPLE_VAL_SCANS = 2
 
 
 def patient_of(case: str) -> str:

@@ -5,7 +5,16 @@ Each scan holds a bright blood-pool *cavity* inside a dark muscular *wall* ring,
 taper towards one end like a ventricle towards its apex, centres drift, the ring rotates), with
 per-scan random variation, so slice-to-slice and scan-to-scan structure is there for
 self-supervised tasks to learn. A smooth multiplicative bias field and Rician noise make it look
-like MR. Used for napari sample data, the demo and tests; nothing is read from disk.
+like MR. Nothing is read from disk.
+
+Two studies: scans alike (similar sizes and places, high contrast), which a model learns from
+one scan in a few steps, for tests; and the varied study of the demo and napari's sample data,
+which differs from scan to scan as a multi-centre study does: organs of very different sizes,
+in different places, the vessel on either side, a muscle wall barely darker than the tissue
+around it, a bright decoy that is no class, motion ghosts, slice-to-slice gain. There a model
+trained on few labelled scans misses what they do not show, which is what the method is for:
+baselines trained side by side for 2 minutes on 1, 2 and 8 of its labelled scans reached mean
+Dice 0.59, 0.70 and 0.93 on its validation scans (``benchmarks/sample/few_labels.py``).
 """
 
 from __future__ import annotations
@@ -101,15 +110,115 @@ def _one_scan(
     return np.sqrt(real * real + imag * imag).astype(np.float32), labels
 
 
+@dataclass(frozen=True)
+class _Look:
+    """How one scan of the varied study looks: its tissue intensities, contrast and artefacts."""
+
+    cavity: float
+    wall: float
+    body: float
+    vessel: float
+    noise: float
+    gamma: float
+    ghost: float  # strength of the motion ghost (a shifted faint copy along the phase axis)
+    ghost_shift: int
+    decoy: bool  # a bright round structure beside the heart that is no class (stomach, aorta)
+    slice_gain: float  # slice-to-slice intensity jitter (breath-holds of different depth)
+
+
+def _look(rng: np.random.Generator) -> _Look:
+    """Scanner, sequence and patient differences: what one labelled scan cannot show."""
+    body = rng.uniform(0.28, 0.45)
+    return _Look(
+        cavity=rng.uniform(0.55, 0.95),
+        wall=body - rng.uniform(0.04, 0.14),  # muscle barely darker than the tissue around it
+        body=body,
+        vessel=rng.uniform(0.5, 0.85),
+        noise=rng.uniform(0.03, 0.08),
+        gamma=rng.uniform(0.7, 1.4),
+        ghost=rng.uniform(0.0, 0.25) if rng.random() < 0.6 else 0.0,
+        ghost_shift=int(rng.integers(12, 30)),
+        decoy=bool(rng.random() < 0.7),
+        slice_gain=rng.uniform(0.0, 0.15),
+    )
+
+
+def _varied_scan(
+    shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scan of the varied study: anatomy of very different sizes and places, low and
+    changing contrast, a decoy, ghosting and slice-to-slice gain: few labels do not cover it."""
+    nz, ny, nx = shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    t = np.linspace(-1.0, 1.0, nz) if nz > 1 else np.zeros(1)
+    size = min(ny, nx)
+    look = _look(rng)
+    cy0, cx0 = ny * (0.5 + rng.uniform(-0.08, 0.08)), nx * (0.47 + rng.uniform(-0.08, 0.08))
+    r0 = size * rng.uniform(0.07, 0.19)
+    aspect = rng.uniform(0.7, 1.3)
+    wall = size * rng.uniform(0.03, 0.07)
+    drift = rng.uniform(-0.08, 0.08, size=2) * size
+    twist = rng.uniform(-1.0, 1.0)
+    apex = rng.choice([-1.0, 1.0])
+    side = rng.choice([-1.0, 1.0])  # the vessel left or right of the heart
+    vessel_offset = np.array([rng.uniform(-0.15, 0.1), side * rng.uniform(0.2, 0.27)]) * size
+    vessel_r = size * rng.uniform(0.035, 0.08)
+    decoy_at = np.array([rng.uniform(0.15, 0.3), -side * rng.uniform(0.1, 0.3)]) * size
+    decoy_r = size * rng.uniform(0.06, 0.11)
+    body_ry, body_rx = ny * rng.uniform(0.36, 0.46), nx * rng.uniform(0.40, 0.48)
+
+    labels = np.zeros(shape, dtype=np.uint8)
+    image = np.empty(shape, dtype=np.float32)
+    for k, tk in enumerate(t):
+        taper = 1.0 - 0.55 * ((tk * apex + 1.0) / 2.0) ** 2
+        cy, cx = cy0 + drift[0] * tk, cx0 + drift[1] * tk
+        angle = twist * tk
+        r_cav = _ellipse(yy, xx, cy, cx, r0 * taper * aspect, r0 * taper, angle)
+        r_out = _ellipse(yy, xx, cy, cx, r0 * taper * aspect + wall, r0 * taper + wall, angle)
+        vy, vx = cy + vessel_offset[0], cx + vessel_offset[1] - drift[1] * tk
+        r_ves = _ellipse(yy, xx, vy, vx, vessel_r, vessel_r, 0.0)
+        body = _ellipse(yy, xx, ny / 2, nx / 2, body_ry, body_rx, 0.0) < 1
+        sl = labels[k]
+        sl[r_out < 1] = 2
+        sl[r_cav < 1] = 1
+        sl[(r_ves < 1) & (sl == 0)] = 3
+        sl[~body] = 0
+        img = np.where(body, look.body, _AIR).astype(np.float32)
+        if look.decoy:
+            r_dec = _ellipse(
+                yy, xx, cy0 + decoy_at[0], cx0 + decoy_at[1], decoy_r, decoy_r * 1.3, 0.4
+            )
+            img[(r_dec < 1) & body & (sl == 0)] = look.cavity * rng.uniform(0.8, 1.0)
+        img[sl == 1], img[sl == 2], img[sl == 3] = look.cavity, look.wall, look.vessel
+        image[k] = img * (1.0 + look.slice_gain * rng.standard_normal())
+    image = gaussian_filter(image, sigma=(0, 1.0, 1.0))
+    if look.ghost:
+        image += look.ghost * np.roll(image, look.ghost_shift, axis=1)
+    texture = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=(0.5, 2, 2))
+    image += 0.06 * texture * (image > 0.1)
+    zz, yb, xb = np.meshgrid(t, np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+    a = rng.uniform(-0.45, 0.45, size=5)
+    bias = np.exp(a[0] * yb + a[1] * xb + a[2] * yb * xb + a[3] * xb**2 + a[4] * zz)
+    image = np.clip(image * bias.astype(np.float32), 0, None) ** look.gamma
+    real = image + look.noise * rng.standard_normal(shape).astype(np.float32)
+    imag = look.noise * rng.standard_normal(shape).astype(np.float32)
+    return np.sqrt(real * real + imag * imag).astype(np.float32), labels
+
+
 def make_sample_study(
     n_scans: int = 4,
     n_labelled: int = 2,
     shape: tuple[int, int, int] = (12, 96, 96),
     seed: int = 0,
+    varied: bool = False,
 ) -> SampleStudy:
     """``n_scans`` synthetic MR volumes ``shape`` (z, y, x); the first ``n_labelled`` are labelled.
 
     Deterministic for a given ``seed``; spacing (8, 1.5, 1.5) mm like a cine MR short-axis stack.
+    ``varied=False``: scans alike (similar sizes, high contrast), which a few training steps
+    learn (tests). ``varied=True``: the built-in study of the demo and napari's sample data,
+    scans as different as a multi-centre study's (sizes, places, contrast, a decoy, artefacts),
+    on which a model trained on one or two labelled scans misses a good part of the anatomy.
     """
     if not 0 <= n_labelled <= n_scans:
         raise ValueError(f"n_labelled must be between 0 and n_scans={n_scans}, got {n_labelled}")
@@ -119,7 +228,8 @@ def make_sample_study(
     scans, labels = [], []
     affine = grid_affine(SPACING)
     for i in range(n_scans):
-        image, mask = _one_scan(tuple(int(s) for s in shape), rng)  # type: ignore[arg-type]
+        make = _varied_scan if varied else _one_scan
+        image, mask = make(tuple(int(s) for s in shape), rng)  # type: ignore[arg-type]
         scans.append(
             Scan(
                 array=image,
@@ -137,7 +247,7 @@ def make_sample_study(
 
 def napari_sample_study() -> list[tuple[Any, dict[str, Any], str]]:
     """napari sample data: the scans as image layers, the labelled scans' masks as labels."""
-    study = make_sample_study()
+    study = make_sample_study(varied=True)
     layers: list[tuple[Any, dict[str, Any], str]] = []
     for scan in study.scans:
         layers.append((scan.array, {**scan.layer_kwargs(), "colormap": "gray"}, "image"))

@@ -67,16 +67,18 @@ def import_dataset(
     return ws
 
 
-def import_study(folder: str | os.PathLike, study: Any, labelled: int | None = None) -> Workspace:
+def import_study(
+    folder: str | os.PathLike, study: Any, labelled: int | None = None, n_val: int = 1
+) -> Workspace:
     """A new workspace in ``folder`` holding ``study`` (``scans``, ``labels``, ``labelled``
     flags and ``label_names``, as :func:`napari_mtssl.sample.make_sample_study` gives): its last
-    scan for validation, the labels of its first ``labelled`` labelled training scans (all of
-    them where None)."""
+    ``n_val`` scans for validation, the labels of its first ``labelled`` labelled training
+    scans (all of them where None)."""
     ws = Workspace.create(folder, label_names=dict(study.label_names))
     n = len(study.scans)
     kept = 0
     for i, (scan, lab, has) in enumerate(zip(study.scans, study.labels, study.labelled)):
-        split = "val" if i == n - 1 else "train"
+        split = "val" if i >= n - n_val else "train"
         sid = ws.add_scan(scan, split=split)
         keep = split == "val" or (has and (labelled is None or kept < int(labelled)))
         if split == "train" and keep:
