@@ -1850,15 +1850,53 @@ def _known(args: argparse.Namespace, exc: BaseException) -> str | None:
             return None
         return msg.splitlines()[0]
     if isinstance(exc, OSError):  # a full disk, a read-only folder, a vanished file
-        where = f"{exc.filename}: " if exc.filename else ""
-        why = exc.strerror or str(exc)
         if exc.errno == errno.ENOSPC and args.command in ("train", "resume", "demo"):
-            why += (
-                "; what was saved before is kept: free some space, then napari-mtssl resume "
-                "WORKSPACE goes on from there"
-            )
-        return f"{where}{why}"
+            return _disk_full_in_run(args, exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
     return None
+
+
+def _disk_full_in_run(args: argparse.Namespace, exc: OSError) -> str:
+    """A disk that filled while a run trained: the disk and its free space, the file that could
+    not be written, the models the run keeps, and resume with the workspace's own path."""
+    from napari_mtssl.training.errors import disk_full_message
+
+    path = Path(exc.filename) if exc.filename else None
+    given = [getattr(args, k, None) for k in ("workspace", "out", "data")]
+    places = [*(path.parents if path else ()), *(Path(g) for g in given if g)]
+    root = next((p for p in places if (p / "workspace.json").is_file()), None)
+    what = f"{path.name} could not be written" if path else (exc.strerror or str(exc))
+    if root is None:
+        return (
+            f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}; what was saved "
+            "before is kept: free some space, then napari-mtssl resume with the workspace "
+            "folder goes on from there"
+        )
+    kept = _finished_models(root, path)
+    if kept is None:
+        kept_s = "the models that finished are kept"
+    elif kept:
+        kept_s = f"the finished models are kept ({', '.join(kept)})"
+    else:
+        kept_s = "no model of the run was recorded finished yet (labels and earlier runs are kept)"
+    return (
+        f"{disk_full_message(root)}: {what}; {kept_s}; free some space, then "
+        f"napari-mtssl resume {root} trains only what is missing"
+    )
+
+
+def _finished_models(root: Path, path: Path | None) -> list[str] | None:
+    """The finished models of the run that ``path`` lies in (None where that is unknown)."""
+    from napari_mtssl.workspace import Workspace
+
+    try:
+        parts = path.resolve().relative_to(root.resolve()).parts if path else ()
+        if len(parts) < 2 or parts[0] != "runs":
+            return None
+        return Workspace.open(root).run(parts[1]).finished_models()
+    except Exception:  # noqa: BLE001 - the message stays one line whatever the run's state
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
