@@ -68,13 +68,25 @@ import sys
 import grimp
 
 graph = grimp.build_graph("napari_mtssl", cache_dir=None)
+DEPTH = int(sys.argv[1])  # 0: modules; n: the packages n names deep (2: io, export, ...)
+
+
+def room(module):
+    return module if not DEPTH else ".".join(module.split(".")[:DEPTH])
+
+
+edges = {}
+for m in graph.modules:
+    for t in graph.find_modules_directly_imported_by(m):
+        if room(t) != room(m):
+            edges.setdefault(room(m), set()).add(room(t))
 state, found = {}, []
 
 
 def visit(module, path):
     state[module] = 1
     path.append(module)
-    for target in sorted(graph.find_modules_directly_imported_by(module)):
+    for target in sorted(edges.get(module, ())):
         if state.get(target) == 1:
             found.append(path[path.index(target):] + [target])
         elif target not in state:
@@ -84,19 +96,24 @@ def visit(module, path):
 
 
 sys.setrecursionlimit(10000)
-for module in sorted(graph.modules):
+for module in sorted({room(m) for m in graph.modules}):
     if module not in state:
         visit(module, [])
 print("\\n".join(" -> ".join(c) for c in found))
 """
 
 
-def _cycles(src: Path) -> list[str]:
-    """Import circles among the package's modules under ``src``, imports inside functions
-    counted (grimp reads every import statement, wherever it sits)."""
+def _cycles(src: Path, depth: int = 0) -> list[str]:
+    """Import circles among the package's modules under ``src`` (``depth`` > 0: among its
+    packages that many names deep, each module counted in its package), imports inside
+    functions counted (grimp reads every import statement, wherever it sits)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     r = subprocess.run(
-        [sys.executable, "-c", _CYCLES], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", _CYCLES, str(depth)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr
     return [line for line in r.stdout.splitlines() if line.strip()]
@@ -115,3 +132,31 @@ def test_no_import_circles_even_inside_functions(tmp_path):
     path = copy / "napari_mtssl" / "io" / "dataset.py"  # the circle this test once found
     path.write_text(path.read_text() + "\n\ndef _circle():\n    from . import read_scans  # noqa\n")
     assert any("napari_mtssl.io.dataset" in c for c in _cycles(copy))
+
+
+@pytest.mark.parametrize(
+    "depth, module, upward, rooms",
+    [
+        # io -> export, as io/napari_io.py's DICOM-SEG writer once did (export reads io)
+        (2, "io/nifti.py", "napari_mtssl.export import dicomseg", ("io", "export")),
+        # the engine's data room -> its running room (which opens the data)
+        (3, "training/data/preprocess.py", "napari_mtssl.training.running import units",
+         ("training.data", "training.running")),
+    ],
+)  # fmt: skip
+def test_no_circles_between_rooms(tmp_path, depth, module, upward, rooms):
+    """Between the rooms (io, export, workspace, training, ...; and one level down: the
+    engine's running, planning, loop, data, prediction), not only between two modules: a
+    module of io that imports export while a module of export imports io is a circle of the
+    rooms."""
+    assert _cycles(ROOT / "src", depth) == []
+    copy = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "src" / "napari_mtssl",
+        copy / "napari_mtssl",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    path = copy / "napari_mtssl" / module
+    path.write_text(path.read_text() + f"\n\ndef _up():\n    from {upward}  # noqa\n")
+    found = _cycles(copy, depth)
+    assert any(all(f"napari_mtssl.{r}" in c for r in rooms) for c in found), found

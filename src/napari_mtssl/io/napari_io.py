@@ -21,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from napari_mtssl.colours import labels_colour_dict
-from napari_mtssl.export import ExportError
-from napari_mtssl.export.dicomseg import write_dicom_seg
 
 from . import formats, is_dicom_file, read_scans, write_labels
-from ._common import natural_key, suffix_of
+from ._common import natural_key
 from ._orient import grid_affine
 from .dataset import is_dataset_folder, label_names_near, open_dataset
 from .dicom import _walk
@@ -335,7 +333,7 @@ def _scans_under(viewer: Any, shape: tuple, scale: Any, translate: Any) -> list[
     return found
 
 
-def _scan_of_layer(data: Any, attributes: dict[str, Any], *, dicom: bool = False) -> dict | None:
+def scan_of_layer(data: Any, attributes: dict[str, Any], *, dicom: bool = False) -> dict | None:
     """The scan geometry (``SCAN_KEY`` metadata) a labels layer is saved in.
 
     A layer of the plugin carries it. A labels layer made in napari (New labels layer, a file
@@ -399,9 +397,9 @@ def _like(data: Any, geometry: dict[str, Any] | None, attributes: dict[str, Any]
 def write_labels_nifti(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer: labels as NIfTI in the geometry of the scan they were drawn on
     (the layer's own, or the one scan of its shape opened through the plugin; see
-    :func:`_scan_of_layer`). Refuses, rather than invent an affine, when that scan is unknown."""
+    :func:`scan_of_layer`). Refuses, rather than invent an affine, when that scan is unknown."""
     target = path if formats.NIFTI.owns(Path(path)) else f"{path}.nii.gz"
-    geometry = _scan_of_layer(data, attributes)
+    geometry = scan_of_layer(data, attributes)
     try:
         write_labels(np.asarray(data), target, _like(data, geometry, attributes))
     except LabelError as exc:
@@ -414,32 +412,11 @@ def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[
     the scan they lie on when it is known, else the layer's scale)."""
     target = path if formats.TIFF.owns(Path(path)) else f"{path}.tif"
     try:
-        geometry = _scan_of_layer(data, attributes)
+        geometry = scan_of_layer(data, attributes)
     except SaveRefusedError:  # a TIFF holds no patient frame: the layer's own scale will do
         geometry = None
     try:
         write_labels(np.asarray(data), target, _like(data, geometry, attributes))
     except LabelError as exc:
-        raise SaveRefusedError(str(exc)) from exc
-    return [target]
-
-
-def write_labels_dicom_seg(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """npe2 single-layer writer: labels of a scan read from DICOM as a DICOM-SEG referencing
-    that series (the layer's own scan, or the one DICOM scan of its shape opened through the
-    plugin; a mask of any other scan is refused, with NIfTI offered instead)."""
-    target = path if suffix_of(Path(path)) == ".dcm" else f"{path}.dcm"
-    meta = _scan_of_layer(data, attributes, dicom=True) or {}
-    names = {
-        int(k): str(v) for k, v in ((attributes.get("metadata") or {}).get(NAMES_KEY) or {}).items()
-    }
-    arr = np.asarray(data)
-    for c in np.unique(arr):
-        names.setdefault(int(c), "background" if c == 0 else f"class {int(c)}")
-    role = str((attributes.get("metadata") or {}).get("mtssl_role") or "")
-    algorithm = {"model": role.split(":", 1)[1]} if role.startswith("model:") else None
-    try:
-        write_dicom_seg(arr, meta, target, label_names=names, algorithm=algorithm)
-    except (ExportError, LabelError) as exc:
         raise SaveRefusedError(str(exc)) from exc
     return [target]
