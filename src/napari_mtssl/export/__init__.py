@@ -9,6 +9,7 @@ bioimageio.spec) are imported only here, when an export is asked for; a missing 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 __all__ = ["ExportError", "require", "check_output"]
@@ -20,8 +21,6 @@ class ExportError(ValueError):
 
 def require(module: str, purpose: str):
     """Import an optional dependency, or say how to install it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,7 +68,6 @@ def export_onnx(net: Any, meta: dict[str, Any], out: Path, *, extra: dict | None
     x = torch.zeros(1, 1, 4 * m, 4 * m)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        import warnings
 
         with warnings.catch_warnings():  # the TorchScript exporter announces its retirement
             warnings.simplefilter("ignore")

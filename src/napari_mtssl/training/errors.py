@@ -3,6 +3,8 @@ here, so that reporting them never imports the engine."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 from typing import Any
 
 
@@ -41,8 +43,6 @@ class UnitsFailed(RuntimeError):
 
 
 def _is_disk_full(error: Any) -> bool:
-    import errno
-
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     text = str(error)
@@ -51,8 +51,6 @@ def _is_disk_full(error: Any) -> bool:
 
 def disk_full_message(root: Any) -> str:
     """ "no space left on the disk of <root> (<n> MB free)"."""
-    import shutil
-
     try:
         free = f" ({shutil.disk_usage(root).free / 2**20:.0f} MB free)"
     except (OSError, TypeError):

@@ -16,6 +16,7 @@ vispy draws a labels layer's polygon tool with (pure numpy, cached by vispy once
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _started = False
@@ -74,8 +75,6 @@ def warm_in_background() -> None:
     _started = True
 
     def work() -> Any | None:
-        import importlib
-
         for name in FIRST_LAYER_IMPORTS:
             importlib.import_module(name)
         warm_dash_patterns()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -265,7 +267,6 @@ class CorrectWidget(QWidget):
     def propose(self, strategy: str | None = None) -> Any:
         """Rank the unlabelled training slices (in a thread) and list the next ones to correct;
         pressed again while it ranks, it cancels (between two scans: a second or so)."""
-        import threading
 
         if self._cancel_propose is not None:
             self._cancel_propose.set()
@@ -549,8 +550,6 @@ class CorrectWidget(QWidget):
 
     def _note_shown(self, scan_id: str | None = None) -> None:
         """When a slice of the edit layer is first on screen: the start of its correction."""
-        import time
-
         scan_id = scan_id or next(iter(self._seen_at), None)
         if scan_id is None or scan_id not in self._seen_at:
             return
@@ -566,8 +565,6 @@ class CorrectWidget(QWidget):
 
     def effort(self, scan_id: str, slices: list[int]) -> dict[int, float]:
         """Seconds from first showing each slice in the edit layer to now (its acceptance)."""
-        import time
-
         now = time.monotonic()
         seen = self._seen_at.get(scan_id, {})
         return {int(z): now - seen[int(z)] for z in slices if int(z) in seen}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,7 +187,6 @@ def _import_dataset(folder: str, workspace_folder: str, labelled: int | None):
     ``(done, total, case)`` yielded every 0.2 s (a generator worker: napari relays the yields
     to the GUI thread); returns the workspace and its first scan, read here too (off the GUI
     thread): ``(ws, (scan id, read_for_view's scan) or None)``."""
-    import threading
 
     box: dict[str, Any] = {}
 
@@ -644,8 +645,6 @@ class StudyWidget(QWidget):
         # the first Train click starts at once rather than after a new process's seconds
         self.session.jobs.prepare()
         if wait:
-            import time
-
             from qtpy.QtCore import QCoreApplication
 
             while "done" not in ended:  # until the result (a queued signal) has been shown

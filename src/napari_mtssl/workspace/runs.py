@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,12 @@ def _created(pid: int) -> float | None:
 
 
 def _owner() -> dict[str, Any]:
-    import socket
-
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_created": _created(os.getpid())}
 
 
 def _owner_gone(info: dict[str, Any]) -> bool:
     """Whether the process that marked a run running has ended (only knowable on its host).
     Records of earlier versions (``pid_start``, clock ticks) are judged by the pid alone."""
-    import socket
 
     pid = info.get("pid")
     if not isinstance(pid, int) or info.get("host") != socket.gethostname():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 from safetensors.torch import load_file
@@ -239,6 +240,4 @@ def remove_state(folder: str | Path, unit: str) -> None:
 
 
 def _safe(unit: str) -> str:
-    from urllib.parse import quote
-
     return quote(unit, safe="-_.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -268,7 +269,6 @@ def time_side_by_side(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, lanes:
     network beside this one, each process with its share of the plan's threads.
     RuntimeError when one of them could not start (it ended, or was not training after
     ``START_S``)."""
-    import time
 
     import torch
 

@@ -24,6 +24,7 @@ Any field the user set in the config wins over the plan (``overridden`` lists th
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import threading
@@ -211,7 +212,6 @@ def _ct_intensity(samples: list[np.ndarray]) -> dict[str, dict[str, float]]:
 def _ct_foreground(ws, sid, lab, zs, rng, use_cache: bool) -> np.ndarray:
     """Up to 20 000 intensities of the labelled foreground of a CT scan (cached per scan and
     label content: reading a large CT is the slow part of fingerprinting)."""
-    import json
 
     key = f"{ws.record(sid).sha256[:24]}_{content_hash(lab)[:16]}"
     path = ws.root / "cache" / "fingerprint" / f"{key}.json"

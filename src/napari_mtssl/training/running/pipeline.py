@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -196,8 +198,6 @@ def run_bytes(plan: Plan, cfg: ExperimentConfig, fp: Any, num_classes: int, what
 
 def check_free_space(root: Any, need: int) -> None:
     """Refuse to start a run that the disk of ``root`` cannot hold."""
-    import shutil
-
     try:
         free = shutil.disk_usage(root).free
     except OSError:
@@ -965,7 +965,6 @@ def _yield_to_the_viewer() -> None:
     """A job started from napari runs at a lower priority than the viewer (``nice`` +4): when
     the machine is busy, the viewer's event loop gets the CPU first, so napari stays smooth;
     when it is idle, the job gets every free cycle anyway."""
-    import multiprocessing
 
     if multiprocessing.parent_process() is None:
         return  # an inline job runs in the viewer's own process: never lower the viewer
