@@ -463,9 +463,10 @@ def recommended_strategy() -> tuple[str, str]:
 
 
 def save_labels(workspace: Workspace | str, folder: str | os.PathLike) -> list[str]:
-    """Every labelled scan's stored labels into ``folder``: ``<scan>_labels.dcm`` (DICOM-SEG)
-    for DICOM scans, ``<scan>_labels.nii.gz`` in the scan's geometry for the others. An
-    existing file is never replaced (ValueError naming it). Returns the paths written."""
+    """Every labelled scan's stored labels into ``folder``: ``<scan>_labels.dcm`` (DICOM-SEG,
+    its segments coded by the workspace's ``segment_codes.json``) for DICOM scans,
+    ``<scan>_labels.nii.gz`` in the scan's geometry for the others. An existing file is never
+    replaced (ValueError naming it). Returns the paths written."""
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import write_labels
 
@@ -478,10 +479,12 @@ def save_labels(workspace: Workspace | str, folder: str | os.PathLike) -> list[s
         labels = np.asarray(ws.labels(sid))
         if scan.meta.get("format") == "dicom":
             # imported here, when needed: it loads the scan readers
-            from napari_mtssl.export.dicomseg import write_dicom_seg
+            from napari_mtssl.export.dicomseg import workspace_codes, write_dicom_seg
 
             out = check_output(Path(folder) / f"{sid}_labels.dcm")
-            write_dicom_seg(labels, scan.meta, out, label_names=dict(ws.label_names))
+            names = dict(ws.label_names)
+            codes = workspace_codes(ws.root, names)
+            write_dicom_seg(labels, scan.meta, out, label_names=names, codes=codes)
         else:
             out = check_output(Path(folder) / f"{sid}_labels.nii.gz")
             write_labels(labels, out, like=scan)

@@ -1,5 +1,5 @@
-"""``napari-mtssl init | train | resume | predict | export | import | evaluate | simulate | demo``:
-the engine from a shell, over :mod:`api`.
+"""``napari-mtssl init | train | resume | predict | codes | export | import | evaluate |
+simulate | demo``: the engine from a shell, over :mod:`api`.
 
 No command ends in a traceback. Errors users can cause (bad arguments, unreadable files, no
 labels) end with one line on stderr and exit status 2; an unexpected error ends with one line
@@ -667,10 +667,11 @@ def _segment(
     as_seg: bool,
     nifti: bool,
     name: str,
+    codes: dict | None = None,
 ) -> Any:
     """Predict ``scan`` and write its mask to ``out`` on the scan's own grid (NIfTI and TIFF
-    through ``write_labels``, DICOM-SEG referencing the series); ``name`` is the input as the
-    messages call it."""
+    through ``write_labels``, DICOM-SEG referencing the series, its segments coded by
+    ``codes``); ``name`` is the input as the messages call it."""
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import write_labels
 
@@ -699,10 +700,28 @@ def _segment(
             out,
             label_names=dict(ws.label_names),
             algorithm={"model": args.model, "run": pred.run, "round": ws.run(pred.run).round},
+            codes=codes,
         )
     else:
         write_labels(pred.labels, out, like=scan)
     return pred
+
+
+def _seg_codes(args: argparse.Namespace, ws: Any, as_seg: bool) -> dict | None:
+    """The segment codes of the DICOM-SEG masks this prediction writes: the workspace's
+    ``segment_codes.json``, and over it those of ``--codes``; read (and checked) once, before
+    any model runs. ``--codes`` for masks that are not DICOM-SEG is refused."""
+    if not as_seg:
+        if args.codes:
+            raise CliError(
+                "--codes: codes go into DICOM-SEG masks only; write one with --out MASK.dcm, or "
+                "--format dicom-seg for a folder of DICOM series"
+            )
+        return None
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.export.dicomseg import codes_for
+
+    return codes_for(dict(ws.label_names), workspace=ws.root, codes_file=args.codes)
 
 
 def _wants_folder(out: str) -> bool:
@@ -738,7 +757,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     nifti = args.format == "nifti" or (
         args.format is None and out.name.lower().endswith((".nii", ".nii.gz"))
     )
-    pred = _segment(args, ws, scan, out, as_seg=as_seg, nifti=nifti, name=args.input)
+    codes = _seg_codes(args, ws, as_seg)
+    pred = _segment(args, ws, scan, out, as_seg=as_seg, nifti=nifti, name=args.input, codes=codes)
     counts = {int(c): int((pred.labels == c).sum()) for c in range(1, int(ws.num_classes))}
     print(f"wrote {args.out} ({args.model}; voxels per class {counts})")
     return EXIT_OK
@@ -933,6 +953,7 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
     from napari_mtssl.io import LabelError, ScanReadError
 
     out = _check_folder_prediction(args, ws, src)
+    codes = _seg_codes(args, ws, args.format == "dicom-seg")
     sources, bad, ignored = _scan_sources(src)
     if not sources and not bad:
         raise CliError(
@@ -957,7 +978,7 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
                     target = _mask_target(args, out, name, scan, used, inputs, source)
                     fmt = args.format or ("tiff" if target.suffix == ".tif" else "nifti")
                     _segment(args, ws, scan, target, as_seg=fmt == "dicom-seg",
-                             nifti=fmt == "nifti", name=str(source.path))  # fmt: skip
+                             nifti=fmt == "nifti", name=str(source.path), codes=codes)  # fmt: skip
                     written.append(target)
                     steps.wrote(f"{source.path} -> {target}")
             except (CliError, ScanReadError, LabelError, ValueError) as exc:
@@ -1046,6 +1067,27 @@ def _target(out: Path, name: Path, scan: Any, fmt: str | None, used: set[str]) -
         target = base.with_name(f"{base.name}-{n}{suffix}")
     used.add(str(target).lower())
     return target
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    """Show the codes each class's DICOM-SEG segment gets; with FILE, first check FILE and
+    store it as the workspace's ``segment_codes.json``."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.export.dicomseg import CODES_FILE, describe_codes, read_codes_file
+
+    ws = _open_workspace(args.workspace)
+    names = dict(ws.label_names)
+    stored = Path(ws.root) / CODES_FILE
+    if args.file is not None:
+        read_codes_file(args.file, names)  # checked before anything is written
+        if stored.exists() and not args.force:
+            raise CliError(f"{stored}: exists; add --force to replace it")
+        atomic_write_text(stored, Path(args.file).expanduser().read_text(encoding="utf-8"))
+        print(f"stored {args.file} as {stored}")
+    codes = read_codes_file(stored, names) if stored.exists() else {}
+    for line in describe_codes(names, codes, given=f"the workspace's {CODES_FILE}"):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -1309,6 +1351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_resume(sub)
     _add_predict(sub)
+    _add_codes(sub)
     _add_export(sub)
     _add_import(sub)
     _add_evaluate(sub)
@@ -1489,8 +1532,40 @@ def _add_predict(sub: Any) -> None:
         help="write a NIfTI or DICOM-SEG mask even for a DICOM series whose images record no "
         "position or orientation (it is placed on a grid at the origin)",
     )
+    pr.add_argument(
+        "--codes",
+        metavar="FILE",
+        help="a JSON file of segment codes per class for DICOM-SEG masks (see `napari-mtssl "
+        "codes`); the classes it codes take its codes instead of the workspace's "
+        "segment_codes.json, for this call",
+    )
     pr.add_argument("--quiet", action="store_true", help="no progress on stderr")
     pr.set_defaults(func=cmd_predict)
+
+
+def _add_codes(sub: Any) -> None:
+    co = _command(
+        sub,
+        "codes",
+        "show or set the codes of the classes in DICOM-SEG masks",
+        "Show the code (coding scheme, value, meaning) that each class's segment gets in the "
+        "DICOM-SEG masks of WORKSPACE, and where it comes from: the workspace's "
+        "segment_codes.json, the default table of common anatomy (by class name), or the "
+        'generic "Tissue". With FILE, first check FILE and store it as the workspace\'s '
+        "segment_codes.json, read by predict, napari's File > Save and Save all labels. FILE "
+        "is a JSON object of class number or name to code: "
+        '{"liver": {"value": "10200004", "scheme": "SCT", "meaning": "Liver"}}, or to '
+        '{"type": CODE, "category": CODE} to set the category too (default: Anatomical '
+        "Structure).",
+    )
+    co.add_argument("workspace", metavar="WORKSPACE", help="a workspace folder")
+    co.add_argument(
+        "file", metavar="FILE", nargs="?", help="a JSON file of codes to store in the workspace"
+    )
+    co.add_argument(
+        "--force", action="store_true", help="replace the workspace's segment_codes.json"
+    )
+    co.set_defaults(func=cmd_codes)
 
 
 def _add_export(sub: Any) -> None:

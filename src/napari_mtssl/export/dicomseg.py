@@ -11,10 +11,20 @@ Each segment carries what a viewer needs to show and file it without asking: its
 SegmentLabel, the class's colour from ``napari_mtssl.colours`` (the napari layers' colour) as
 RecommendedDisplayCIELabValue, and SNOMED CT codes for what it is: the codes a caller gives per
 class, else ``DEFAULT_CODES`` for common anatomy by name, else the generic "Tissue".
+
+Users give codes in a JSON file (``read_codes_file``): a workspace's own ``segment_codes.json``
+(``CODES_FILE``), read wherever a DICOM-SEG of that workspace is written, and one given for a
+single call (``predict --codes FILE``), whose entries win class by class (``codes_for``)::
+
+    {"liver": {"value": "10200004", "scheme": "SCT", "meaning": "Liver"},
+     "2": {"type": {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"},
+           "category": {"value": "49755003", "scheme": "SCT",
+                        "meaning": "Morphologically Abnormal Structure"}}}
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +39,19 @@ from napari_mtssl.io._orient import from_canonical
 
 from . import ExportError, require
 
-__all__ = ["DEFAULT_CODES", "segment_codes", "write_dicom_seg", "can_write_dicom_seg"]
+__all__ = [
+    "CODES_FILE",
+    "DEFAULT_CODES",
+    "codes_for",
+    "describe_codes",
+    "read_codes_file",
+    "segment_codes",
+    "workspace_codes",
+    "write_dicom_seg",
+    "can_write_dicom_seg",
+]
+
+CODES_FILE = "segment_codes.json"  # a workspace's codes per class, written by its user
 
 # A coded concept as DICOM writes it: (code value, coding scheme designator, code meaning).
 Concept = tuple[str, str, str]
@@ -105,8 +127,23 @@ def _key(name: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[_\-]", " ", str(name))).strip().lower()
 
 
+_CONCEPT_KEYS = {"value", "scheme", "meaning"}
+
+
 def _concept(given: Any, what: str) -> Concept:
+    """A code as ``(value, scheme, meaning)`` or ``{"value", "scheme", "meaning"}``."""
+    if isinstance(given, Mapping):
+        if set(given) != _CONCEPT_KEYS:
+            raise ExportError(
+                f'{what}: a code is {{"value": ..., "scheme": ..., "meaning": ...}}, e.g. '
+                f'{{"value": "10200004", "scheme": "SCT", "meaning": "Liver"}}; got {dict(given)!r}'
+            )
+        given = (given["value"], given["scheme"], given["meaning"])
     try:
+        if isinstance(given, str | bytes) or any(
+            isinstance(v, bool) or not isinstance(v, str | int) for v in given
+        ):
+            raise TypeError
         value, scheme, meaning = (str(v).strip() for v in given)
     except (TypeError, ValueError):
         raise ExportError(
@@ -118,16 +155,10 @@ def _concept(given: Any, what: str) -> Concept:
     return value, scheme, meaning[:64]
 
 
-def segment_codes(
-    label_names: Mapping[int, str], codes: Mapping[int | str, Any] | None = None
+def _given_codes(
+    label_names: Mapping[int, str], codes: Mapping[Any, Any] | None
 ) -> dict[int, tuple[Concept, Concept]]:
-    """(category, type) of every named class but the background.
-
-    ``codes``: ``{class id or name: (value, scheme, meaning)}`` sets a class's property type
-    (its category then is "Anatomical Structure"), or ``{...: {"type": (...), "category":
-    (...)}}`` both. Then ``DEFAULT_CODES`` by class name, then the generic "Tissue". A key that
-    names no class is refused, so a misspelt name does not go unnoticed.
-    """
+    """``codes`` (see :func:`segment_codes`) checked and by class id: ``{id: (category, type)}``."""
     by_name = {_key(n): int(c) for c, n in label_names.items()}
     given: dict[int, tuple[Concept, Concept]] = {}
     for key, spec in (codes or {}).items():
@@ -145,19 +176,122 @@ def segment_codes(
                 f"{dict(label_names)}"
             )
         what = f"the code of class {c} ({label_names[c]})"
-        if isinstance(spec, Mapping):
+        if isinstance(spec, Mapping) and not set(spec) & _CONCEPT_KEYS:
             unknown = set(spec) - {"type", "category"}
             if unknown or "type" not in spec:
-                raise ExportError(f"{what}: give {{'type': (...), 'category': (...)}}")
+                raise ExportError(
+                    f"{what}: give a code, or {{'type': (code), 'category': (code)}}; "
+                    f"got {dict(spec)!r}"
+                )
             category = _concept(spec.get("category", ANATOMICAL_STRUCTURE), what)
             given[c] = (category, _concept(spec["type"], what))
         else:
             given[c] = (ANATOMICAL_STRUCTURE, _concept(spec, what))
+    return given
+
+
+def segment_codes(
+    label_names: Mapping[int, str], codes: Mapping[int | str, Any] | None = None
+) -> dict[int, tuple[Concept, Concept]]:
+    """(category, type) of every named class but the background.
+
+    ``codes``: ``{class id or name: code}`` sets a class's property type (its category then is
+    "Anatomical Structure"), or ``{...: {"type": code, "category": code}}`` both; a code is
+    ``(value, scheme, meaning)`` or ``{"value": ..., "scheme": ..., "meaning": ...}``. Then
+    ``DEFAULT_CODES`` by class name, then the generic "Tissue". A key that names no class is
+    refused, so a misspelt name does not go unnoticed.
+    """
+    given = _given_codes(label_names, codes)
     return {
         int(c): given.get(int(c)) or DEFAULT_CODES.get(_key(name), GENERIC)
         for c, name in label_names.items()
         if int(c) > 0
     }
+
+
+_EXAMPLE = '{"liver": {"value": "10200004", "scheme": "SCT", "meaning": "Liver"}}'
+
+
+def read_codes_file(
+    path: str | Path, label_names: Mapping[int, str]
+) -> dict[int, dict[str, Concept]]:
+    """The codes of a JSON file, checked against the classes ``label_names``, as
+    ``write_dicom_seg``'s ``codes`` takes them: ``{class id: {"category": ..., "type": ...}}``.
+
+    The file maps a class number or name to a code (``{"value", "scheme", "meaning"}`` or
+    ``[value, scheme, meaning]``), or to ``{"type": code, "category": code}``. Anything else
+    is an :class:`ExportError` of one line that names the file and the entry.
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExportError(f"{path}: no such codes file") from None
+    except IsADirectoryError:
+        raise ExportError(f"{path}: is a folder; give the JSON file of the codes") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{path}: not a text file; the codes are JSON, e.g. {_EXAMPLE}") from None
+    except OSError as exc:
+        raise ExportError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExportError(
+            f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ExportError(
+            f"{path}: the codes are a JSON object of class number or name to code, e.g. {_EXAMPLE}"
+        )
+    try:
+        given = _given_codes(label_names, data)
+    except ExportError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    return {c: {"category": cat, "type": kind} for c, (cat, kind) in given.items()}
+
+
+def workspace_codes(
+    root: str | Path, label_names: Mapping[int, str]
+) -> dict[int, dict[str, Concept]]:
+    """The codes of the workspace in ``root`` (its ``segment_codes.json``); none without one."""
+    p = Path(root) / CODES_FILE
+    return read_codes_file(p, label_names) if p.exists() else {}
+
+
+def codes_for(
+    label_names: Mapping[int, str],
+    *,
+    workspace: str | Path | None = None,
+    codes_file: str | Path | None = None,
+) -> dict[int, dict[str, Concept]]:
+    """The codes a DICOM-SEG of ``workspace`` gets: its ``segment_codes.json``, and over it,
+    class by class, those of ``codes_file`` (given for one export)."""
+    codes = workspace_codes(workspace, label_names) if workspace is not None else {}
+    if codes_file is not None:
+        codes.update(read_codes_file(codes_file, label_names))
+    return codes
+
+
+def describe_codes(
+    label_names: Mapping[int, str], codes: Mapping[Any, Any] | None = None, given: str = "given"
+) -> list[str]:
+    """One line per class but the background: its codes and where they come from (``given``
+    for ``codes``, the default table, or the generic "Tissue")."""
+    mine = _given_codes(label_names, codes)
+    lines = []
+    for c, (category, kind) in segment_codes(label_names, codes).items():
+        name = label_names[c]
+        if c in mine:
+            source = given
+        elif _key(name) in DEFAULT_CODES:
+            source = "the default table"
+        else:
+            source = "nobody coded it: generic"
+        lines.append(
+            f"{c} {name}: {kind[1]} {kind[0]} {kind[2]!r} (category {category[1]} "
+            f"{category[0]} {category[2]!r}; {source})"
+        )
+    return lines
 
 
 def can_write_dicom_seg(scan_meta: dict[str, Any]) -> str | None:
@@ -186,8 +320,8 @@ def write_dicom_seg(
 
     ``algorithm``: ``{"model": ..., "run": ..., "round": ...}`` for a model's prediction; None
     for a mask drawn by a person (segments marked MANUAL). ``codes``: SNOMED CT (or other)
-    codes per class id or name, as ``segment_codes`` reads them; classes without one get
-    ``DEFAULT_CODES`` by name, else the generic "Tissue".
+    codes per class id or name, as ``segment_codes`` reads them (a workspace's: ``codes_for``);
+    classes without one get ``DEFAULT_CODES`` by name, else the generic "Tissue".
     """
     hd = require("highdicom", "Writing DICOM-SEG")
     why = can_write_dicom_seg(scan_meta)

@@ -11,27 +11,34 @@ from typing import Any
 import numpy as np
 
 from napari_mtssl.export import ExportError
-from napari_mtssl.export.dicomseg import write_dicom_seg
+from napari_mtssl.export.dicomseg import workspace_codes, write_dicom_seg
 from napari_mtssl.io.napari_io import NAMES_KEY, SaveRefusedError, scan_of_layer
 from napari_mtssl.io.scan import LabelError
+
+# Layer metadata: the root of the workspace whose scan a layer shows, as the docks set it
+# (``napari_mtssl.widgets._state.WORKSPACE_KEY``; the writer does not import the docks, a test
+# checks that the two agree). Its ``segment_codes.json`` codes the segments.
+WORKSPACE_KEY = "mtssl_workspace"
 
 
 def write_labels_dicom_seg(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer: labels of a scan read from DICOM as a DICOM-SEG referencing
     that series (the layer's own scan, or the one DICOM scan of its shape opened through the
-    plugin; a mask of any other scan is refused, with NIfTI offered instead)."""
+    plugin; a mask of any other scan is refused, with NIfTI offered instead). The segments get
+    the codes of the layer's workspace (its ``segment_codes.json``), if it belongs to one."""
     target = path if Path(path).suffix.lower() == ".dcm" else f"{path}.dcm"
     meta = scan_of_layer(data, attributes, dicom=True) or {}
-    names = {
-        int(k): str(v) for k, v in ((attributes.get("metadata") or {}).get(NAMES_KEY) or {}).items()
-    }
+    metadata = attributes.get("metadata") or {}
+    names = {int(k): str(v) for k, v in (metadata.get(NAMES_KEY) or {}).items()}
     arr = np.asarray(data)
     for c in np.unique(arr):
         names.setdefault(int(c), "background" if c == 0 else f"class {int(c)}")
-    role = str((attributes.get("metadata") or {}).get("mtssl_role") or "")
+    role = str(metadata.get("mtssl_role") or "")
     algorithm = {"model": role.split(":", 1)[1]} if role.startswith("model:") else None
     try:
-        write_dicom_seg(arr, meta, target, label_names=names, algorithm=algorithm)
+        root = metadata.get(WORKSPACE_KEY)
+        codes = workspace_codes(root, names) if root else None
+        write_dicom_seg(arr, meta, target, label_names=names, algorithm=algorithm, codes=codes)
     except (ExportError, LabelError) as exc:
         raise SaveRefusedError(str(exc)) from exc
     return [target]
