@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
+from napari.qt.threading import create_worker
+from napari.utils import notifications, progress
 from qtpy.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, Signal
 from qtpy.QtWidgets import (
     QHBoxLayout,
@@ -184,7 +186,6 @@ class JobController(QObject):
         viewer. Returns that starter worker; ``job_finished`` fires in every outcome. Raises
         RuntimeError if a job is already running (one GPU, one job).
         """
-        from napari.qt.threading import create_worker
 
         if self._running:
             raise RuntimeError("a job is already running; stop it or wait for it to finish")
@@ -211,16 +212,12 @@ class JobController(QObject):
         return starter
 
     def _on_start_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
         self.last_state = "failed"
         self._finish(None, str(exc) or type(exc).__name__)
-        show_error(f"Could not start {self.what}: {exc}")
+        notifications.show_error(f"Could not start {self.what}: {exc}")
 
     def attach(self, handle: Any, what: str) -> None:
         """Relay an already started job handle (``start`` uses it; tests can too)."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
 
         already_announced = self._running and self.handle is None
         self.handle, self.what = handle, what
@@ -294,8 +291,6 @@ class JobController(QObject):
         pbar.set_description(f"MTSSL {self.what}: {e.model} {e.step}/{e.total}")
 
     def _on_returned(self, state: str) -> None:
-        from napari.utils.notifications import show_error
-
         handle = self.handle
         self.last_state = state
         result = getattr(handle, "result", None)
@@ -303,23 +298,23 @@ class JobController(QObject):
             message = getattr(handle, "error", None) or "the job failed"
             self._finish(None, message)
             if self.what == "plan":
-                show_error(f"Cannot plan this run: {message}")
+                notifications.show_error(f"Cannot plan this run: {message}")
             else:
-                show_error(f"Training failed: {message}. Saved checkpoints and labels are kept.")
+                notifications.show_error(
+                    f"Training failed: {message}. Saved checkpoints and labels are kept."
+                )
             return
         # A stop the user asked for is said in the dock's status line, which the next run
         # replaces; a toast would outlive it ("all stopped" beside a later run's results).
         self._finish(result, None)
 
     def _on_relay_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
         # The relay itself failed (not the job): stop the job so nothing runs unseen.
         if self.handle is not None:
             self.handle.stop()
         self.last_state = "failed"
         self._finish(None, str(exc) or type(exc).__name__)
-        show_error(f"Lost contact with the training job: {exc}")
+        notifications.show_error(f"Lost contact with the training job: {exc}")
 
     def _finish(self, result: dict | None, error: str | None) -> None:
         self.last_result, self.last_error = result, error
@@ -443,13 +438,11 @@ def run_in_thread(
     becomes one napari error message starting with ``action`` (engine errors already name the
     file and the problem).
     """
-    from napari.qt.threading import create_worker
-    from napari.utils.notifications import show_error
 
     worker = create_worker(func, *args, _start_thread=False, **kwargs)
     if on_yielded is not None:
         worker.yielded.connect(on_yielded)
     worker.returned.connect(on_result)
-    worker.errored.connect(on_error or (lambda exc: show_error(f"{action}: {exc}")))
+    worker.errored.connect(on_error or (lambda exc: notifications.show_error(f"{action}: {exc}")))
     worker.start()
     return worker

@@ -13,13 +13,14 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from napari.components.dims import RangeTuple
+
 # layer events after which napari recomputes the range (viewer_model._on_add_layer)
 _LAYER_EVENTS = ("visible", "data", "scale", "translate", "affine", "rotate", "shear")
 
 
 def fit_slider_to_shown(viewer: Any) -> None:
     """Set the range of every axis not on screen to the extent of the visible layers."""
-    from napari.components.dims import RangeTuple
 
     shown = [ly for ly in viewer.layers if ly.visible]
     if not shown:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from napari.layers import Image, Labels
 
 from napari_mtssl.colours import labels_colour_dict
 from napari_mtssl.io.napari_io import NAMES_KEY, class_features
@@ -115,8 +116,6 @@ class ViewerState:
 
     @classmethod
     def from_viewer(cls, viewer: Any) -> ViewerState:
-        from napari.layers import Image, Labels
-
         images = tuple(
             LayerScan.from_layer(ly)
             for ly in viewer.layers

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from napari.utils import notifications
 from qtpy.QtCore import QTimer
 
 
@@ -36,9 +37,7 @@ def run_in_turns(
             if on_error is not None:
                 on_error(exc)
             else:
-                from napari.utils.notifications import show_error
-
-                show_error(str(exc))
+                notifications.show_error(str(exc))
             return
         QTimer.singleShot(0, next_step)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.utils import notifications
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
+    QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
@@ -249,8 +251,6 @@ class CompareWidget(QWidget):
         self.compare_button.setEnabled(ws is not None and self.scan.count() > 0)
 
     def ask_export_path(self) -> str | None:
-        from qtpy.QtWidgets import QFileDialog
-
         path, _ = QFileDialog.getSaveFileName(
             self,
             "Export the student",
@@ -271,10 +271,8 @@ class CompareWidget(QWidget):
         self.status.setText(f"exporting {model} as {fmt}…")
 
         def done(out: Any) -> None:
-            from napari.utils.notifications import show_info
-
             self.status.setText(f"exported {model}: {out}")
-            show_info(f"Exported {model} to {out}")
+            notifications.show_info(f"Exported {model} to {out}")
 
         self.worker = run_in_thread(
             self.session.engine.run,
@@ -386,10 +384,8 @@ class CompareWidget(QWidget):
         steps += [lambda: self._show_disagreement(scan_id, comparison, layers["image"]), finished]
 
         def failed(exc: BaseException) -> None:
-            from napari.utils.notifications import show_error
-
             self.status.setText(f"could not show the comparison: {exc}")
-            show_error(f"Could not show the comparison on {scan_id}: {exc}")
+            notifications.show_error(f"Could not show the comparison on {scan_id}: {exc}")
 
         run_in_turns(
             steps, alive=lambda: widget_alive(self) and self._shown is shown, on_error=failed

@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import numpy as np
+from napari.utils import notifications
+from napari.utils.key_bindings import coerce_keybinding
 from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -378,15 +380,13 @@ class CorrectWidget(QWidget):
         return self._step_proposal(-1)
 
     def _step_proposal(self, step: int) -> Any:
-        from napari.utils.notifications import show_info
-
         rows = [
             r
             for r in range(self.proposals.count())
             if self.proposals.item(r).data(Qt.ItemDataRole.UserRole)
         ]
         if not rows:
-            show_info("No proposed slices: press Propose first")
+            notifications.show_info("No proposed slices: press Propose first")
             return None
         current = self.proposals.currentRow()
         if current not in rows:
@@ -394,7 +394,7 @@ class CorrectWidget(QWidget):
         else:
             i = rows.index(current) + step
             if not 0 <= i < len(rows):
-                show_info(
+                notifications.show_info(
                     "That was the last proposed slice" if step > 0 else "This is the first one"
                 )
                 return None
@@ -435,7 +435,6 @@ class CorrectWidget(QWidget):
 
     def unbind_keys(self) -> None:
         """Remove our keys from the viewer (only those still bound to us)."""
-        from napari.utils.key_bindings import coerce_keybinding
 
         for key, func in list(self._keys.items()):
             if self.viewer.keymap.get(coerce_keybinding(key)) is func:
@@ -604,18 +603,17 @@ class CorrectWidget(QWidget):
 
     @report_errors("Could not accept the edited slices")
     def accept_edited(self, scan_id: str | None = None) -> list[int]:
-        from napari.utils.notifications import show_info
-
         scan_id = scan_id or self._editing_scan()
         slices = self.pending_slices(scan_id)
         if not slices:
-            show_info("No edited slices to accept (paint, fill or erase in the edit layer first)")
+            notifications.show_info(
+                "No edited slices to accept (paint, fill or erase in the edit layer first)"
+            )
             return []
         return self._accept(scan_id, slices)
 
     def _accept(self, scan_id: str, slices: list[int]) -> list[int]:
         """Write ``slices`` of the edit layer as corrected labels (by user, current round)."""
-        from napari.utils.notifications import show_info
 
         ws = self.session.require_workspace()
         data = LayerLabels.from_layer(self._edit_layer(scan_id)).data
@@ -629,7 +627,9 @@ class CorrectWidget(QWidget):
         self.session.labels_changed.emit(scan_id)
         self.accepted.emit(scan_id, list(slices))
         self._update_edit_status(scan_id)
-        show_info(f"{scan_id}: slice(s) {', '.join(map(str, slices))} stored as corrected")
+        notifications.show_info(
+            f"{scan_id}: slice(s) {', '.join(map(str, slices))} stored as corrected"
+        )
         return list(slices)
 
     def _editing_scan(self) -> str:

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt, QTimer
+from napari.layers import Image, Labels
+from napari.utils import notifications
+from napari.utils import progress as napari_progress
+from qtpy.QtCore import QCoreApplication, QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -100,12 +103,10 @@ def report_errors(action: str) -> Callable[[Callable[..., Any]], Callable[..., A
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
-            from napari.utils.notifications import show_error
-
             try:
                 return func(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
-                show_error(f"{action}: {exc}")
+                notifications.show_error(f"{action}: {exc}")
                 return None
 
         run.__name__ = func.__name__
@@ -124,9 +125,7 @@ def read_for_view(ws: Any, scan_id: str) -> tuple[Any, np.ndarray | None]:
 
 
 def _show_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
+    notifications.show_error(message)
 
 
 STRIP_ROLE = Qt.ItemDataRole.UserRole + 1  # a row's per-slice statuses, for the strip
@@ -367,7 +366,6 @@ class StudyWidget(QWidget):
         Without ``folder`` it goes into a new temporary folder (named in a notification), so the
         button works in one click; use "New workspace" + a dataset to keep results.
         """
-        from napari.utils.notifications import show_info
 
         if folder is None:
             folder = tempfile.mkdtemp(prefix="napari-mtssl-sample-")
@@ -375,7 +373,7 @@ class StudyWidget(QWidget):
         self.clear_workspace_layers()
         self.session.set_workspace(ws)
         self.show_workspace_scans(limit=None)  # five small scans: all of them
-        show_info(f"Sample study workspace: {folder}")
+        notifications.show_info(f"Sample study workspace: {folder}")
         return ws
 
     @report_errors("Could not save the label edits")
@@ -395,9 +393,8 @@ class StudyWidget(QWidget):
                 ws.set_labels(scan_id, data, slices=changed, status="annotated", by="user")
                 written += len(changed)
                 self.session.labels_changed.emit(scan_id)
-        from napari.utils.notifications import show_info
 
-        show_info(f"Saved {written} edited slice(s) to the workspace")
+        notifications.show_info(f"Saved {written} edited slice(s) to the workspace")
         return written
 
     def show_workspace_scans(self, limit: int | None = 1) -> None:
@@ -493,7 +490,6 @@ class StudyWidget(QWidget):
         """Before another workspace opens: remove the layers the docks showed for the current
         one (scans, labels, model masks, disagreement), except label layers with edits not
         saved yet and correction layers (kept hidden, and said so: nothing painted is lost)."""
-        from napari.utils.notifications import show_warning
 
         ws = self.session.workspace
         if ws is None:
@@ -518,7 +514,7 @@ class StudyWidget(QWidget):
             self.viewer.layers.remove(layer)
             removed += 1
         if kept:
-            show_warning(
+            notifications.show_warning(
                 f"kept {', '.join(kept)} (hidden): edits or corrections not stored in the "
                 "previous workspace (save or accept them there, or delete the layers)"
             )
@@ -535,7 +531,6 @@ class StudyWidget(QWidget):
 
     def _read_and_add(self, paths: list[str]) -> list[str]:
         """Read each path with ``io.read_scans``; a bad file is reported by name, others load."""
-        from napari.utils.notifications import show_error, show_info
 
         added: list[str] = []
         for path in paths:
@@ -543,12 +538,14 @@ class StudyWidget(QWidget):
                 scans = mio.read_scans(path)
             except Exception as exc:  # noqa: BLE001 - reported with the file name
                 text = str(exc)
-                show_error(text if str(Path(path).name) in text else f"{path}: {text}")
+                notifications.show_error(
+                    text if str(Path(path).name) in text else f"{path}: {text}"
+                )
                 continue
             for scan in scans:
                 added.append(self._add_scan(scan))
         if added and self.session.workspace is None:
-            show_info("Scans shown; create or open a workspace to train on them")
+            notifications.show_info("Scans shown; create or open a workspace to train on them")
         self.refresh_table()
         return added
 
@@ -586,7 +583,6 @@ class StudyWidget(QWidget):
         """A Decathlon / nnU-Net folder becomes a new workspace (its splits kept), imported in
         the background with progress; ``labelled`` patients keep their labels (0: all).
         Returns the import worker (``wait``: the workspace, for scripts and tests)."""
-        from napari.utils import progress as napari_progress
 
         folder = folder or self.ask_folder("Open a dataset folder (Decathlon / nnU-Net layout)")
         if not folder:
@@ -622,13 +618,11 @@ class StudyWidget(QWidget):
             self._show_imported(*result, ended)
 
         def on_error(exc: BaseException) -> None:
-            from napari.utils.notifications import show_error
-
             pbar.close()
             ended["done"] = True
             if widget_alive(self.ws_label):
                 self.refresh()
-            show_error(f"Could not open the dataset: {exc}")
+            notifications.show_error(f"Could not open the dataset: {exc}")
 
         worker = run_in_thread(
             _import_dataset,
@@ -645,8 +639,6 @@ class StudyWidget(QWidget):
         # the first Train click starts at once rather than after a new process's seconds
         self.session.jobs.prepare()
         if wait:
-            from qtpy.QtCore import QCoreApplication
-
             while "done" not in ended:  # until the result (a queued signal) has been shown
                 QCoreApplication.processEvents()
                 time.sleep(0.02)
@@ -680,7 +672,6 @@ class StudyWidget(QWidget):
     @report_errors("Could not add the image layers")
     def add_selected_layers(self) -> list[str]:
         """Add the selected image layers (or all not yet in the workspace) as workspace scans."""
-        from napari.layers import Image
 
         ws = self.session.require_workspace()
         chosen = [ly for ly in self.viewer.layers.selection if isinstance(ly, Image)]
@@ -721,13 +712,11 @@ class StudyWidget(QWidget):
         top = int(labels.max())
         names = dict(ws.label_names)
         if top >= max(names) + 1:
-            from napari.utils.notifications import show_info
-
             for c in range(1, top + 1):
                 names.setdefault(c, f"class {c}")
             ws.set_label_names(names)
             self.class_names.setText(format_class_names(names))
-            show_info(
+            notifications.show_info(
                 f"{labels_name} uses classes up to {top}: added them as 'class N'; rename them "
                 "under Classes"
             )
@@ -743,14 +732,13 @@ class StudyWidget(QWidget):
         """Every labelled scan's stored labels into ``folder``: ``<scan>_labels.dcm``
         (DICOM-SEG) for DICOM scans, ``<scan>_labels.nii.gz`` for the others; an existing
         file is never replaced."""
-        from napari.utils.notifications import show_info
 
         ws = self.session.require_workspace()
         folder = folder or self.ask_folder("Folder for the labels of every labelled scan")
         if not folder:
             return []
         written = api.save_labels(ws, folder)
-        show_info(f"Saved the labels of {len(written)} scan(s) in {folder}")
+        notifications.show_info(f"Saved the labels of {len(written)} scan(s) in {folder}")
         return written
 
     @report_errors("Could not set the class names")
@@ -859,8 +847,6 @@ class StudyWidget(QWidget):
             self.show_workspace_scan_soon(item.text())
 
     def _refresh_layer_choices(self, *_: Any) -> None:
-        from napari.layers import Image, Labels
-
         for combo, kind in ((self.attach_image, Image), (self.attach_labels, Labels)):
             current = combo.currentText()
             combo.clear()
