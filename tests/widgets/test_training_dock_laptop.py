@@ -1,7 +1,8 @@
 """The Tasks tab on a 1366 x 768 laptop: what a click changes is in view without scrolling,
 a refused budget says what fits, and a smoke test is never mistaken for a trained model.
 
-Set ``MTSSL_SCREENSHOTS=docs/images`` to keep the window's pictures (training_dock_1366*.png).
+Set ``MTSSL_SCREENSHOTS=docs/images`` to keep the window's pictures (training_dock_1366*.png;
+``make screenshots`` does).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def save_shot(viewer: Any, name: str, tmp_path: Path) -> Path:
     """The whole window as a PNG, kept in MTSSL_SCREENSHOTS when set."""
     folder = Path(os.environ.get("MTSSL_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    assert viewer.window._qt_window.grab().save(str(path)), path
+    path, tmp = folder / name, folder / f".{Path(name).stem}.part.png"
+    assert viewer.window._qt_window.grab().save(str(tmp)), tmp
+    os.replace(tmp, path)  # a picture in the docs is never half written
     return path
 
 
@@ -117,8 +119,9 @@ def pretend_running(training: Any) -> None:
 def tiny_report(steps: int = 4, profile: str = "tiny") -> dict:
     line = "student 0.120 vs 0.110 for the baseline of this run (+0.010)"
     entry = {"mean_dice": 0.12, "steps": steps}
+    baseline = {"mean_dice": 0.11, "steps": steps}  # the numbers of the line
     return {
-        "models": {"baseline": entry, "teacher:sdm": entry, "student": entry},
+        "models": {"baseline": baseline, "teacher:sdm": entry, "student": entry},
         "selected": {"sdm": {"joint": 0.1, "pretrain": 0.12, "mode": "pretrain"}},
         "comparison": {"line": line},
         "config": {"profile": profile},
@@ -386,14 +389,36 @@ def test_the_plan_fits_the_dock_width(laptop, qtbot, tmp_path):
     from napari_mtssl.training.planning.planner import make_plan
 
     viewer, training = laptop
+    training.budget.setCurrentText("2 h")  # the budget the plan is for, as the user chose it
     cfg = profile("quick", budget_s=parse_budget("2h"), device="cpu")
     plan = make_plan(fingerprint(), cfg, "all", probe=False).to_dict()
     training.show_plan(plan)
     qtbot.wait(300)
+    assert "of the 2.0 h budget" in training.plan_label.text()
     assert training.body.minimumSizeHint().width() <= training.body_scroll.viewport().width()
     assert training.plan_label.width() <= training.body_scroll.viewport().width()
     assert not hidden_by_scrolling(training.budget)
     save_shot(viewer, "training_dock_1366_plan.png", tmp_path)
+
+
+def test_the_plan_text_says_the_steps_of_its_table():
+    """The width's reason named the steps the planner estimated before timing the network
+    (1537 per model) above a table giving each model 2860: the text now says the table's."""
+    import re
+
+    from napari_mtssl.training.config import parse_budget, profile
+    from napari_mtssl.training.planning.planner import make_plan
+    from napari_mtssl.widgets.training import plan_lines, plan_rows
+
+    cfg = profile("quick", budget_s=parse_budget("2h"), device="cpu")
+    plan = make_plan(fingerprint(), cfg, "all", probe=False).to_dict()
+    seg = plan["steps"]["seg"]
+    text = "\n".join(plan_lines(plan))
+    said = [int(n) for n in re.findall(r"about (\d+) steps per model", text)]
+    assert said and set(said) == {seg}, (said, seg)
+    assert dict((m, n) for m, n, _ in plan_rows(plan))["baseline"] == str(seg)
+    # the engine's own reason is left as it was
+    assert any("steps per model" in r for r in plan["reasons"])
 
 
 def test_a_workspace_whose_last_run_was_a_smoke_test_reopens_with_a_real_budget(
