@@ -19,7 +19,7 @@ import pytest
 
 from tests.faults.test_crash import ROOT, _fill, _tiny_fs
 
-CASE = "disk fills while training (a real tmpfs), resumed once space is freed"
+CASE = "disk fills while training (a real tmpfs), resumed once space is freed, {}"
 
 
 def _fill_after_first_model(root: Path, filler: Path, stop: threading.Event) -> threading.Thread:
@@ -45,9 +45,13 @@ def _planned(run_path: Path) -> set[str]:
 
 
 @pytest.mark.slow  # trains the tiny profile's 8 models, twice in part: 15-40 s on 2 cores
+@pytest.mark.parametrize("where", ["own process", "this process"])
 def test_a_disk_that_fills_while_the_run_trains_ends_in_one_line_and_resumes(
-    tmp_path, capsys, recorder
+    tmp_path, capsys, recorder, where
 ):
+    """``this process``: train and resume in one Python process (a script, the viewer's job
+    worker). Before: the run, which the full disk kept from being marked failed, still read
+    "running" by its own living process, and resume found nothing to resume."""
     from napari_mtssl.cli import main
     from napari_mtssl.sample import make_sample_study
     from napari_mtssl.workspace import Workspace
@@ -65,15 +69,19 @@ def test_a_disk_that_fills_while_the_run_trains_ends_in_one_line_and_resumes(
         # the command in a process of its own, as a user runs it: it ends, and so does its
         # claim on the run (a run it could not mark failed on the full disk reads interrupted)
         argv = ["train", str(ws.root), "--profile", "tiny", "--what", "all", "--device", "cpu"]
-        proc = subprocess.run(
-            [sys.executable, "-c", "import sys; from napari_mtssl.cli import main; "
-             f"sys.exit(main({[*argv, '--quiet']!r}))"],
-            capture_output=True, text=True, timeout=300, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
-        )  # fmt: skip
+        if where == "own process":
+            proc = subprocess.run(
+                [sys.executable, "-c", "import sys; from napari_mtssl.cli import main; "
+                 f"sys.exit(main({[*argv, '--quiet']!r}))"],
+                capture_output=True, text=True, timeout=300, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
+            )  # fmt: skip
+            rc, err = proc.returncode, proc.stderr.strip().splitlines()
+        else:
+            rc = main([*argv, "--quiet"])
+            err = capsys.readouterr().err.strip().splitlines()
         stop.set()
         watcher.join(timeout=30)
-        rc, err = proc.returncode, proc.stderr.strip().splitlines()
         (run,) = Workspace.open(ws.root).runs()
         kept = set(run.finished_models())  # what resume will not train again
         saved = set(run.models())  # weights on the disk
@@ -90,7 +98,7 @@ def test_a_disk_that_fills_while_the_run_trains_ends_in_one_line_and_resumes(
         )
         detail = f"train: exit {rc}, kept {sorted(kept)}: {' | '.join(err)}"
         if not one_line:
-            recorder.record(CASE, "traceback", detail)
+            recorder.record(CASE.format(where), "traceback", detail)
         assert one_line, detail
 
         filler.unlink()
@@ -100,7 +108,7 @@ def test_a_disk_that_fills_while_the_run_trains_ends_in_one_line_and_resumes(
         missing = _planned(run.path) - set(run.models())
         resumed = rc == 0 and run.status == "done" and not missing and saved <= set(run.models())
         resumed = resumed and "Traceback" not in out.err
-        recorder.record(CASE, "read correctly" if resumed else "data lost",
+        recorder.record(CASE.format(where), "read correctly" if resumed else "data lost",
                         f"{detail}; resume: exit {rc}, {run.status}, missing {sorted(missing)}")  # fmt: skip
         assert saved, "no model was saved before the disk filled"
         assert resumed, (rc, run.status, sorted(missing), out.err[-2000:])

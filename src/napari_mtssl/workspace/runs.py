@@ -50,6 +50,22 @@ def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_created": _created(os.getpid())}
 
 
+# Runs this process trains now: it wrote their "running" status and has not let them go. A run
+# recorded as running by this very process but not in here was left without a final status (a
+# full disk refused it): this process's readers then see it as interrupted, as other
+# processes' readers do once it ends.
+_RUNNING_HERE: set[str] = set()
+
+
+def _is_me(info: dict[str, Any]) -> bool:
+    me = _owner()
+    return (
+        info.get("host") == me["host"]
+        and info.get("pid") == me["pid"]
+        and (info.get("pid_created") == me["pid_created"])
+    )
+
+
 def _owner_gone(info: dict[str, Any]) -> bool:
     """Whether the process that marked a run running has ended (only knowable on its host).
     Records of earlier versions (``pid_start``, clock ticks) are judged by the pid alone."""
@@ -122,6 +138,7 @@ class Run:
         atomic_write_json(
             path / "status.json", {"status": "running", "time": utc_now(), **_owner()}
         )
+        _RUNNING_HERE.add(str(path.resolve()))
         # run.json last: a folder without it is an interrupted creation, ignored by runs().
         atomic_write_json(
             path / "run.json",
@@ -156,10 +173,20 @@ class Run:
         first reader that finds so writes it into ``status.json``."""
         info = self.status_info()
         status = str(info.get("status", "running"))
-        if status == "running" and _owner_gone(info):
+        if status == "running" and (_owner_gone(info) or self._left_here(info)):
             self._mark_interrupted(info)
             return "interrupted"
         return status
+
+    def _left_here(self, info: dict[str, Any]) -> bool:
+        """Marked running by this process, which no longer trains it (:meth:`let_go`)."""
+        return _is_me(info) and str(self.path.resolve()) not in _RUNNING_HERE
+
+    def let_go(self) -> None:
+        """This process no longer trains the run, whatever ``status.json`` could record: a run
+        that ended on a full disk (its final status unwritten) is then resumable from this
+        process too, not "running" until the process ends."""
+        _RUNNING_HERE.discard(str(self.path.resolve()))
 
     def _status_lock(self):
         """The operating-system lock every writer of ``status.json`` holds."""
@@ -199,6 +226,10 @@ class Run:
             atomic_write_json(
                 self.path / "status.json", {**extra, **owner, "status": status, "time": utc_now()}
             )
+        if status == "running":
+            _RUNNING_HERE.add(str(self.path.resolve()))
+        else:
+            self.let_go()
 
     def write_metrics(self, metrics: dict[str, Any], *, merge: bool = False) -> None:
         """Replace ``metrics.json`` (or, with ``merge``, update its top-level keys)."""

@@ -939,8 +939,11 @@ def run_training(
     except BaseException as exc:
         # GeneratorExit: the consumer dropped us (a job was killed): leave a resumable state.
         status = "stopped" if isinstance(exc, GeneratorExit) else "failed"
-        r.record.save_state()
-        run.set_status(status, error=str(exc) or type(exc).__name__)
+        try:
+            r.record.save_state()
+            run.set_status(status, error=str(exc) or type(exc).__name__)
+        finally:
+            run.let_go()  # even where a full disk kept the status from being written
         raise
     return (yield from r.report())
 
