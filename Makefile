@@ -66,8 +66,12 @@ benchmarks: $(STAMP) sysdeps
 	nice -n 10 $(PY) benchmarks/speed/run.py train infer memory threads
 	xvfb-run -a -s "-screen 0 1600x1000x24" nice -n 10 $(PY) benchmarks/speed/run.py viewer
 
+# Every screenshot in docs/images, written in place (ACDC from MTSSL_ACDC, else
+# ../shared/data/acdc; the built-in sample otherwise); about 40 minutes on 2 cores, most of it
+# training on ACDC (docs/make_screenshots.py says what each part takes; SCREENSHOTS_ARGS="--only
+# dock" redoes one part).
 screenshots: $(STAMP) sysdeps
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py --profile quick
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py $(SCREENSHOTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

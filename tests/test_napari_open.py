@@ -128,7 +128,9 @@ def test_dicom_folder_and_nifti_open_the_same_way(make_napari_viewer, tmp_path):
 
         Path(out).mkdir(parents=True, exist_ok=True)
         gap = np.full((shots[0].shape[0], 8, 4), 255, np.uint8)
-        iio.imwrite(Path(out) / "readers.png", np.concatenate([shots[0], gap, shots[1]], axis=1))
+        tmp = Path(out) / ".readers.part.png"
+        iio.imwrite(tmp, np.concatenate([shots[0], gap, shots[1]], axis=1))
+        os.replace(tmp, Path(out) / "readers.png")  # never half written
 
 
 def test_sample_study_opens_through_napari(make_napari_viewer):

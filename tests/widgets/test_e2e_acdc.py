@@ -5,7 +5,9 @@ training, comparison, a corrected slice, retraining, the student's mask and a ha
 saved from napari and checked with nibabel against the source file, then a job stopped, the
 workspace reopened and the run resumed.
 
-Set ``MTSSL_SCREENSHOTS=<folder>`` to keep the screenshots of each step (docs/images uses them).
+Set ``MTSSL_SCREENSHOTS=<folder>`` to keep the screenshots of each step (``make screenshots``
+writes them into docs/images); the data and workspace then lie under ``~/mtssl-screenshots/e2e``,
+so no temporary folder's path shows in a picture.
 """
 
 from __future__ import annotations
@@ -49,6 +51,28 @@ def small_acdc(root: Path) -> Path:
     return root
 
 
+def screenshot_root(tmp_path: Path, name: str) -> Path:
+    """Where a test keeps its data and workspace: ``tmp_path``, or with ``MTSSL_SCREENSHOTS`` a
+    fixed folder under the home directory (emptied first), whose path may show in a picture."""
+    if not os.environ.get("MTSSL_SCREENSHOTS"):
+        return tmp_path
+    root = Path.home() / "mtssl-screenshots" / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return root
+
+
+def save_atomic(path: Path, write) -> Path:
+    """``write(tmp)`` a PNG beside ``path``, then rename it over ``path``: a picture in the
+    docs is never half written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def shot(viewer, name: str, tab=None) -> None:
     """Keep the window's picture (``MTSSL_SCREENSHOTS``), with the dock ``tab`` in front."""
     folder = os.environ.get("MTSSL_SCREENSHOTS")
@@ -61,8 +85,10 @@ def shot(viewer, name: str, tab=None) -> None:
         if parent is not None:
             parent.show_step(next(n for n, w in parent.widgets.items() if w is tab))
     if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(Path(folder) / f"{name}.png"), canvas_only=False, flash=False)
+        save_atomic(
+            Path(folder) / f"{name}.png",
+            lambda tmp: viewer.screenshot(str(tmp), canvas_only=False, flash=False),
+        )
 
 
 def wait_job(qtbot, jobs, timeout_ms: int = JOB_MS):
@@ -78,7 +104,8 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     from napari_mtssl.io import read_labels
     from napari_mtssl.widgets import add_docks
 
-    data = small_acdc(tmp_path / "acdc_small")
+    root = screenshot_root(tmp_path, "e2e")
+    data = small_acdc(root / "acdc_small")
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1366, 768)
     widgets = add_docks(viewer)
@@ -90,7 +117,7 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
     assert canvas.width() >= 550 and canvas.height() >= 450, (canvas.width(), canvas.height())
 
     # -- import with one labelled patient, in the background -------------------------------
-    ws = study.open_dataset_folder(str(data), str(tmp_path / "ws"), labelled=1, wait=True)
+    ws = study.open_dataset_folder(str(data), str(root / "ws"), labelled=1, wait=True)
     assert ws is not None and len(ws.scan_ids("train")) == 6
     labelled = [s for s in ws.scan_ids("train") if ws.labelled_slices(s)]
     assert len(labelled) == 2  # both frames of the first patient
@@ -187,7 +214,17 @@ def test_a_clinicians_own_data_start_to_finish(make_napari_viewer, qtbot, tmp_pa
         jobs.job_event, timeout=JOB_MS, check_params_cb=lambda e: e.type == "resumed"
     ) as resumed:
         training.resume_button.click()
-    assert resumed.args[0].step >= 3
+    start = resumed.args[0].step
+    assert start >= 3
+    # the picture once the resumed run has gone on training past where it stopped
+    with qtbot.waitSignal(
+        jobs.job_event,
+        timeout=JOB_MS,
+        check_params_cb=lambda e: e.type == "progress" and e.step >= start + 40,
+    ):
+        pass
+    qtbot.wait(300)
+    assert jobs.is_running
+    shot(viewer, "e2e_5_resumed", tab=training)
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_MS):
         training.stop_button.click()
-    shot(viewer, "e2e_5_resumed", tab=training)

@@ -6,7 +6,8 @@ proposed on the 160-scan study, and a second Propose cancelled.
 The baseline trains a fixed number of steps in the shape a 10-minute budget plans: about what
 that budget gives it on a free 2-core machine with the viewer beside it (one thread), so the
 test asks for a model that has learnt without depending on how busy the machine is (timings: ``benchmarks/speed/run.py walk``).
-Set ``MTSSL_SCREENSHOTS=<folder>`` to keep the pictures of each step.
+Set ``MTSSL_SCREENSHOTS=<folder>`` to keep the picture of the proposals (walk_3_proposed.png,
+``make screenshots``); the workspace then lies under ``~/mtssl-screenshots/walk``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ACDC
-from tests.widgets.test_e2e_acdc import shot, wait_job
+from tests.widgets.test_e2e_acdc import screenshot_root, shot, wait_job
 
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.slow, pytest.mark.spare_worker]
@@ -38,7 +39,9 @@ def test_a_first_session_on_the_whole_study(make_napari_viewer, qtbot, tmp_path)
     study, training = docks["Study"], docks["Tasks and training"]
     compare, correct = docks["Compare models"], docks["Correct and retrain"]
 
-    ws = study.open_dataset_folder(str(ACDC), str(tmp_path / "ws"), labelled=3, wait=True)
+    ws = study.open_dataset_folder(
+        str(ACDC), str(screenshot_root(tmp_path, "walk") / "ws"), labelled=3, wait=True
+    )
     assert ws is not None and len(ws.scan_ids()) >= 100
     patients = {api.patient_of(ws.record(s).name) for s in ws.scan_ids("train")}
     labelled = {
@@ -60,14 +63,12 @@ def test_a_first_session_on_the_whole_study(make_napari_viewer, qtbot, tmp_path)
         for r in range(training.results.rowCount())
     }
     assert shown.get("baseline") == f"{base['mean_dice']:.3f}"
-    shot(viewer, "walk_1_trained", tab=training)
 
     # a comparison on a validation scan
     val = ws.scan_ids("val")[0]
     with qtbot.waitSignal(compare.comparison_ready, timeout=600_000) as got:
         compare.compare(val)
     assert "baseline" in got.args[0].labels and got.args[0].dice.get("baseline") is not None
-    shot(viewer, "walk_2_compared", tab=compare)
 
     # the next slices to correct, from the baseline until a student exists
     with qtbot.waitSignal(correct.proposals_ready, timeout=600_000) as got:
@@ -84,4 +85,3 @@ def test_a_first_session_on_the_whole_study(make_napari_viewer, qtbot, tmp_path)
         correct.propose()  # the same button: Cancel
     assert got.args[0] == [] or len(got.args[0]) == 10  # cancelled, or done before the click
     assert not correct.proposing and correct.propose_button.text() == "Propose"
-    shot(viewer, "walk_4_cancelled", tab=correct)
