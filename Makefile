@@ -7,7 +7,7 @@ SYS_PKGS  := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommo
              libxcb-render-util0 libxcb-xinerama0 libxcb-image0
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test test-quick demo install venv sysdeps lint benchmarks screenshots clean
+.PHONY: test test-quick demo install venv sysdeps lint benchmarks screenshots dist clean
 
 $(STAMP): pyproject.toml scripts/install_torch.py
 	@[ -x $(PY) ] || $(MAKE) --no-print-directory venv
@@ -72,6 +72,11 @@ benchmarks: $(STAMP) sysdeps
 # dock" redoes one part).
 screenshots: $(STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py $(SCREENSHOTS_ARGS)
+
+# The wheel for a package index: the README's links absolute and project.urls, from the
+# project's public address (make dist URL=https://...); refused without one.
+dist: $(STAMP)
+	$(PY) scripts/release.py --url "$(URL)" --out dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
