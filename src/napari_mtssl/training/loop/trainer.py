@@ -527,6 +527,7 @@ def _loop(
     ``deadline``)."""
     ema: dict[str, float] = {}
     final, step, ended_early, probe = None, start, False, None
+    step_s = 0.0  # how long the last step took: the next one is not begun if it could not end
     stopped = {"stopped": True, "name": spec.name}
     while step < p.pace.total:
         elapsed = p.seconds()
@@ -535,12 +536,14 @@ def _loop(
             return {**stopped, "step": step}
         if pause_at is not None and step >= pause_at:
             return _paused(p.check, p.ckpt, step, p.seconds, val, ema)
-        if deadline is not None and step > start and _too_late(p.pace, deadline):
+        if deadline is not None and step > start and _too_late(p.pace, deadline, step_s):
             ended_early = True
             break
         if step > start and p.ckpt.due():
             p.ckpt.save(step, elapsed, val)
+        t_step = time.monotonic()
         vals, lr = _step(spec, net, p.streams, p.o, cfg, device, step, p.avg.copy, p.pace.total)
+        step_s = time.monotonic() - t_step
         p.avg.update()
         step += 1
         _smooth(ema, vals)
@@ -611,11 +614,11 @@ def _validation_due(check: _Validation, step: int, total: int, probe_at: int | N
     return check.due(step, total) or (check.on and step == probe_at and step < total)
 
 
-def _too_late(pace: Pace, deadline: float) -> bool:
-    """Whether a step now would leave too little time before ``deadline`` for the final
-    validation (as last timed)."""
+def _too_late(pace: Pace, deadline: float, step_s: float = 0.0) -> bool:
+    """Whether a step now, as long as the last one (``step_s``), would leave too little time
+    before ``deadline`` for the final validation (as last timed)."""
     now = time.monotonic()
-    return now > deadline - pace.reserve_s(now)
+    return now + step_s > deadline - pace.reserve_s(now)
 
 
 def _smooth(ema: dict[str, float], vals: dict[str, float]) -> None:
