@@ -57,13 +57,86 @@ def _ellipse(
     return np.sqrt(u * u + v * v)
 
 
-def _one_scan(
-    shape: tuple[int, int, int], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Anatomy:
+    """Where one scan's organ sits, how big, which way it tapers, drifts and turns along z."""
+
+    cy0: float
+    cx0: float
+    r0: float
+    aspect: float
+    wall: float
+    drift: np.ndarray
+    twist: float
+    apex: float
+    vessel_offset: np.ndarray
+    vessel_r: float
+    body_ry: float
+    body_rx: float
+    taper: float  # how much the cavity shrinks towards the apex end
+
+
+def _slice(a: _Anatomy, yy: np.ndarray, xx: np.ndarray, tk: float, sl: np.ndarray) -> np.ndarray:
+    """Draw slice ``tk`` (-1..1 along z) of ``a`` into the label slice ``sl``; returns the
+    body mask. The cavity shrinks smoothly towards the apex end; the wall stays as thick."""
+    ny, nx = yy.shape
+    taper = 1.0 - a.taper * ((tk * a.apex + 1.0) / 2.0) ** 2
+    cy, cx = a.cy0 + a.drift[0] * tk, a.cx0 + a.drift[1] * tk
+    angle = a.twist * tk
+    ry, rx = a.r0 * taper * a.aspect, a.r0 * taper
+    r_cav = _ellipse(yy, xx, cy, cx, ry, rx, angle)
+    r_out = _ellipse(yy, xx, cy, cx, ry + a.wall, rx + a.wall, angle)
+    vy, vx = cy + a.vessel_offset[0], cx + a.vessel_offset[1] - a.drift[1] * tk
+    r_ves = _ellipse(yy, xx, vy, vx, a.vessel_r, a.vessel_r, 0.0)
+    body = _ellipse(yy, xx, ny / 2, nx / 2, a.body_ry, a.body_rx, 0.0) < 1
+    sl[r_out < 1] = 2
+    sl[r_cav < 1] = 1
+    sl[(r_ves < 1) & (sl == 0)] = 3
+    sl[~body] = 0
+    return body
+
+
+def _mr_look(
+    image: np.ndarray,
+    t: np.ndarray,
+    rng: np.random.Generator,
+    texture: float,
+    bias: float,
+    noise: float,
+    gamma: float | None = None,
+) -> np.ndarray:
+    """Tissue texture, a smooth coil bias field (``gamma``: then a contrast curve) and Rician
+    noise over a drawn (and already blurred) volume."""
+    shape = image.shape
+    grain = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=(0.5, 2, 2))
+    image += texture * grain * (image > 0.1)
+    zz, yb, xb = np.meshgrid(
+        t, np.linspace(-1, 1, shape[1]), np.linspace(-1, 1, shape[2]), indexing="ij"
+    )
+    a = rng.uniform(-bias, bias, size=5)
+    field = np.exp(a[0] * yb + a[1] * xb + a[2] * yb * xb + a[3] * xb**2 + a[4] * zz)
+    if gamma is None:
+        image *= field.astype(np.float32)
+    else:
+        image = np.clip(image * field.astype(np.float32), 0, None) ** gamma
+    real = image + noise * rng.standard_normal(shape).astype(np.float32)
+    imag = noise * rng.standard_normal(shape).astype(np.float32)
+    return np.sqrt(real * real + imag * imag).astype(np.float32)
+
+
+def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     nz, ny, nx = shape
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
     t = np.linspace(-1.0, 1.0, nz) if nz > 1 else np.zeros(1)
-    size = min(ny, nx)
+    return yy, xx, t, min(ny, nx)
+
+
+def _one_scan(
+    shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scan of the alike study."""
+    nz, ny, nx = shape
+    yy, xx, t, size = _grid(shape)
     # Per-scan anatomy: where the organ sits, how big, which way it tapers and drifts.
     cy0, cx0 = ny * (0.5 + rng.uniform(-0.06, 0.06)), nx * (0.45 + rng.uniform(-0.06, 0.06))
     r0 = size * rng.uniform(0.12, 0.16)
@@ -75,39 +148,20 @@ def _one_scan(
     vessel_offset = np.array([-0.05, 0.27]) * size + rng.uniform(-0.03, 0.03, size=2) * size
     vessel_r = size * rng.uniform(0.05, 0.07)
     body_ry, body_rx = ny * rng.uniform(0.40, 0.45), nx * rng.uniform(0.44, 0.48)
+    anatomy = _Anatomy(cy0, cx0, r0, aspect, wall, drift, twist, apex, vessel_offset, vessel_r,
+                       body_ry, body_rx, taper=0.45)  # fmt: skip
 
     labels = np.zeros(shape, dtype=np.uint8)
     image = np.empty(shape, dtype=np.float32)
     for k, tk in enumerate(t):
-        # The cavity shrinks smoothly towards the apex end; the wall stays about as thick.
-        taper = 1.0 - 0.45 * ((tk * apex + 1.0) / 2.0) ** 2
-        cy, cx = cy0 + drift[0] * tk, cx0 + drift[1] * tk
-        angle = twist * tk
-        r_cav = _ellipse(yy, xx, cy, cx, r0 * taper * aspect, r0 * taper, angle)
-        r_out = _ellipse(yy, xx, cy, cx, r0 * taper * aspect + wall, r0 * taper + wall, angle)
-        vy, vx = cy + vessel_offset[0], cx + vessel_offset[1] - drift[1] * tk
-        r_ves = _ellipse(yy, xx, vy, vx, vessel_r, vessel_r, 0.0)
-        body = _ellipse(yy, xx, ny / 2, nx / 2, body_ry, body_rx, 0.0) < 1
         sl = labels[k]
-        sl[r_out < 1] = 2
-        sl[r_cav < 1] = 1
-        sl[(r_ves < 1) & (sl == 0)] = 3
-        sl[~body] = 0
+        body = _slice(anatomy, yy, xx, tk, sl)
         img = np.where(body, _BODY, _AIR).astype(np.float32)
         img[sl == 1], img[sl == 2], img[sl == 3] = _CAVITY, _WALL, _VESSEL
         image[k] = img
     # Partial-volume edges, a little tissue texture, a smooth coil bias field, Rician noise.
     image = gaussian_filter(image, sigma=(0, 0.8, 0.8))
-    texture = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=(0.5, 2, 2))
-    image += 0.04 * texture * (image > 0.1)
-    zz, yb, xb = np.meshgrid(t, np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
-    a = rng.uniform(-0.25, 0.25, size=5)
-    bias = np.exp(a[0] * yb + a[1] * xb + a[2] * yb * xb + a[3] * xb**2 + a[4] * zz)
-    image *= bias.astype(np.float32)
-    sigma = 0.035
-    real = image + sigma * rng.standard_normal(shape).astype(np.float32)
-    imag = sigma * rng.standard_normal(shape).astype(np.float32)
-    return np.sqrt(real * real + imag * imag).astype(np.float32), labels
+    return _mr_look(image, t, rng, texture=0.04, bias=0.25, noise=0.035), labels
 
 
 @dataclass(frozen=True)
@@ -149,9 +203,7 @@ def _varied_scan(
     """One scan of the varied study: anatomy of very different sizes and places, low and
     changing contrast, a decoy, ghosting and slice-to-slice gain: few labels do not cover it."""
     nz, ny, nx = shape
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-    t = np.linspace(-1.0, 1.0, nz) if nz > 1 else np.zeros(1)
-    size = min(ny, nx)
+    yy, xx, t, size = _grid(shape)
     look = _look(rng)
     cy0, cx0 = ny * (0.5 + rng.uniform(-0.08, 0.08)), nx * (0.47 + rng.uniform(-0.08, 0.08))
     r0 = size * rng.uniform(0.07, 0.19)
@@ -166,23 +218,14 @@ def _varied_scan(
     decoy_at = np.array([rng.uniform(0.15, 0.3), -side * rng.uniform(0.1, 0.3)]) * size
     decoy_r = size * rng.uniform(0.06, 0.11)
     body_ry, body_rx = ny * rng.uniform(0.36, 0.46), nx * rng.uniform(0.40, 0.48)
+    anatomy = _Anatomy(cy0, cx0, r0, aspect, wall, drift, twist, apex, vessel_offset, vessel_r,
+                       body_ry, body_rx, taper=0.55)  # fmt: skip
 
     labels = np.zeros(shape, dtype=np.uint8)
     image = np.empty(shape, dtype=np.float32)
     for k, tk in enumerate(t):
-        taper = 1.0 - 0.55 * ((tk * apex + 1.0) / 2.0) ** 2
-        cy, cx = cy0 + drift[0] * tk, cx0 + drift[1] * tk
-        angle = twist * tk
-        r_cav = _ellipse(yy, xx, cy, cx, r0 * taper * aspect, r0 * taper, angle)
-        r_out = _ellipse(yy, xx, cy, cx, r0 * taper * aspect + wall, r0 * taper + wall, angle)
-        vy, vx = cy + vessel_offset[0], cx + vessel_offset[1] - drift[1] * tk
-        r_ves = _ellipse(yy, xx, vy, vx, vessel_r, vessel_r, 0.0)
-        body = _ellipse(yy, xx, ny / 2, nx / 2, body_ry, body_rx, 0.0) < 1
         sl = labels[k]
-        sl[r_out < 1] = 2
-        sl[r_cav < 1] = 1
-        sl[(r_ves < 1) & (sl == 0)] = 3
-        sl[~body] = 0
+        body = _slice(anatomy, yy, xx, tk, sl)
         img = np.where(body, look.body, _AIR).astype(np.float32)
         if look.decoy:
             r_dec = _ellipse(
@@ -194,15 +237,7 @@ def _varied_scan(
     image = gaussian_filter(image, sigma=(0, 1.0, 1.0))
     if look.ghost:
         image += look.ghost * np.roll(image, look.ghost_shift, axis=1)
-    texture = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=(0.5, 2, 2))
-    image += 0.06 * texture * (image > 0.1)
-    zz, yb, xb = np.meshgrid(t, np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
-    a = rng.uniform(-0.45, 0.45, size=5)
-    bias = np.exp(a[0] * yb + a[1] * xb + a[2] * yb * xb + a[3] * xb**2 + a[4] * zz)
-    image = np.clip(image * bias.astype(np.float32), 0, None) ** look.gamma
-    real = image + look.noise * rng.standard_normal(shape).astype(np.float32)
-    imag = look.noise * rng.standard_normal(shape).astype(np.float32)
-    return np.sqrt(real * real + imag * imag).astype(np.float32), labels
+    return _mr_look(image, t, rng, 0.06, 0.45, look.noise, look.gamma), labels
 
 
 def make_sample_study(
