@@ -84,6 +84,12 @@ def shot(viewer, name: str, tab=None) -> None:
             parent = parent.parentWidget()
         if parent is not None:
             parent.show_step(next(n for n, w in parent.widgets.items() if w is tab))
+            # let the tab just brought to the front lay itself out before the picture (taken at
+            # once, its pinned strip was still pressed into the height of the tab before it)
+            from qtpy.QtWidgets import QApplication
+
+            for _ in range(5):
+                QApplication.processEvents()
     if folder:
         save_atomic(
             Path(folder) / f"{name}.png",
