@@ -207,6 +207,7 @@ def test_stop_keeps_a_checkpoint(sample_docks, qtbot):
         d.training.resume_button.click()
     assert blocker.args[0].step > 0
     assert jobs.handle is stopped_worker  # the resume ran in it
+    assert d.training.resume_button.isHidden()  # not offered while it trains again
     with qtbot.waitSignal(jobs.job_finished, timeout=JOB_TIMEOUT_MS):
         d.training.stop_button.click()
     assert [r.id for r in ws.runs()] == [run_id]

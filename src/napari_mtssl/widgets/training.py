@@ -984,6 +984,8 @@ class TrainingWidget(QWidget):
             btn.setEnabled(not running)
         self.estimate_button.setEnabled(not running)
         self.resume_button.setEnabled(not running)
+        if running:  # the run it offered may be the one training now: offered again after
+            self.resume_button.setVisible(False)
 
     def _on_workspace(self) -> None:
         self._restore_settings()
