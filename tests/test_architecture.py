@@ -19,6 +19,20 @@ pytest.importorskip(
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _with_import(tmp_path: Path, module: str, target: str) -> Path:
+    """A copy of the package under ``tmp_path/src`` in which ``module`` (a path inside the
+    package) imports ``from {target}`` inside a function, as a lazy import would."""
+    copy = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "src" / "napari_mtssl",
+        copy / "napari_mtssl",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    path = copy / "napari_mtssl" / module
+    path.write_text(path.read_text() + f"\n\ndef _added():\n    from {target}  # noqa: F401\n")
+    return copy
+
+
 def _lint(src: Path, cwd: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` with the project's contracts over the package found under ``src``."""
     exe = Path(sys.executable).with_name("lint-imports")
@@ -48,15 +62,7 @@ def test_the_contracts_hold(tmp_path):
 )
 def test_a_circle_breaks_them(tmp_path, module, target, arrow):
     """An import of a room above is refused, naming the import."""
-    copy = tmp_path / "src"
-    shutil.copytree(
-        ROOT / "src" / "napari_mtssl",
-        copy / "napari_mtssl",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    path = copy / "napari_mtssl" / module
-    circle = f"\n\ndef _circle():\n    from {target}  # noqa: F401\n"
-    path.write_text(path.read_text() + circle)
+    copy = _with_import(tmp_path, module, target)
     r = _lint(copy, tmp_path)
     assert r.returncode != 0, r.stdout
     assert "BROKEN" in r.stdout
@@ -123,14 +129,7 @@ def test_no_import_circles_even_inside_functions(tmp_path):
     """An import inside a function delays a heavy module (torch, Qt, the engine) for a quick
     start; it never hides a circle: none exists, lazy or not, between any two modules."""
     assert _cycles(ROOT / "src") == []
-    copy = tmp_path / "src"
-    shutil.copytree(
-        ROOT / "src" / "napari_mtssl",
-        copy / "napari_mtssl",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    path = copy / "napari_mtssl" / "io" / "dataset.py"  # the circle this test once found
-    path.write_text(path.read_text() + "\n\ndef _circle():\n    from . import read_scans  # noqa\n")
+    copy = _with_import(tmp_path, "io/dataset.py", ". import read_scans")  # one it once found
     assert any("napari_mtssl.io.dataset" in c for c in _cycles(copy))
 
 
@@ -150,13 +149,6 @@ def test_no_circles_between_rooms(tmp_path, depth, module, upward, rooms):
     module of io that imports export while a module of export imports io is a circle of the
     rooms."""
     assert _cycles(ROOT / "src", depth) == []
-    copy = tmp_path / "src"
-    shutil.copytree(
-        ROOT / "src" / "napari_mtssl",
-        copy / "napari_mtssl",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    path = copy / "napari_mtssl" / module
-    path.write_text(path.read_text() + f"\n\ndef _up():\n    from {upward}  # noqa\n")
+    copy = _with_import(tmp_path, module, upward)
     found = _cycles(copy, depth)
     assert any(all(f"napari_mtssl.{r}" in c for r in rooms) for c in found), found

@@ -275,11 +275,3 @@ def test_napari_writer_and_save_labels_use_the_workspace_codes(series, tmp_path)
     w.set_labels(sid, lab)
     (saved,) = api.save_labels(w, tmp_path)
     assert _codes(saved)["blob"][1] == ("123456", "99LOCAL", "Blob of the local study")
-
-
-def test_the_writer_reads_the_key_the_docks_set():
-    pytest.importorskip("napari")
-    from napari_mtssl.export.napari_writer import WORKSPACE_KEY
-    from napari_mtssl.widgets._state import WORKSPACE_KEY as DOCKS_KEY
-
-    assert WORKSPACE_KEY == DOCKS_KEY

@@ -12,13 +12,8 @@ import numpy as np
 
 from napari_mtssl.export import ExportError
 from napari_mtssl.export.dicomseg import workspace_codes, write_dicom_seg
-from napari_mtssl.io.napari_io import NAMES_KEY, SaveRefusedError, scan_of_layer
+from napari_mtssl.io.napari_io import NAMES_KEY, WORKSPACE_KEY, SaveRefusedError, scan_of_layer
 from napari_mtssl.io.scan import LabelError
-
-# Layer metadata: the root of the workspace whose scan a layer shows, as the docks set it
-# (``napari_mtssl.widgets._state.WORKSPACE_KEY``; the writer does not import the docks, a test
-# checks that the two agree). Its ``segment_codes.json`` codes the segments.
-WORKSPACE_KEY = "mtssl_workspace"
 
 
 def write_labels_dicom_seg(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:

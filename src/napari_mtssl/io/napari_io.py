@@ -43,6 +43,7 @@ def image_layer(scan: Scan) -> LayerDataTuple:
     return (scan.array, {**scan.layer_kwargs(), "colormap": "gray"}, "image")
 
 
+WORKSPACE_KEY = "mtssl_workspace"  # layer metadata: the root of the workspace of the layer's scan
 NAMES_KEY = "mtssl_label_names"  # layer metadata: {"class number": "name"} (DICOM-SEG segments)
 
 

@@ -16,13 +16,12 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from napari_mtssl.colours import labels_colour_dict
-from napari_mtssl.io.napari_io import NAMES_KEY, class_features
+from napari_mtssl.io.napari_io import NAMES_KEY, WORKSPACE_KEY, class_features
 from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
 from napari_mtssl.widgets._slider import fit_slider_to_shown
 
 SCAN_META_KEY = "mtssl_scan"  # metadata the io readers put on image layers (Scan.layer_kwargs)
 SCAN_ID_KEY = "mtssl_scan_id"  # scan id of an image layer, or of the scan a label layer is for
-WORKSPACE_KEY = "mtssl_workspace"  # the workspace (its root) whose scan a layer shows
 ROLE_KEY = "mtssl_role"  # what a label layer is: "labels", "edit", "model:<name>", ...
 
 
