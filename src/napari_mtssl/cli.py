@@ -21,7 +21,7 @@ from napari_mtssl import __version__, api, events, ids, task_needs
 from napari_mtssl import simulate as sim
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
 from napari_mtssl.colours import palette_rgb
-from napari_mtssl.export import ExportError, check_output
+from napari_mtssl.export import check_output
 from napari_mtssl.ids import ModelId
 from napari_mtssl.training.config import DEFAULT_TASKS, ExperimentConfig
 from napari_mtssl.training.errors import UnitsFailed
@@ -1102,13 +1102,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     ws = _open_workspace(args.workspace)
     if not Path(args.file).is_file():
         raise CliError(f"{args.file}: no such file")
-    try:
-        run_id = api.import_model(ws, args.file, args.as_model)
-    except ExportError as exc:  # the reader may name the bytes it read, not the file given
-        msg = str(exc)
-        if args.file not in msg and str(Path(args.file)) not in msg:
-            msg = f"{args.file}: {msg.removeprefix('model.onnx: ')}"
-        raise CliError(msg) from exc
+    run_id = api.import_model(ws, args.file, args.as_model)
     print(f"imported {args.file} as {args.as_model} (run {run_id})")
     return EXIT_OK
 

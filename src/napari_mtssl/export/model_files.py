@@ -93,22 +93,22 @@ def export_onnx(net: Any, meta: dict[str, Any], out: Path, *, extra: dict | None
     return out
 
 
-def read_onnx_meta(source: Path | bytes) -> dict[str, Any]:
+def read_onnx_meta(source: Path | bytes, name: str | Path | None = None) -> dict[str, Any]:
+    """The napari-mtssl metadata of an ONNX model (a file, or its bytes read from ``name``:
+    a file or a package, which the messages name)."""
     onnx = require("onnx", "Reading an ONNX model")
+    name = name if name is not None else (source if not isinstance(source, bytes) else "model")
     try:
         model = (
             onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(str(source))
         )
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own types
-        raise ExportError(
-            f"{source if not isinstance(source, bytes) else 'model.onnx'}: "
-            f"not a readable ONNX model ({exc})"
-        ) from None
+        raise ExportError(f"{name}: not a readable ONNX model ({exc})") from None
     for p in model.metadata_props:
         if p.key == META_KEY:
             return json.loads(p.value)
     raise ExportError(
-        "the ONNX model was not exported by napari-mtssl (no 'napari_mtssl' metadata): its "
+        f"{name}: the ONNX model was not exported by napari-mtssl (no 'napari_mtssl' metadata): its "
         "preprocessing and patch size are unknown"
     )
 
@@ -394,7 +394,7 @@ def import_model(workspace: Any, path: str | Path, name: str = "student") -> str
 
     path = Path(path)
     data, provenance = _onnx_bytes(path)
-    meta = read_onnx_meta(data)
+    meta = read_onnx_meta(data, name=path)
     names = {int(k): v for k, v in (meta.get("label_names") or {}).items()}
     if names and names != dict(workspace.label_names):
         raise ExportError(
