@@ -403,7 +403,8 @@ def test_the_plan_fits_the_dock_width(laptop, qtbot, tmp_path):
 
 def test_the_plan_text_says_the_steps_of_its_table():
     """The width's reason named the steps the planner estimated before timing the network
-    (1537 per model) above a table giving each model 2860: the text now says the table's."""
+    (1537 per model) above a table giving each model 2860: the plan now says the table's, in
+    its reasons (which the CLI and the report print too)."""
     import re
 
     from napari_mtssl.training.config import parse_budget, profile
@@ -417,8 +418,8 @@ def test_the_plan_text_says_the_steps_of_its_table():
     said = [int(n) for n in re.findall(r"about (\d+) steps per model", text)]
     assert said and set(said) == {seg}, (said, seg)
     assert dict((m, n) for m, n, _ in plan_rows(plan))["baseline"] == str(seg)
-    # the engine's own reason is left as it was
-    assert any("steps per model" in r for r in plan["reasons"])
+    said = [int(n) for r in plan["reasons"] for n in re.findall(r"about (\d+) steps per model", r)]
+    assert said and set(said) == {seg}, (said, seg)
 
 
 def test_a_workspace_whose_last_run_was_a_smoke_test_reopens_with_a_real_budget(

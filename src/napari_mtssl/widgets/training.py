@@ -108,7 +108,7 @@ def plan_lines(plan: dict) -> list[str]:
         f"{plan.get('precision')} on {plan.get('device')} ({plan.get('threads')} "
         f"thread{'' if plan.get('threads') == 1 else 's'})"
     )
-    lines = [head, *(_steps_as_planned(r, plan) for r in plan.get("reasons", []))]
+    lines = [head, *plan.get("reasons", [])]
     total = (plan.get("estimate_s") or {}).get("total")
     if plan.get("budget_s") and total is not None:
         lines.append(
@@ -116,19 +116,6 @@ def plan_lines(plan: dict) -> list[str]:
             f"{len(plan.get('models', []))} model(s)"
         )
     return lines + [f"note: {w}" for w in plan.get("warnings", [])]
-
-
-# The planner's reason for the network's width names the steps per model it estimated while
-# choosing the network (from a nominal step cost), before timing the chosen one; the table shows
-# the steps the plan gives, so the text says those.
-_STEPS_LEFT = re.compile(r"leaves about \d+ steps per model")
-
-
-def _steps_as_planned(reason: str, plan: dict) -> str:
-    seg = (plan.get("steps") or {}).get("seg")
-    if not seg:
-        return reason
-    return _STEPS_LEFT.sub(f"leaves about {int(seg)} steps per model", reason)
 
 
 def plan_rows(plan: dict) -> list[tuple[str, str, str]]:

@@ -70,7 +70,8 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw
     (``stage1.min_teacher_steps``: the plan then says so in ``teachers_skipped``)."""
     plan.teachers_skipped = {}
     if not _may_skip_teachers(cfg, what):
-        return _allocate(plan, cfg, what, fp, **kw)
+        _allocate(plan, cfg, what, fp, **kw)
+        return _restate_steps_allocated(plan)
     try:
         _allocate(plan, cfg, what, fp, **kw)
         n = int(plan.steps["seg"])
@@ -78,13 +79,13 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw
         n = 0
     want = int(cfg.stage1.min_teacher_steps)
     if n >= want:
-        return plan
+        return _restate_steps_allocated(plan)
     kw["timings"] = kw.get("timings") or plan.timings or None
     lean = ExperimentConfig.from_dict(cfg.to_dict())
     lean.stage1.tasks, lean.stage1.lambda_ = [], {}
     lean.stage1.modes = "pretrain"  # one mode: no halving, one validation per model
     _allocate(plan, lean, what, fp, **kw)  # too short even so: its own message says what fits
-    _restate_steps_per_model(plan, int(plan.steps["seg"]))
+    _restate_steps_per_model(plan, int(plan.steps["seg"]), n)
     tasks = list(cfg.stage1.tasks)
     about = f"about {n}" if n else "too few"
     more = format_budget(math.ceil(cfg.budget_s * want / max(n, 1) / 300) * 300) if n else ""
@@ -107,9 +108,22 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw
     return plan
 
 
-def _restate_steps_per_model(plan: Plan, n: int) -> None:
+def _restate_steps_allocated(plan: Plan) -> Plan:
+    """The network's reason priced the steps per model from a step cost guessed before the
+    chosen network was timed; once the budget is shared out, it says the steps the plan gives
+    (the figure of its table, the CLI's, the report's and the dock's)."""
+    seg = (plan.steps or {}).get("seg")
+    if seg:
+        said = re.compile(r"the budget leaves about \d+ steps per model")
+        plan.reasons = [said.sub(f"the budget leaves about {int(seg)} steps per model", r)
+                        for r in plan.reasons]  # fmt: skip
+    return plan
+
+
+def _restate_steps_per_model(plan: Plan, n: int, with_teachers: int = 0) -> None:
     """The network's reason (:func:`_shape`, which priced every model of the run, teachers
-    included) says what the budget left each model with the teachers; without them, ``n``.
+    included) says what the budget left each model with the teachers (``with_teachers``, as
+    allocated; 0: the shape's own estimate); without them, ``n``.
     The shape stays the one chosen with the teachers (the one the benchmarks measured)."""
     said = re.compile(
         r"the budget (?:leaves|would leave) about (\d+) steps per model(?: with the teachers)?"
@@ -118,7 +132,8 @@ def _restate_steps_per_model(plan: Plan, n: int) -> None:
 
     def now(m: re.Match) -> str:
         return (
-            f"the budget would leave about {m.group(1)} steps per model with the teachers"
+            f"the budget would leave about {with_teachers or m.group(1)} steps per model with "
+            "the teachers"
             f"{m.group(2) or ''}; without them (no teacher: see below) it leaves about {n} "
             "steps per model"
         )
