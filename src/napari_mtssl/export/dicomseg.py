@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
 
 from napari_mtssl import __version__
 from napari_mtssl._atomic import atomic_write_with
@@ -374,8 +377,6 @@ def _sources_and_frames(
 ) -> tuple[list[Any], np.ndarray]:
     """The source images' headers (read again from the series' files) and the mask as frames
     in their order: one per image, or one per frame of a multi-frame file."""
-    import pydicom
-
     frames = [(Path(p), f) for p, f in scan_meta["frames"]]
     missing = [str(p) for p, _ in frames if not p.is_file()]
     if missing:
@@ -405,9 +406,6 @@ def _segment_descriptions(
 ) -> list[Any]:
     """One segment per class present (numbered from 1 in class order), with its name, codes,
     the colour the layers show it in, and the algorithm that made it (None: drawn by hand)."""
-    from pydicom.sr.codedict import codes as dcm_codes
-    from pydicom.sr.coding import Code
-
     algo_id = None
     if algorithm is not None:
         params = {k: str(v) for k, v in algorithm.items() if v is not None}

@@ -61,7 +61,7 @@ def _model_meta(meta: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def export_onnx(net: Any, meta: dict[str, Any], out: Path, *, extra: dict | None = None) -> Path:
     """Write ``net`` (with its sidecar ``meta``) as ONNX at ``out`` (atomically)."""
     onnx = require("onnx", "ONNX export")
-    import torch
+    import torch  # imported here, when needed: the api imports this module without torch
 
     net = net.cpu().eval()
     m = 2 ** int(meta.get("depth", 4))
@@ -124,7 +124,7 @@ def predict_onnx(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``(z, y, x)`` and probabilities ``(C, z, y, x)`` of a scan through an exported
     model with onnxruntime: the engine's preprocessing and sliding windows, ONNX for the net."""
-    import torch
+    import torch  # imported here, when needed: the api imports this module without torch
 
     # imported here, when needed: it loads torch
     from napari_mtssl.training.data.preprocess import Preprocessing
@@ -175,8 +175,7 @@ def export_bioimageio(
         binary = _test_tensors(net, int(meta["patch"]), test_image, folder)
         (folder / "README.md").write_text(_readme(meta, plan, data_description))
         rdf = _rdf(meta, plan, binary, license, authors)
-        import yaml
-
+        yaml = require("yaml", "bioimage.io export")  # PyYAML comes with the export extra
         (folder / "bioimageio.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
         descr = spec.load_description(folder / "bioimageio.yaml", format_version="discover")
         summary = getattr(descr, "validation_summary", None)
@@ -196,7 +195,7 @@ def _test_tensors(net: Any, patch: int, test_image: np.ndarray, folder: Path) ->
     """The package's test input (the centre window of ``test_image``), the network's
     probabilities for it and the cover picture, in ``folder``; whether the network has one
     sigmoid channel."""
-    import torch
+    import torch  # imported here, when needed: the api imports this module without torch
 
     h, w = test_image.shape
     y0, x0 = max(0, (h - patch) // 2), max(0, (w - patch) // 2)
@@ -299,6 +298,7 @@ def _first_error(descr: Any) -> str:
 
 
 def _cover(image: np.ndarray, probs: np.ndarray, path: Path) -> None:
+    # imported here, when needed: matplotlib (about 0.3 s) only draws a package's cover
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,8 +369,7 @@ def _onnx_bytes(path: Path) -> tuple[bytes, dict[str, Any]]:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             rdf_name = next((n for n in names if n.endswith("bioimageio.yaml")), None)
-            import yaml
-
+            yaml = require("yaml", "Importing a bioimage.io package")  # export extra
             rdf = yaml.safe_load(zf.read(rdf_name)) if rdf_name else {}
             src = (((rdf.get("weights") or {}).get("onnx") or {}).get("source")) or "model.onnx"
             if src not in names:
@@ -383,14 +382,14 @@ def import_model(workspace: Any, path: str | Path, name: str = "student") -> str
     """Bring an exported model into ``workspace`` as model ``name`` of a new run (kind
     ``import``); returns the run id. Its preprocessing, classes and provenance come along; a
     model whose classes differ from the workspace's is refused."""
-    import torch
+    import torch  # imported here, when needed: the api imports this module without torch
 
     # imported here, when needed: it loads torch, MONAI
     from napari_mtssl.models import build_unet
     from napari_mtssl.training.loop import checkpoints
 
     onnx = require("onnx", "Importing an ONNX model")
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # onnx is present: require() said so
 
     path = Path(path)
     data, provenance = _onnx_bytes(path)

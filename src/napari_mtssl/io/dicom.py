@@ -190,6 +190,7 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         else ImplicitVRLittleEndian
     )
     if ts.is_compressed:
+        # imported here, when needed: pydicom's pixel decoders, for compressed files only
         from pydicom.pixels import get_decoder
 
         try:

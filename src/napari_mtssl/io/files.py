@@ -112,7 +112,7 @@ def _all_files(folder: Path) -> list[Path]:
 
 
 def _n_pages(path: Path) -> int:
-    import tifffile
+    import tifffile  # imported here, when needed: napari's reader hook loads no TIFF code for NIfTI
 
     try:
         with tifffile.TiffFile(path) as tif:

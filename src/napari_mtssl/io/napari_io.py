@@ -161,13 +161,13 @@ def _is_colour(data: np.ndarray) -> bool:
 
 def _first_slice_is_grey(path: Path) -> bool:
     """Whether the first image of a folder of slices is grey (one file read)."""
-    if formats.TIFF.owns(path):
+    if formats.TIFF.owns(path):  # each image library imported only for its own files
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             return not ("S" in series.axes and series.shape[series.axes.index("S")] in (3, 4))
-    import imageio.v3 as iio
+    import imageio.v3 as iio  # imported here, when needed: PNG/JPEG/BMP only
 
     return not _is_colour(np.asarray(iio.imread(path)))
 
@@ -281,7 +281,7 @@ def _current_viewer() -> Any:
     if "napari" not in sys.modules:
         return None
     try:
-        import napari
+        import napari  # already loaded (checked above): this only names it
 
         return napari.current_viewer()
     except Exception:  # noqa: BLE001 - no Qt, no window: as outside napari

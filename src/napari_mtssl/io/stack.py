@@ -68,8 +68,6 @@ def _tiff_spacing(tif: tifffile.TiffFile) -> tuple[tuple[float, float, float], s
 def tiff_is_a_scan(path: Path) -> bool:
     """A grey TIFF with more than one slice, or a single slice carrying a physical spacing (as
     the plugin's own TIFF masks do). Reads the header only."""
-    import tifffile
-
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape = series.axes, series.shape
@@ -121,7 +119,7 @@ def _read_2d(path: Path, meta: dict[str, Any]) -> np.ndarray:
         if suffix_of(path) in TIFF_SUFFIXES:
             data = tifffile.imread(path)
         else:
-            import imageio.v3 as iio
+            import imageio.v3 as iio  # imported here, when needed: PNG/JPEG/BMP slices only
 
             data = iio.imread(path)
     except Exception as exc:  # noqa: BLE001 - image plugins raise many types
@@ -203,7 +201,7 @@ def read_stack_labels(path: Path) -> np.ndarray:
         data = data.reshape([data.shape[i] for i in keep])
     else:
         try:
-            import imageio.v3 as iio
+            import imageio.v3 as iio  # imported here, when needed: PNG/JPEG/BMP slices only
 
             data = np.asarray(iio.imread(path))
         except Exception as exc:  # noqa: BLE001

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import psutil
+from filelock import FileLock, Timeout
 
 from napari_mtssl._atomic import _json_default, atomic_write_json
 
@@ -190,8 +191,6 @@ class Run:
 
     def _status_lock(self):
         """The operating-system lock every writer of ``status.json`` holds."""
-        from filelock import FileLock
-
         return FileLock(str(self.path / ".status.lock"), timeout=10)
 
     def _mark_interrupted(self, seen: dict[str, Any]) -> None:
@@ -199,8 +198,6 @@ class Run:
         Done under the status lock and only if ``status.json`` is still what was read, so a
         resume that took the run over in between is never overwritten. A workspace that cannot
         be written keeps the derived status."""
-        from filelock import Timeout
-
         try:
             with self._status_lock():
                 if self.status_info() != seen:
