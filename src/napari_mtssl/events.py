@@ -75,7 +75,7 @@ class Status(Event):
 class Start(Event):
     type: ClassVar[str] = "start"
     run: str = ""
-    what: str = ""
+    what: str = ""  # what the run trains: an ids.What's value
     device: str = ""
     plan: list[str] = field(default_factory=list)  # model names, in training order
     resumed: bool = False

@@ -16,6 +16,7 @@ from enum import Enum
 __all__ = [
     "ModelId",
     "What",
+    "Stage",
     "BASELINE",
     "STUDENT",
     "ALL_JOINT",
@@ -69,6 +70,27 @@ class What(str, Enum):
     def keeps_shape(self) -> bool:
         """Runs on trained models, which keep their data shape (spacing, patch, network)."""
         return self in (What.STAGE2, What.RETRAIN_QUICK, What.RETRAIN_STAGE2)
+
+    @property
+    def is_retrain(self) -> bool:
+        """A retraining round after corrections: its student trains as :attr:`Stage.RETRAIN`."""
+        return self in (What.RETRAIN_QUICK, What.RETRAIN_STAGE2)
+
+
+class Stage(str, Enum):
+    """The stage a training unit belongs to: what its steps report (``Progress.stage``), and
+    for a student how it trains (a retrain keeps no moving average of its weights and is not
+    compared with its ensemble or its start). A string too, so the events and the units sent
+    between processes keep the same values."""
+
+    BASELINE = "baseline"
+    STAGE1 = "stage1"  # a task's model in one mode, its pre-training and fine-tuning included
+    ALL_JOINT = "all_joint"
+    STAGE2 = "stage2"  # a new student
+    RETRAIN = "retrain"  # a student retrained after corrections
+
+    def __str__(self) -> str:
+        return self.value
 
 
 MODES = ("joint", "pretrain")

@@ -37,6 +37,7 @@ import numpy as np
 from napari_mtssl import active, api, events
 from napari_mtssl._atomic import atomic_write_json, atomic_write_text
 from napari_mtssl.events import Events
+from napari_mtssl.ids import What
 from napari_mtssl.training.prediction.ranking import STRATEGIES, check_strategy, describe, rank
 
 __all__ = ["Settings", "simulate", "write_report", "annotator_name", "CHOICES", "CONTROL"]
@@ -110,7 +111,7 @@ def _config(s: Settings, budget: str, **extra: Any):
 def _train(
     ws: Any,
     cfg: Any,
-    what: str,
+    what: What,
     stop: Callable[[], bool] | None,
     resume: str | None = None,
 ) -> Events[Any]:
@@ -122,7 +123,7 @@ def _train(
     return report
 
 
-def _finished_or_train(ws: Any, what: str, cfg: Any, sim: _Simulation) -> Events[Any]:
+def _finished_or_train(ws: Any, what: What, cfg: Any, sim: _Simulation) -> Events[Any]:
     """The report of the workspace's finished ``what`` run; else an unfinished one resumed;
     else a new one."""
     done = ws.latest_run(what)
@@ -194,14 +195,14 @@ class _Simulation:
         folder = self.out / "initial"
         if self.s.initial and not (folder / "workspace.json").is_file():
             src = api.open_workspace(self.s.initial)
-            if src.latest_run("all") is None:
+            if src.latest_run(What.ALL) is None:
                 raise ValueError(f"{self.s.initial}: has no finished run of the whole method")
             _copy_workspace(src.root, folder)
         if not (folder / "workspace.json").is_file():
             yield _note(f"initial workspace: {self.s.labelled} labelled patients")
             api.create_workspace(folder, self.s.data, labelled=self.s.labelled)
         ws = api.open_workspace(folder)
-        report = yield from _finished_or_train(ws, "all", _config(self.s, self.s.budget), self)
+        report = yield from _finished_or_train(ws, What.ALL, _config(self.s, self.s.budget), self)
         return report
 
     def reference(self, initial: dict) -> Events[Any]:
@@ -224,7 +225,7 @@ class _Simulation:
         }
         shape = {k: int(v) for k, v in shape.items() if v}
         cfg = _config(self.s, self.s.budget, budget_s=0, baseline__steps=int(steps), **shape)
-        report = yield from _finished_or_train(ws, "baseline", cfg, self)
+        report = yield from _finished_or_train(ws, What.BASELINE, cfg, self)
         return report
 
     # -- the reference masks ----------------------------------------------------------------
@@ -349,14 +350,14 @@ class _Simulation:
 
     def retrain(self, ws: Any, strategy: str, rnd: int) -> Events[Any]:
         cfg = _config(self.s, self.s.retrain_budget)
-        report = yield from _train(ws, cfg, "retrain-quick", self.stop)
+        report = yield from _train(ws, cfg, What.RETRAIN_QUICK, self.stop)
         if report is None:
             return None
         entry = _score(report)
         last = rnd == self.s.rounds
         if self.s.stage2 == "every" or (self.s.stage2 == "last" and last):
             cfg2 = _config(self.s, self.s.stage2_budget)
-            rep2 = yield from _train(ws, cfg2, "retrain-stage2", self.stop)
+            rep2 = yield from _train(ws, cfg2, What.RETRAIN_STAGE2, self.stop)
             if rep2 is None:
                 return None
             entry["stage2"] = _score(rep2)

@@ -288,6 +288,7 @@ def _run_stub(spent: float, est: dict, done: dict, student_steps: int, budget: f
     """A run's step budget as re-budgeting reads it, without training anything."""
     from types import SimpleNamespace
 
+    from napari_mtssl.ids import What
     from napari_mtssl.training.running.budget import StepBudget
 
     record = SimpleNamespace(
@@ -301,7 +302,7 @@ def _run_stub(spent: float, est: dict, done: dict, student_steps: int, budget: f
     plan = SimpleNamespace(
         estimate_s=dict(est), timings={"student": 0.3}, steps={"seg": 1000}, lanes=1
     )
-    r = StepBudget(record, plan, "all")
+    r = StepBudget(record, plan, What.ALL)
     r.steps = lambda unit: record.state.get("unit_steps", {}).get(unit.model, student_steps)
     r.state = record.state
     return r
@@ -393,6 +394,7 @@ def test_an_online_student_learns_from_its_own_average_with_no_stored_map(study_
 def test_a_warm_started_student_restarts_below_the_peak_learning_rate(study_cfg, monkeypatch):
     """``stage2.lr_scale`` lowers the schedule of a student that starts from a trained model,
     not a fresh student's nor a retrain's; the schedule keeps its shape at the lower peak."""
+    from napari_mtssl.ids import Stage
     from napari_mtssl.training.loop import trainer
 
     _, study, cfg = study_cfg
@@ -410,7 +412,7 @@ def test_a_warm_started_student_restarts_below_the_peak_learning_rate(study_cfg,
     _drive(stages.student(teachers, study, cfg, dev, None, init=teachers[0], steps=5))
     _drive(stages.student(teachers, study, cfg, dev, None, steps=5, unit="fresh"))
     _drive(stages.student(teachers, study, cfg, dev, None, init=teachers[0], steps=5,
-                          unit="retrain", stage="retrain"))  # fmt: skip
+                          unit="retrain", stage=Stage.RETRAIN))  # fmt: skip
     assert specs["stage2", "student"].lr_scale == 0.3
     assert specs["stage2", "fresh"].lr_scale == 1.0
     assert specs["retrain", "retrain"].lr_scale == 1.0

@@ -11,7 +11,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from napari_mtssl.ids import What
+
 __all__ = ["Corrections", "Round", "Scores"]
+
+
+def _what(value: Any) -> What | None:
+    """What a round's run trained, or None for an entry without one (or with a value no
+    version wrote)."""
+    try:
+        return What(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _num(value: Any) -> float | None:
@@ -62,7 +73,7 @@ class Round:
     round: int
     time: str = ""  # UTC, ISO 8601
     run: str | None = None
-    what: str | None = None  # baseline | stage1 | stage2 | all | retrain-quick | retrain-stage2
+    what: What | None = None
     labelled_slices: int | None = None
     corrections: Corrections = field(default_factory=Corrections)
     metrics: dict[str, Scores] = field(default_factory=dict)
@@ -75,14 +86,14 @@ class Round:
             round=int(d.get("round") or index + 1),
             time=str(d.get("time") or ""),
             run=d.get("run") if isinstance(d.get("run"), str) else None,
-            what=d.get("what") if isinstance(d.get("what"), str) else None,
+            what=_what(d.get("what")),
             labelled_slices=int(labelled) if isinstance(labelled, int) else None,
             corrections=Corrections.from_dict(d.get("corrections")),
             metrics={str(k): Scores.from_dict(v) for k, v in metrics.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "what": None if self.what is None else self.what.value}
 
     def dice(self, model: str) -> float | None:
         """Mean validation Dice of ``model`` in this round (None: not trained in it)."""

@@ -23,7 +23,7 @@ import torch
 
 from napari_mtssl import task_needs
 from napari_mtssl.events import Events
-from napari_mtssl.ids import trained
+from napari_mtssl.ids import Stage, trained
 from napari_mtssl.models import build_unet
 from napari_mtssl.tasks import build_task, task_class, task_config
 from napari_mtssl.tasks.base import DataSummary
@@ -88,7 +88,7 @@ def baseline(study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: Any) -> Re
     net = new_net(cfg, study.num_classes)
     spec = UnitSpec(
         "baseline",
-        "baseline",
+        Stage.BASELINE,
         cfg.baseline_steps,
         [build_term("seg")],
         model="baseline",
@@ -104,7 +104,7 @@ def joint(task: str, study, cfg, device, ckpt_dir, stop: StopFn = None, **kw: An
     t = new_task(task, net, cfg, study.num_classes)
     spec = UnitSpec(
         str(trained(task, "joint")),
-        "stage1",
+        Stage.STAGE1,
         cfg.stage1.joint_steps,
         [build_term("seg"), build_term("task", task=t, weight=cfg.stage1.lam(task))],
         task_label=task,
@@ -147,7 +147,7 @@ def pretrain(
         t = new_task(task, net, cfg, study.num_classes)
         spec = UnitSpec(
             f"{task}:pretext",
-            "stage1",
+            Stage.STAGE1,
             steps,
             [build_term("task", task=t, weight=1.0)],
             task_label=task,
@@ -166,7 +166,7 @@ def pretrain(
     fine.load_shared(pre_net.shared_state_dict(level), level)
     spec = UnitSpec(
         name,
-        "stage1",
+        Stage.STAGE1,
         cfg.stage1.finetune_steps,
         [build_term("seg")],
         task_label=task,
@@ -228,7 +228,7 @@ def all_joint(
     ]
     spec = UnitSpec(
         "all_joint",
-        "all_joint",
+        Stage.ALL_JOINT,
         cfg.stage1.joint_steps,
         terms,
         task_label="all",
@@ -251,7 +251,7 @@ def student(
     init: torch.nn.Module | None = None,
     steps: int | None = None,
     unit: str = "student",
-    stage: str = "stage2",
+    stage: Stage = Stage.STAGE2,
     online: bool = False,
     **kw: Any,
 ) -> Result:
@@ -276,9 +276,9 @@ def student(
         eval_every=cfg.stage2.eval_every,
         # the average of a new student's weights; a retrain after corrections keeps its last
         # weights (a few hundred steps: an average would barely move from where it started)
-        ema=cfg.stage2.ema if semi and stage == "stage2" else 0.0,
+        ema=cfg.stage2.ema if semi and stage == Stage.STAGE2 else 0.0,
         # a new student that starts from a trained model: its peak rate is lr_scale of optim.lr
-        lr_scale=cfg.stage2.lr_scale if init is not None and stage == "stage2" else 1.0,
+        lr_scale=cfg.stage2.lr_scale if init is not None and stage == Stage.STAGE2 else 1.0,
     )
     res = yield from train_unit(spec, net, study, cfg, device, ckpt_dir=ckpt_dir, stop=stop, **kw)
     return {**res, "net": net}

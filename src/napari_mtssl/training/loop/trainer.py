@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from napari_mtssl.events import Events, Note, Progress, Resumed
+from napari_mtssl.ids import Stage
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import BatchStream, ScanData, StudyData, augment_with_soft
 from napari_mtssl.training.loop import checkpoints
@@ -66,7 +67,7 @@ class UnitSpec:
     """One model's training: the loss terms it learns from and for how long."""
 
     name: str  # the unit's (and checkpoint's) name, e.g. "sdm:joint"
-    stage: str  # "baseline" | "stage1" | "all_joint" | "stage2" | "retrain"
+    stage: Stage  # (a plain string is read as its Stage)
     steps: int
     terms: list[Term]
     task_label: str | None = None  # for events: the task (or "all")
@@ -78,6 +79,9 @@ class UnitSpec:
     # validation scores it and the unit's model is the average.
     ema: float = 0.0
     lr_scale: float = 1.0  # the peak learning rate as a share of optim.lr (a warm start's)
+
+    def __post_init__(self) -> None:
+        self.stage = Stage(self.stage)
 
 
 def _lr(cfg: ExperimentConfig, step: int, total: int, scale: float = 1.0) -> float:
@@ -656,7 +660,7 @@ def _progress(spec, step, start, ema, lr, val, elapsed0, t0, wait_s, total=None)
         model=spec.model or spec.name,
         step=step,
         total=total,
-        stage=spec.stage,
+        stage=spec.stage.value,
         task=spec.task_label,
         mode=spec.mode,
         losses={k: round(v, 5) for k, v in ema.items()},

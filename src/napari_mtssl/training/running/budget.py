@@ -5,6 +5,7 @@ the student, last, takes the time the earlier models left."""
 from __future__ import annotations
 
 from napari_mtssl import events as ev
+from napari_mtssl.ids import What
 from napari_mtssl.training.planning.plan import MIN_STEPS, Plan
 from napari_mtssl.training.running.record import RunRecord
 from napari_mtssl.training.running.units import Unit
@@ -19,7 +20,7 @@ class StepBudget:
     """The steps of a run's units: the config's, or what the run fixed for a unit once it
     started (its learning-rate schedule depends on it) or re-budgeted."""
 
-    def __init__(self, record: RunRecord, plan: Plan, what: str) -> None:
+    def __init__(self, record: RunRecord, plan: Plan, what: What) -> None:
         self.record, self.plan, self.what = record, plan, what
 
     def steps(self, unit: Unit) -> int:
@@ -32,7 +33,7 @@ class StepBudget:
         if unit.kind == "baseline":
             return c.baseline_steps
         if unit.kind == "student":
-            return c.stage2.retrain_steps if self.what == "retrain-quick" else c.stage2.steps
+            return c.stage2.retrain_steps if self.what == What.RETRAIN_QUICK else c.stage2.steps
         if unit.kind == "mode" and unit.mode == "pretrain":
             return c.stage1.finetune_steps
         return c.stage1.joint_steps

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from napari_mtssl import events as ev
-from napari_mtssl.ids import teacher, trained
+from napari_mtssl.ids import What, teacher, trained
 from napari_mtssl.training.loop import checkpoints, stages
 from napari_mtssl.training.planning.plan import Plan
 from napari_mtssl.training.running.budget import StepBudget
@@ -28,7 +28,7 @@ class Stage1Decisions:
         self,
         record: RunRecord,
         plan: Plan,
-        what: str,
+        what: What,
         budget: StepBudget,
         load: Callable[[str, str], Any],
         arch: dict,
@@ -50,7 +50,7 @@ class Stage1Decisions:
         c = self.cfg
         return (
             c.stage1.baseline_rung > 0
-            and self.what == "all"
+            and self.what == What.ALL
             and c.stage2.method == "semi"
             and "baseline" in plan_for(self.what, c)
         )

@@ -41,7 +41,7 @@ import torch
 
 from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
-from napari_mtssl.ids import What, teacher, teachers, trained
+from napari_mtssl.ids import Stage, What, teacher, teachers, trained
 from napari_mtssl.task_needs import workspace_summary
 from napari_mtssl.tasks import task_class
 from napari_mtssl.training.config import ExperimentConfig
@@ -126,9 +126,9 @@ def _read_json(path: Path, default: Any) -> Any:
         raise ValueError(f"{path}: cannot read ({exc})") from None
 
 
-def _fixed_plan(ws: Any, what: str) -> Plan | None:
+def _fixed_plan(ws: Any, what: What | str) -> Plan | None:
     """Stage 2 and retraining keep the teachers' data shape (same patches, same network)."""
-    if not What.parse(what).keeps_shape:
+    if not What.parse(what).keeps_shape:  # (the api gives the plain text)
         return None
     run = _teachers_run(ws)
     if run is None:
@@ -160,13 +160,14 @@ def import_engine() -> None:
 def plan_job(
     workspace: str,
     config: dict,
-    what: str = "all",
+    what: What | str = What.ALL,
     stop: Callable[[], bool] | None = None,
 ) -> ev.Events[dict]:
     """JSON-able entry point for a job that only plans (the training dock's estimate)."""
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
+    what = What.parse(what)
     ws = Workspace.open(workspace)
     cfg = ExperimentConfig.from_dict(config)
     yield ev.Note("timing a few training steps on this machine")
@@ -179,7 +180,7 @@ class _Stopped(Exception):
     """A unit stopped at the user's request; its checkpoint and the run's state are saved."""
 
 
-def run_bytes(plan: Plan, cfg: ExperimentConfig, fp: Any, num_classes: int, what: str) -> int:
+def run_bytes(plan: Plan, cfg: ExperimentConfig, fp: Any, num_classes: int, what: What) -> int:
     """About what a run will write: every model's weights, the checkpoints of the units in
     training at once (weights, optimiser moments, moving average), and the teachers' stored
     maps (one byte per class and voxel of the scans it stores), with a margin of 25 %."""
@@ -215,7 +216,7 @@ class _Run:
     their scheduling on an executor, with the run's record (:mod:`.record`), the steps of its
     units (:mod:`.budget`) and stage 1's decisions (:mod:`.halving`) as parts of their own."""
 
-    def __init__(self, ws, run, cfg, plan, study, device, stop, state, what):
+    def __init__(self, ws, run, cfg, plan, study, device, stop, state, what: What):
         self.ws, self.run, self.cfg, self.plan = ws, run, cfg, plan
         self.study, self.device, self.stop, self.what = study, device, stop, what
         self.record = rec = RunRecord(run, cfg, state)
@@ -245,7 +246,7 @@ class _Run:
             units.append(
                 Unit("baseline", "baseline", "baseline", 0, probe_at=self.stage1.probe_at())
             )
-        if What.parse(self.what).trains_teachers:
+        if self.what.trains_teachers:
             for task in self.cfg.stage1.tasks:
                 units += self._task_units(task)
             if "all_joint" in names and "all_joint" not in self.record.models:
@@ -254,7 +255,7 @@ class _Run:
             s2 = self.cfg.stage2
             member = s2.method == "semi" and s2.with_baseline  # the baseline joins the ensemble
             deps = [u.id for u in units if u.kind == "mode" or (member and u.kind == "baseline")]
-            stage = "retrain" if self.what.startswith("retrain") else "stage2"
+            stage = Stage.RETRAIN if self.what.is_retrain else Stage.STAGE2
             units.append(Unit("student", "student", "student", 0, deps=deps, stage=stage))
         return units
 
@@ -290,7 +291,7 @@ class _Run:
             ) + self.record.state.get("pretext_done", [])
         if unit.kind != "student":
             return
-        if self.what == "all":
+        if self.what == What.ALL:
             trun, tnames = self.run, [str(teacher(t)) for t in self.cfg.stage1.tasks]
         else:
             trun = self.teacher_run
@@ -299,7 +300,7 @@ class _Run:
         unit.teachers = [[trun.id, n] for n in members]
         init = self.cfg.stage2.resolved_init()
         scores = {n: self._score(trun, n) for n in members}
-        if self.what == "retrain-quick":
+        if self.what == What.RETRAIN_QUICK:
             unit.init = [self.student_run.id, "student"]
         elif init == "best" and members:
             unit.init = [trun.id, max(members, key=lambda n: scores[n])]
@@ -397,7 +398,7 @@ class _Run:
         yield self.record.log(
             ev.Start(
                 self.run.id,
-                self.what,
+                self.what.value,
                 str(self.device),
                 plan_for(self.what, self.cfg),
                 resumed,
@@ -568,7 +569,7 @@ class _Run:
         """The run's report (``metrics.json``) and its round in the workspace history."""
         report = {
             "run": self.run.id,
-            "what": self.what,
+            "what": self.what.value,
             "device": str(self.device),
             "models": self.record.models,
             "selected": self.record.selected,
@@ -590,7 +591,7 @@ class _Run:
         rnd = self.ws.add_round(
             {
                 "run": self.run.id,
-                "what": self.what,
+                "what": self.what.value,
                 "labelled_slices": self.study.summary().n_labelled_slices,
                 # the corrections this round trained on, and the effort behind them
                 "corrections": self.ws.corrections_in_round(self.ws.current_round),
@@ -709,11 +710,11 @@ def reusable_pretext(ws: Any, cfg: ExperimentConfig, plan: Plan, task: str, want
     return got if path.is_file() and got >= 0.5 * want else 0
 
 
-def _open_resumed(ws: Any, resume: str, what: str, status: StatusFn):
+def _open_resumed(ws: Any, resume: str, what: What, status: StatusFn):
     """(run, config, plan, study, state) of a stopped or interrupted run, as it was planned."""
     run = ws.run(resume)
     if run.kind != what:
-        raise ValueError(f"run {resume} trained {run.kind!r}, not {what!r}")
+        raise ValueError(f"run {resume} trained {run.kind!r}, not {what.value!r}")
     if run.status == "done":
         raise ValueError(f"run {resume} has finished; there is nothing to resume")
     if run.status == "running":
@@ -733,15 +734,15 @@ def _open_resumed(ws: Any, resume: str, what: str, status: StatusFn):
         device,
         cfg.num_threads or the_plan.threads,
         lambda i, n: status(f"resuming: reading scan {i + 1} of {n}", i, n),
-        what=run.kind,
+        what=what,  # the run's kind
     )
     run.set_status("running")
     return run, cfg, the_plan, study, state
 
 
-def _damaged(run: Any, what: str, path: Path, why: str) -> ValueError:
+def _damaged(run: Any, part: str, path: Path, why: str) -> ValueError:
     return ValueError(
-        f"run {run.id}: {what} {path} is damaged ({why}); the run cannot go on from where it "
+        f"run {run.id}: {part} {path} is damaged ({why}); the run cannot go on from where it "
         f"stopped. Start a new run with the same settings and budget (napari-mtssl train "
         f"... --what {run.kind}); the models this run had saved stay in {run.path / 'models'}"
     )
@@ -786,7 +787,7 @@ def _with_status(fn: Callable[..., Any], *args: Any) -> ev.Events[Any]:
 def _start_new(
     ws: Any,
     config: ExperimentConfig,
-    what: str,
+    what: What,
     plan: Plan | dict | None,
     interactive: bool,
     t_start: float,
@@ -799,7 +800,7 @@ def _start_new(
     status("planning: reading the study's records", 0, total)
     cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
     device = resolve_device(cfg.device)
-    if What.parse(what).trains_teachers:  # from the records alone, before any scan is read
+    if what.trains_teachers:  # from the records alone, before any scan is read
         if not cfg.stage1.tasks:
             raise ValueError("stage 1 needs at least one auxiliary task (stage1.tasks is empty)")
 
@@ -840,7 +841,7 @@ def _start_new(
     status("planning: dividing the budget between the models", total - 1, total)
     if not study.labelled_slices():
         raise ValueError(no_labelled_data_message())
-    if What.parse(what).trains_teachers:
+    if what.trains_teachers:
         stages.require_tasks(study.summary(), cfg.stage1.tasks, shaped)
     state = {}
     spent = time.monotonic() - t_start
@@ -848,7 +849,7 @@ def _start_new(
     if cfg.budget_s > 0:
         allocate(the_plan, shaped, what, fp, spent_s=spent, lanes=lanes)
     reuse = {}
-    if What.parse(what).trains_teachers and cfg.stage1.modes != "joint":
+    if what.trains_teachers and cfg.stage1.modes != "joint":
         want = the_plan.apply(cfg).stage1.pretrain_steps
         for t in cfg.stage1.tasks:
             got = reusable_pretext(ws, shaped, the_plan, t, want)
@@ -859,15 +860,15 @@ def _start_new(
     state["pretext_reuse"] = sorted(reuse)
     cfg = the_plan.apply(cfg)
     check_free_space(ws.root, run_bytes(the_plan, cfg, fp, study.num_classes, what))
-    run = ws.new_run(what, cfg.to_dict())
+    run = ws.new_run(what.value, cfg.to_dict())
     atomic_write_json(run.path / "plan.json", the_plan.to_dict())
     return run, cfg, the_plan, study, state
 
 
-def _previous_runs(ws: Any, what: str, cfg: ExperimentConfig) -> tuple[Any, Any]:
+def _previous_runs(ws: Any, what: What, cfg: ExperimentConfig) -> tuple[Any, Any]:
     """(teachers' run, student's run) a run of ``what`` builds on; a clear error if missing."""
     teacher_run = student_run = None
-    if What.parse(what).keeps_shape:
+    if what.keeps_shape:
         teacher_run = _teachers_run(ws)
         if teacher_run is None:
             raise ValueError(f"{what} needs the teachers of a finished stage 1; run stage 1 first")
@@ -883,7 +884,7 @@ def _previous_runs(ws: Any, what: str, cfg: ExperimentConfig) -> tuple[Any, Any]
                 )
                 + ": train stage 1 (or everything with a longer budget) first"
             )
-        if what == "retrain-quick":
+        if what == What.RETRAIN_QUICK:
             student_run = find_model(ws, "student")
             if student_run is None:
                 raise ValueError("retrain-quick needs a trained student; run stage 2 first")
@@ -893,7 +894,7 @@ def _previous_runs(ws: Any, what: str, cfg: ExperimentConfig) -> tuple[Any, Any]
 def run_training(
     workspace: Any,
     config: ExperimentConfig,
-    what: str = "all",
+    what: What | str = What.ALL,
     *,
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
@@ -907,7 +908,7 @@ def run_training(
     a viewer (thread policy). ``resume``: a stopped run's id; it goes on with its own plan and
     what is left of its budget.
     """
-    What.parse(what)  # ValueError naming the choices
+    what = What.parse(what)  # ValueError naming the choices
     t_start = time.monotonic()
     teacher_run, student_run = _previous_runs(workspace, what, config)
     if config.executor == "ray" and not resume:  # an unreachable cluster: say so before training
@@ -980,7 +981,7 @@ def _yield_to_the_viewer() -> None:
 def run_training_job(
     workspace: str,
     config: dict,
-    what: str = "all",
+    what: What | str = What.ALL,
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
     plan: dict | None = None,

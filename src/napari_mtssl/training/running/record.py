@@ -10,14 +10,14 @@ from typing import Any
 
 from napari_mtssl import events as ev
 from napari_mtssl._atomic import atomic_write_json
-from napari_mtssl.ids import ModelId, teacher
+from napari_mtssl.ids import ModelId, What, teacher
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.planning.plan import model_units
 
 __all__ = ["RunRecord", "plan_for"]
 
 
-def plan_for(what: str, cfg: ExperimentConfig) -> list[str]:
+def plan_for(what: What, cfg: ExperimentConfig) -> list[str]:
     """The model names a run of ``what`` produces, in training order: the models the budget is
     shared by (:func:`.plan.model_units`), with each task's selected teacher after its modes."""
     names: list[str] = []

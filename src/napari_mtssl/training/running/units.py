@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from napari_mtssl.events import Events, Note
-from napari_mtssl.ids import ModelId
+from napari_mtssl.ids import ModelId, Stage, What
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import StudyData
 from napari_mtssl.training.loop import checkpoints, soft_labels, stages
@@ -62,7 +62,7 @@ class Unit:
     reuse: bool = False
     teachers: list[list[str]] = field(default_factory=list)
     init: list[str] | None = None
-    stage: str = "stage2"  # the student's: stage2 | retrain
+    stage: Stage = Stage.STAGE2  # the student's: STAGE2 | RETRAIN
     # the last unit of a budgeted run, alone on the machine: up to `grow` x its steps when the
     # machine runs faster than planned, threads fitted to the free cores up to `threads_max`
     # (training/loop/pace.py)
@@ -72,8 +72,11 @@ class Unit:
     # budget, before the deadline's slack); the deadline itself is the hard end
     aim_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.stage = Stage(self.stage)  # as its JSON form gives it: a string
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "stage": self.stage.value}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Unit:
@@ -163,7 +166,7 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
         if got.get("stopped"):
             return {"stopped": True, "step": 0, "name": unit.id}
         ensemble["stored"] = got
-    if unit.stage == "stage2" and len(teachers) > 1 and ctx.study.val:
+    if unit.stage == Stage.STAGE2 and len(teachers) > 1 and ctx.study.val:
         m = soft_labels.ensemble_scores(
             teachers,
             ctx.study,
@@ -186,7 +189,7 @@ def _student(ctx: UnitContext, unit: Unit, cfg: ExperimentConfig, stop, deadline
         online=online,
         **(pace or {}),
     )
-    if init is not None and unit.stage == "stage2" and not res.get("stopped"):
+    if init is not None and unit.stage == Stage.STAGE2 and not res.get("stopped"):
         res = _keep_the_better(ctx, unit, init, res)
     return {**res, "ensemble": ensemble}
 
@@ -227,7 +230,7 @@ def _own_start_online(unit: Unit, cfg: ExperimentConfig) -> bool:
     keeps no moving average)."""
     return bool(
         cfg.stage2.learns_online()
-        and unit.stage == "stage2"
+        and unit.stage == Stage.STAGE2
         and unit.init
         and [list(t) for t in unit.teachers] == [list(unit.init)]
     )
@@ -356,7 +359,7 @@ def open_study(
     device: Any,
     threads: int,
     progress: Callable[[int, int], None] | None = None,
-    what: str = "all",
+    what: What = What.ALL,
 ):
     """The training data of a run in its plan's shape, with the plan's CPU threads set. A
     baseline run (``what``) does not read the training scans that have no labels."""
@@ -370,7 +373,7 @@ def open_study(
         seed=cfg.seed,
         cache=cfg.data.cache,
         progress=progress,
-        labelled_only=what == "baseline",
+        labelled_only=what == What.BASELINE,
     )
 
 
@@ -392,7 +395,7 @@ def _context(workspace: str, run: str, threads: int) -> UnitContext:
         cfg = ExperimentConfig.from_dict(r.config)
         plan = read_plan(r)
         device = resolve_device(cfg.device)
-        study = open_study(ws, plan, cfg, device, threads, what=r.kind)
+        study = open_study(ws, plan, cfg, device, threads, what=What.parse(r.kind))
         ctx = UnitContext(ws, r, cfg, plan, study, device)
         _OPENED.clear()  # one run at a time: the data of an earlier one is let go
         _OPENED[key] = ctx
