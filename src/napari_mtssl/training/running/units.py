@@ -101,11 +101,20 @@ class UnitContext:
 
 
 def _unit_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
-    """The run's config with this unit's step count in every place a stage reads it."""
+    """The run's config as one unit trains it: its own copy (nothing a stage does with it
+    reaches the run's), with the unit's ``steps`` in every field a model's step count is read
+    from: ``baseline.steps`` (the baseline), ``stage1.joint_steps`` (a joint mode, all_joint),
+    ``stage1.finetune_steps`` (a pre-trained mode's fine-tuning), ``stage2.steps`` and
+    ``stage2.retrain_steps`` (the student, new or retrained); so a unit need not know which
+    is its own. ``stage1.pretrain_steps`` stays the run's: the pre-training is not the
+    model's training, and its cached result is reused by its own count."""
     c = ExperimentConfig.from_dict(cfg.to_dict())
-    c.baseline.steps = c.stage1.joint_steps = c.stage1.finetune_steps = steps
-    c.stage2.steps = c.stage2.retrain_steps = steps
-    return c
+    return dataclasses.replace(
+        c,
+        baseline=dataclasses.replace(c.baseline, steps=steps),
+        stage1=dataclasses.replace(c.stage1, joint_steps=steps, finetune_steps=steps),
+        stage2=dataclasses.replace(c.stage2, steps=steps, retrain_steps=steps),
+    )
 
 
 def _fp32_by_timing(plan: Any) -> bool:
