@@ -355,3 +355,34 @@ def test_predict_refuses_a_made_up_geometry_unless_accepted(trained, tmp_path, c
     with pytest.warns(UserWarning, match="unknown"):
         assert main([*argv, str(mask), "--accept-unknown-geometry"]) == 0
     assert mask.exists()
+
+
+def test_predict_names_a_mask_format_as_the_format_registry_knows_its_suffixes(tmp_path):
+    """--format's default from --out's suffix, and the suffix of each format's masks in a
+    folder: the registry's (io/formats.py), as the CLI's own lists of suffixes gave them."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from napari_mtssl import cli
+
+    named = {n: cli._mask_format(Path(n)) for n in ("m.nii", "m.NII.GZ", "m.tif", "m.TIFF")}
+    assert named == {"m.nii": "nifti", "m.NII.GZ": "nifti", "m.tif": "tiff", "m.TIFF": "tiff"}
+    # every DICOM suffix (a DICOM-SEG is a DICOM file; .ima and .dicom were refused before)
+    assert [cli._mask_format(Path(n)) for n in ("m.dcm", "m.ima", "m.DICOM")] == ["dicom-seg"] * 3
+    assert [cli._mask_format(Path(n)) for n in ("m.png", "m.npy", "m", "m.gz")] == [None] * 4
+
+    def target(fmt, scan_format="nifti"):
+        scan = SimpleNamespace(meta={"format": scan_format})
+        return cli._target(tmp_path, Path("case"), scan, fmt, set()).name
+
+    assert [target(f) for f in ("nifti", "tiff", "dicom-seg")] == [
+        "case.nii.gz",
+        "case.tif",
+        "case.dcm",
+    ]
+    assert [target(None, f) for f in ("tiff", "image", "image-folder", "dicom")] == [
+        "case.tif",
+        "case.tif",
+        "case.tif",
+        "case.nii.gz",
+    ]

@@ -655,8 +655,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_MASK_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff", ".dcm")
-_FORMAT_SUFFIX = {"nifti": ".nii.gz", "tiff": ".tif", "dicom-seg": ".dcm"}
+# predict's --format choices, each with the format of the registry (io/formats.py) its masks
+# are files of: a DICOM-SEG is a DICOM file
+_MASK_FORMATS = {"nifti": "nifti", "tiff": "tiff", "dicom-seg": "dicom"}
+
+
+def _mask_format(out: Path) -> str | None:
+    """The --format of a mask written to ``out`` by its suffix, as the registry knows the
+    suffixes (a DICOM one: DICOM-SEG); None for another (``write_labels`` says which it
+    writes)."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.io import formats
+
+    return next((c for c, f in _MASK_FORMATS.items() if formats.named(f).owns(out)), None)
 
 
 def _segment(
@@ -754,10 +765,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "mask per scan, or give one scan"
             )
         scan = scans[0]
-    as_seg = args.format == "dicom-seg" or (args.format is None and out.suffix.lower() == ".dcm")
-    nifti = args.format == "nifti" or (
-        args.format is None and out.name.lower().endswith((".nii", ".nii.gz"))
-    )
+    fmt = args.format or _mask_format(out)
+    as_seg, nifti = fmt == "dicom-seg", fmt == "nifti"
     codes = _seg_codes(args, ws, as_seg)
     pred = _segment(args, ws, scan, out, as_seg=as_seg, nifti=nifti, name=args.input, codes=codes)
     counts = {int(c): int((pred.labels == c).sum()) for c in range(1, int(ws.num_classes))}
@@ -977,7 +986,7 @@ def _predict_folder(args: argparse.Namespace, ws: Any, src: Path) -> int:
             try:
                 for scan, name in _read_source(source):
                     target = _mask_target(args, out, name, scan, used, inputs, source)
-                    fmt = args.format or ("tiff" if target.suffix == ".tif" else "nifti")
+                    fmt = args.format or _mask_format(target)
                     _segment(args, ws, scan, target, as_seg=fmt == "dicom-seg",
                              nifti=fmt == "nifti", name=str(source.path), codes=codes)  # fmt: skip
                     written.append(target)
@@ -1055,11 +1064,13 @@ def _mask_target(
 def _target(out: Path, name: Path, scan: Any, fmt: str | None, used: set[str]) -> Path:
     """Where a scan's mask goes: ``out/name`` with the format's suffix (by default a TIFF for
     TIFF/PNG scans, which carry no patient geometry, else NIfTI), made unique in this run."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.io import formats
+
     if fmt is None:
         image = scan.meta.get("format") in ("tiff", "image", "image-folder")
-        suffix = ".tif" if image else ".nii.gz"
-    else:
-        suffix = _FORMAT_SUFFIX[fmt]
+        fmt = "tiff" if image else "nifti"
+    suffix = formats.mask_suffix(formats.named(_MASK_FORMATS[fmt]))
     base = out / name
     target = base.with_name(base.name + suffix)
     n = 1
@@ -1517,7 +1528,7 @@ def _add_predict(sub: Any) -> None:
     pr.add_argument("--force", action="store_true", help="replace masks that exist")
     pr.add_argument(
         "--format",
-        choices=["nifti", "tiff", "dicom-seg"],
+        choices=list(_MASK_FORMATS),
         help="default: from --out (.nii/.nii.gz, .tif, .dcm = DICOM-SEG for a DICOM scan); "
         "into a folder: tiff for TIFF/PNG scans, else nifti",
     )

@@ -163,6 +163,21 @@ def format_of(path: str | os.PathLike) -> Format | None:
     return None
 
 
+def named(name: str) -> Format:
+    """The registered format called ``name`` (``nifti``, ``tiff``, ``image``, ``dicom``,
+    ``npy``); KeyError for another name."""
+    for f in FORMATS:
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def mask_suffix(fmt: Format) -> str:
+    """The suffix a mask file of ``fmt`` is written with: NIfTI's compressed ``.nii.gz``, else
+    the format's first (``.tif``; ``.dcm`` for a DICOM-SEG)."""
+    return ".nii.gz" if fmt is NIFTI else fmt.suffixes[0]
+
+
 def suffixes(formats: tuple[Format, ...] = SCAN_FORMATS) -> tuple[str, ...]:
     return tuple(s for f in formats for s in f.suffixes)
 
