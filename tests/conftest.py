@@ -34,7 +34,7 @@ def tiny_study(tmp_path_factory):
     (StudyData, shaped config), for tests that drive ``train_unit`` directly."""
     from napari_mtssl import api
     from napari_mtssl.training.data.slices import StudyData
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
 
     ws = api.create_workspace(tmp_path_factory.mktemp("tiny") / "ws", source="sample", labelled=2)

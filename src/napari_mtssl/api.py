@@ -220,7 +220,7 @@ def plan(
     patch, network, precision, the steps of every model and the time estimate. Raises
     ``PlanError`` (a ValueError) with what fits when the budget is too small."""
     # imported here, when needed: it loads torch, MONAI, scipy
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
     from napari_mtssl.training.running.pipeline import _fixed_plan
 

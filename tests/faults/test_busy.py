@@ -128,23 +128,23 @@ def test_a_second_plan_in_one_process_sees_the_machine_as_it_is_then(monkeypatch
     threads beside a program that kept a core busy (they fought it for 38 s)."""
     import torch
 
-    from napari_mtssl.training.planning import plan as P
+    from napari_mtssl.training.planning import machine as M
 
     rate = [0.0]  # cores kept busy by other programs
-    monkeypatch.setattr(P, "machine_busy_s", lambda: rate[0] * time.monotonic())
-    monkeypatch.setattr(P, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(M, "machine_busy_s", lambda: rate[0] * time.monotonic())
+    monkeypatch.setattr(M, "usable_cpus", lambda: 2)
     cpu = torch.device("cpu")
-    quiet = P._busy_cores(window_s=0.05)
+    quiet = M.busy_cores(window_s=0.05)
     rate[0] = 1.0
-    busy = P._busy_cores(window_s=0.05)
-    threads = (P._thread_policy(cpu, False, quiet), P._thread_policy(cpu, False, busy))
+    busy = M.busy_cores(window_s=0.05)
+    threads = (M.thread_policy(cpu, False, quiet), M.thread_policy(cpu, False, busy))
     ok = abs(quiet) < 0.05 and abs(busy - 1.0) < 0.05 and threads == (2, 1)
     recorder.record("a second plan in one process measures the busy cores again",
                     "read correctly" if ok else "silently wrong",
                     f"busy {quiet:.2f} then {busy:.2f} cores: {threads[0]} then {threads[1]} "
                     "thread(s) on 2 cores")  # fmt: skip
     assert ok, (quiet, busy, threads)
-    assert "1.0 core(s) busy" in P._threads_reason(1, False, busy)
+    assert "1.0 core(s) busy" in M.threads_reason(1, False, busy)
 
 
 class _Watch:

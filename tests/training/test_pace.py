@@ -170,7 +170,7 @@ def test_a_plan_in_a_waiting_worker_reads_the_load_history_instead_of_sleeping(m
     import time
 
     from napari_mtssl.training.loop import pace as pace_mod
-    from napari_mtssl.training.planning import plan as plan_mod
+    from napari_mtssl.training.planning import machine
 
     history = pace_mod.LoadHistory(every_s=0.01, watch=Readings([1.9, 1.8, 0.9, 1.7]))
     deadline = time.monotonic() + 30
@@ -186,12 +186,12 @@ def test_a_plan_in_a_waiting_worker_reads_the_load_history_instead_of_sleeping(m
         measured.append(time.monotonic())
         return 0.0
 
-    monkeypatch.setattr(plan_mod, "machine_busy_s", machine_busy_s)
-    assert plan_mod._busy_cores() == 0.9  # the quieter of 0.9 and 1.7
+    monkeypatch.setattr(machine, "machine_busy_s", machine_busy_s)
+    assert machine.busy_cores() == 0.9  # the quieter of 0.9 and 1.7
     assert measured == []
 
     monkeypatch.setattr(pace_mod, "_HISTORY", None)  # no history (the CLI): measured anew
-    assert plan_mod._busy_cores(window_s=0.01) == 0.0
+    assert machine.busy_cores(window_s=0.01) == 0.0
     assert len(measured) == 4  # two windows of its own
 
 

@@ -291,7 +291,7 @@ def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
 def few_steps(monkeypatch):
     """Budgets of seconds: the planner's floor of steps per model lowered, so that tests of
     the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
-    from napari_mtssl.training.planning import plan, planner
+    from napari_mtssl.training.planning import plan, planner, timing
     from napari_mtssl.training.running import budget
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
@@ -305,10 +305,10 @@ def few_steps(monkeypatch):
     def priced(p, cfg, fp, what="all"):
         t = {"seg": 0.02, "fwd": 0.004, "soft": 0.2, "eval": 0.5}
         t.update({f"task:{name}": 0.03 for name in cfg.stage1.tasks})
-        t["student"] = plan.student_step_s(t, cfg)
+        t["student"] = timing.student_step_s(t, cfg)
         return t
 
-    monkeypatch.setattr(planner, "_time_steps", priced)
+    monkeypatch.setattr(planner, "time_steps", priced)
 
 
 @pytest.mark.slow
@@ -359,7 +359,7 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
     from napari_mtssl.training.planning import planner
 
     monkeypatch.setattr(planner, "SIDE_MIN_BUDGET_S", 0.0)
-    real, memo = planner._time_steps, {}
+    real, memo = planner.time_steps, {}
 
     def once(plan, cfg, fp, what="all"):  # one measurement for both prices: no timing noise
         memo.setdefault("t", real(plan, cfg, fp, what))
@@ -371,7 +371,7 @@ def test_a_budget_priced_side_by_side_trains_on_two_lanes(tmp_path, few_steps, m
         timed.append(lanes)
         return once(plan, cfg, fp)
 
-    monkeypatch.setattr(planner, "_time_steps", once)
+    monkeypatch.setattr(planner, "time_steps", once)
 
     monkeypatch.setattr(lanes_mod, "time_side_by_side", side)
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
@@ -448,15 +448,14 @@ def test_a_budget_too_short_for_teachers_trains_the_baseline_and_its_student(tmp
 
 
 def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
-    from napari_mtssl.training.planning import plan as plan_mod
-    from napari_mtssl.training.planning import planner
+    from napari_mtssl.training.planning import planner, shape, timing
     from napari_mtssl.training.planning.plan import PlanError
 
     monkeypatch.setattr(
         planner,
-        "_time_steps",
+        "time_steps",
         lambda plan, cfg, fp, what="all": {
-            **plan_mod._guess(plan, cfg),
+            **timing.nominal_timings(plan, cfg),
             "seg": 0.05,
             "student": 0.1,
             "task:vicreg": 0.05,
@@ -464,7 +463,7 @@ def test_budget_too_small_says_what_fits(tmp_path, monkeypatch):
             "task:sdm": 0.05,
         },
     )
-    monkeypatch.setattr(plan_mod, "_step_cost", lambda *a: lambda flops: 0.05)
+    monkeypatch.setattr(shape, "step_cost", lambda *a: lambda flops: 0.05)
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
     cfg = api.make_config(
         "quick",

@@ -10,9 +10,13 @@ import pytest
 from napari_mtssl import api
 from napari_mtssl.training.config import format_budget, parse_budget, profile
 from napari_mtssl.training.planning import lanes as L
+from napari_mtssl.training.planning import machine as M
 from napari_mtssl.training.planning import plan as P
 from napari_mtssl.training.planning import planner
-from napari_mtssl.training.planning.plan import Fingerprint, Plan, PlanError
+from napari_mtssl.training.planning import shape as S
+from napari_mtssl.training.planning import timing as T
+from napari_mtssl.training.planning.fingerprint import Fingerprint, fingerprint
+from napari_mtssl.training.planning.plan import Plan, PlanError
 from napari_mtssl.training.planning.planner import make_plan
 
 
@@ -67,7 +71,7 @@ def test_ct_volume_uses_dataset_statistics_and_fits_the_patch():
     )
     norm = p.preprocessing().norm_for("CT")
     assert norm.scheme == "ct" and norm.lower == -950 and norm.std == 300
-    assert p.patch <= P.CPU_PATCH_MAX and p.patch >= 0.5 * 512 * 0.7 / p.spacing[0] - 16
+    assert p.patch <= S.CPU_PATCH_MAX and p.patch >= 0.5 * 512 * 0.7 / p.spacing[0] - 16
     # CT without labelled foreground: a fixed soft-tissue window, said so
     q = plan(fp((512, 512), (0.7, 0.7), mods={"CT": 10}), "1h")
     assert q.preprocessing().norm_for("CT").scheme == "window"
@@ -77,7 +81,7 @@ def test_ct_volume_uses_dataset_statistics_and_fits_the_patch():
 def test_single_large_xray_is_coarsened_to_fit_a_cpu_patch():
     p = plan(fp((2048, 2048), (0.15, 0.15), slices=(1, 1, 1), slice_spacing=1.0), "1h")
     assert p.spacing[0] == pytest.approx(0.15 * 4)  # 4x coarser, the most the planner allows
-    assert p.patch == P.CPU_PATCH_MAX
+    assert p.patch == S.CPU_PATCH_MAX
     assert any("4x the median" in r for r in p.reasons)
 
 
@@ -261,7 +265,7 @@ def test_task_crops_fit_the_patch():
 
 def test_fingerprint_of_a_workspace(tmp_path):
     ws = api.create_workspace(tmp_path / "w", source="sample", labelled=2)
-    f = P.fingerprint(ws)
+    f = fingerprint(ws)
     assert f.spacing == (1.5, 1.5) and f.size == (96, 96) and f.slice_spacing == 8.0
     assert f.n_labelled_scans == 2 and f.labelled_slices == 24 and f.modalities == {"MR": 4}
     assert abs(sum(f.class_freq.values()) - 1) < 1e-6 and f.spacing_known
@@ -481,10 +485,10 @@ def test_a_baseline_plan_times_no_auxiliary_task(monkeypatch):
     f = fp((64, 64), (1.0, 1.0), slices=(4, 4, 4), n_val=1, num_classes=3)
     cfg = profile("tiny", budget_s=0, device="cpu", stage1__tasks=["sdm", "inpaint"])
     p = make_plan(f, cfg, "baseline", probe=False)
-    t = P._time_steps(p, cfg, f, "baseline")
+    t = T.time_steps(p, cfg, f, "baseline")
     assert built == [] and not any(k.startswith("task:") for k in t)
     assert t["seg"] > 0 and t["eval"] > 0
-    t = P._time_steps(p, cfg, f, "all")
+    t = T.time_steps(p, cfg, f, "all")
     assert built == ["sdm", "inpaint"] and {"task:sdm", "task:inpaint"} <= set(t)
 
 
@@ -492,7 +496,7 @@ def test_a_planner_step_can_be_overridden():
     """The shape is decided in small steps a subclass may replace (nnU-Net's planner shape);
     the rest of the plan, and the budget shared afterwards, follow the replaced step."""
 
-    class WideNarrowPatches(P.ShapePlanner):
+    class WideNarrowPatches(S.ShapePlanner):
         def widths(self) -> list[int]:
             return [48]
 
@@ -504,7 +508,7 @@ def test_a_planner_step_can_be_overridden():
     default = make_plan(f, cfg, "baseline", probe=False)
     custom = make_plan(f, cfg, "baseline", probe=False, planner=WideNarrowPatches)
     assert (default.width, default.patch) != (48, 64)
-    assert (custom.width, custom.patch, custom.depth) == (48, 64, P._depth_for(64))
+    assert (custom.width, custom.patch, custom.depth) == (48, 64, S._depth_for(64))
     assert custom.spacing == default.spacing  # the steps not replaced decide as before
     assert "64 x 64 patches" in custom.reasons[1] and "width 48" in custom.reasons[1]
     assert custom.steps and custom.estimate_s  # the budget is shared for the replaced shape
@@ -536,27 +540,27 @@ def test_a_waiting_worker_times_ahead_what_its_jobs_plan_asks_for(monkeypatch):
     from napari_mtssl.training.loop import pace
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(P, "_COST_CACHE", {})
-    monkeypatch.setattr(P, "_TIMED_STEPS", {})
-    monkeypatch.setattr(P._Ahead, "closed", False)
-    monkeypatch.setattr(P.inference, "resolve_device", lambda requested: torch.device("cpu"))
+    monkeypatch.setattr(T, "_COST_CACHE", {})
+    monkeypatch.setattr(T, "_TIMED_STEPS", {})
+    monkeypatch.setattr(T.TimingAhead, "closed", False)
+    monkeypatch.setattr(T.inference, "resolve_device", lambda requested: torch.device("cpu"))
     try:
         # every core busy: nothing is timed ahead (it would take the viewer's share)
-        monkeypatch.setattr(pace, "_HISTORY", SettledLoad(float(P.usable_cpus())))
-        ahead = threading.Thread(target=P.time_ahead, kwargs={"every_s": 0.001})
+        monkeypatch.setattr(pace, "_HISTORY", SettledLoad(float(M.usable_cpus())))
+        ahead = threading.Thread(target=T.time_ahead, kwargs={"every_s": 0.001})
         ahead.start()
         time.sleep(0.3)
-        P._Ahead.closed = True  # as a plan does
+        T.TimingAhead.closed = True  # as a plan does
         ahead.join(30)
-        assert not ahead.is_alive() and P._COST_CACHE == {}
-        P._Ahead.closed = False
+        assert not ahead.is_alive() and T._COST_CACHE == {}
+        T.TimingAhead.closed = False
 
         monkeypatch.setattr(pace, "_HISTORY", SettledLoad(0.1))
-        P.time_ahead(interactive=True, most=1, every_s=0.001)
-        (key,) = P._COST_CACHE
-        policy = P._thread_policy(torch.device("cpu"), True, 0.1)
+        T.time_ahead(interactive=True, most=1, every_s=0.001)
+        (key,) = T._COST_CACHE
+        policy = M.thread_policy(torch.device("cpu"), True, 0.1)
         assert key[0] == "cpu" and key[2:4] == (policy, 0)  # threads, load level
-        assert len(P._TIMED_STEPS) == 2  # width 16, depth 4: 64 and 128 px
+        assert len(T._TIMED_STEPS) == 2  # width 16, depth 4: 64 and 128 px
 
         optimisers = []  # a timed training step makes one
         real_adamw = torch.optim.AdamW
@@ -565,22 +569,22 @@ def test_a_waiting_worker_times_ahead_what_its_jobs_plan_asks_for(monkeypatch):
         )
         f = fp((256, 216), (1.4, 1.4), num_classes=4)
         cfg = profile("quick", budget_s=parse_budget("10m"), device="cpu")
-        p = P.shape_plan(f, cfg, "baseline", interactive=True)
+        p = S.shape_plan(f, cfg, "baseline", interactive=True)
         assert p.threads == key[2] and p.precision == key[1] and p.batch_size == key[4]
-        assert optimisers == [] and P._Ahead.closed
-        shaped = P.Plan.from_dict({**p.to_dict(), "patch": 128, "width": 16, "depth": 4})
-        t = P._time_steps(shaped, cfg, f, "baseline")
+        assert optimisers == [] and T.TimingAhead.closed
+        shaped = Plan.from_dict({**p.to_dict(), "patch": 128, "width": 16, "depth": 4})
+        t = T.time_steps(shaped, cfg, f, "baseline")
         assert optimisers == []
         assert (
             t["seg"]
-            == P._TIMED_STEPS[P._timed_key(shaped.device, p.precision, 0, 8, 16, 4, 128)]["seg"]
+            == T._TIMED_STEPS[T._timed_key(shaped.device, p.precision, 0, 8, 16, 4, 128)]["seg"]
         )
 
-        P.time_ahead(interactive=True, most=1, every_s=0.001)  # a plan began: returns at once
-        assert len(P._COST_CACHE) == 1
+        T.time_ahead(interactive=True, most=1, every_s=0.001)  # a plan began: returns at once
+        assert len(T._COST_CACHE) == 1
 
         monkeypatch.setattr(pace, "_HISTORY", SettledLoad(2.0))  # two programs started since
-        P.shape_plan(f, cfg, "baseline", interactive=True)
-        assert len(optimisers) == 1 and len(P._COST_CACHE) == 2
+        S.shape_plan(f, cfg, "baseline", interactive=True)
+        assert len(optimisers) == 1 and len(T._COST_CACHE) == 2
     finally:
         torch.set_num_threads(threads)

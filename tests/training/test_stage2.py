@@ -19,7 +19,7 @@ from napari_mtssl.training.loop.terms.semi import (
     own_probs,
 )
 from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
-from napari_mtssl.training.planning.plan import fingerprint
+from napari_mtssl.training.planning.fingerprint import fingerprint
 from napari_mtssl.training.planning.planner import make_plan
 from napari_mtssl.training.running.pipeline import comparison
 

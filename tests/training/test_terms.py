@@ -10,7 +10,7 @@ from napari_mtssl.training.data.slices import StudyData
 from napari_mtssl.training.loop import stages, terms
 from napari_mtssl.training.loop.terms import TERMS, Term, build_term
 from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
-from napari_mtssl.training.planning.plan import fingerprint
+from napari_mtssl.training.planning.fingerprint import fingerprint
 from napari_mtssl.training.planning.planner import make_plan
 
 

@@ -130,7 +130,7 @@ def tiny_report(steps: int = 4, profile: str = "tiny") -> dict:
 
 def fingerprint() -> Any:
     """A study like ACDC's (10 training scans, 3 labelled) as the planner sees it."""
-    from napari_mtssl.training.planning.plan import Fingerprint
+    from napari_mtssl.training.planning.fingerprint import Fingerprint
 
     z, size = 10, (256, 216)
     return Fingerprint(

@@ -20,19 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from napari_mtssl.ids import ModelId
+from napari_mtssl.ids import ModelId, What
 from napari_mtssl.training.config import ExperimentConfig
-from napari_mtssl.training.planning.plan import (
-    EVALS,
-    Fingerprint,
-    Plan,
-    _mode_of,
-    model_units,
-    probe_step,
-    unit_step_s,
-    usable_cpus,
-)
-from napari_mtssl.training.planning.plan import _time_steps as time_steps
+from napari_mtssl.training.planning.fingerprint import Fingerprint
+from napari_mtssl.training.planning.machine import usable_cpus
+from napari_mtssl.training.planning.plan import EVALS, Plan, mode_of, model_units
+from napari_mtssl.training.planning.timing import probe_step, time_steps, unit_step_s
 
 __all__ = ["gpu_lanes", "lanes_for", "start_width", "price_side_by_side", "makespan", "SIDE_GAIN"]
 
@@ -42,7 +35,7 @@ SIDE_GAIN = 1.1
 START_S = 120.0  # the most a process that trains beside the timing one may take to start
 
 
-def start_width(what: str, cfg: ExperimentConfig) -> int:
+def start_width(what: What, cfg: ExperimentConfig) -> int:
     """How many of the models a new run of ``what`` trains can start together (all but the
     student, which waits for its teachers)."""
     return sum(1 for u in model_units(what, cfg) if not u.startswith("student"))
@@ -138,11 +131,11 @@ def jobs(
         if u.startswith("student"):
             continue
         seg, pre = step_s(u)
-        if both and _mode_of(u):
+        if both and mode_of(u):
             other = str(ModelId.parse(u).other_mode())
             oseg = step_s(other)[0]
             out.append(Job(f"{u}@rung", h * seg + pre, t_eval))
-            if seg > oseg or (seg == oseg and _mode_of(u) == "joint"):
+            if seg > oseg or (seg == oseg and mode_of(u) == "joint"):
                 out.append(Job(u, (1 - h) * seg, EVALS * t_eval, (f"{u}@rung", f"{other}@rung")))
         else:
             out.append(Job(u, seg + pre, EVALS * t_eval))
@@ -217,7 +210,7 @@ class SideBySide:
 
 def price_side_by_side(
     cfg: ExperimentConfig,
-    what: str,
+    what: What,
     t: dict[str, float],
     lanes: int,
     room_s: float,

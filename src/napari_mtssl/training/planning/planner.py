@@ -1,4 +1,4 @@
-"""The planner's entry point: the run's shape (:func:`.plan.shape_plan`), then its budget
+"""The planner's entry point: the run's shape (:func:`.shape.shape_plan`), then its budget
 shared across the models (:func:`allocate`).
 
 Every model of a run gets the same number of segmentation steps (the comparison the method is
@@ -21,6 +21,7 @@ from typing import Any
 from napari_mtssl.ids import ModelId, What
 from napari_mtssl.training.config import ExperimentConfig, format_budget
 from napari_mtssl.training.planning import lanes as _lanes  # (``lanes`` is a count here)
+from napari_mtssl.training.planning.fingerprint import Fingerprint
 from napari_mtssl.training.planning.plan import (
     EVALS,
     JOINT_PAYS_STEPS,
@@ -29,17 +30,18 @@ from napari_mtssl.training.planning.plan import (
     OVERHEAD_PER_MODEL_S,
     OVERHEAD_S,
     SIDE_MIN_BUDGET_S,
+    Plan,
+    PlanError,
+    mode_of,
+    model_units,
+)
+from napari_mtssl.training.planning.shape import shape_plan
+from napari_mtssl.training.planning.timing import (
     SOFT_EVAL,
     SOFT_MIN_SCANS,
     SOFT_SHARE,
-    Fingerprint,
-    Plan,
-    PlanError,
-    _guess,
-    _mode_of,
-    _time_steps,
-    model_units,
-    shape_plan,
+    nominal_timings,
+    time_steps,
     unit_step_s,
 )
 
@@ -49,12 +51,12 @@ __all__ = ["make_plan", "allocate", "min_steps", "student_share", "soft_scan_cou
 def make_plan(
     fp: Fingerprint,
     cfg: ExperimentConfig,
-    what: str = "all",
+    what: What = What.ALL,
     *,
     allocate_steps: bool = True,
     **shape: Any,
 ) -> Plan:
-    """The run's plan: its shape for ``fp`` (:func:`.plan.shape_plan`, whose keywords
+    """The run's plan: its shape for ``fp`` (:func:`.shape.shape_plan`, whose keywords
     ``shape`` takes: ``device``, ``probe``, ``interactive``, ``fixed``, ``planner``), then, within
     ``cfg.budget_s``, the steps of every model (:func:`allocate`; ``allocate_steps=False``:
     later, by the caller). Without a budget the steps are ``cfg``'s."""
@@ -64,7 +66,7 @@ def make_plan(
     return plan
 
 
-def allocate(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw: Any) -> Plan:
+def allocate(plan: Plan, cfg: ExperimentConfig, what: What, fp: Fingerprint, **kw: Any) -> Plan:
     """Share ``cfg.budget_s - spent_s`` across the run's models (in place; returns ``plan``):
     :func:`_allocate`, less the teachers where the budget is too short for them to pay
     (``stage1.min_teacher_steps``: the plan then says so in ``teachers_skipped``)."""
@@ -121,9 +123,9 @@ def _restate_steps_allocated(plan: Plan) -> Plan:
 
 
 def _restate_steps_per_model(plan: Plan, n: int, with_teachers: int = 0) -> None:
-    """The network's reason (:func:`_shape`, which priced every model of the run, teachers
-    included) says what the budget left each model with the teachers (``with_teachers``, as
-    allocated; 0: the shape's own estimate); without them, ``n``.
+    """The network's reason (:meth:`.shape.ShapePlanner.plan`, which priced every model of the
+    run, teachers included) says what the budget left each model with the teachers
+    (``with_teachers``, as allocated; 0: the shape's own estimate); without them, ``n``.
     The shape stays the one chosen with the teachers (the one the benchmarks measured)."""
     said = re.compile(
         r"the budget (?:leaves|would leave) about (\d+) steps per model(?: with the teachers)?"
@@ -141,12 +143,12 @@ def _restate_steps_per_model(plan: Plan, n: int, with_teachers: int = 0) -> None
     plan.reasons = [said.sub(now, r) for r in plan.reasons]
 
 
-def _may_skip_teachers(cfg: ExperimentConfig, what: str) -> bool:
+def _may_skip_teachers(cfg: ExperimentConfig, what: What) -> bool:
     """Whether a budget may leave the teachers out: a budgeted run of everything whose
     semi-supervised student can learn from the run's baseline instead, no steps set by hand."""
     s1 = cfg.stage1
     return bool(
-        what == "all"
+        what == What.ALL
         and cfg.budget_s > 0
         and s1.tasks
         and s1.min_teacher_steps > 0
@@ -159,7 +161,7 @@ def _may_skip_teachers(cfg: ExperimentConfig, what: str) -> bool:
 def _allocate(
     plan: Plan,
     cfg: ExperimentConfig,
-    what: str,
+    what: What,
     fp: Fingerprint,
     *,
     probe: bool = True,
@@ -186,7 +188,7 @@ def _allocate(
     t = (
         timings
         or plan.timings
-        or (_time_steps(plan, cfg, fp, what) if probe else _guess(plan, cfg))
+        or (time_steps(plan, cfg, fp, what) if probe else nominal_timings(plan, cfg))
     )
     if lanes > 1 and cfg.budget_s < SIDE_MIN_BUDGET_S and not cfg.units_at_once:
         lanes = 1  # timing steps side by side would cost a share of so small a budget
@@ -239,7 +241,7 @@ def _with_side_timings(
 
 
 def _side_by_side(
-    plan: Plan, cfg: ExperimentConfig, what: str, c: _Costs, lanes: int, n: int
+    plan: Plan, cfg: ExperimentConfig, what: What, c: _Costs, lanes: int, n: int
 ) -> tuple[int, Any]:
     """The steps per model with ``lanes`` units at a time where that gives more than ``n`` one
     at a time (or where the user asked for it: ``units_at_once``), and the pricing
@@ -321,7 +323,7 @@ class _Costs:
     def _loses_halving(self, u: str) -> bool:
         """Whether ``u`` is the mode expected to stop at the halving: the leader is not known
         yet, so the dearer mode is assumed to go on (a safe estimate)."""
-        if not (self.both and _mode_of(u)):
+        if not (self.both and mode_of(u)):
             return False
         other = str(ModelId.parse(u).other_mode())
         return self.per_step(u)[0] < self.per_step(other)[0]
@@ -388,22 +390,22 @@ def soft_scan_count(
     return int(min(n, max(SOFT_MIN_SCANS, SOFT_SHARE * student_s / per_scan)))
 
 
-def student_share(cfg: ExperimentConfig, what: str) -> float:
+def student_share(cfg: ExperimentConfig, what: What) -> float:
     """The share of a budgeted run's training time its student gets (semi, in a run that also
     trains stage 1); 0: the same steps as every other model."""
     s2 = cfg.stage2
-    if what != "all" or s2.method != "semi" or s2.steps:
+    if what != What.ALL or s2.method != "semi" or s2.steps:
         return 0.0
     return float(s2.share)
 
 
-def _student_online(cfg: ExperimentConfig, what: str) -> bool:
+def _student_online(cfg: ExperimentConfig, what: What) -> bool:
     """Whether the student's ensemble will be the model it starts from (a run of everything
     with no teacher: the run's baseline), so that no map is stored and its moving average
     labels the unlabelled slices (``units._own_start_online`` decides it when it starts)."""
     s2 = cfg.stage2
     return bool(
-        what == "all"
+        what == What.ALL
         and not cfg.stage1.tasks
         and s2.with_baseline
         and s2.learns_online()
@@ -411,15 +413,15 @@ def _student_online(cfg: ExperimentConfig, what: str) -> bool:
     )
 
 
-def _members_guess(cfg: ExperimentConfig, what: str) -> int:
+def _members_guess(cfg: ExperimentConfig, what: What) -> int:
     """Models in the student's ensemble before stage 1 has scored them (the most it can be)."""
     n = len(cfg.stage1.tasks)
-    if cfg.stage2.method == "semi" and cfg.stage2.with_baseline and what == "all":
+    if cfg.stage2.method == "semi" and cfg.stage2.with_baseline and what == What.ALL:
         n += 1
     return max(1, n)
 
 
-def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint, **kw) -> Plan:
+def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: What, fp: Fingerprint, **kw) -> Plan:
     """``stage1.modes = "auto"``: both modes where the budget gives every model
     JOINT_PAYS_STEPS (joint training needs many steps to pay, and its step is the dearer),
     else the pre-training mode only (its pre-training is also cached across runs)."""
@@ -441,9 +443,9 @@ def _allocate_auto(plan: Plan, cfg: ExperimentConfig, what: str, fp: Fingerprint
     return plan
 
 
-def min_steps(what: str) -> int:
+def min_steps(what: What) -> int:
     """The fewest steps per model a budget must give a run of ``what``."""
-    return MIN_RETRAIN_STEPS if what == "retrain-quick" else MIN_STEPS
+    return MIN_RETRAIN_STEPS if what == What.RETRAIN_QUICK else MIN_STEPS
 
 
 def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:

@@ -50,16 +50,12 @@ from napari_mtssl.training.data.slices import no_labelled_data_message
 from napari_mtssl.training.errors import UnitsFailed
 from napari_mtssl.training.loop import checkpoints, stages
 from napari_mtssl.training.loop.pace import watch_load
+from napari_mtssl.training.planning.fingerprint import fingerprint
 from napari_mtssl.training.planning.lanes import lanes_for, start_width
-from napari_mtssl.training.planning.plan import (
-    Plan,
-    PlanError,
-    fingerprint,
-    time_ahead,
-    unit_step_s,
-    usable_cpus,
-)
+from napari_mtssl.training.planning.machine import usable_cpus
+from napari_mtssl.training.planning.plan import Plan, PlanError
 from napari_mtssl.training.planning.planner import allocate, make_plan
+from napari_mtssl.training.planning.timing import time_ahead, unit_step_s
 from napari_mtssl.training.prediction.inference import resolve_device
 from napari_mtssl.training.running.budget import StepBudget
 from napari_mtssl.training.running.executors import Executor, connect, make_executor

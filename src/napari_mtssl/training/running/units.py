@@ -32,7 +32,8 @@ from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import StudyData
 from napari_mtssl.training.loop import checkpoints, soft_labels, stages
 from napari_mtssl.training.loop.trainer import evaluate
-from napari_mtssl.training.planning.plan import SOFT_MIN_SCANS, SOFT_OVERLAP, Plan
+from napari_mtssl.training.planning.plan import Plan
+from napari_mtssl.training.planning.timing import SOFT_MIN_SCANS, SOFT_OVERLAP
 from napari_mtssl.training.prediction.inference import resolve_device
 
 __all__ = ["Unit", "UnitContext", "train", "unit_job", "warm_up"]

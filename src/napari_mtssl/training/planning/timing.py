@@ -1,0 +1,455 @@
+"""Seconds per training step on this machine: what the planner prices a run with.
+
+A step's cost before the network is chosen (:func:`step_cost`: a fixed overhead plus the
+network's FLOPs at the device's speed, fitted to two timed sizes of a small U-Net), timed ahead
+of a job in a waiting worker (:func:`time_ahead`); the plan's own steps timed on its device
+(:func:`time_steps`: segmentation, each task, a forward pass) and what follows from them (the
+student's step, a stored soft-label pass, a validation pass); and the seconds per segmentation
+step of each model of a run (:func:`unit_step_s`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_mtssl.ids import ModelId, What
+from napari_mtssl.training.config import ExperimentConfig
+from napari_mtssl.training.loop.pace import recent_busy_cores
+from napari_mtssl.training.planning.fingerprint import Fingerprint
+from napari_mtssl.training.planning.machine import load_level, thread_policy, usable_cpus
+from napari_mtssl.training.planning.plan import Plan, mode_of, task_shape_overrides
+from napari_mtssl.training.prediction import inference
+
+__all__ = [
+    "TimingAhead",
+    "flops_per_sample",
+    "step_cost",
+    "time_ahead",
+    "unit_step_s",
+    "nominal_timings",
+    "probe_step",
+    "time_steps",
+    "student_step_s",
+    "train_windows",
+    "validation_windows",
+    "SOFT_OVERLAP",
+    "SOFT_SHARE",
+    "SOFT_MIN_SCANS",
+    "SOFT_EVAL",
+]
+
+
+# -- a step's cost, from the network's FLOPs ---------------------------------------------------
+
+
+def flops_per_sample(width: int, depth: int, patch: int, out_channels: int) -> float:
+    """Forward FLOPs of the U-Net for one ``patch`` x ``patch`` sample (counted once per
+    width and depth at a small size, then scaled by area: every layer is convolutional)."""
+    return _flops_small(width, depth, out_channels) * (patch / (2**depth * 4)) ** 2
+
+
+_FLOPS_CACHE: dict[tuple[int, int, int], float] = {}
+
+
+def _flops_small(width: int, depth: int, out_channels: int) -> float:
+    key = (width, depth, out_channels)
+    if key not in _FLOPS_CACHE:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        # imported here, when needed: it loads MONAI
+        from napari_mtssl.models import build_unet
+
+        net = build_unet(1, out_channels, width, depth=depth)
+        x = torch.zeros(1, 1, 2**depth * 4, 2**depth * 4)
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            net(x)
+        _FLOPS_CACHE[key] = float(fc.get_total_flops())
+    return _FLOPS_CACHE[key]
+
+
+_COST_CACHE: dict[tuple, tuple[float, float]] = {}
+# The fit is timed with a two-class head whatever the run's classes: the head is a 1 x 1
+# convolution, under 1 % of a step's FLOPs, so one fit serves every study (and can be timed
+# ahead of the job, before its study is known: time_ahead).
+_TIMED_OUT_CH = 2
+
+
+# Seconds of a training step and of a forward pass of the networks step_cost timed, by
+# (device, precision, threads, load level, batch, width, depth, patch): a CPU plan of one of
+# those shapes at that level takes them instead of timing its network again (time_steps).
+_TIMED_STEPS: dict[tuple, dict[str, float]] = {}
+
+
+def _timed_key(
+    dev: Any, precision: str, level: int, batch: int, width: int, depth: int, patch: int
+):
+    import torch
+
+    return (str(dev), precision, torch.get_num_threads(), level, batch, width, depth, patch)
+
+
+def step_cost(dev: Any, precision: str, batch: int, out_ch: int):
+    """``flops -> seconds`` of one training step on ``dev``: a fixed overhead plus FLOPs at
+    the device's speed, both fitted to two timed sizes of a width-16 U-Net (64 and 128 px)
+    trained as the run trains (its loss on random labels). Small steps are dominated by the
+    overhead, large ones by the arithmetic. ``out_ch`` is the caller's (its FLOPs are counted
+    with it); the fit is the same for every head."""
+    import torch
+
+    level = load_level()  # once: the fit and its two networks are kept at the same level
+    key = (str(dev), precision, torch.get_num_threads(), level, batch)
+    if key not in _COST_CACHE:
+        # imported here, when needed: it loads MONAI
+        from napari_mtssl.models import build_unet
+        from napari_mtssl.training.loop.losses import SegLoss
+
+        torch.manual_seed(0)
+        net = build_unet(1, _TIMED_OUT_CH, 16, depth=4).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        loss_fn, timer = SegLoss(), _StepTimer(dev)
+        pts = []
+        for p in (64, 128):
+            x = torch.randn(batch, 1, p, p, device=dev)
+            y = torch.randint(0, _TIMED_OUT_CH, (batch, p, p), device=dev)
+
+            def step(x=x, y=y) -> None:
+                with inference.autocast(dev, precision):
+                    loss = loss_fn(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            @torch.no_grad()
+            def fwd(x=x) -> None:
+                with inference.autocast(dev, precision):
+                    net(x)
+
+            seconds = {"seg": timer.timed(step), "fwd": timer.timed(fwd)}
+            _TIMED_STEPS[_timed_key(dev, precision, level, batch, 16, 4, p)] = seconds
+            pts.append((3 * flops_per_sample(16, 4, p, _TIMED_OUT_CH) * batch, seconds["seg"]))
+        (f1, t1), (f2, t2) = pts
+        per_flop = max((t2 - t1) / max(f2 - f1, 1.0), 1e-15)
+        overhead = max(0.0, t1 - per_flop * f1)
+        _COST_CACHE[key] = (overhead, per_flop)
+    overhead, per_flop = _COST_CACHE[key]
+    return lambda flops: overhead + 3 * flops * per_flop
+
+
+# -- timing ahead of a job ---------------------------------------------------------------------
+
+
+class TimingAhead:
+    """Timing ahead of a job, in a worker that waits for one (:func:`time_ahead`): the lock
+    that a plan's timing and the timing ahead share (both set torch's threads), and whether a
+    plan has begun (then nothing more is timed ahead: the job trains)."""
+
+    lock = threading.Lock()
+    closed = False
+
+
+def time_ahead(interactive: bool = True, most: int = 3, every_s: float = 0.5) -> None:
+    """Time, ahead of a job, the step-cost fit its plan will most likely ask for, for each
+    load level the machine settles at while the worker waits (two windows of its load history
+    in a row at the same level, with a core free; at most ``most`` levels): on the CPU, at the
+    precision and batch the plan picks by default and the threads its policy gives at that
+    load. A plan at a level timed ahead takes the fit, and the timed network where its shape
+    is one of them, without timing (:func:`step_cost`, :func:`time_steps`). Ends when a plan
+    begins. Not on a GPU, where timing takes a fraction of a second and a waiting worker should
+    not hold the card. Runs in the caller's thread (a daemon thread of the worker's warm-up)."""
+    import torch
+
+    dev = inference.resolve_device("auto")
+    if dev.type != "cpu":
+        return
+    timed: set[int] = set()
+    last = None
+    while len(timed) < most and not TimingAhead.closed:
+        time.sleep(every_s)
+        level = load_level()
+        steady, last = level >= 0 and level == last, level
+        if not steady or level in timed or level > usable_cpus() - 1:
+            # no core free: the timing would take its share from the viewer, whose layers
+            # then stall (the walk beside two busy processes: opening a scan 0.8-0.9 s
+            # against 0.2-0.6 s); the plan times at the click instead
+            continue
+        with TimingAhead.lock:
+            if TimingAhead.closed:
+                return
+            before = torch.get_num_threads()
+            try:
+                busy = recent_busy_cores() or 0.0
+                torch.set_num_threads(thread_policy(dev, interactive, busy))
+                # bf16 or fp32, timed (once per process) on a settled machine, as the plan's
+                precision = inference.resolve_precision(dev, "auto")
+                step_cost(dev, precision, 8, _TIMED_OUT_CH)  # 8: .shape.ShapePlanner.batch on a CPU
+            finally:
+                torch.set_num_threads(before)
+        timed.add(level)
+
+
+# -- the plan's steps, timed on its device -----------------------------------------------------
+
+
+def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Callable[[], None]]:
+    """The plan's network on its device, a batch of random data of the plan's shape, and one
+    training step of it (what the planner times, and what runs beside it when it times side
+    by side)."""
+    import torch
+
+    # imported here, when needed: it loads MONAI
+    from napari_mtssl.models import build_unet
+    from napari_mtssl.training.loop.losses import SegLoss
+
+    dev = torch.device(plan.device)
+    b, p = plan.batch_size, plan.patch
+    torch.manual_seed(0)
+    net = build_unet(1, out_ch, plan.width, depth=plan.depth).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    loss_fn = SegLoss()
+    x = torch.randn(b, 1, p, p, device=dev)
+    y = torch.randint(0, num_classes, (b, p, p), device=dev)
+
+    def step() -> None:
+        with inference.autocast(dev, plan.precision):
+            loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return net, x, step
+
+
+def time_steps(
+    plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, what: What = What.ALL
+) -> dict[str, float]:
+    """Seconds per step of each kind of model, timed on the plan's device with random data of
+    the plan's shape (a few steps each, after a warm-up step). The auxiliary tasks' steps only
+    for a run that trains teachers (``what``): a baseline's click waits for no task's timing."""
+    import torch
+
+    dev = torch.device(plan.device)
+    b = plan.batch_size
+    out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
+    teachers = What.parse(what).trains_teachers
+    timer = _StepTimer(dev)
+    level = load_level()
+    known = _TIMED_STEPS.get(
+        _timed_key(dev, plan.precision, level, b, plan.width, plan.depth, plan.patch)
+    )
+    if known is not None and dev.type == "cpu" and not teachers:
+        # timed already for the shape (by step_cost: the same network, two classes, this
+        # machine, these threads); a GPU times its own, for the step's peak memory
+        return _with_derived_timings(dict(known), plan, cfg, fp, timer)
+    net, x, seg_step = probe_step(plan, out_ch, fp.num_classes)
+
+    @torch.no_grad()
+    def fwd() -> None:
+        with inference.autocast(dev, plan.precision):
+            net(x)
+
+    t: dict[str, float] = {"seg": timer.peak(seg_step), "fwd": timer.timed(fwd)}
+    if teachers:
+        t.update(_time_task_steps(plan, cfg, fp, net, timer, t["seg"]))
+    return _with_derived_timings(t, plan, cfg, fp, timer)
+
+
+def _with_derived_timings(
+    t: dict[str, float], plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, timer: _StepTimer
+) -> dict[str, float]:
+    """``t`` (the timed steps) with what follows from them: the student's step, a stored
+    soft-label pass, a validation pass, and a joint step's peak GPU memory."""
+    b = plan.batch_size
+    t["student"] = student_step_s(t, cfg)
+    t["soft"] = train_windows(plan, fp, SOFT_OVERLAP) * t["fwd"] / b * 1.2
+    t["eval"] = validation_windows(plan, fp, cfg.data.infer_overlap) * t["fwd"] / b * 1.2
+    t["eval"] += 0.05 * len(fp.val_shapes)
+    if timer.peaks:
+        # A joint step holds the segmentation batch's and the task batch's activations at
+        # once: their peaks added (the weights and optimiser state counted twice: a margin).
+        t["peak_mb"] = timer.peaks[0] + max(timer.peaks[1:], default=0.0)
+    return t
+
+
+class _StepTimer:
+    """Seconds per call of a step on ``dev`` (after a warm-up call), with the peak GPU memory
+    (MiB) of the steps timed by :meth:`peak` on a GPU."""
+
+    def __init__(self, dev: Any):
+        self.dev = dev
+        self.peaks: list[float] = []
+
+    def timed(self, fn: Callable[[], None], n: int = 3) -> float:
+        fn()
+        _sync(self.dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(self.dev)
+        return (time.perf_counter() - t0) / n
+
+    def peak(self, fn: Callable[[], None], n: int = 3) -> float:
+        """:meth:`timed`, recording the step's peak GPU memory on a GPU."""
+        import torch
+
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        s = self.timed(fn, n)
+        if self.dev.type == "cuda":
+            self.peaks.append(torch.cuda.max_memory_allocated(self.dev) / 2**20)
+        return s
+
+
+def _sync(dev: Any) -> None:
+    import torch
+
+    if getattr(dev, "type", "") == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _time_task_steps(
+    plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, net: Any, timer: _StepTimer, seg_s: float
+) -> dict[str, float]:
+    """Seconds per joint step of each of the run's tasks (``task:<name>``), on random
+    volumes of the plan's shape; a task that cannot run on them is priced as a segmentation
+    step (``seg_s``: the run's own check explains why it cannot run)."""
+    import torch
+
+    # imported here, when needed: it loads MONAI, scipy
+    from napari_mtssl.tasks import build_task, task_config
+    from napari_mtssl.tasks.base import SliceContext
+
+    dev, p = timer.dev, plan.patch
+    rng = np.random.default_rng(0)
+    vol = rng.standard_normal((max(8, fp.slices[1]), p, p)).astype(np.float32)
+    lab = (rng.random(vol.shape) > 0.7).astype(np.int64) * min(1, fp.num_classes - 1)
+    ctx = SliceContext(
+        volume=vol,
+        z=vol.shape[0] // 2,
+        labels=lab,
+        labelled=np.ones(vol.shape[0], bool),
+        num_classes=max(2, fp.num_classes),
+        spacing=(fp.slice_spacing, 1.0, 1.0),
+    )
+    tb = cfg.data.task_batch_size or plan.batch_size
+    shaped = task_shape_overrides(cfg.stage1.tasks, cfg.stage1.task_overrides, p, plan.depth)
+    t: dict[str, float] = {}
+    for name in cfg.stage1.tasks:
+        try:
+            task = build_task(
+                name, net, task_config(name, **shaped.get(name, {})), max(2, fp.num_classes)
+            ).to(dev)
+            samples = [task.make_sample(ctx, rng) for _ in range(tb)]
+        except (ValueError, TypeError):
+            t[f"task:{name}"] = seg_s
+            continue
+        batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])).to(dev) for k in samples[0]}
+        topt = torch.optim.AdamW([*net.parameters(), *task.parameters()], 1e-3)
+
+        def task_step(task=task, batch=batch, topt=topt) -> None:
+            with inference.autocast(dev, plan.precision):
+                loss = task(net, batch)["loss"].float()
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+
+        t[f"task:{name}"] = timer.peak(task_step, 2)
+    return t
+
+
+def nominal_timings(plan: Plan, cfg: ExperimentConfig) -> dict[str, float]:
+    """Step times from FLOPs at a nominal 50 GFLOP/s (when timing is not wanted: tests)."""
+    f = flops_per_sample(plan.width, plan.depth, plan.patch, 2) * plan.batch_size
+    seg = 3 * f / 50e9
+    out = {"seg": seg, "fwd": f / 50e9, "eval": 1.0, "soft": 1.0}
+    out["student"] = student_step_s(out, cfg)
+    for task in cfg.stage1.tasks:
+        out[f"task:{task}"] = seg
+    return out
+
+
+# -- seconds per model, from the timed steps ---------------------------------------------------
+
+
+def unit_step_s(
+    u: str, t: dict[str, float], cfg: ExperimentConfig, cached_pretext: Sequence[str] = ()
+) -> tuple[float, float]:
+    """(seconds per segmentation step, seconds of pre-training per segmentation step) of the
+    model ``u``, from the step timings ``t``."""
+    s1 = cfg.stage1
+    if u == "baseline":
+        return t["seg"], 0.0
+    mode = mode_of(u)
+    task = ModelId.parse(u).task if mode else None
+    if mode == "joint":
+        return t["seg"] + t.get(f"task:{task}", t["seg"]), 0.0
+    if mode == "pretrain":
+        pre = 0.0 if task in cached_pretext else s1.pretrain_ratio * t.get(f"task:{task}", 0)
+        return t["seg"], pre
+    if u == "all_joint":
+        return t["seg"] + sum(t.get(f"task:{x}", t["seg"]) for x in s1.tasks), 0.0
+    return t["student"], 0.0
+
+
+# The stored ensemble maps are predicted without window overlap (SOFT_OVERLAP; the confident
+# pixels the student learns from are the same, at 2.25x fewer windows for a patch of half the
+# slice), on at most as many unlabelled scans as SOFT_SHARE of the student's time pays for
+# (at least SOFT_MIN_SCANS); the ensemble's validation pass likewise (SOFT_EVAL of a validation
+# pass with overlap).
+SOFT_OVERLAP = 0.5
+SOFT_SHARE = 0.15
+SOFT_MIN_SCANS = 8
+SOFT_EVAL = 0.5
+
+
+# A semi-supervised student step over a baseline step: the same images through the network,
+# plus two half batches to read, the copy-paste mixing, the strong view and the masked loss
+# (1.01x without the refresh), and the moving average's forward pass over the unlabelled half
+# batch that refreshes the pseudo-labels: 1.22-1.26x measured (benchmarks/speed/run.py student,
+# ACDC, 1 thread); priced with a margin. Without the refresh, 1.05.
+SEMI_STEP = 1.30
+SEMI_STEP_FIXED = 1.05
+
+
+def student_step_s(t: dict[str, float], cfg: ExperimentConfig) -> float:
+    """Seconds of one student step from the timed segmentation step and forward pass."""
+    s2 = cfg.stage2
+    if s2.method == "semi":
+        return (SEMI_STEP if s2.refresh > 0 else SEMI_STEP_FIXED) * t["seg"]
+    unl = 2.0 if s2.distil_unlabelled else 1.0  # a labelled and an unlabelled batch
+    if s2.stored and s2.temperature == 1.0:
+        return unl * t["seg"] * 1.05  # the ensemble's maps come with the batch
+    teachers = max(1, len(cfg.stage1.tasks))
+    return unl * t["seg"] + unl * teachers * t["fwd"]
+
+
+def train_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
+    """Sliding windows one model predicts over every training slice (the stored ensemble
+    maps): the validation pass scaled by the training scans' share."""
+    val = validation_windows(plan, fp, overlap)
+    per_scan = val / max(1, len(fp.val_shapes))
+    return int(round(per_scan * max(1, fp.n_train)))
+
+
+def validation_windows(plan: Plan, fp: Fingerprint, overlap: float) -> int:
+    """Sliding windows one validation pass predicts (MONAI's window count per slice)."""
+    p = plan.patch
+    step = max(1, int(p * (1 - overlap)))
+
+    def along(n: float) -> int:
+        n = int(round(n))
+        return 1 if n <= p else int(math.ceil((n - p) / step)) + 1
+
+    total = 0
+    for z, h, w in fp.val_shapes:
+        f = 1.0
+        if plan.spacing is not None:
+            f = float(np.median(fp.spacing)) / plan.spacing[0]
+        total += z * along(h * f) * along(w * f)
+    return total
