@@ -54,6 +54,37 @@ def test_import_is_cheap():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_studys_types_come_when_asked_for(tmp_path):
+    """The docks' types and file helpers come through the api; the scan readers are imported
+    when one is first asked for, not with the api."""
+    code = (
+        "import sys; from napari_mtssl import api; before = 'nibabel' in sys.modules; "
+        "from napari_mtssl.api import SPLITS, Scan; print(before, SPLITS, Scan.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False ('train', 'val', 'test', 'unused') Scan"
+    with pytest.raises(AttributeError):
+        api.no_such_name  # noqa: B018
+    data = make_dataset(tmp_path / "ds")
+    assert api.labelled_patients(data) == 4  # five labelled cases, patient001's two frames
+    assert api.read_scans(data / "imagesTr" / "patient002_frame01.nii.gz")[0].shape == (4, 48, 40)
+    assert api.scan_file_filter().endswith(";;All files (*)")
+    assert api.class_features({0: "background", 1: "outer"}) == {
+        "index": [0, 1],
+        "class": ["background", "outer"],
+    }
+
+
+def test_what_a_run_trains_is_checked_before_anything_starts(tmp_path):
+    """``what`` is a :class:`~napari_mtssl.ids.What` or its text; anything else is refused
+    with the choices, before a workspace is opened or a process started."""
+    cfg = api.make_config("tiny")
+    with pytest.raises(ValueError, match="what must be one of baseline, stage1"):
+        api.start_job(tmp_path / "none", cfg, "stage3")
+    with pytest.raises(ValueError, match="what must be one of"):
+        api.start_plan_job(tmp_path / "none", cfg, "plan")
+
+
 def test_patient_of():
     assert api.patient_of("patient007_frame12") == "patient007"
     assert api.patient_of("case_3") == "case_3"

@@ -6,6 +6,7 @@ that need them, so napari can import the widgets' modules without paying for tor
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from napari_mtssl.events import Event, Events
 from napari_mtssl.export import ExportError, check_output
 from napari_mtssl.export.model_files import export_bioimageio, export_onnx
 from napari_mtssl.export.model_files import import_model as _import
+from napari_mtssl.ids import What
 from napari_mtssl.training.config import ExperimentConfig, parse_budget
 from napari_mtssl.training.config import profile as _profile
 from napari_mtssl.training.loop.metrics import dice_per_class
@@ -26,16 +28,26 @@ from napari_mtssl.training.running import saved
 from napari_mtssl.training.running.jobs import JobHandle, JobWorker
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_mtssl.io.scan import Scan
+    from napari_mtssl.io.napari_io import NAMES_KEY, WORKSPACE_KEY
+    from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
     from napari_mtssl.training.config import ExperimentConfig
     from napari_mtssl.training.planning.plan import Plan
     from napari_mtssl.training.running.jobs import JobHandle, JobWorker
-    from napari_mtssl.workspace import Round, Workspace
+    from napari_mtssl.workspace import SPLITS, Round, Workspace
 
 __all__ = [
     "TaskInfo",
     "Prediction",
     "Comparison",
+    "What",
+    "Workspace",
+    "Round",
+    "SPLITS",
+    "Scan",
+    "LabelError",
+    "ScanReadError",
+    "NAMES_KEY",
+    "WORKSPACE_KEY",
     "open_workspace",
     "create_workspace",
     "list_tasks",
@@ -59,12 +71,33 @@ __all__ = [
     "run_config",
     "save_labels",
     "patient_of",
+    "read_scans",
+    "labelled_patients",
+    "scan_file_filter",
+    "class_features",
     "MODEL_ORDER",
 ]
 
 JOB_TARGET = "napari_mtssl.training.running.pipeline:run_training_job"
 PLAN_TARGET = "napari_mtssl.training.running.pipeline:plan_job"
 WARM_ENGINE = "napari_mtssl.training.running.pipeline:import_engine"
+
+
+def __getattr__(name: str) -> Any:
+    """The study's and its files' types and constants (``api.Scan``, ``api.SPLITS``...),
+    imported when first asked for: they load the scan readers, which importing the api does
+    not."""
+    if name in ("Scan", "LabelError", "ScanReadError"):
+        from napari_mtssl.io import scan as module
+    elif name in ("NAMES_KEY", "WORKSPACE_KEY"):  # layer metadata: class names, workspace
+        from napari_mtssl.io import napari_io as module
+    elif name in ("SPLITS", "Round", "Workspace"):
+        from napari_mtssl import workspace as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
 
 
 @dataclass(frozen=True)
@@ -160,6 +193,42 @@ def patient_of(case: str) -> str:
     return of(case)
 
 
+def read_scans(path: str | os.PathLike) -> list[Scan]:
+    """Every scan in a file or folder (NIfTI, DICOM, TIFF/PNG stacks; a DICOM folder gives one
+    scan per series), in the canonical ``(z, y, x)`` frame; ScanReadError naming the file."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.io import read_scans as read
+
+    return read(path)
+
+
+def labelled_patients(folder: str | os.PathLike) -> int:
+    """How many patients (:func:`patient_of`) have a labelled case among a dataset folder's
+    ``imagesTr/`` cases (its held-out ``imagesTs/`` left out). Opening the folder fails here,
+    naming the file, for a folder that is not a dataset."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.io import open_dataset
+
+    return len({patient_of(c.name) for c in open_dataset(folder).labelled if not c.test})
+
+
+def scan_file_filter() -> str:
+    """A file dialog's filter for the scan files the readers open (``Scans (*.nii ...)``)."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.io import formats
+
+    return formats.dialog_filter()
+
+
+def class_features(names: dict[int, str]) -> dict[str, list] | None:
+    """A labels layer's ``features`` table naming each class (napari's status bar shows the
+    class under the pointer); None without names."""
+    # imported here, when needed: it loads the scan readers
+    from napari_mtssl.io.napari_io import class_features as features
+
+    return features(names)
+
+
 def list_tasks() -> list[TaskInfo]:
     # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.tasks import task_info
@@ -212,28 +281,27 @@ def make_config(
 def plan(
     workspace: Workspace | str,
     config: ExperimentConfig,
-    what: str = "all",
+    what: What | str = What.ALL,
     *,
     interactive: bool = False,
 ) -> Plan:
     """The plan a training run would make now (times a few steps on the device): resolution,
     patch, network, precision, the steps of every model and the time estimate. Raises
     ``PlanError`` (a ValueError) with what fits when the budget is too small."""
+    w = What.parse(what).value  # the engine is given the plain text, as the CLI gives it
     # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
     from napari_mtssl.training.running.pipeline import _fixed_plan
 
     ws = _ws(workspace)
-    return make_plan(
-        fingerprint(ws), config, what, interactive=interactive, fixed=_fixed_plan(ws, what)
-    )
+    return make_plan(fingerprint(ws), config, w, interactive=interactive, fixed=_fixed_plan(ws, w))
 
 
 def train(
     workspace: Workspace | str,
     config: ExperimentConfig,
-    what: str = "all",
+    what: What | str = What.ALL,
     *,
     stop: Callable[[], bool] | None = None,
     resume: str | None = None,
@@ -244,10 +312,11 @@ def train(
     prints), returns the run's report.
     ``plan``: from :func:`plan`, to keep the shape the user saw (steps are planned again
     once the data are prepared)."""
+    w = What.parse(what).value  # the engine is given the plain text, as the CLI gives it
     # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.running.pipeline import run_training
 
-    return run_training(_ws(workspace), config, what, stop=stop, resume=resume, plan=plan)
+    return run_training(_ws(workspace), config, w, stop=stop, resume=resume, plan=plan)
 
 
 def run(generator: Events[Any], on_event: Callable[[Event], None] | None = None):
@@ -265,7 +334,7 @@ def run(generator: Events[Any], on_event: Callable[[Event], None] | None = None)
 def start_job(
     workspace: Workspace | str,
     config: ExperimentConfig,
-    what: str = "all",
+    what: What | str = What.ALL,
     *,
     resume: str | None = None,
     inline: bool = False,
@@ -275,8 +344,9 @@ def start_job(
     """Training in its own worker process (``inline``: a thread of this one; ``worker``: an
     idle :func:`spare_worker`, which starts it at once). ``plan``: a plan's ``to_dict()``
     (from :func:`start_plan_job`) whose shape the run keeps."""
+    w = What.parse(what).value  # the worker process is sent the plain text
     ws = _ws(workspace)
-    kwargs: dict[str, Any] = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
+    kwargs: dict[str, Any] = {"workspace": str(ws.root), "config": config.to_dict(), "what": w}
     if resume:
         kwargs["resume"] = resume
     if plan is not None:
@@ -287,15 +357,16 @@ def start_job(
 def start_plan_job(
     workspace: Workspace | str,
     config: ExperimentConfig,
-    what: str = "all",
+    what: What | str = What.ALL,
     *,
     inline: bool = False,
     worker: JobWorker | None = None,
 ) -> JobHandle:
     """:func:`plan` in a worker process (the viewer never imports torch); its result is the
     plan's ``to_dict()``."""
+    w = What.parse(what).value  # the worker process is sent the plain text
     ws = _ws(workspace)
-    kwargs = {"workspace": str(ws.root), "config": config.to_dict(), "what": what}
+    kwargs = {"workspace": str(ws.root), "config": config.to_dict(), "what": w}
     return _job(PLAN_TARGET, kwargs, inline, worker)
 
 
@@ -522,8 +593,6 @@ def export_model(
         return export_onnx(net, meta, dest, extra=extra)
     plan = None
     if (r.path / "plan.json").is_file():
-        import json
-
         plan = json.loads((r.path / "plan.json").read_text())
     image = _test_slice(ws, meta)
     train = [ws.record(s).name for s in ws.scan_ids("train")]

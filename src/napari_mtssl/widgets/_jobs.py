@@ -32,8 +32,12 @@ from qtpy.QtWidgets import (
 
 from napari_mtssl import api
 from napari_mtssl import events as ev
+from napari_mtssl.ids import What
 
 POLL_S = 0.1  # how long the relay thread waits for events before checking the job's state
+# What the docks ask the controller to run when they want an estimate (``api.start_plan_job``)
+# rather than a training run: not a What, which names what a run trains.
+PLAN = "plan"
 
 
 def widget_alive(widget: Any) -> bool:
@@ -171,14 +175,14 @@ class JobController(QObject):
         self,
         workspace: Any,
         config: Any,
-        what: str,
+        what: What | str,
         preflight: Callable[[], None] | None = None,
-        plan_for: str | None = None,
+        plan_for: What | str | None = None,
         resume: str | None = None,
     ) -> Any:
         """Start ``api.start_job(workspace, config, what)`` and relay its events.
 
-        ``what="plan"``: plan the run ``plan_for`` instead (``api.start_plan_job``); its result
+        ``what=PLAN``: plan the run ``plan_for`` instead (``api.start_plan_job``); its result
         is the plan as a dict. ``resume``: the id of a stopped or interrupted run to go on with.
 
         The slow parts of starting (``preflight`` checks that read the data, spawning the worker
@@ -194,8 +198,10 @@ class JobController(QObject):
             if preflight is not None:
                 preflight()
             spare = self._take_spare()
-            if what == "plan":
-                return api.start_plan_job(workspace, config, what=plan_for or "all", worker=spare)
+            if what == PLAN:
+                return api.start_plan_job(
+                    workspace, config, what=plan_for or What.ALL, worker=spare
+                )
             return api.start_job(workspace, config, what=what, resume=resume, worker=spare)
 
         self.handle, self.what = None, what
@@ -297,7 +303,7 @@ class JobController(QObject):
         if state == "failed":
             message = getattr(handle, "error", None) or "the job failed"
             self._finish(None, message)
-            if self.what == "plan":
+            if self.what == PLAN:
                 notifications.show_error(f"Cannot plan this run: {message}")
             else:
                 notifications.show_error(

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_mtssl import api
+from napari_mtssl.api import NAMES_KEY, WORKSPACE_KEY, LabelError, Scan, ScanReadError
 from napari_mtssl.colours import labels_colour_dict
-from napari_mtssl.io.napari_io import NAMES_KEY, WORKSPACE_KEY, class_features
-from napari_mtssl.io.scan import LabelError, Scan, ScanReadError
 from napari_mtssl.widgets._slider import fit_slider_to_shown
 
 SCAN_META_KEY = "mtssl_scan"  # metadata the io readers put on image layers (Scan.layer_kwargs)
@@ -212,7 +212,7 @@ def show_labels(
     if ws is not None:  # segment names for a DICOM-SEG saved from this layer
         meta[NAMES_KEY] = {str(k): v for k, v in names.items()}
         meta[WORKSPACE_KEY] = str(ws.root)  # cleared with the workspace's other layers
-    features = class_features(names)  # the class name under the pointer, in the status bar
+    features = api.class_features(names)  # the class name under the pointer, in the status bar
     layer = find_layer(viewer, name)
     if layer is not None:
         layer.data = data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils import notifications
@@ -28,32 +28,35 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+if TYPE_CHECKING:
+    from napari_mtssl.api import Round
+
 from napari_mtssl import api, ids
 from napari_mtssl import events as ev
+from napari_mtssl.ids import What
 from napari_mtssl.widgets import _state
 from napari_mtssl.widgets._jobs import JobProgressPanel, run_in_thread
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import LayerLabels
 from napari_mtssl.widgets.study import report_errors
-from napari_mtssl.workspace import Round
 
 RETRAIN = (
     (
-        "retrain-quick",
+        What.RETRAIN_QUICK,
         "Retrain quick",
         "fine-tune the student on the corrected slices (a sixth of the time budget, at least "
         "3 minutes)",
     ),
     (
-        "retrain-stage2",
+        What.RETRAIN_STAGE2,
         "Stage 2 again",
         "distil the teachers into a new student with the corrections (a third of the budget)",
     ),
-    ("all", "Everything", "retrain teachers, baseline and student (the whole time budget)"),
+    (What.ALL, "Everything", "retrain teachers, baseline and student (the whole time budget)"),
 )
 # Share of the training dock's time budget each kind of retraining gets (at least 3 minutes):
 # one model is retrained where a full run trains many.
-RETRAIN_SHARE = {"retrain-quick": 1 / 6, "retrain-stage2": 1 / 3, "all": 1.0}
+RETRAIN_SHARE = {What.RETRAIN_QUICK: 1 / 6, What.RETRAIN_STAGE2: 1 / 3, What.ALL: 1.0}
 HISTORY_MODELS = ("student", "baseline")
 PROPOSED = 10  # slices proposed at a time (the simulated annotator's round)
 # Propose ranks the slices of at most this many unlabelled scans, drawn at random, so that it
@@ -175,7 +178,7 @@ class CorrectWidget(QWidget):
         retrain_box = QGroupBox("Retrain with the corrections")
         box = QVBoxLayout(retrain_box)
         row = QHBoxLayout()
-        self.retrain_buttons: dict[str, QPushButton] = {}
+        self.retrain_buttons: dict[What, QPushButton] = {}
         for what, text, tip in RETRAIN:
             btn = QPushButton(text)
             btn.setToolTip(tip)
@@ -649,7 +652,7 @@ class CorrectWidget(QWidget):
 
     # -- retraining ------------------------------------------------------------------------------
     @report_errors("Could not start retraining")
-    def retrain(self, what: str) -> Any:
+    def retrain(self, what: What | str) -> Any:
         """Same job mechanism as the training dock, with its settings when it is open; the
         time budget is shared as ``RETRAIN_SHARE`` says."""
         ws = self.session.require_workspace()

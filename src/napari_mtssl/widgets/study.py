@@ -36,8 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_mtssl import api
-from napari_mtssl import io as mio
-from napari_mtssl.io import formats
+from napari_mtssl.api import SPLITS  # train, val, test, unused
 from napari_mtssl.widgets._jobs import run_in_thread, widget_alive
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import (
@@ -51,7 +50,6 @@ from napari_mtssl.widgets._state import (
     show_scan,
 )
 from napari_mtssl.widgets._turns import run_in_turns
-from napari_mtssl.workspace.core import SPLITS  # train, val, test, unused
 
 STATUS_COLOURS = {
     "unlabelled": QColor(70, 70, 70),
@@ -334,7 +332,7 @@ class StudyWidget(QWidget):
             self,
             title,
             "",
-            formats.dialog_filter(),
+            api.scan_file_filter(),
         )
         return list(files)
 
@@ -530,12 +528,12 @@ class StudyWidget(QWidget):
         return self._read_and_add([folder] if folder else [])
 
     def _read_and_add(self, paths: list[str]) -> list[str]:
-        """Read each path with ``io.read_scans``; a bad file is reported by name, others load."""
+        """Read each path with ``api.read_scans``; a bad file is reported by name, others load."""
 
         added: list[str] = []
         for path in paths:
             try:
-                scans = mio.read_scans(path)
+                scans = api.read_scans(path)
             except Exception as exc:  # noqa: BLE001 - reported with the file name
                 text = str(exc)
                 notifications.show_error(
@@ -587,9 +585,9 @@ class StudyWidget(QWidget):
         folder = folder or self.ask_folder("Open a dataset folder (Decathlon / nnU-Net layout)")
         if not folder:
             return None
-        ds = mio.open_dataset(folder)  # fails here, naming the file, before anything is made
+        # fails here, naming the file, before anything is made
+        patients = api.labelled_patients(folder)
         if labelled is None:
-            patients = len({api.patient_of(c.name) for c in ds.labelled if not c.test})
             labelled = self.ask_labelled(patients)
             if labelled is None:
                 return None

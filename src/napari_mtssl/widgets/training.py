@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from html import escape
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QSize, Qt, QTimer
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 from napari_mtssl import api, ids
 from napari_mtssl import events as ev
-from napari_mtssl.ids import teacher, trained
-from napari_mtssl.widgets._jobs import JobProgressPanel
+from napari_mtssl.ids import What, teacher, trained
+from napari_mtssl.widgets._jobs import PLAN, JobProgressPanel
 from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets.study import report_errors
 
@@ -70,16 +71,20 @@ NOT_LEARNT_STEPS = 100
 NOT_LEARNT = "(not trained: a smoke test)"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 EXECUTOR_CHOICES = (("this computer", "local"), ("a Ray cluster", "ray"))
-TRAIN_BUTTONS = (("stage1", "Train stage 1"), ("stage2", "Train stage 2"), ("all", "Train all"))
+TRAIN_BUTTONS = (
+    (What.STAGE1, "Train stage 1"),
+    (What.STAGE2, "Train stage 2"),
+    (What.ALL, "Train all"),
+)
 # What each kind of run is called in the dock's status line.
 RUN_TITLES = {
-    "all": "Train all",
-    "stage1": "Stage 1",
-    "stage2": "Stage 2",
-    "baseline": "The baseline",
-    "plan": "Planning",
-    "retrain-quick": "Quick retraining",
-    "retrain-stage2": "Retraining the student",
+    What.ALL: "Train all",
+    What.STAGE1: "Stage 1",
+    What.STAGE2: "Stage 2",
+    What.BASELINE: "The baseline",
+    PLAN: "Planning",
+    What.RETRAIN_QUICK: "Quick retraining",
+    What.RETRAIN_STAGE2: "Retraining the student",
 }
 RESULT_COLUMNS = ["Model", "joint", "pre-train", "chosen", "val Dice"]
 
@@ -375,8 +380,8 @@ class TrainingWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.jobs = self.session.jobs
         self.job_finished = self.jobs.job_finished  # tests: qtbot.waitSignal(w.job_finished)
-        self._request: str | None = None  # what this dock last asked the controller to run
-        self._planned = "all"  # what its last Estimate planned
+        self._request: What | str | None = None  # what this dock last asked the controller to run
+        self._planned: What | str = What.ALL  # what its last Estimate planned
         self._smoke = False  # the results shown are a smoke test's
         self._starting = False
         self._own_job = False
@@ -439,14 +444,14 @@ class TrainingWidget(QWidget):
     def _strip(self) -> QFrame:
         """The pinned strip: the train buttons, what runs now and the time left, the
         progress bar and Stop."""
-        self.train_buttons: dict[str, QPushButton] = {}
+        self.train_buttons: dict[What, QPushButton] = {}
         buttons = QGridLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
         tips = {
-            "stage1": "Stage 1: the baseline and one teacher per ticked task (each trained "
+            What.STAGE1: "Stage 1: the baseline and one teacher per ticked task (each trained "
             "joint and pre-trained, the better kept), within the time budget",
-            "stage2": "Stage 2: distil the latest teachers into one student",
-            "all": "Stage 1 and stage 2 in one run, within the time budget",
+            What.STAGE2: "Stage 2: distil the latest teachers into one student",
+            What.ALL: "Stage 1 and stage 2 in one run, within the time budget",
         }
         for what, text in TRAIN_BUTTONS:
             btn = QPushButton(text)
@@ -495,7 +500,7 @@ class TrainingWidget(QWidget):
             "Plan the run for this budget (times a few steps on the device, a few seconds) and "
             "show the resolution, network and the steps and time of every model"
         )
-        self.estimate_button.clicked.connect(lambda _=False: self.estimate("all"))
+        self.estimate_button.clicked.connect(lambda _=False: self.estimate(What.ALL))
         budget_row = QHBoxLayout()
         budget_row.setContentsMargins(0, 0, 0, 0)
         budget_row.addWidget(QLabel("Time budget"))
@@ -751,10 +756,11 @@ class TrainingWidget(QWidget):
         )
 
     # -- running ---------------------------------------------------------------------------------
-    def _start(self, what: str, config: Any, **kwargs: Any) -> Any:
-        """Ask the viewer's job controller to run ``what`` and remember it was this dock."""
+    def _start(self, what: What | str, config: Any, **kwargs: Any) -> Any:
+        """Ask the viewer's job controller to run ``what`` (a What, or PLAN) and remember it
+        was this dock."""
         ws = self.session.require_workspace()
-        self._request = "plan" if what == "plan" else what
+        self._request = what
         self._starting = True
         try:
             return self.jobs.start(ws, config, what, **kwargs)
@@ -762,7 +768,7 @@ class TrainingWidget(QWidget):
             self._starting = False
 
     @report_errors("Could not start training")
-    def train(self, what: str) -> Any:
+    def train(self, what: What | str) -> Any:
         """Start ``what`` ("stage1", "stage2", "all", "baseline") in a worker process.
 
         The task check (it reads the data) runs with the start, off the GUI thread; a task that
@@ -771,7 +777,7 @@ class TrainingWidget(QWidget):
         ws = self.session.require_workspace()
         tasks = self.selected_tasks()
         config = self.build_config()
-        uses_tasks = ids.What.parse(what).trains_teachers
+        uses_tasks = What.parse(what).trains_teachers
         if uses_tasks and not tasks:
             raise ValueError("tick at least one auxiliary task")
 
@@ -789,39 +795,37 @@ class TrainingWidget(QWidget):
         return self._start(what, config, preflight=preflight)
 
     @report_errors("Could not plan the run")
-    def estimate(self, what: str = "all") -> Any:
+    def estimate(self, what: What | str = What.ALL) -> Any:
         """Plan ``what`` for the budget in a worker process and show the plan (no training)."""
         self.session.require_workspace()
         config = self.build_config()
         self.show_plan(None, message="planning: timing a few steps on this machine…")
         self._planned = what
-        return self._start("plan", config, plan_for=what)
+        return self._start(PLAN, config, plan_for=what)
 
     # -- what fits a budget that was refused --------------------------------------------------
-    def show_fits(self, refusal: Refusal | None, what: str | None = None) -> None:
+    def show_fits(self, refusal: Refusal | None, what: What | str | None = None) -> None:
         """Say what fits in a refused budget, with one button per way to take it."""
         self.refusal = refusal
         if refusal is None:
             self.fits_box.setVisible(False)
             return
-        from html import escape
-
-        what = what or "all"
+        what = what or What.ALL
         budget = escape(refusal.budget)
         whole = (
             "the whole method"
-            if what == "all"
-            else ("stage 1" if what == "stage1" else RUN_TITLES.get(what, what).lower())
+            if what == What.ALL
+            else ("stage 1" if what == What.STAGE1 else RUN_TITLES.get(what, what).lower())
         )
         each = "its one model" if refusal.models == 1 else f"each of its {refusal.models} models"
         text = (
             f"<b>{budget} is too short for {whole}</b>: it would give {each} about "
             f"{refusal.steps} training steps, and a model needs a few hundred to learn."
         )
-        tasks_run = ids.What.parse(what).trains_teachers
+        tasks_run = What.parse(what).trains_teachers
         offers = {
             "baseline": (
-                what != "baseline",
+                what != What.BASELINE,
                 f"Train the baseline alone in {refusal.budget}",
                 "the conventional model, from your labels alone: one model instead of "
                 f"{refusal.models}, so it gets all the time; a first mask to correct now, "
@@ -881,41 +885,39 @@ class TrainingWidget(QWidget):
             text = f"Train all with {n} task{'s' if n > 1 else ''} only (fits {refusal.budget})"
         return text
 
-    def _refused_what(self) -> str | None:
-        return self._planned if self._request == "plan" else self._request
+    def _refused_what(self) -> What | str | None:
+        return self._planned if self._request == PLAN else self._request
 
     def take_baseline(self) -> Any:
         """Train the baseline alone with the budget that was refused."""
-        return self.train("baseline")
+        return self.train(What.BASELINE)
 
     def take_fewer_tasks(self) -> Any:
         """Tick only the tasks that fit, then start the run that was refused."""
         if self.refusal is None or not self.refusal.fit_tasks:
             return None
-        what = self._refused_what() or "all"
+        what = self._refused_what() or What.ALL
         for name, row in self.task_rows.items():
             row.checkbox.setChecked(name in self.refusal.fit_tasks)
-        return self.train(what if what in ("stage1", "all") else "all")
+        return self.train(what if what in (What.STAGE1, What.ALL) else What.ALL)
 
     def take_one_mode(self) -> Any:
         """Train each task in the pre-train mode only, then start the run that was refused."""
-        what = self._refused_what() or "all"
+        what = self._refused_what() or What.ALL
         self.mode.setCurrentIndex(self.mode.findData("pretrain"))
-        return self.train(what if what in ("stage1", "all") else "all")
+        return self.train(what if what in (What.STAGE1, What.ALL) else What.ALL)
 
     def take_needed_budget(self) -> Any:
         """Set the budget the planner asked for and start the run that was refused."""
         if self.refusal is None or not self.refusal.need:
             return None
-        what = self._refused_what() or "all"
+        what = self._refused_what() or What.ALL
         self.budget.setCurrentText(self.refusal.need)
         return self.train(what)
 
     # -- the plan ---------------------------------------------------------------------------
     def show_plan(self, plan: dict | None, message: str | None = None) -> None:
         """The plan's choices and per-model steps and times (or ``message``) under the budget."""
-        from html import escape
-
         if plan is None:
             self.plan_label.setText(f"<i>{escape(message or '')}</i>")
             self.plan_label.setVisible(bool(message))
@@ -1051,7 +1053,7 @@ class TrainingWidget(QWidget):
         if self._own_job:
             self.show_fits(None)
         self._run_models, self._models_done = [], 0
-        if what == "plan":
+        if what == PLAN:
             self._set_now("Planning: timing a few steps on this machine…")
             return
         self._set_now(f"{RUN_TITLES.get(what, what)}: starting the worker process…")
@@ -1135,7 +1137,7 @@ class TrainingWidget(QWidget):
             self._set_now(f"{title} failed: {jobs.last_error}", tip=jobs.last_error or "")
         elif jobs.last_state == "stopped":
             self._set_now(f"{title} stopped; the last checkpoint is kept (Resume goes on).")
-        if what == "plan":
+        if what == PLAN:
             self._on_plan_finished(result)
             return
         self._draw_curves()
