@@ -10,12 +10,21 @@ instead). :data:`EXIT_STATUS` lists every status; ``docs/cli.md`` is :func:`refe
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import platform
+import re
+import shlex
 import sys
+import tempfile
+import textwrap
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from napari_mtssl import __version__, api, events, ids, task_needs
 from napari_mtssl import simulate as sim
@@ -24,8 +33,9 @@ from napari_mtssl.colours import palette_rgb
 from napari_mtssl.export import check_output
 from napari_mtssl.ids import ModelId
 from napari_mtssl.training.config import DEFAULT_TASKS, ExperimentConfig
-from napari_mtssl.training.errors import UnitsFailed
+from napari_mtssl.training.errors import UnitsFailed, disk_full_message
 from napari_mtssl.training.loop.metrics import dice_per_class, summarise, volume_scores
+from napari_mtssl.workspace import Workspace
 
 __all__ = [
     "EXIT_STATUS",
@@ -114,7 +124,7 @@ class Progress:
 
     def _tqdm(self, e: events.Progress) -> bool:
         """Draw ``e`` on the model's tqdm bar (a new bar for a new model); False without tqdm."""
-        try:
+        try:  # imported here, when needed: bars are drawn on a terminal only
             from tqdm import tqdm
         except ImportError:
             return False
@@ -349,8 +359,6 @@ def _plan_md(plan: dict[str, Any] | None) -> list[str]:
 def _crop(*masks: Any) -> tuple[slice, slice]:
     """The part of a slice worth looking at: the foreground of all masks with a margin of
     35 % of its size each side (at least 24 px), or the whole slice when there is none."""
-    import numpy as np
-
     fg = np.logical_or.reduce([np.asarray(m) > 0 for m in masks])
     if not fg.any():
         return slice(None), slice(None)
@@ -365,8 +373,6 @@ def _crop(*masks: Any) -> tuple[slice, slice]:
 
 def _slice_dice(truth: Any, pred: Any, num_classes: int) -> float:
     """Mean Dice over the foreground classes present in either mask of one slice."""
-    import numpy as np
-
     present = [c for c in range(1, num_classes) if (truth == c).any() or (pred == c).any()]
     scores = dice_per_class(pred, truth, num_classes)
     return float(np.mean([scores[c - 1] for c in present])) if present else 1.0
@@ -392,11 +398,11 @@ def _overlay_models(report: dict[str, Any]) -> dict[str, str]:
 
 def _overlays(ws: Any, report: dict[str, Any], folder: Path, n: int) -> list[Path]:
     """Per validation scan: the middle labelled slices, ground truth and every model."""
+    # imported here, when needed: matplotlib (about 0.3 s) draws the report's pictures only
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no window: pyplot is imported after choosing the backend
     import matplotlib.pyplot as plt
-    import numpy as np
     from matplotlib.colors import ListedColormap
 
     models = _overlay_models(report)
@@ -517,8 +523,6 @@ def _open_workspace(folder: str):
 
 def _open_or_create(data: str, out: str | None, labelled: int | None):
     # imported here, when needed: it loads the scan readers
-    from napari_mtssl.workspace import Workspace
-
     data_p = Path(data)
     if (data_p / "workspace.json").is_file():
         if labelled is not None:
@@ -575,8 +579,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     """An empty workspace: scans come in through napari (the Study dock) or the Python API,
     trained models through ``napari-mtssl import``."""
     # imported here, when needed: it loads the scan readers
-    from napari_mtssl.workspace import Workspace
-
     names = {0: "background"}
     if args.classes is None:
         names[1] = "foreground"
@@ -807,7 +809,7 @@ def _has_dicom_preamble(p: Path) -> bool:
 
 
 def _tiff_pages(p: Path) -> int:
-    import tifffile
+    import tifffile  # imported here, when needed: TIFF inputs only
 
     try:
         with tifffile.TiffFile(p) as tif:
@@ -913,8 +915,6 @@ def _read_source(src: _Source) -> list[tuple[Any, Path]]:
 
 
 def _slug(text: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scan"
 
 
@@ -927,7 +927,7 @@ class _Steps:
         self.total, self.quiet, self.done = total, quiet, 0
         self.bar = None
         if not quiet and sys.stderr.isatty():
-            try:
+            try:  # imported here, when needed: bars are drawn on a terminal only
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=total, unit="scan", file=sys.stderr, dynamic_ncols=True)
@@ -1121,8 +1121,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score every trained model on a dataset's labelled cases (its val split when it has one)."""
-    import numpy as np
-
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.io import open_dataset
 
@@ -1175,8 +1173,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = api.make_config("quick", budget=args.budget, device=args.device, seed=args.seed)
     if (out / "workspace.json").is_file():
         # imported here, when needed: it loads the scan readers
-        from napari_mtssl.workspace import Workspace
-
         ws = Workspace.open(out)
     else:
         ws = api.create_workspace(out, source="sample")
@@ -1197,7 +1193,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if strategies == ["all"]:
         strategies = list(sim.CHOICES)
-    from dataclasses import fields
 
     given = {f.name: getattr(args, f.name) for f in fields(sim.Settings) if hasattr(args, f.name)}
     settings = sim.Settings(
@@ -1280,8 +1275,6 @@ class _Formatter(argparse.HelpFormatter):
         return _help_text(action).replace("%", "%%")
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        import textwrap
-
         out = []
         for para in text.split("\n\n"):
             lines = []
@@ -1768,8 +1761,6 @@ def _token(a: argparse.Action) -> str:
 
 def _synopsis(prog: str, p: argparse.ArgumentParser) -> str:
     """The usage line, written out here (argparse's own wraps by the terminal's width)."""
-    import textwrap
-
     parts = []
     for a in _shown(p):
         tok = _token(a)
@@ -1862,11 +1853,9 @@ def reference_markdown() -> str:
 
 
 def _user_log_dir() -> Path:
-    try:
+    try:  # platformdirs comes with napari, not with the headless install
         import platformdirs
     except ImportError:  # the headless install (napari brings platformdirs)
-        import tempfile
-
         return Path(tempfile.gettempdir()) / "napari-mtssl-logs"
     return Path(platformdirs.user_log_dir("napari-mtssl", appauthor=False))
 
@@ -1874,8 +1863,6 @@ def _user_log_dir() -> Path:
 def _log_folders(args: argparse.Namespace) -> list[Path]:
     """Where a crash log may go, best first: the workspace's ``logs/`` (next to what failed),
     the user log folder, the temporary folder."""
-    import tempfile
-
     folders = []
     for attr in ("workspace", "data", "out", "folder"):
         value = getattr(args, attr, None)
@@ -1886,9 +1873,6 @@ def _log_folders(args: argparse.Namespace) -> list[Path]:
 
 
 def _write_crash_log(args: argparse.Namespace, argv: list[str], exc: BaseException) -> Path | None:
-    import platform
-    import shlex
-    import traceback
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"napari-mtssl-{args.command}-{stamp}-{os.getpid()}.log"
@@ -1914,8 +1898,6 @@ def _write_crash_log(args: argparse.Namespace, argv: list[str], exc: BaseExcepti
 
 def _known(args: argparse.Namespace, exc: BaseException) -> str | None:
     """The one line for an error users can cause or fix (exit status 2), else None."""
-    import errno
-
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.io.scan import LabelError, ScanReadError
     from napari_mtssl.workspace import WorkspaceError
@@ -1941,8 +1923,6 @@ def _known(args: argparse.Namespace, exc: BaseException) -> str | None:
 def _disk_full_in_run(args: argparse.Namespace, exc: OSError) -> str:
     """A disk that filled while a run trained: the disk and its free space, the file that could
     not be written, the models the run keeps, and resume with the workspace's own path."""
-    from napari_mtssl.training.errors import disk_full_message
-
     path = Path(exc.filename) if exc.filename else None
     given = [getattr(args, k, None) for k in ("workspace", "out", "data")]
     places = [*(path.parents if path else ()), *(Path(g) for g in given if g)]
@@ -1969,8 +1949,6 @@ def _disk_full_in_run(args: argparse.Namespace, exc: OSError) -> str:
 
 def _finished_models(root: Path, path: Path | None) -> list[str] | None:
     """The finished models of the run that ``path`` lies in (None where that is unknown)."""
-    from napari_mtssl.workspace import Workspace
-
     try:
         parts = path.resolve().relative_to(root.resolve()).parts if path else ()
         if len(parts) < 2 or parts[0] != "runs":
@@ -2007,8 +1985,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         else:
-            import traceback
-
             print(
                 f"napari-mtssl {args.command}: unexpected error ({what}); no log file could "
                 "be written, so the details follow",

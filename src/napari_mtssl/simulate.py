@@ -367,7 +367,7 @@ class _Simulation:
     def run(self) -> Events[Any]:
         self.check_settings()
         if self.s.threads:
-            import torch
+            import torch  # imported here, when needed: the api imports this module without torch
 
             torch.set_num_threads(int(self.s.threads))
         initial = yield from self.initial()
@@ -431,9 +431,10 @@ def _curve(
 
 def plot(results: dict, path: Path) -> Path:
     """Student Dice versus corrected slices, a line per strategy; the baselines as lines."""
+    # imported here, when needed: matplotlib (about 0.3 s) draws the report's plot only
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no window: pyplot is imported after choosing the backend
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)

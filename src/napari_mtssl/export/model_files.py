@@ -301,7 +301,7 @@ def _cover(image: np.ndarray, probs: np.ndarray, path: Path) -> None:
     # imported here, when needed: matplotlib (about 0.3 s) only draws a package's cover
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no window: pyplot is imported after choosing the backend
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(4, 2))

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ._common import NIFTI_SUFFIXES, TIFF_SUFFIXES, suffix_of
 from .dicom import is_dicom_file, read_dicom
 from .nifti import read_nifti, read_nifti_labels, write_nifti_labels
 from .scan import LabelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from .scan import Scan
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -132,8 +132,6 @@ class _Dicom(Format):
 
 class _Npy(Format):
     def read_labels(self, path, like):
-        import numpy as np
-
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 from napari_mtssl._atomic import atomic_write_bytes, atomic_write_json
 
@@ -35,8 +35,6 @@ __all__ = [
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save
-
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(clean))
 

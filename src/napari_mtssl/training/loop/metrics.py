@@ -36,6 +36,7 @@ def hd95_per_class(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> list[float | None]:
     """95th-percentile symmetric Hausdorff distance (mm) per foreground class of one volume."""
+    # imported here, when needed: the api and the CLI import this module's Dice without torch
     import torch
     from monai.metrics import compute_hausdorff_distance
 

@@ -203,6 +203,7 @@ class Pace:
         self._watch = watch if watch is not None or not self.threads_max else CoreWatch(clock)
         self._cpus = cpus or _cpus()
         if set_threads is None or get_threads is None:
+            # imported here, when needed: the planner's load readings import this module
             import torch
 
             set_threads, get_threads = torch.set_num_threads, torch.get_num_threads

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from napari_mtssl.ids import ModelId, What
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.planning.fingerprint import Fingerprint
@@ -75,8 +77,6 @@ def gpu_lanes(plan: Plan, cfg: ExperimentConfig, width: int) -> tuple[int, str]:
     memory holds (each unit's measured peak, with the allocator's slack and a CUDA context
     per process), at most ``width`` (the units that can start together), one CPU core each
     with one left to the viewer, and at most ``GPU_MAX_LANES``."""
-    import torch
-
     dev = torch.device(plan.device)
     fp = Fingerprint.from_dict(plan.fingerprint)
     need = plan.timings.get("peak_mb") or time_steps(plan, cfg, fp).get("peak_mb", 0.0)
@@ -245,8 +245,6 @@ def price_side_by_side(
 def _busy(plan: dict, threads: int, ready: Any, stop: Any) -> None:
     """A process that trains the plan's network on random data until ``stop`` (the load
     beside the timing process)."""
-    import torch
-
     p = Plan.from_dict(plan)
     if p.device == "cpu":
         torch.set_num_threads(threads)
@@ -262,8 +260,6 @@ def time_side_by_side(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint, lanes:
     network beside this one, each process with its share of the plan's threads.
     RuntimeError when one of them could not start (it ended, or was not training after
     ``START_S``)."""
-
-    import torch
 
     each = max(1, int(plan.threads) // lanes)
     ctx = mp.get_context("spawn")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from napari_mtssl.ids import What
 from napari_mtssl.training.config import ExperimentConfig
@@ -90,8 +91,6 @@ def _shape_plan(
     fixed: Plan | None,
     planner: type[ShapePlanner] | None,
 ) -> Plan:
-    import torch
-
     dev = (
         device
         if isinstance(device, torch.device)

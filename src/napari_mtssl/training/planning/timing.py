@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from napari_mtssl.ids import ModelId, What
 from napari_mtssl.training.config import ExperimentConfig
@@ -60,9 +62,6 @@ _FLOPS_CACHE: dict[tuple[int, int, int], float] = {}
 def _flops_small(width: int, depth: int, out_channels: int) -> float:
     key = (width, depth, out_channels)
     if key not in _FLOPS_CACHE:
-        import torch
-        from torch.utils.flop_counter import FlopCounterMode
-
         # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
 
@@ -90,8 +89,6 @@ _TIMED_STEPS: dict[tuple, dict[str, float]] = {}
 def _timed_key(
     dev: Any, precision: str, level: int, batch: int, width: int, depth: int, patch: int
 ):
-    import torch
-
     return (str(dev), precision, torch.get_num_threads(), level, batch, width, depth, patch)
 
 
@@ -101,8 +98,6 @@ def step_cost(dev: Any, precision: str, batch: int, out_ch: int):
     trained as the run trains (its loss on random labels). Small steps are dominated by the
     overhead, large ones by the arithmetic. ``out_ch`` is the caller's (its FLOPs are counted
     with it); the fit is the same for every head."""
-    import torch
-
     level = load_level()  # once: the fit and its two networks are kept at the same level
     key = (str(dev), precision, torch.get_num_threads(), level, batch)
     if key not in _COST_CACHE:
@@ -163,8 +158,6 @@ def time_ahead(interactive: bool = True, most: int = 3, every_s: float = 0.5) ->
     is one of them, without timing (:func:`step_cost`, :func:`time_steps`). Ends when a plan
     begins. Not on a GPU, where timing takes a fraction of a second and a waiting worker should
     not hold the card. Runs in the caller's thread (a daemon thread of the worker's warm-up)."""
-    import torch
-
     dev = inference.resolve_device("auto")
     if dev.type != "cpu":
         return
@@ -201,8 +194,6 @@ def probe_step(plan: Plan, out_ch: int, num_classes: int) -> tuple[Any, Any, Cal
     """The plan's network on its device, a batch of random data of the plan's shape, and one
     training step of it (what the planner times, and what runs beside it when it times side
     by side)."""
-    import torch
-
     # imported here, when needed: it loads MONAI
     from napari_mtssl.models import build_unet
     from napari_mtssl.training.loop.losses import SegLoss
@@ -232,8 +223,6 @@ def time_steps(
     """Seconds per step of each kind of model, timed on the plan's device with random data of
     the plan's shape (a few steps each, after a warm-up step). The auxiliary tasks' steps only
     for a run that trains teachers (``what``): a baseline's click waits for no task's timing."""
-    import torch
-
     dev = torch.device(plan.device)
     b = plan.batch_size
     out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
@@ -296,8 +285,6 @@ class _StepTimer:
 
     def peak(self, fn: Callable[[], None], n: int = 3) -> float:
         """:meth:`timed`, recording the step's peak GPU memory on a GPU."""
-        import torch
-
         if self.dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.dev)
         s = self.timed(fn, n)
@@ -307,8 +294,6 @@ class _StepTimer:
 
 
 def _sync(dev: Any) -> None:
-    import torch
-
     if getattr(dev, "type", "") == "cuda":
         torch.cuda.synchronize(dev)
 
@@ -319,8 +304,6 @@ def _time_task_steps(
     """Seconds per joint step of each of the run's tasks (``task:<name>``), on random
     volumes of the plan's shape; a task that cannot run on them is priced as a segmentation
     step (``seg_s``: the run's own check explains why it cannot run)."""
-    import torch
-
     # imported here, when needed: it loads MONAI, scipy
     from napari_mtssl.tasks import build_task, task_config
     from napari_mtssl.tasks.base import SliceContext

@@ -166,6 +166,7 @@ def sliding_window_probs(
     """Class probabilities for a planned ``(z, H, W)`` volume with ``H, W >= patch``, chunk by
     chunk: yields ``(z0, probs)`` with ``probs`` a ``(C, n, H, W)`` CPU float32 tensor for
     slices ``z0 .. z0 + n - 1``."""
+    # imported here, when needed: MONAI takes seconds to import, and planning imports this module
     from monai.inferers import sliding_window_inference
 
     was_training = net.training

@@ -184,7 +184,7 @@ class RayExecutor(Executor):
     def __init__(self, workspace: str, run: str, lanes: int, threads: int, gpus: float, address):
         ray = require_ray()
         connect(address)
-        from ray.util.queue import Queue
+        from ray.util.queue import Queue  # Ray is optional (require_ray said it is here)
 
         self.workspace, self.run = workspace, run
         self.lanes, self.threads, self.gpus = max(1, lanes), max(1, threads), gpus
@@ -207,7 +207,7 @@ class RayExecutor(Executor):
         )
 
     def poll(self, timeout: float) -> list[tuple[str, ev.Event]]:
-        import ray.util.queue
+        import ray.util.queue  # Ray is optional: only a Ray executor gets here
 
         out: list[tuple[str, dict]] = []  # as they travelled
         try:
@@ -249,7 +249,7 @@ def _ray_error(exc: BaseException) -> str:
 
 
 def require_ray():
-    try:
+    try:  # Ray is optional: the ray extra
         import ray
     except ImportError:
         raise ValueError("the ray executor needs Ray: pip install 'napari-mtssl[ray]'") from None
@@ -274,7 +274,7 @@ _REMOTE: dict[str, Any] = {}
 def _remote_unit():
     """The Ray task that trains one unit (defined on first use: Ray is optional)."""
     if "unit" not in _REMOTE:
-        import ray
+        import ray  # Ray is optional: only a Ray executor gets here
 
         @ray.remote(max_retries=0)
         def ray_unit(workspace, run, unit, threads, deadline, queue, flag):
@@ -297,7 +297,7 @@ def _remote_unit():
 
 def _stop_flag_actor():
     if "flag" not in _REMOTE:
-        import ray
+        import ray  # Ray is optional: only a Ray executor gets here
 
         @ray.remote(num_cpus=0)
         class StopFlag:
