@@ -1,6 +1,6 @@
 """Which shape a time budget should buy: a baseline at fixed steps, patch size and width.
 
-The planner's constants (``training/planning/plan.py``: ``COVERAGE``, ``GOOD_STEPS``) come from these
+The planner's constants (``training/planning/shape.py``: ``COVERAGE``, ``GOOD_STEPS``) come from these
 runs: the same baseline on ACDC at L labelled patients, native resolution (1 mm, the data's
 spacing), one torch thread, bf16, with a patch size, network width and step count chosen so
 that each run takes about the same time (20 minutes of one core, two runs side by side).

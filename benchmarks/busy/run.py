@@ -76,7 +76,7 @@ def _warm(ws) -> None:
     """The preprocessed volumes cached before the first run, so that no scenario pays for it."""
     from napari_mtssl import api
     from napari_mtssl.training.data.slices import StudyData
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
 
     cfg = api.make_config("quick")

@@ -121,8 +121,8 @@ def bench(
     import torch
 
     from napari_mtssl import api
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.lanes import ALLOC_SLACK, CUDA_CONTEXT_MB, gpu_lanes
-    from napari_mtssl.training.planning.plan import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace

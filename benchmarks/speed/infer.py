@@ -44,7 +44,7 @@ def bench(reps: int = 3, threads: int = 2) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.models import build_unet
     from napari_mtssl.training.data.slices import pad_to, prepare_volume
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
     from napari_mtssl.training.prediction.inference import autocast, predict_scan, resolve_precision
 

@@ -118,7 +118,7 @@ def child_ct(folder: str) -> dict[str, Any]:
     from napari_mtssl.training.loop import stages
     from napari_mtssl.training.loop.terms import build_term
     from napari_mtssl.training.loop.trainer import UnitSpec, train_unit
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
     from napari_mtssl.training.prediction.inference import predict_scan
 

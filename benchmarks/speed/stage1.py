@@ -50,7 +50,7 @@ def _run(ws, cfg, lanes: int) -> dict[str, Any]:
 
 def bench(reps: int = 2, steps: int = 0, tasks: str = "sdm,inpaint") -> dict[str, Any]:
     from napari_mtssl import api
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace, spread

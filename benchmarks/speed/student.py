@@ -51,7 +51,7 @@ def bench(steps: int = 60, warmup: int = 10, reps: int = 3, threads: int = 1) ->
     from napari_mtssl import api
     from napari_mtssl.training.data.slices import StudyData
     from napari_mtssl.training.loop import soft_labels, stages
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace, spread

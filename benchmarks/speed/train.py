@@ -88,7 +88,7 @@ def bench(
 ) -> dict[str, Any]:
     from napari_mtssl import api
     from napari_mtssl.training.data.slices import StudyData
-    from napari_mtssl.training.planning.plan import fingerprint
+    from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
 
     from .common import acdc_workspace, spread

@@ -1,7 +1,7 @@
 """The 2D U-Net every model in napari-mtssl uses, built from MONAI's BasicUNet blocks.
 
 It is MONAI's ``BasicUNet`` (five encoder levels, four up-concatenation levels by default; the
-planner may choose another depth, see ``training/planning/plan.py``) laid out so that the parts auxiliary
+planner may choose another depth, see ``training/planning/shape.py``) laid out so that the parts auxiliary
 tasks share are addressable by name:
 
 * ``encoder.*``: ``TwoConv`` at full resolution, then ``depth`` ``Down`` blocks (max-pool + two

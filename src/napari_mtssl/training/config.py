@@ -25,7 +25,7 @@ PRESETS: dict[str, float] = {"quick": 600.0, "standard": 3600.0, "overnight": 8 
 PROFILES = ("tiny", *PRESETS)
 DEFAULT_TASKS = ["sdm", "inpaint"]  # vicreg: the weakest teacher measured (0.621 at 60 min, L = 3)
 
-# A field left at 0 (or "auto") is chosen by the planner (training/planning/plan.py) from the data, the
+# A field left at 0 (or "auto") is chosen by the planner (training/planning/) from the data, the
 # device and the budget; any value set here wins over the plan.
 
 
@@ -129,7 +129,7 @@ class Stage1Config:
 
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     # "joint" | "pretrain" | "both" (both: train each, keep the better) | "auto": both where the
-    # budget gives every model JOINT_PAYS_STEPS, else pre-training only (training/planning/plan.py)
+    # budget gives every model JOINT_PAYS_STEPS, else pre-training only (training/planning/planner.py)
     modes: str = "auto"
     lambda_: dict[str, float] = field(default_factory=dict)  # task -> weight (default 1.0)
     joint_steps: int = 0  # 0 (all three): from the budget, the same for every model
@@ -481,7 +481,7 @@ def profile(name: str = "quick", **overrides: Any) -> ExperimentConfig:
       units train in the run's own process).
     * ``quick`` (10 minutes), ``standard`` (1 hour), ``overnight`` (8 hours): a wall-clock
       budget for the whole run; the planner chooses resolution, patch, network and step counts
-      from the data and the device (training/planning/plan.py).
+      from the data and the device (training/planning/).
 
     ``overrides`` use ``section__field=value`` (``stage2__alpha=0.3``) or top-level fields
     (``seed=1``, ``budget_s=1200``).

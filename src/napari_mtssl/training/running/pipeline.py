@@ -146,7 +146,7 @@ def import_engine() -> None:
     It also keeps a history of the machine's load, which the job's plan reads instead of
     measuring it anew (1.3 s of the click's wait), and, in a thread, times the steps the job's
     plan will most likely ask for once the load settles with a core free
-    (:func:`~napari_mtssl.training.planning.plan.time_ahead`; a job that arrives during such a
+    (:func:`~napari_mtssl.training.planning.timing.time_ahead`; a job that arrives during such a
     timing waits for it to end and uses it)."""
     watch_load()
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
