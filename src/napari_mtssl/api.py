@@ -88,11 +88,11 @@ def __getattr__(name: str) -> Any:
     imported when first asked for: they load the scan readers, which importing the api does
     not."""
     if name in ("Scan", "LabelError", "ScanReadError"):
-        from napari_mtssl.io import scan as module
+        from napari_mtssl.io import scan as module  # imported here: it loads the scan readers
     elif name in ("NAMES_KEY", "WORKSPACE_KEY"):  # layer metadata: class names, workspace
-        from napari_mtssl.io import napari_io as module
+        from napari_mtssl.io import napari_io as module  # imported here: it loads the scan readers
     elif name in ("SPLITS", "Round", "Workspace"):
-        from napari_mtssl import workspace as module
+        from napari_mtssl import workspace as module  # imported here: it loads the scan readers
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(module, name)

@@ -26,7 +26,7 @@ def launch_demo(folder: str | None = None, run: bool = True) -> Any:
     ``folder``: where the workspace goes (default: a new temporary folder). With ``run=False``
     the viewer is returned without entering the event loop (tests, screenshots).
     """
-    import napari
+    import napari  # imported here, when needed: this package is kept light (its docstring)
 
     viewer = napari.Viewer(title="napari-mtssl demo")
     widgets = add_docks(viewer)

@@ -24,6 +24,8 @@ _started = False
 
 def _lazy_registry() -> Any | None:
     """The application registry while it has not been built yet, else None."""
+    # imported here, in the warming thread: pint's import is part of what it pays off the GUI
+    # thread (the first layer imports it otherwise)
     import pint
     from pint.registry import LazyRegistry
 
@@ -36,7 +38,7 @@ FIRST_LAYER_IMPORTS = ("scipy.ndimage",)
 
 def build_unit_registry() -> Any | None:
     """A built registry with the lazy one's parameters (worker thread); None if not needed."""
-    import pint
+    import pint  # imported here, in the warming thread, as in _lazy_registry
 
     lazy = _lazy_registry()
     if lazy is None:
@@ -51,6 +53,7 @@ def warm_dash_patterns() -> None:
     """Fill vispy's cache of line dash patterns (numpy only, no GL): every labels layer's
     polygon overlay builds them, the first one on the GUI thread otherwise."""
     try:
+        # imported here, in the warming thread; a vispy without this module is let be
         from vispy.visuals.line.dash_atlas import DashAtlas
     except ImportError:  # another vispy: the first labels layer computes them itself
         return
@@ -59,7 +62,7 @@ def warm_dash_patterns() -> None:
 
 def install_unit_registry(registry: Any | None) -> bool:
     """Make ``registry`` the application registry (GUI thread) if the lazy one is untouched."""
-    import pint
+    import pint  # imported here: the warming thread imported it already
 
     if registry is None or _lazy_registry() is None:
         return False

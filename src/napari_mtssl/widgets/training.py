@@ -285,6 +285,7 @@ class TaskRow(QWidget):
     """One auxiliary task: checkbox with its summary, a warning line, and its options form."""
 
     def __init__(self, info: Any, checked: bool, parent: QWidget | None = None) -> None:
+        # imported here, when needed: magicgui loads with the first task's options form
         from magicgui.widgets import Container, create_widget
 
         super().__init__(parent)
@@ -605,7 +606,7 @@ class TrainingWidget(QWidget):
 
     def _curves_part(self) -> Section:
         """The loss and validation Dice curves, live."""
-        import pyqtgraph as pg
+        import pyqtgraph as pg  # imported here, when needed: it loads with the dock's curves
 
         pg.setConfigOptions(antialias=True)
         self.loss_plot = pg.PlotWidget(title="training loss")
@@ -1099,7 +1100,7 @@ class TrainingWidget(QWidget):
             self._redraw.start()
 
     def _draw_curves(self) -> None:
-        import pyqtgraph as pg
+        import pyqtgraph as pg  # imported here: the curves' part imported it already
 
         for i, (name, s) in enumerate(self._series.items()):
             pen = pg.mkPen(pg.intColor(i, hues=max(len(self._series), 6)), width=1.5)
