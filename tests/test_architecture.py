@@ -4,6 +4,7 @@ docks), and they catch a circle when one is added."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -152,3 +153,56 @@ def test_no_circles_between_rooms(tmp_path, depth, module, upward, rooms):
     copy = _with_import(tmp_path, module, upward)
     found = _cycles(copy, depth)
     assert any(all(f"napari_mtssl.{r}" in c for r in rooms) for c in found), found
+
+
+def _imports_inside_functions(path: Path) -> list[tuple[int, str, bool]]:
+    """``(line, module, says_why)`` for each import statement inside a function of ``path``.
+    An import says why with a comment on its own lines or the line above, or by following,
+    in the same block, an import that does."""
+    lines = path.read_text().splitlines()
+    found = []
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        blocks = [fn.body]
+        for node in ast.walk(fn):
+            if node is not fn and not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                blocks += [
+                    b
+                    for f in ("body", "orelse", "finalbody")
+                    if isinstance(b := getattr(node, f, None), list)
+                ]
+        for block in blocks:
+            follows_a_reason = False
+            for st in block:
+                if not isinstance(st, ast.Import | ast.ImportFrom):
+                    follows_a_reason = False
+                    continue
+                own = lines[st.lineno - 1 : st.end_lineno]
+                above = lines[st.lineno - 2] if st.lineno > 1 else ""
+                why = any("#" in s for s in [above, *own]) or follows_a_reason
+                follows_a_reason = why
+                name = (
+                    st.names[0].name
+                    if isinstance(st, ast.Import)
+                    else "." * st.level + (st.module or "")
+                )
+                found.append((st.lineno, name, why))
+    return sorted(set(found))
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at the top of their file unless a heavy package is delayed on purpose
+    (torch, Qt, an image library a reader may not need), and each such place says why; the
+    standard library is never worth delaying."""
+    stdlib = set(sys.stdlib_module_names)
+    silent, stdlib_late = [], []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for line, name, why in _imports_inside_functions(path):
+            where = f"{path.relative_to(ROOT)}:{line} {name}"
+            if name.split(".")[0] in stdlib:
+                stdlib_late.append(where)
+            elif not why:
+                silent.append(where)
+    assert not stdlib_late, "standard-library imports inside functions:\n" + "\n".join(stdlib_late)
+    assert not silent, "imports inside functions without a reason:\n" + "\n".join(silent)

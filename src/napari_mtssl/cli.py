@@ -35,7 +35,6 @@ from napari_mtssl.ids import ModelId
 from napari_mtssl.training.config import DEFAULT_TASKS, ExperimentConfig
 from napari_mtssl.training.errors import UnitsFailed, disk_full_message
 from napari_mtssl.training.loop.metrics import dice_per_class, summarise, volume_scores
-from napari_mtssl.workspace import Workspace
 
 __all__ = [
     "EXIT_STATUS",
@@ -527,7 +526,7 @@ def _open_or_create(data: str, out: str | None, labelled: int | None):
     if (data_p / "workspace.json").is_file():
         if labelled is not None:
             raise CliError(f"{data}: --labelled applies to datasets, not to an existing workspace")
-        return Workspace.open(data_p), data_p
+        return api.Workspace.open(data_p), data_p
     if data != "sample" and not data_p.exists():
         raise CliError(f"{data}: no such dataset folder or workspace")
     if out is None:
@@ -589,7 +588,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if len(set(given)) != len(given):
             raise CliError(f"--classes: a class is named twice ({args.classes})")
         names.update(enumerate(given, start=1))
-    ws = Workspace.create(Path(args.folder).expanduser(), label_names=names)
+    ws = api.Workspace.create(Path(args.folder).expanduser(), label_names=names)
     classes = ", ".join(f"{k} {v}" for k, v in names.items() if k)
     print(f"created the workspace {ws.root} (classes: {classes})")
     return EXIT_OK
@@ -1173,7 +1172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = api.make_config("quick", budget=args.budget, device=args.device, seed=args.seed)
     if (out / "workspace.json").is_file():
         # imported here, when needed: it loads the scan readers
-        ws = Workspace.open(out)
+        ws = api.Workspace.open(out)
     else:
         ws = api.create_workspace(out, source="sample")
     progress = Progress()
@@ -1953,7 +1952,7 @@ def _finished_models(root: Path, path: Path | None) -> list[str] | None:
         parts = path.resolve().relative_to(root.resolve()).parts if path else ()
         if len(parts) < 2 or parts[0] != "runs":
             return None
-        return Workspace.open(root).run(parts[1]).finished_models()
+        return api.Workspace.open(root).run(parts[1]).finished_models()
     except Exception:  # noqa: BLE001 - the message stays one line whatever the run's state
         return None
 
