@@ -66,7 +66,8 @@ def test_the_studys_types_come_when_asked_for(tmp_path):
     with pytest.raises(AttributeError):
         api.no_such_name  # noqa: B018
     data = make_dataset(tmp_path / "ds")
-    assert api.labelled_patients(data) == 4  # five labelled cases, patient001's two frames
+    # five labelled cases: patient001 twice, patient004 in the validation split
+    assert api.labelled_patients(data) == 3
     assert api.read_scans(data / "imagesTr" / "patient002_frame01.nii.gz")[0].shape == (4, 48, 40)
     assert api.scan_file_filter().endswith(";;All files (*)")
     assert api.class_features({0: "background", 1: "outer"}) == {

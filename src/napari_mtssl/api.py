@@ -203,13 +203,14 @@ def read_scans(path: str | os.PathLike) -> list[Scan]:
 
 
 def labelled_patients(folder: str | os.PathLike) -> int:
-    """How many patients (:func:`patient_of`) have a labelled case among a dataset folder's
-    ``imagesTr/`` cases (its held-out ``imagesTs/`` left out). Opening the folder fails here,
-    naming the file, for a folder that is not a dataset."""
+    """How many training patients (:func:`patient_of`) of a dataset folder have labels: what
+    ``create_workspace(labelled=N)`` chooses among (the validation split and the held-out
+    ``imagesTs/`` left out). Opening the folder fails here, naming the file, for a folder that
+    is not a dataset."""
     # imported here, when needed: it loads the scan readers
-    from napari_mtssl.io import open_dataset
+    from napari_mtssl.workspace.importing import labelled_training_patients
 
-    return len({patient_of(c.name) for c in open_dataset(folder).labelled if not c.test})
+    return len(labelled_training_patients(folder))
 
 
 def scan_file_filter() -> str:

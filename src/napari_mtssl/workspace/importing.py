@@ -88,6 +88,15 @@ def import_study(
     return ws
 
 
+def labelled_training_patients(source: str | os.PathLike) -> list[str]:
+    """The training patients of a dataset folder that have labels, in its split's order: those
+    that ``labelled=N`` chooses the first N of (its validation cases are not among them). Opening
+    the folder fails here, naming the file, for a folder that is not a dataset."""
+    ds = open_dataset(source)
+    train, _ = _dataset_splits(ds, Path(source))
+    return _labelled_patients(ds, train, None)
+
+
 def _labelled_patients(ds: Any, train: Sequence[str], labelled: int | None) -> list[str]:
     """The first ``labelled`` training patients with labels, in the split's order."""
     keep: list[str] = []
