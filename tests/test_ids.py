@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from napari_mtssl.ids import Stage, What
+from napari_mtssl.ids import STUDENT, ModelId, Stage, What
 
 
 def test_stages_are_the_strings_events_and_units_carried():
@@ -49,3 +49,15 @@ def test_a_round_reads_what_its_run_trained():
     assert (
         Round.from_dict({"what": 3}).what is None and Round.from_dict({}).to_dict()["what"] is None
     )
+
+
+def test_every_unit_is_named_by_a_model_id():
+    """A unit writes a model, named as ModelId names it: a retrain is the student's stage, and
+    a pseudo-name such as the "student (retrain)" of earlier plans is refused."""
+    from napari_mtssl.training.running.units import Unit
+
+    unit = Unit("sdm:joint@rung", "sdm:joint", "mode", 5, "sdm", "joint")
+    assert unit.model_id == ModelId("task", "sdm", "joint")
+    assert Unit("student", "student", "student", 3, stage=Stage.RETRAIN).model_id == STUDENT
+    with pytest.raises(ValueError, match="not a model name"):
+        Unit("student (retrain)", "student (retrain)", "student", 3)

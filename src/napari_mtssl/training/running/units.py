@@ -75,6 +75,12 @@ class Unit:
 
     def __post_init__(self) -> None:
         self.stage = Stage(self.stage)  # as its JSON form gives it: a string
+        ModelId.parse(self.model)  # a unit writes a model: never a name ModelId refuses
+
+    @property
+    def model_id(self) -> ModelId:
+        """The model the unit writes, as a type (``model`` is its text, as stored)."""
+        return ModelId.parse(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "stage": self.stage.value}
