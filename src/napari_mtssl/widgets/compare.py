@@ -24,6 +24,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+if TYPE_CHECKING:
+    from napari_mtssl.api import Comparison
+
 from napari_mtssl import api, ids
 from napari_mtssl.colours import PALETTE as _PALETTE
 from napari_mtssl.colours import palette_rgb255
@@ -33,9 +36,6 @@ from napari_mtssl.widgets._session import session_for
 from napari_mtssl.widgets._state import ROLE_KEY, SCAN_ID_KEY, WORKSPACE_KEY
 from napari_mtssl.widgets._turns import run_in_turns
 from napari_mtssl.widgets.study import report_errors
-
-if TYPE_CHECKING:
-    from napari_mtssl.api import Comparison
 
 MAX_RANKED = 50  # slices listed by disagreement
 COMPARED = ("student", "baseline", "all_joint")  # besides the teachers

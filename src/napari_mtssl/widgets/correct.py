@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from napari.utils import notifications
@@ -27,9 +27,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-if TYPE_CHECKING:
-    from napari_mtssl.api import Round
 
 from napari_mtssl import api, ids
 from napari_mtssl import events as ev
@@ -104,7 +101,7 @@ def edited_slices(data: np.ndarray, original: np.ndarray) -> list[int]:
     return [int(z) for z in np.flatnonzero((data != original).reshape(data.shape[0], -1).any(1))]
 
 
-def _corrections(entry: Round) -> tuple[str, str]:
+def _corrections(entry: api.Round) -> tuple[str, str]:
     """A round's corrected slices and the time people spent on them (where it was timed)."""
     c = entry.corrections
     effort = ""
@@ -683,7 +680,7 @@ class CorrectWidget(QWidget):
     def refresh_history(self) -> None:
         """One row per round: what ran, when, on how many labelled slices, Dice per model."""
         ws = self.session.workspace
-        entries: list[Round] = []
+        entries: list[api.Round] = []
         if ws is not None:
             try:
                 entries = api.history(ws)
