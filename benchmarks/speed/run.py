@@ -17,7 +17,8 @@ a Compare in a thread of the viewer's process holds that process, first and seco
 session, beside busy processes; needs ACDC), ``warm`` (the stalls of the import and of opening a
 scan with the warm-up's imports as they are and as they were; needs a display and ACDC),
 ``start`` (from the Train click to the first step through the spare worker, with and without
-its load history, beside busy processes; needs ACDC). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+its load history, beside busy processes; needs ACDC), ``layers`` (what adding, removing and
+refilling a napari layer costs the GUI thread, beside busy processes; needs a display). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -45,6 +46,7 @@ NAMES = (
     "gil",
     "warm",
     "start",
+    "layers",
 )
 
 
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import start
 
             res = start.bench(load=a.load or 2, reps=a.reps)
+        elif name == "layers":
+            from speed import layers
+
+            res = layers.bench(load=a.load or 2, reps=a.reps)
         elif name == "walk":
             from speed import walk
 
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         key = f"gil_load{a.load or 2}" if name == "gil" else key
         key = f"warm_load{a.load or 2}" if name == "warm" else key
         key = f"start_load{a.load or 2}" if name == "start" else key
+        key = f"layers_load{a.load or 2}" if name == "layers" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 
