@@ -4,9 +4,9 @@ The walk's stalls over 200 ms fall where the docks make napari layers (opening a
 Compare's models, the end of an import). This times, in one fresh viewer beside ``load`` busy
 processes, each operation a dock could choose for a scan of 10 x 256 x 256: adding an image
 layer, adding a labels layer, removing a layer, hiding one, and giving an existing layer new
-data (image and labels), each followed by the event loop's turn that draws it. The session's first image
-and labels layers are timed apart (napari and vispy pay their own set-up there). Repetitions
-alternate the operations. Nothing is asserted: the numbers go to
+data (image and labels), each followed by the event loop's turn that draws it. The session's
+first image and labels layers are timed apart (napari and vispy pay their own set-up there).
+Repetitions alternate the operations. Nothing is asserted: the numbers go to
 ``benchmarks/results/speed.json`` (``layers_load<n>``).
 """
 
