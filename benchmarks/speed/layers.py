@@ -57,21 +57,20 @@ def bench(load: int = 2, reps: int = 5) -> dict[str, Any]:
             k: []
             for k in ("add_image", "add_labels", "remove", "hide", "image_data", "labels_data")
         }
+        kinds = (
+            ("image", viewer.add_image, image, shown),
+            ("labels", viewer.add_labels, labels, mask),
+        )
         for i in range(reps):
-            t, extra = _timed(app, lambda i=i: viewer.add_image(image(), name=f"extra{i}"))
-            ms["add_image"].append(t)
-            spin(0.2)
-            ms["remove"].append(_timed(app, lambda e=extra: viewer.layers.remove(e))[0])
-            spin(0.2)
-            ms["image_data"].append(_timed(app, lambda: setattr(shown, "data", image()))[0])
-            spin(0.2)
-            t, extra = _timed(app, lambda i=i: viewer.add_labels(labels(), name=f"more{i}"))
-            ms["add_labels"].append(t)
-            spin(0.2)
-            ms["remove"].append(_timed(app, lambda e=extra: viewer.layers.remove(e))[0])
-            spin(0.2)
-            ms["labels_data"].append(_timed(app, lambda: setattr(mask, "data", labels()))[0])
-            spin(0.2)
+            for kind, add, make, layer in kinds:
+                t, extra = _timed(app, lambda a=add, m=make, n=f"{kind}{i}": a(m(), name=n))
+                ms[f"add_{kind}"].append(t)
+                spin(0.2)
+                ms["remove"].append(_timed(app, lambda e=extra: viewer.layers.remove(e))[0])
+                spin(0.2)
+                refill = lambda ly=layer, m=make: setattr(ly, "data", m())  # noqa: E731
+                ms[f"{kind}_data"].append(_timed(app, refill)[0])
+                spin(0.2)
             ms["hide"].append(_timed(app, lambda: setattr(mask, "visible", False))[0])
             spin(0.2)
             mask.visible = True
