@@ -289,7 +289,7 @@ def plan(
     """The plan a training run would make now (times a few steps on the device): resolution,
     patch, network, precision, the steps of every model and the time estimate. Raises
     ``PlanError`` (a ValueError) with what fits when the budget is too small."""
-    w = What.parse(what).value  # the engine is given the plain text, as the CLI gives it
+    w = What.parse(what)  # a wrong one is refused before anything opens
     # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.planning.fingerprint import fingerprint
     from napari_mtssl.training.planning.planner import make_plan
@@ -313,7 +313,7 @@ def train(
     prints), returns the run's report.
     ``plan``: from :func:`plan`, to keep the shape the user saw (steps are planned again
     once the data are prepared)."""
-    w = What.parse(what).value  # the engine is given the plain text, as the CLI gives it
+    w = What.parse(what)  # a wrong one is refused before anything opens
     # imported here, when needed: it loads torch, MONAI, scipy
     from napari_mtssl.training.running.pipeline import run_training
 

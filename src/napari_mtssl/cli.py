@@ -600,7 +600,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     ws, out = _open_or_create(args.data, args.out, args.labelled)
     progress = Progress(quiet=args.quiet)
-    report = api.run(api.train(ws, cfg, what=ids.What.parse(args.what)), progress)
+    report = api.run(api.train(ws, cfg, what=args.what), progress)
     progress._newline()
     if report.get("stopped"):
         return _stopped("train", out)
@@ -645,8 +645,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     progress = Progress(quiet=args.quiet)
-    what = ids.What.parse(run.kind)
-    report = api.run(api.train(ws, cfg, what=what, resume=run.id), progress)
+    report = api.run(api.train(ws, cfg, what=run.kind, resume=run.id), progress)
     progress._newline()
     if report.get("stopped"):
         return _stopped("resume", args.workspace)

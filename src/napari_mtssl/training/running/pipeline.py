@@ -124,7 +124,7 @@ def _read_json(path: Path, default: Any) -> Any:
 
 def _fixed_plan(ws: Any, what: What | str) -> Plan | None:
     """Stage 2 and retraining keep the teachers' data shape (same patches, same network)."""
-    if not What.parse(what).keeps_shape:  # (the api gives the plain text)
+    if not What.parse(what).keeps_shape:
         return None
     run = _teachers_run(ws)
     if run is None:
