@@ -18,7 +18,8 @@ session, beside busy processes; needs ACDC), ``warm`` (the stalls of the import 
 scan with the warm-up's imports as they are and as they were; needs a display and ACDC),
 ``start`` (from the Train click to the first step through the spare worker, with and without
 its load history, beside busy processes; needs ACDC), ``layers`` (what adding, removing and
-refilling a napari layer costs the GUI thread, beside busy processes; needs a display). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+refilling a napari layer costs the GUI thread, with the collector as napari leaves it and as
+the docks do, beside busy processes; needs a display). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         key = f"gil_load{a.load or 2}" if name == "gil" else key
         key = f"warm_load{a.load or 2}" if name == "warm" else key
         key = f"start_load{a.load or 2}" if name == "start" else key
-        key = f"layers_load{a.load or 2}" if name == "layers" else key
+        key = f"layers_gc_load{a.load or 2}" if name == "layers" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 

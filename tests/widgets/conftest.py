@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,15 @@ def spare_worker_only_where_marked(request: Any, monkeypatch: Any) -> None:
     from napari_mtssl.widgets._jobs import JobController
 
     monkeypatch.setattr(JobController, "prepare", lambda self: None)
+
+
+@pytest.fixture(autouse=True)
+def collector_thawed_after() -> Any:
+    """The docks freeze what lives at settled moments (``_warm.freeze_survivors``): right for
+    a session, but a test process opens hundreds of viewers and would keep each one frozen
+    ever after. Thawed after each test, its viewer is collected as before."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

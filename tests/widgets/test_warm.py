@@ -6,6 +6,7 @@ registry already."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -41,5 +42,48 @@ print("ok")
 
 def test_registry_built_in_a_thread_serves_napari_layers():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+FREEZE = r"""
+import gc
+import time
+import weakref
+from qtpy.QtWidgets import QApplication
+from napari_mtssl.widgets import _warm
+
+app = QApplication([])
+
+class Node:
+    pass
+
+def tracked(obj):
+    return any(o is obj for o in gc.get_objects())
+
+old = Node()
+old.me = old  # lives as long as the session
+assert tracked(old) and gc.get_freeze_count() == 0
+_warm.warm_in_background()  # as the docks do when they open
+end = time.monotonic() + 120
+while tracked(old) and time.monotonic() < end:
+    app.processEvents()
+    time.sleep(0.05)
+assert not tracked(old), "once warm, what lived is out of the collector's walk"
+new = Node()
+new.me = new  # a cycle made afterwards, then dropped
+ref = weakref.ref(new)
+del new
+gc.collect()
+assert ref() is None, "garbage made after the freeze is still collected"
+print("ok")
+"""
+
+
+def test_once_warm_what_lived_leaves_the_collectors_walk():
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE], capture_output=True, text=True, timeout=300, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")

@@ -12,10 +12,21 @@ The same thread imports the modules napari's first image layer imports on the GU
 (``scipy.ndimage`` for its thumbnail: another 0.67 s measured), and computes the dash patterns
 vispy draws a labels layer's polygon tool with (pure numpy, cached by vispy once computed:
 0.15 s of the first labels layer).
+
+Once that is done, every object then alive is moved out of the garbage collector's sight
+(:func:`freeze_survivors`). napari runs a full collection each time a layer is removed, and
+Python runs one by itself every so often; each walks every object of the process: 140-150 ms of
+an idle core for the 270,000-285,000 objects of a viewer with the docks' modules, 265-300 ms for
+400,000 beside two busy processes, against about 1 ms once they are frozen
+(``benchmarks/speed/run.py layers``). Objects that live as long as the session (modules,
+napari's and the docks' widgets) need no walking; what is made afterwards (a study's records,
+a layer, a dialog) is collected as before. Only this once: a later freeze could keep for the
+session a scan's arrays held by a cycle that had become garbage just before it.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import Any
 
@@ -70,6 +81,19 @@ def install_unit_registry(registry: Any | None) -> bool:
     return True
 
 
+def freeze_survivors() -> None:
+    """Collect the young generations, then move every object still alive to the collector's
+    permanent generation (GUI thread, at a settled moment). A cycle of garbage already in the
+    old generation is kept with them; what dies later is collected as usual."""
+    gc.collect(1)
+    gc.freeze()
+
+
+def _installed(registry: Any | None) -> None:
+    install_unit_registry(registry)
+    freeze_survivors()
+
+
 def warm_in_background() -> None:
     """Once per process: build the unit registry in a thread and install it when ready."""
     global _started
@@ -90,6 +114,6 @@ def warm_in_background() -> None:
         # imported here, when needed: it loads Qt
         from napari_mtssl.widgets._jobs import run_in_thread
 
-        run_in_thread(work, on_result=install_unit_registry, action="warming", on_error=ignore)
+        run_in_thread(work, on_result=_installed, action="warming", on_error=ignore)
     except Exception:  # noqa: BLE001 - an optimisation only: pint stays lazy
         return
