@@ -350,7 +350,9 @@ class CompareWidget(QWidget):
                     self.viewer, scan if scan is not None else ws.load_scan(scan_id), scan_id, ws
                 )
             layers["image"] = layer
-            # Only this scan shows: the previous scan's image and comparison layers are hidden.
+
+        def only_this_scan() -> None:  # a turn of its own: a new image layer fills one already
+            # the previous scan's image and comparison layers hidden
             _state.show_only_scan(self.viewer, scan_id)
 
         def model_layer(name: str) -> None:
@@ -379,7 +381,7 @@ class CompareWidget(QWidget):
         def finished() -> None:
             self.comparison_ready.emit(comparison)
 
-        steps = [scan_layer, lambda: model_layer(first), tables]
+        steps = [scan_layer, only_this_scan, lambda: model_layer(first), tables]
         steps += [lambda n=n: model_layer(n) for n in names if n != first]
         steps += [lambda: self._show_disagreement(scan_id, comparison, layers["image"]), finished]
 
