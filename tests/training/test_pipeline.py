@@ -291,7 +291,8 @@ def test_binary_segmentation_uses_one_sigmoid_channel(tmp_path):
 def few_steps(monkeypatch):
     """Budgets of seconds: the planner's floor of steps per model lowered, so that tests of
     the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
-    from napari_mtssl.training.planning import plan, planner, timing
+    from napari_mtssl.training.planning import plan, planner, shape, timing
+    from napari_mtssl.training.prediction import inference
     from napari_mtssl.training.running import budget
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
@@ -309,6 +310,12 @@ def few_steps(monkeypatch):
         return t
 
     monkeypatch.setattr(planner, "time_steps", priced)
+    # Nor is anything else of the plan timed: the shape's step-cost fit, bf16 against fp32 and
+    # the other programs' load (two 0.5 s windows) took seconds of the budget before the first
+    # step, many more at a load of 6 on 2 cores, where one run was refused.
+    monkeypatch.setattr(shape, "step_cost", lambda *_: shape._nominal_cost)
+    monkeypatch.setattr(shape, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(inference, "cpu_bf16_speedup", lambda: 1.0)
 
 
 @pytest.mark.slow
