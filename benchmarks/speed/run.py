@@ -15,7 +15,8 @@ baseline step), ``walk`` (a user's clicks through the docks at 1366 x 768: impor
 resume, compare, propose, each with its stalls; needs a display and ACDC), ``gil`` (how long
 a Compare in a thread of the viewer's process holds that process, first and second of a
 session, beside busy processes; needs ACDC), ``warm`` (the stalls of the import and of opening a
-scan with the warm-up's imports as they are and as they were; needs a display and ACDC),
+scan with the warm-up as it is and as it might be: more imports, or no freeze of what lives;
+needs a display and ACDC),
 ``start`` (from the Train click to the first step through the spare worker, with and without
 its load history, beside busy processes; needs ACDC), ``layers`` (what adding, removing and
 refilling a napari layer costs the GUI thread, with the collector as napari leaves it and as
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60, help="steps per joint-step repetition")
     p.add_argument(
         "--load", type=int, default=0, help="viewer: busy processes beside it (other work)"
+    )
+    p.add_argument(
+        "--variants",
+        default="now,more",
+        help="warm: the warm-ups to compare (now, more: its imports too, thawed: no freeze)",
     )
     p.add_argument("--walk-budget", default="10 min", help="walk: the Tasks tab's budget")
     p.add_argument("--stop-after", type=float, default=60.0, help="walk: stop after (s)")
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "warm":
             from speed import warm
 
-            res = warm.bench(load=a.load or 2, reps=a.reps)
+            res = warm.bench(load=a.load or 2, reps=a.reps, variants=a.variants.split(","))
         elif name == "start":
             from speed import start
 
@@ -154,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             f"walk_load{a.load}" + (f"_look{a.look:g}" if a.look else "") if name == "walk" else key
         )
         key = f"gil_load{a.load or 2}" if name == "gil" else key
-        key = f"warm_load{a.load or 2}" if name == "warm" else key
+        if name == "warm":
+            pair = "" if a.variants == "now,more" else "_" + a.variants.replace(",", "_")
+            key = f"warm_load{a.load or 2}{pair}"
         key = f"start_load{a.load or 2}" if name == "start" else key
         key = f"layers_gc_load{a.load or 2}" if name == "layers" else key
         print("saved", common.save(key, res), flush=True)

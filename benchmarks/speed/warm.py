@@ -8,8 +8,11 @@ importing those too in the warm-up's thread, once the unit registry is installed
 shortens the event-loop stalls of the walk's first two phases (import the ACDC folder until
 its first scan's image and labels layers are in; open another scan from the Study table)
 against the warm-up as it is ("now"), beside ``load`` busy processes, repetitions
-alternating, each in a fresh interpreter (a process imports a module once). Nothing is
-asserted: the numbers go to ``benchmarks/results/speed.json`` (``warm_load<n>``).
+alternating, each in a fresh interpreter (a process imports a module once). The variant
+"thawed" is the warm-up without its last step, the freeze of what lives
+(``_warm.freeze_survivors``): ``--variants now,thawed`` measures what that step does for these
+phases. Nothing is asserted: the numbers go to ``benchmarks/results/speed.json``
+(``warm_load<n>``, ``warm_load<n>_now_thawed``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("now", "more")
+VARIANTS = ("now", "more", "thawed")
 # what napari 0.9's first labels layer imports besides what the warm-up imports
 MORE_IMPORTS = (
     "pandas",
@@ -49,6 +52,8 @@ def child(variant: str) -> dict[str, Any]:
             return done
 
         _warm.install_unit_registry = install_then_import
+    if variant == "thawed":
+        _warm.freeze_survivors = lambda: None
     import napari
 
     from napari_mtssl.widgets import add_docks
@@ -75,7 +80,12 @@ def _import_more() -> None:
         importlib.import_module(name)
 
 
-def bench(load: int = 2, reps: int = 3) -> dict[str, Any]:
+def bench(
+    load: int = 2, reps: int = 3, variants: tuple[str, ...] | list[str] = ("now", "more")
+) -> dict[str, Any]:
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown warm-up variant(s) {sorted(unknown)}; choose from {VARIANTS}")
     from .viewer import busy_processes
 
     run = Path(__file__).resolve().parent / "run.py"
@@ -83,7 +93,7 @@ def bench(load: int = 2, reps: int = 3) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     try:
         for _ in range(reps):
-            for variant in VARIANTS:
+            for variant in variants:
                 out = subprocess.run(
                     [sys.executable, str(run), "_child_warm", variant],
                     capture_output=True,
@@ -109,7 +119,7 @@ def bench(load: int = 2, reps: int = 3) -> dict[str, Any]:
         for p in hogs:
             p.kill()
     summary = {}
-    for variant in VARIANTS:
+    for variant in variants:
         mine = [r for r in rows if r["variant"] == variant]
         summary[variant] = {
             "import_max_ms": [r["import"]["max_stall_ms"] for r in mine],
@@ -118,4 +128,10 @@ def bench(load: int = 2, reps: int = 3) -> dict[str, Any]:
             ],
             "open_max_ms": [r["open"]["max_stall_ms"] for r in mine],
         }
-    return {"reps": reps, "load_processes": load, "summary": summary, "runs": rows}
+    return {
+        "reps": reps,
+        "load_processes": load,
+        "variants": list(variants),
+        "summary": summary,
+        "runs": rows,
+    }
