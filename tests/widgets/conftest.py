@@ -58,9 +58,9 @@ def spare_worker_only_where_marked(request: Any, monkeypatch: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def collector_thawed_after() -> Any:
-    """The docks freeze what lives at settled moments (``_warm.freeze_survivors``): right for
-    a session, but a test process opens hundreds of viewers and would keep each one frozen
-    ever after. Thawed after each test, its viewer is collected as before."""
+    """The docks' warm-up freezes what lives (``_warm.freeze_survivors``, once per process):
+    right for a session, but in a test process it would keep that test's viewer for all the
+    tests after it. Thawed after each test, the viewer is collected as before."""
     yield
     gc.unfreeze()
 

@@ -1,5 +1,6 @@
 """The first layer's unit registry, built off the GUI thread and installed only while untouched;
-vispy's dash patterns computed off it too.
+vispy's dash patterns computed off it too; once warm, what lives frozen out of the collector's
+walk.
 
 Run in a fresh interpreter: in the test process, earlier tests' layers have built pint's
 registry already."""
