@@ -53,7 +53,7 @@ def child(variant: str) -> dict[str, Any]:
 
         _warm.install_unit_registry = install_then_import
     if variant == "thawed":
-        _warm.freeze_survivors = lambda: None
+        _warm.freeze_survivors = lambda *_: None
     import napari
 
     from napari_mtssl.widgets import add_docks

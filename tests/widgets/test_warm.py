@@ -88,3 +88,29 @@ def test_once_warm_what_lived_leaves_the_collectors_walk():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.gui
+def test_a_scan_opened_before_the_docks_is_freed_when_removed(make_napari_viewer):
+    """Frozen with the rest when the docks warmed up, the layer's cycles would sit where no
+    collection reaches: removing it thaws, so its data is freed."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from napari_mtssl.widgets import _warm
+    from napari_mtssl.widgets._session import session_for
+
+    viewer = make_napari_viewer()
+    data = np.zeros((4, 64, 64), np.float32)
+    freed = weakref.ref(data)
+    viewer.add_image(data, name="opened first")
+    del data
+    session_for(viewer)  # the docks' session: it watches the removals
+    _warm.freeze_survivors(viewer.layers)  # what the warm-up does once it is done
+    assert gc.get_freeze_count() > 0
+    viewer.layers.remove("opened first")
+    assert gc.get_freeze_count() == 0, "thawed at a frozen layer's removal"
+    gc.collect()
+    assert freed() is None, "the removed layer's data is freed"

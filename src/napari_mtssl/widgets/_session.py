@@ -18,7 +18,7 @@ from napari_mtssl import api
 from napari_mtssl.service import EngineService
 from napari_mtssl.widgets._jobs import JobController
 from napari_mtssl.widgets._slider import keep_slider_fitted
-from napari_mtssl.widgets._warm import warm_in_background
+from napari_mtssl.widgets._warm import thaw_for, warm_in_background
 
 _ATTR = "_napari_mtssl_session"
 _HEADLESS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
@@ -67,9 +67,11 @@ class Session(QObject):
                     adopt_geometry(v, event.value)
 
             layers.events.inserted.connect(on_inserted)
+            # a layer frozen by the warm-up is freed when it goes (_warm.thaw_for)
+            layers.events.removed.connect(lambda event: thaw_for(event.value))
             keep_slider_fitted(viewer)  # the slice slider spans the scan on screen
 
-            warm_in_background()  # the first layer's one-time costs, off the GUI thread
+            warm_in_background(viewer)  # the first layer's one-time costs, off the GUI thread
 
     @property
     def viewer(self) -> Any | None:

@@ -21,16 +21,22 @@ an idle core for the 270,000-285,000 objects of a viewer with the docks' modules
 (``benchmarks/speed/run.py layers``). Objects that live as long as the session (modules,
 napari's and the docks' widgets) need no walking; what is made afterwards (a study's records,
 a layer, a dialog) is collected as before. Only this once: a later freeze could keep for the
-session a scan's arrays held by a cycle that had become garbage just before it.
+session a scan's arrays held by a cycle that had become garbage just before it. A layer the
+viewer held already (a scan opened before the docks) is frozen with the rest; when it is
+removed, everything is thawed and collected (:func:`thaw_for`), so its data is freed, and the
+collector walks everything again from then on, as without the freeze.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 _started = False
+_frozen_layers: set[int] = set()  # the ids of the layers frozen with the rest, until removed
 
 
 def _lazy_registry() -> Any | None:
@@ -81,21 +87,32 @@ def install_unit_registry(registry: Any | None) -> bool:
     return True
 
 
-def freeze_survivors() -> None:
+def freeze_survivors(layers: Iterable[Any] = ()) -> None:
     """Collect the young generations, then move every object still alive to the collector's
     permanent generation (GUI thread, at a settled moment). A cycle of garbage already in the
-    old generation is kept with them; what dies later is collected as usual."""
+    old generation is kept with them; what dies later is collected as usual. ``layers``: the
+    viewer's layers now, frozen too; removing one calls for :func:`thaw_for`."""
     gc.collect(1)
     gc.freeze()
+    _frozen_layers.update(id(layer) for layer in layers)
 
 
-def _installed(registry: Any | None) -> None:
-    install_unit_registry(registry)
-    freeze_survivors()
+def thaw_for(layer: Any) -> bool:
+    """``layer`` has left the viewer. If it was frozen, its cycles (the layer, its events, its
+    data) sit where no collection reaches: thaw everything and collect now (one full
+    collection, what napari pays at every removal without the freeze). Returns whether it
+    thawed. A frozen layer stays alive until it is removed, so its id names no other object."""
+    if id(layer) not in _frozen_layers:
+        return False
+    _frozen_layers.clear()
+    gc.unfreeze()
+    gc.collect()
+    return True
 
 
-def warm_in_background() -> None:
-    """Once per process: build the unit registry in a thread and install it when ready."""
+def warm_in_background(viewer: Any = None) -> None:
+    """Once per process: build the unit registry in a thread and install it when ready, then
+    freeze what lives, ``viewer``'s layers with it."""
     global _started
     if _started:
         return
@@ -114,6 +131,13 @@ def warm_in_background() -> None:
         # imported here, when needed: it loads Qt
         from napari_mtssl.widgets._jobs import run_in_thread
 
-        run_in_thread(work, on_result=_installed, action="warming", on_error=ignore)
+        ref = weakref.ref(viewer) if viewer is not None else lambda: None
+
+        def installed(registry: Any | None) -> None:
+            install_unit_registry(registry)
+            shown = ref()
+            freeze_survivors(list(getattr(shown, "layers", ())))
+
+        run_in_thread(work, on_result=installed, action="warming", on_error=ignore)
     except Exception:  # noqa: BLE001 - an optimisation only: pint stays lazy
         return
