@@ -8,8 +8,9 @@ data (image and labels), and a full garbage collection, each followed by the eve
 that draws it. The session's first image and labels layers are timed apart (napari and vispy pay
 their own set-up there). Each repetition does all of it twice, the collector seeing every object
 ("thawed", napari alone) and with what lived before moved out of its sight as the docks do
-("frozen", ``_warm.freeze_survivors``), so the two are measured side by side. Nothing is asserted: the numbers go to
-``benchmarks/results/speed.json`` (``layers_load<n>``).
+("frozen", ``_warm.freeze_survivors``), so the two are measured side by side. Nothing is
+asserted: the numbers go to ``benchmarks/results/speed.json`` (``layers_gc_load<n>``; the
+earlier ``layers_load<n>`` had no frozen side).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ needs a display and ACDC),
 ``start`` (from the Train click to the first step through the spare worker, with and without
 its load history, beside busy processes; needs ACDC), ``layers`` (what adding, removing and
 refilling a napari layer costs the GUI thread, with the collector as napari leaves it and as
-the docks do, beside busy processes; needs a display). Ratios are measured side by side in one process, repetitions alternating (ABAB). Results
+the docks do, beside busy processes; needs a display). Ratios are measured side by side in one
+process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
