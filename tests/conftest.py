@@ -13,6 +13,19 @@ ACDC = Path(os.environ.get("MTSSL_ACDC", ROOT.parent / "shared" / "data" / "acdc
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _own_kept_timings(tmp_path_factory):
+    """The timings kept between sessions (``kept_timings``) go to a folder of the test session's
+    own (inherited by the processes it starts): a test neither takes the developer's timings
+    nor writes into their cache folder."""
+    from napari_mtssl.training import kept_timings
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv(kept_timings.CACHE_ENV, str(tmp_path_factory.mktemp("kept_timings")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _alike_sample():
     """Tests that train on the built-in sample train for seconds: they get the study whose scans
     are alike (5 scans, 3 labelled, 1 for validation; ``make_sample_study(varied=False)``),

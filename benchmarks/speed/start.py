@@ -1,15 +1,15 @@
 """Benchmark: from the Train click to the first training step, through the viewer's spare worker.
 
 The training dock hands a job to a worker process started ahead (``api.spare_worker``), which
-imported the engine while the user looked at the data. What the job does before its first
-step: count the cores other programs keep busy, choose the precision and the network's shape
-by timing a few steps, read the labelled scans, time the chosen network. Variants, each in a
-fresh worker that waited ``wait_s`` seconds (a user looking at the data) before the job:
-``now`` (the worker as the dock starts it: while it waits it keeps a history of the machine's
-load, which the plan reads, and, with a core free, times the step-cost fit the plan will ask
-for) and ``before``
-(a worker that only imports the engine, as until 7 December: the plan sleeps through two
-windows of its own to measure the load and times the fit at the click).
+imported the engine and kept a history of the machine's load while the user looked at the data.
+What the job does before its first step: choose the precision and the network's shape by timing
+a few steps, read the labelled scans, time the chosen network. Variants, each in a fresh worker
+that waited ``wait_s`` seconds (a user looking at the data) before the job:
+``kept`` (a later session: the timings an earlier session made on this machine at this load are
+kept, ``kept_timings``, and the plan takes them) and ``first`` (the machine's first session: no
+timing kept, so the plan times at the click, as every session did before 7 December).
+Each variant has a cache folder of its own: ``first`` an empty one at each repetition, ``kept``
+one filled once, before the repetitions, by a job of the same kind at the same load.
 Beside ``load`` busy processes, repetitions alternating; a baseline with a 10-minute budget on
 the ACDC workspace with 3 labelled patients. Nothing is asserted: the numbers go to
 ``benchmarks/results/speed.json`` (``start_load<n>``).
@@ -17,28 +17,23 @@ the ACDC workspace with 3 labelled patients. Nothing is asserted: the numbers go
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-VARIANTS = ("now", "before")
+VARIANTS = ("kept", "first")
 
 
-def warm_as_before() -> None:
-    """The spare worker's warm-up as it was (the ``before`` variant): the engine imported and
-    an optimiser made, no load history, no step timed."""
-    import torch
-
-    import napari_mtssl.training.running.pipeline  # noqa: F401 - the engine, as the warm-up
-
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-
-
-def _first_step(variant: str, ws: Any, wait_s: float) -> dict[str, Any]:
+def _first_step(cache: Path, ws: Any, wait_s: float) -> dict[str, Any]:
+    """Click to first step in a fresh spare worker whose kept timings are in ``cache``."""
     from napari_mtssl import api
+    from napari_mtssl.training import kept_timings
     from napari_mtssl.training.running.jobs import JobWorker
 
-    warm = (api.WARM_ENGINE, {}) if variant == "now" else ("speed.start:warm_as_before", {})
-    worker = JobWorker(warm=warm)
+    os.environ[kept_timings.CACHE_ENV] = str(cache)  # the worker process inherits it
+    worker = JobWorker(warm=(api.WARM_ENGINE, {}))
     try:
         time.sleep(wait_s)
         cfg = api.make_config("quick", budget="10m")
@@ -80,17 +75,28 @@ def bench(load: int = 2, reps: int = 3, wait_s: float = 10.0) -> dict[str, Any]:
     ws = acdc_workspace(3)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     hogs = busy_processes(load)
+    saved = os.environ.get("MTSSL_CACHE_DIR")
     try:
-        for r in range(reps):
-            for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-                runs[variant].append(_first_step(variant, ws, wait_s))
-                print(variant, runs[variant][-1], flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            kept = Path(tmp) / "kept"
+            earlier = _first_step(kept, ws, wait_s)  # the earlier session, which keeps them
+            print("earlier session", earlier, flush=True)
+            for r in range(reps):
+                for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+                    cache = kept if variant == "kept" else Path(tmp) / f"first{r}"
+                    runs[variant].append(_first_step(cache, ws, wait_s))
+                    print(variant, runs[variant][-1], flush=True)
     finally:
         for p in hogs:
             p.kill()
+        if saved is None:
+            os.environ.pop("MTSSL_CACHE_DIR", None)
+        else:
+            os.environ["MTSSL_CACHE_DIR"] = saved
     return {
         "load": load,
         "wait_s": wait_s,
+        "earlier_session": earlier,
         "runs": runs,
         "first_step_s": {v: spread([x["first_step_s"] for x in runs[v]]) for v in VARIANTS},
         "first_event_s": {v: spread([x["first_event_s"] for x in runs[v]]) for v in VARIANTS},

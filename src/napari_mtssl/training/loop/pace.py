@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import psutil
 
-__all__ = ["CoreWatch", "LoadHistory", "Pace", "recent_busy_cores", "watch_load"]
+__all__ = ["CoreWatch", "LoadHistory", "Pace", "keeps_history", "recent_busy_cores", "watch_load"]
 
 
 class CoreWatch:
@@ -123,6 +123,11 @@ def watch_load(every_s: float = 0.5) -> LoadHistory:
         if _HISTORY is None:
             _HISTORY = LoadHistory(every_s)
         return _HISTORY
+
+
+def keeps_history() -> bool:
+    """Whether this process keeps a :class:`LoadHistory` (:func:`watch_load`)."""
+    return _HISTORY is not None
 
 
 def recent_busy_cores(windows: int = 2) -> float | None:

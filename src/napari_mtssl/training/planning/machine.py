@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from napari_mtssl.training.loop.pace import machine_busy_s, recent_busy_cores
+from napari_mtssl.training.loop.pace import keeps_history, machine_busy_s, recent_busy_cores
 
 __all__ = [
     "busy_cores",
@@ -97,9 +97,25 @@ def threads_reason(threads: int, interactive: bool, busy: float) -> str:
     )
 
 
+# How long the level last read stays the level while this process is itself too busy for its
+# history to read the others (:data:`~napari_mtssl.training.loop.pace.OWN_QUIET`): a plan that
+# timed its step-cost fit for 6 s at level 2 then looks up its chosen network at level 2, not
+# at "unknown" (it timed the same network again: 3.3 s beside two busy processes).
+LEVEL_HELD_S = 60.0
+_last_level: tuple[float, int] | None = None
+
+
 def load_level() -> int:
     """The whole cores other programs keep busy, by this process's load history (-1 where it
     keeps none): a step's time depends on them as well as on the threads, so timings are kept
-    per level and a plan at another level times anew."""
+    per level and a plan at another level times anew. While this process has been too busy
+    itself to read the others, the level it last read, for ``LEVEL_HELD_S``."""
+    global _last_level
     busy = recent_busy_cores()
-    return -1 if busy is None else int(round(busy))
+    now = time.monotonic()
+    if busy is not None:
+        _last_level = (now, int(round(busy)))
+        return _last_level[1]
+    if keeps_history() and _last_level is not None and now - _last_level[0] <= LEVEL_HELD_S:
+        return _last_level[1]
+    return -1

@@ -309,6 +309,12 @@ class ShapePlanner:
             + f"; depth {depth} leaves a {patch // 2**depth} px bottleneck; width {width}: "
             + why_w,
         )
+        if getattr(self._cost, "kept", False):
+            reasons.insert(
+                2,
+                "step costs from a timing an earlier session made on this machine at the same "
+                "load (kept for two weeks), not timed again",
+            )
         return Plan(
             device=str(self.dev),
             threads=threads,

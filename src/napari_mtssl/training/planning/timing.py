@@ -10,6 +10,7 @@ step of each model of a run (:func:`unit_step_s`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_mtssl.ids import ModelId, What
+from napari_mtssl.training import kept_timings
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.loop.pace import recent_busy_cores
 from napari_mtssl.training.planning.fingerprint import Fingerprint
@@ -32,6 +34,7 @@ __all__ = [
     "TimingAhead",
     "flops_per_sample",
     "step_cost",
+    "StepCost",
     "time_ahead",
     "unit_step_s",
     "nominal_timings",
@@ -74,10 +77,12 @@ def _flops_small(width: int, depth: int, out_channels: int) -> float:
 
 
 _COST_CACHE: dict[tuple, tuple[float, float]] = {}
+KEPT_FITS: set[tuple] = set()  # the keys of the fits taken from an earlier session
 # The fit is timed with a two-class head whatever the run's classes: the head is a 1 x 1
 # convolution, under 1 % of a step's FLOPs, so one fit serves every study (and can be timed
 # ahead of the job, before its study is known: time_ahead).
 _TIMED_OUT_CH = 2
+_FIT_PATCHES = (64, 128)  # the two sizes of the fit's network
 
 
 # Seconds of a training step and of a forward pass of the networks step_cost timed, by
@@ -92,7 +97,7 @@ def _timed_key(
     return (str(dev), precision, torch.get_num_threads(), level, batch, width, depth, patch)
 
 
-def step_cost(dev: Any, precision: str, batch: int, out_ch: int):
+def step_cost(dev: Any, precision: str, batch: int, out_ch: int) -> StepCost:
     """``flops -> seconds`` of one training step on ``dev``: a fixed overhead plus FLOPs at
     the device's speed, both fitted to two timed sizes of a width-16 U-Net (64 and 128 px)
     trained as the run trains (its loss on random labels). Small steps are dominated by the
@@ -100,6 +105,8 @@ def step_cost(dev: Any, precision: str, batch: int, out_ch: int):
     with it); the fit is the same for every head."""
     level = load_level()  # once: the fit and its two networks are kept at the same level
     key = (str(dev), precision, torch.get_num_threads(), level, batch)
+    if key not in _COST_CACHE:
+        _take_kept_fit(key)
     if key not in _COST_CACHE:
         # imported here, when needed: it loads MONAI
         from napari_mtssl.models import build_unet
@@ -110,7 +117,7 @@ def step_cost(dev: Any, precision: str, batch: int, out_ch: int):
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
         loss_fn, timer = SegLoss(), _StepTimer(dev)
         pts = []
-        for p in (64, 128):
+        for p in _FIT_PATCHES:
             x = torch.randn(batch, 1, p, p, device=dev)
             y = torch.randint(0, _TIMED_OUT_CH, (batch, p, p), device=dev)
 
@@ -133,8 +140,77 @@ def step_cost(dev: Any, precision: str, batch: int, out_ch: int):
         per_flop = max((t2 - t1) / max(f2 - f1, 1.0), 1e-15)
         overhead = max(0.0, t1 - per_flop * f1)
         _COST_CACHE[key] = (overhead, per_flop)
+        _keep_fit(key)
     overhead, per_flop = _COST_CACHE[key]
-    return lambda flops: overhead + 3 * flops * per_flop
+    return StepCost(overhead, per_flop, kept=key in KEPT_FITS)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """``flops -> seconds`` of one training step (:func:`step_cost`); ``kept``: the fit was
+    timed by an earlier session on this machine, not by this process."""
+
+    overhead: float
+    per_flop: float
+    kept: bool = False
+
+    def __call__(self, flops: float) -> float:
+        return self.overhead + 3 * flops * self.per_flop
+
+
+# The fit is kept between sessions (:mod:`..kept_timings`) for a CPU at a known load level: the
+# next session's first plan at that level takes it instead of timing at the click (4-5 s beside
+# two busy processes). Not at level -1 (a process without a load history does not know the load
+# it timed under), nor on a GPU (its timing takes a fraction of a second).
+
+
+def _kept_key(key: tuple) -> str | None:
+    dev, precision, threads, level, batch = key
+    if not str(dev).startswith("cpu") or level < 0:
+        return None
+    return f"step_cost|{dev}|{precision}|threads={threads}|level={level}|batch={batch}"
+
+
+def _keep_fit(key: tuple) -> None:
+    name = _kept_key(key)
+    if name is None:
+        return
+    dev, precision, _, level, batch = key
+    steps = {
+        str(p): _TIMED_STEPS[_timed_key(dev, precision, level, batch, 16, 4, p)]
+        for p in _FIT_PATCHES
+    }
+    overhead, per_flop = _COST_CACHE[key]
+    kept_timings.put(name, {"overhead": overhead, "per_flop": per_flop, "steps": steps})
+
+
+def _take_kept_fit(key: tuple) -> None:
+    """The fit kept by an earlier session for ``key``, with its two timed networks, if any."""
+    name = _kept_key(key)
+    kept = kept_timings.get(name) if name else None
+    if kept is None:
+        return
+    dev, precision, _, level, batch = key
+    try:
+        fit = (float(kept["overhead"]), float(kept["per_flop"]))
+        steps = {
+            p: {
+                "seg": float(kept["steps"][str(p)]["seg"]),
+                "fwd": float(kept["steps"][str(p)]["fwd"]),
+            }
+            for p in _FIT_PATCHES
+        }
+    except (KeyError, TypeError, ValueError):
+        return  # written by other code: timed again
+    if not all(
+        math.isfinite(v) and v >= 0
+        for v in (*fit, *(t for s in steps.values() for t in s.values()))
+    ):
+        return
+    for p, seconds in steps.items():
+        _TIMED_STEPS[_timed_key(dev, precision, level, batch, 16, 4, p)] = seconds
+    _COST_CACHE[key] = fit
+    KEPT_FITS.add(key)
 
 
 # -- timing ahead of a job ---------------------------------------------------------------------
