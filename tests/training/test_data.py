@@ -217,8 +217,32 @@ def test_a_baseline_reads_only_labelled_training_scans_and_draws_the_same_batche
     assert unlabelled, "the sample study has unlabelled training scans"
     assert [s.name for s in lean.train] == [s.name for s in full.train if s.labels is not None]
     assert [s.name for s in lean.val] == [s.name for s in full.val]
-    assert lean_progress[-1][1] == len(lean.train) + len(lean.val)  # the count it reads
+    assert lean_progress[-1][1] == len(lean.train)  # the count it reads before the first step
     assert any("without labels not read" in note for note in lean.notes)
     a = full.seg_batch(full.labelled_slices(), 6, np.random.default_rng(3), fg_fraction=0.5)
     b = lean.seg_batch(lean.labelled_slices(), 6, np.random.default_rng(3), fg_fraction=0.5)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+
+
+def test_validation_scans_are_read_at_their_first_use(tmp_path):
+    """The training scans are read before the first step; the validation scans when a
+    validation pass first asks for them (their number is known before)."""
+    from napari_mtssl import api
+
+    ws = api.create_workspace(tmp_path / "ws", source="sample", labelled=2)
+    val_ids = [s for s in ws.scan_ids("val") if any(x != "unlabelled" for x in ws.slice_status(s))]
+    assert val_ids, "the sample has labelled validation scans"
+    read: list[str] = []
+    real = ws.load_scan
+    ws.load_scan = lambda sid: read.append(sid) or real(sid)
+    study = StudyData.from_workspace(ws, Preprocessing(spacing=(2.0, 2.0)), 32, cache=False)
+    assert not study.val.ready and len(study.val) == len(val_ids) and study.val
+    assert not set(read) & set(val_ids) and read  # training scans only
+    described = study.describe()["val_scans"]  # the run's start describes its data
+    assert not study.val.ready and len(described) == len(val_ids)
+    misses = study.cache_misses
+    names = [s.name for s in study.val]  # the first use
+    assert study.val.ready and set(val_ids) <= set(read)
+    assert len(names) == len(val_ids) and study.cache_misses == misses + len(val_ids)
+    assert all(s.split == "val" and s.labels is not None for s in study.val)
+    assert described == names

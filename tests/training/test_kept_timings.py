@@ -161,3 +161,19 @@ def test_a_plan_busy_timing_keeps_the_load_level_it_read(monkeypatch):
     monkeypatch.setattr(M, "_last_level", (when, level))
     monkeypatch.setattr(pace, "_HISTORY", None)
     assert M.load_level() == -1  # no history at all
+
+
+def test_flops_are_counted_once_per_network_source(store, monkeypatch):
+    """A network's FLOPs, counted by running it, are kept: the next session takes them; a
+    changed network (another source digest) counts again."""
+    monkeypatch.setattr(T, "_FLOPS_CACHE", {})
+    counted = []
+    real = T._count_flops
+    monkeypatch.setattr(T, "_count_flops", lambda *a: counted.append(a) or real(*a))
+    first = T.flops_per_sample(16, 4, 128, 2)
+    assert counted == [(16, 4, 2)]
+    T._FLOPS_CACHE.clear()  # a new session
+    assert T.flops_per_sample(16, 4, 128, 2) == first and len(counted) == 1
+    T._FLOPS_CACHE.clear()
+    monkeypatch.setattr(T, "_network_source", lambda: "another network")
+    assert T.flops_per_sample(16, 4, 128, 2) == first and len(counted) == 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,20 +177,63 @@ class _Source:
     scan_id: str | None = None
 
 
+class DeferredScans(Sequence[ScanData]):
+    """Validation scans prepared at their first use (the first validation pass), not before
+    the first training step: their number is known at once, their data only when asked for.
+    A baseline on the ACDC study with 3 labelled patients reads 6 training scans at the click
+    instead of 26."""
+
+    def __init__(self, todo: Sequence[tuple[int, Any]], prepare: Callable[[int, Any], ScanData]):
+        self._todo = list(todo)
+        self._prepare = prepare
+        self._scans: list[ScanData] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The scans' names, without preparing them."""
+        return [str(src.name) for _, src in self._todo]
+
+    @property
+    def ready(self) -> bool:
+        """Whether the scans were prepared."""
+        return self._scans is not None
+
+    def _all(self) -> list[ScanData]:
+        if self._scans is None:
+            self._scans = [self._prepare(i, src) for i, src in self._todo]
+        return self._scans
+
+    def __len__(self) -> int:
+        return len(self._todo)
+
+    def __getitem__(self, i):  # an index or a slice, as a list's
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[ScanData]:
+        return iter(self._all())
+
+
 @dataclass
 class StudyData:
     """Training and validation scans at the planned grid. Split by scan, never by slice."""
 
     train: list[ScanData]
-    val: list[ScanData]
+    val: Sequence[ScanData]  # a DeferredScans from build(): prepared at the first validation
     num_classes: int
     label_names: dict[int, str]
     patch: int
     prep: Preprocessing = field(default_factory=Preprocessing)
     val_source: str = "val"  # "val" | "held-out training scans" | "training scans (no held-out)"
     notes: list[str] = field(default_factory=list)
-    cache_hits: int = 0
-    cache_misses: int = 0
+    cache: VolumeCache | None = None  # where the scans were prepared (its hits and misses)
+
+    @property
+    def cache_hits(self) -> int:
+        return self.cache.hits if self.cache is not None else 0
+
+    @property
+    def cache_misses(self) -> int:
+        return self.cache.misses if self.cache is not None else 0
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -334,23 +377,32 @@ class StudyData:
         todo = [
             (i, src)
             for i, src in enumerate(sources)
-            if not (labelled_only and src.split == "train" and src.labels is None)
+            if src.split == "train" and not (labelled_only and src.labels is None)
         ]
-        scans: list[ScanData] = []
+        later = [
+            (i, src)
+            for i, src in enumerate(sources)
+            if src.split == "val" and src.labels is not None
+        ]
+
+        def prepared(i: int, src: _Source) -> ScanData:
+            return _prepare(src, prep, patch, num_classes, cache, key=seed * 7919 + i)
+
+        train: list[ScanData] = []
         for n, (i, src) in enumerate(todo):
             if progress is not None:
                 progress(n, len(todo))
-            scans.append(_prepare(src, prep, patch, num_classes, cache, key=seed * 7919 + i))
-        train = [s for s in scans if s.split == "train"]
-        val = [s for s in scans if s.split == "val" and s.labels is not None]
+            train.append(prepared(i, src))
+        val = DeferredScans(later, prepared)
         study = cls(train, val, num_classes, label_names, int(patch), prep)
-        if len(todo) < len(sources):
+        skipped = sum(1 for s in sources if s.split == "train") - len(todo)
+        if skipped:
             study.notes.append(
-                f"{len(sources) - len(todo)} training scan(s) without labels not read: "
+                f"{skipped} training scan(s) without labels not read: "
                 "this run learns from labelled slices only"
             )
-        study.cache_hits, study.cache_misses = cache.hits, cache.misses
-        if not val:
+        study.cache = cache
+        if not later:
             study._hold_out(val_fraction, seed)
         return study
 
@@ -408,7 +460,12 @@ class StudyData:
         s = self.summary()
         return {
             "train_scans": [x.name for x in self.train],
-            "val_scans": [x.name for x in self.val],
+            # named without reading them: the run's start describes its data before a step
+            "val_scans": (
+                self.val.names
+                if isinstance(self.val, DeferredScans)
+                else [x.name for x in self.val]
+            ),
             "labelled_train_scans": sum(x.labels is not None for x in self.train),
             "labelled_slices": s.n_labelled_slices,
             "unlabelled_slices": s.n_unlabelled_slices,

@@ -792,7 +792,9 @@ def _start_new(
     """Plan a new run (fingerprint, shape, data preparation, steps in the budget), create its
     folder and save its plan; returns (run, config, plan, study, state). ``status(message,
     done, total)`` says where it stands: the records, the timing, each scan, the budget."""
-    total = len(ws.scan_ids("train")) + len(ws.scan_ids("val")) + 3
+    # the training scans are read before the first step, the validation ones at the first
+    # validation pass (slices.DeferredScans)
+    total = len(ws.scan_ids("train")) + 3
     status("planning: reading the study's records", 0, total)
     cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
     device = resolve_device(cfg.device)
