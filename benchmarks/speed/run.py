@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--look", type=float, default=0.0, help="walk: seconds between the run's end and Compare"
     )
+    p.add_argument(
+        "--timings",
+        default="kept",
+        choices=("kept", "first"),
+        help="walk: a later session (timings kept by an earlier one) or the machine's first",
+    )
     p.add_argument("--device", default="cuda", help="gpu: cpu for a dry run of the script")
     p.add_argument("--budget", default="10m", help="stage1_budget: the run's time budget")
     p.add_argument("--gpu-tasks", default="sdm,inpaint", help="gpu: the stage-1 tasks")
@@ -147,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             from speed import walk
 
             res = walk.bench(
-                load=a.load, budget=a.walk_budget, stop_after_s=a.stop_after, look_s=a.look
+                load=a.load,
+                budget=a.walk_budget,
+                stop_after_s=a.stop_after,
+                look_s=a.look,
+                timings=a.timings,
             )
         else:
             from speed import memory
@@ -158,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         res["command"] = "benchmarks/speed/run.py " + " ".join(argv)
         key = f"viewer_load{a.load}" if name == "viewer" and a.load else name
         key = (
-            f"walk_load{a.load}" + (f"_look{a.look:g}" if a.look else "") if name == "walk" else key
+            f"walk_load{a.load}"
+            + (f"_look{a.look:g}" if a.look else "")
+            + ("_first" if a.timings == "first" else "")
+            if name == "walk"
+            else key
         )
         key = f"gil_load{a.load or 2}" if name == "gil" else key
         if name == "warm":

@@ -15,31 +15,62 @@ time (other work on the machine). The walk, with the dock's own methods (what it
 6. **propose** the next slices to correct (the default strategy) on the imported study; then a
    second Propose cancelled 0.5 s after its click: from Cancel to the dock's answer.
 
+The machine's timings (``kept_timings``) are either kept by an earlier session (``--timings
+kept``, the default: a job of the same kind planned in a spare worker beside the same load just
+before the walk) or not (``--timings first``, the machine's first session: results key
+``..._first``).
+
 Each phase has its own event-loop stall probe (10 ms timer; a stall is a gap minus 10 ms).
 Nothing is asserted: the numbers go to ``benchmarks/results/speed.json`` (``walk_load<n>``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .viewer import busy_processes, gap_probe, spin, stats
 
 
 def bench(
-    load: int = 2, budget: str = "10 min", stop_after_s: float = 60.0, look_s: float = 0.0
+    load: int = 2,
+    budget: str = "10 min",
+    stop_after_s: float = 60.0,
+    look_s: float = 0.0,
+    timings: str = "kept",
 ) -> dict[str, Any]:
+    """``timings``: ``kept`` (a later session: an earlier one, a job of the same kind in a
+    spare worker beside the same load just before the walk, kept its timings of this machine)
+    or ``first`` (the machine's first session: nothing kept). Either way in a cache folder of
+    the walk's own."""
+    from napari_mtssl.training import kept_timings
+
     hogs = busy_processes(load)
+    saved = os.environ.get(kept_timings.CACHE_ENV)
     try:
-        out = _walk(budget, stop_after_s, look_s)
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ[kept_timings.CACHE_ENV] = cache  # the viewer's workers inherit it
+            if timings == "kept":
+                from .common import acdc_workspace
+                from .start import _first_step
+
+                print("earlier session", _first_step(Path(cache), acdc_workspace(3), 5.0))
+            out = _walk(budget, stop_after_s, look_s)
     finally:
         for p in hogs:
             p.kill()
+        if saved is None:
+            os.environ.pop(kept_timings.CACHE_ENV, None)
+        else:
+            os.environ[kept_timings.CACHE_ENV] = saved
     out["load_processes"] = load
+    out["timings"] = timings
     return out
 
 
@@ -176,6 +207,10 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
         base = (result.get("models") or {}).get("baseline") or {}
         phases[-1]["baseline_val_dice"] = base.get("mean_dice")
         phases[-1]["baseline_steps"] = base.get("steps")
+        if result.get("run"):
+            plan = json.loads((ws.run(result["run"]).path / "plan.json").read_text())
+            phases[-1]["plan"] = {k: plan.get(k) for k in ("patch", "width", "depth", "threads")}
+            phases[-1]["plan"]["costs_kept"] = any("earlier session" in r for r in plan["reasons"])
         # 5. compare on a validation scan (after ``look_s`` of reading the run's results)
         spin(look_s)
         got: dict[str, Any] = {}
