@@ -792,9 +792,7 @@ def _start_new(
     """Plan a new run (fingerprint, shape, data preparation, steps in the budget), create its
     folder and save its plan; returns (run, config, plan, study, state). ``status(message,
     done, total)`` says where it stands: the records, the timing, each scan, the budget."""
-    # the training scans are read before the first step, the validation ones at the first
-    # validation pass (slices.DeferredScans)
-    total = len(ws.scan_ids("train")) + 3
+    total = len(ws.scan_ids("train")) + 3  # validation scans: at the first validation pass
     status("planning: reading the study's records", 0, total)
     cfg = ExperimentConfig.from_dict(config.to_dict())  # validated private copy
     device = resolve_device(cfg.device)
