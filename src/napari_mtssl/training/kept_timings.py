@@ -11,6 +11,7 @@ steps in a fraction of a second, with their peak memory, which is not kept).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ def path() -> Path:
     return Path(platformdirs.user_cache_dir("napari-mtssl", appauthor=False)) / "timings.json"
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
