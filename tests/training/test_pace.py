@@ -240,3 +240,42 @@ def test_windows_in_which_this_process_was_busy_are_not_read():
         assert pace_mod.recent_busy_cores() == 1.9
     finally:
         pace_mod._HISTORY = old
+
+
+def _ends_with_its_validation(val_guess) -> tuple[float, float]:
+    """A unit planned at 0.5 s a step whose steps run at 1 s (a busier machine than planned),
+    validating only at its end: a pass that takes 120 s here (60 s as the plan timed it).
+    Returns (when its final validation ends, the deadline)."""
+    clock = Clock()
+    deadline = clock() + 600
+    pace = Pace(1000, deadline, grow=2.0, clock=clock, set_threads=lambda n: None,
+                get_threads=lambda: 1, val_guess=val_guess)  # fmt: skip
+    pace.start(0)
+    step = 0
+    while step < pace.total and clock.t + 1.0 <= deadline - pace.reserve_s(clock.t):
+        clock.t += 1.0
+        step += 1
+        pace.tick(step)
+    return clock.t + 120.0, deadline
+
+
+def test_the_plans_validation_timing_is_kept_for_the_final_pass_before_one_is_timed():
+    # the unit has timed no validation of its own (it validates at its end only): the plan's
+    # timing, scaled by how much slower the steps run than planned, is what it keeps
+    end, deadline = _ends_with_its_validation((60.0, 0.5))
+    assert end <= deadline
+    # and it kept no more than the margin for HD95 (0.3 of the pass), a step and 2 s
+    assert end >= deadline - (0.3 * 120 + 1.0 + 2.0) - 1e-6
+    # without the plan's timing, a twenty-fifth of the time left (which shrinks to seconds
+    # near the end) is kept: the final pass runs past the deadline
+    end, deadline = _ends_with_its_validation(None)
+    assert end > deadline + 60
+
+
+def test_a_timed_pass_replaces_the_plans_guess():
+    clock = Clock()
+    pace = Pace(1000, clock() + 600, clock=clock, set_threads=lambda n: None,
+                get_threads=lambda: 1, val_guess=(60.0, 0.5))  # fmt: skip
+    assert pace.reserve_s(clock.t) == pytest.approx(1.3 * 60.0 + 2.0)  # nothing run yet
+    pace.validated(10.0)
+    assert pace.reserve_s(clock.t) == pytest.approx(1.3 * 10.0 + 2.0)

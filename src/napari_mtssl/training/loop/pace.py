@@ -179,6 +179,8 @@ class Pace:
     ``threads_max``: 0 leaves torch's threads alone. ``recheck``: called once, at the first
     window in which the machine reads quiet (with ``threads_max`` only), to redo a choice
     made on a busy machine; it returns a line for the user when it changed something.
+    ``val_guess``: (seconds of one validation pass, seconds of one step) as the plan timed
+    them, the final validation's reserve until a pass is timed (:meth:`reserve_s`).
     ``clock``, ``watch`` and ``set_threads`` are replaceable for tests.
     """
 
@@ -196,6 +198,7 @@ class Pace:
         get_threads: Callable[[], int] | None = None,
         cpus: int | None = None,
         recheck: Callable[[], str | None] | None = None,
+        val_guess: tuple[float, float] | None = None,
     ):
         self.planned = int(planned)
         self.total = int(planned)
@@ -220,6 +223,8 @@ class Pace:
         self._want: int | None = None
         self._rate: float | None = None  # seconds per step, smoothed over the windows
         self._val_s: float | None = None
+        # (seconds of a validation pass, seconds of a step) as the plan timed them
+        self._guess = val_guess if val_guess and min(val_guess) > 0 else None
         self._window: tuple[float, int] | None = None  # (start time, step) of this window
         self._paused = 0.0  # validation seconds inside the window
 
@@ -239,10 +244,15 @@ class Pace:
 
     def reserve_s(self, now: float) -> float:
         """Seconds kept before the deadline for the final validation and saving (with HD95, a
-        little longer than a halfway validation); before any was timed, a twenty-fifth of the
-        time left (2 s without a deadline)."""
+        little longer than a halfway validation). Before a pass was timed: the plan's timing
+        of one (``val_guess``), at the pace the steps run now against the plan's (a machine
+        running steps at half the speed predicts at half the speed too); without it, a
+        twenty-fifth of the time left (2 s without a deadline)."""
         if self._val_s is not None:
             return 1.3 * self._val_s + 2.0
+        if self._guess is not None:
+            val_s, step_s = self._guess
+            return 1.3 * val_s * (self._rate / step_s if self._rate else 1.0) + 2.0
         return max(2.0, (self.deadline - now) / 25) if self.deadline is not None else 2.0
 
     def tick(self, step: int) -> str | None:

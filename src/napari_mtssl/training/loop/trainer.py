@@ -117,6 +117,33 @@ def evaluate(
     the post-processing is kept (``postprocess``) only when it raises the mean Dice, nnU-Net's
     rule, and the scores returned are those of the kept variant (``raw_mean_dice``: without).
     """
+    preds, truths = predict_labelled(
+        net,
+        scans,
+        study,
+        device,
+        precision=precision,
+        overlap=overlap,
+        batch_size=batch_size,
+        stop=stop,
+    )
+    return score_predictions(preds, truths, study, hd95=hd95)
+
+
+@torch.no_grad()
+def predict_labelled(
+    net: torch.nn.Module,
+    scans: Sequence[ScanData],
+    study: StudyData,
+    device: torch.device,
+    *,
+    precision: str = "fp32",
+    overlap: float = 0.5,
+    batch_size: int = 16,
+    stop: StopFn | None = None,
+) -> tuple[list[np.ndarray], list[ScanData]]:
+    """The label maps of the scans that have labels, in each scan's own grid, and those scans
+    (what :func:`evaluate` scores)."""
     preds, truths = [], []
     for s in scans:
         if s.labels_native is None:
@@ -138,8 +165,7 @@ def evaluate(
             pred[z0 : z0 + native.shape[1]] = native.argmax(0)  # numpy: 9x faster, see inference
         preds.append(pred)
         truths.append(s)
-
-    return score_predictions(preds, truths, study, hd95=hd95)
+    return preds, truths
 
 
 def score_predictions(
@@ -330,30 +356,45 @@ class _Optimiser:
 
 
 class _Validation:
-    """Validation Dice every ``spec.eval_every`` steps (default: halfway) and at the end."""
+    """Validation Dice every ``spec.eval_every`` steps (default: halfway) and at the end.
+
+    The end moves while a unit trains (its pace re-counts its steps), so a pass falls at a
+    multiple of ``every`` only where at least ``every`` steps are left after it: a count grown
+    past the planned one does not validate at the planned end and again at the new one. The
+    last pass's label maps are kept, so a unit that ends just after it adds HD95 to those
+    instead of predicting the same model again."""
 
     def __init__(self, spec: UnitSpec, net, study: StudyData, cfg, device, precision: str):
         self.on = spec.evaluate and bool(study.val)
         self.every = spec.eval_every or max(1, spec.steps // 2)
         self.net, self.study, self.cfg, self.device = net, study, cfg, device
         self.precision = precision
+        self._last: tuple[int, list, list] | None = None  # (step, label maps, their scans)
 
     def due(self, step: int, total: int) -> bool:
-        return self.on and (step % self.every == 0 or step == total)
+        periodic = step % self.every == 0 and step + self.every <= total
+        return self.on and (periodic or step == total)
 
-    def scores(self, hd95: bool, stop: StopFn | None = None) -> dict[str, Any]:
-        out = evaluate(
-            self.net,
-            self.study.val,
-            self.study,
-            self.device,
-            precision=self.precision,
-            overlap=self.cfg.data.infer_overlap,
-            hd95=hd95,
-            stop=stop,
-        )
-        self.net.train()
-        return out
+    def scores(
+        self, hd95: bool, stop: StopFn | None = None, step: int | None = None
+    ) -> dict[str, Any]:
+        """The scores of the model now (``step``: the step it is at, which a later call at the
+        same step reuses the label maps of)."""
+        if step is None or self._last is None or self._last[0] != step:
+            preds, truths = predict_labelled(
+                self.net,
+                self.study.val,
+                self.study,
+                self.device,
+                precision=self.precision,
+                overlap=self.cfg.data.infer_overlap,
+                stop=stop,
+            )
+            self.net.train()
+            self._last = None if step is None else (step, preds, truths)
+        else:
+            _, preds, truths = self._last
+        return score_predictions(preds, truths, self.study, hd95=hd95)
 
 
 class _Average:
@@ -445,6 +486,7 @@ def train_unit(
     aim_s: float = 0.0,
     probe_at: int | None = None,
     recheck_precision: bool = False,
+    val_guess: tuple[float, float] | None = None,
 ) -> Events[dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
@@ -461,6 +503,8 @@ def train_unit(
     ``recheck_precision``: fp32 was chosen on a CPU because bf16 did not time faster, perhaps
     on a busy machine; once the machine is quiet (``threads_max`` > 0), bf16 is timed again
     and taken if it is faster (the result's ``precision`` says which the unit ended with).
+    ``val_guess``: (seconds of a validation pass, seconds of a step) as the plan timed them:
+    the time kept for the final validation until the unit has timed a pass of its own.
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -476,7 +520,7 @@ def train_unit(
         return elapsed0 + time.perf_counter() - t0
 
     recheck = _precision_recheck(o, check) if recheck_precision and o.precision == "fp32" else None
-    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max, recheck)
+    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max, recheck, val_guess)
     streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
 
     def progress(step: int, ema: dict, lr: float, val: float | None) -> dict:
@@ -563,8 +607,8 @@ def _loop(
             if step == probe_at:
                 probe = {"step": step, "dice": val}
         yield p.progress(step, ema, lr, val)
-    if ended_early and p.check.on:
-        final = p.check.scores(hd95=True)
+    if ended_early and p.check.on:  # the maps of a pass at this very step are reused
+        final = p.check.scores(hd95=True, step=step)
         val = final["mean_dice"]
     return {"stopped": False, "ended_early": ended_early, "steps": step, "val_dice": val,
             "seconds": p.seconds(), "losses": ema, "metrics": final, "precision": p.o.precision,
@@ -580,6 +624,7 @@ def _pace(
     grow: float,
     threads_max: int,
     recheck: Callable[[], str | None] | None = None,
+    val_guess: tuple[float, float] | None = None,
 ) -> Pace:
     """The unit's step count, kept so that it ends by ``deadline + aim_s`` where it has one;
     adaptive (more steps when the machine speeds up, threads fitted to the free cores) on a
@@ -591,6 +636,7 @@ def _pace(
         grow=grow if adaptive else 1.0,
         threads_max=threads_max if adaptive else 0,
         recheck=recheck if adaptive else None,
+        val_guess=val_guess,
     )
 
 
@@ -646,7 +692,7 @@ def _validate(check, pace: Pace, step: int, stop: StopFn | None) -> dict[str, An
     told to ``pace``), or None where a stop request interrupted it."""
     tv = time.perf_counter()
     try:
-        got = check.scores(hd95=step == pace.total, stop=stop)
+        got = check.scores(hd95=step == pace.total, stop=stop, step=step)
     except Interrupted:
         return None
     pace.validated(time.perf_counter() - tv)

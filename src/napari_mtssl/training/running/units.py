@@ -132,21 +132,35 @@ def _fp32_by_timing(plan: Any) -> bool:
     return plan.precision == "fp32" and "optim.precision" not in (plan.overridden or ())
 
 
+def _val_guess(plan: Any, unit: Unit) -> tuple[float, float] | None:
+    """(seconds of a validation pass, seconds of the unit's step) as the plan timed them, which
+    the unit's pace keeps for its final validation until it has timed one; None where the plan
+    timed neither (steps the user fixed, a plan without timings)."""
+    timings = getattr(plan, "timings", None) or {}
+    step_s = timings.get("student" if unit.kind == "student" else "seg")
+    val_s = timings.get("eval")
+    if not step_s or not val_s:
+        return None
+    return float(val_s), float(step_s)
+
+
 def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
     """The stage that trains ``unit`` (a generator returning its result with the network)."""
     cfg = _unit_cfg(ctx.cfg, unit.steps)
     ckpt = ctx.run.checkpoint_dir
     args = (ctx.study, cfg, ctx.device, ckpt, stop)
+    guess = _val_guess(ctx.plan, unit)
     pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s,
-            "recheck_precision": _fp32_by_timing(ctx.plan)}  # fmt: skip
+            "recheck_precision": _fp32_by_timing(ctx.plan), "val_guess": guess}  # fmt: skip
     if unit.kind == "baseline":
         return stages.baseline(*args, deadline=deadline, probe_at=unit.probe_at, **pace)
     if unit.kind == "all_joint":
         return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline, **pace)
     if unit.kind == "mode" and unit.mode == "joint":
         return stages.joint(
-            unit.task, *args, pause_at=unit.pause_at, deadline=deadline, aim_s=unit.aim_s
-        )
+            unit.task, *args, pause_at=unit.pause_at, deadline=deadline, aim_s=unit.aim_s,
+            val_guess=guess,
+        )  # fmt: skip
     if unit.kind == "mode" and unit.mode == "pretrain":
         return stages.pretrain(
             unit.task,
@@ -156,6 +170,7 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
             pause_at=unit.pause_at,
             deadline=deadline,
             aim_s=unit.aim_s,
+            val_guess=guess,
         )
     if unit.kind == "student":
         return _student(ctx, unit, cfg, stop, deadline, pace)
