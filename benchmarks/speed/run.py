@@ -20,8 +20,9 @@ needs a display and ACDC),
 ``start`` (from the Train click to the first step through the spare worker, with and without
 its load history, beside busy processes; needs ACDC), ``layers`` (what adding, removing and
 refilling a napari layer costs the GUI thread, with the collector as napari leaves it and as
-the docks do, beside busy processes; needs a display). Ratios are measured side by side in one
-process, repetitions alternating (ABAB). Results
+the docks do, beside busy processes; needs a display), ``resume`` (a baseline stopped and
+resumed beside busy processes: its time against its budget; needs ACDC). Ratios are measured
+side by side in one process, repetitions alternating (ABAB). Results
 report; nothing here asserts a timing.
 """
 
@@ -50,6 +51,7 @@ NAMES = (
     "warm",
     "start",
     "layers",
+    "resume",
 )
 
 
@@ -145,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import start
 
             res = start.bench(load=a.load or 2, reps=a.reps)
+        elif name == "resume":
+            from speed import resume
+
+            res = resume.bench(load=a.load or 2, budget=a.walk_budget, stop_after_s=a.stop_after)
         elif name == "layers":
             from speed import layers
 
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             key = f"warm_load{a.load or 2}{pair}"
         key = f"start_load{a.load or 2}" if name == "start" else key
         key = f"layers_gc_load{a.load or 2}" if name == "layers" else key
+        key = f"resume_load{a.load or 2}" if name == "resume" else key
         print("saved", common.save(key, res), flush=True)
     return 0
 
