@@ -48,6 +48,11 @@ def test_a_unit_ended_by_its_deadline_just_after_a_pass_scores_that_pass(tiny_st
         return predict(*a, **kw)
 
     monkeypatch.setattr(trainer, "predict_labelled", counted)
+    scored = []  # the hd95 flag of each scoring
+    score = trainer.score_predictions
+    monkeypatch.setattr(
+        trainer, "score_predictions", lambda *a, hd95: scored.append(hd95) or score(*a, hd95=hd95)
+    )
     spec = UnitSpec("baseline", "baseline", 4, [build_term("seg")], model="baseline", eval_every=1)
     net = stages.new_net(cfg, study.num_classes)
     # a deadline already past: the first step is taken, validated (every step), and the unit
@@ -55,4 +60,26 @@ def test_a_unit_ended_by_its_deadline_just_after_a_pass_scores_that_pass(tiny_st
     res = api.run(train_unit(spec, net, study, cfg, torch.device("cpu"), deadline=time.monotonic()))
     assert res["ended_early"] and res["steps"] == 1
     assert len(calls) == 1
-    assert res["metrics"] is not None and "hd95" in res["metrics"]
+    assert scored == [False, True]  # the pass at step 1, then its maps scored with HD95
+    assert res["metrics"] is not None
+
+
+def test_a_passes_maps_are_let_go_at_the_next_step(tiny_study, monkeypatch):
+    # kept past the next step they would hold every validation scan's label map while the unit
+    # trains on (hundreds of MB for large CT studies), for nothing: the model has moved on
+    study, cfg = tiny_study
+    calls = []
+    predict = trainer.predict_labelled
+    monkeypatch.setattr(
+        trainer, "predict_labelled", lambda *a, **kw: calls.append(1) or predict(*a, **kw)
+    )
+    spec = UnitSpec("baseline", "baseline", 4, [build_term("seg")], model="baseline", eval_every=2)
+    net = stages.new_net(cfg, study.num_classes)
+    check = _Validation(spec, net, study, cfg, torch.device("cpu"), "fp32")
+    first = check.scores(hd95=False, step=2)
+    again = check.scores(hd95=True, step=2)  # the same model: its maps, with HD95
+    assert len(calls) == 1 and again["mean_dice"] == first["mean_dice"]
+    check.forget()  # what the loop does when it takes the next step
+    assert check._last is None
+    check.scores(hd95=False, step=2)
+    assert len(calls) == 2

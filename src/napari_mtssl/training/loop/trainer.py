@@ -361,8 +361,9 @@ class _Validation:
     The end moves while a unit trains (its pace re-counts its steps), so a pass falls at a
     multiple of ``every`` only where at least ``every`` steps are left after it: a count grown
     past the planned one does not validate at the planned end and again at the new one. The
-    last pass's label maps are kept, so a unit that ends just after it adds HD95 to those
-    instead of predicting the same model again."""
+    last pass's label maps are kept until the next step (:meth:`forget`), so a unit that ends
+    just after it adds HD95 to those instead of predicting the same model again; held no
+    longer, they add nothing to the pass's own peak of memory."""
 
     def __init__(self, spec: UnitSpec, net, study: StudyData, cfg, device, precision: str):
         self.on = spec.evaluate and bool(study.val)
@@ -395,6 +396,10 @@ class _Validation:
         else:
             _, preds, truths = self._last
         return score_predictions(preds, truths, self.study, hd95=hd95)
+
+    def forget(self) -> None:
+        """The model moved on (a step was taken): the last pass's maps are not its own."""
+        self._last = None
 
 
 class _Average:
@@ -592,6 +597,7 @@ def _loop(
         t_step = time.monotonic()
         vals, lr = _step(spec, net, p.streams, p.o, cfg, device, step, p.avg.copy, p.pace.total)
         step_s = time.monotonic() - t_step
+        p.check.forget()
         p.avg.update()
         step += 1
         _smooth(ema, vals)
