@@ -242,40 +242,55 @@ def test_windows_in_which_this_process_was_busy_are_not_read():
         pace_mod._HISTORY = old
 
 
-def _ends_with_its_validation(val_guess) -> tuple[float, float]:
-    """A unit planned at 0.5 s a step whose steps run at 1 s (a busier machine than planned),
-    validating only at its end: a pass that takes 120 s here (60 s as the plan timed it).
-    Returns (when its final validation ends, the deadline)."""
+def _ends_with_its_validation(val_guess, fwd_s: float = 0.2) -> tuple[float, float, Pace]:
+    """A unit validating only at its end, whose forward batch runs at ``fwd_s`` (the plan timed
+    0.1 s and a pass at 60 s: this pass takes 60 x fwd_s / 0.1 s), its steps at 1 s. Returns
+    (when its final validation ends, the deadline, its pace)."""
     clock = Clock()
     deadline = clock() + 600
+
+    def time_fwd() -> float:
+        clock.t += fwd_s
+        return fwd_s
+
     pace = Pace(1000, deadline, grow=2.0, clock=clock, set_threads=lambda n: None,
-                get_threads=lambda: 1, val_guess=val_guess)  # fmt: skip
+                get_threads=lambda: 1, val_guess=val_guess, time_fwd=time_fwd)  # fmt: skip
     pace.start(0)
     step = 0
     while step < pace.total and clock.t + 1.0 <= deadline - pace.reserve_s(clock.t):
         clock.t += 1.0
         step += 1
         pace.tick(step)
-    return clock.t + 120.0, deadline
+    return clock.t + 60.0 * fwd_s / 0.1, deadline, pace
 
 
 def test_the_plans_validation_timing_is_kept_for_the_final_pass_before_one_is_timed():
-    # the unit has timed no validation of its own (it validates at its end only): the plan's
-    # timing, scaled by how much slower the steps run than planned, is what it keeps
-    end, deadline = _ends_with_its_validation((60.0, 0.5))
-    assert end <= deadline
-    # and it kept no more than the margin for HD95 (0.3 of the pass), a step and 2 s
-    assert end >= deadline - (0.3 * 120 + 1.0 + 2.0) - 1e-6
+    # the unit times no validation of its own (it validates at its end only): the plan's
+    # timing, scaled by how much slower a forward batch runs now, is what it keeps
+    for fwd_s in (0.2, 0.05):  # a busier machine than planned, and a quieter one
+        end, deadline, _ = _ends_with_its_validation((60.0, 0.1), fwd_s)
+        assert end <= deadline, fwd_s
+        # and it kept no more than the margin for HD95 (0.3 of the pass), a step and 2 s
+        assert end >= deadline - (0.3 * 600 * fwd_s + 1.0 + 2.0) - 1e-6, fwd_s
     # without the plan's timing, a twenty-fifth of the time left (which shrinks to seconds
     # near the end) is kept: the final pass runs past the deadline
-    end, deadline = _ends_with_its_validation(None)
+    end, deadline, _ = _ends_with_its_validation(None)
     assert end > deadline + 60
+
+
+def test_a_forward_batch_is_timed_about_once_a_minute_and_left_out_of_the_steps():
+    _, _, pace = _ends_with_its_validation((60.0, 0.1))
+    # 1 s steps, a window every 15 s: one forward timing per 4 windows, the first at once
+    assert pace._fwd_slower == pytest.approx(2.0)
+    assert pace._rate == pytest.approx(1.0)  # the 0.2 s of each timing is not a step's
 
 
 def test_a_timed_pass_replaces_the_plans_guess():
     clock = Clock()
     pace = Pace(1000, clock() + 600, clock=clock, set_threads=lambda n: None,
-                get_threads=lambda: 1, val_guess=(60.0, 0.5))  # fmt: skip
-    assert pace.reserve_s(clock.t) == pytest.approx(1.3 * 60.0 + 2.0)  # nothing run yet
+                get_threads=lambda: 1, val_guess=(60.0, 0.1), time_fwd=lambda: 0.3)  # fmt: skip
+    assert pace.reserve_s(clock.t) == pytest.approx(1.3 * 60.0 + 2.0)  # nothing timed yet
+    run(pace, clock, lambda s: 1.0, until=20)
+    assert pace.reserve_s(clock.t) == pytest.approx(1.3 * 180.0 + 2.0)  # forward 3 x slower
     pace.validated(10.0)
     assert pace.reserve_s(clock.t) == pytest.approx(1.3 * 10.0 + 2.0)

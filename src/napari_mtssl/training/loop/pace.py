@@ -168,6 +168,9 @@ def _cpus() -> int:
 
 
 QUIET_CORES = 0.3  # other programs' use below which the machine counts as quiet
+# A forward batch is timed every this many windows (about a minute) while the unit has timed no
+# validation pass: a fraction of a second each, 1-2 % of the steps' time beside busy processes.
+FWD_EVERY = 4
 
 
 class Pace:
@@ -179,8 +182,9 @@ class Pace:
     ``threads_max``: 0 leaves torch's threads alone. ``recheck``: called once, at the first
     window in which the machine reads quiet (with ``threads_max`` only), to redo a choice
     made on a busy machine; it returns a line for the user when it changed something.
-    ``val_guess``: (seconds of one validation pass, seconds of one step) as the plan timed
-    them, the final validation's reserve until a pass is timed (:meth:`reserve_s`).
+    ``val_guess``: (seconds of one validation pass, seconds of one forward batch) as the plan
+    timed them, the final validation's reserve until a pass is timed (:meth:`reserve_s`),
+    scaled by ``time_fwd()`` (a forward batch timed now, in seconds).
     ``clock``, ``watch`` and ``set_threads`` are replaceable for tests.
     """
 
@@ -199,6 +203,7 @@ class Pace:
         cpus: int | None = None,
         recheck: Callable[[], str | None] | None = None,
         val_guess: tuple[float, float] | None = None,
+        time_fwd: Callable[[], float] | None = None,
     ):
         self.planned = int(planned)
         self.total = int(planned)
@@ -223,8 +228,12 @@ class Pace:
         self._want: int | None = None
         self._rate: float | None = None  # seconds per step, smoothed over the windows
         self._val_s: float | None = None
-        # (seconds of a validation pass, seconds of a step) as the plan timed them
+        # (seconds of a validation pass, seconds of a forward batch) as the plan timed them, and
+        # how many times slower a forward batch runs now (timed every FWD_EVERY windows)
         self._guess = val_guess if val_guess and min(val_guess) > 0 else None
+        self._time_fwd = time_fwd if self._guess is not None else None
+        self._fwd_slower: float | None = None
+        self._windows = 0
         self._window: tuple[float, int] | None = None  # (start time, step) of this window
         self._paused = 0.0  # validation seconds inside the window
 
@@ -245,15 +254,30 @@ class Pace:
     def reserve_s(self, now: float) -> float:
         """Seconds kept before the deadline for the final validation and saving (with HD95, a
         little longer than a halfway validation). Before a pass was timed: the plan's timing
-        of one (``val_guess``), at the pace the steps run now against the plan's (a machine
-        running steps at half the speed predicts at half the speed too); without it, a
-        twenty-fifth of the time left (2 s without a deadline)."""
+        of one (``val_guess``), scaled by how much slower a forward batch of the network runs
+        now than the plan timed it (``time_fwd``; a pass is forward batches; a training step
+        slows differently: 6.7 x against a pass's 4.8 x beside a viewer and two busy
+        processes); without a guess, a twenty-fifth of the time left (2 s without a deadline)."""
         if self._val_s is not None:
             return 1.3 * self._val_s + 2.0
         if self._guess is not None:
-            val_s, step_s = self._guess
-            return 1.3 * val_s * (self._rate / step_s if self._rate else 1.0) + 2.0
+            return 1.3 * self._guess[0] * (self._fwd_slower or 1.0) + 2.0
         return max(2.0, (self.deadline - now) / 25) if self.deadline is not None else 2.0
+
+    def _time_forward(self) -> None:
+        """Every FWD_EVERY windows, while no pass is timed: a forward batch, timed against the
+        plan's (its seconds are left out of the steps' window)."""
+        if self._time_fwd is None or self._val_s is not None or self.deadline is None:
+            return
+        self._windows += 1
+        if self._fwd_slower is not None and self._windows % FWD_EVERY:
+            return
+        seconds = float(self._time_fwd())
+        self._paused += seconds
+        now = seconds / self._guess[1]
+        old = self._fwd_slower
+        # the slower of the smoothed and the last: a slowdown counts at once
+        self._fwd_slower = now if old is None else max(now, 0.7 * old + 0.3 * now)
 
     def tick(self, step: int) -> str | None:
         """After ``step`` steps: at most every ``every_s`` seconds, re-time and re-count (and
@@ -266,6 +290,7 @@ class Pace:
             return None
         window = max(1e-6, (now - t0 - self._paused) / (step - s0))
         self.start(step)
+        self._time_forward()
         self._rate = window if self._rate is None else 0.7 * self._rate + 0.3 * window
         notes = []
         if self.threads_max > 0:

@@ -508,8 +508,9 @@ def train_unit(
     ``recheck_precision``: fp32 was chosen on a CPU because bf16 did not time faster, perhaps
     on a busy machine; once the machine is quiet (``threads_max`` > 0), bf16 is timed again
     and taken if it is faster (the result's ``precision`` says which the unit ended with).
-    ``val_guess``: (seconds of a validation pass, seconds of a step) as the plan timed them:
-    the time kept for the final validation until the unit has timed a pass of its own.
+    ``val_guess``: (seconds of a validation pass, seconds of a forward batch) as the plan timed
+    them: the time kept for the final validation until the unit has timed a pass of its own,
+    scaled by a forward batch timed now and then while it trains.
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -525,7 +526,9 @@ def train_unit(
         return elapsed0 + time.perf_counter() - t0
 
     recheck = _precision_recheck(o, check) if recheck_precision and o.precision == "fp32" else None
-    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max, recheck, val_guess)
+    time_fwd = _forward_timer(check, study, cfg, device) if val_guess else None
+    pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max, recheck, val_guess,
+                 time_fwd)  # fmt: skip
     streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
 
     def progress(step: int, ema: dict, lr: float, val: float | None) -> dict:
@@ -631,6 +634,7 @@ def _pace(
     threads_max: int,
     recheck: Callable[[], str | None] | None = None,
     val_guess: tuple[float, float] | None = None,
+    time_fwd: Callable[[], float] | None = None,
 ) -> Pace:
     """The unit's step count, kept so that it ends by ``deadline + aim_s`` where it has one;
     adaptive (more steps when the machine speeds up, threads fitted to the free cores) on a
@@ -643,7 +647,27 @@ def _pace(
         threads_max=threads_max if adaptive else 0,
         recheck=recheck if adaptive else None,
         val_guess=val_guess,
+        time_fwd=time_fwd,
     )
+
+
+def _forward_timer(check: _Validation, study: StudyData, cfg, device) -> Callable[[], float]:
+    """Seconds of one forward batch of the model validation scores (the plan's shape, no
+    gradient, the unit's precision), as the plan timed one: how much slower a validation pass
+    will run now. Zeros in, so no random source is drawn."""
+    x = torch.zeros(cfg.data.batch_size, 1, study.patch, study.patch, device=device)
+
+    def seconds() -> float:
+        t = time.perf_counter()
+        check.net.eval()
+        with torch.no_grad(), autocast(device, check.precision):
+            check.net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        check.net.train()
+        return time.perf_counter() - t
+
+    return seconds
 
 
 def _precision_recheck(o: _Optimiser, check: _Validation) -> Callable[[], str | None]:

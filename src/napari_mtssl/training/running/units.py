@@ -133,15 +133,14 @@ def _fp32_by_timing(plan: Any) -> bool:
 
 
 def _val_guess(plan: Any, unit: Unit) -> tuple[float, float] | None:
-    """(seconds of a validation pass, seconds of the unit's step) as the plan timed them, which
+    """(seconds of a validation pass, seconds of a forward batch) as the plan timed them, which
     the unit's pace keeps for its final validation until it has timed one; None where the plan
     timed neither (steps the user fixed, a plan without timings)."""
     timings = getattr(plan, "timings", None) or {}
-    step_s = timings.get("student" if unit.kind == "student" else "seg")
-    val_s = timings.get("eval")
-    if not step_s or not val_s:
+    fwd_s, val_s = timings.get("fwd"), timings.get("eval")
+    if not fwd_s or not val_s:
         return None
-    return float(val_s), float(step_s)
+    return float(val_s), float(fwd_s)
 
 
 def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
