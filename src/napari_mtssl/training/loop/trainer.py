@@ -95,38 +95,24 @@ def _lr(cfg: ExperimentConfig, step: int, total: int, scale: float = 1.0) -> flo
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-@torch.no_grad()
 def evaluate(
     net: torch.nn.Module,
     scans: Sequence[ScanData],
     study: StudyData,
     device: torch.device,
     *,
-    precision: str = "fp32",
-    overlap: float = 0.5,
     hd95: bool = False,
-    batch_size: int = 16,
-    stop: StopFn | None = None,
+    **predict: Any,
 ) -> dict[str, Any]:
     """Validation scores in each scan's own geometry, on its labelled slices (3D per volume):
-    sliding-window prediction at the planned grid, mapped back as :func:`predict_scan` does.
-    ``stop()`` is asked between slabs of windows: when it answers True, :class:`Interrupted`
-    is raised (a stop request never waits for a whole validation pass).
+    the label maps of :func:`predict_labelled` (``predict``: its ``precision``, ``overlap``,
+    ``batch_size`` and ``stop``), scored by :func:`score_predictions`.
 
     Both the raw masks and the masks keeping only the largest foreground component are scored;
     the post-processing is kept (``postprocess``) only when it raises the mean Dice, nnU-Net's
     rule, and the scores returned are those of the kept variant (``raw_mean_dice``: without).
     """
-    preds, truths = predict_labelled(
-        net,
-        scans,
-        study,
-        device,
-        precision=precision,
-        overlap=overlap,
-        batch_size=batch_size,
-        stop=stop,
-    )
+    preds, truths = predict_labelled(net, scans, study, device, **predict)
     return score_predictions(preds, truths, study, hd95=hd95)
 
 
@@ -143,7 +129,9 @@ def predict_labelled(
     stop: StopFn | None = None,
 ) -> tuple[list[np.ndarray], list[ScanData]]:
     """The label maps of the scans that have labels, in each scan's own grid, and those scans
-    (what :func:`evaluate` scores)."""
+    (what :func:`evaluate` scores): sliding-window prediction at the planned grid, mapped back
+    as :func:`predict_scan` does. ``stop()`` is asked between slabs of windows: when it answers
+    True, :class:`Interrupted` is raised (a stop request never waits for a whole pass)."""
     preds, truths = [], []
     for s in scans:
         if s.labels_native is None:
