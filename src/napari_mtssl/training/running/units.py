@@ -132,7 +132,7 @@ def _fp32_by_timing(plan: Any) -> bool:
     return plan.precision == "fp32" and "optim.precision" not in (plan.overridden or ())
 
 
-def _val_guess(plan: Any, unit: Unit) -> tuple[float, float] | None:
+def _val_guess(plan: Any) -> tuple[float, float] | None:
     """(seconds of a validation pass, seconds of a forward batch) as the plan timed them, which
     the unit's pace keeps for its final validation until it has timed one; None where the plan
     timed neither (steps the user fixed, a plan without timings)."""
@@ -148,7 +148,7 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
     cfg = _unit_cfg(ctx.cfg, unit.steps)
     ckpt = ctx.run.checkpoint_dir
     args = (ctx.study, cfg, ctx.device, ckpt, stop)
-    guess = _val_guess(ctx.plan, unit)
+    guess = _val_guess(ctx.plan)
     pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s,
             "recheck_precision": _fp32_by_timing(ctx.plan), "val_guess": guess}  # fmt: skip
     if unit.kind == "baseline":
