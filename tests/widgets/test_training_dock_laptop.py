@@ -321,6 +321,16 @@ def test_the_planners_own_messages_are_understood():
     assert parse_budget(r.need.replace(" ", "")) > 600
     r = refusal("5s", "baseline")
     assert r.budget == "5 s" and r.models == 1 and not r.fit_tasks and r.need
+    # an untimed baseline's refusal, made by the run from its first window's steps
+    from types import SimpleNamespace
+
+    from napari_mtssl.training.loop.pace import TooFewSteps
+    from napari_mtssl.training.running.units import _refusal
+
+    ctx = SimpleNamespace(cfg=profile("quick", budget_s=600), plan=SimpleNamespace(models=["b"]))
+    r = budget_refusal(_refusal(ctx, TooFewSteps(140, 150, 2.9)))
+    assert r is not None and (r.budget, r.models, r.steps) == ("10 min", 1, 140)
+    assert r.need == "23 min" and not r.fit_tasks
     assert budget_refusal("the workspace has no training scans; add scans first") is None
     assert budget_refusal(None) is None
 

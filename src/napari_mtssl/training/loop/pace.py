@@ -35,7 +35,27 @@ from collections.abc import Callable
 
 import psutil
 
-__all__ = ["CoreWatch", "LoadHistory", "Pace", "keeps_history", "recent_busy_cores", "watch_load"]
+__all__ = [
+    "CoreWatch",
+    "LoadHistory",
+    "Pace",
+    "TooFewSteps",
+    "keeps_history",
+    "recent_busy_cores",
+    "watch_load",
+]
+
+
+class TooFewSteps(RuntimeError):
+    """A unit's first window found its budget too short for ``floor`` steps on this machine: it
+    fits ``fits`` (``Pace(floor=...)``: an untimed plan checks its budget so)."""
+
+    def __init__(self, fits: int, floor: int, seconds_per_step: float):
+        self.fits, self.floor, self.seconds_per_step = int(fits), int(floor), seconds_per_step
+        super().__init__(
+            f"the budget fits about {self.fits} steps at {seconds_per_step:.2f} s a step; "
+            f"at least {self.floor} are needed"
+        )
 
 
 class CoreWatch:
@@ -185,6 +205,8 @@ class Pace:
     ``val_guess``: (seconds of one validation pass, seconds of one forward batch) as the plan
     timed them, the final validation's reserve until a pass is timed (:meth:`reserve_s`),
     scaled by ``time_fwd()`` (a forward batch timed now, in seconds).
+    ``floor``: the fewest steps the unit's budget must fit, checked at its first window (an
+    untimed plan: :class:`TooFewSteps` where the steps timed there fit fewer).
     ``clock``, ``watch`` and ``set_threads`` are replaceable for tests.
     """
 
@@ -204,8 +226,10 @@ class Pace:
         recheck: Callable[[], str | None] | None = None,
         val_guess: tuple[float, float] | None = None,
         time_fwd: Callable[[], float] | None = None,
+        floor: int = 0,
     ):
         self.planned = int(planned)
+        self.floor = int(floor)  # checked once, at the first window (then 0)
         self.total = int(planned)
         self.deadline = deadline
         self.grow = max(1.0, float(grow))
@@ -310,6 +334,9 @@ class Pace:
     def _recount(self, step: int, now: float, per_step: float) -> str | None:
         left = self.deadline - now - self.reserve_s(now)
         fits = step + max(0, int(left / per_step))
+        floor, self.floor = self.floor, 0
+        if fits < floor:
+            raise TooFewSteps(fits, floor, per_step)
         want = min(self.cap, max(step, fits))  # cap: the planned count unless it may grow
         if abs(want - self.total) < max(2, 0.03 * self.total):
             return None

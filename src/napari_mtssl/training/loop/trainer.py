@@ -480,6 +480,7 @@ def train_unit(
     probe_at: int | None = None,
     recheck_precision: bool = False,
     val_guess: tuple[float, float] | None = None,
+    floor: int = 0,
 ) -> Events[dict]:
     """Train ``net`` (and the modules of ``spec``'s terms) for ``spec.steps`` steps.
 
@@ -499,6 +500,8 @@ def train_unit(
     ``val_guess``: (seconds of a validation pass, seconds of a forward batch) as the plan timed
     them: the time kept for the final validation until the unit has timed a pass of its own,
     scaled by a forward batch timed now and then while it trains.
+    ``floor``: the fewest steps the budget must fit, checked at the first window of a unit
+    that starts afresh (an untimed plan; :class:`.pace.TooFewSteps` where it fits fewer).
     """
     o = _Optimiser(spec, net, cfg, device)
     avg = _Average(net, spec.ema)
@@ -516,7 +519,7 @@ def train_unit(
     recheck = _precision_recheck(o, check) if recheck_precision and o.precision == "fp32" else None
     time_fwd = _forward_timer(check, study, cfg, device) if val_guess else None
     pace = _pace(spec, device, pause_at, deadline, aim_s, grow, threads_max, recheck, val_guess,
-                 time_fwd)  # fmt: skip
+                 time_fwd, 0 if start else floor)  # fmt: skip
     streams = _Streams(spec, study, cfg, start, device.type == "cuda", end=pace.cap)
 
     def progress(step: int, ema: dict, lr: float, val: float | None) -> dict:
@@ -623,6 +626,7 @@ def _pace(
     recheck: Callable[[], str | None] | None = None,
     val_guess: tuple[float, float] | None = None,
     time_fwd: Callable[[], float] | None = None,
+    floor: int = 0,
 ) -> Pace:
     """The unit's step count, kept so that it ends by ``deadline + aim_s`` where it has one;
     adaptive (more steps when the machine speeds up, threads fitted to the free cores) on a
@@ -636,6 +640,7 @@ def _pace(
         recheck=recheck if adaptive else None,
         val_guess=val_guess,
         time_fwd=time_fwd,
+        floor=floor if deadline is not None else 0,
     )
 
 

@@ -110,6 +110,11 @@ class Plan:
     # trains the baseline and the student only; empty: the tasks train as configured
     teachers_skipped: dict[str, Any] = field(default_factory=dict)
     what: str = ""  # what the run trains (ids.What): a quick retrain's student steps "retrain"
+    # True: nothing was timed (a short baseline that starts at once, .shape.shape_plan): the
+    # timings are a guess the run's pace replaces with its own steps', and the run checks the
+    # budget against them in its first window (under MIN_STEPS / 2: refused) instead of at the
+    # click
+    untimed: bool = False
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(

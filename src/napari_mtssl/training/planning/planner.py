@@ -35,7 +35,7 @@ from napari_mtssl.training.planning.plan import (
     mode_of,
     model_units,
 )
-from napari_mtssl.training.planning.shape import shape_plan
+from napari_mtssl.training.planning.shape import UNTIMED_REASON_START, shape_plan
 from napari_mtssl.training.planning.timing import (
     SOFT_EVAL,
     SOFT_MIN_SCANS,
@@ -45,7 +45,14 @@ from napari_mtssl.training.planning.timing import (
     unit_step_s,
 )
 
-__all__ = ["make_plan", "allocate", "min_steps", "student_share", "soft_scan_count"]
+__all__ = [
+    "make_plan",
+    "allocate",
+    "min_steps",
+    "student_share",
+    "soft_scan_count",
+    "too_short",
+]
 
 
 def make_plan(
@@ -72,7 +79,13 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: What, fp: Fingerprint, **k
     (``stage1.min_teacher_steps``: the plan then says so in ``teachers_skipped``)."""
     plan.teachers_skipped = {}
     if not _may_skip_teachers(cfg, what):
-        _allocate(plan, cfg, what, fp, **kw)
+        try:
+            _allocate(plan, cfg, what, fp, **kw)
+        except PlanError:
+            if not plan.untimed:
+                raise
+            _time_untimed(plan)  # refused at a guessed speed: timed, and said truly
+            _allocate(plan, cfg, what, fp, **{**kw, "timings": None})
         return _restate_steps_allocated(plan)
     try:
         _allocate(plan, cfg, what, fp, **kw)
@@ -108,6 +121,15 @@ def allocate(plan: Plan, cfg: ExperimentConfig, what: What, fp: Fingerprint, **k
         ),
     }
     return plan
+
+
+def _time_untimed(plan: Plan) -> None:
+    """An untimed plan (:func:`.shape.shape_plan`) whose guessed step costs refused its budget:
+    the refusal and what fits instead are worked out from the chosen network timed now (the
+    shape stays: timing only finds the machine slower than the bound that chose it)."""
+    plan.untimed = False
+    plan.timings = {}
+    plan.reasons = [r for r in plan.reasons if not r.startswith(UNTIMED_REASON_START)]
 
 
 def _restate_steps_allocated(plan: Plan) -> Plan:
@@ -464,16 +486,33 @@ def _too_small(plan, cfg, what, fp, t, spent_s, n, need) -> str:
             fits = k
             break
     budget = format_budget(cfg.budget_s)
-    msg = (
-        f"a {budget} budget gives each of the {len(model_units(what, cfg))} model(s) of this "
-        f"run about {max(0, n)} training steps on this machine; it needs at least "
-        f"{min_steps(what)}"
-    )
+    allows = ""
     if fits:
-        msg += f". {budget} allows baseline + {fits} task{'s' if fits > 1 else ''}"
-        msg += f" ({', '.join(tasks[:fits])})"
+        allows = f"{budget} allows baseline + {fits} task{'s' if fits > 1 else ''}"
+        allows += f" ({', '.join(tasks[:fits])})"
     what_text = ", ".join(tasks) if What.parse(what).trains_teachers and tasks else "this run"
-    msg += (
-        f"; give {what_text} a budget of at least {format_budget(math.ceil(need * 1.05 / 60) * 60)}"
+    return too_short(cfg.budget_s, len(model_units(what, cfg)), n, min_steps(what), need,
+                     what_text, allows)  # fmt: skip
+
+
+def too_short(
+    budget_s: float,
+    models: int,
+    n: int,
+    floor: int,
+    need_s: float,
+    what_text: str = "this run",
+    allows: str = "",
+) -> str:
+    """A budget's refusal: it gives each of ``models`` models about ``n`` steps, fewer than
+    ``floor``; ``need_s`` would do (the docks read this message: ``widgets.training``)."""
+    msg = (
+        f"a {format_budget(budget_s)} budget gives each of the {models} model(s) of this "
+        f"run about {max(0, n)} training steps on this machine; it needs at least {floor}"
     )
-    return msg
+    if allows:
+        msg += f". {allows}"
+    return msg + (
+        f"; give {what_text} a budget of at least "
+        f"{format_budget(math.ceil(need_s * 1.05 / 60) * 60)}"
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,13 +30,22 @@ from napari_mtssl.training.planning.machine import (
     threads_reason,
 )
 from napari_mtssl.training.planning.plan import (
+    MIN_STEPS,
     Plan,
     PlanError,
     explicit_steps,
     mode_of,
     model_units,
 )
-from napari_mtssl.training.planning.timing import TimingAhead, flops_per_sample, step_cost
+from napari_mtssl.training.planning.timing import (
+    UNTIMED_BOUND,
+    UNTIMED_GUESS,
+    TimingAhead,
+    flops_per_sample,
+    has_fit,
+    step_cost,
+    untimed_cost,
+)
 from napari_mtssl.training.prediction import inference
 
 __all__ = ["ShapePlanner", "shape_plan", "GOOD_STEPS", "COVERAGE"]
@@ -66,10 +75,15 @@ def shape_plan(
     interactive: bool = False,
     fixed: Plan | None = None,
     planner: type[ShapePlanner] | None = None,
+    quick_start: bool = False,
 ) -> Plan:
     """Shape the run for ``fp`` on ``device``: spacing, patch, network, batch, precision and
     threads, each with its reason; the steps only where ``cfg`` gives them (no budget).
     :func:`.planner.make_plan` then shares a budget across the models.
+
+    ``quick_start``: a run started by a click, whose first step should come at once. Where
+    timing cannot change its shape (:func:`_untimed_shaper`: a short CPU baseline with nothing
+    timed kept), nothing is timed: the plan is ``untimed``, and the run times its own steps.
 
     ``interactive``: the job shares the machine with a viewer, so one core is left free.
     ``fixed``: a plan whose data shape must be kept (stage 2 and retraining reuse the teachers'
@@ -78,7 +92,7 @@ def shape_plan(
     """
     with TimingAhead.lock:  # a timing ahead in progress ends first; none begins after this plan
         TimingAhead.closed = True
-        return _shape_plan(fp, cfg, what, device, probe, interactive, fixed, planner)
+        return _shape_plan(fp, cfg, what, device, probe, interactive, fixed, planner, quick_start)
 
 
 def _shape_plan(
@@ -90,6 +104,7 @@ def _shape_plan(
     interactive: bool,
     fixed: Plan | None,
     planner: type[ShapePlanner] | None,
+    quick_start: bool = False,
 ) -> Plan:
     dev = (
         device
@@ -108,16 +123,14 @@ def _shape_plan(
         torch.set_num_threads(threads)
         if not cfg.num_threads:
             reasons.append(threads_reason(threads, interactive, busy))
-    precision = inference.resolve_precision(dev, cfg.optim.precision)
-    if cfg.optim.precision == "auto" and dev.type == "cpu":
-        sp = inference.cpu_bf16_speedup()
-        reasons.append(
-            f"{precision}: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 "
-            "on this CPU" + ("" if precision == "bf16" else " (not faster, so fp32)")
-        )
+    out_ch = 1 if fp.num_classes == 2 and m.binary_sigmoid else fp.num_classes
+    bound = None
+    if quick_start and probe and fixed is None:
+        bound = _untimed_shaper(fp, cfg, what, dev, out_ch, planner, threads, interactive)
+    precision, untimed, why = _precision(dev, cfg, bound)
+    reasons += why
     norms, nreasons = _norms(fp, cfg)
     reasons += nreasons
-    out_ch = 1 if fp.num_classes == 2 and m.binary_sigmoid else fp.num_classes
 
     if fixed is not None:
         plan = dataclasses.replace(
@@ -136,8 +149,14 @@ def _shape_plan(
             teachers_skipped={},  # decided again for this run (allocate)
         )
     else:
-        shaper = (planner or ShapePlanner)(fp, cfg, what, dev, precision, out_ch, probe=probe)
+        cost = untimed_cost(threads, UNTIMED_GUESS) if untimed else None
+        shaper = (planner or ShapePlanner)(
+            fp, cfg, what, dev, precision, out_ch, probe=probe, cost=cost
+        )
         plan = shaper.plan(threads, precision, norms, reasons)
+        if untimed:
+            plan.untimed = True
+            plan.reasons.insert(2, untimed_reason(threads))
         plan.overridden = overridden
         plan.warnings = warnings + plan.warnings
         plan.fingerprint = fp.to_dict()
@@ -147,6 +166,76 @@ def _shape_plan(
     if cfg.budget_s <= 0:
         plan.steps = explicit_steps(cfg, what)
     return plan
+
+
+def _precision(
+    dev: Any, cfg: ExperimentConfig, bound: ShapePlanner | None
+) -> tuple[str, bool, list[str]]:
+    """The run's precision, whether it plans untimed, and the reason for the precision. With
+    an untimed shaper (``bound``) and no fit kept for its batch at the precision it would take
+    (a kept fit prices the shape as quickly, and truly), untimed: the precision without timing
+    (:func:`.inference.untimed_precision`); else as timed or asked."""
+    auto_cpu = cfg.optim.precision == "auto" and dev.type == "cpu"
+    if bound is not None:
+        precision, why = (
+            inference.untimed_precision()
+            if auto_cpu
+            else (inference.resolve_precision(dev, cfg.optim.precision), "")
+        )
+        if not has_fit(dev, precision, bound.batch()):
+            return precision, True, [why] if why else []
+    precision = inference.resolve_precision(dev, cfg.optim.precision)
+    if not auto_cpu:
+        return precision, False, []
+    sp = inference.cpu_bf16_speedup()
+    why = (
+        f"{precision}: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 "
+        "on this CPU" + ("" if precision == "bf16" else " (not faster, so fp32)")
+    )
+    return precision, False, [why]
+
+
+def _untimed_shaper(
+    fp: Fingerprint,
+    cfg: ExperimentConfig,
+    what: What,
+    dev: Any,
+    out_ch: int,
+    planner: type[ShapePlanner] | None,
+    threads: int,
+    interactive: bool,
+) -> ShapePlanner | None:
+    """A shaper that prices every candidate at the bound of a fast CPU (UNTIMED_BOUND FLOP/s on
+    each thread the run may grow to), where that still leaves the run's budget the cheapest
+    shape: then no timing could choose another (a slower machine only affords less), and the
+    run may start untimed. None where it may not: not a budgeted baseline on a CPU (a run with
+    teachers or a student is priced by its tasks' and its ensemble's timings too), or a budget
+    that a fast CPU would spend on a wider network or a larger patch."""
+    if dev.type != "cpu" or cfg.budget_s <= 0 or What.parse(what) != What.BASELINE:
+        return None
+    most = max(threads, threads_max(dev, interactive))
+    bound = (planner or ShapePlanner)(fp, cfg, what, dev, "", out_ch, cost=untimed_cost(most))
+    sp, _ = bound.spacing()
+    s_side = bound.side if sp == 0 else bound.side * bound.base / sp
+    patches = bound.patches(s_side)
+    chosen = bound.network(patches)[:2]
+    cheapest = (bound.network(patches[:1])[0], bound.widths()[0])  # the patch rounded alike
+    return bound if chosen == cheapest else None
+
+
+UNTIMED_REASON_START = "nothing timed at the click"
+
+
+def untimed_reason(threads: int) -> str:
+    """The reason an untimed plan gives for its step costs."""
+    return UNTIMED_REASON_START + (
+        ": at this budget no wider network or larger patch would "
+        f"get {GOOD_STEPS} steps even on a fast CPU ({UNTIMED_BOUND / 1e9:.0f} GFLOP/s a "
+        "thread), so the cheapest shape trains at once; the step count is a guess "
+        f"({UNTIMED_GUESS / 1e9:.0f} GFLOP/s on {threads} thread(s)) until the run has timed "
+        "its own steps, in its first 15 s, and a budget that gives fewer than "
+        f"{MIN_STEPS // 2} steps (half the {MIN_STEPS} a plan asks for) is refused then"
+    )
 
 
 def _overridden(cfg: ExperimentConfig) -> list[str]:
@@ -230,12 +319,17 @@ class ShapePlanner:
         out_ch: int,
         *,
         probe: bool = True,
+        cost: Callable[[float], float] | None = None,
     ):
+        """``cost``: ``flops -> seconds`` of a step, given (an untimed plan's bound or guess);
+        else timed (:func:`.timing.step_cost`) or, with ``probe`` False, nominal."""
         self.fp, self.cfg, self.dev, self.out_ch = fp, cfg, dev, out_ch
         self.gpu = dev.type == "cuda"
         self.base = float(np.median(fp.spacing))  # mm
         self.side = max(fp.size)  # the longer in-plane side of the median scan, voxels at base
-        self._cost = step_cost(dev, precision, self.batch(), out_ch) if probe else _nominal_cost
+        if cost is None:
+            cost = step_cost(dev, precision, self.batch(), out_ch) if probe else _nominal_cost
+        self._cost = cost
         self._weight = _unit_weight(model_units(what, cfg), cfg)
 
     def batch(self) -> int:

@@ -39,6 +39,11 @@ __all__ = [
     "step_cost",
     "StepCost",
     "time_ahead",
+    "has_fit",
+    "untimed_cost",
+    "untimed_timings",
+    "UNTIMED_BOUND",
+    "UNTIMED_GUESS",
     "unit_step_s",
     "nominal_timings",
     "probe_step",
@@ -171,6 +176,44 @@ def step_cost(dev: Any, precision: str, batch: int, out_ch: int) -> StepCost:
         _keep_fit(key)
     overhead, per_flop = _COST_CACHE[key]
     return StepCost(overhead, per_flop, kept=key in KEPT_FITS)
+
+
+def has_fit(dev: Any, precision: str, batch: int) -> bool:
+    """Whether :func:`step_cost` for these would take a fit without timing (made by this
+    process, or kept by an earlier session at this load level and these threads)."""
+    key = (str(dev), precision, torch.get_num_threads(), load_level(), batch)
+    if key not in _COST_CACHE:
+        _take_kept_fit(key)
+    return key in _COST_CACHE
+
+
+# -- a run that starts before anything is timed ------------------------------------------------
+# A short baseline on a small CPU gets the cheapest shape whatever its step costs (its budget
+# leaves no wider network or larger patch its GOOD_STEPS even on a fast CPU), so its plan need
+# not time the machine at the click (the step-cost fit and bf16: 4-5 s beside two busy
+# processes, 7-11 s in the walks): .shape.shape_plan prices its candidates at UNTIMED_BOUND
+# FLOP/s a thread, and where that still leaves the cheapest shape, the run starts on it at once
+# and times its own steps (its pace recounts them in its first window). UNTIMED_BOUND: 2.5x
+# the fastest step measured (a width-16 U-Net at 128 px, batch 8, 14.9 GFLOP a step, bf16 on
+# one idle core of an Intel Xeon with AMX: 0.19-0.29 s, 51-78 GFLOP/s). UNTIMED_GUESS: the step
+# count's guess until then (the same core beside two busy processes: 1.22 s, 12 GFLOP/s).
+UNTIMED_BOUND = 2e11
+UNTIMED_GUESS = 2.5e10
+
+
+def untimed_cost(threads: int, flops_per_thread: float = UNTIMED_BOUND) -> StepCost:
+    """``flops -> seconds`` of a step at ``flops_per_thread`` FLOP/s on each of ``threads``
+    threads and no overhead: the bound (or, with UNTIMED_GUESS, the guess) of an untimed plan."""
+    return StepCost(0.0, 1.0 / (flops_per_thread * max(1, int(threads))))
+
+
+def untimed_timings(plan: Plan, cfg: ExperimentConfig, fp: Fingerprint) -> dict[str, float]:
+    """The step timings of a plan that timed nothing (``plan.untimed``), guessed at
+    UNTIMED_GUESS FLOP/s a thread: the run's pace replaces them with its own steps' times."""
+    f = flops_per_sample(plan.width, plan.depth, plan.patch, 2) * plan.batch_size
+    cost = untimed_cost(max(plan.threads, 1), UNTIMED_GUESS)
+    t = {"seg": cost(f), "fwd": cost(f) / 3}
+    return _with_derived_timings(t, plan, cfg, fp, _StepTimer(torch.device(plan.device)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +374,8 @@ def time_steps(
     b = plan.batch_size
     out_ch = 1 if fp.num_classes == 2 and cfg.model.binary_sigmoid else fp.num_classes
     teachers = What.parse(what).trains_teachers
+    if plan.untimed:
+        return untimed_timings(plan, cfg, fp)
     timer = _StepTimer(dev)
     level = load_level()
     known = _TIMED_STEPS.get(

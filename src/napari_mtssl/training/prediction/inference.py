@@ -112,6 +112,42 @@ def cpu_bf16_speedup() -> float:
 _BF16_KEY = "bf16_speedup|cpu"
 
 
+def untimed_precision() -> tuple[str, str]:
+    """The CPU's precision for a run that starts before anything is timed (a short baseline:
+    :func:`..planning.shape.shape_plan`), with its reason: bf16 where an earlier session timed
+    it faster (kept), else bf16 where the CPU has bf16 instructions (AVX512-BF16 or AMX: a step
+    timed 1.8-2.1x the speed of fp32 on the AMD EPYC and 1.4-2.6x on the Intel Xeon this project
+    was measured on), else fp32 (bf16 emulated is
+    slower; the run re-times bf16 once the machine is quiet, as for any fp32 choice)."""
+    kept = kept_timings.get(_BF16_KEY)
+    if kept is not None and isinstance(kept.get("speedup"), float):
+        if kept["speedup"] > BF16_FASTER:
+            sp = kept["speedup"]
+            return "bf16", (
+                f"bf16: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 on "
+                "this CPU (timed by an earlier session)"
+            )
+    if _native_bf16():
+        return "bf16", (
+            "bf16: this CPU has bf16 instructions (AVX512-BF16 or AMX), so bf16 without timing "
+            "it against fp32"
+        )
+    return "fp32", "fp32: this CPU has no bf16 instructions (bf16 would be emulated, slower)"
+
+
+def _native_bf16() -> bool:
+    """Whether the CPU has bf16 instructions (False where this torch build cannot say)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except (RuntimeError, OSError):
+            continue
+    return False
+
+
 @functools.lru_cache(maxsize=1)
 def quiet_bf16_speedup() -> float:
     """:func:`time_bf16_speedup` timed again once the machine has turned quiet (once per

@@ -824,6 +824,7 @@ def _start_new(
         fixed=fixed,
         probe=True,
         allocate_steps=False,
+        quick_start=True,  # a short CPU baseline starts untimed (.planning.shape.shape_plan)
     )
     shaped = the_plan.apply(cfg)
     counted = {"total": total}  # the scans read: fewer for a baseline (labelled ones only)

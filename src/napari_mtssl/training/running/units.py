@@ -31,8 +31,10 @@ from napari_mtssl.ids import ModelId, Stage, What
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.slices import StudyData
 from napari_mtssl.training.loop import checkpoints, soft_labels, stages
+from napari_mtssl.training.loop.pace import TooFewSteps
 from napari_mtssl.training.loop.trainer import evaluate
-from napari_mtssl.training.planning.plan import Plan
+from napari_mtssl.training.planning.plan import MIN_STEPS, Plan, PlanError
+from napari_mtssl.training.planning.planner import too_short
 from napari_mtssl.training.planning.timing import SOFT_MIN_SCANS, SOFT_OVERLAP
 from napari_mtssl.training.prediction.inference import resolve_device
 
@@ -152,7 +154,14 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
     pace = {"grow": unit.grow, "threads_max": unit.threads_max, "aim_s": unit.aim_s,
             "recheck_precision": _fp32_by_timing(ctx.plan), "val_guess": guess}  # fmt: skip
     if unit.kind == "baseline":
-        return stages.baseline(*args, deadline=deadline, probe_at=unit.probe_at, **pace)
+        # An untimed plan checks its budget against the steps its first window times, at the
+        # floor a run keeps when it shortens a unit (.budget): the first window runs slow (the
+        # process's first steps; 1.59 s a step there against 1.12 s after, in the viewer's
+        # walk beside two busy processes), so MIN_STEPS itself would refuse budgets that fit it.
+        floor = MIN_STEPS // 2 if getattr(ctx.plan, "untimed", False) else 0
+        return stages.baseline(
+            *args, deadline=deadline, probe_at=unit.probe_at, floor=floor, **pace
+        )
     if unit.kind == "all_joint":
         return stages.all_joint(ctx.cfg.stage1.tasks, *args, deadline=deadline, **pace)
     if unit.kind == "mode" and unit.mode == "joint":
@@ -302,6 +311,8 @@ def train(
             f.unlink(missing_ok=True)
         yield Note(f"{exc}; {unit.model} starts again")
         res = yield from _generator(ctx, unit, stop, mono)
+    except TooFewSteps as exc:  # the refusal an untimed plan could not make at the click
+        raise PlanError(_refusal(ctx, exc)) from None
     if res["stopped"]:
         return {"stopped": True, "step": res.get("step"), "name": res.get("name")}
     entry = _save(ctx, unit, res)
@@ -316,6 +327,18 @@ def train(
         "steps": int(res["steps"]),
         "seconds": round(float(res["seconds"]), 2),
     }
+
+
+def _refusal(ctx: UnitContext, exc: TooFewSteps) -> str:
+    """The planner's refusal of the run's budget (the docks offer what fits from it), from the
+    steps a unit's first window timed: the budget that would fit the plan's MIN_STEPS."""
+    budget = float(ctx.cfg.budget_s)
+    need = budget * MIN_STEPS / max(1, exc.fits)
+    models = len(getattr(ctx.plan, "models", None) or [1])
+    return (
+        too_short(budget, models, exc.fits, MIN_STEPS, need)
+        + f" (timed from its first steps: {exc.seconds_per_step:.2f} s a step)"
+    )
 
 
 def _save(ctx: UnitContext, unit: Unit, res: dict) -> dict:
