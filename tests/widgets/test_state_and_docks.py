@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -208,8 +210,8 @@ def test_stall_probe_reports_the_longest_gap_beyond_its_interval(qtbot, monkeypa
 
 
 def test_events_reach_the_docks_in_order_even_when_delivered_nested(docks):
-    """A batch that arrives while the previous one is being dispatched (napari's progress bar
-    can process Qt events) waits its turn; the curves place fine-tuning after pre-training."""
+    """A batch that arrives while the previous one is being dispatched (a listener may process
+    Qt events) waits its turn; the curves place fine-tuning after pre-training."""
     jobs = docks.session.jobs
     seen: list[tuple[str, int]] = []
     nested = [
@@ -237,3 +239,32 @@ def test_events_reach_the_docks_in_order_even_when_delivered_nested(docks):
     ]
     xs = docks.training._series["sdm:pretrain"]["x"]
     assert xs == [3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def test_a_job_adds_nothing_to_naparis_activity_panel(docks, qtbot):
+    """A running job shows its progress in the dock only: napari's activity panel would animate
+    its indicator for the whole run (40 % of a core where the window is drawn in software)."""
+    from napari.utils import progress
+
+    class Running:
+        state = "running"
+
+        def poll(self, timeout):
+            time.sleep(min(timeout, 0.02))
+            return [ev.Status("planning: reading the data")]
+
+        def stop(self):
+            self.state = "stopped"
+
+        kill = shutdown = stop
+
+    jobs = docks.session.jobs
+    seen: list = []
+    jobs.job_event.connect(seen.append)
+    before = len(progress._all_instances)
+    handle = Running()
+    jobs.attach(handle, "baseline")
+    qtbot.waitUntil(lambda: len(seen) >= 3, timeout=10000)
+    assert jobs.is_running and len(progress._all_instances) == before
+    handle.stop()
+    qtbot.waitUntil(lambda: not jobs.is_running, timeout=10000)

@@ -3,7 +3,11 @@
 ``api.start_job`` starts training in its own process (no shared GIL, memory returned at the end,
 a crash cannot take napari down). A napari ``thread_worker`` polls the job's event queue and
 yields batches of events (their types, :mod:`napari_mtssl.events`); Qt delivers them to the GUI thread, where
-:class:`JobController` updates napari's progress display and re-emits each event for the docks.
+:class:`JobController` re-emits each event for the docks, whose own bar and status line show it.
+A job adds nothing to napari's activity panel: while any of its progress bars is open napari
+animates an indicator in the status bar, and where the window is drawn without a GPU (remote
+desktops, virtual machines, Xvfb) each frame repaints the whole window in software: 40 % of a
+core for the whole run, taken from the training (measured: ``docs/benchmarks.md``).
 The training and correction docks share one controller per viewer (see ``_session``), so there is
 one job at a time and one close-guard for the window.
 """
@@ -18,7 +22,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils import notifications, progress
+from napari.utils import notifications
 from qtpy.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, Signal
 from qtpy.QtWidgets import (
     QHBoxLayout,
@@ -92,7 +96,6 @@ class JobController(QObject):
         self.last_state: str | None = None
         self.last_result: dict | None = None
         self.last_error: str | None = None
-        self._progress: Any | None = None
         self._running = False
         self._window_ref: Any = None
         self._pending: deque[dict] = deque()
@@ -228,7 +231,6 @@ class JobController(QObject):
         already_announced = self._running and self.handle is None
         self.handle, self.what = handle, what
         self._running = True
-        self._progress = progress(total=0, desc=f"MTSSL {what}")
         worker = create_worker(relay_events, handle, _start_thread=False)
         worker.yielded.connect(self._on_events)
         worker.returned.connect(self._on_returned)
@@ -249,8 +251,6 @@ class JobController(QObject):
         self._stop_requested = True
         if self.handle is not None:
             self.handle.stop()
-            if self._progress is not None:
-                self._progress.set_description(f"MTSSL {self.what}: stopping…")
 
     def stop_and_wait(self, timeout: float = 60.0) -> bool:
         """Stop and keep the GUI alive until the job has ended; kill it after ``timeout`` s."""
@@ -266,8 +266,8 @@ class JobController(QObject):
 
     # -- relay callbacks (GUI thread) -----------------------------------------------------------
     def _on_events(self, events: list[ev.Event]) -> None:
-        # Updating napari's progress bar can process pending Qt events, which may deliver the
-        # next batch while this one is half done. Queue it instead, so every listener sees the
+        # A listener that processes pending Qt events (a dock repainting, a dialog) may have the
+        # next batch delivered while this one is half done. Queue it instead, so every listener sees the
         # events in the order the job produced them (out of order, curves jump backwards).
         self._pending.extend(events)
         if self._dispatching:
@@ -276,25 +276,9 @@ class JobController(QObject):
         try:
             while self._pending:
                 event = self._pending.popleft()
-                self._update_progress(event)
                 self.job_event.emit(event)
         finally:
             self._dispatching = False
-
-    def _update_progress(self, e: ev.Event) -> None:
-        """napari's activity panel follows the whole run (seconds of its budget) when it has
-        one, the model in training otherwise; the dock's own bar shows the model."""
-        pbar = self._progress
-        if pbar is None or not isinstance(e, ev.Progress) or not e.total:
-            return
-        if e.run_budget_s:
-            total, step = int(e.run_budget_s), int(e.run_elapsed_s or 0)
-        else:
-            total, step = e.total, e.step
-        if pbar.total != total:
-            pbar.total = total
-        pbar.n = min(step, total)
-        pbar.set_description(f"MTSSL {self.what}: {e.model} {e.step}/{e.total}")
 
     def _on_returned(self, state: str) -> None:
         handle = self.handle
@@ -326,9 +310,6 @@ class JobController(QObject):
         self.last_result, self.last_error = result, error
         if self.handle is not None and not self._keep_as_spare(self.handle):
             self.handle.shutdown()  # a finished job's worker ends (its memory goes back)
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         self._running = False
         if self._keep_spare:
             self.prepare()
