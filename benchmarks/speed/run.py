@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make ``speed`` importable
 
 NAMES = (
+    "activity",
     "train",
     "infer",
     "viewer",
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             from speed import viewer
 
             res = viewer.bench(load=a.load)
+        elif name == "activity":
+            from speed import activity
+
+            res = activity.bench()
         elif name == "gil":
             from speed import gil
 

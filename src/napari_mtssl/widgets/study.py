@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import notifications
-from napari.utils import progress as napari_progress
 from qtpy.QtCore import QCoreApplication, QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
@@ -598,25 +597,21 @@ class StudyWidget(QWidget):
             return None
 
         self.clear_workspace_layers()
-        pbar = napari_progress(total=0, desc=f"importing {Path(folder).name}")
+        # The dock's line says how far the import is; napari's activity panel is left alone:
+        # its indicator, once started, animates for the rest of the session (the window
+        # repainted in software where there is no GPU: 40 % of a core; _jobs.py)
         ended: dict[str, bool] = {}
 
         def on_tick(t: tuple) -> None:
             done, total, case = t
-            if pbar.total != total:
-                pbar.total = total
-            pbar.n = done
-            pbar.set_description(f"importing {case}")
             if not ended and widget_alive(self.ws_label):  # the dock may have been closed
                 self.ws_label.setText(f"Importing {Path(folder).name}: {done}/{total} ({case})")
 
         def on_done(result: tuple[Any, Any]) -> None:
-            pbar.close()
             ended["imported"] = True  # no more progress lines
             self._show_imported(*result, ended)
 
         def on_error(exc: BaseException) -> None:
-            pbar.close()
             ended["done"] = True
             if widget_alive(self.ws_label):
                 self.refresh()
