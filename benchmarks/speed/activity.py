@@ -4,7 +4,7 @@ A napari viewer at 1366 x 768 with an ACDC-sized image, its CPU time (``time.pro
 every thread of the process) per second of wall time, over ``window_s`` seconds each:
 ``idle``; ``napari_progress``: a ``napari.utils.progress`` open, as a job's and an import's
 were until this benchmark (napari animates an indicator in its status bar); ``after_close``:
-the same, closed again (napari 0.9 does not hide the indicator again); ``dock_bar``: the dock's own progress panel (``JobProgressPanel``) fed a
+the same, closed again; ``dock_bar``: the dock's own progress panel (``JobProgressPanel``) fed a
 training step's event twice a second, as a job's events reach it. Nothing is asserted: the
 numbers go to ``benchmarks/results/speed.json`` (``activity``).
 """

@@ -25,8 +25,8 @@ def test_import_shows_the_first_scan_with_its_labels(docks, tmp_path, qtbot):
     labels = docks.viewer.layers[f"{sid}_labels"]
     assert image.data.shape == labels.data.shape
     assert labels.data.max() > 0  # patient001 kept its labels
-    # the dock's line said how far it was; napari's activity indicator, which napari never
-    # hides again once started (40 % of a core for the session in software rendering), is off
+    # the dock's line said how far it was; napari's activity indicator (40 % of a core while it
+    # animates, in software rendering) never started
     assert "Importing" not in study.ws_label.text()
     indicator = docks.viewer.window._qt_window._activity_dialog._toggleButton
     assert not indicator._inProgressIndicator.isVisible()

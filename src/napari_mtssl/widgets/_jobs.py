@@ -4,11 +4,10 @@
 a crash cannot take napari down). A napari ``thread_worker`` polls the job's event queue and
 yields batches of events (their types, :mod:`napari_mtssl.events`); Qt delivers them to the GUI thread, where
 :class:`JobController` re-emits each event for the docks, whose own bar and status line show it.
-A job adds nothing to napari's activity panel: once any of its progress bars has opened, napari
-animates an indicator in the status bar, even after the bar closes (napari 0.9: the indicator
-is not hidden again), and where the window is drawn without a GPU (remote desktops, virtual
-machines, Xvfb) each frame repaints the whole window in software: 40 % of a core for the rest
-of the session, taken from the training (``benchmarks/speed/run.py activity``).
+A job adds nothing to napari's activity panel: while any of its progress bars is open, napari
+animates an indicator in the status bar, and where the window is drawn without a GPU (remote
+desktops, virtual machines, Xvfb) each frame repaints the whole window in software: 40 % of a
+core for the whole run, taken from the training (``benchmarks/speed/run.py activity``).
 The training and correction docks share one controller per viewer (see ``_session``), so there is
 one job at a time and one close-guard for the window.
 """

@@ -598,8 +598,8 @@ class StudyWidget(QWidget):
 
         self.clear_workspace_layers()
         # The dock's line says how far the import is; napari's activity panel is left alone:
-        # its indicator, once started, animates for the rest of the session (the window
-        # repainted in software where there is no GPU: 40 % of a core; _jobs.py)
+        # its indicator animates while a bar is open (the window repainted in software where
+        # there is no GPU: 40 % of a core, taken from the import's thread; _jobs.py)
         ended: dict[str, bool] = {}
 
         def on_tick(t: tuple) -> None:
