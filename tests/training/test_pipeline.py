@@ -293,11 +293,12 @@ def few_steps(monkeypatch):
     the mechanics (allocation, halving, deadlines, resume) stay short on any machine."""
     from napari_mtssl.training.planning import plan, planner, shape, timing
     from napari_mtssl.training.prediction import inference
-    from napari_mtssl.training.running import budget
+    from napari_mtssl.training.running import budget, units
 
     monkeypatch.setattr(plan, "MIN_STEPS", 30)
     monkeypatch.setattr(planner, "MIN_STEPS", 30)
-    monkeypatch.setattr(budget, "MIN_STEPS", 30)
+    monkeypatch.setattr(budget, "MIN_STEPS_SHORTENED", 15)
+    monkeypatch.setattr(units, "MIN_STEPS_SHORTENED", 15)
 
     # The plan's step timing, fixed instead of measured: on a machine busy that minute the
     # timing itself ate a 25 s budget and the planner refused the run ("about 0 training

@@ -15,7 +15,7 @@ from napari_mtssl.training.loop.pace import Pace, TooFewSteps
 from napari_mtssl.training.planning import planner as P
 from napari_mtssl.training.planning import shape as S
 from napari_mtssl.training.planning import timing as T
-from napari_mtssl.training.planning.plan import MIN_STEPS, PlanError
+from napari_mtssl.training.planning.plan import MIN_STEPS, MIN_STEPS_SHORTENED, PlanError
 from napari_mtssl.training.prediction import inference
 from napari_mtssl.training.running import units
 
@@ -157,7 +157,7 @@ def test_an_untimed_plans_baseline_is_given_the_floor_a_run_keeps(monkeypatch, t
     got = {}
     monkeypatch.setattr(units.stages, "baseline", lambda *a, **kw: got.update(kw))
     unit = units.Unit("baseline", "baseline", "baseline", 500)
-    for untimed, floor in ((True, MIN_STEPS // 2), (False, 0)):
+    for untimed, floor in ((True, MIN_STEPS_SHORTENED), (False, 0)):
         ctx = SimpleNamespace(
             cfg=_cfg("10m"),
             plan=SimpleNamespace(untimed=untimed, timings={}, precision="bf16", overridden=[]),

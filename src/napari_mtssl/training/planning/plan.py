@@ -47,6 +47,7 @@ __all__ = [
     "mode_of",
     "task_shape_overrides",
     "MIN_STEPS",
+    "MIN_STEPS_SHORTENED",
     "MIN_RETRAIN_STEPS",
     "JOINT_PAYS_STEPS",
     "EVALS",
@@ -56,6 +57,10 @@ __all__ = [
 # fits instead); below GOOD_STEPS (.shape) it keeps the cheapest shape that covers enough of a
 # slice rather than a larger patch or a wider network.
 MIN_STEPS = 300
+# A model a run already trains never falls below this: a run shortens its models no further when
+# the machine slows (.running.budget), and an untimed plan refuses its budget in the run's first
+# window only below it (that window runs slow: the process's first steps).
+MIN_STEPS_SHORTENED = MIN_STEPS // 2
 # A quick retrain fine-tunes a trained student: a couple of hundred steps already move it (the
 # simulated annotator, docs/benchmarks.md); 300 refused the correction dock's 3 minutes at one
 # thread of a 2-core laptop (about 210 steps).
@@ -112,7 +117,7 @@ class Plan:
     what: str = ""  # what the run trains (ids.What): a quick retrain's student steps "retrain"
     # True: nothing was timed (a short baseline that starts at once, .shape.shape_plan): the
     # timings are a guess the run's pace replaces with its own steps', and the run checks the
-    # budget against them in its first window (under MIN_STEPS / 2: refused) instead of at the
+    # budget against them in its first window (under MIN_STEPS_SHORTENED: refused) instead of at the
     # click
     untimed: bool = False
 

@@ -31,6 +31,7 @@ from napari_mtssl.training.planning.machine import (
 )
 from napari_mtssl.training.planning.plan import (
     MIN_STEPS,
+    MIN_STEPS_SHORTENED,
     Plan,
     PlanError,
     explicit_steps,
@@ -234,7 +235,7 @@ def untimed_reason(threads: int) -> str:
         "thread), so the cheapest shape trains at once; the step count is a guess "
         f"({UNTIMED_GUESS / 1e9:.0f} GFLOP/s on {threads} thread(s)) until the run has timed "
         "its own steps, in its first 15 s, and a budget that gives fewer than "
-        f"{MIN_STEPS // 2} steps (half the {MIN_STEPS} a plan asks for) is refused then"
+        f"{MIN_STEPS_SHORTENED} steps (half the {MIN_STEPS} a plan asks for) is refused then"
     )
 
 

@@ -99,10 +99,9 @@ def cpu_bf16_speedup() -> float:
     process, about a second): what a plan decides its precision by. A speedup that chose bf16
     is kept between sessions (:mod:`..kept_timings`) and taken without timing; one that chose
     fp32 is not (a busy machine can hide bf16's gain: the next session times again)."""
-    kept = kept_timings.get(_BF16_KEY)
-    if kept is not None and isinstance(kept.get("speedup"), float):
-        if kept["speedup"] > BF16_FASTER:
-            return kept["speedup"]
+    kept = _kept_bf16_speedup()
+    if kept is not None:
+        return kept
     speedup = time_bf16_speedup()
     if speedup > BF16_FASTER:
         kept_timings.put(_BF16_KEY, {"speedup": speedup})
@@ -112,21 +111,26 @@ def cpu_bf16_speedup() -> float:
 _BF16_KEY = "bf16_speedup|cpu"
 
 
+def _kept_bf16_speedup() -> float | None:
+    """The bf16 speedup an earlier session kept (only one that chose bf16 is kept), or None."""
+    kept = kept_timings.get(_BF16_KEY)
+    speedup = kept.get("speedup") if kept is not None else None
+    return speedup if isinstance(speedup, float) and speedup > BF16_FASTER else None
+
+
 def untimed_precision() -> tuple[str, str]:
     """The CPU's precision for a run that starts before anything is timed (a short baseline:
     :func:`..planning.shape.shape_plan`), with its reason: bf16 where an earlier session timed
     it faster (kept), else bf16 where the CPU has bf16 instructions (AVX512-BF16 or AMX: a step
     timed 1.8-2.1x the speed of fp32 on the AMD EPYC and 1.4-2.6x on the Intel Xeon this project
-    was measured on), else fp32 (bf16 emulated is
-    slower; the run re-times bf16 once the machine is quiet, as for any fp32 choice)."""
-    kept = kept_timings.get(_BF16_KEY)
-    if kept is not None and isinstance(kept.get("speedup"), float):
-        if kept["speedup"] > BF16_FASTER:
-            sp = kept["speedup"]
-            return "bf16", (
-                f"bf16: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 on "
-                "this CPU (timed by an earlier session)"
-            )
+    was measured on), else fp32 (bf16 emulated is slower; the run re-times bf16 once the
+    machine is quiet, as for any fp32 choice)."""
+    sp = _kept_bf16_speedup()
+    if sp is not None:
+        return "bf16", (
+            f"bf16: a training step under bf16 autocast ran {sp:.2f}x the speed of fp32 on "
+            "this CPU (timed by an earlier session)"
+        )
     if _native_bf16():
         return "bf16", (
             "bf16: this CPU has bf16 instructions (AVX512-BF16 or AMX), so bf16 without timing "
@@ -137,9 +141,8 @@ def untimed_precision() -> tuple[str, str]:
 
 def _native_bf16() -> bool:
     """Whether the CPU has bf16 instructions (False where this torch build cannot say)."""
-    cpu = getattr(torch, "cpu", None)
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
+        fn = getattr(torch.cpu, probe, None)
         try:
             if fn is not None and fn():
                 return True

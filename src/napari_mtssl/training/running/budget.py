@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from napari_mtssl import events as ev
 from napari_mtssl.ids import What
-from napari_mtssl.training.planning.plan import MIN_STEPS, Plan
+from napari_mtssl.training.planning.plan import MIN_STEPS_SHORTENED, Plan
 from napari_mtssl.training.running.record import RunRecord
 from napari_mtssl.training.running.units import Unit
 
@@ -43,7 +43,7 @@ class StepBudget:
 
     def rebudget(self, remaining: list[str]) -> ev.Events[None]:
         """If the machine runs slower than timed, give the models still to train fewer steps
-        so the run ends within its budget (each keeps at least MIN_STEPS / 2); the student,
+        so the run ends within its budget (each keeps at least MIN_STEPS_SHORTENED); the student,
         last, takes the time the earlier models left (:meth:`_student_takes_the_rest`)."""
         rec = self.record
         if not rec.cfg.budget_s or not remaining or self.plan.steps.get("fixed"):
@@ -67,7 +67,7 @@ class StepBudget:
             if u in fixed_steps:
                 continue
             n = self.student_steps() if u == "student" else int(self.plan.steps["seg"])
-            new = max(MIN_STEPS // 2, int(n * scale))
+            new = max(MIN_STEPS_SHORTENED, int(n * scale))
             if new < n:
                 fixed_steps[u] = new
                 est[u] = round(est.get(u, 0.0) * new / n, 1)

@@ -33,7 +33,7 @@ from napari_mtssl.training.data.slices import StudyData
 from napari_mtssl.training.loop import checkpoints, soft_labels, stages
 from napari_mtssl.training.loop.pace import TooFewSteps
 from napari_mtssl.training.loop.trainer import evaluate
-from napari_mtssl.training.planning.plan import MIN_STEPS, Plan, PlanError
+from napari_mtssl.training.planning.plan import MIN_STEPS, MIN_STEPS_SHORTENED, Plan, PlanError
 from napari_mtssl.training.planning.planner import too_short
 from napari_mtssl.training.planning.timing import SOFT_MIN_SCANS, SOFT_OVERLAP
 from napari_mtssl.training.prediction.inference import resolve_device
@@ -155,10 +155,10 @@ def _generator(ctx: UnitContext, unit: Unit, stop, deadline) -> Events[dict]:
             "recheck_precision": _fp32_by_timing(ctx.plan), "val_guess": guess}  # fmt: skip
     if unit.kind == "baseline":
         # An untimed plan checks its budget against the steps its first window times, at the
-        # floor a run keeps when it shortens a unit (.budget): the first window runs slow (the
-        # process's first steps; 1.59 s a step there against 1.12 s after, in the viewer's
-        # walk beside two busy processes), so MIN_STEPS itself would refuse budgets that fit it.
-        floor = MIN_STEPS // 2 if getattr(ctx.plan, "untimed", False) else 0
+        # floor a run keeps when it shortens a unit: the first window runs slow (1.59 s a step
+        # there against 1.12 s after, in the viewer's walk beside two busy processes), so
+        # MIN_STEPS itself would refuse budgets that fit it.
+        floor = MIN_STEPS_SHORTENED if getattr(ctx.plan, "untimed", False) else 0
         return stages.baseline(
             *args, deadline=deadline, probe_at=unit.probe_at, floor=floor, **pace
         )
