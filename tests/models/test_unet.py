@@ -87,3 +87,36 @@ def test_instance_norm_batch_of_one_trains() -> None:
     loss = net(torch.randn(1, 1, 32, 32)).mean()
     loss.backward()
     assert net.encoder[0].conv_0.conv.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("width", "depth", "out_channels", "norm"),
+    [(16, 4, 4, "instance"), (24, 3, 2, "batch"), (8, 5, 1, "group"), (32, 2, 3, "instance")],
+)
+def test_forward_flops_are_torchs_count(width, depth, out_channels, norm) -> None:
+    """The planner's FLOPs (hooks on the layers) are what torch's own counter counts, at any
+    size: every layer is convolutional, so they scale with the image area."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_mtssl.models import forward_flops
+
+    net = build_unet(1, out_channels, width, norm=norm, depth=depth)
+    side = 2 ** (depth + 1)
+    x = torch.zeros(2, 1, 2 * side, side)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net.eval()(x)
+    torchs = fc.get_total_flops()
+    net.train()
+    small = forward_flops(net, (1, 1, side, side))
+    assert forward_flops(net, tuple(x.shape)) == torchs
+    assert small * 4 == torchs  # twice the batch, twice the area
+    assert net.training  # left as it was
+
+
+def test_forward_flops_leaves_the_norms_statistics() -> None:
+    from napari_mtssl.models import forward_flops
+
+    net = build_unet(1, 2, 8, norm="batch", depth=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    forward_flops(net, (2, 1, 16, 16))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

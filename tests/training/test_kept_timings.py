@@ -163,17 +163,14 @@ def test_a_plan_busy_timing_keeps_the_load_level_it_read(monkeypatch):
     assert M.load_level() == -1  # no history at all
 
 
-def test_flops_are_counted_once_per_network_source(store, monkeypatch):
-    """A network's FLOPs, counted by running it, are kept: the next session takes them; a
-    changed network (another source digest) counts again."""
+def test_flops_are_counted_once_a_process_and_scaled_by_area(store, monkeypatch):
+    """A network's FLOPs are counted once per width, depth and head in a process (a small
+    forward pass, milliseconds: nothing is kept between sessions) and scaled to the patch."""
     monkeypatch.setattr(T, "_FLOPS_CACHE", {})
     counted = []
     real = T._count_flops
     monkeypatch.setattr(T, "_count_flops", lambda *a: counted.append(a) or real(*a))
-    first = T.flops_per_sample(16, 4, 128, 2)
+    at_128 = T.flops_per_sample(16, 4, 128, 2)
     assert counted == [(16, 4, 2)]
-    T._FLOPS_CACHE.clear()  # a new session
-    assert T.flops_per_sample(16, 4, 128, 2) == first and len(counted) == 1
-    T._FLOPS_CACHE.clear()
-    monkeypatch.setattr(T, "_network_source", lambda: "another network")
-    assert T.flops_per_sample(16, 4, 128, 2) == first and len(counted) == 2
+    assert T.flops_per_sample(16, 4, 64, 2) * 4 == at_128 and len(counted) == 1
+    assert not store.exists()  # nothing written

@@ -167,3 +167,32 @@ def test_an_untimed_plans_baseline_is_given_the_floor_a_run_keeps(monkeypatch, t
         )
         units._generator(ctx, unit, lambda: False, None)
         assert got["floor"] == floor
+
+
+class _NoQuietWindowYet:
+    """A spare worker's load history just after its warm-up: no quiet window to read."""
+
+    every_s = 0.5
+
+    def recent(self, within_s: float) -> list[float]:
+        return []
+
+
+@pytest.mark.parametrize(("cpus", "measured"), [(2, False), (4, True)])
+def test_a_job_from_napari_measures_the_load_only_where_it_sets_the_threads(
+    no_timing, monkeypatch, cpus, measured
+):
+    """On two cores a job from napari trains on one thread whatever the load: the plan does not
+    sleep through windows of its own to measure it (1.3 s of the click's wait where the spare
+    worker had just finished importing). On four, the load decides between 1 and 3 threads."""
+    from napari_mtssl.training.planning import machine as M
+
+    monkeypatch.setattr(pace, "_HISTORY", _NoQuietWindowYet())
+    monkeypatch.setattr(M, "usable_cpus", lambda: cpus)
+    calls: list[int] = []
+    monkeypatch.setattr(S, "busy_cores", lambda: calls.append(1) or 2.0)
+    plan = P.make_plan(ACDC_LIKE, _cfg("10m"), "baseline", interactive=True, quick_start=True)
+    assert bool(calls) is measured
+    reason = next(r for r in plan.reasons if " CPU thread" in r)
+    assert ("core(s) busy" in reason) is measured
+    assert plan.threads == (2 if measured else 1)  # 4 cores, 2 busy: round(4 - 2 + .25)

@@ -18,12 +18,20 @@ features that the encoder-level tasks need.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from math import gcd
+from math import gcd, prod
 
+import torch
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import Tensor, nn
 
-__all__ = ["UNet2D", "build_unet", "unet_features", "count_parameters", "NORMS"]
+__all__ = [
+    "UNet2D",
+    "build_unet",
+    "unet_features",
+    "count_parameters",
+    "forward_flops",
+    "NORMS",
+]
 
 NORMS = ("instance", "batch", "group")
 _ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
@@ -222,3 +230,43 @@ def build_unet(
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters (for logs and the UI)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def forward_flops(net: nn.Module, shape: Sequence[int]) -> float:
+    """FLOPs of one forward pass of ``net`` on an input of ``shape``: two per multiply-add of
+    its convolutions, transposed convolutions and linear layers (what torch's
+    ``FlopCounterMode`` counts; norms and activations are not counted), from each layer's
+    weight and its input or output size, by hooks on one forward pass of zeros.
+
+    Cheap where the input is small: a U-Net's FLOPs grow with the image area (every layer is
+    convolutional, padded to keep its size), so it may be counted at a few pixels a side at its
+    bottleneck and scaled. torch's own counter, a dispatch mode, first costs about a second per
+    process. The network is run in eval mode (its norms' statistics are left as they were)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        nonlocal total
+        weight = module.weight.shape
+        if isinstance(module, nn.Linear):
+            total += 2 * prod(inputs[0].shape[:-1]) * prod(weight)
+            return
+        # per output pixel for a convolution, per input pixel for a transposed one
+        spatial = (
+            inputs[0].shape[2:] if isinstance(module, nn.ConvTranspose2d) else output.shape[2:]
+        )
+        total += 2 * inputs[0].shape[0] * prod(weight) * prod(spatial)
+
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, layers)]
+    training = net.training
+    try:
+        param = next(net.parameters(), None)
+        x = torch.zeros(tuple(shape), device=param.device if param is not None else None)
+        net.eval()
+        with torch.no_grad():
+            net(x)
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    return float(total)

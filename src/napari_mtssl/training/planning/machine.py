@@ -87,14 +87,13 @@ def threads_max(dev: Any, interactive: bool) -> int:
     return max(1, cpus - 1) if interactive else cpus
 
 
-def threads_reason(threads: int, interactive: bool, busy: float) -> str:
-    """The plan's reason for its threads (the policy's, with the busy cores it saw)."""
+def threads_reason(threads: int, interactive: bool, busy: float | None) -> str:
+    """The plan's reason for its threads (the policy's, with the busy cores it saw; None: not
+    measured, as it could not change them)."""
     cpus = os.cpu_count() or 1
     why = "one core left to the viewer" if interactive else "the cores other work leaves free"
-    return (
-        f"{threads} of {cpus} CPU thread{'s' if cpus > 1 else ''} ({why}; other processes kept "
-        f"{busy:.1f} core(s) busy)"
-    )
+    seen = "" if busy is None else f"; other processes kept {busy:.1f} core(s) busy"
+    return f"{threads} of {cpus} CPU thread{'s' if cpus > 1 else ''} ({why}{seen})"
 
 
 # How long the level last read stays the level while this process is itself too busy for its

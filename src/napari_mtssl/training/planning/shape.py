@@ -22,6 +22,7 @@ import torch
 from napari_mtssl.ids import What
 from napari_mtssl.training.config import ExperimentConfig
 from napari_mtssl.training.data.preprocess import NormSpec
+from napari_mtssl.training.loop.pace import recent_busy_cores
 from napari_mtssl.training.planning.fingerprint import Fingerprint
 from napari_mtssl.training.planning.machine import (
     busy_cores,
@@ -116,10 +117,8 @@ def _shape_plan(
     overridden = _overridden(cfg)
     reasons: list[str] = []
     warnings = list(fp.notes)
-    # Measured for each plan: a process that plans again later (a script's second run, a
-    # retrain) must see the machine as it is then, not as it was at its first plan.
-    busy = busy_cores() if dev.type == "cpu" and not cfg.num_threads else 0.0
-    threads = cfg.num_threads or thread_policy(dev, interactive, busy)
+    busy = _busy(dev, cfg, interactive)
+    threads = cfg.num_threads or thread_policy(dev, interactive, busy or 0.0)
     if dev.type == "cpu":
         torch.set_num_threads(threads)
         if not cfg.num_threads:
@@ -167,6 +166,19 @@ def _shape_plan(
     if cfg.budget_s <= 0:
         plan.steps = explicit_steps(cfg, what)
     return plan
+
+
+def _busy(dev: Any, cfg: ExperimentConfig, interactive: bool) -> float | None:
+    """The cores other programs keep busy, for the threads: measured for each plan (a process
+    that plans again later, a script's second run or a retrain, must see the machine as it is
+    then). Not measured where it cannot change them (a GPU, threads asked for, or one thread
+    at most: a job from napari on two cores), which would take 1.3 s of the click's wait where
+    the spare worker has no quiet history yet: the history's figure or None then."""
+    if dev.type != "cpu" or cfg.num_threads:
+        return 0.0
+    if threads_max(dev, interactive) <= 1:
+        return recent_busy_cores()
+    return busy_cores()
 
 
 def _precision(

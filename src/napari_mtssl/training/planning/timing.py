@@ -11,9 +11,6 @@ step of each model of a run (:func:`unit_step_s`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import inspect
 import math
 import threading
 import time
@@ -22,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from napari_mtssl.ids import ModelId, What
 from napari_mtssl.training import kept_timings
@@ -64,7 +60,12 @@ __all__ = [
 def flops_per_sample(width: int, depth: int, patch: int, out_channels: int) -> float:
     """Forward FLOPs of the U-Net for one ``patch`` x ``patch`` sample (counted once per
     width and depth at a small size, then scaled by area: every layer is convolutional)."""
-    return _flops_small(width, depth, out_channels) * (patch / (2**depth * 4)) ** 2
+    return _flops_small(width, depth, out_channels) * (patch / _small_side(depth)) ** 2
+
+
+def _small_side(depth: int) -> int:
+    # 2 x 2 pixels at the bottleneck: an instance norm needs more than one pixel
+    return 2 ** (depth + 1)
 
 
 _FLOPS_CACHE: dict[tuple[int, int, int], float] = {}
@@ -73,40 +74,19 @@ _FLOPS_CACHE: dict[tuple[int, int, int], float] = {}
 def _flops_small(width: int, depth: int, out_channels: int) -> float:
     key = (width, depth, out_channels)
     if key not in _FLOPS_CACHE:
-        # Counted by running the network (0.1-0.2 s each beside two busy processes, 0.6 s for
-        # a plan's candidates), so kept between sessions too, under the network's source.
-        name = f"flops|{width}|{depth}|{out_channels}|{_network_source()}"
-        kept = kept_timings.get(name)
-        if kept is not None and isinstance(kept.get("flops"), float) and kept["flops"] > 0:
-            _FLOPS_CACHE[key] = kept["flops"]
-        else:
-            _FLOPS_CACHE[key] = _count_flops(width, depth, out_channels)
-            kept_timings.put(name, {"flops": _FLOPS_CACHE[key]})
+        _FLOPS_CACHE[key] = _count_flops(width, depth, out_channels)
     return _FLOPS_CACHE[key]
 
 
 def _count_flops(width: int, depth: int, out_channels: int) -> float:
+    """By hooks on one small forward pass (5-20 ms; torch's FlopCounterMode first costs 1.2 s
+    a process, 3 s at the click of a job beside two busy processes: .models.forward_flops)."""
     # imported here, when needed: it loads MONAI
-    from napari_mtssl.models import build_unet
+    from napari_mtssl.models import build_unet, forward_flops
 
     net = build_unet(1, out_channels, width, depth=depth)
-    x = torch.zeros(1, 1, 2**depth * 4, 2**depth * 4)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        net(x)
-    return float(fc.get_total_flops())
-
-
-@functools.lru_cache(maxsize=1)
-def _network_source() -> str:
-    """A digest of the network's code and MONAI's version (its blocks): FLOPs counted for
-    another version are not taken."""
-    # imported here, when needed: it loads MONAI
-    import monai
-
-    from napari_mtssl.models import unet
-
-    code = inspect.getsource(unet) + monai.__version__
-    return hashlib.sha256(code.encode()).hexdigest()[:16]
+    side = _small_side(depth)
+    return forward_flops(net, (1, 1, side, side))
 
 
 _COST_CACHE: dict[tuple, tuple[float, float]] = {}
