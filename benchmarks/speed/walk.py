@@ -161,6 +161,9 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
         seen.setdefault(ev.type or "?", at)
         if ev.type == "status" and ev.total:  # the preparation, counted
             seen.setdefault("status counted", at)
+        message = str(getattr(ev, "message", "") or "").split(" of ")[0]
+        if ev.type == "status" and message:  # where the job's time goes, step by step
+            seen.setdefault(f"status: {message}", at)
 
     jobs.job_event.connect(on_event)
 

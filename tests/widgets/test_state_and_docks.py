@@ -85,6 +85,36 @@ def test_sessions_are_per_viewer(make_napari_viewer):
     assert session_for(a) is not session_for(b)
 
 
+def test_the_engines_worker_starts_at_the_runs_first_step_not_at_the_click(
+    make_napari_viewer, monkeypatch
+):
+    """Compare's worker gets ready while the run trains, not at the Train click: its import
+    of torch would take the CPU from the job's plan and first step."""
+    from napari_mtssl.widgets._session import session_for
+
+    session = session_for(make_napari_viewer())
+    prepared: list[bool] = []
+    monkeypatch.setattr(
+        session.engine,
+        "prepare",
+        lambda ws=None, when=None, refresh=False: prepared.append(refresh),
+    )
+    jobs = session.jobs
+    jobs.job_started.emit("baseline")
+    jobs.job_event.emit(ev.Status("planning: reading the data"))
+    jobs.job_event.emit(ev.Start(run="r1", what="baseline", plan=["baseline"]))
+    assert prepared == []  # planning: not yet
+    jobs.job_event.emit(ev.Progress(model="baseline", step=1, total=300))
+    jobs.job_event.emit(ev.Progress(model="baseline", step=2, total=300))
+    assert prepared == [False]  # once, at the first step
+    jobs.job_finished.emit({})
+    assert prepared == [False, True]  # and again at the end, for the new models
+    jobs.job_started.emit("plan")  # an estimate that never trains
+    jobs.job_finished.emit({})
+    jobs.job_event.emit(ev.Progress(model="baseline", step=1, total=300))  # a late event
+    assert prepared == [False, True, True]
+
+
 def test_layer_scan_round_trip(make_napari_viewer):
     viewer = make_napari_viewer()
     data = np.random.default_rng(0).random((3, 8, 9)).astype(np.float32)

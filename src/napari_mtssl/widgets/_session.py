@@ -15,6 +15,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from napari_mtssl import api
+from napari_mtssl import events as ev
 from napari_mtssl.service import EngineService
 from napari_mtssl.widgets._jobs import JobController
 from napari_mtssl.widgets._slider import keep_slider_fitted
@@ -45,11 +46,14 @@ class Session(QObject):
         # kept for the session: the viewer's process never imports torch for them.
         self.engine = EngineService()
         self.jobs.released.connect(self.engine.close)
-        # ready before the run ends (Compare is the next click), and again if it ended since
-        self.jobs.job_started.connect(lambda _what: self.engine.prepare(self.workspace))
-        self.jobs.job_finished.connect(
-            lambda _result: self.engine.prepare(self.workspace, refresh=True)
-        )
+        # Ready before the run ends (Compare is the next click), and again if it ended since.
+        # Started at the run's first training step, not at the click: its import of torch
+        # took the CPU from the job's plan and first step (beside two busy processes the first
+        # step came 2-3 s later).
+        self._engine_due = False
+        self.jobs.job_started.connect(self._engine_after_first_step)
+        self.jobs.job_event.connect(self._on_job_event)
+        self.jobs.job_finished.connect(self._on_job_finished)
         # The training dock registers how it builds a config so that the correction dock's
         # retrain buttons use the same tasks/profile/device; the fallback is the quick profile.
         self.config_provider: Callable[[], Any] | None = None
@@ -72,6 +76,18 @@ class Session(QObject):
             keep_slider_fitted(viewer)  # the slice slider spans the scan on screen
 
             warm_in_background(viewer)  # the first layer's one-time costs, off the GUI thread
+
+    def _engine_after_first_step(self, _what: str) -> None:
+        self._engine_due = True
+
+    def _on_job_event(self, event: Any) -> None:
+        if self._engine_due and isinstance(event, ev.Progress):
+            self._engine_due = False
+            self.engine.prepare(self.workspace)
+
+    def _on_job_finished(self, _result: Any) -> None:
+        self._engine_due = False
+        self.engine.prepare(self.workspace, refresh=True)
 
     @property
     def viewer(self) -> Any | None:
