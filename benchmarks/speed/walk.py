@@ -155,6 +155,7 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
     phases: list[dict[str, Any]] = []
     t_click = {"at": 0.0}
     seen: dict[str, float] = {}  # event type -> seconds after the last click, first time seen
+    steps = {"last": 0}  # the last training step the job reported
 
     def on_event(ev: Any) -> None:  # an events.Event
         at = round(time.perf_counter() - t_click["at"], 2)
@@ -164,6 +165,8 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
         message = str(getattr(ev, "message", "") or "").split(" of ")[0]
         if ev.type == "status" and message:  # where the job's time goes, step by step
             seen.setdefault(f"status: {message}", at)
+        if ev.type == "progress":
+            steps["last"] = int(getattr(ev, "step", 0) or 0)
 
     jobs.job_event.connect(on_event)
 
@@ -192,6 +195,8 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
         phases[-1]["first_event_s"] = dict(seen)
         phases.append(_phase("training", lambda: None, lambda: not jobs.is_running, stop_after_s))
         # 3. stop
+        phases[-1]["steps"] = steps["last"]  # in the first stop_after_s of training
+        print("steps before the stop", steps["last"], flush=True)
         phases.append(_phase("stop", click_now(training.stop), lambda: not jobs.is_running, 600))
         phases[-1]["state"] = jobs.last_state
         # 4. resume and let it finish

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QComboBox
 
 from napari_mtssl import events as ev
 from napari_mtssl.io.scan import LabelError, ScanReadError
@@ -153,17 +154,24 @@ def test_study_table_and_split(sample_docks):
     # every scan is in the viewer, with its scan id on the layer
     for scan_id in ids:
         assert sample_docks.viewer.layers[scan_id].metadata[SCAN_ID_KEY] == scan_id
-    # the split combo writes to the workspace
-    combo = table.cellWidget(0, 1)
+    # no widget per row: the split is a painted combo box, a real one only while edited
+    assert all(table.cellWidget(r, 1) is None for r in range(table.rowCount()))
+    shown = sample_docks.viewer.layers.selection.active
+    table.cellClicked.emit(0, 1)  # a click on the split opens its list
+    combo = table.indexWidget(table.model().index(0, 1))
+    assert isinstance(combo, QComboBox) and combo.currentText() == ws.record(ids[0]).split
     combo.setCurrentText("unused")
+    combo.activated.emit(combo.currentIndex())  # the user's choice in the list
     assert ws.record(ids[0]).split == "unused"
-    # a finished job or a label change updates the rows in place: the combos stay
+    assert table.item(0, 1).text() == "unused"
+    assert sample_docks.viewer.layers.selection.active is shown  # no scan was opened
+    # a finished job or a label change updates the rows in place
     last = ids[-1]
     labels = ws.labels(last)
     labels[0] = 1
     ws.set_labels(last, labels, [0])
     sample_docks.session.models_changed.emit()
-    assert table.cellWidget(0, 1) is combo and combo.currentText() == "unused"
+    assert table.item(0, 1).text() == "unused"
     assert table.item(len(ids) - 1, 3).data(STRIP_ROLE)[0] == "annotated"
     assert table.item(len(ids) - 1, 2).text() == _short(ws.slice_status(last))
 

@@ -16,6 +16,7 @@ from qtpy.QtCore import QCoreApplication, QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -27,7 +28,9 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QStyle,
     QStyledItemDelegate,
+    QStyleOptionComboBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -154,6 +157,56 @@ class SliceStripDelegate(QStyledItemDelegate):
 
     def sizeHint(self, option: Any, index: Any) -> QSize:  # noqa: N802 (Qt API)
         return QSize(max(60, 4 * len(index.data(STRIP_ROLE) or [])), 14)
+
+
+class SplitDelegate(QStyledItemDelegate):
+    """The "Split" column: painted as a combo box, a real one made only while a cell is edited
+    (a click on it opens its list at once). A delegate rather than a combo box per row: 160
+    combo boxes took the viewer 0.5-0.8 s of turns and repaints after an import, beside two
+    busy processes, while the user opened a scan and clicked Train. ``picked(row, split)`` is
+    called with the user's choice; the cell shows what the workspace then holds."""
+
+    def __init__(self, parent: Any, picked: Callable[[int, str], None]) -> None:
+        super().__init__(parent)
+        self._picked = picked
+        self._hint: QSize | None = None
+
+    def paint(self, painter: QPainter, option: Any, index: Any) -> None:
+        widget = option.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        box = QStyleOptionComboBox()
+        box.rect = option.rect
+        box.state = option.state | QStyle.StateFlag.State_Enabled
+        box.palette = option.palette
+        box.currentText = str(index.data() or "")
+        style.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, box, painter, widget)
+        style.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, box, painter, widget)
+
+    def sizeHint(self, option: Any, index: Any) -> QSize:  # noqa: N802 (Qt API)
+        if self._hint is None:  # a combo box of the splits, once (asked for every row)
+            sample = QComboBox()
+            sample.addItems(SPLITS)
+            self._hint = sample.sizeHint()
+        return self._hint
+
+    def createEditor(self, parent: Any, option: Any, index: Any) -> QComboBox:  # noqa: N802
+        combo = QComboBox(parent)
+        combo.addItems(SPLITS)
+        # a choice ends the edit at once (not only when the cell loses focus)
+        combo.activated.connect(lambda _i, c=combo: self._done(c))
+        QTimer.singleShot(0, lambda: combo.showPopup() if widget_alive(combo) else None)
+        return combo
+
+    def _done(self, combo: QComboBox) -> None:
+        self.commitData.emit(combo)
+        self.closeEditor.emit(combo)
+
+    def setEditorData(self, editor: QComboBox, index: Any) -> None:  # noqa: N802 (Qt API)
+        editor.setCurrentText(str(index.data() or SPLITS[0]))
+
+    def setModelData(self, editor: QComboBox, model: Any, index: Any) -> None:  # noqa: N802
+        if editor.currentText() != index.data():
+            self._picked(index.row(), editor.currentText())
 
 
 def _counts(statuses: list[str]) -> tuple[int, int, int]:
@@ -302,10 +355,10 @@ class StudyWidget(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.table.setItemDelegateForColumn(1, SplitDelegate(self.table, self._split_picked))
         self.table.setItemDelegateForColumn(3, SliceStripDelegate(self.table))
         self._table_ids: list[str] = []
-        self._combo_rows = 0
-        self.table.cellClicked.connect(self._show_scan_row)
+        self.table.cellClicked.connect(self._cell_clicked)
         self.table.setToolTip("click a scan to show it (and hide the others of the workspace)")
 
         layout = QVBoxLayout(self)
@@ -761,8 +814,8 @@ class StudyWidget(QWidget):
     def refresh_table(self, scan_id: Any = None) -> None:
         """The scans, their splits and per-slice statuses. ``scan_id`` (a label change): only
         its row. The same scans as shown: rows whose split or statuses changed are updated in
-        place; other scans: the table is rebuilt, its split combos added a few rows per turn
-        of the event loop (160 scans at once held the viewer for over a second)."""
+        place; other scans: the table is rebuilt (plain items: the split's combo box is painted,
+        :class:`SplitDelegate`)."""
         ws = self.session.workspace
         ids = list(ws.scan_ids()) if ws is not None else []
         if ids and ids == self._table_ids:
@@ -771,13 +824,11 @@ class StudyWidget(QWidget):
                     self._fill_row(row, sid)
             return
         self._table_ids = ids
-        self._combo_rows = 0
-        self.table.clearContents()  # drops the old split combos
+        self.table.clearContents()
         self.table.setRowCount(0)
         self.table.setRowCount(len(ids))
         for row, sid in enumerate(ids):
             self._fill_row(row, sid)
-        self._add_combos()
 
     def _fill_row(self, row: int, scan_id: str) -> None:
         ws = self.session.workspace
@@ -791,6 +842,8 @@ class StudyWidget(QWidget):
                 self.table.setItem(row, col, item)
             elif item.text() != text:
                 item.setText(text)
+            if col == 1:
+                item.setToolTip("the scan's split: click to change it")
             if col == 2:
                 item.setToolTip(status_summary(statuses))
         strip = self.table.item(row, 3)
@@ -802,36 +855,27 @@ class StudyWidget(QWidget):
             self.table.setItem(row, 3, strip)
         if strip.data(STRIP_ROLE) != statuses:
             strip.setData(STRIP_ROLE, statuses)
-        combo = self.table.cellWidget(row, 1)
-        if isinstance(combo, QComboBox) and combo.currentText() != str(record.split):
-            combo.blockSignals(True)
-            combo.setCurrentText(str(record.split))
-            combo.blockSignals(False)
-
-    COMBOS_PER_TURN = 12
-
-    def _add_combos(self) -> None:
-        """The split combos of the next rows; the rest at the next turn of the event loop."""
-        if not widget_alive(self):
-            return
-        ids, start = self._table_ids, self._combo_rows
-        for row in range(start, min(len(ids), start + self.COMBOS_PER_TURN)):
-            combo = QComboBox()
-            combo.addItems(SPLITS)
-            item = self.table.item(row, 1)
-            combo.setCurrentText(item.text() if item is not None else SPLITS[0])
-            combo.currentTextChanged.connect(lambda s, i=ids[row]: self.set_split(i, s))
-            self.table.setCellWidget(row, 1, combo)
-        self._combo_rows = min(len(ids), start + self.COMBOS_PER_TURN)
-        if self._combo_rows < len(ids):
-            QTimer.singleShot(
-                0, lambda gen=ids: self._add_combos() if gen is self._table_ids else None
-            )
 
     @report_errors("Could not change the split")
     def set_split(self, scan_id: str, split: str) -> None:
         ws = self.session.require_workspace()
         ws.set_split(scan_id, split)
+
+    def _split_picked(self, row: int, split: str) -> None:
+        """A split chosen in the table: written to the workspace; the row shows what it holds
+        (the old split where the change was refused)."""
+        if 0 <= row < len(self._table_ids):
+            sid = self._table_ids[row]
+            self.set_split(sid, split)
+            self._fill_row(row, sid)
+
+    def _cell_clicked(self, row: int, col: int) -> None:
+        if col == 1:  # the split: its list opens; the scan shown stays
+            item = self.table.item(row, col)
+            if item is not None:
+                self.table.editItem(item)
+            return
+        self._show_scan_row(row, col)
 
     @report_errors("Could not show the scan")
     def _show_scan_row(self, row: int, _col: int) -> None:

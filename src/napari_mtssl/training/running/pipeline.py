@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
 import threading
@@ -959,22 +958,6 @@ def job_threads(cpus: int | None = None) -> int:
     return max(1, cpus - 1)
 
 
-JOB_NICE = 4
-
-
-def _yield_to_the_viewer() -> None:
-    """A job started from napari runs at a lower priority than the viewer (``nice`` +4): when
-    the machine is busy, the viewer's event loop gets the CPU first, so napari stays smooth;
-    when it is idle, the job gets every free cycle anyway."""
-
-    if multiprocessing.parent_process() is None:
-        return  # an inline job runs in the viewer's own process: never lower the viewer
-    try:
-        os.nice(JOB_NICE)
-    except (AttributeError, OSError):
-        pass  # not POSIX, or not allowed: the one core left free still keeps napari usable
-
-
 def run_training_job(
     workspace: str,
     config: dict,
@@ -984,11 +967,17 @@ def run_training_job(
     plan: dict | None = None,
 ) -> ev.Events[dict]:
     """JSON-able entry point for the job process (``JobHandle`` target): a job started from
-    napari leaves one core to the viewer."""
+    napari leaves one core to the viewer (its thread policy, ``interactive``).
+
+    It runs at the viewer's own priority. Lowered (``nice`` +4, until 8 December), it got
+    about 30 % of a core beside two busy processes instead of 50 %: its first training step
+    came 2.8-3.3 s after the click instead of 1.7-2.0 s, and it trained 92-97 steps in its
+    first minute instead of 172-173, while the viewer's stalls during training were the same
+    (p99 4 ms, max 5-7 ms; docs/benchmarks.md). The core the job leaves free is what keeps
+    napari smooth."""
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
-    _yield_to_the_viewer()
     # at once: opening a large study's workspace takes a moment on a busy machine
     yield ev.Status("starting: opening the workspace")
     ws = Workspace.open(workspace)
