@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "--look", type=float, default=0.0, help="walk: seconds between the run's end and Compare"
     )
     p.add_argument(
+        "--to-stop",
+        action="store_true",
+        help="walk: end after the Stop (import, open, Train, training, Stop: about 2 minutes)",
+    )
+    p.add_argument(
         "--timings",
         default="kept",
         choices=("kept", "first"),
@@ -169,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_after_s=a.stop_after,
                 look_s=a.look,
                 timings=a.timings,
+                to_stop=a.to_stop,
             )
         else:
             from speed import memory
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             f"walk_load{a.load}"
             + (f"_look{a.look:g}" if a.look else "")
             + ("_first" if a.timings == "first" else "")
+            + ("_to_stop" if a.to_stop else "")
             if name == "walk"
             else key
         )

@@ -44,11 +44,13 @@ def bench(
     stop_after_s: float = 60.0,
     look_s: float = 0.0,
     timings: str = "kept",
+    to_stop: bool = False,
 ) -> dict[str, Any]:
     """``timings``: ``kept`` (a later session: an earlier one, a job of the same kind in a
     spare worker beside the same load just before the walk, kept its timings of this machine)
     or ``first`` (the machine's first session: nothing kept). Either way in a cache folder of
-    the walk's own."""
+    the walk's own. ``to_stop``: the walk ends after the Stop (steps 1 to 3: about two
+    minutes, for paired runs of the click's first step and the first minute's steps)."""
     from napari_mtssl.training import kept_timings
 
     hogs = busy_processes(load)
@@ -61,7 +63,7 @@ def bench(
                 from .start import _first_step
 
                 print("earlier session", _first_step(Path(cache), acdc_workspace(3), 5.0))
-            out = _walk(budget, stop_after_s, look_s)
+            out = _walk(budget, stop_after_s, look_s, to_stop)
     finally:
         for p in hogs:
             p.kill()
@@ -134,7 +136,9 @@ def import_and_open(viewer: Any, study: Any, tmp: str) -> list[dict[str, Any]]:
     return phases
 
 
-def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, Any]:
+def _walk(
+    budget: str, stop_after_s: float, look_s: float = 0.0, to_stop: bool = False
+) -> dict[str, Any]:
     import napari
 
     from napari_mtssl.widgets import add_docks
@@ -199,6 +203,8 @@ def _walk(budget: str, stop_after_s: float, look_s: float = 0.0) -> dict[str, An
         print("steps before the stop", steps["last"], flush=True)
         phases.append(_phase("stop", click_now(training.stop), lambda: not jobs.is_running, 600))
         phases[-1]["state"] = jobs.last_state
+        if to_stop:
+            return {"budget": budget, "stop_after_s": stop_after_s, "phases": phases}
         # 4. resume and let it finish
         training._update_resume()
         phases.append(
