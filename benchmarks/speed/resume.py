@@ -1,7 +1,7 @@
 """Benchmark: does a stopped and resumed run end within its budget, beside busy processes?
 
 A baseline with a 10-minute budget on the ACDC workspace with 3 labelled patients, in a spare
-worker as the training dock starts it (the job at its lowered priority), beside ``load`` busy
+worker as the training dock starts it, beside ``load`` busy
 processes: stopped ``stop_after_s`` after the click, then resumed in a fresh worker and left to
 finish. Reported: the run's time against its budget (``elapsed_s``, from the run's record, both
 sessions), the model's steps and Dice, and how long its final validation took (from its last
