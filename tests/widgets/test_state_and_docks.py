@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox
 
 from napari_mtssl import events as ev
@@ -165,6 +166,8 @@ def test_study_table_and_split(sample_docks):
     assert ws.record(ids[0]).split == "unused"
     assert table.item(0, 1).text() == "unused"
     assert sample_docks.viewer.layers.selection.active is shown  # no scan was opened
+    editable = [bool(table.item(0, c).flags() & Qt.ItemFlag.ItemIsEditable) for c in range(4)]
+    assert editable == [False, True, False, False]  # F2 edits the split only
     # a finished job or a label change updates the rows in place
     last = ids[-1]
     labels = ws.labels(last)

@@ -351,7 +351,7 @@ class StudyWidget(QWidget):
         )
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.EditKeyPressed)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
@@ -839,6 +839,8 @@ class StudyWidget(QWidget):
             item = self.table.item(row, col)
             if item is None:
                 item = QTableWidgetItem(text)
+                if col != 1:  # only the split is edited (F2 or a click on it)
+                    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
                 self.table.setItem(row, col, item)
             elif item.text() != text:
                 item.setText(text)
@@ -849,6 +851,7 @@ class StudyWidget(QWidget):
         strip = self.table.item(row, 3)
         if strip is None:
             strip = QTableWidgetItem()
+            strip.setFlags(strip.flags() & ~Qt.ItemFlag.ItemIsEditable)
             strip.setToolTip(
                 "one cell per slice: grey unlabelled, green annotated, orange corrected"
             )

@@ -79,7 +79,7 @@ def _flops_small(width: int, depth: int, out_channels: int) -> float:
 
 
 def _count_flops(width: int, depth: int, out_channels: int) -> float:
-    """By hooks on one small forward pass (5-20 ms; torch's FlopCounterMode first costs 1.2 s
+    """By hooks on one small forward pass (5-70 ms; torch's FlopCounterMode first costs 1.2 s
     a process, 3 s at the click of a job beside two busy processes: .models.forward_flops)."""
     # imported here, when needed: it loads MONAI
     from napari_mtssl.models import build_unet, forward_flops

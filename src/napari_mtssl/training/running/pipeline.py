@@ -970,11 +970,10 @@ def run_training_job(
     napari leaves one core to the viewer (its thread policy, ``interactive``).
 
     It runs at the viewer's own priority. Lowered (``nice`` +4, until 8 December), it got
-    about 30 % of a core beside two busy processes instead of 50 %: its first training step
-    came 2.8-3.3 s after the click instead of 1.7-2.0 s, and it trained 92-97 steps in its
-    first minute instead of 172-173, while the viewer's stalls during training were the same
-    (p99 4 ms, max 5-7 ms; docs/benchmarks.md). The core the job leaves free is what keeps
-    napari smooth."""
+    25-37 % of a core beside two busy processes: its first training step came 2.8-3.3 s after
+    the click instead of 1.7-2.0 s, and it trained 92-97 steps in its first minute instead of
+    172-173, while the viewer's stalls during training were the same (p99 4 ms, max 5-7 ms;
+    docs/benchmarks.md). The core the job leaves free is what keeps napari smooth."""
     # imported here, when needed: it loads the scan readers
     from napari_mtssl.workspace import Workspace
 
