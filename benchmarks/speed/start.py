@@ -10,8 +10,8 @@ kept, ``kept_timings``, and the plan takes them) and ``first`` (the machine's fi
 timing kept, so the plan times at the click, as every session did before 7 December).
 Each variant has a cache folder of its own: ``first`` an empty one at each repetition, ``kept``
 one filled once, before the repetitions, by a job of the same kind at the same load. (Since a
-short baseline plans untimed, that job keeps only the candidate networks' FLOPs: both variants
-then time nothing, and ``kept`` counts no FLOPs.)
+short baseline plans untimed, that job keeps nothing, so both variants now plan alike; the
+FLOPs, kept until 8 December, are counted in milliseconds.)
 Beside ``load`` busy processes, repetitions alternating; a baseline with a 10-minute budget on
 the ACDC workspace with 3 labelled patients. Nothing is asserted: the numbers go to
 ``benchmarks/results/speed.json`` (``start_load<n>``).

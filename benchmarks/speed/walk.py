@@ -18,7 +18,9 @@ time (other work on the machine). The walk, with the dock's own methods (what it
 The machine's timings (``kept_timings``) are either kept by an earlier session (``--timings
 kept``, the default: a job of the same kind planned in a spare worker beside the same load just
 before the walk) or not (``--timings first``, the machine's first session: results key
-``..._first``).
+``..._first``). A baseline with a short budget plans untimed, so its earlier session keeps
+nothing and the two differ only in the hour they run. ``--to-stop`` ends the walk after the
+Stop (results key ``..._to_stop``).
 
 Each phase has its own event-loop stall probe (10 ms timer; a stall is a gap minus 10 ms).
 Nothing is asserted: the numbers go to ``benchmarks/results/speed.json`` (``walk_load<n>``).
